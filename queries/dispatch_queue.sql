@@ -1,0 +1,41 @@
+-- name: DispatchListWaitingGroups :many
+SELECT DISTINCT group_name FROM dispatch_queue
+WHERE target_session_id IS NULL AND available_at <= now()
+ORDER BY group_name;
+
+-- name: DispatchLockWaiting :many
+SELECT task_id FROM dispatch_queue
+WHERE group_name = @group_name AND target_session_id IS NULL AND available_at <= now()
+ORDER BY priority DESC, id
+LIMIT @max_tasks
+FOR UPDATE SKIP LOCKED;
+
+-- Points waiting tasks at chosen sessions: bumps the attempt (the fencing epoch),
+-- targets the dispatch row and opens the attempt's history row. Every write
+-- re-checks that the task is still queued and its row still untargeted.
+-- name: DispatchAssign :many
+WITH m AS (
+    SELECT unnest(@task_ids::bigint[]) AS task_id, unnest(@session_ids::bigint[]) AS session_id
+), d AS (
+    UPDATE dispatch_queue
+    SET target_session_id = m.session_id
+    FROM m
+    WHERE dispatch_queue.task_id = m.task_id AND dispatch_queue.target_session_id IS NULL
+    RETURNING dispatch_queue.task_id, dispatch_queue.reason, dispatch_queue.target_session_id
+), t AS (
+    UPDATE tasks
+    SET state = 'dispatched', attempt = tasks.attempt + 1, worker_session_id = d.target_session_id,
+        dispatched_at = now(), started_at = NULL
+    FROM d
+    WHERE tasks.id = d.task_id AND tasks.state = 'queued'
+    RETURNING tasks.id, tasks.attempt, tasks.worker_session_id
+), da AS (
+    UPDATE dispatch_queue SET attempt = t.attempt FROM t WHERE dispatch_queue.task_id = t.id
+), a AS (
+    INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason)
+    SELECT t.id, t.attempt, t.worker_session_id, d.reason FROM t JOIN d ON d.task_id = t.id
+)
+SELECT t.id, t.attempt, t.worker_session_id::bigint AS worker_session_id FROM t;
+
+-- name: DispatchCount :one
+SELECT count(*) FROM dispatch_queue;

@@ -1,0 +1,80 @@
+-- name: FailoverEventInsert :exec
+INSERT INTO failover_events (kind, session_id, group_name, detected_by, deadline)
+VALUES (@kind, @session_id, @group_name, @detected_by, @deadline)
+ON CONFLICT (kind, session_id) DO NOTHING;
+
+-- name: FailoverEventGet :one
+SELECT * FROM failover_events WHERE kind = @kind AND session_id = @session_id;
+
+-- name: FailoverEventRecordPass :execrows
+UPDATE failover_events
+SET tasks_reassigned = tasks_reassigned + @reassigned,
+    tasks_queued = tasks_queued + @queued,
+    passes = passes + 1,
+    finished_at = CASE WHEN @finished::bool THEN clock_timestamp() ELSE NULL END
+WHERE id = @id AND finished_at IS NULL;
+
+-- name: FailoverEventList :many
+SELECT * FROM failover_events
+WHERE (sqlc.narg('kind')::text IS NULL OR kind = sqlc.narg('kind'))
+ORDER BY id DESC
+LIMIT @max_rows;
+
+-- A dead session's active tasks dispatched before the deadline, one batch at a time;
+-- rows a concurrent completion holds are skipped and left to the next pass.
+-- name: FailoverLockTasks :many
+SELECT id, attempt FROM tasks
+WHERE worker_session_id = @session_id
+  AND state IN ('dispatched', 'running')
+  AND dispatched_at <= @deadline
+ORDER BY id
+LIMIT @max_tasks
+FOR UPDATE SKIP LOCKED;
+
+-- Moves locked tasks off a dead session: to the chosen healthy session (attempt+1,
+-- dispatched) or, with target 0, back to the queue. Re-checks the dead session and the
+-- old attempt; closes the old attempt as failed_over; replaces any undelivered
+-- dispatch row with one for the new attempt.
+-- name: FailoverMoveTasks :many
+WITH m AS (
+    SELECT unnest(@task_ids::bigint[]) AS task_id, unnest(@old_attempts::int[]) AS old_attempt,
+           unnest(@targets::bigint[]) AS target
+), t AS (
+    UPDATE tasks
+    SET state = CASE WHEN m.target = 0 THEN 'queued' ELSE 'dispatched' END,
+        attempt = CASE WHEN m.target = 0 THEN tasks.attempt ELSE tasks.attempt + 1 END,
+        worker_session_id = nullif(m.target, 0),
+        dispatched_at = CASE WHEN m.target = 0 THEN NULL ELSE now() END,
+        started_at = NULL,
+        failover_count = tasks.failover_count + 1,
+        last_error = 'failed over: worker session ' || @dead_session_id::bigint || ' is ' || @dead_state::text
+    FROM m
+    WHERE tasks.id = m.task_id
+      AND tasks.attempt = m.old_attempt
+      AND tasks.worker_session_id = @dead_session_id
+      AND tasks.state IN ('dispatched', 'running')
+    RETURNING tasks.id, tasks.attempt, tasks.worker_session_id, tasks.group_name, tasks.priority
+), old AS (
+    UPDATE task_attempts
+    SET outcome = 'failed_over', finished_at = now(),
+        error = 'worker session ' || @dead_session_id::bigint || ' is ' || @dead_state::text
+    FROM m JOIN t ON t.id = m.task_id
+    WHERE task_attempts.task_id = m.task_id AND task_attempts.attempt = m.old_attempt
+      AND task_attempts.outcome IS NULL
+), na AS (
+    INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason)
+    SELECT t.id, t.attempt, t.worker_session_id, 'failover' FROM t WHERE t.worker_session_id IS NOT NULL
+), dq AS (
+    INSERT INTO dispatch_queue (task_id, attempt, group_name, target_session_id, priority, reason)
+    SELECT t.id, t.attempt, t.group_name, t.worker_session_id, t.priority, 'failover' FROM t
+    ON CONFLICT (task_id) DO UPDATE
+    SET attempt = excluded.attempt, target_session_id = excluded.target_session_id,
+        available_at = now(), reason = 'failover', created_at = now()
+)
+SELECT t.id, t.attempt, t.worker_session_id FROM t;
+
+-- name: FailoverCountRemaining :one
+SELECT count(*) FROM tasks
+WHERE worker_session_id = @session_id
+  AND state IN ('dispatched', 'running')
+  AND dispatched_at <= @deadline;

@@ -1,0 +1,137 @@
+-- name: TaskSubmit :one
+WITH t AS (
+    INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms)
+    VALUES (@group_name, @kind, @payload, @priority, @max_retries, @timeout_ms)
+    RETURNING id, group_name, priority
+)
+INSERT INTO dispatch_queue (task_id, attempt, group_name, priority, reason)
+SELECT t.id, 0, t.group_name, t.priority, 'submit' FROM t
+RETURNING task_id;
+
+-- Batch submit: one round trip for many tasks. Payloads travel as text and are
+-- cast to jsonb so a malformed one fails the whole batch.
+-- name: TaskSubmitMany :many
+WITH t AS (
+    INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms)
+    SELECT unnest(@group_names::text[]), unnest(@kinds::text[]), unnest(@payloads::text[])::jsonb,
+           unnest(@priorities::int[]), unnest(@max_retries::int[]), unnest(@timeouts_ms::bigint[])
+    RETURNING id, group_name, priority
+)
+INSERT INTO dispatch_queue (task_id, attempt, group_name, priority, reason)
+SELECT t.id, 0, t.group_name, t.priority, 'submit' FROM t
+RETURNING task_id;
+
+-- A worker claims what was dispatched to it: delete its dispatch rows (skipping rows
+-- another transaction holds) and move the matching attempts to running. The task
+-- update re-checks the fencing token and that the session is still alive.
+-- name: TaskClaim :many
+WITH q AS (
+    SELECT d.id
+    FROM dispatch_queue d
+    WHERE d.target_session_id = @session_id
+      AND EXISTS (SELECT 1 FROM worker_sessions s WHERE s.id = @session_id AND s.state = 'alive')
+    ORDER BY d.priority DESC, d.id
+    LIMIT @max_tasks
+    FOR UPDATE SKIP LOCKED
+), del AS (
+    DELETE FROM dispatch_queue d USING q WHERE d.id = q.id
+    RETURNING d.task_id, d.attempt
+), t AS (
+    UPDATE tasks
+    SET state = 'running', started_at = now()
+    FROM del
+    WHERE tasks.id = del.task_id
+      AND tasks.attempt = del.attempt
+      AND tasks.worker_session_id = @session_id
+      AND tasks.state = 'dispatched'
+    RETURNING tasks.id, tasks.kind, tasks.payload, tasks.attempt, tasks.timeout_ms,
+              tasks.retries, tasks.max_retries, tasks.priority
+), a AS (
+    UPDATE task_attempts
+    SET started_at = now()
+    FROM t
+    WHERE task_attempts.task_id = t.id AND task_attempts.attempt = t.attempt
+)
+SELECT t.id, t.kind, t.payload, t.attempt, t.timeout_ms, t.retries, t.max_retries, t.priority
+FROM t ORDER BY t.priority DESC, t.id;
+
+-- Fenced batch completion. A row changes only if (id, attempt, session) still
+-- names the running attempt; rows not returned were superseded. A failed or timed-out
+-- task with retries left goes back to the queue with the given delay.
+-- name: TaskFinish :many
+WITH r AS (
+    SELECT unnest(@ids::bigint[]) AS id, unnest(@attempts::int[]) AS attempt,
+           unnest(@session_ids::bigint[]) AS session_id, unnest(@outcomes::text[]) AS outcome,
+           unnest(@exit_codes::int[]) AS exit_code, unnest(@errors::text[]) AS error,
+           unnest(@outputs::text[]) AS output, unnest(@retry_delays_ms::bigint[]) AS retry_delay_ms
+), t AS (
+    UPDATE tasks
+    SET state = CASE WHEN r.outcome IN ('failed', 'timed_out') AND tasks.retries < tasks.max_retries
+                     THEN 'queued' ELSE r.outcome END,
+        retries = tasks.retries + CASE WHEN r.outcome IN ('failed', 'timed_out') AND tasks.retries < tasks.max_retries
+                                       THEN 1 ELSE 0 END,
+        worker_session_id = NULL,
+        finished_at = CASE WHEN r.outcome IN ('failed', 'timed_out') AND tasks.retries < tasks.max_retries
+                           THEN NULL ELSE now() END,
+        exit_code = nullif(r.exit_code, -2147483648),
+        output = r.output,
+        last_error = r.error
+    FROM r
+    WHERE tasks.id = r.id
+      AND tasks.attempt = r.attempt
+      AND tasks.worker_session_id = r.session_id
+      AND tasks.state = 'running'
+    RETURNING tasks.id, tasks.attempt, tasks.state, tasks.group_name, tasks.priority
+), a AS (
+    UPDATE task_attempts
+    SET outcome = r.outcome, finished_at = now(), exit_code = nullif(r.exit_code, -2147483648), error = r.error
+    FROM r JOIN t ON t.id = r.id
+    WHERE task_attempts.task_id = r.id AND task_attempts.attempt = r.attempt
+), q AS (
+    INSERT INTO dispatch_queue (task_id, attempt, group_name, priority, available_at, reason)
+    SELECT t.id, t.attempt, t.group_name, t.priority,
+           now() + r.retry_delay_ms * interval '1 millisecond', 'retry'
+    FROM t JOIN r ON r.id = t.id
+    WHERE t.state = 'queued'
+)
+SELECT t.id, t.state FROM t;
+
+-- Records refused results: the attempt was superseded (failover, timeout) before its
+-- worker wrote. The reported outcome is kept in the error text.
+-- name: TaskAttemptMarkFenced :execrows
+UPDATE task_attempts a
+SET outcome = 'fenced',
+    finished_at = coalesce(a.finished_at, now()),
+    error = 'result refused (' || r.outcome || '): attempt superseded'
+            || CASE WHEN a.outcome IS NULL THEN '' ELSE ' after ' || a.outcome END
+FROM (SELECT unnest(@ids::bigint[]) AS id, unnest(@attempts::int[]) AS attempt,
+             unnest(@session_ids::bigint[]) AS session_id, unnest(@outcomes::text[]) AS outcome) AS r
+WHERE a.task_id = r.id
+  AND a.attempt = r.attempt
+  AND a.worker_session_id = r.session_id
+  AND (a.outcome IS NULL OR a.outcome IN ('failed_over', 'timed_out'));
+
+-- Running attempts past their timeout plus a grace period (Postgres time): the
+-- worker should have killed and reported them; the master records them.
+-- name: TaskListTimedOut :many
+SELECT id, attempt, worker_session_id::bigint AS worker_session_id, retries
+FROM tasks
+WHERE state = 'running'
+  AND timeout_ms > 0
+  AND started_at + (timeout_ms + @grace_ms::bigint) * interval '1 millisecond' < now()
+ORDER BY id
+LIMIT @max_tasks
+FOR UPDATE SKIP LOCKED;
+
+-- name: TaskGet :one
+SELECT * FROM tasks WHERE id = @id;
+
+-- name: TaskList :many
+SELECT * FROM tasks
+WHERE (sqlc.narg('state')::text IS NULL OR state = sqlc.narg('state'))
+  AND (sqlc.narg('group_name')::text IS NULL OR group_name = sqlc.narg('group_name'))
+ORDER BY id DESC
+LIMIT @max_rows;
+
+-- name: TaskCountActive :one
+SELECT count(*) FROM tasks WHERE state NOT IN ('succeeded', 'failed', 'timed_out', 'canceled');

@@ -1,0 +1,65 @@
+-- name: WorkerSessionRegister :one
+INSERT INTO worker_sessions (name, group_name, slots, host, pid, version)
+VALUES (@name, @group_name, @slots, @host, @pid, @version)
+RETURNING *;
+
+-- Heartbeat touches only last_heartbeat_at (not indexed: a HOT update) and only while
+-- the session may still work; it returns the state so a worker learns it was declared dead.
+-- name: WorkerSessionHeartbeat :one
+UPDATE worker_sessions
+SET last_heartbeat_at = CASE WHEN state IN ('alive', 'draining') THEN now() ELSE last_heartbeat_at END
+WHERE id = @id
+RETURNING state;
+
+-- name: WorkerSessionDrain :execrows
+UPDATE worker_sessions SET state = 'draining'
+WHERE id = @id AND state = 'alive';
+
+-- name: WorkerSessionStop :execrows
+UPDATE worker_sessions SET state = 'stopped', ended_at = now()
+WHERE id = @id AND state IN ('alive', 'draining');
+
+-- Sessions a master must fail over: live ones whose heartbeat is older than the
+-- timeout (Postgres time), and ended ones that still own active tasks.
+-- name: WorkerSessionListFailoverCandidates :many
+SELECT s.id, s.group_name, s.state
+FROM worker_sessions s
+WHERE (s.state IN ('alive', 'draining') AND s.last_heartbeat_at < now() - make_interval(secs => sqlc.arg(timeout_ms)::float8 / 1000))
+   OR (s.state IN ('dead', 'stopped') AND s.id IN (
+        SELECT t.worker_session_id FROM tasks t WHERE t.state IN ('dispatched', 'running')))
+ORDER BY s.id;
+
+-- Declares a session dead, re-checking staleness in the same statement. The deadline
+-- is clock_timestamp(): taken after any lock wait, so it is later than every dispatch
+-- that committed before this statement could proceed.
+-- name: WorkerSessionMarkDead :one
+UPDATE worker_sessions
+SET state = 'dead', ended_at = clock_timestamp()
+WHERE id = @id
+  AND state IN ('alive', 'draining')
+  AND last_heartbeat_at < now() - make_interval(secs => sqlc.arg(timeout_ms)::float8 / 1000)
+RETURNING group_name, ended_at::timestamptz AS deadline;
+
+-- name: WorkerSessionGet :one
+SELECT * FROM worker_sessions WHERE id = @id;
+
+-- Healthy sessions of a group with their free slots, least loaded first.
+-- name: WorkerSessionListHealthy :many
+SELECT s.id, s.slots,
+       (s.slots - (SELECT count(*) FROM tasks t
+                   WHERE t.worker_session_id = s.id AND t.state IN ('dispatched', 'running')))::int AS free_slots
+FROM worker_sessions s
+WHERE s.group_name = @group_name
+  AND s.state = 'alive'
+  AND s.last_heartbeat_at >= now() - make_interval(secs => sqlc.arg(timeout_ms)::float8 / 1000)
+ORDER BY free_slots DESC, s.id;
+
+-- name: WorkerSessionList :many
+SELECT s.*,
+       extract(epoch FROM now() - s.last_heartbeat_at)::float8 AS heartbeat_age_seconds,
+       (SELECT count(*) FROM tasks t WHERE t.worker_session_id = s.id AND t.state IN ('dispatched', 'running'))::int AS active_tasks
+FROM worker_sessions s
+WHERE (sqlc.narg('group_name')::text IS NULL OR s.group_name = sqlc.narg('group_name'))
+  AND (@include_ended::bool OR s.state IN ('alive', 'draining'))
+ORDER BY s.id DESC
+LIMIT @max_rows;
