@@ -1,0 +1,42 @@
+package batontest_test
+
+import (
+	"context"
+	"os"
+	"testing"
+
+	"github.com/baton-scheduler/baton/batontest"
+)
+
+var srv *batontest.Server
+
+func TestMain(m *testing.M) {
+	os.Exit(batontest.Main(m, func(s *batontest.Server) { srv = s }))
+}
+
+// Two parallel tests write the same group name and each sees only its own rows.
+func TestIsolation(t *testing.T) {
+	t.Parallel()
+	for _, name := range []string{"a", "b"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			pool, _ := srv.NewPool(t)
+			ctx := context.Background()
+			if _, err := pool.Exec(ctx, "INSERT INTO worker_groups (name, description) VALUES ('shared', $1)", name); err != nil {
+				t.Fatalf("insert into a fresh database: %v", err)
+			}
+			var n int
+			var desc string
+			if err := pool.QueryRow(ctx, "SELECT count(*), min(description) FROM worker_groups").Scan(&n, &desc); err != nil {
+				t.Fatal(err)
+			}
+			if n != 1 || desc != name {
+				t.Fatalf("test %s sees %d groups (first %q): databases are not isolated", name, n, desc)
+			}
+			var tables int
+			if err := pool.QueryRow(ctx, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'tasks'").Scan(&tables); err != nil || tables != 1 {
+				t.Fatalf("database is not migrated: %d, %v", tables, err)
+			}
+		})
+	}
+}

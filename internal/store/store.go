@@ -1,0 +1,168 @@
+// Package store opens the Postgres pool, runs transactions and turns pgx errors
+// into one-line errors an operator can act on. It is the only package besides
+// db/ that talks to pgx directly.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/baton-scheduler/baton/db"
+)
+
+// SQLSTATE codes baton reacts to.
+const (
+	CodeUniqueViolation     = "23505"
+	CodeForeignKeyViolation = "23503"
+	CodeCheckViolation      = "23514"
+	CodeDeadlockDetected    = "40P01"
+	CodeSerialization       = "40001"
+	CodeInvalidPassword     = "28P01"
+	CodeInvalidAuth         = "28000"
+	CodeInvalidCatalog      = "3D000"
+	CodeUndefinedTable      = "42P01"
+)
+
+// Advisory lock classes (first key of the two-int form).
+const (
+	LockClassWorkerFailover int32 = 0x6261_0001
+	LockClassMasterFailover int32 = 0x6261_0002
+	LockClassDispatchGroup  int32 = 0x6261_0003
+)
+
+// ParseConfig parses a DSN (URL or key=value) and reports a malformed one clearly.
+func ParseConfig(dsn string) (*pgxpool.Config, error) {
+	if strings.TrimSpace(dsn) == "" {
+		return nil, errors.New("database URL is empty: set BATON_DATABASE_URL or --database-url")
+	}
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		// pgx's message may echo the DSN; keep only its reason to avoid leaking a password.
+		return nil, fmt.Errorf("invalid database URL: %s", redact(err.Error(), dsn))
+	}
+	return cfg, nil
+}
+
+// Open connects a pool and checks that the server answers, so a wrong DSN fails at
+// start-up with a message that says what is wrong.
+func Open(ctx context.Context, dsn string, maxConns int32) (*pgxpool.Pool, error) {
+	cfg, err := ParseConfig(dsn)
+	if err != nil {
+		return nil, err
+	}
+	if maxConns > 0 {
+		cfg.MaxConns = maxConns
+	}
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open pool: %w", err)
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := pool.Ping(pingCtx); err != nil {
+		pool.Close()
+		return nil, DescribeConnError(err, cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.User, cfg.ConnConfig.Database)
+	}
+	return pool, nil
+}
+
+// DescribeConnError turns a failed connection into one line naming the cause.
+func DescribeConnError(err error, host string, port uint16, user, database string) error {
+	addr := net.JoinHostPort(host, fmt.Sprint(port))
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case CodeInvalidPassword, CodeInvalidAuth:
+			return fmt.Errorf("postgres at %s rejected user %q: %s", addr, user, pgErr.Message)
+		case CodeInvalidCatalog:
+			return fmt.Errorf("postgres at %s has no database %q", addr, database)
+		}
+		return fmt.Errorf("postgres at %s: %s (SQLSTATE %s)", addr, pgErr.Message, pgErr.Code)
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("postgres at %s is unreachable: timed out connecting", addr)
+	}
+	var netErr net.Error
+	var opErr *net.OpError
+	var dnsErr *net.DNSError
+	switch {
+	case errors.As(err, &dnsErr):
+		return fmt.Errorf("postgres host %q cannot be resolved: %s", host, dnsErr.Err)
+	case errors.As(err, &opErr):
+		return fmt.Errorf("postgres at %s is unreachable: %s", addr, opErr.Err)
+	case errors.As(err, &netErr):
+		return fmt.Errorf("postgres at %s is unreachable: %s", addr, oneLine(netErr.Error()))
+	}
+	return fmt.Errorf("connect to postgres at %s: %s", addr, rootCause(err))
+}
+
+func rootCause(err error) string {
+	for {
+		next := errors.Unwrap(err)
+		if next == nil {
+			return oneLine(err.Error())
+		}
+		err = next
+	}
+}
+
+func oneLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+func redact(msg, dsn string) string {
+	if u, err := pgconn.ParseConfig(dsn); err == nil && u.Password != "" {
+		msg = strings.ReplaceAll(msg, u.Password, "xxxxx")
+	}
+	msg = strings.ReplaceAll(msg, dsn, "<dsn>")
+	return msg
+}
+
+// WithTx runs fn in one transaction and commits if fn returns nil.
+func WithTx(ctx context.Context, pool *pgxpool.Pool, fn func(q *db.Queries, tx pgx.Tx) error) error {
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		return fn(db.New(tx), tx)
+	})
+}
+
+// Code returns the SQLSTATE of err, or "".
+func Code(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
+}
+
+// Constraint returns the name of the violated constraint, or "".
+func Constraint(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.ConstraintName
+	}
+	return ""
+}
+
+// Retryable reports whether a transaction failed only because it raced another
+// (deadlock, serialization) and may simply run again.
+func Retryable(err error) bool {
+	switch Code(err) {
+	case CodeDeadlockDetected, CodeSerialization:
+		return true
+	}
+	return false
+}
