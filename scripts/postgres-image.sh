@@ -99,6 +99,7 @@ unmount_all() {
 cleanup() {
     unmount_all
     rm -rf --one-file-system "$DIR"
+    rm -f "$DIR.log"
 }
 trap cleanup EXIT
 
@@ -126,6 +127,8 @@ rm -rf "$DIR"/var/cache/apt/* "$DIR"/var/lib/apt/lists/* \
 find "$DIR"/usr/share/locale -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
 # Docker supplies /dev, /proc, /sys, resolv.conf and hostname at run time.
 find "$DIR"/dev "$DIR"/proc "$DIR"/sys -mindepth 1 -maxdepth 1 -exec rm -rf --one-file-system {} + 2>/dev/null || true
+# (rm first: never write through a symlink that could point at the host's file.)
+rm -f "$DIR"/etc/resolv.conf "$DIR"/etc/hostname
 : >"$DIR"/etc/resolv.conf
 : >"$DIR"/etc/hostname
 

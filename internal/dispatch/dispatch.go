@@ -1,0 +1,106 @@
+// Package dispatch points queued tasks at healthy workers of their group with free
+// slots, least loaded first, through the dispatch queue table.
+package dispatch
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/baton-scheduler/baton/db"
+	"github.com/baton-scheduler/baton/internal/notify"
+	"github.com/baton-scheduler/baton/internal/slots"
+	"github.com/baton-scheduler/baton/internal/store"
+)
+
+// DefaultBatchSize bounds the tasks one dispatch transaction assigns per group.
+const DefaultBatchSize = 2000
+
+// Dispatcher assigns waiting dispatch rows.
+type Dispatcher struct {
+	Pool          *pgxpool.Pool
+	WorkerTimeout time.Duration
+	BatchSize     int
+}
+
+// RunOnce dispatches what it can in every group with waiting tasks and returns
+// how many tasks it dispatched. A group another master is dispatching is skipped.
+func (d *Dispatcher) RunOnce(ctx context.Context) (int, error) {
+	groups, err := db.New(d.Pool).DispatchListWaitingGroups(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("list waiting groups: %w", err)
+	}
+	total := 0
+	for _, g := range groups {
+		n, err := d.Group(ctx, g)
+		if err != nil {
+			return total, err
+		}
+		total += n
+	}
+	return total, nil
+}
+
+// Group dispatches one group's waiting tasks in one transaction.
+func (d *Dispatcher) Group(ctx context.Context, group string) (int, error) {
+	batch := d.BatchSize
+	if batch <= 0 {
+		batch = DefaultBatchSize
+	}
+	n := 0
+	err := store.WithTx(ctx, d.Pool, func(q *db.Queries, tx pgx.Tx) error {
+		n = 0
+		var got bool
+		// One dispatcher per group at a time, so two masters never count the same free slot.
+		if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1, hashtext($2::text))",
+			store.LockClassDispatchGroup, group).Scan(&got); err != nil || !got {
+			return err
+		}
+		healthy, err := q.WorkerSessionListHealthy(ctx, db.WorkerSessionListHealthyParams{
+			GroupName: group, TimeoutMs: float64(d.WorkerTimeout.Milliseconds()),
+		})
+		if err != nil {
+			return fmt.Errorf("list healthy sessions of %s: %w", group, err)
+		}
+		picker := slots.NewPicker(healthy, 0)
+		free := min(picker.Free(), batch)
+		if free == 0 {
+			return nil
+		}
+		ids, err := q.DispatchLockWaiting(ctx, db.DispatchLockWaitingParams{GroupName: group, MaxTasks: int32(free)})
+		if err != nil {
+			return fmt.Errorf("lock waiting tasks of %s: %w", group, err)
+		}
+		if len(ids) == 0 {
+			return nil
+		}
+		targets := make([]int64, len(ids))
+		for i := range ids {
+			targets[i] = picker.Next()
+		}
+		rows, err := q.DispatchAssign(ctx, db.DispatchAssignParams{TaskIds: ids, SessionIds: targets})
+		if err != nil {
+			return fmt.Errorf("assign tasks of %s: %w", group, err)
+		}
+		n = len(rows)
+		seen := map[int64]bool{}
+		var sessions []string
+		for _, r := range rows {
+			if !seen[r.WorkerSessionID] {
+				seen[r.WorkerSessionID] = true
+				sessions = append(sessions, strconv.FormatInt(r.WorkerSessionID, 10))
+			}
+		}
+		if len(sessions) > 0 {
+			if _, err := tx.Exec(ctx, "SELECT pg_notify($1, $2)", notify.ChannelClaim, notify.ClaimPayload(sessions)); err != nil {
+				return fmt.Errorf("notify workers: %w", err)
+			}
+		}
+		return nil
+	})
+	return n, err
+}

@@ -1,0 +1,232 @@
+// Package failover moves a dead (or stopped) worker session's tasks to healthy
+// workers of the same group in one transaction, and records dead masters.
+package failover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/baton-scheduler/baton/db"
+	"github.com/baton-scheduler/baton/internal/notify"
+	"github.com/baton-scheduler/baton/internal/slots"
+	"github.com/baton-scheduler/baton/internal/store"
+)
+
+// DefaultBatchSize is how many tasks one SELECT ... FOR UPDATE SKIP LOCKED takes.
+const DefaultBatchSize = 1000
+
+// Config of a failover run.
+type Config struct {
+	WorkerTimeout time.Duration // heartbeat age after which a live session is dead
+	MasterTimeout time.Duration // the same for masters
+	BatchSize     int
+	MasterID      int64 // detecting master, recorded on the marker
+}
+
+// Result of one worker failover pass.
+type Result struct {
+	Ran        bool // false: another master holds the lock, or the session is not stale
+	EventID    int64
+	Deadline   time.Time
+	Reassigned int
+	Queued     int
+	Finished   bool // no task of the session is left
+	Moved      []db.FailoverMoveTasksRow
+}
+
+// Worker runs one failover pass for session (of group) in one transaction:
+//  1. try the session's failover advisory lock (held: another master is on it);
+//  2. take the group's dispatch lock so no dispatch races the reassignment;
+//  3. re-check staleness and mark the session dead (or accept it already ended);
+//  4. insert the marker (UNIQUE per session);
+//  5. lock its active tasks dispatched before the deadline, SKIP LOCKED, in batches;
+//     move each to the least-loaded healthy session of the group, or to the queue;
+//  6. record the pass on the marker; NOTIFY once at commit.
+func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64, group string) (Result, error) {
+	cfg = cfg.withDefaults()
+	var res Result
+	err := store.WithTx(ctx, pool, func(q *db.Queries, tx pgx.Tx) error {
+		res = Result{}
+		var got bool
+		if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1, hashtext($2::text))",
+			store.LockClassWorkerFailover, strconv.FormatInt(sessionID, 10)).Scan(&got); err != nil {
+			return fmt.Errorf("failover lock: %w", err)
+		}
+		if !got {
+			return nil
+		}
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1, hashtext($2::text))",
+			store.LockClassDispatchGroup, group); err != nil {
+			return fmt.Errorf("group dispatch lock: %w", err)
+		}
+		deadState := "dead"
+		marked, err := q.WorkerSessionMarkDead(ctx, db.WorkerSessionMarkDeadParams{ID: sessionID, TimeoutMs: float64(cfg.WorkerTimeout.Milliseconds())})
+		switch {
+		case err == nil:
+			res.Deadline = marked.Deadline
+		case errors.Is(err, pgx.ErrNoRows):
+			s, err := q.WorkerSessionGet(ctx, sessionID)
+			if err != nil {
+				return fmt.Errorf("read session: %w", err)
+			}
+			if s.State != "dead" && s.State != "stopped" {
+				return nil // heartbeat arrived in time: not dead after all
+			}
+			deadState = s.State
+			res.Deadline = *s.EndedAt
+		default:
+			return fmt.Errorf("mark session dead: %w", err)
+		}
+		if err := q.FailoverEventInsert(ctx, db.FailoverEventInsertParams{
+			Kind: "worker", SessionID: sessionID, GroupName: &group, DetectedBy: nullableID(cfg.MasterID), Deadline: res.Deadline,
+		}); err != nil {
+			return fmt.Errorf("insert failover marker: %w", err)
+		}
+		ev, err := q.FailoverEventGet(ctx, db.FailoverEventGetParams{Kind: "worker", SessionID: sessionID})
+		if err != nil {
+			return fmt.Errorf("read failover marker: %w", err)
+		}
+		res.EventID, res.Deadline, res.Ran = ev.ID, ev.Deadline, true
+		if ev.FinishedAt != nil {
+			res.Finished = true
+			return nil
+		}
+		healthy, err := q.WorkerSessionListHealthy(ctx, db.WorkerSessionListHealthyParams{
+			GroupName: group, TimeoutMs: float64(cfg.WorkerTimeout.Milliseconds()),
+		})
+		if err != nil {
+			return fmt.Errorf("list healthy sessions: %w", err)
+		}
+		picker := slots.NewPicker(healthy, sessionID)
+		for {
+			locked, err := q.FailoverLockTasks(ctx, db.FailoverLockTasksParams{SessionID: &sessionID, Deadline: &res.Deadline, MaxTasks: int32(cfg.BatchSize)})
+			if err != nil {
+				return fmt.Errorf("lock tasks of session %d: %w", sessionID, err)
+			}
+			if len(locked) == 0 {
+				break
+			}
+			p := db.FailoverMoveTasksParams{DeadSessionID: sessionID, DeadState: deadState}
+			for _, t := range locked {
+				p.TaskIds = append(p.TaskIds, t.ID)
+				p.OldAttempts = append(p.OldAttempts, t.Attempt)
+				p.Targets = append(p.Targets, picker.Next())
+			}
+			moved, err := q.FailoverMoveTasks(ctx, p)
+			if err != nil {
+				return fmt.Errorf("move tasks of session %d: %w", sessionID, err)
+			}
+			for _, m := range moved {
+				if m.WorkerSessionID != nil {
+					res.Reassigned++
+				} else {
+					res.Queued++
+				}
+			}
+			res.Moved = append(res.Moved, moved...)
+			if len(locked) < cfg.BatchSize {
+				break
+			}
+		}
+		remaining, err := q.FailoverCountRemaining(ctx, db.FailoverCountRemainingParams{SessionID: &sessionID, Deadline: &res.Deadline})
+		if err != nil {
+			return fmt.Errorf("count remaining tasks: %w", err)
+		}
+		res.Finished = remaining == 0
+		if _, err := q.FailoverEventRecordPass(ctx, db.FailoverEventRecordPassParams{
+			ID: ev.ID, Reassigned: int32(res.Reassigned), Queued: int32(res.Queued), Finished: res.Finished,
+		}); err != nil {
+			return fmt.Errorf("record failover pass: %w", err)
+		}
+		return notifyMoved(ctx, tx, res.Moved)
+	})
+	if err != nil {
+		return Result{}, err
+	}
+	return res, nil
+}
+
+// notifyMoved sends one NOTIFY per transaction: the sessions that got tasks, and a
+// dispatcher wake-up if some went back to the queue.
+func notifyMoved(ctx context.Context, tx pgx.Tx, moved []db.FailoverMoveTasksRow) error {
+	seen := map[int64]bool{}
+	var ids []string
+	queued := false
+	for _, m := range moved {
+		if m.WorkerSessionID == nil {
+			queued = true
+			continue
+		}
+		if !seen[*m.WorkerSessionID] {
+			seen[*m.WorkerSessionID] = true
+			ids = append(ids, strconv.FormatInt(*m.WorkerSessionID, 10))
+		}
+	}
+	if len(ids) > 0 {
+		if _, err := tx.Exec(ctx, "SELECT pg_notify($1, $2)", notify.ChannelClaim, notify.ClaimPayload(ids)); err != nil {
+			return fmt.Errorf("notify workers: %w", err)
+		}
+	}
+	if queued {
+		if _, err := tx.Exec(ctx, "SELECT pg_notify($1, '')", notify.ChannelDispatch); err != nil {
+			return fmt.Errorf("notify dispatch: %w", err)
+		}
+	}
+	return nil
+}
+
+// Master records a dead master: re-check, mark dead, one marker. Workflow runs it
+// owns will be taken over here when workflows exist; tasks need no master.
+func Master(ctx context.Context, pool *pgxpool.Pool, cfg Config, masterID int64) (bool, error) {
+	cfg = cfg.withDefaults()
+	ran := false
+	err := store.WithTx(ctx, pool, func(q *db.Queries, tx pgx.Tx) error {
+		var got bool
+		if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1, hashtext($2::text))",
+			store.LockClassMasterFailover, strconv.FormatInt(masterID, 10)).Scan(&got); err != nil || !got {
+			return err
+		}
+		deadline, err := q.MasterSessionMarkDead(ctx, db.MasterSessionMarkDeadParams{ID: masterID, TimeoutMs: float64(cfg.MasterTimeout.Milliseconds())})
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("mark master dead: %w", err)
+		}
+		if err := q.FailoverEventInsert(ctx, db.FailoverEventInsertParams{
+			Kind: "master", SessionID: masterID, DetectedBy: nullableID(cfg.MasterID), Deadline: deadline,
+		}); err != nil {
+			return fmt.Errorf("insert master failover marker: %w", err)
+		}
+		ran = true
+		_, err = tx.Exec(ctx, "UPDATE failover_events SET finished_at = clock_timestamp(), passes = 1 WHERE kind = 'master' AND session_id = $1 AND finished_at IS NULL", masterID)
+		return err
+	})
+	return ran, err
+}
+
+func nullableID(id int64) *int64 {
+	if id == 0 {
+		return nil
+	}
+	return &id
+}
+
+func (c Config) withDefaults() Config {
+	if c.WorkerTimeout <= 0 {
+		c.WorkerTimeout = 5 * time.Second
+	}
+	if c.MasterTimeout <= 0 {
+		c.MasterTimeout = c.WorkerTimeout
+	}
+	if c.BatchSize <= 0 {
+		c.BatchSize = DefaultBatchSize
+	}
+	return c
+}

@@ -1,0 +1,119 @@
+// Package notify turns Postgres LISTEN/NOTIFY into wake-up signals. A NOTIFY only
+// shortens a wait: every loop that listens also polls, so correctness never
+// depends on a notification arriving.
+package notify
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+)
+
+// Channel names.
+const (
+	// ChannelDispatch wakes masters: a task is waiting to be dispatched.
+	ChannelDispatch = "baton_dispatch"
+	// ChannelSweep wakes masters' liveness sweep: a worker stopped and left tasks.
+	ChannelSweep = "baton_sweep"
+	// ChannelClaim wakes workers; the payload lists target session ids ("*" = all).
+	ChannelClaim = "baton_claim"
+)
+
+// Listener holds one connection that LISTENs and calls OnNotify per notification.
+type Listener struct {
+	Pool     *pgxpool.Pool
+	Channels []string
+	OnNotify func(channel, payload string)
+	Logger   *zap.Logger
+}
+
+// Run listens until ctx is done, reconnecting with backoff when the connection drops.
+func (l *Listener) Run(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := l.listenOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		l.Logger.Warn("listener connection lost; polling continues", zap.Error(err), zap.Duration("retry_in", backoff))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+func (l *Listener) listenOnce(ctx context.Context) error {
+	conn, err := l.Pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	// The connection carries LISTEN state; never hand it back to the pool.
+	defer func() {
+		c := conn.Hijack()
+		_ = c.Close(context.Background())
+	}()
+	for _, ch := range l.Channels {
+		if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
+			return err
+		}
+	}
+	// Whatever was notified while we were not listening: wake everyone once.
+	for _, ch := range l.Channels {
+		l.OnNotify(ch, "*")
+	}
+	for {
+		n, err := conn.Conn().WaitForNotification(ctx)
+		if err != nil {
+			if errors.Is(err, context.Canceled) {
+				return nil
+			}
+			return err
+		}
+		l.OnNotify(n.Channel, n.Payload)
+	}
+}
+
+// Signal is a non-blocking, coalescing wake-up.
+type Signal chan struct{}
+
+// NewSignal returns a signal with room for one pending wake-up.
+func NewSignal() Signal { return make(Signal, 1) }
+
+// Wake records a wake-up if none is pending.
+func (s Signal) Wake() {
+	select {
+	case s <- struct{}{}:
+	default:
+	}
+}
+
+// ClaimPayload joins session ids for one claim NOTIFY, or "*" (everyone) when the
+// list would not fit in a payload.
+func ClaimPayload(ids []string) string {
+	p := strings.Join(ids, ",")
+	if len(p) > 7000 {
+		return "*"
+	}
+	return p
+}
+
+// ClaimFor reports whether a claim payload concerns session id.
+func ClaimFor(payload, id string) bool {
+	if payload == "*" || payload == "" {
+		return true
+	}
+	for _, p := range strings.Split(payload, ",") {
+		if p == id {
+			return true
+		}
+	}
+	return false
+}
