@@ -34,6 +34,11 @@ elif timeout 20 docker info >/dev/null 2>&1; then
      && ! timeout 60 docker pull -q testcontainers/ryuk:0.14.0 >/dev/null 2>&1; then
     export TESTCONTAINERS_RYUK_DISABLED=true
   fi
+  # Testcontainers may guess the gateway address as the Docker host (seen on these
+  # machines); a local engine publishes ports on localhost.
+  if [ -z "${TESTCONTAINERS_HOST_OVERRIDE:-}" ] && [[ "${DOCKER_HOST:-unix://}" == unix://* ]]; then
+    export TESTCONTAINERS_HOST_OVERRIDE=localhost
+  fi
   say "using testcontainers with image $BATON_TEST_POSTGRES_IMAGE (TESTCONTAINERS_RYUK_DISABLED=${TESTCONTAINERS_RYUK_DISABLED:-})"
 else
   echo "########################################################################" >&2

@@ -1,0 +1,352 @@
+package failover_test
+
+import (
+	"context"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/baton-scheduler/baton/batontest"
+	"github.com/baton-scheduler/baton/internal/failover"
+)
+
+var srv *batontest.Server
+
+func TestMain(m *testing.M) {
+	os.Exit(batontest.Main(m, func(s *batontest.Server) { srv = s }))
+}
+
+type bundle struct {
+	pool *pgxpool.Pool
+	ctx  context.Context
+	t    *testing.T
+}
+
+func setup(t *testing.T) *bundle {
+	t.Helper()
+	pool, _ := srv.NewPool(t)
+	b := &bundle{pool: pool, ctx: context.Background(), t: t}
+	b.exec("INSERT INTO worker_groups (name) VALUES ('g1'), ('g2')")
+	return b
+}
+
+func (b *bundle) exec(sql string, args ...any) {
+	b.t.Helper()
+	if _, err := b.pool.Exec(b.ctx, sql, args...); err != nil {
+		b.t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+func (b *bundle) int64(sql string, args ...any) int64 {
+	b.t.Helper()
+	var v int64
+	if err := b.pool.QueryRow(b.ctx, sql, args...).Scan(&v); err != nil {
+		b.t.Fatalf("%s: %v", sql, err)
+	}
+	return v
+}
+
+// session inserts a worker session; stale ones last heartbeated an hour ago.
+func (b *bundle) session(group, state string, slots int, stale bool) int64 {
+	b.t.Helper()
+	age := "0"
+	if stale {
+		age = "3600"
+	}
+	ended := "NULL"
+	if state == "dead" || state == "stopped" {
+		ended = "now()"
+	}
+	return b.int64(`INSERT INTO worker_sessions (name, group_name, slots, state, last_heartbeat_at, ended_at)
+		VALUES ('w', $1, $2, $3, now() - make_interval(secs => $4::int), `+ended+`) RETURNING id`, group, slots, state, age)
+}
+
+// task inserts a task in state dispatched (with its undelivered dispatch row) or
+// running on session, at attempt 1, with its attempt history row.
+func (b *bundle) task(group string, session int64, state string) int64 {
+	b.t.Helper()
+	id := b.int64(`INSERT INTO tasks (group_name, kind, state, attempt, worker_session_id, dispatched_at, started_at)
+		VALUES ($1, 'shell', $2, 1, $3, now() - interval '1 minute', CASE WHEN $2 = 'running' THEN now() END) RETURNING id`, group, state, session)
+	b.exec(`INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, dispatched_at, started_at)
+		VALUES ($1, 1, $2, 'submit', now(), CASE WHEN $3 = 'running' THEN now() END)`, id, session, state)
+	if state == "dispatched" {
+		b.exec(`INSERT INTO dispatch_queue (task_id, attempt, group_name, target_session_id, reason) VALUES ($1, 1, $2, $3, 'submit')`, id, group, session)
+	}
+	return id
+}
+
+var cfg = failover.Config{WorkerTimeout: 5 * time.Second}
+
+func (b *bundle) failover(session int64, group string) failover.Result {
+	b.t.Helper()
+	res, err := failover.Worker(b.ctx, b.pool, cfg, session, group)
+	if err != nil {
+		b.t.Fatalf("failover of %d: %v", session, err)
+	}
+	return res
+}
+
+func TestReassignsOnlyToHealthySameGroup(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	dead := b.session("g1", "alive", 4, true)
+	small := b.session("g1", "alive", 2, false)
+	big := b.session("g1", "alive", 10, false)
+	draining := b.session("g1", "draining", 50, false)
+	staleAlive := b.session("g1", "alive", 50, true)
+	otherGroup := b.session("g2", "alive", 50, false)
+	_ = b.session("g1", "dead", 50, true)
+	var tasks []int64
+	for i := range 8 {
+		state := "running"
+		if i%2 == 0 {
+			state = "dispatched"
+		}
+		tasks = append(tasks, b.task("g1", dead, state))
+	}
+	// small already runs one task: one free slot left.
+	b.task("g1", small, "running")
+
+	res := b.failover(dead, "g1")
+	if !res.Ran || res.Reassigned != 8 || res.Queued != 0 || !res.Finished {
+		t.Fatalf("result = %+v, want 8 reassigned, finished", res)
+	}
+	perTarget := map[int64]int{}
+	for _, id := range tasks {
+		var state string
+		var attempt, failovers int
+		var target int64
+		if err := b.pool.QueryRow(b.ctx, "SELECT state, attempt, failover_count, worker_session_id FROM tasks WHERE id = $1", id).Scan(&state, &attempt, &failovers, &target); err != nil {
+			t.Fatal(err)
+		}
+		if state != "dispatched" || attempt != 2 || failovers != 1 {
+			t.Fatalf("task %d: state %s attempt %d failovers %d", id, state, attempt, failovers)
+		}
+		switch target {
+		case small, big:
+		case draining, staleAlive, otherGroup, dead:
+			t.Fatalf("task %d sent to forbidden session %d", id, target)
+		default:
+			t.Fatalf("task %d sent to unknown session %d", id, target)
+		}
+		perTarget[target]++
+		if n := b.int64("SELECT count(*) FROM dispatch_queue WHERE task_id = $1 AND target_session_id = $2 AND attempt = 2 AND reason = 'failover'", id, target); n != 1 {
+			t.Fatalf("task %d: dispatch row for new attempt missing", id)
+		}
+		if o := b.int64("SELECT count(*) FROM task_attempts WHERE task_id = $1 AND attempt = 1 AND outcome = 'failed_over'", id); o != 1 {
+			t.Fatalf("task %d: old attempt not recorded failed_over", id)
+		}
+		if o := b.int64("SELECT count(*) FROM task_attempts WHERE task_id = $1 AND attempt = 2 AND reason = 'failover' AND worker_session_id = $2 AND outcome IS NULL", id, target); o != 1 {
+			t.Fatalf("task %d: new attempt row missing", id)
+		}
+	}
+	if perTarget[small] > 1 {
+		t.Fatalf("session with 1 free slot got %d tasks", perTarget[small])
+	}
+	if st := b.int64("SELECT count(*) FROM worker_sessions WHERE id = $1 AND state = 'dead' AND ended_at IS NOT NULL", dead); st != 1 {
+		t.Fatal("dead session not marked dead")
+	}
+	if n := b.int64("SELECT count(*) FROM dispatch_queue WHERE target_session_id = $1", dead); n != 0 {
+		t.Fatalf("%d dispatch rows still target the dead session", n)
+	}
+	if n := b.int64("SELECT count(*) FROM failover_events WHERE kind = 'worker' AND session_id = $1 AND tasks_reassigned = 8 AND finished_at IS NOT NULL", dead); n != 1 {
+		t.Fatal("marker missing or wrong counts")
+	}
+}
+
+func TestNoHealthyWorkerQueues(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	dead := b.session("g1", "alive", 4, true)
+	b.session("g1", "draining", 4, false)
+	b.session("g2", "alive", 4, false)
+	var tasks []int64
+	for _, st := range []string{"running", "dispatched", "running"} {
+		tasks = append(tasks, b.task("g1", dead, st))
+	}
+	res := b.failover(dead, "g1")
+	if res.Queued != 3 || res.Reassigned != 0 || !res.Finished {
+		t.Fatalf("result = %+v, want 3 queued", res)
+	}
+	for _, id := range tasks {
+		if n := b.int64(`SELECT count(*) FROM tasks t JOIN dispatch_queue d ON d.task_id = t.id
+			WHERE t.id = $1 AND t.state = 'queued' AND t.worker_session_id IS NULL AND d.target_session_id IS NULL AND d.group_name = 'g1'`, id); n != 1 {
+			t.Fatalf("task %d is not queued with an untargeted dispatch row in its group", id)
+		}
+	}
+}
+
+func TestConcurrentFailoverRunsOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	dead := b.session("g1", "alive", 100, true)
+	b.session("g1", "alive", 100, false)
+	b.session("g1", "alive", 100, false)
+	const n = 60
+	for i := range n {
+		st := "running"
+		if i%3 == 0 {
+			st = "dispatched"
+		}
+		b.task("g1", dead, st)
+	}
+	var wg sync.WaitGroup
+	results := make([]failover.Result, 5)
+	errs := make([]error, 5)
+	for i := range 5 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i], errs[i] = failover.Worker(b.ctx, b.pool, cfg, dead, "g1")
+		}()
+	}
+	wg.Wait()
+	moved := 0
+	for i := range 5 {
+		if errs[i] != nil {
+			t.Fatalf("goroutine %d: %v", i, errs[i])
+		}
+		moved += results[i].Reassigned + results[i].Queued
+	}
+	// Run twice more, sequentially: nothing left to move.
+	for range 2 {
+		r := b.failover(dead, "g1")
+		moved += r.Reassigned + r.Queued
+	}
+	if moved != n {
+		t.Fatalf("tasks moved across runs = %d, want %d (each exactly once)", moved, n)
+	}
+	if c := b.int64("SELECT count(*) FROM failover_events WHERE session_id = $1", dead); c != 1 {
+		t.Fatalf("failover markers = %d, want 1", c)
+	}
+	if c := b.int64("SELECT count(*) FROM tasks WHERE attempt = 2 AND failover_count = 1 AND state = 'dispatched'"); c != n {
+		t.Fatalf("tasks reassigned exactly once = %d, want %d", c, n)
+	}
+	if c := b.int64("SELECT count(*) FROM task_attempts WHERE outcome = 'failed_over'"); c != n {
+		t.Fatalf("failed_over attempts = %d, want %d", c, n)
+	}
+}
+
+func TestLockedRowLeftForNextPass(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	dead := b.session("g1", "alive", 4, true)
+	b.session("g1", "alive", 10, false)
+	free := b.task("g1", dead, "running")
+	busy := b.task("g1", dead, "running")
+
+	// A concurrent completion holds busy's row.
+	tx, err := b.pool.Begin(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(b.ctx) //nolint:errcheck
+	if _, err := tx.Exec(b.ctx, "SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", busy); err != nil {
+		t.Fatal(err)
+	}
+	res := b.failover(dead, "g1")
+	if res.Reassigned != 1 || res.Finished {
+		t.Fatalf("first pass = %+v, want 1 reassigned, unfinished", res)
+	}
+	if a := b.int64("SELECT attempt FROM tasks WHERE id = $1", busy); a != 1 {
+		t.Fatalf("locked task touched: attempt %d", a)
+	}
+	if a := b.int64("SELECT attempt FROM tasks WHERE id = $1", free); a != 2 {
+		t.Fatalf("free task not moved: attempt %d", a)
+	}
+	if err := tx.Rollback(b.ctx); err != nil {
+		t.Fatal(err)
+	}
+	res = b.failover(dead, "g1")
+	if res.Reassigned != 1 || !res.Finished {
+		t.Fatalf("second pass = %+v, want 1 reassigned, finished", res)
+	}
+	if n := b.int64("SELECT count(*) FROM failover_events WHERE session_id = $1 AND passes = 2 AND tasks_reassigned = 2 AND finished_at IS NOT NULL", dead); n != 1 {
+		t.Fatal("marker does not show two passes and two tasks")
+	}
+}
+
+func TestTasksAfterDeadlineUntouched(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	dead := b.session("g1", "alive", 4, true)
+	b.session("g1", "alive", 10, false)
+	before := b.task("g1", dead, "running")
+	after := b.task("g1", dead, "running")
+	b.exec("UPDATE tasks SET dispatched_at = now() + interval '1 hour' WHERE id = $1", after)
+	res := b.failover(dead, "g1")
+	if res.Reassigned != 1 || !res.Finished {
+		t.Fatalf("result = %+v", res)
+	}
+	if a := b.int64("SELECT attempt FROM tasks WHERE id = $1 AND worker_session_id = $2", after, dead); a != 1 {
+		t.Fatalf("task dispatched after the deadline was touched")
+	}
+	if a := b.int64("SELECT attempt FROM tasks WHERE id = $1", before); a != 2 {
+		t.Fatalf("task dispatched before the deadline not moved")
+	}
+}
+
+func TestFreshSessionIsNotFailedOver(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	live := b.session("g1", "alive", 4, false)
+	id := b.task("g1", live, "running")
+	res := b.failover(live, "g1")
+	if res.Ran {
+		t.Fatalf("failover ran on a session that heartbeats: %+v", res)
+	}
+	if n := b.int64("SELECT count(*) FROM worker_sessions WHERE id = $1 AND state = 'alive'", live); n != 1 {
+		t.Fatal("live session was marked dead")
+	}
+	if a := b.int64("SELECT attempt FROM tasks WHERE id = $1", id); a != 1 {
+		t.Fatal("task of a live session moved")
+	}
+	if n := b.int64("SELECT count(*) FROM failover_events"); n != 0 {
+		t.Fatal("marker written for a live session")
+	}
+}
+
+// A session that stopped cleanly but left tasks is failed over without waiting
+// for the heartbeat timeout.
+func TestStoppedSessionHandsBackAtOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	stopped := b.session("g1", "alive", 4, false)
+	b.session("g1", "alive", 4, false)
+	id := b.task("g1", stopped, "running")
+	b.exec("UPDATE worker_sessions SET state = 'stopped', ended_at = now() WHERE id = $1", stopped)
+	res := b.failover(stopped, "g1")
+	if res.Reassigned != 1 || !res.Finished {
+		t.Fatalf("result = %+v", res)
+	}
+	if a := b.int64("SELECT attempt FROM tasks WHERE id = $1", id); a != 2 {
+		t.Fatal("stopped session's task not handed back")
+	}
+}
+
+// Liveness is judged by Postgres time: a session whose heartbeat is fresh by the
+// database clock is alive whatever the caller's clock says, and vice versa.
+func TestMasterFailoverOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	m := b.int64("INSERT INTO master_sessions (name, last_heartbeat_at) VALUES ('m', now() - interval '1 hour') RETURNING id")
+	live := b.int64("INSERT INTO master_sessions (name) VALUES ('m2') RETURNING id")
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _ = failover.Master(b.ctx, b.pool, failover.Config{MasterID: live}, m)
+		}()
+	}
+	wg.Wait()
+	if ran, err := failover.Master(b.ctx, b.pool, failover.Config{}, live); err != nil || ran {
+		t.Fatalf("live master failed over: %v %v", ran, err)
+	}
+	if n := b.int64("SELECT count(*) FROM failover_events WHERE kind = 'master' AND session_id = $1 AND detected_by = $2", m, live); n != 1 {
+		t.Fatalf("master markers = %d, want 1", n)
+	}
+}
