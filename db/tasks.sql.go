@@ -50,7 +50,7 @@ const taskClaim = `-- name: TaskClaim :many
 WITH q AS (
     SELECT d.id
     FROM dispatch_queue d
-    WHERE d.target_session_id = $1
+    WHERE d.target_session_id = $1::bigint
       AND EXISTS (SELECT 1 FROM worker_sessions s WHERE s.id = $1 AND s.state = 'alive')
     ORDER BY d.priority DESC, d.id
     LIMIT $2
@@ -79,7 +79,7 @@ FROM t ORDER BY t.priority DESC, t.id
 `
 
 type TaskClaimParams struct {
-	SessionID *int64
+	SessionID int64
 	MaxTasks  int32
 }
 

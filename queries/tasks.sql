@@ -28,7 +28,7 @@ RETURNING task_id;
 WITH q AS (
     SELECT d.id
     FROM dispatch_queue d
-    WHERE d.target_session_id = @session_id
+    WHERE d.target_session_id = @session_id::bigint
       AND EXISTS (SELECT 1 FROM worker_sessions s WHERE s.id = @session_id AND s.state = 'alive')
     ORDER BY d.priority DESC, d.id
     LIMIT @max_tasks

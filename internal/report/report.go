@@ -1,0 +1,127 @@
+// Package report writes attempt results fenced by (task, attempt, session): a
+// superseded attempt's write changes nothing and is recorded as fenced.
+package report
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/baton-scheduler/baton/db"
+	"github.com/baton-scheduler/baton/internal/notify"
+	"github.com/baton-scheduler/baton/internal/retrypolicy"
+	"github.com/baton-scheduler/baton/internal/store"
+)
+
+// Result is one attempt's outcome as its worker (or a master, for timeouts) reports it.
+type Result struct {
+	TaskID     int64
+	Attempt    int32
+	SessionID  int64
+	Outcome    string // succeeded, failed, timed_out
+	ExitCode   int32  // executor.NoExitCode when none
+	Output     string
+	Error      string
+	RetryDelay time.Duration // used only if the task is retried
+}
+
+// Summary says what happened to a batch.
+type Summary struct {
+	Applied map[int64]string // task id -> new task state
+	Fenced  []Result         // superseded: refused and recorded as fenced
+}
+
+// Finish writes a batch of results in one transaction.
+func Finish(ctx context.Context, pool *pgxpool.Pool, results []Result) (Summary, error) {
+	var sum Summary
+	if len(results) == 0 {
+		return sum, nil
+	}
+	p := db.TaskFinishParams{}
+	for _, r := range results {
+		p.Ids = append(p.Ids, r.TaskID)
+		p.Attempts = append(p.Attempts, r.Attempt)
+		p.SessionIds = append(p.SessionIds, r.SessionID)
+		p.Outcomes = append(p.Outcomes, r.Outcome)
+		p.ExitCodes = append(p.ExitCodes, r.ExitCode)
+		p.Errors = append(p.Errors, r.Error)
+		p.Outputs = append(p.Outputs, r.Output)
+		p.RetryDelaysMs = append(p.RetryDelaysMs, r.RetryDelay.Milliseconds())
+	}
+	err := store.WithTx(ctx, pool, func(q *db.Queries, tx pgx.Tx) error {
+		sum = Summary{Applied: make(map[int64]string, len(results))}
+		rows, err := q.TaskFinish(ctx, p)
+		if err != nil {
+			return fmt.Errorf("finish %d tasks: %w", len(results), err)
+		}
+		retried := false
+		for _, r := range rows {
+			sum.Applied[r.ID] = r.State
+			retried = retried || r.State == "queued"
+		}
+		var f db.TaskAttemptMarkFencedParams
+		for _, r := range results {
+			if _, ok := sum.Applied[r.TaskID]; ok {
+				continue
+			}
+			sum.Fenced = append(sum.Fenced, r)
+			f.Ids = append(f.Ids, r.TaskID)
+			f.Attempts = append(f.Attempts, r.Attempt)
+			f.SessionIds = append(f.SessionIds, r.SessionID)
+			f.Outcomes = append(f.Outcomes, r.Outcome)
+		}
+		if len(f.Ids) > 0 {
+			if _, err := q.TaskAttemptMarkFenced(ctx, f); err != nil {
+				return fmt.Errorf("record fenced attempts: %w", err)
+			}
+		}
+		if retried {
+			if _, err := tx.Exec(ctx, "SELECT pg_notify($1, '')", notify.ChannelDispatch); err != nil {
+				return fmt.Errorf("notify dispatch: %w", err)
+			}
+		}
+		return nil
+	})
+	return sum, err
+}
+
+// TimeOutOverdue records running attempts past their timeout plus grace as
+// timed_out (retrying them if allowed). The worker normally kills and reports them
+// itself; this catches handlers that ignore cancellation and workers that hang.
+func TimeOutOverdue(ctx context.Context, pool *pgxpool.Pool, grace time.Duration, policy retrypolicy.Policy, noExitCode int32) (int, error) {
+	var results []Result
+	err := store.WithTx(ctx, pool, func(q *db.Queries, tx pgx.Tx) error {
+		results = results[:0]
+		rows, err := q.TaskListTimedOut(ctx, db.TaskListTimedOutParams{GraceMs: grace.Milliseconds(), MaxTasks: 500})
+		if err != nil {
+			return fmt.Errorf("list overdue tasks: %w", err)
+		}
+		if len(rows) == 0 {
+			return nil
+		}
+		p := db.TaskFinishParams{}
+		for _, r := range rows {
+			res := Result{TaskID: r.ID, Attempt: r.Attempt, SessionID: r.WorkerSessionID, Outcome: "timed_out",
+				ExitCode: noExitCode, Error: "timed out: no result from the worker within timeout + grace",
+				RetryDelay: policy.Delay(int(r.Retries), nil)}
+			results = append(results, res)
+			p.Ids = append(p.Ids, res.TaskID)
+			p.Attempts = append(p.Attempts, res.Attempt)
+			p.SessionIds = append(p.SessionIds, res.SessionID)
+			p.Outcomes = append(p.Outcomes, res.Outcome)
+			p.ExitCodes = append(p.ExitCodes, res.ExitCode)
+			p.Errors = append(p.Errors, res.Error)
+			p.Outputs = append(p.Outputs, "")
+			p.RetryDelaysMs = append(p.RetryDelaysMs, res.RetryDelay.Milliseconds())
+		}
+		if _, err := q.TaskFinish(ctx, p); err != nil {
+			return fmt.Errorf("time out %d tasks: %w", len(rows), err)
+		}
+		_, err = tx.Exec(ctx, "SELECT pg_notify($1, '')", notify.ChannelDispatch)
+		return err
+	})
+	return len(results), err
+}

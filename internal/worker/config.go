@@ -1,0 +1,104 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/baton-scheduler/baton/internal/executor"
+	"github.com/baton-scheduler/baton/internal/retrypolicy"
+)
+
+// Defaults; see DESIGN: heartbeat 1 s, dead after 5 s, self-fence at 4 s.
+const (
+	HeartbeatIntervalDefault = time.Second
+	SelfFenceAfterDefault    = 4 * time.Second
+	PollIntervalDefault      = 500 * time.Millisecond
+	ShutdownGraceDefault     = 10 * time.Second
+	SlotsDefault             = 4
+	GroupDefault             = "default"
+)
+
+// Config of a worker process.
+type Config struct {
+	DatabaseURL       string
+	Group             string        // worker group served (created if missing)
+	Name              string        // operator-facing name; default host-pid
+	Slots             int           // tasks run at once
+	HeartbeatInterval time.Duration // how often the session row is touched
+	// SelfFenceAfter: without a successful heartbeat for this long the worker stops
+	// claiming, kills its tasks and abandons the session. Must stay below the
+	// masters' worker timeout (timeout − margin) so it acts before failover.
+	SelfFenceAfter time.Duration
+	PollInterval   time.Duration // claim polling fallback when no NOTIFY arrives
+	ShutdownGrace  time.Duration // how long SIGTERM waits for running tasks
+	MaxOutput      int           // bytes of stdout+stderr kept per attempt
+	Handlers       map[string]executor.Handler
+	Retry          retrypolicy.Policy
+	Logger         *zap.Logger
+	Version        string
+	// Now is the process clock, used only to time the worker's own heartbeat
+	// failures (never a liveness decision about someone else). Tests inject it.
+	Now func() time.Time
+}
+
+// WithDefaults returns a copy with every zero field set to its default.
+func (c Config) WithDefaults() Config {
+	if c.Group == "" {
+		c.Group = GroupDefault
+	}
+	if c.Slots == 0 {
+		c.Slots = SlotsDefault
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = HeartbeatIntervalDefault
+	}
+	if c.SelfFenceAfter == 0 {
+		c.SelfFenceAfter = SelfFenceAfterDefault
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = PollIntervalDefault
+	}
+	if c.ShutdownGrace == 0 {
+		c.ShutdownGrace = ShutdownGraceDefault
+	}
+	if c.MaxOutput == 0 {
+		c.MaxOutput = executor.DefaultMaxOutput
+	}
+	if c.Retry == (retrypolicy.Policy{}) {
+		c.Retry = retrypolicy.Default
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+// Validate checks ranges and cross-field rules.
+func (c Config) Validate() error {
+	var errs []error
+	if c.DatabaseURL == "" {
+		errs = append(errs, errors.New("database URL is empty: set BATON_DATABASE_URL or --database-url"))
+	}
+	if c.Slots < 1 || c.Slots > 10000 {
+		errs = append(errs, fmt.Errorf("slots %d is outside 1..10000", c.Slots))
+	}
+	if c.HeartbeatInterval < 10*time.Millisecond {
+		errs = append(errs, fmt.Errorf("heartbeat interval %s is below 10ms", c.HeartbeatInterval))
+	}
+	if c.SelfFenceAfter < 2*c.HeartbeatInterval {
+		errs = append(errs, fmt.Errorf("self-fence after %s must be at least twice the heartbeat interval %s", c.SelfFenceAfter, c.HeartbeatInterval))
+	}
+	if c.PollInterval <= 0 {
+		errs = append(errs, fmt.Errorf("poll interval %s must be positive", c.PollInterval))
+	}
+	if c.ShutdownGrace < 0 {
+		errs = append(errs, fmt.Errorf("shutdown grace %s is negative", c.ShutdownGrace))
+	}
+	return errors.Join(errs...)
+}
