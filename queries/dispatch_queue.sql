@@ -16,21 +16,21 @@ FOR UPDATE SKIP LOCKED;
 -- name: DispatchAssign :many
 WITH m AS (
     SELECT unnest(@task_ids::bigint[]) AS task_id, unnest(@session_ids::bigint[]) AS session_id
-), d AS (
-    UPDATE dispatch_queue
-    SET target_session_id = m.session_id
-    FROM m
-    WHERE dispatch_queue.task_id = m.task_id AND dispatch_queue.target_session_id IS NULL
-    RETURNING dispatch_queue.task_id, dispatch_queue.reason, dispatch_queue.target_session_id
 ), t AS (
     UPDATE tasks
-    SET state = 'dispatched', attempt = tasks.attempt + 1, worker_session_id = d.target_session_id,
+    SET state = 'dispatched', attempt = tasks.attempt + 1, worker_session_id = m.session_id,
         dispatched_at = now(), started_at = NULL
-    FROM d
-    WHERE tasks.id = d.task_id AND tasks.state = 'queued'
+    FROM m
+    WHERE tasks.id = m.task_id
+      AND tasks.state = 'queued'
+      AND EXISTS (SELECT 1 FROM dispatch_queue q WHERE q.task_id = m.task_id AND q.target_session_id IS NULL)
     RETURNING tasks.id, tasks.attempt, tasks.worker_session_id
-), da AS (
-    UPDATE dispatch_queue SET attempt = t.attempt FROM t WHERE dispatch_queue.task_id = t.id
+), d AS (
+    UPDATE dispatch_queue
+    SET target_session_id = t.worker_session_id, attempt = t.attempt
+    FROM t
+    WHERE dispatch_queue.task_id = t.id AND dispatch_queue.target_session_id IS NULL
+    RETURNING dispatch_queue.task_id, dispatch_queue.reason
 ), a AS (
     INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason)
     SELECT t.id, t.attempt, t.worker_session_id, d.reason FROM t JOIN d ON d.task_id = t.id

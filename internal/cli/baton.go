@@ -1,0 +1,384 @@
+// Package cli holds the command lines of baton, baton-master and baton-worker:
+// flags and environment in, a Config and a Run call out, errors to exit codes.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/baton-scheduler/baton/db"
+	"github.com/baton-scheduler/baton/internal/migrate"
+	"github.com/baton-scheduler/baton/internal/store"
+	"github.com/baton-scheduler/baton/internal/submit"
+)
+
+const usage = `baton — operator CLI of the baton scheduler
+
+  baton migrate up|down|status|version     apply/roll back the embedded schema
+  baton task submit --group G (--shell CMD | --type T [--payload JSON]) [--priority N] [--max-retries N] [--timeout D]
+  baton task list [--state S] [--group G] [--limit N]
+  baton task show ID
+  baton worker list [--group G] [--all]
+  baton failover list [--limit N]
+  baton dev                                start Postgres (if needed), a master, two workers and demo tasks
+
+Every command takes --database-url (env BATON_DATABASE_URL); list/show/submit take --json.
+`
+
+// BatonMain is the baton CLI.
+func BatonMain(ctx context.Context, args []string, env Env, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	var err error
+	switch args[0] {
+	case "migrate":
+		err = migrateCmd(ctx, args[1:], env, stdout, stderr)
+	case "task":
+		err = taskCmd(ctx, args[1:], env, stdout, stderr)
+	case "worker":
+		err = workerCmd(ctx, args[1:], env, stdout, stderr)
+	case "failover":
+		err = failoverCmd(ctx, args[1:], env, stdout, stderr)
+	case "dev":
+		err = devCmd(ctx, args[1:], env, stdout, stderr)
+	default:
+		err = fmt.Errorf("unknown command %q\n\n%s", args[0], usage)
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	return exitCode(stderr, "baton", err)
+}
+
+type common struct {
+	dsn  string
+	json bool
+}
+
+func (c *common) register(fs *flag.FlagSet, env Env, withJSON bool) {
+	fs.StringVar(&c.dsn, "database-url", env("BATON_DATABASE_URL"), "Postgres URL (env BATON_DATABASE_URL)")
+	if withJSON {
+		fs.BoolVar(&c.json, "json", false, "print JSON instead of a table")
+	}
+}
+
+func (c *common) pool(ctx context.Context) (*pgxpool.Pool, error) {
+	return store.Open(ctx, c.dsn, 2)
+}
+
+func sub(args []string, what string, choices ...string) (string, []string, error) {
+	if len(args) == 0 {
+		return "", nil, fmt.Errorf("%s needs a subcommand: %s", what, strings.Join(choices, "|"))
+	}
+	for _, c := range choices {
+		if args[0] == c {
+			return c, args[1:], nil
+		}
+	}
+	return "", nil, fmt.Errorf("unknown %s subcommand %q: use %s", what, args[0], strings.Join(choices, "|"))
+}
+
+func migrateCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writer) error {
+	cmd, rest, err := sub(args, "migrate", "up", "down", "status", "version")
+	if err != nil {
+		return err
+	}
+	fs := newFlagSet("baton migrate "+cmd, stderr)
+	var c common
+	c.register(fs, env, false)
+	to := fs.Int64("to", -1, "down: roll back to this version (0 = everything); default one step")
+	if err := fs.Parse(rest); err != nil {
+		return err
+	}
+	m, err := migrate.New(ctx, c.dsn)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	switch cmd {
+	case "up":
+		n, err := m.Up(ctx)
+		if err != nil {
+			return err
+		}
+		v, _ := m.Version(ctx)
+		fmt.Fprintf(stdout, "applied %d migration(s); schema at version %d\n", n, v)
+	case "down":
+		if *to >= 0 {
+			n, err := m.DownTo(ctx, *to)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "rolled back %d migration(s); schema at version %d\n", n, *to)
+		} else {
+			v, err := m.Down(ctx)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "rolled back migration %d\n", v)
+		}
+	case "status":
+		st, err := m.Status(ctx)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "VERSION\tAPPLIED\tAPPLIED AT\tFILE")
+		for _, s := range st {
+			fmt.Fprintf(tw, "%d\t%v\t%s\t%s\n", s.Version, s.Applied, s.AppliedAt, s.Name)
+		}
+		return tw.Flush()
+	case "version":
+		v, err := m.Version(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%d (binary knows up to %d)\n", v, m.Latest())
+	}
+	return nil
+}
+
+func taskCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writer) error {
+	cmd, rest, err := sub(args, "task", "submit", "list", "show")
+	if err != nil {
+		return err
+	}
+	fs := newFlagSet("baton task "+cmd, stderr)
+	var c common
+	c.register(fs, env, true)
+	switch cmd {
+	case "submit":
+		group := fs.String("group", "default", "worker group")
+		shell := fs.String("shell", "", "shell command (kind shell)")
+		kind := fs.String("type", "", "Go handler kind")
+		payload := fs.String("payload", "", "JSON payload (for --type), or @file")
+		priority := fs.Int("priority", 0, "higher runs first (-1000..1000)")
+		retries := fs.Int("max-retries", 0, "retries after a failure or timeout (0..100)")
+		timeout := fs.Duration("timeout", 0, "run time limit of one attempt (0 = none)")
+		if err := fs.Parse(rest); err != nil {
+			return err
+		}
+		spec := submit.Spec{Group: *group, Priority: *priority, MaxRetries: *retries, Timeout: *timeout}
+		switch {
+		case *shell != "" && *kind != "":
+			return errors.New("give either --shell or --type, not both")
+		case *shell != "":
+			spec.Kind = submit.KindShell
+			spec.Payload, _ = json.Marshal(map[string]string{"command": *shell})
+		case *kind != "":
+			spec.Kind = *kind
+			p := *payload
+			if strings.HasPrefix(p, "@") {
+				b, err := os.ReadFile(p[1:])
+				if err != nil {
+					return fmt.Errorf("read payload: %w", err)
+				}
+				p = string(b)
+			}
+			spec.Payload = json.RawMessage(p)
+		default:
+			return errors.New("give --shell CMD or --type T")
+		}
+		if err := spec.Validate(); err != nil {
+			return err
+		}
+		pool, err := c.pool(ctx)
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		id, err := submit.Submit(ctx, pool, spec)
+		if err != nil {
+			return err
+		}
+		if c.json {
+			return json.NewEncoder(stdout).Encode(map[string]int64{"id": id})
+		}
+		fmt.Fprintln(stdout, id)
+		return nil
+	case "list":
+		state := fs.String("state", "", "filter by state")
+		group := fs.String("group", "", "filter by group")
+		limit := fs.Int("limit", 50, "rows")
+		if err := fs.Parse(rest); err != nil {
+			return err
+		}
+		pool, err := c.pool(ctx)
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		rows, err := db.New(pool).TaskList(ctx, db.TaskListParams{State: nilIfEmpty(*state), GroupName: nilIfEmpty(*group), MaxRows: int32(*limit)})
+		if err != nil {
+			return fmt.Errorf("list tasks: %w", err)
+		}
+		if c.json {
+			return json.NewEncoder(stdout).Encode(rows)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tGROUP\tKIND\tSTATE\tATTEMPT\tWORKER\tFAILOVERS\tSUBMITTED")
+		for _, t := range rows {
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", t.ID, t.GroupName, t.Kind, t.State, t.Attempt,
+				optID(t.WorkerSessionID), t.FailoverCount, t.SubmittedAt.Format(time.RFC3339))
+		}
+		return tw.Flush()
+	default: // show
+		if err := fs.Parse(rest); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return errors.New("usage: baton task show ID")
+		}
+		id, err := strconv.ParseInt(fs.Arg(0), 10, 64)
+		if err != nil {
+			return fmt.Errorf("task id %q is not a number", fs.Arg(0))
+		}
+		pool, err := c.pool(ctx)
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		q := db.New(pool)
+		t, err := q.TaskGet(ctx, id)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("task %d not found", id)
+		}
+		if err != nil {
+			return fmt.Errorf("get task: %w", err)
+		}
+		attempts, err := q.TaskAttemptList(ctx, id)
+		if err != nil {
+			return fmt.Errorf("list attempts: %w", err)
+		}
+		if c.json {
+			return json.NewEncoder(stdout).Encode(map[string]any{"task": t, "attempts": attempts})
+		}
+		fmt.Fprintf(stdout, "task %d  group %s  kind %s  state %s  attempt %d  retries %d/%d  failovers %d\n",
+			t.ID, t.GroupName, t.Kind, t.State, t.Attempt, t.Retries, t.MaxRetries, t.FailoverCount)
+		fmt.Fprintf(stdout, "payload: %s\n", t.Payload)
+		if t.LastError != "" {
+			fmt.Fprintf(stdout, "last error: %s\n", t.LastError)
+		}
+		if t.Output != "" {
+			fmt.Fprintf(stdout, "output:\n%s\n", t.Output)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ATTEMPT\tWORKER\tREASON\tOUTCOME\tDISPATCHED\tSTARTED\tFINISHED\tERROR")
+		for _, a := range attempts {
+			outcome := "(in flight)"
+			if a.Outcome != nil {
+				outcome = *a.Outcome
+			}
+			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", a.Attempt, a.WorkerSessionID, a.Reason, outcome,
+				a.DispatchedAt.Format(time.RFC3339Nano), optTime(a.StartedAt), optTime(a.FinishedAt), a.Error)
+		}
+		return tw.Flush()
+	}
+}
+
+func workerCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writer) error {
+	_, rest, err := sub(args, "worker", "list")
+	if err != nil {
+		return err
+	}
+	fs := newFlagSet("baton worker list", stderr)
+	var c common
+	c.register(fs, env, true)
+	group := fs.String("group", "", "filter by group")
+	all := fs.Bool("all", false, "include dead and stopped sessions")
+	limit := fs.Int("limit", 100, "rows")
+	if err := fs.Parse(rest); err != nil {
+		return err
+	}
+	pool, err := c.pool(ctx)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	rows, err := db.New(pool).WorkerSessionList(ctx, db.WorkerSessionListParams{GroupName: nilIfEmpty(*group), IncludeEnded: *all, MaxRows: int32(*limit)})
+	if err != nil {
+		return fmt.Errorf("list workers: %w", err)
+	}
+	if c.json {
+		return json.NewEncoder(stdout).Encode(rows)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SESSION\tNAME\tGROUP\tSTATE\tSLOTS\tACTIVE\tHEARTBEAT AGE\tHOST\tPID")
+	for _, w := range rows {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\t%.1fs\t%s\t%d\n", w.ID, w.Name, w.GroupName, w.State, w.Slots, w.ActiveTasks,
+			w.HeartbeatAgeSeconds, w.Host, w.Pid)
+	}
+	return tw.Flush()
+}
+
+func failoverCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writer) error {
+	_, rest, err := sub(args, "failover", "list")
+	if err != nil {
+		return err
+	}
+	fs := newFlagSet("baton failover list", stderr)
+	var c common
+	c.register(fs, env, true)
+	limit := fs.Int("limit", 50, "rows")
+	if err := fs.Parse(rest); err != nil {
+		return err
+	}
+	pool, err := c.pool(ctx)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	rows, err := db.New(pool).FailoverEventList(ctx, db.FailoverEventListParams{MaxRows: int32(*limit)})
+	if err != nil {
+		return fmt.Errorf("list failovers: %w", err)
+	}
+	if c.json {
+		return json.NewEncoder(stdout).Encode(rows)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tKIND\tSESSION\tGROUP\tBY MASTER\tDEADLINE\tFINISHED\tREASSIGNED\tQUEUED\tPASSES")
+	for _, f := range rows {
+		g := ""
+		if f.GroupName != nil {
+			g = *f.GroupName
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n", f.ID, f.Kind, f.SessionID, g, optID(f.DetectedBy),
+			f.Deadline.Format(time.RFC3339Nano), optTime(f.FinishedAt), f.TasksReassigned, f.TasksQueued, f.Passes)
+	}
+	return tw.Flush()
+}
+
+func nilIfEmpty(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+func optID(p *int64) string {
+	if p == nil {
+		return "-"
+	}
+	return strconv.FormatInt(*p, 10)
+}
+
+func optTime(t *time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	return t.Format(time.RFC3339Nano)
+}

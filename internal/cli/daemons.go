@@ -1,0 +1,121 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"io"
+
+	"github.com/baton-scheduler/baton/internal/executor"
+	"github.com/baton-scheduler/baton/internal/master"
+	"github.com/baton-scheduler/baton/internal/migrate"
+	"github.com/baton-scheduler/baton/internal/worker"
+)
+
+// Version is stamped at build time.
+var Version = "dev"
+
+// MasterMain is baton-master: flags and env -> master.Config -> Run.
+func MasterMain(ctx context.Context, args []string, env Env, stderr io.Writer) int {
+	fs := newFlagSet("baton-master", stderr)
+	var cfg master.Config
+	var migrateUp bool
+	var logLevel, logFormat string
+	err := func() error {
+		var err error
+		fs.StringVar(&cfg.DatabaseURL, "database-url", env("BATON_DATABASE_URL"), "Postgres URL (env BATON_DATABASE_URL)")
+		fs.StringVar(&cfg.Name, "name", env("BATON_MASTER_NAME"), "master name (default host-pid)")
+		hb, err1 := envDuration(env, "BATON_HEARTBEAT_INTERVAL", master.HeartbeatIntervalDefault)
+		wt, err2 := envDuration(env, "BATON_WORKER_TIMEOUT", master.WorkerTimeoutDefault)
+		mt, err3 := envDuration(env, "BATON_MASTER_TIMEOUT", master.MasterTimeoutDefault)
+		sw, err4 := envDuration(env, "BATON_SWEEP_INTERVAL", master.SweepIntervalDefault)
+		if err = errors.Join(err1, err2, err3, err4); err != nil {
+			return err
+		}
+		fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", hb, "own heartbeat period (env BATON_HEARTBEAT_INTERVAL)")
+		fs.DurationVar(&cfg.WorkerTimeout, "worker-timeout", wt, "heartbeat age (Postgres time) after which a worker is dead (env BATON_WORKER_TIMEOUT)")
+		fs.DurationVar(&cfg.MasterTimeout, "master-timeout", mt, "the same for masters (env BATON_MASTER_TIMEOUT)")
+		fs.DurationVar(&cfg.SweepInterval, "sweep-interval", sw, "liveness/timeout sweep period (env BATON_SWEEP_INTERVAL)")
+		fs.DurationVar(&cfg.DispatchInterval, "dispatch-interval", master.DispatchIntervalDefault, "dispatch polling fallback")
+		fs.DurationVar(&cfg.TimeoutGrace, "timeout-grace", master.TimeoutGraceDefault, "time past a task timeout before the master records it")
+		fs.BoolVar(&migrateUp, "migrate", env("BATON_MIGRATE") == "true", "apply pending migrations at start (env BATON_MIGRATE=true)")
+		fs.StringVar(&logLevel, "log-level", envDefault(env, "BATON_LOG_LEVEL", "info"), "debug|info|warn|error")
+		fs.StringVar(&logFormat, "log-format", envDefault(env, "BATON_LOG_FORMAT", "json"), "json|console")
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		log, err := newLogger(logLevel, logFormat)
+		if err != nil {
+			return err
+		}
+		defer log.Sync() //nolint:errcheck
+		cfg.Logger, cfg.Version = log, Version
+		if err := schemaReady(ctx, cfg.DatabaseURL, migrateUp); err != nil {
+			return err
+		}
+		m, err := master.New(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		return m.Run(ctx)
+	}()
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	return exitCode(stderr, "baton-master", err)
+}
+
+// WorkerMain is baton-worker: flags and env -> worker.Config -> Run.
+func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string]executor.Handler, stderr io.Writer) int {
+	fs := newFlagSet("baton-worker", stderr)
+	var cfg worker.Config
+	var logLevel, logFormat string
+	err := func() error {
+		hb, err1 := envDuration(env, "BATON_HEARTBEAT_INTERVAL", worker.HeartbeatIntervalDefault)
+		sf, err2 := envDuration(env, "BATON_SELF_FENCE_AFTER", worker.SelfFenceAfterDefault)
+		gr, err3 := envDuration(env, "BATON_SHUTDOWN_GRACE", worker.ShutdownGraceDefault)
+		slots, err4 := envInt(env, "BATON_SLOTS", worker.SlotsDefault)
+		if err := errors.Join(err1, err2, err3, err4); err != nil {
+			return err
+		}
+		fs.StringVar(&cfg.DatabaseURL, "database-url", env("BATON_DATABASE_URL"), "Postgres URL (env BATON_DATABASE_URL)")
+		fs.StringVar(&cfg.Group, "group", envDefault(env, "BATON_GROUP", worker.GroupDefault), "worker group (env BATON_GROUP)")
+		fs.StringVar(&cfg.Name, "name", env("BATON_WORKER_NAME"), "worker name (default host-pid)")
+		fs.IntVar(&cfg.Slots, "slots", slots, "tasks run at once (env BATON_SLOTS)")
+		fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", hb, "heartbeat period (env BATON_HEARTBEAT_INTERVAL)")
+		fs.DurationVar(&cfg.SelfFenceAfter, "self-fence-after", sf, "stop and kill tasks after this long without a heartbeat; keep below the masters' worker timeout (env BATON_SELF_FENCE_AFTER)")
+		fs.DurationVar(&cfg.PollInterval, "poll-interval", worker.PollIntervalDefault, "claim polling fallback")
+		fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", gr, "on SIGTERM, how long running tasks may finish (env BATON_SHUTDOWN_GRACE)")
+		fs.IntVar(&cfg.MaxOutput, "max-output", executor.DefaultMaxOutput, "bytes of task output kept per attempt")
+		fs.StringVar(&logLevel, "log-level", envDefault(env, "BATON_LOG_LEVEL", "info"), "debug|info|warn|error")
+		fs.StringVar(&logFormat, "log-format", envDefault(env, "BATON_LOG_FORMAT", "json"), "json|console")
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		log, err := newLogger(logLevel, logFormat)
+		if err != nil {
+			return err
+		}
+		defer log.Sync() //nolint:errcheck
+		cfg.Logger, cfg.Version, cfg.Handlers = log, Version, handlers
+		if err := schemaReady(ctx, cfg.DatabaseURL, false); err != nil {
+			return err
+		}
+		w, err := worker.New(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		return w.Run(ctx)
+	}()
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	return exitCode(stderr, "baton-worker", err)
+}
+
+func schemaReady(ctx context.Context, dsn string, migrateUp bool) error {
+	if migrateUp {
+		return migrate.EnsureLatest(ctx, dsn)
+	}
+	return migrate.CheckSchema(ctx, dsn)
+}

@@ -1,0 +1,215 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/testcontainers/testcontainers-go"
+	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
+
+	"github.com/baton-scheduler/baton/internal/migrate"
+	"github.com/baton-scheduler/baton/internal/store"
+	"github.com/baton-scheduler/baton/internal/submit"
+)
+
+// devCmd is `make run`: Postgres (its own when BATON_DATABASE_URL is unset), the
+// schema, one master, two workers and a few demo tasks; Ctrl-C stops it all.
+func devCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writer) error {
+	fs := newFlagSet("baton dev", stderr)
+	var c common
+	c.register(fs, env, false)
+	dataDir := fs.String("data-dir", envDefault(env, "BATON_DEV_DIR", ".baton-dev"), "where the host-binaries Postgres keeps its data")
+	images := fs.String("image", envDefault(env, "BATON_DEV_POSTGRES_IMAGE", "postgres:17"), "Postgres image for Docker")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	dsn := c.dsn
+	if dsn == "" {
+		var stop func()
+		var err error
+		dsn, stop, err = startDevPostgres(ctx, *images, *dataDir, stdout)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	} else {
+		fmt.Fprintln(stdout, "using BATON_DATABASE_URL")
+	}
+	if err := migrate.EnsureLatest(ctx, dsn); err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	binDir := filepath.Dir(self)
+	var procs []*exec.Cmd
+	startProc := func(name string, args ...string) error {
+		cmd := exec.Command(filepath.Join(binDir, name), args...)
+		cmd.Env = append(os.Environ(), "BATON_DATABASE_URL="+dsn, "BATON_LOG_FORMAT=console")
+		cmd.Stdout, cmd.Stderr = stderr, stderr
+		if err := cmd.Start(); err != nil {
+			return fmt.Errorf("start %s (build it with `make build`): %w", name, err)
+		}
+		procs = append(procs, cmd)
+		return nil
+	}
+	defer func() {
+		for _, p := range procs {
+			_ = p.Process.Signal(syscall.SIGTERM)
+		}
+		for _, p := range procs {
+			_ = p.Wait()
+		}
+	}()
+	if err := startProc("baton-master", "--name", "master-1"); err != nil {
+		return err
+	}
+	for i := 1; i <= 2; i++ {
+		if err := startProc("baton-worker", "--name", fmt.Sprintf("worker-%d", i), "--group", "default", "--slots", "2"); err != nil {
+			return err
+		}
+	}
+	pool, err := store.Open(ctx, dsn, 2)
+	if err != nil {
+		return err
+	}
+	// The group appears when the first worker registers.
+	for i := 0; i < 100; i++ {
+		var ok bool
+		if err := pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM worker_groups WHERE name = 'default')").Scan(&ok); err == nil && ok {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var specs []submit.Spec
+	for i := 1; i <= 6; i++ {
+		p, _ := json.Marshal(map[string]string{"command": fmt.Sprintf(`echo "demo task %d, attempt $BATON_ATTEMPT on $BATON_WORKER"; sleep 2`, i)})
+		specs = append(specs, submit.Spec{Group: "default", Kind: submit.KindShell, Payload: p, MaxRetries: 2, Timeout: time.Minute})
+	}
+	ids, err := submit.Many(ctx, pool, specs)
+	pool.Close()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, `
+baton is running: 1 master, 2 workers (group "default"), %d demo tasks submitted.
+
+  export BATON_DATABASE_URL='%s'
+  %[3]s/baton task list
+  %[3]s/baton task show %d
+  %[3]s/baton worker list
+  %[3]s/baton task submit --group default --shell 'echo hi; sleep 1'
+  %[3]s/baton failover list        # kill -9 a worker's pid (baton worker list) and watch
+
+Ctrl-C stops everything.
+`, len(ids), dsn, binDir, ids[0])
+	<-ctx.Done()
+	fmt.Fprintln(stdout, "stopping...")
+	return nil
+}
+
+// startDevPostgres tries Docker (testcontainers) first, then the host's Postgres
+// server binaries in dataDir.
+func startDevPostgres(ctx context.Context, image, dataDir string, stdout io.Writer) (string, func(), error) {
+	var dockerErr error
+	for _, img := range []string{image, "baton-postgres:15-local"} {
+		startCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		ctr, err := tcpostgres.Run(startCtx, img, tcpostgres.WithDatabase("baton"), tcpostgres.WithUsername("baton"),
+			tcpostgres.WithPassword("baton"), tcpostgres.BasicWaitStrategies())
+		cancel()
+		if err == nil {
+			dsn, err := ctr.ConnectionString(ctx, "sslmode=disable")
+			if err == nil {
+				fmt.Fprintf(stdout, "started Postgres in Docker (%s)\n", img)
+				return dsn, func() { _ = testcontainers.TerminateContainer(ctr) }, nil
+			}
+		}
+		if ctr != nil {
+			_ = testcontainers.TerminateContainer(ctr)
+		}
+		dockerErr = errors.Join(dockerErr, err)
+	}
+	fmt.Fprintf(stdout, "Docker Postgres unavailable (%v); using the host's Postgres binaries in %s\n", firstLine(dockerErr), dataDir)
+	return startHostPostgres(ctx, dataDir)
+}
+
+func firstLine(err error) string {
+	if err == nil {
+		return ""
+	}
+	s := err.Error()
+	for i, r := range s {
+		if r == '\n' {
+			return s[:i]
+		}
+	}
+	return s
+}
+
+func startHostPostgres(ctx context.Context, dataDir string) (string, func(), error) {
+	var bin string
+	matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
+	if len(matches) > 0 {
+		bin = filepath.Dir(matches[len(matches)-1])
+	} else if p, err := exec.LookPath("initdb"); err == nil {
+		bin = filepath.Dir(p)
+	} else {
+		return "", nil, errors.New("no Postgres for `make run`: Docker failed and no PostgreSQL server binaries (initdb) are installed; set BATON_DATABASE_URL")
+	}
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
+		return "", nil, err
+	}
+	if err := os.MkdirAll(abs, 0o755); err != nil {
+		return "", nil, err
+	}
+	// Postgres refuses to run as root; run it as the postgres user then.
+	run := func(name string, args ...string) *exec.Cmd {
+		if os.Geteuid() == 0 {
+			return exec.CommandContext(ctx, "runuser", append([]string{"-u", "postgres", "--", filepath.Join(bin, name)}, args...)...)
+		}
+		return exec.CommandContext(ctx, filepath.Join(bin, name), args...)
+	}
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			return "", nil, fmt.Errorf("running as root needs a postgres user to run the server: %w", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		_ = os.Chown(abs, uid, -1)
+	}
+	data := filepath.Join(abs, "data")
+	if _, err := os.Stat(filepath.Join(data, "PG_VERSION")); err != nil {
+		if out, err := run("initdb", "-D", data, "-U", "baton", "--auth=trust", "-E", "UTF8").CombinedOutput(); err != nil {
+			return "", nil, fmt.Errorf("initdb: %v: %s", err, out)
+		}
+	}
+	port := freePort()
+	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1", port, abs)
+	if out, err := run("pg_ctl", "-D", data, "-l", filepath.Join(abs, "postgres.log"), "-w", "-t", "60", "-o", opts, "start").CombinedOutput(); err != nil {
+		return "", nil, fmt.Errorf("start host Postgres: %v: %s (see %s/postgres.log)", err, out, abs)
+	}
+	stop := func() { _ = run("pg_ctl", "-D", data, "-m", "fast", "stop").Run() }
+	return fmt.Sprintf("postgres://baton@127.0.0.1:%d/postgres?sslmode=disable", port), stop, nil
+}
+
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 55432
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
