@@ -1,0 +1,135 @@
+package report_test
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/baton-scheduler/baton/batontest"
+	"github.com/baton-scheduler/baton/internal/executor"
+	"github.com/baton-scheduler/baton/internal/failover"
+	"github.com/baton-scheduler/baton/internal/report"
+	"github.com/baton-scheduler/baton/internal/retrypolicy"
+)
+
+var srv *batontest.Server
+
+func TestMain(m *testing.M) {
+	os.Exit(batontest.Main(m, func(s *batontest.Server) { srv = s }))
+}
+
+// A completion by a superseded attempt changes nothing and is recorded as fenced;
+// the current attempt's completion is applied.
+func TestSupersededAttemptIsFenced(t *testing.T) {
+	t.Parallel()
+	pool, _ := srv.NewPool(t)
+	ctx := context.Background()
+	q := func(sql string, args ...any) int64 {
+		t.Helper()
+		var v int64
+		if err := pool.QueryRow(ctx, sql, args...).Scan(&v); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+		return v
+	}
+	q("INSERT INTO worker_groups (name) VALUES ('g') RETURNING 1")
+	zombie := q("INSERT INTO worker_sessions (name, group_name, slots, last_heartbeat_at) VALUES ('z', 'g', 2, now() - interval '1 hour') RETURNING id")
+	healthy := q("INSERT INTO worker_sessions (name, group_name, slots) VALUES ('h', 'g', 2) RETURNING id")
+	task := q(`INSERT INTO tasks (group_name, kind, state, attempt, worker_session_id, dispatched_at, started_at)
+		VALUES ('g', 'shell', 'running', 1, $1, now(), now()) RETURNING id`, zombie)
+	q("INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, started_at) VALUES ($1, 1, $2, 'submit', now()) RETURNING 1", task, zombie)
+
+	if _, err := failover.Worker(ctx, pool, failover.Config{WorkerTimeout: 5 * time.Second}, zombie, "g"); err != nil {
+		t.Fatal(err)
+	}
+	late := report.Result{TaskID: task, Attempt: 1, SessionID: zombie, Outcome: "succeeded", ExitCode: 0, Output: "stale"}
+	sum, err := report.Finish(ctx, pool, []report.Result{late})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sum.Applied) != 0 || len(sum.Fenced) != 1 {
+		t.Fatalf("late result: applied %v fenced %v; want it fenced", sum.Applied, sum.Fenced)
+	}
+	if n := q("SELECT count(*) FROM tasks WHERE id = $1 AND state = 'dispatched' AND attempt = 2 AND worker_session_id = $2 AND output = ''", task, healthy); n != 1 {
+		t.Fatal("a superseded attempt's write changed the task")
+	}
+	if n := q("SELECT count(*) FROM task_attempts WHERE task_id = $1 AND attempt = 1 AND outcome = 'fenced' AND error LIKE 'result refused (succeeded)%failed_over'", task); n != 1 {
+		t.Fatal("superseded attempt not recorded as fenced")
+	}
+
+	// The same write with the right attempt but the wrong session is fenced too.
+	pool.Exec(ctx, "UPDATE tasks SET state = 'running', started_at = now() WHERE id = $1", task) //nolint:errcheck
+	wrongSession := report.Result{TaskID: task, Attempt: 2, SessionID: zombie, Outcome: "succeeded"}
+	if sum, err := report.Finish(ctx, pool, []report.Result{wrongSession}); err != nil || len(sum.Fenced) != 1 {
+		t.Fatalf("attempt 2 from the wrong session: %+v, %v", sum, err)
+	}
+	current := report.Result{TaskID: task, Attempt: 2, SessionID: healthy, Outcome: "succeeded", ExitCode: 0, Output: "ok"}
+	sum, err = report.Finish(ctx, pool, []report.Result{current})
+	if err != nil || sum.Applied[task] != "succeeded" {
+		t.Fatalf("current attempt: %+v, %v", sum, err)
+	}
+	if n := q("SELECT count(*) FROM task_attempts WHERE task_id = $1 AND outcome = 'succeeded'", task); n != 1 {
+		t.Fatalf("succeeded attempts = %d, want 1", n)
+	}
+	// A second delivery of the same result is fenced, not applied twice.
+	if sum, err := report.Finish(ctx, pool, []report.Result{current}); err != nil || len(sum.Fenced) != 1 {
+		t.Fatalf("duplicate result: %+v, %v", sum, err)
+	}
+}
+
+// A failed attempt with retries left goes back to the queue with a backoff;
+// without retries left it is final. Overdue attempts are timed out by the sweep.
+func TestRetryAndTimeout(t *testing.T) {
+	t.Parallel()
+	pool, _ := srv.NewPool(t)
+	ctx := context.Background()
+	q := func(sql string, args ...any) int64 {
+		t.Helper()
+		var v int64
+		if err := pool.QueryRow(ctx, sql, args...).Scan(&v); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+		return v
+	}
+	q("INSERT INTO worker_groups (name) VALUES ('g') RETURNING 1")
+	s := q("INSERT INTO worker_sessions (name, group_name, slots) VALUES ('w', 'g', 2) RETURNING id")
+	mk := func(maxRetries int, timeoutMs int64, startedAgo string) int64 {
+		id := q(`INSERT INTO tasks (group_name, kind, state, attempt, worker_session_id, dispatched_at, started_at, max_retries, timeout_ms)
+			VALUES ('g', 'shell', 'running', 1, $1, now(), now() - $2::interval, $3, $4) RETURNING id`, s, startedAgo, maxRetries, timeoutMs)
+		q("INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, started_at) VALUES ($1, 1, $2, 'submit', now()) RETURNING 1", id, s)
+		return id
+	}
+	retry := mk(1, 0, "0s")
+	final := mk(0, 0, "0s")
+	sum, err := report.Finish(ctx, pool, []report.Result{
+		{TaskID: retry, Attempt: 1, SessionID: s, Outcome: "failed", ExitCode: 1, Error: "boom", RetryDelay: time.Hour},
+		{TaskID: final, Attempt: 1, SessionID: s, Outcome: "failed", ExitCode: 1, Error: "boom"},
+	})
+	if err != nil || sum.Applied[retry] != "queued" || sum.Applied[final] != "failed" {
+		t.Fatalf("finish: %+v, %v", sum, err)
+	}
+	if n := q(`SELECT count(*) FROM dispatch_queue WHERE task_id = $1 AND reason = 'retry' AND target_session_id IS NULL
+		AND available_at > now() + interval '59 minutes'`, retry); n != 1 {
+		t.Fatal("retry not queued with its backoff")
+	}
+	if n := q("SELECT count(*) FROM tasks WHERE id = $1 AND retries = 1 AND worker_session_id IS NULL AND finished_at IS NULL", retry); n != 1 {
+		t.Fatal("retried task state wrong")
+	}
+
+	overdue := mk(0, 1000, "1 hour")
+	notYet := mk(0, 3600_000, "1 second")
+	n, err := report.TimeOutOverdue(ctx, pool, time.Second, retrypolicy.Default, executor.NoExitCode)
+	if err != nil || n != 1 {
+		t.Fatalf("TimeOutOverdue = %d, %v; want 1", n, err)
+	}
+	if c := q("SELECT count(*) FROM tasks WHERE id = $1 AND state = 'timed_out'", overdue); c != 1 {
+		t.Fatal("overdue task not timed out")
+	}
+	if c := q("SELECT count(*) FROM task_attempts WHERE task_id = $1 AND outcome = 'timed_out'", overdue); c != 1 {
+		t.Fatal("overdue attempt not recorded timed_out")
+	}
+	if c := q("SELECT count(*) FROM tasks WHERE id = $1 AND state = 'running'", notYet); c != 1 {
+		t.Fatal("task within its timeout was touched")
+	}
+}

@@ -1,0 +1,290 @@
+package worker_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/baton-scheduler/baton/batontest"
+	"github.com/baton-scheduler/baton/internal/executor"
+	"github.com/baton-scheduler/baton/internal/master"
+	"github.com/baton-scheduler/baton/internal/submit"
+	"github.com/baton-scheduler/baton/internal/worker"
+)
+
+var srv *batontest.Server
+
+func TestMain(m *testing.M) {
+	os.Exit(batontest.Main(m, func(s *batontest.Server) { srv = s }))
+}
+
+// Fast timings so failover happens within a second or two.
+const (
+	hb            = 100 * time.Millisecond
+	selfFence     = 400 * time.Millisecond
+	workerTimeout = 2 * time.Second
+)
+
+type bundle struct {
+	t    *testing.T
+	ctx  context.Context
+	pool *pgxpool.Pool
+	dsn  string
+}
+
+func setup(t *testing.T) *bundle {
+	pool, dsn := srv.NewPool(t)
+	return &bundle{t: t, ctx: context.Background(), pool: pool, dsn: dsn}
+}
+
+func (b *bundle) int64(sql string, args ...any) int64 {
+	b.t.Helper()
+	var v int64
+	if err := b.pool.QueryRow(b.ctx, sql, args...).Scan(&v); err != nil {
+		b.t.Fatalf("%s: %v", sql, err)
+	}
+	return v
+}
+
+// run starts fn in a goroutine and stops it (cancel + wait) when the test ends.
+func run(t *testing.T, fn func(ctx context.Context) error) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var once sync.Once
+	done := make(chan error, 1)
+	go func() { done <- fn(ctx) }()
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func (b *bundle) master() {
+	m, err := master.New(b.ctx, master.Config{DatabaseURL: b.dsn, HeartbeatInterval: hb, WorkerTimeout: workerTimeout,
+		SweepInterval: hb, DispatchInterval: 50 * time.Millisecond, Logger: zaptest.NewLogger(b.t).Named("m")})
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	run(b.t, m.Run)
+}
+
+func (b *bundle) worker(dsn, name string, now func() time.Time) (*worker.Worker, func()) {
+	w, err := worker.New(b.ctx, worker.Config{DatabaseURL: dsn, Group: "g", Name: name, Slots: 4, HeartbeatInterval: hb,
+		SelfFenceAfter: selfFence, PollInterval: 100 * time.Millisecond, ShutdownGrace: 200 * time.Millisecond,
+		Handlers: map[string]executor.Handler{
+			"echo": func(_ context.Context, t executor.Task) (string, error) { return string(t.Payload), nil },
+		},
+		Logger: zaptest.NewLogger(b.t).Named(name), Now: now})
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	stop := run(b.t, w.Run)
+	batontest.WaitFor(b.t, 10*time.Second, func() (bool, string) { return w.SessionID() != 0, "worker registered" })
+	return w, stop
+}
+
+func (b *bundle) submit(kind string, payload any, n int) []int64 {
+	b.t.Helper()
+	raw, _ := json.Marshal(payload)
+	specs := make([]submit.Spec, n)
+	for i := range specs {
+		specs[i] = submit.Spec{Group: "g", Kind: kind, Payload: raw}
+	}
+	ids, err := submit.Many(b.ctx, b.pool, specs)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	return ids
+}
+
+func (b *bundle) waitAllFinished(timeout time.Duration) {
+	b.t.Helper()
+	batontest.WaitFor(b.t, timeout, func() (bool, string) {
+		n := b.int64("SELECT count(*) FROM tasks WHERE finished_at IS NULL")
+		return n == 0, fmt.Sprintf("%d tasks unfinished", n)
+	})
+}
+
+func TestRunsShellAndHandlerTasks(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.master()
+	w, _ := b.worker(b.dsn, "w1", nil)
+	shell := b.submit("shell", map[string]any{"command": `echo "task=$BATON_TASK_ID attempt=$BATON_ATTEMPT session=$BATON_SESSION_ID $GREETING"; echo err >&2`,
+		"env": map[string]string{"GREETING": "hello"}}, 3)
+	echo := b.submit("echo", map[string]string{"x": "y"}, 3)
+	failing := b.submit("shell", map[string]string{"command": "exit 7"}, 1)
+	unknown := b.submit("nosuchhandler", map[string]string{}, 1)
+	b.waitAllFinished(30 * time.Second)
+	for _, id := range shell {
+		var out string
+		var code int
+		if err := b.pool.QueryRow(b.ctx, "SELECT output, exit_code FROM tasks WHERE id = $1 AND state = 'succeeded'", id).Scan(&out, &code); err != nil {
+			t.Fatalf("shell task %d: %v", id, err)
+		}
+		want := fmt.Sprintf("task=%d attempt=1 session=%d hello\nerr\n", id, w.SessionID())
+		if out != want || code != 0 {
+			t.Fatalf("shell task %d output %q code %d, want %q 0", id, out, code, want)
+		}
+	}
+	for _, id := range echo {
+		if n := b.int64(`SELECT count(*) FROM tasks WHERE id = $1 AND state = 'succeeded' AND output = '{"x": "y"}'`, id); n != 1 {
+			t.Fatalf("handler task %d did not succeed with its output", id)
+		}
+	}
+	if n := b.int64("SELECT count(*) FROM tasks WHERE id = $1 AND state = 'failed' AND exit_code = 7", failing[0]); n != 1 {
+		t.Fatal("failing shell task not recorded failed with exit code 7")
+	}
+	if n := b.int64("SELECT count(*) FROM tasks WHERE id = $1 AND state = 'failed' AND last_error LIKE 'no handler registered for kind%'", unknown[0]); n != 1 {
+		t.Fatal("unknown kind not failed with a clear error")
+	}
+}
+
+func TestOutputIsBounded(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.master()
+	b.worker(b.dsn, "w1", nil)
+	id := b.submit("shell", map[string]string{"command": "head -c 200000 /dev/zero | tr '\\0' a"}, 1)[0]
+	b.waitAllFinished(30 * time.Second)
+	var out string
+	if err := b.pool.QueryRow(b.ctx, "SELECT output FROM tasks WHERE id = $1", id).Scan(&out); err != nil {
+		t.Fatal(err)
+	}
+	if len(out) > executor.DefaultMaxOutput+100 || !strings.HasSuffix(out, "[output truncated at 65536 bytes]") {
+		t.Fatalf("output of %d bytes not bounded", len(out))
+	}
+}
+
+// Cut a worker off from Postgres while its process runs: it kills its running task
+// before any master can declare it dead, the task runs again on a healthy worker,
+// and when the network is back the worker serves under a new session.
+func TestSelfFenceOnPartition(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	proxy, viaProxy := batontest.NewProxy(t, b.dsn)
+	dir := t.TempDir()
+	b.master()
+	cut, _ := b.worker(viaProxy, "partitioned", nil)
+	first := cut.SessionID()
+
+	cmd := fmt.Sprintf(`if [ "$BATON_ATTEMPT" = 1 ]; then echo $$ > %s/pid; exec sleep 60; fi; echo ran on $BATON_SESSION_ID`, dir)
+	id := b.submit("shell", map[string]string{"command": cmd}, 1)[0]
+	var pid int
+	batontest.WaitFor(t, 20*time.Second, func() (bool, string) {
+		raw, err := os.ReadFile(filepath.Join(dir, "pid"))
+		if err == nil {
+			pid, err = strconv.Atoi(strings.TrimSpace(string(raw)))
+		}
+		return err == nil && pid > 0, "task started on the partitioned worker"
+	})
+	if n := b.int64("SELECT count(*) FROM tasks WHERE id = $1 AND worker_session_id = $2", id, first); n != 1 {
+		t.Fatal("task not on the partitioned worker")
+	}
+	healthy, _ := b.worker(b.dsn, "healthy", nil)
+	proxy.Cut()
+
+	// The task's process must die (self-fence) before the session is declared dead.
+	batontest.WaitFor(t, 30*time.Second, func() (bool, string) {
+		alive := syscall.Kill(pid, 0) == nil
+		dead := b.int64("SELECT count(*) FROM worker_sessions WHERE id = $1 AND state = 'dead'", first) == 1
+		if dead && alive {
+			t.Fatalf("session %d declared dead while its task process %d still runs: no self-fence", first, pid)
+		}
+		return dead, fmt.Sprintf("session dead=%v, task process alive=%v", dead, alive)
+	})
+	b.waitAllFinished(30 * time.Second)
+	var out string
+	if err := b.pool.QueryRow(b.ctx, "SELECT output FROM tasks WHERE id = $1 AND state = 'succeeded' AND attempt = 2", id).Scan(&out); err != nil {
+		t.Fatalf("task did not succeed on attempt 2: %v", err)
+	}
+	if want := fmt.Sprintf("ran on %d\n", healthy.SessionID()); out != want {
+		t.Fatalf("output %q, want %q", out, want)
+	}
+	if n := b.int64("SELECT count(*) FROM task_attempts WHERE task_id = $1 AND attempt = 1 AND outcome = 'failed_over'", id); n != 1 {
+		t.Fatal("partitioned attempt not closed as failed_over")
+	}
+
+	proxy.Restore()
+	batontest.WaitFor(t, 30*time.Second, func() (bool, string) {
+		s := cut.Sessions()
+		return len(s) == 2, fmt.Sprintf("sessions of the partitioned worker: %v", s)
+	})
+	second := cut.Sessions()[1]
+	batontest.WaitFor(t, 10*time.Second, func() (bool, string) {
+		return b.int64("SELECT count(*) FROM worker_sessions WHERE id = $1 AND state = 'alive'", second) == 1, "new session alive"
+	})
+	if n := b.int64("SELECT count(*) FROM failover_events WHERE session_id = $1", first); n != 1 {
+		t.Fatalf("failover events for the partitioned session = %d, want 1", n)
+	}
+}
+
+// The worker's process clock only times its own heartbeat failures; a clock that is
+// an hour off (either way) changes no liveness decision.
+func TestSkewedClockChangesNothing(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.master()
+	ahead, _ := b.worker(b.dsn, "ahead", func() time.Time { return time.Now().Add(time.Hour) })
+	behind, _ := b.worker(b.dsn, "behind", func() time.Time { return time.Now().Add(-time.Hour) })
+	b.submit("shell", map[string]string{"command": "sleep 0.05"}, 40)
+	b.waitAllFinished(60 * time.Second)
+	// Let several sweeps and heartbeats pass after the work is done.
+	batontest.WaitFor(t, 10*time.Second, func() (bool, string) {
+		n := b.int64("SELECT count(*) FROM worker_sessions WHERE last_heartbeat_at > started_at + interval '1 second'")
+		return n == 2, "both sessions heartbeat for a second"
+	})
+	if n := b.int64("SELECT count(*) FROM tasks WHERE state = 'succeeded' AND attempt = 1 AND failover_count = 0"); n != 40 {
+		t.Fatalf("tasks succeeded on their first attempt = %d, want 40", n)
+	}
+	if n := b.int64("SELECT count(*) FROM failover_events"); n != 0 {
+		t.Fatalf("failover events = %d, want 0", n)
+	}
+	if len(ahead.Sessions()) != 1 || len(behind.Sessions()) != 1 {
+		t.Fatalf("a skewed worker re-registered: %v %v", ahead.Sessions(), behind.Sessions())
+	}
+	if n := b.int64("SELECT count(*) FROM worker_sessions WHERE state = 'alive'"); n != 2 {
+		t.Fatalf("alive sessions = %d, want 2", n)
+	}
+}
+
+// Shutdown: running tasks get the grace period, the rest are handed back at once
+// (session stopped, not dead; no heartbeat timeout is waited for).
+func TestDrainHandsBackAtOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.master()
+	leaving, stop := b.worker(b.dsn, "leaving", nil)
+	id := b.submit("shell", map[string]string{"command": `if [ "$BATON_ATTEMPT" = 1 ]; then exec sleep 60; fi; echo second`}, 1)[0]
+	batontest.WaitFor(t, 20*time.Second, func() (bool, string) {
+		return b.int64("SELECT count(*) FROM tasks WHERE id = $1 AND state = 'running'", id) == 1, "task running"
+	})
+	b.worker(b.dsn, "staying", nil)
+	stop()
+	if n := b.int64("SELECT count(*) FROM worker_sessions WHERE id = $1 AND state = 'stopped'", leaving.SessionID()); n != 1 {
+		t.Fatal("drained session not marked stopped")
+	}
+	b.waitAllFinished(30 * time.Second)
+	if n := b.int64("SELECT count(*) FROM tasks WHERE id = $1 AND state = 'succeeded' AND attempt = 2 AND output = 'second\n'", id); n != 1 {
+		t.Fatal("handed-back task did not run again")
+	}
+	if n := b.int64("SELECT count(*) FROM worker_sessions WHERE state = 'dead'"); n != 0 {
+		t.Fatal("a session was declared dead: the hand-back waited for the timeout")
+	}
+}
