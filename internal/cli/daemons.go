@@ -50,6 +50,10 @@ func MasterMain(ctx context.Context, args []string, env Env, stderr io.Writer) i
 		}
 		defer log.Sync() //nolint:errcheck
 		cfg.Logger, cfg.Version = log, Version
+		// Validate what the flags gave before defaults fill zeros: an explicit 0 is an error.
+		if err := cfg.Validate(); err != nil {
+			return err
+		}
 		if err := schemaReady(ctx, cfg.DatabaseURL, migrateUp); err != nil {
 			return err
 		}
@@ -98,6 +102,9 @@ func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string
 		}
 		defer log.Sync() //nolint:errcheck
 		cfg.Logger, cfg.Version, cfg.Handlers = log, Version, handlers
+		if err := cfg.Validate(); err != nil {
+			return err
+		}
 		if err := schemaReady(ctx, cfg.DatabaseURL, false); err != nil {
 			return err
 		}
