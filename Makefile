@@ -36,7 +36,7 @@ bench:
 # Brings up Postgres if BATON_DATABASE_URL is unset, migrates, starts one master and
 # two workers and submits demo tasks.
 run: build
-	$(BIN)/baton dev
+	scripts/run.sh
 
 clean:
 	rm -rf $(BIN)

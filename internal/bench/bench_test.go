@@ -1,0 +1,137 @@
+// Package bench measures end-to-end figures on a real Postgres: no-op task
+// throughput with four workers and submit→running latency at a moderate rate.
+// Run with `make bench`; the figures are printed as benchmark metrics.
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/baton-scheduler/baton/batontest"
+	"github.com/baton-scheduler/baton/internal/executor"
+	"github.com/baton-scheduler/baton/internal/master"
+	"github.com/baton-scheduler/baton/internal/submit"
+	"github.com/baton-scheduler/baton/internal/worker"
+)
+
+var srv *batontest.Server
+
+func TestMain(m *testing.M) {
+	os.Exit(batontest.Main(m, func(s *batontest.Server) { srv = s }))
+}
+
+// cluster starts one master and n workers in-process (group "bench").
+func cluster(b *testing.B, dsn string, workers, slots int) func() {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	m, err := master.New(ctx, master.Config{DatabaseURL: dsn})
+	if err != nil {
+		b.Fatal(err)
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = m.Run(ctx) }()
+	noop := map[string]executor.Handler{"noop": func(context.Context, executor.Task) (string, error) { return "", nil }}
+	ws := make([]*worker.Worker, workers)
+	for i := range ws {
+		w, err := worker.New(ctx, worker.Config{DatabaseURL: dsn, Group: "bench", Name: fmt.Sprintf("w%d", i), Slots: slots, Handlers: noop})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ws[i] = w
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = w.Run(ctx) }()
+	}
+	for _, w := range ws {
+		batontest.WaitFor(b, 10*time.Second, func() (bool, string) { return w.SessionID() != 0, "worker registered" })
+	}
+	return func() { cancel(); wg.Wait() }
+}
+
+func unfinished(b *testing.B, pool *pgxpool.Pool) int64 {
+	var n int64
+	if err := pool.QueryRow(context.Background(), "SELECT count(*) FROM tasks WHERE finished_at IS NULL").Scan(&n); err != nil {
+		b.Fatal(err)
+	}
+	return n
+}
+
+func specs(n int) []submit.Spec {
+	s := make([]submit.Spec, n)
+	for i := range s {
+		s[i] = submit.Spec{Group: "bench", Kind: "noop", Payload: json.RawMessage(`{}`)}
+	}
+	return s
+}
+
+// BenchmarkThroughputNoop: 4 workers × 64 slots burn down 20,000 pre-submitted
+// no-op Go-handler tasks; tasks/s from the first dispatch to the last finish.
+func BenchmarkThroughputNoop(b *testing.B) {
+	const n = 20000
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		pool, dsn := srv.NewPool(b)
+		stop := cluster(b, dsn, 4, 64)
+		for off := 0; off < n; off += 5000 {
+			if _, err := submit.Many(context.Background(), pool, specs(5000)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StartTimer()
+		batontest.WaitFor(b, 10*time.Minute, func() (bool, string) {
+			return unfinished(b, pool) == 0, "tasks left"
+		})
+		b.StopTimer()
+		var secs float64
+		if err := pool.QueryRow(context.Background(),
+			"SELECT extract(epoch FROM max(finished_at) - min(dispatched_at)) FROM tasks").Scan(&secs); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(n/secs, "tasks/s")
+		stop()
+	}
+}
+
+// BenchmarkDispatchLatency: 2,000 tasks submitted one at a time at ~100/s to 4
+// idle workers; latency = started_at − submitted_at (both Postgres time).
+func BenchmarkDispatchLatency(b *testing.B) {
+	const n, rate = 2000, 100
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		pool, dsn := srv.NewPool(b)
+		stop := cluster(b, dsn, 4, 16)
+		b.StartTimer()
+		tick := time.NewTicker(time.Second / rate)
+		for range n {
+			<-tick.C
+			if _, err := submit.Many(context.Background(), pool, specs(1)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		tick.Stop()
+		batontest.WaitFor(b, time.Minute, func() (bool, string) { return unfinished(b, pool) == 0, "tasks left" })
+		b.StopTimer()
+		rows, err := pool.Query(context.Background(), "SELECT extract(epoch FROM started_at - submitted_at)::float8 FROM tasks")
+		if err != nil {
+			b.Fatal(err)
+		}
+		var lat []float64
+		for rows.Next() {
+			var v float64
+			_ = rows.Scan(&v)
+			lat = append(lat, v*1000)
+		}
+		rows.Close()
+		sort.Float64s(lat)
+		b.ReportMetric(lat[len(lat)/2], "p50_ms")
+		b.ReportMetric(lat[len(lat)*99/100], "p99_ms")
+		stop()
+	}
+}

@@ -1,0 +1,55 @@
+package failover_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/baton-scheduler/baton/internal/failover"
+)
+
+// BenchmarkWorkerFailover times the failover transaction alone: one dead session
+// with N running tasks, four healthy sessions with room for all of them.
+func BenchmarkWorkerFailover(b *testing.B) {
+	for _, n := range []int{1000, 10000} {
+		b.Run(fmt.Sprintf("tasks=%d", n), func(b *testing.B) {
+			pool, _ := srv.NewPool(b)
+			ctx := context.Background()
+			exec := func(sql string, args ...any) {
+				if _, err := pool.Exec(ctx, sql, args...); err != nil {
+					b.Fatalf("%s: %v", sql, err)
+				}
+			}
+			exec("INSERT INTO worker_groups (name) VALUES ('g')")
+			for range 4 {
+				exec("INSERT INTO worker_sessions (name, group_name, slots) VALUES ('healthy', 'g', 10000)")
+			}
+			var total time.Duration
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				exec("DELETE FROM dispatch_queue; DELETE FROM task_attempts; DELETE FROM tasks")
+				var dead int64
+				if err := pool.QueryRow(ctx, `INSERT INTO worker_sessions (name, group_name, slots, last_heartbeat_at)
+					VALUES ('dead', 'g', $1, now() - interval '1 hour') RETURNING id`, n).Scan(&dead); err != nil {
+					b.Fatal(err)
+				}
+				exec(`WITH t AS (
+					INSERT INTO tasks (group_name, kind, state, attempt, worker_session_id, dispatched_at, started_at)
+					SELECT 'g', 'shell', 'running', 1, $1, now(), now() FROM generate_series(1, $2) RETURNING id)
+					INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, started_at)
+					SELECT id, 1, $1, 'submit', now() FROM t`, dead, n)
+				exec("ANALYZE tasks")
+				b.StartTimer()
+				start := time.Now()
+				res, err := failover.Worker(ctx, pool, failover.Config{WorkerTimeout: 5 * time.Second}, dead, "g")
+				total += time.Since(start)
+				if err != nil || res.Reassigned != n || !res.Finished {
+					b.Fatalf("failover: %+v, %v", res, err)
+				}
+			}
+			b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/failover")
+			b.ReportMetric(float64(n)*float64(b.N)/total.Seconds(), "tasks/s")
+		})
+	}
+}
