@@ -78,7 +78,7 @@ func BenchmarkThroughputNoop(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		pool, dsn := srv.NewPool(b)
-		stop := cluster(b, dsn, 4, 64)
+		stop := cluster(b, dsn, 4, 256)
 		for off := 0; off < n; off += 5000 {
 			if _, err := submit.Many(context.Background(), pool, specs(5000)); err != nil {
 				b.Fatal(err)
