@@ -280,10 +280,13 @@ func (q *Queries) WorkerSessionRegister(ctx context.Context, arg WorkerSessionRe
 }
 
 const workerSessionStop = `-- name: WorkerSessionStop :execrows
-UPDATE worker_sessions SET state = 'stopped', ended_at = now()
+UPDATE worker_sessions SET state = 'stopped', ended_at = clock_timestamp()
 WHERE id = $1 AND state IN ('alive', 'draining')
 `
 
+// The caller holds the group's dispatch lock, so no dispatch to this session can
+// commit after ended_at (clock_timestamp(), taken after the lock wait): failover's
+// deadline then covers every task the session was ever given.
 func (q *Queries) WorkerSessionStop(ctx context.Context, id int64) (int64, error) {
 	result, err := q.db.Exec(ctx, workerSessionStop, id)
 	if err != nil {

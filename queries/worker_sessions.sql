@@ -15,8 +15,11 @@ RETURNING state;
 UPDATE worker_sessions SET state = 'draining'
 WHERE id = @id AND state = 'alive';
 
+-- The caller holds the group's dispatch lock, so no dispatch to this session can
+-- commit after ended_at (clock_timestamp(), taken after the lock wait): failover's
+-- deadline then covers every task the session was ever given.
 -- name: WorkerSessionStop :execrows
-UPDATE worker_sessions SET state = 'stopped', ended_at = now()
+UPDATE worker_sessions SET state = 'stopped', ended_at = clock_timestamp()
 WHERE id = @id AND state IN ('alive', 'draining');
 
 -- Sessions a master must fail over: live ones whose heartbeat is older than the

@@ -328,19 +328,8 @@ func TestSIGTERMWorker(t *testing.T) {
 // TestSIGTERMWorkerWithinGrace: tasks shorter than the shutdown grace finish during
 // the drain and must not run again: every attempt of the terminated session
 // succeeds, none is failed over or fenced.
-//
-// Known bug (skipped until fixed; set BATON_E2E_KNOWN_BUGS=1 to run it): on the
-// shutdown path runSession marks the session stopped as soon as the task goroutines
-// are done, while their results may still sit in the completer's channel. A master
-// can then fail the "running" tasks over before the results are written; the
-// results are fenced and the tasks run a second time (4 failures in 10 runs here).
-// Waiting in that branch, before stopSession, until the completer has written every
-// result handed to it (bounded) fixes it: 10 of 10 runs pass with that change.
+// (The worker waits for the completer before marking its session stopped.)
 func TestSIGTERMWorkerWithinGrace(t *testing.T) {
-	if os.Getenv("BATON_E2E_KNOWN_BUGS") == "" {
-		t.Skip("known bug: worker marks its session stopped before results finished within the grace are written " +
-			"(internal/worker/worker.go runSession, ctx.Done branch); set BATON_E2E_KNOWN_BUGS=1 to run")
-	}
 	c := setup(t, nil) // default grace 10 s
 	const n = 60
 	c.SubmitLedgerTasks(n, "sleep 1")

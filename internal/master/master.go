@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -107,7 +108,7 @@ type Master struct {
 	cfg       Config
 	pool      *pgxpool.Pool
 	log       *zap.Logger
-	sessionID int64
+	sessionID atomic.Int64 // replaced when the master re-registers
 	dispatch  notify.Signal
 	sweep     notify.Signal
 	disp      *dispatch.Dispatcher
@@ -133,7 +134,7 @@ func New(ctx context.Context, cfg Config) (*Master, error) {
 }
 
 // SessionID is this master's session.
-func (m *Master) SessionID() int64 { return m.sessionID }
+func (m *Master) SessionID() int64 { return m.sessionID.Load() }
 
 func (m *Master) register(ctx context.Context) error {
 	host, _ := os.Hostname()
@@ -143,9 +144,8 @@ func (m *Master) register(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("register master session: %w", err)
 	}
-	m.sessionID = s.ID
-	m.log = m.cfg.Logger.Named("master").With(logfield.MasterID(s.ID))
-	m.log.Info("master session registered")
+	m.sessionID.Store(s.ID)
+	m.log.Info("master session registered", logfield.MasterID(s.ID))
 	return nil
 }
 
@@ -173,7 +173,7 @@ func (m *Master) Run(ctx context.Context) error {
 	wg.Wait()
 	stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := db.New(m.pool).MasterSessionStop(stopCtx, m.sessionID); err != nil {
+	if _, err := db.New(m.pool).MasterSessionStop(stopCtx, m.SessionID()); err != nil {
 		m.log.Warn("mark master stopped failed", zap.Error(err))
 	}
 	m.log.Info("master stopped")
@@ -190,7 +190,7 @@ func (m *Master) heartbeatLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		hbCtx, cancel := context.WithTimeout(ctx, m.cfg.HeartbeatInterval)
-		state, err := db.New(m.pool).MasterSessionHeartbeat(hbCtx, m.sessionID)
+		state, err := db.New(m.pool).MasterSessionHeartbeat(hbCtx, m.SessionID())
 		cancel()
 		switch {
 		case ctx.Err() != nil:
@@ -226,7 +226,7 @@ func (m *Master) sweepLoop(ctx context.Context) {
 // records dead masters and times out overdue attempts.
 func (m *Master) SweepOnce(ctx context.Context) {
 	q := db.New(m.pool)
-	fcfg := failover.Config{WorkerTimeout: m.cfg.WorkerTimeout, MasterTimeout: m.cfg.MasterTimeout, MasterID: m.sessionID}
+	fcfg := failover.Config{WorkerTimeout: m.cfg.WorkerTimeout, MasterTimeout: m.cfg.MasterTimeout, MasterID: m.SessionID()}
 	cands, err := q.WorkerSessionListFailoverCandidates(ctx, float64(m.cfg.WorkerTimeout.Milliseconds()))
 	if err != nil {
 		if ctx.Err() == nil {
@@ -247,7 +247,7 @@ func (m *Master) SweepOnce(ctx context.Context) {
 			continue
 		}
 		if res.Ran && (len(res.Moved) > 0 || c.State != "dead") {
-			m.log.Info("worker failover", logfield.DeadSessionID(c.ID), logfield.Group(c.GroupName),
+			m.log.Info("worker failover", logfield.MasterID(m.SessionID()), logfield.DeadSessionID(c.ID), logfield.Group(c.GroupName),
 				zap.Time("deadline", res.Deadline), logfield.Count("reassigned", res.Reassigned),
 				logfield.Count("queued", res.Queued), zap.Bool("finished", res.Finished))
 			for _, mv := range res.Moved {
@@ -265,7 +265,7 @@ func (m *Master) SweepOnce(ctx context.Context) {
 	stale, err := q.MasterSessionListStale(ctx, float64(m.cfg.MasterTimeout.Milliseconds()))
 	if err == nil {
 		for _, id := range stale {
-			if id == m.sessionID {
+			if id == m.SessionID() {
 				continue
 			}
 			if ran, err := failover.Master(ctx, m.pool, fcfg, id); err != nil {

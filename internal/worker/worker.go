@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
@@ -49,6 +50,10 @@ type Worker struct {
 	mu      sync.Mutex
 	running map[int64]context.CancelCauseFunc
 	tasksWG sync.WaitGroup
+	// unwritten counts results handed to the completer and not yet written: the
+	// session must not be marked stopped before they are, or masters would fail
+	// over tasks that finished (and fence their results).
+	unwritten sync.WaitGroup
 
 	// Sessions lists every session id this process registered, in order (tests).
 	sessionsMu sync.Mutex
@@ -191,6 +196,7 @@ func (w *Worker) runSession(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			w.drain(log, sessionID, killTasks)
+			w.waitUnwritten(log)
 			stopHeartbeat()
 			w.stopSession(log, sessionID)
 			return errShutdown
@@ -198,6 +204,7 @@ func (w *Worker) runSession(ctx context.Context) error {
 			stopHeartbeat()
 			killTasks(err)
 			w.tasksWG.Wait()
+			w.waitUnwritten(log)
 			w.stopSession(log, sessionID)
 			return err
 		case <-w.wake:
@@ -293,6 +300,7 @@ func (w *Worker) start(tasksCtx context.Context, log *zap.Logger, sessionID int6
 			tlog.Info("task killed; left to failover", zap.String("reason", res.Error))
 			return
 		}
+		w.unwritten.Add(1)
 		w.results <- report.Result{
 			TaskID: r.ID, Attempt: r.Attempt, SessionID: sessionID, Outcome: res.Outcome,
 			ExitCode: res.ExitCode, Output: res.Output, Error: res.Error,
@@ -345,7 +353,14 @@ func (w *Worker) complete(done <-chan struct{}) {
 			select {
 			case <-time.After(backoff):
 			case <-giveUp:
-				w.log.Error("giving up reporting results at shutdown", logfield.BatchSize(len(batch)))
+				w.log.Error("giving up reporting results at shutdown", logfield.BatchSize(len(batch)+len(w.results)))
+				for range batch {
+					w.unwritten.Done()
+				}
+				for range len(w.results) {
+					<-w.results
+					w.unwritten.Done()
+				}
 				return
 			}
 			backoff = min(backoff*2, 2*time.Second)
@@ -361,6 +376,9 @@ func (w *Worker) complete(done <-chan struct{}) {
 				w.log.Debug("task finished", logfield.TaskID(r.TaskID), logfield.Attempt(r.Attempt),
 					logfield.SessionID(r.SessionID), logfield.Outcome(r.Outcome), zap.String("task_state", st))
 			}
+		}
+		for range batch {
+			w.unwritten.Done()
 		}
 		batch = batch[:0]
 	}
@@ -389,6 +407,17 @@ func (w *Worker) drain(log *zap.Logger, sessionID int64, killTasks context.Cance
 	}
 }
 
+// waitUnwritten waits, bounded, until the completer has written every result.
+func (w *Worker) waitUnwritten(log *zap.Logger) {
+	done := make(chan struct{})
+	go func() { w.unwritten.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		log.Warn("results still unwritten at shutdown; their tasks will be handed back and may run again")
+	}
+}
+
 // stopSession marks the session stopped and wakes the masters' sweep, which hands
 // back any task still on it at once. Best effort: if Postgres is unreachable the
 // heartbeat timeout does the same later.
@@ -396,7 +425,16 @@ func (w *Worker) stopSession(log *zap.Logger, sessionID int64) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for {
-		n, err := db.New(w.pool).WorkerSessionStop(ctx, sessionID)
+		var n int64
+		err := store.WithTx(ctx, w.pool, func(q *db.Queries, tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1, hashtext($2::text))",
+				store.LockClassDispatchGroup, w.cfg.Group); err != nil {
+				return err
+			}
+			var err error
+			n, err = q.WorkerSessionStop(ctx, sessionID)
+			return err
+		})
 		if err == nil {
 			if n > 0 {
 				_, _ = w.pool.Exec(ctx, "SELECT pg_notify($1, $2)", notify.ChannelSweep, strconv.FormatInt(sessionID, 10))
