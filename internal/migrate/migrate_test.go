@@ -2,6 +2,7 @@ package migrate_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"os"
 	"strings"
@@ -9,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	_ "github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
 
 	"github.com/baton-scheduler/baton/batontest"
 	"github.com/baton-scheduler/baton/internal/migrate"
@@ -203,4 +206,34 @@ func TestBadDSN(t *testing.T) {
 			t.Fatalf("err = %v", err)
 		}
 	})
+}
+
+// The migrations directory applies with plain goose reading it from disk, as the
+// stock CLI does (`goose -dir migrations postgres "$DSN" up`): embed.go beside the
+// SQL files is ignored.
+func TestStockGooseReadsDirectory(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dsn := srv.NewEmptyDatabase(t)
+	sqlDB, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sqlDB.Close()
+	p, err := goose.NewProvider(goose.DialectPostgres, sqlDB, os.DirFS("../../migrations"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := p.Up(ctx); err != nil || len(res) == 0 {
+		t.Fatalf("goose up from directory: %v", err)
+	}
+	if err := migrate.CheckSchema(ctx, dsn); err != nil {
+		t.Fatalf("schema applied by goose is not the binary's: %v", err)
+	}
+	if _, err := p.DownTo(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := tables(t, dsn); len(got) != 0 {
+		t.Fatalf("tables after goose down: %v", got)
+	}
 }

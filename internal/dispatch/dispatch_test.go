@@ -1,0 +1,88 @@
+package dispatch_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/baton-scheduler/baton/batontest"
+	"github.com/baton-scheduler/baton/internal/dispatch"
+	"github.com/baton-scheduler/baton/internal/submit"
+)
+
+var srv *batontest.Server
+
+func TestMain(m *testing.M) {
+	os.Exit(batontest.Main(m, func(s *batontest.Server) { srv = s }))
+}
+
+// Queued tasks go only to alive, heartbeating sessions of their own group, never
+// beyond free slots, even with several dispatchers (masters) at once; the rest wait.
+func TestDispatchRespectsGroupsHealthAndSlots(t *testing.T) {
+	t.Parallel()
+	pool, _ := srv.NewPool(t)
+	ctx := context.Background()
+	q := func(sql string, args ...any) int64 {
+		t.Helper()
+		var v int64
+		if err := pool.QueryRow(ctx, sql, args...).Scan(&v); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+		return v
+	}
+	q("INSERT INTO worker_groups (name) VALUES ('a'), ('b') RETURNING 1")
+	a1 := q("INSERT INTO worker_sessions (name, group_name, slots) VALUES ('a1', 'a', 3) RETURNING id")
+	a2 := q("INSERT INTO worker_sessions (name, group_name, slots) VALUES ('a2', 'a', 2) RETURNING id")
+	q("INSERT INTO worker_sessions (name, group_name, slots, state) VALUES ('drain', 'a', 50, 'draining') RETURNING id")
+	q("INSERT INTO worker_sessions (name, group_name, slots, last_heartbeat_at) VALUES ('stale', 'a', 50, now() - interval '1 hour') RETURNING id")
+	q("INSERT INTO worker_sessions (name, group_name, slots) VALUES ('b1', 'b', 50) RETURNING id")
+
+	specs := make([]submit.Spec, 20)
+	for i := range specs {
+		specs[i] = submit.Spec{Group: "a", Kind: "noop", Payload: json.RawMessage(`{}`), Priority: i % 3}
+	}
+	if _, err := submit.Many(ctx, pool, specs); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	total := make([]int, 4)
+	for i := range total {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d := &dispatch.Dispatcher{Pool: pool, WorkerTimeout: 5 * time.Second}
+			for range 3 {
+				n, err := d.RunOnce(ctx)
+				if err != nil {
+					t.Error(err)
+				}
+				total[i] += n
+			}
+		}()
+	}
+	wg.Wait()
+	if sum := total[0] + total[1] + total[2] + total[3]; sum != 5 {
+		t.Fatalf("dispatched %d tasks, want 5 (free slots of a1 and a2)", sum)
+	}
+	if n := q("SELECT count(*) FROM tasks WHERE state = 'dispatched' AND worker_session_id NOT IN ($1, $2)", a1, a2); n != 0 {
+		t.Fatalf("%d tasks sent to a forbidden session", n)
+	}
+	if n := q("SELECT count(*) FROM tasks WHERE worker_session_id = $1", a1); n != 3 {
+		t.Fatalf("a1 got %d tasks, has 3 slots", n)
+	}
+	if n := q("SELECT count(*) FROM tasks WHERE state = 'queued'"); n != 15 {
+		t.Fatalf("queued = %d, want 15", n)
+	}
+	if n := q(`SELECT count(*) FROM tasks t JOIN dispatch_queue d ON d.task_id = t.id JOIN task_attempts a ON a.task_id = t.id
+		WHERE t.state = 'dispatched' AND t.attempt = 1 AND d.attempt = 1 AND d.target_session_id = t.worker_session_id
+		AND a.attempt = 1 AND a.reason = 'submit'`); n != 5 {
+		t.Fatalf("dispatched tasks with consistent dispatch row and attempt = %d, want 5", n)
+	}
+	// Highest priority first.
+	if n := q("SELECT count(*) FROM tasks WHERE state = 'dispatched' AND priority <> 2"); n != 0 {
+		t.Fatalf("%d lower-priority tasks dispatched before priority 2 ones", n)
+	}
+}
