@@ -55,7 +55,7 @@ WITH q AS (
 SELECT t.id, t.kind, t.payload, t.attempt, t.timeout_ms, t.retries, t.max_retries, t.priority
 FROM t ORDER BY t.priority DESC, t.id;
 
--- Fenced batch completion. A row changes only if (id, attempt, session) still
+-- Fenced batch completion, one statement (its own transaction). A row changes only if (id, attempt, session) still
 -- names the running attempt; rows not returned were superseded. A failed or timed-out
 -- task with retries left goes back to the queue with the given delay.
 -- name: TaskFinish :many
@@ -93,8 +93,12 @@ WITH r AS (
            now() + r.retry_delay_ms * interval '1 millisecond', 'retry'
     FROM t JOIN r ON r.id = t.id
     WHERE t.state = 'queued'
+), notified AS (
+    -- One NOTIFY per statement: slots were freed (and maybe retries queued), so a
+    -- master's dispatcher has work. Joined below so it runs only when t has rows.
+    SELECT pg_notify('baton_dispatch', '') FROM (SELECT 1 FROM t LIMIT 1) AS any_row
 )
-SELECT t.id, t.state FROM t;
+SELECT t.id, t.state FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n;
 
 -- Records refused results: the attempt was superseded (failover, timeout) before its
 -- worker wrote. The reported outcome is kept in the error text.

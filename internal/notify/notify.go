@@ -17,7 +17,7 @@ import (
 // Channel names.
 const (
 	// ChannelDispatch wakes masters: a task is waiting to be dispatched.
-	ChannelDispatch = "baton_dispatch"
+	ChannelDispatch = "baton_dispatch" // also spelled in queries/tasks.sql (TaskFinish)
 	// ChannelSweep wakes masters' liveness sweep: a worker stopped and left tasks.
 	ChannelSweep = "baton_sweep"
 	// ChannelClaim wakes workers; the payload lists target session ids ("*" = all).

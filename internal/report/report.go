@@ -11,7 +11,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/baton-scheduler/baton/db"
-	"github.com/baton-scheduler/baton/internal/notify"
 	"github.com/baton-scheduler/baton/internal/retrypolicy"
 	"github.com/baton-scheduler/baton/internal/store"
 )
@@ -51,41 +50,34 @@ func Finish(ctx context.Context, pool *pgxpool.Pool, results []Result) (Summary,
 		p.Outputs = append(p.Outputs, r.Output)
 		p.RetryDelaysMs = append(p.RetryDelaysMs, r.RetryDelay.Milliseconds())
 	}
-	err := store.WithTx(ctx, pool, func(q *db.Queries, tx pgx.Tx) error {
-		sum = Summary{Applied: make(map[int64]string, len(results))}
-		rows, err := q.TaskFinish(ctx, p)
-		if err != nil {
-			return fmt.Errorf("finish %d tasks: %w", len(results), err)
+	// One statement, no explicit transaction: the completion is atomic on its own,
+	// and recording refused results afterwards is audit, not a state change.
+	q := db.New(pool)
+	rows, err := q.TaskFinish(ctx, p)
+	if err != nil {
+		return sum, fmt.Errorf("finish %d tasks: %w", len(results), err)
+	}
+	sum.Applied = make(map[int64]string, len(rows))
+	for _, r := range rows {
+		sum.Applied[r.ID] = r.State
+	}
+	var f db.TaskAttemptMarkFencedParams
+	for _, r := range results {
+		if _, ok := sum.Applied[r.TaskID]; ok {
+			continue
 		}
-		retried := false
-		for _, r := range rows {
-			sum.Applied[r.ID] = r.State
-			retried = retried || r.State == "queued"
+		sum.Fenced = append(sum.Fenced, r)
+		f.Ids = append(f.Ids, r.TaskID)
+		f.Attempts = append(f.Attempts, r.Attempt)
+		f.SessionIds = append(f.SessionIds, r.SessionID)
+		f.Outcomes = append(f.Outcomes, r.Outcome)
+	}
+	if len(f.Ids) > 0 {
+		if _, err := q.TaskAttemptMarkFenced(ctx, f); err != nil {
+			return sum, fmt.Errorf("record %d fenced attempts: %w", len(f.Ids), err)
 		}
-		var f db.TaskAttemptMarkFencedParams
-		for _, r := range results {
-			if _, ok := sum.Applied[r.TaskID]; ok {
-				continue
-			}
-			sum.Fenced = append(sum.Fenced, r)
-			f.Ids = append(f.Ids, r.TaskID)
-			f.Attempts = append(f.Attempts, r.Attempt)
-			f.SessionIds = append(f.SessionIds, r.SessionID)
-			f.Outcomes = append(f.Outcomes, r.Outcome)
-		}
-		if len(f.Ids) > 0 {
-			if _, err := q.TaskAttemptMarkFenced(ctx, f); err != nil {
-				return fmt.Errorf("record fenced attempts: %w", err)
-			}
-		}
-		if retried {
-			if _, err := tx.Exec(ctx, "SELECT pg_notify($1, '')", notify.ChannelDispatch); err != nil {
-				return fmt.Errorf("notify dispatch: %w", err)
-			}
-		}
-		return nil
-	})
-	return sum, err
+	}
+	return sum, nil
 }
 
 // TimeOutOverdue records running attempts past their timeout plus grace as
@@ -120,8 +112,7 @@ func TimeOutOverdue(ctx context.Context, pool *pgxpool.Pool, grace time.Duration
 		if _, err := q.TaskFinish(ctx, p); err != nil {
 			return fmt.Errorf("time out %d tasks: %w", len(rows), err)
 		}
-		_, err = tx.Exec(ctx, "SELECT pg_notify($1, '')", notify.ChannelDispatch)
-		return err
+		return nil
 	})
 	return len(results), err
 }
