@@ -119,6 +119,10 @@ func TestDaemonFlagErrors(t *testing.T) {
 		t.Fatalf("bad slots: %d %q", code, errb.String())
 	}
 	errb.Reset()
+	if code := WorkerMain(context.Background(), []string{"--group", "no spaces", "--database-url", "postgres://x@127.0.0.1:1/x"}, func(string) string { return "" }, nil, &errb); code != 1 || !strings.Contains(errb.String(), `group "no spaces" must be`) {
+		t.Fatalf("bad group: %d %q", code, errb.String())
+	}
+	errb.Reset()
 	if code := WorkerMain(context.Background(), nil, func(string) string { return "" }, nil, &errb); code != 1 || !strings.Contains(errb.String(), "database URL is empty") {
 		t.Fatalf("no DSN: %d %q", code, errb.String())
 	}

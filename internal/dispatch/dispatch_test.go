@@ -25,14 +25,7 @@ func TestDispatchRespectsGroupsHealthAndSlots(t *testing.T) {
 	t.Parallel()
 	pool, _ := srv.NewPool(t)
 	ctx := context.Background()
-	q := func(sql string, args ...any) int64 {
-		t.Helper()
-		var v int64
-		if err := pool.QueryRow(ctx, sql, args...).Scan(&v); err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-		return v
-	}
+	q := func(sql string, args ...any) int64 { t.Helper(); return batontest.Int64(t, pool, sql, args...) }
 	q("INSERT INTO worker_groups (name) VALUES ('a'), ('b') RETURNING 1")
 	a1 := q("INSERT INTO worker_sessions (name, group_name, slots) VALUES ('a1', 'a', 3) RETURNING id")
 	a2 := q("INSERT INTO worker_sessions (name, group_name, slots) VALUES ('a2', 'a', 2) RETURNING id")

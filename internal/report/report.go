@@ -39,17 +39,7 @@ func Finish(ctx context.Context, pool *pgxpool.Pool, results []Result) (Summary,
 	if len(results) == 0 {
 		return sum, nil
 	}
-	p := db.TaskFinishParams{}
-	for _, r := range results {
-		p.Ids = append(p.Ids, r.TaskID)
-		p.Attempts = append(p.Attempts, r.Attempt)
-		p.SessionIds = append(p.SessionIds, r.SessionID)
-		p.Outcomes = append(p.Outcomes, r.Outcome)
-		p.ExitCodes = append(p.ExitCodes, r.ExitCode)
-		p.Errors = append(p.Errors, r.Error)
-		p.Outputs = append(p.Outputs, r.Output)
-		p.RetryDelaysMs = append(p.RetryDelaysMs, r.RetryDelay.Milliseconds())
-	}
+	p := finishParams(results)
 	// One statement, no explicit transaction: the completion is atomic on its own,
 	// and recording refused results afterwards is audit, not a state change.
 	q := db.New(pool)
@@ -94,25 +84,31 @@ func TimeOutOverdue(ctx context.Context, pool *pgxpool.Pool, grace time.Duration
 		if len(rows) == 0 {
 			return nil
 		}
-		p := db.TaskFinishParams{}
 		for _, r := range rows {
-			res := Result{TaskID: r.ID, Attempt: r.Attempt, SessionID: r.WorkerSessionID, Outcome: "timed_out",
+			results = append(results, Result{TaskID: r.ID, Attempt: r.Attempt, SessionID: r.WorkerSessionID, Outcome: "timed_out",
 				ExitCode: noExitCode, Error: "timed out: no result from the worker within timeout + grace",
-				RetryDelay: policy.Delay(int(r.Retries), nil)}
-			results = append(results, res)
-			p.Ids = append(p.Ids, res.TaskID)
-			p.Attempts = append(p.Attempts, res.Attempt)
-			p.SessionIds = append(p.SessionIds, res.SessionID)
-			p.Outcomes = append(p.Outcomes, res.Outcome)
-			p.ExitCodes = append(p.ExitCodes, res.ExitCode)
-			p.Errors = append(p.Errors, res.Error)
-			p.Outputs = append(p.Outputs, "")
-			p.RetryDelaysMs = append(p.RetryDelaysMs, res.RetryDelay.Milliseconds())
+				RetryDelay: policy.Delay(int(r.Retries), nil)})
 		}
-		if _, err := q.TaskFinish(ctx, p); err != nil {
+		if _, err := q.TaskFinish(ctx, finishParams(results)); err != nil {
 			return fmt.Errorf("time out %d tasks: %w", len(rows), err)
 		}
 		return nil
 	})
 	return len(results), err
+}
+
+// finishParams lays results out as the column arrays TaskFinish unnests.
+func finishParams(results []Result) db.TaskFinishParams {
+	var p db.TaskFinishParams
+	for _, r := range results {
+		p.Ids = append(p.Ids, r.TaskID)
+		p.Attempts = append(p.Attempts, r.Attempt)
+		p.SessionIds = append(p.SessionIds, r.SessionID)
+		p.Outcomes = append(p.Outcomes, r.Outcome)
+		p.ExitCodes = append(p.ExitCodes, r.ExitCode)
+		p.Errors = append(p.Errors, r.Error)
+		p.Outputs = append(p.Outputs, r.Output)
+		p.RetryDelaysMs = append(p.RetryDelaysMs, r.RetryDelay.Milliseconds())
+	}
+	return p
 }

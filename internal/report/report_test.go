@@ -25,14 +25,7 @@ func TestSupersededAttemptIsFenced(t *testing.T) {
 	t.Parallel()
 	pool, _ := srv.NewPool(t)
 	ctx := context.Background()
-	q := func(sql string, args ...any) int64 {
-		t.Helper()
-		var v int64
-		if err := pool.QueryRow(ctx, sql, args...).Scan(&v); err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-		return v
-	}
+	q := func(sql string, args ...any) int64 { t.Helper(); return batontest.Int64(t, pool, sql, args...) }
 	q("INSERT INTO worker_groups (name) VALUES ('g') RETURNING 1")
 	zombie := q("INSERT INTO worker_sessions (name, group_name, slots, last_heartbeat_at) VALUES ('z', 'g', 2, now() - interval '1 hour') RETURNING id")
 	healthy := q("INSERT INTO worker_sessions (name, group_name, slots) VALUES ('h', 'g', 2) RETURNING id")
@@ -84,14 +77,7 @@ func TestRetryAndTimeout(t *testing.T) {
 	t.Parallel()
 	pool, _ := srv.NewPool(t)
 	ctx := context.Background()
-	q := func(sql string, args ...any) int64 {
-		t.Helper()
-		var v int64
-		if err := pool.QueryRow(ctx, sql, args...).Scan(&v); err != nil {
-			t.Fatalf("%s: %v", sql, err)
-		}
-		return v
-	}
+	q := func(sql string, args ...any) int64 { t.Helper(); return batontest.Int64(t, pool, sql, args...) }
 	q("INSERT INTO worker_groups (name) VALUES ('g') RETURNING 1")
 	s := q("INSERT INTO worker_sessions (name, group_name, slots) VALUES ('w', 'g', 2) RETURNING id")
 	mk := func(maxRetries int, timeoutMs int64, startedAgo string) int64 {

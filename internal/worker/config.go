@@ -3,6 +3,7 @@ package worker
 import (
 	"errors"
 	"fmt"
+	"regexp"
 	"time"
 
 	"go.uber.org/zap"
@@ -20,6 +21,9 @@ const (
 	SlotsDefault             = 4
 	GroupDefault             = "default"
 )
+
+// groupRE mirrors the worker_groups_name_format constraint.
+var groupRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 
 // Config of a worker process.
 type Config struct {
@@ -84,6 +88,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.DatabaseURL == "" {
 		errs = append(errs, errors.New("database URL is empty: set BATON_DATABASE_URL or --database-url"))
+	}
+	if !groupRE.MatchString(c.Group) {
+		errs = append(errs, fmt.Errorf("group %q must be 1-63 of letters, digits, _ . - starting with a letter or digit", c.Group))
 	}
 	if c.Slots < 1 || c.Slots > 10000 {
 		errs = append(errs, fmt.Errorf("slots %d is outside 1..10000", c.Slots))
