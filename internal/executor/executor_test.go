@@ -1,0 +1,103 @@
+package executor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func shellTask(t *testing.T, cmd string) Task {
+	t.Helper()
+	p, _ := json.Marshal(ShellPayload{Command: cmd})
+	return Task{ID: 7, Attempt: 2, Kind: KindShell, Payload: p, SessionID: 3, Worker: "w"}
+}
+
+func TestShellOutcomes(t *testing.T) {
+	t.Parallel()
+	e := &Executor{}
+	cases := []struct {
+		name, cmd, outcome, output string
+		code                       int32
+	}{
+		{"succeeds", `echo "$BATON_TASK_ID/$BATON_ATTEMPT/$BATON_WORKER/$BATON_SESSION_ID"`, OutcomeSucceeded, "7/2/w/3\n", 0},
+		{"fails", "echo no >&2; exit 4", OutcomeFailed, "no\n", 4},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			res := e.Run(context.Background(), shellTask(t, tc.cmd), 0)
+			if res.Outcome != tc.outcome || res.Output != tc.output || res.ExitCode != tc.code {
+				t.Fatalf("got %+v", res)
+			}
+		})
+	}
+	res := e.Run(context.Background(), Task{Kind: KindShell, Payload: []byte(`{"command": ""}`)}, 0)
+	if res.Outcome != OutcomeFailed || !strings.Contains(res.Error, `"command" is empty`) {
+		t.Fatalf("empty command: %+v", res)
+	}
+}
+
+// A timeout kills the whole process group: a background child of the command
+// dies too.
+func TestShellTimeoutKillsProcessGroup(t *testing.T) {
+	t.Parallel()
+	pidFile := filepath.Join(t.TempDir(), "child")
+	e := &Executor{}
+	res := e.Run(context.Background(), shellTask(t, "sleep 60 & echo $! > "+pidFile+"; wait"), 300*time.Millisecond)
+	if res.Outcome != OutcomeTimedOut || !strings.Contains(res.Error, "timed out after 300ms") {
+		t.Fatalf("got %+v", res)
+	}
+	raw, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(raw)))
+	deadline := time.Now().Add(5 * time.Second)
+	for syscall.Kill(pid, 0) == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("background child %d survived the kill", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestCancelIsNotTimeout(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancelCause(context.Background())
+	e := &Executor{Handlers: map[string]Handler{"block": func(ctx context.Context, _ Task) (string, error) {
+		cancel(errors.New("self-fenced"))
+		<-ctx.Done()
+		return "", ctx.Err()
+	}}}
+	res := e.Run(ctx, Task{Kind: "block"}, time.Hour)
+	if res.Outcome != OutcomeCanceled || !strings.Contains(res.Error, "self-fenced") {
+		t.Fatalf("got %+v", res)
+	}
+}
+
+func TestHandlerErrorsAndPanics(t *testing.T) {
+	t.Parallel()
+	e := &Executor{MaxOutput: 4, Handlers: map[string]Handler{
+		"ok":    func(context.Context, Task) (string, error) { return "abcdefgh", nil },
+		"err":   func(context.Context, Task) (string, error) { return "", errors.New("bad input") },
+		"panic": func(context.Context, Task) (string, error) { panic("boom") },
+	}}
+	if r := e.Run(context.Background(), Task{Kind: "ok"}, 0); r.Outcome != OutcomeSucceeded || !strings.HasPrefix(r.Output, "abcd\n[output truncated") || r.ExitCode != NoExitCode {
+		t.Fatalf("ok: %+v", r)
+	}
+	if r := e.Run(context.Background(), Task{Kind: "err"}, 0); r.Outcome != OutcomeFailed || r.Error != "bad input" {
+		t.Fatalf("err: %+v", r)
+	}
+	if r := e.Run(context.Background(), Task{Kind: "panic"}, 0); r.Outcome != OutcomeFailed || r.Error != "handler panicked: boom" {
+		t.Fatalf("panic: %+v", r)
+	}
+	if r := e.Run(context.Background(), Task{Kind: "missing"}, 0); r.Outcome != OutcomeFailed || !strings.Contains(r.Error, `no handler registered for kind "missing"`) {
+		t.Fatalf("missing: %+v", r)
+	}
+}
