@@ -7,7 +7,9 @@ source scripts/pg-env.sh
 
 say "checking generated code (sqlc diff)"
 go tool sqlc diff
-say "go vet + staticcheck"
+say "gofmt, go vet, staticcheck"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then echo "gofmt needed: $unformatted" >&2; exit 1; fi
 go vet ./...
 go tool staticcheck ./...
 say "go test -race"
