@@ -40,3 +40,11 @@ func TestIsolation(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkNewDatabase: what a test pays for its own migrated database
+// (CREATE DATABASE … TEMPLATE; the DROPs run at cleanup, untimed).
+func BenchmarkNewDatabase(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		srv.NewDatabase(b)
+	}
+}

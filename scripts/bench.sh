@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/pg-env.sh
 go test -run '^$' -bench . -benchtime ${BENCHTIME:-1x} -timeout 30m ${GOBENCHFLAGS:-} \
-  ./internal/failover/ ./internal/bench/ ./internal/e2e/
+  ./batontest/ ./internal/failover/ ./internal/bench/ ./internal/e2e/
