@@ -50,11 +50,13 @@ const taskClaim = `-- name: TaskClaim :many
 WITH q AS (
     SELECT d.id
     FROM dispatch_queue d
+    JOIN tasks tk ON tk.id = d.task_id AND tk.attempt = d.attempt
+                 AND tk.worker_session_id = $1::bigint AND tk.state = 'dispatched'
     WHERE d.target_session_id = $1::bigint
       AND EXISTS (SELECT 1 FROM worker_sessions s WHERE s.id = $1 AND s.state = 'alive')
     ORDER BY d.priority DESC, d.id
     LIMIT $2
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF d, tk SKIP LOCKED
 ), del AS (
     DELETE FROM dispatch_queue d USING q WHERE d.id = q.id
     RETURNING d.task_id, d.attempt
@@ -94,9 +96,10 @@ type TaskClaimRow struct {
 	Priority   int32
 }
 
-// A worker claims what was dispatched to it: delete its dispatch rows (skipping rows
-// another transaction holds) and move the matching attempts to running. The task
-// update re-checks the fencing token and that the session is still alive.
+// A worker claims what was dispatched to it: delete its dispatch rows and move the
+// matching attempts to running. Dispatch row and task row are locked together with
+// SKIP LOCKED, so a claim never waits on a task a failover holds (no lock cycle);
+// the task update re-checks the fencing token and that the session is still alive.
 func (q *Queries) TaskClaim(ctx context.Context, arg TaskClaimParams) ([]TaskClaimRow, error) {
 	rows, err := q.db.Query(ctx, taskClaim, arg.SessionID, arg.MaxTasks)
 	if err != nil {
@@ -164,20 +167,20 @@ WITH r AS (
 ), a AS (
     UPDATE task_attempts
     SET outcome = r.outcome, finished_at = now(), exit_code = nullif(r.exit_code, -2147483648), error = r.error
-    FROM r JOIN t ON t.id = r.id
+    FROM r JOIN t ON t.id = r.id AND t.attempt = r.attempt
     WHERE task_attempts.task_id = r.id AND task_attempts.attempt = r.attempt
 ), q AS (
     INSERT INTO dispatch_queue (task_id, attempt, group_name, priority, available_at, reason)
     SELECT t.id, t.attempt, t.group_name, t.priority,
            now() + r.retry_delay_ms * interval '1 millisecond', 'retry'
-    FROM t JOIN r ON r.id = t.id
+    FROM t JOIN r ON r.id = t.id AND r.attempt = t.attempt
     WHERE t.state = 'queued'
 ), notified AS (
     -- One NOTIFY per statement: slots were freed (and maybe retries queued), so a
     -- master's dispatcher has work. Joined below so it runs only when t has rows.
     SELECT pg_notify('baton_dispatch', '') FROM (SELECT 1 FROM t LIMIT 1) AS any_row
 )
-SELECT t.id, t.state FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n
+SELECT t.id, t.attempt, t.state FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n
 `
 
 type TaskFinishParams struct {
@@ -192,8 +195,9 @@ type TaskFinishParams struct {
 }
 
 type TaskFinishRow struct {
-	ID    int64
-	State string
+	ID      int64
+	Attempt int32
+	State   string
 }
 
 // Fenced batch completion, one statement (its own transaction). A row changes only if (id, attempt, session) still
@@ -217,7 +221,7 @@ func (q *Queries) TaskFinish(ctx context.Context, arg TaskFinishParams) ([]TaskF
 	items := []TaskFinishRow{}
 	for rows.Next() {
 		var i TaskFinishRow
-		if err := rows.Scan(&i.ID, &i.State); err != nil {
+		if err := rows.Scan(&i.ID, &i.Attempt, &i.State); err != nil {
 			return nil, err
 		}
 		items = append(items, i)
@@ -305,6 +309,37 @@ func (q *Queries) TaskList(ctx context.Context, arg TaskListParams) ([]Task, err
 			&i.Output,
 			&i.LastError,
 		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const taskListRunningOnSession = `-- name: TaskListRunningOnSession :many
+SELECT id, attempt FROM tasks
+WHERE worker_session_id = $1::bigint AND state = 'running'
+ORDER BY id
+`
+
+type TaskListRunningOnSessionRow struct {
+	ID      int64
+	Attempt int32
+}
+
+func (q *Queries) TaskListRunningOnSession(ctx context.Context, sessionID int64) ([]TaskListRunningOnSessionRow, error) {
+	rows, err := q.db.Query(ctx, taskListRunningOnSession, sessionID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []TaskListRunningOnSessionRow{}
+	for rows.Next() {
+		var i TaskListRunningOnSessionRow
+		if err := rows.Scan(&i.ID, &i.Attempt); err != nil {
 			return nil, err
 		}
 		items = append(items, i)

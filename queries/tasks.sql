@@ -21,18 +21,21 @@ INSERT INTO dispatch_queue (task_id, attempt, group_name, priority, reason)
 SELECT t.id, 0, t.group_name, t.priority, 'submit' FROM t
 RETURNING task_id;
 
--- A worker claims what was dispatched to it: delete its dispatch rows (skipping rows
--- another transaction holds) and move the matching attempts to running. The task
--- update re-checks the fencing token and that the session is still alive.
+-- A worker claims what was dispatched to it: delete its dispatch rows and move the
+-- matching attempts to running. Dispatch row and task row are locked together with
+-- SKIP LOCKED, so a claim never waits on a task a failover holds (no lock cycle);
+-- the task update re-checks the fencing token and that the session is still alive.
 -- name: TaskClaim :many
 WITH q AS (
     SELECT d.id
     FROM dispatch_queue d
+    JOIN tasks tk ON tk.id = d.task_id AND tk.attempt = d.attempt
+                 AND tk.worker_session_id = @session_id::bigint AND tk.state = 'dispatched'
     WHERE d.target_session_id = @session_id::bigint
       AND EXISTS (SELECT 1 FROM worker_sessions s WHERE s.id = @session_id AND s.state = 'alive')
     ORDER BY d.priority DESC, d.id
     LIMIT @max_tasks
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF d, tk SKIP LOCKED
 ), del AS (
     DELETE FROM dispatch_queue d USING q WHERE d.id = q.id
     RETURNING d.task_id, d.attempt
@@ -85,20 +88,20 @@ WITH r AS (
 ), a AS (
     UPDATE task_attempts
     SET outcome = r.outcome, finished_at = now(), exit_code = nullif(r.exit_code, -2147483648), error = r.error
-    FROM r JOIN t ON t.id = r.id
+    FROM r JOIN t ON t.id = r.id AND t.attempt = r.attempt
     WHERE task_attempts.task_id = r.id AND task_attempts.attempt = r.attempt
 ), q AS (
     INSERT INTO dispatch_queue (task_id, attempt, group_name, priority, available_at, reason)
     SELECT t.id, t.attempt, t.group_name, t.priority,
            now() + r.retry_delay_ms * interval '1 millisecond', 'retry'
-    FROM t JOIN r ON r.id = t.id
+    FROM t JOIN r ON r.id = t.id AND r.attempt = t.attempt
     WHERE t.state = 'queued'
 ), notified AS (
     -- One NOTIFY per statement: slots were freed (and maybe retries queued), so a
     -- master's dispatcher has work. Joined below so it runs only when t has rows.
     SELECT pg_notify('baton_dispatch', '') FROM (SELECT 1 FROM t LIMIT 1) AS any_row
 )
-SELECT t.id, t.state FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n;
+SELECT t.id, t.attempt, t.state FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n;
 
 -- Records refused results: the attempt was superseded (failover, timeout) before its
 -- worker wrote. The reported outcome is kept in the error text.
@@ -139,3 +142,8 @@ LIMIT @max_rows;
 
 -- name: TaskCountActive :one
 SELECT count(*) FROM tasks WHERE state NOT IN ('succeeded', 'failed', 'timed_out', 'canceled');
+
+-- name: TaskListRunningOnSession :many
+SELECT id, attempt FROM tasks
+WHERE worker_session_id = @session_id::bigint AND state = 'running'
+ORDER BY id;

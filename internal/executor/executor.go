@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -94,6 +95,9 @@ func (e *Executor) Run(ctx context.Context, task Task, timeout time.Duration) Re
 	} else {
 		res = e.runHandler(runCtx, task)
 	}
+	// Text columns take valid UTF-8 without NULs only; binary output or a cut
+	// inside a multi-byte character must not make the result unstorable.
+	res.Output, res.Error = Clean(res.Output), Clean(res.Error)
 	if res.Outcome != OutcomeSucceeded {
 		switch {
 		case ctx.Err() != nil:
@@ -218,4 +222,12 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + fmt.Sprintf("\n[output truncated at %d bytes]", n)
+}
+
+// Clean makes s storable as Postgres text: NULs removed, invalid UTF-8 replaced.
+func Clean(s string) string {
+	if strings.IndexByte(s, 0) >= 0 {
+		s = strings.ReplaceAll(s, "\x00", "")
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
 }

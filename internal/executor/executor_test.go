@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 func shellTask(t *testing.T, cmd string) Task {
@@ -99,5 +100,15 @@ func TestHandlerErrorsAndPanics(t *testing.T) {
 	}
 	if r := e.Run(context.Background(), Task{Kind: "missing"}, 0); r.Outcome != OutcomeFailed || !strings.Contains(r.Error, `no handler registered for kind "missing"`) {
 		t.Fatalf("missing: %+v", r)
+	}
+}
+
+// Binary output, NULs and a cut inside a multi-byte character stay storable text.
+func TestOutputIsValidUTF8(t *testing.T) {
+	t.Parallel()
+	e := &Executor{MaxOutput: 5}
+	res := e.Run(context.Background(), shellTask(t, `printf 'ab\303\251\303\251\000\377'`), 0)
+	if !utf8.ValidString(res.Output) || strings.ContainsRune(res.Output, 0) || !strings.HasPrefix(res.Output, "abé") {
+		t.Fatalf("output %q is not clean UTF-8", res.Output)
 	}
 }

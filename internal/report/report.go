@@ -29,7 +29,7 @@ type Result struct {
 
 // Summary says what happened to a batch.
 type Summary struct {
-	Applied map[int64]string // task id -> new task state
+	Applied map[int64]string // task id -> new task state (of the applied attempt)
 	Fenced  []Result         // superseded: refused and recorded as fenced
 }
 
@@ -48,12 +48,18 @@ func Finish(ctx context.Context, pool *pgxpool.Pool, results []Result) (Summary,
 		return sum, fmt.Errorf("finish %d tasks: %w", len(results), err)
 	}
 	sum.Applied = make(map[int64]string, len(rows))
+	type key struct {
+		id      int64
+		attempt int32
+	}
+	applied := make(map[key]bool, len(rows))
 	for _, r := range rows {
 		sum.Applied[r.ID] = r.State
+		applied[key{r.ID, r.Attempt}] = true
 	}
 	var f db.TaskAttemptMarkFencedParams
 	for _, r := range results {
-		if _, ok := sum.Applied[r.TaskID]; ok {
+		if applied[key{r.TaskID, r.Attempt}] {
 			continue
 		}
 		sum.Fenced = append(sum.Fenced, r)

@@ -35,7 +35,16 @@ var (
 	errSessionDead = errors.New("session declared dead by a master")
 	errSelfFenced  = errors.New("self-fenced: no successful heartbeat in time")
 	errShutdown    = errors.New("worker shutting down")
+	// errOrphanedClaims: a claim committed but its reply never arrived.
+	errOrphanedClaims = errors.New("claimed tasks never received")
 )
+
+// runKey names one attempt this process runs: a task can come back to the same
+// worker with a new attempt while an old one (a handler ignoring cancellation) lingers.
+type runKey struct {
+	id      int64
+	attempt int32
+}
 
 // Worker runs tasks of one group.
 type Worker struct {
@@ -48,7 +57,7 @@ type Worker struct {
 	results chan report.Result
 
 	mu      sync.Mutex
-	running map[int64]context.CancelCauseFunc
+	running map[runKey]context.CancelCauseFunc
 	tasksWG sync.WaitGroup
 	// unwritten counts results handed to the completer and not yet written: the
 	// session must not be marked stopped before they are, or masters would fail
@@ -81,7 +90,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 		exec:    &executor.Executor{Handlers: cfg.Handlers, MaxOutput: cfg.MaxOutput},
 		wake:    notify.NewSignal(),
 		results: make(chan report.Result, 4096),
-		running: map[int64]context.CancelCauseFunc{},
+		running: map[runKey]context.CancelCauseFunc{},
 	}, nil
 }
 
@@ -192,99 +201,156 @@ func (w *Worker) runSession(ctx context.Context) error {
 	w.wake.Wake()
 	poll := time.NewTicker(w.cfg.PollInterval)
 	defer poll.Stop()
+	reconcile := false
 	for {
 		select {
 		case <-ctx.Done():
-			w.drain(log, sessionID, killTasks)
+			w.drain(log, sessionID, killTasks, lost)
 			w.waitUnwritten(log)
 			stopHeartbeat()
-			w.stopSession(log, sessionID)
+			w.endSession(log, sessionID)
 			return errShutdown
 		case err := <-lost:
 			stopHeartbeat()
 			killTasks(err)
-			w.tasksWG.Wait()
+			w.waitTasks(log)
 			w.waitUnwritten(log)
-			w.stopSession(log, sessionID)
+			w.endSession(log, sessionID)
 			return err
 		case <-w.wake:
 		case <-poll.C:
 		}
-		w.claim(ctx, tasksCtx, log, sessionID)
+		if reconcile {
+			orphans, err := w.orphans(ctx, sessionID)
+			if err != nil {
+				continue // still cannot reach Postgres; the heartbeat decides
+			}
+			reconcile = false
+			if orphans > 0 {
+				// A claim committed but its reply was lost: those attempts are
+				// ours in the database and nobody runs them. Hand the session back
+				// (masters move its tasks at once) and start a new one.
+				log.Warn("tasks claimed but never received; abandoning the session", logfield.Count("orphans", orphans))
+				select {
+				case lost <- errOrphanedClaims:
+				default:
+				}
+				continue
+			}
+		}
+		if err := w.claim(ctx, tasksCtx, log, sessionID); err != nil {
+			reconcile = true
+		}
 	}
+}
+
+// orphans counts attempts running on this session in Postgres that this process
+// does not run.
+func (w *Worker) orphans(ctx context.Context, sessionID int64) (int, error) {
+	rows, err := db.New(w.pool).TaskListRunningOnSession(ctx, sessionID)
+	if err != nil {
+		return 0, err
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, r := range rows {
+		if _, ok := w.running[runKey{r.ID, r.Attempt}]; !ok {
+			n++
+		}
+	}
+	return n, nil
 }
 
 // heartbeat touches the session row every interval. It returns when the session is
 // lost: declared dead (learned from the row's state), or no successful heartbeat
-// for SelfFenceAfter (measured on this process's monotonic clock).
+// for SelfFenceAfter. The fence is measured from when the last successful
+// heartbeat was *sent* (earlier than the server's now() that masters compare), and
+// no attempt outlives the fence deadline, so the worker always acts first.
 func (w *Worker) heartbeat(ctx context.Context, sessionID int64) error {
 	q := db.New(w.pool)
 	lastOK := w.cfg.Now()
 	t := time.NewTicker(w.cfg.HeartbeatInterval)
 	defer t.Stop()
+	var lastErr error
+	fence := func() error {
+		since := w.cfg.Now().Sub(lastOK)
+		w.log.Error("self-fencing: stop claiming and kill running tasks", logfield.SessionID(sessionID),
+			zap.Duration("since_last_heartbeat", since), zap.Error(lastErr))
+		return fmt.Errorf("%w (last success sent %s ago)", errSelfFenced, since.Round(time.Millisecond))
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
 		}
-		hbCtx, cancel := context.WithTimeout(ctx, w.cfg.HeartbeatInterval)
+		sent := w.cfg.Now()
+		left := w.cfg.SelfFenceAfter - sent.Sub(lastOK)
+		if left <= 0 {
+			return fence()
+		}
+		hbCtx, cancel := context.WithTimeout(ctx, min(w.cfg.HeartbeatInterval, left))
 		state, err := q.WorkerSessionHeartbeat(hbCtx, sessionID)
 		cancel()
 		if ctx.Err() != nil {
 			return nil
 		}
 		if err == nil {
-			lastOK = w.cfg.Now()
+			lastOK = sent
 			if state == "dead" || state == "stopped" {
 				return errSessionDead
 			}
 			continue
 		}
-		if since := w.cfg.Now().Sub(lastOK); since >= w.cfg.SelfFenceAfter {
-			w.log.Error("self-fencing: stop claiming and kill running tasks", logfield.SessionID(sessionID),
-				zap.Duration("since_last_heartbeat", since), zap.Error(err))
-			return fmt.Errorf("%w (last success %s ago)", errSelfFenced, since.Round(time.Millisecond))
+		lastErr = err
+		if w.cfg.Now().Sub(lastOK) >= w.cfg.SelfFenceAfter {
+			return fence()
 		}
 		w.log.Warn("heartbeat failed", logfield.SessionID(sessionID), zap.Error(err))
 	}
 }
 
-func (w *Worker) claim(ctx, tasksCtx context.Context, log *zap.Logger, sessionID int64) {
+// claim takes as many dispatched tasks as there are free slots. An error means a
+// claim may have committed without its reply reaching us: the caller reconciles.
+func (w *Worker) claim(ctx, tasksCtx context.Context, log *zap.Logger, sessionID int64) error {
 	for ctx.Err() == nil && tasksCtx.Err() == nil {
 		w.mu.Lock()
 		free := w.cfg.Slots - len(w.running)
 		w.mu.Unlock()
 		if free <= 0 {
-			return
+			return nil
 		}
 		rows, err := db.New(w.pool).TaskClaim(ctx, db.TaskClaimParams{SessionID: sessionID, MaxTasks: int32(free)})
 		if err != nil {
-			if ctx.Err() == nil {
-				log.Warn("claim failed", zap.Error(err))
+			if ctx.Err() != nil {
+				return nil
 			}
-			return
+			log.Warn("claim failed", zap.Error(err))
+			return err
 		}
 		for _, r := range rows {
 			w.start(tasksCtx, log, sessionID, r)
 		}
 		if len(rows) < free {
-			return
+			return nil
 		}
 	}
+	return nil
 }
 
 func (w *Worker) start(tasksCtx context.Context, log *zap.Logger, sessionID int64, r db.TaskClaimRow) {
 	taskCtx, cancel := context.WithCancelCause(tasksCtx)
+	key := runKey{r.ID, r.Attempt}
 	w.mu.Lock()
-	w.running[r.ID] = cancel
+	w.running[key] = cancel
 	w.mu.Unlock()
 	w.tasksWG.Add(1)
 	go func() {
 		defer w.tasksWG.Done()
 		defer func() {
 			w.mu.Lock()
-			delete(w.running, r.ID)
+			delete(w.running, key)
 			w.mu.Unlock()
 			cancel(nil)
 			w.wake.Wake() // a slot is free
@@ -339,6 +405,13 @@ func (w *Worker) complete(done <-chan struct{}) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		sum, err := report.Finish(ctx, w.pool, batch)
 		cancel()
+		if err != nil && permanent(err) {
+			// The batch can never be written as it is (bad data, not a lost
+			// connection): write the results one by one so one bad result cannot
+			// hold back the others.
+			w.log.Error("report results rejected; writing them one by one", logfield.BatchSize(len(batch)), zap.Error(err))
+			sum, err = w.finishOneByOne(batch)
+		}
 		if err != nil {
 			w.log.Warn("report results failed; retrying", logfield.BatchSize(len(batch)), zap.Error(err))
 			if giveUp == nil {
@@ -384,11 +457,50 @@ func (w *Worker) complete(done <-chan struct{}) {
 	}
 }
 
+// permanent reports whether a write failed because of its data (SQLSTATE classes
+// 22 data exception, 23 constraint, 42 syntax/access) rather than the connection.
+func permanent(err error) bool {
+	c := store.Code(err)
+	return len(c) == 5 && (c[:2] == "22" || c[:2] == "23" || c[:2] == "42")
+}
+
+// finishOneByOne writes each result alone; a result that still cannot be written is
+// replaced by a failure naming why, so its task ends instead of hanging.
+func (w *Worker) finishOneByOne(batch []report.Result) (report.Summary, error) {
+	all := report.Summary{Applied: map[int64]string{}}
+	for _, r := range batch {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		sum, err := report.Finish(ctx, w.pool, []report.Result{r})
+		if err != nil && permanent(err) {
+			w.log.Error("result cannot be stored; recording a failure instead", logfield.TaskID(r.TaskID),
+				logfield.Attempt(r.Attempt), zap.Error(err))
+			r.Outcome, r.Output = executor.OutcomeFailed, ""
+			r.Error = executor.Clean(fmt.Sprintf("result could not be stored: %v", err))
+			sum, err = report.Finish(ctx, w.pool, []report.Result{r})
+		}
+		cancel()
+		if err != nil && !permanent(err) {
+			return all, err // connection trouble: retry the whole batch later
+		}
+		if err != nil {
+			w.log.Error("dropping a result that cannot be stored", logfield.TaskID(r.TaskID), logfield.Attempt(r.Attempt), zap.Error(err))
+		}
+		for id, st := range sum.Applied {
+			all.Applied[id] = st
+		}
+		all.Fenced = append(all.Fenced, sum.Fenced...)
+	}
+	return all, nil
+}
+
 // drain stops claiming (state draining), lets running tasks finish within the
-// grace period, then kills the rest.
-func (w *Worker) drain(log *zap.Logger, sessionID int64, killTasks context.CancelCauseFunc) {
+// grace period, then kills the rest. Losing the session meanwhile (self-fence,
+// declared dead) kills them at once: their attempts belong to failover now.
+func (w *Worker) drain(log *zap.Logger, sessionID int64, killTasks context.CancelCauseFunc, lost <-chan error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	if _, err := db.New(w.pool).WorkerSessionDrain(ctx, sessionID); err != nil {
+	if _, err := w.updateSessionLocked(ctx, func(q *db.Queries) (int64, error) {
+		return q.WorkerSessionDrain(ctx, sessionID)
+	}); err != nil {
 		log.Warn("mark session draining failed", zap.Error(err))
 	}
 	cancel()
@@ -400,40 +512,69 @@ func (w *Worker) drain(log *zap.Logger, sessionID int64, killTasks context.Cance
 	go func() { w.tasksWG.Wait(); close(finished) }()
 	select {
 	case <-finished:
+		return
+	case err := <-lost:
+		log.Warn("session lost while draining; killing running tasks", zap.Error(err))
+		killTasks(err)
 	case <-time.After(w.cfg.ShutdownGrace):
 		log.Warn("shutdown grace over; killing running tasks, masters hand them back")
 		killTasks(errShutdown)
-		<-finished
+	}
+	w.waitTasks(log)
+}
+
+// waitTasks waits, bounded, for killed tasks to return. A Go handler that ignores
+// cancellation is abandoned: its attempt is handed back and its result fenced.
+func (w *Worker) waitTasks(log *zap.Logger) {
+	if !waitBounded(&w.tasksWG, 5*time.Second) {
+		log.Warn("tasks did not return after being killed; abandoning them")
 	}
 }
 
 // waitUnwritten waits, bounded, until the completer has written every result.
 func (w *Worker) waitUnwritten(log *zap.Logger) {
-	done := make(chan struct{})
-	go func() { w.unwritten.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		log.Warn("results still unwritten at shutdown; their tasks will be handed back and may run again")
+	if !waitBounded(&w.unwritten, 10*time.Second) {
+		log.Warn("results still unwritten; their tasks will be handed back and may run again")
 	}
 }
 
-// stopSession marks the session stopped and wakes the masters' sweep, which hands
+func waitBounded(wg *sync.WaitGroup, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// updateSessionLocked changes the session's state under the group's dispatch lock,
+// so no dispatch or failover that read the old state can commit after the change
+// (no task is sent to a draining or stopped session).
+func (w *Worker) updateSessionLocked(ctx context.Context, fn func(q *db.Queries) (int64, error)) (int64, error) {
+	var n int64
+	err := store.WithTx(ctx, w.pool, func(q *db.Queries, tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1, hashtext($2::text))",
+			store.LockClassDispatchGroup, w.cfg.Group); err != nil {
+			return err
+		}
+		var err error
+		n, err = fn(q)
+		return err
+	})
+	return n, err
+}
+
+// endSession marks the session stopped and wakes the masters' sweep, which hands
 // back any task still on it at once. Best effort: if Postgres is unreachable the
 // heartbeat timeout does the same later.
-func (w *Worker) stopSession(log *zap.Logger, sessionID int64) {
+func (w *Worker) endSession(log *zap.Logger, sessionID int64) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for {
-		var n int64
-		err := store.WithTx(ctx, w.pool, func(q *db.Queries, tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1, hashtext($2::text))",
-				store.LockClassDispatchGroup, w.cfg.Group); err != nil {
-				return err
-			}
-			var err error
-			n, err = q.WorkerSessionStop(ctx, sessionID)
-			return err
+		n, err := w.updateSessionLocked(ctx, func(q *db.Queries) (int64, error) {
+			return q.WorkerSessionStop(ctx, sessionID)
 		})
 		if err == nil {
 			if n > 0 {

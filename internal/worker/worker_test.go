@@ -288,3 +288,18 @@ func TestDrainHandsBackAtOnce(t *testing.T) {
 		t.Fatal("a session was declared dead: the hand-back waited for the timeout")
 	}
 }
+
+// Output that is not valid UTF-8 (binary, NULs, a cut inside a character) is
+// stored cleaned and does not hold back other results.
+func TestBinaryOutputDoesNotWedgeReporting(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.master()
+	b.worker(b.dsn, "w1", nil)
+	b.submit("shell", map[string]string{"command": `printf 'x'; head -c 70000 /dev/zero | tr '\0' 'A' | sed 's/A/\xc3\xa9/g'; printf '\377\000'`}, 1)
+	b.submit("shell", map[string]string{"command": "echo ok"}, 3)
+	b.waitAllFinished(30 * time.Second)
+	if n := b.int64("SELECT count(*) FROM tasks WHERE state = 'succeeded'"); n != 4 {
+		t.Fatalf("succeeded = %d, want 4", n)
+	}
+}
