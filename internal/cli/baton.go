@@ -81,6 +81,10 @@ func (c *common) pool(ctx context.Context) (*pgxpool.Pool, error) {
 }
 
 func sub(args []string, what string, choices ...string) (string, []string, error) {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+		fmt.Fprint(os.Stderr, usage)
+		return "", nil, flag.ErrHelp
+	}
 	if len(args) == 0 {
 		return "", nil, fmt.Errorf("%s needs a subcommand: %s", what, strings.Join(choices, "|"))
 	}
@@ -123,7 +127,11 @@ func migrateCmd(ctx context.Context, args []string, env Env, stdout, stderr io.W
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(stdout, "rolled back %d migration(s); schema at version %d\n", n, *to)
+			v, err := m.Version(ctx)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "rolled back %d migration(s); schema at version %d\n", n, v)
 		} else {
 			v, err := m.Down(ctx)
 			if err != nil {
@@ -169,7 +177,7 @@ func taskCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writ
 		priority := fs.Int("priority", 0, "higher runs first (-1000..1000)")
 		retries := fs.Int("max-retries", 0, "retries after a failure or timeout (0..100)")
 		timeout := fs.Duration("timeout", 0, "run time limit of one attempt (0 = none)")
-		if err := fs.Parse(rest); err != nil {
+		if err := parseNoArgs(fs, rest); err != nil {
 			return err
 		}
 		spec := submit.Spec{Group: *group, Priority: *priority, MaxRetries: *retries, Timeout: *timeout}
@@ -213,9 +221,15 @@ func taskCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writ
 	case "list":
 		state := fs.String("state", "", "filter by state")
 		group := fs.String("group", "", "filter by group")
-		limit := fs.Int("limit", 50, "rows")
-		if err := fs.Parse(rest); err != nil {
+		limit := fs.Int("limit", 50, "rows (1..10000)")
+		if err := parseNoArgs(fs, rest); err != nil {
 			return err
+		}
+		if err := checkLimit(*limit); err != nil {
+			return err
+		}
+		if *state != "" && !taskStates[*state] {
+			return fmt.Errorf("unknown state %q: use queued, dispatched, running, succeeded, failed, timed_out or canceled", *state)
 		}
 		pool, err := c.pool(ctx)
 		if err != nil {
@@ -240,12 +254,17 @@ func taskCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writ
 		if err := fs.Parse(rest); err != nil {
 			return err
 		}
-		if fs.NArg() != 1 {
-			return errors.New("usage: baton task show ID")
+		if fs.NArg() < 1 {
+			return errors.New("usage: baton task show ID [--json]")
 		}
-		id, err := strconv.ParseInt(fs.Arg(0), 10, 64)
+		// Flags may follow the id (baton task show 7 --json).
+		id0 := fs.Arg(0)
+		if err := parseNoArgs(fs, fs.Args()[1:]); err != nil {
+			return err
+		}
+		id, err := strconv.ParseInt(id0, 10, 64)
 		if err != nil {
-			return fmt.Errorf("task id %q is not a number", fs.Arg(0))
+			return fmt.Errorf("task id %q is not a number", id0)
 		}
 		pool, err := c.pool(ctx)
 		if err != nil {
@@ -300,8 +319,11 @@ func workerCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Wr
 	c.register(fs, env, true)
 	group := fs.String("group", "", "filter by group")
 	all := fs.Bool("all", false, "include dead and stopped sessions")
-	limit := fs.Int("limit", 100, "rows")
-	if err := fs.Parse(rest); err != nil {
+	limit := fs.Int("limit", 100, "rows (1..10000)")
+	if err := parseNoArgs(fs, rest); err != nil {
+		return err
+	}
+	if err := checkLimit(*limit); err != nil {
 		return err
 	}
 	pool, err := c.pool(ctx)
@@ -333,8 +355,11 @@ func failoverCmd(ctx context.Context, args []string, env Env, stdout, stderr io.
 	fs := newFlagSet("baton failover list", stderr)
 	var c common
 	c.register(fs, env, true)
-	limit := fs.Int("limit", 50, "rows")
-	if err := fs.Parse(rest); err != nil {
+	limit := fs.Int("limit", 50, "rows (1..10000)")
+	if err := parseNoArgs(fs, rest); err != nil {
+		return err
+	}
+	if err := checkLimit(*limit); err != nil {
 		return err
 	}
 	pool, err := c.pool(ctx)
@@ -381,4 +406,25 @@ func optTime(t *time.Time) string {
 		return "-"
 	}
 	return t.Format(time.RFC3339Nano)
+}
+
+var taskStates = map[string]bool{"queued": true, "dispatched": true, "running": true, "succeeded": true,
+	"failed": true, "timed_out": true, "canceled": true}
+
+// parseNoArgs parses flags and refuses leftover words (an unquoted shell command).
+func parseNoArgs(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q (quote a shell command: --shell 'echo hi')", fs.Arg(0))
+	}
+	return nil
+}
+
+func checkLimit(n int) error {
+	if n < 1 || n > 10000 {
+		return fmt.Errorf("--limit %d is outside 1..10000", n)
+	}
+	return nil
 }

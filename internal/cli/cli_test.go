@@ -37,6 +37,9 @@ func TestCLI(t *testing.T) {
 	if out, _, code := baton(t, env, "migrate", "version"); code != 0 || !strings.HasPrefix(out, "1 ") {
 		t.Fatalf("migrate version: %q", out)
 	}
+	if _, _, code := baton(t, env, "task", "--help"); code != 0 {
+		t.Fatal("task --help failed")
+	}
 	// Tasks need a group; workers create theirs on registration.
 	if _, _, code := baton(t, env, "task", "submit", "--group", "g", "--shell", "true"); code != 1 {
 		t.Fatal("submit to an unknown group succeeded")
@@ -57,6 +60,9 @@ func TestCLI(t *testing.T) {
 		{[]string{"task", "show", "999"}, "task 999 not found"},
 		{[]string{"task", "frob"}, `unknown task subcommand "frob"`},
 		{[]string{"frob"}, `unknown command "frob"`},
+		{[]string{"task", "submit", "--group", "g", "--shell", "echo", "hi"}, `unexpected argument "hi"`},
+		{[]string{"task", "list", "--limit", "-1"}, "--limit -1 is outside 1..10000"},
+		{[]string{"task", "list", "--state", "bogus"}, `unknown state "bogus"`},
 	}
 	for _, tc := range cases {
 		_, e, code := baton(t, env, tc.args...)
@@ -85,6 +91,10 @@ func TestCLI(t *testing.T) {
 	var tasks []map[string]any
 	if err := json.Unmarshal([]byte(out), &tasks); err != nil || len(tasks) != 1 || tasks[0]["Priority"].(float64) != 5 || tasks[0]["TimeoutMs"].(float64) != 30000 {
 		t.Fatalf("task list --json: %q", out)
+	}
+	out, _, code = baton(t, env, "task", "show", "1", "--json")
+	if code != 0 || !strings.Contains(out, `"attempts":[]`) {
+		t.Fatalf("task show ID --json: %q", out)
 	}
 	out, _, code = baton(t, env, "task", "show", "1")
 	if code != 0 || !strings.Contains(out, "state queued") || !strings.Contains(out, "echo hi") {

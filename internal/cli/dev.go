@@ -201,7 +201,18 @@ func startHostPostgres(ctx context.Context, dataDir string) (string, func(), err
 	if out, err := run("pg_ctl", "-D", data, "-l", filepath.Join(abs, "postgres.log"), "-w", "-t", "60", "-o", opts, "start").CombinedOutput(); err != nil {
 		return "", nil, fmt.Errorf("start host Postgres: %v: %s (see %s/postgres.log)", err, out, abs)
 	}
-	stop := func() { _ = run("pg_ctl", "-D", data, "-m", "fast", "stop").Run() }
+	stop := func() {
+		// ctx is already canceled (Ctrl-C): stopping needs a context of its own.
+		stopCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		args := []string{filepath.Join(bin, "pg_ctl"), "-D", data, "-m", "fast", "stop"}
+		if os.Geteuid() == 0 {
+			args = append([]string{"-u", "postgres", "--"}, args...)
+			_ = exec.CommandContext(stopCtx, "runuser", args...).Run()
+			return
+		}
+		_ = exec.CommandContext(stopCtx, args[0], args[1:]...).Run()
+	}
 	return fmt.Sprintf("postgres://baton@127.0.0.1:%d/postgres?sslmode=disable", port), stop, nil
 }
 

@@ -91,6 +91,12 @@ func (c Config) Validate() error {
 	if c.DatabaseURL == "" {
 		errs = append(errs, errors.New("database URL is empty: set BATON_DATABASE_URL or --database-url"))
 	}
+	if c.HeartbeatInterval <= 0 {
+		errs = append(errs, fmt.Errorf("heartbeat interval %s must be positive", c.HeartbeatInterval))
+	}
+	if c.TimeoutGrace < 0 {
+		errs = append(errs, fmt.Errorf("timeout grace %s is negative", c.TimeoutGrace))
+	}
 	if c.WorkerTimeout < 2*c.HeartbeatInterval {
 		errs = append(errs, fmt.Errorf("worker timeout %s must be at least twice the heartbeat interval %s", c.WorkerTimeout, c.HeartbeatInterval))
 	}

@@ -133,6 +133,8 @@ func Many(ctx context.Context, pool *pgxpool.Pool, specs []Spec) ([]int64, error
 			switch store.Constraint(err) {
 			case "tasks_group_name_fkey":
 				return fmt.Errorf("%w: %v", ErrUnknownGroup, err)
+			case "tasks_payload_size":
+				return fmt.Errorf("%w: a payload exceeds 1 MiB once stored as jsonb (jsonb adds spaces)", ErrInvalid)
 			case "":
 			default:
 				return fmt.Errorf("%w: rejected by constraint %s", ErrInvalid, store.Constraint(err))
