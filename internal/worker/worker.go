@@ -497,13 +497,17 @@ func (w *Worker) finishOneByOne(batch []report.Result) (report.Summary, error) {
 // grace period, then kills the rest. Losing the session meanwhile (self-fence,
 // declared dead) kills them at once: their attempts belong to failover now.
 func (w *Worker) drain(log *zap.Logger, sessionID int64, killTasks context.CancelCauseFunc, lost <-chan error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	if _, err := w.updateSessionLocked(ctx, func(q *db.Queries) (int64, error) {
-		return q.WorkerSessionDrain(ctx, sessionID)
-	}); err != nil {
-		log.Warn("mark session draining failed", zap.Error(err))
-	}
-	cancel()
+	// Marking the session draining must not delay the watch for a lost session
+	// below (Postgres may be unreachable right now), so it runs on its own.
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := w.updateSessionLocked(ctx, func(q *db.Queries) (int64, error) {
+			return q.WorkerSessionDrain(ctx, sessionID)
+		}); err != nil {
+			log.Warn("mark session draining failed", zap.Error(err))
+		}
+	}()
 	w.mu.Lock()
 	n := len(w.running)
 	w.mu.Unlock()

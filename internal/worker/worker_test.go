@@ -303,3 +303,86 @@ func TestBinaryOutputDoesNotWedgeReporting(t *testing.T) {
 		t.Fatalf("succeeded = %d, want 4", n)
 	}
 }
+
+// A claim that commits while its reply is lost leaves attempts running on the
+// session that nobody runs. After a failed claim the worker reconciles: it finds
+// them, abandons the session (masters hand the tasks back at once) and carries on
+// under a new session.
+func TestLostClaimReplyIsReconciled(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	proxy, viaProxy := batontest.NewProxy(t, b.dsn)
+	b.master()
+	w, err := worker.New(b.ctx, worker.Config{DatabaseURL: viaProxy, Group: "g", Name: "w", Slots: 2, HeartbeatInterval: hb,
+		SelfFenceAfter: 5 * time.Second, PollInterval: 50 * time.Millisecond, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, w.Run)
+	batontest.WaitFor(t, 10*time.Second, func() (bool, string) { return w.SessionID() != 0, "worker registered" })
+	first := w.SessionID()
+	// The orphan: running on this session in Postgres, unknown to the process.
+	id := b.submit("shell", map[string]string{"command": "echo recovered"}, 1)[0]
+	batontest.WaitFor(t, 10*time.Second, func() (bool, string) {
+		return b.int64("SELECT count(*) FROM tasks WHERE id = $1 AND state = 'succeeded'", id) == 1, "warm-up task done"
+	})
+	orphan := b.int64(`WITH t AS (INSERT INTO tasks (group_name, kind, payload, state, attempt, worker_session_id, dispatched_at, started_at)
+		VALUES ('g', 'shell', '{"command": "echo recovered"}', 'running', 1, $1, now(), now()) RETURNING id)
+		INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, started_at) SELECT id, 1, $1, 'submit', now() FROM t
+		RETURNING task_id`, first)
+	// Make claims fail for a moment (shorter than the self-fence).
+	proxy.Cut()
+	time.Sleep(300 * time.Millisecond) // the fault's length: several 50 ms claim polls fail
+	proxy.Restore()
+	batontest.WaitFor(t, 30*time.Second, func() (bool, string) {
+		n := b.int64("SELECT count(*) FROM tasks WHERE id = $1 AND state = 'succeeded' AND attempt = 2", orphan)
+		return n == 1, "orphaned task re-run"
+	})
+	if s := w.Sessions(); len(s) != 2 {
+		t.Fatalf("sessions = %v, want a second one after abandoning the first", s)
+	}
+	if n := b.int64("SELECT count(*) FROM worker_sessions WHERE id = $1 AND state = 'stopped'", first); n != 1 {
+		t.Fatal("abandoned session not stopped")
+	}
+}
+
+// A worker partitioned while it drains still fences itself: its task dies before
+// any master declares the session dead (the shutdown grace is longer than that).
+func TestSelfFenceWhileDraining(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	proxy, viaProxy := batontest.NewProxy(t, b.dsn)
+	dir := t.TempDir()
+	b.master()
+	w, err := worker.New(b.ctx, worker.Config{DatabaseURL: viaProxy, Group: "g", Name: "draining", Slots: 2, HeartbeatInterval: hb,
+		SelfFenceAfter: selfFence, PollInterval: 100 * time.Millisecond, ShutdownGrace: time.Minute, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := run(t, w.Run)
+	batontest.WaitFor(t, 10*time.Second, func() (bool, string) { return w.SessionID() != 0, "worker registered" })
+	first := w.SessionID()
+	b.submit("shell", map[string]string{"command": fmt.Sprintf(`if [ "$BATON_ATTEMPT" = 1 ]; then echo $$ > %s/pid; exec sleep 60; fi`, dir)}, 1)
+	var pid int
+	batontest.WaitFor(t, 20*time.Second, func() (bool, string) {
+		raw, err := os.ReadFile(filepath.Join(dir, "pid"))
+		if err == nil {
+			pid, err = strconv.Atoi(strings.TrimSpace(string(raw)))
+		}
+		return err == nil && pid > 0, "task started"
+	})
+	b.worker(b.dsn, "healthy", nil)
+	proxy.Cut()
+	stopped := make(chan struct{})
+	go func() { stop(); close(stopped) }() // SIGTERM while cut off
+	batontest.WaitFor(t, 30*time.Second, func() (bool, string) {
+		alive := syscall.Kill(pid, 0) == nil
+		dead := b.int64("SELECT count(*) FROM worker_sessions WHERE id = $1 AND state = 'dead'", first) == 1
+		if dead && alive {
+			t.Fatalf("session %d declared dead while its draining task %d still runs", first, pid)
+		}
+		return dead, fmt.Sprintf("session dead=%v, task alive=%v", dead, alive)
+	})
+	b.waitAllFinished(30 * time.Second)
+	<-stopped
+}
