@@ -58,9 +58,6 @@ func BatonMain(ctx context.Context, args []string, env Env, stdout, stderr io.Wr
 	default:
 		err = fmt.Errorf("unknown command %q\n\n%s", args[0], usage)
 	}
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
 	return exitCode(stderr, "baton", err)
 }
 
@@ -222,10 +219,7 @@ func taskCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writ
 		state := fs.String("state", "", "filter by state")
 		group := fs.String("group", "", "filter by group")
 		limit := fs.Int("limit", 50, "rows (1..10000)")
-		if err := parseNoArgs(fs, rest); err != nil {
-			return err
-		}
-		if err := checkLimit(*limit); err != nil {
+		if err := parseList(fs, rest, limit); err != nil {
 			return err
 		}
 		if *state != "" && !taskStates[*state] {
@@ -320,10 +314,7 @@ func workerCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Wr
 	group := fs.String("group", "", "filter by group")
 	all := fs.Bool("all", false, "include dead and stopped sessions")
 	limit := fs.Int("limit", 100, "rows (1..10000)")
-	if err := parseNoArgs(fs, rest); err != nil {
-		return err
-	}
-	if err := checkLimit(*limit); err != nil {
+	if err := parseList(fs, rest, limit); err != nil {
 		return err
 	}
 	pool, err := c.pool(ctx)
@@ -356,10 +347,7 @@ func failoverCmd(ctx context.Context, args []string, env Env, stdout, stderr io.
 	var c common
 	c.register(fs, env, true)
 	limit := fs.Int("limit", 50, "rows (1..10000)")
-	if err := parseNoArgs(fs, rest); err != nil {
-		return err
-	}
-	if err := checkLimit(*limit); err != nil {
+	if err := parseList(fs, rest, limit); err != nil {
 		return err
 	}
 	pool, err := c.pool(ctx)
@@ -422,9 +410,13 @@ func parseNoArgs(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
-func checkLimit(n int) error {
-	if n < 1 || n > 10000 {
-		return fmt.Errorf("--limit %d is outside 1..10000", n)
+// parseList parses a list command's flags and checks its --limit.
+func parseList(fs *flag.FlagSet, args []string, limit *int) error {
+	if err := parseNoArgs(fs, args); err != nil {
+		return err
+	}
+	if *limit < 1 || *limit > 10000 {
+		return fmt.Errorf("--limit %d is outside 1..10000", *limit)
 	}
 	return nil
 }

@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"errors"
-	"flag"
 	"io"
 
 	"github.com/baton-scheduler/baton/internal/executor"
@@ -63,9 +62,6 @@ func MasterMain(ctx context.Context, args []string, env Env, stderr io.Writer) i
 		}
 		return m.Run(ctx)
 	}()
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
 	return exitCode(stderr, "baton-master", err)
 }
 
@@ -114,9 +110,6 @@ func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string
 		}
 		return w.Run(ctx)
 	}()
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
 	return exitCode(stderr, "baton-worker", err)
 }
 
