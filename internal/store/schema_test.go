@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/baton-scheduler/baton/batontest"
+	"github.com/baton-scheduler/baton/db"
 	"github.com/baton-scheduler/baton/internal/store"
 )
 
@@ -143,5 +144,34 @@ func TestReportingViews(t *testing.T) {
 	var n int
 	if err := pool.QueryRow(context.Background(), "SELECT tasks FROM report_tasks_by_state WHERE group_name = 'g1' AND state = 'queued'").Scan(&n); err != nil || n != 1 {
 		t.Fatalf("report_tasks_by_state queued g1 = %d, %v", n, err)
+	}
+}
+
+// Heartbeats touch no indexed column, so Postgres can update the row in place
+// (HOT) instead of adding index entries: the hot spot stays cheap.
+func TestHeartbeatsAreHOT(t *testing.T) {
+	t.Parallel()
+	pool, sessionID, _ := fixture(t)
+	ctx := context.Background()
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	q := db.New(conn)
+	for range 50 {
+		if state, err := q.WorkerSessionHeartbeat(ctx, sessionID); err != nil || state != "alive" {
+			t.Fatalf("heartbeat: %q, %v", state, err)
+		}
+	}
+	if _, err := conn.Exec(ctx, "SELECT pg_stat_force_next_flush()"); err != nil {
+		t.Fatal(err)
+	}
+	var upd, hot int64
+	if err := conn.QueryRow(ctx, "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'worker_sessions'").Scan(&upd, &hot); err != nil {
+		t.Fatal(err)
+	}
+	if upd < 50 || hot < 45 {
+		t.Fatalf("worker_sessions updates %d, of them HOT %d: heartbeats are not HOT", upd, hot)
 	}
 }

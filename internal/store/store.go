@@ -124,12 +124,28 @@ func oneLine(s string) string {
 	return s
 }
 
+// redact turns pgx's parse error into a reason that cannot echo the DSN (and so its
+// password): pgx and net/url quote parts of the input in their messages, so only
+// the innermost reason is kept, and only when it quotes nothing and shares no
+// four characters with the input.
 func redact(msg, dsn string) string {
-	if u, err := pgconn.ParseConfig(dsn); err == nil && u.Password != "" {
-		msg = strings.ReplaceAll(msg, u.Password, "xxxxx")
+	reason := msg
+	if i := strings.LastIndex(msg, ": "); i >= 0 {
+		reason = msg[i+2:]
 	}
-	msg = strings.ReplaceAll(msg, dsn, "<dsn>")
-	return msg
+	reason = strings.Trim(oneLine(reason), "() ")
+	safe := !strings.ContainsAny(reason, "`\"'")
+	for i := 0; safe && i+4 <= len(dsn); i++ {
+		safe = !strings.Contains(reason, dsn[i:i+4])
+	}
+	form := "key=value DSN"
+	if strings.Contains(dsn, "://") {
+		form = "postgres:// URL"
+	}
+	if safe && reason != "" {
+		return fmt.Sprintf("not a valid %s: %s", form, reason)
+	}
+	return fmt.Sprintf("not a valid %s (check quoting, percent-encoding, host and port)", form)
 }
 
 // WithTx runs fn in one transaction and commits if fn returns nil.
