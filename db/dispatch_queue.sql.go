@@ -30,8 +30,15 @@ WITH m AS (
 ), a AS (
     INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason)
     SELECT t.id, t.attempt, t.worker_session_id, d.reason FROM t JOIN d ON d.task_id = t.id
+), notified AS (
+    -- One NOTIFY per statement naming the sessions that got work ("*" = everyone
+    -- when the list would not fit a payload; channel notify.ChannelClaim).
+    SELECT pg_notify('baton_claim', CASE WHEN length(ids) > 7000 THEN '*' ELSE ids END)
+    FROM (SELECT string_agg(DISTINCT worker_session_id::text, ',') AS ids FROM t) AS s
+    WHERE ids IS NOT NULL
 )
-SELECT t.id, t.attempt, t.worker_session_id::bigint AS worker_session_id FROM t
+SELECT t.id, t.attempt, t.worker_session_id::bigint AS worker_session_id
+FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n
 `
 
 type DispatchAssignParams struct {

@@ -5,14 +5,12 @@ package dispatch
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/baton-scheduler/baton/db"
-	"github.com/baton-scheduler/baton/internal/notify"
 	"github.com/baton-scheduler/baton/internal/slots"
 	"github.com/baton-scheduler/baton/internal/store"
 )
@@ -87,19 +85,6 @@ func (d *Dispatcher) Group(ctx context.Context, group string) (int, error) {
 			return fmt.Errorf("assign tasks of %s: %w", group, err)
 		}
 		n = len(rows)
-		seen := map[int64]bool{}
-		var sessions []string
-		for _, r := range rows {
-			if !seen[r.WorkerSessionID] {
-				seen[r.WorkerSessionID] = true
-				sessions = append(sessions, strconv.FormatInt(r.WorkerSessionID, 10))
-			}
-		}
-		if len(sessions) > 0 {
-			if _, err := tx.Exec(ctx, "SELECT pg_notify($1, $2)", notify.ChannelClaim, notify.ClaimPayload(sessions)); err != nil {
-				return fmt.Errorf("notify workers: %w", err)
-			}
-		}
 		return nil
 	})
 	return n, err

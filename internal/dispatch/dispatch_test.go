@@ -3,6 +3,7 @@ package dispatch_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"sync"
 	"testing"
@@ -77,5 +78,40 @@ func TestDispatchRespectsGroupsHealthAndSlots(t *testing.T) {
 	// Highest priority first.
 	if n := q("SELECT count(*) FROM tasks WHERE state = 'dispatched' AND priority <> 2"); n != 0 {
 		t.Fatalf("%d lower-priority tasks dispatched before priority 2 ones", n)
+	}
+}
+
+// A dispatch wakes exactly the sessions that got work, with one NOTIFY.
+func TestDispatchNotifiesTargets(t *testing.T) {
+	t.Parallel()
+	pool, _ := srv.NewPool(t)
+	ctx := context.Background()
+	q := func(sql string, args ...any) int64 { t.Helper(); return batontest.Int64(t, pool, sql, args...) }
+	q("INSERT INTO worker_groups (name) VALUES ('a') RETURNING 1")
+	s1 := q("INSERT INTO worker_sessions (name, group_name, slots) VALUES ('a1', 'a', 1) RETURNING id")
+	s2 := q("INSERT INTO worker_sessions (name, group_name, slots) VALUES ('a2', 'a', 1) RETURNING id")
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "LISTEN baton_claim"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := submit.Many(ctx, pool, []submit.Spec{{Group: "a", Kind: "noop"}, {Group: "a", Kind: "noop"}}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := (&dispatch.Dispatcher{Pool: pool, WorkerTimeout: 5 * time.Second}).RunOnce(ctx); err != nil || n != 2 {
+		t.Fatalf("dispatched %d, %v", n, err)
+	}
+	waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	n, err := conn.Conn().WaitForNotification(waitCtx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want1, want2 := fmt.Sprintf("%d,%d", s1, s2), fmt.Sprintf("%d,%d", s2, s1)
+	if n.Payload != want1 && n.Payload != want2 {
+		t.Fatalf("claim NOTIFY payload %q, want the two session ids", n.Payload)
 	}
 }

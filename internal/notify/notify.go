@@ -21,7 +21,7 @@ const (
 	// ChannelSweep wakes masters' liveness sweep: a worker stopped and left tasks.
 	ChannelSweep = "baton_sweep"
 	// ChannelClaim wakes workers; the payload lists target session ids ("*" = all).
-	ChannelClaim = "baton_claim"
+	ChannelClaim = "baton_claim" // also spelled in queries/dispatch_queue.sql (DispatchAssign)
 )
 
 // Listener holds one connection that LISTENs and calls OnNotify per notification.
