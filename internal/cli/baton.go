@@ -234,16 +234,10 @@ func taskCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writ
 		if err != nil {
 			return fmt.Errorf("list tasks: %w", err)
 		}
-		if c.json {
-			return json.NewEncoder(stdout).Encode(rows)
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tGROUP\tKIND\tSTATE\tATTEMPT\tWORKER\tFAILOVERS\tSUBMITTED")
-		for _, t := range rows {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", t.ID, t.GroupName, t.Kind, t.State, t.Attempt,
+		return printRows(stdout, c.json, rows, "ID\tGROUP\tKIND\tSTATE\tATTEMPT\tWORKER\tFAILOVERS\tSUBMITTED", func(out io.Writer, t db.Task) {
+			fmt.Fprintf(out, "%d\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", t.ID, t.GroupName, t.Kind, t.State, t.Attempt,
 				optID(t.WorkerSessionID), t.FailoverCount, t.SubmittedAt.Format(time.RFC3339))
-		}
-		return tw.Flush()
+		})
 	default: // show
 		if err := fs.Parse(rest); err != nil {
 			return err
@@ -326,16 +320,10 @@ func workerCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Wr
 	if err != nil {
 		return fmt.Errorf("list workers: %w", err)
 	}
-	if c.json {
-		return json.NewEncoder(stdout).Encode(rows)
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SESSION\tNAME\tGROUP\tSTATE\tSLOTS\tACTIVE\tHEARTBEAT AGE\tHOST\tPID")
-	for _, w := range rows {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\t%.1fs\t%s\t%d\n", w.ID, w.Name, w.GroupName, w.State, w.Slots, w.ActiveTasks,
+	return printRows(stdout, c.json, rows, "SESSION\tNAME\tGROUP\tSTATE\tSLOTS\tACTIVE\tHEARTBEAT AGE\tHOST\tPID", func(out io.Writer, w db.WorkerSessionListRow) {
+		fmt.Fprintf(out, "%d\t%s\t%s\t%s\t%d\t%d\t%.1fs\t%s\t%d\n", w.ID, w.Name, w.GroupName, w.State, w.Slots, w.ActiveTasks,
 			w.HeartbeatAgeSeconds, w.Host, w.Pid)
-	}
-	return tw.Flush()
+	})
 }
 
 func failoverCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writer) error {
@@ -359,20 +347,14 @@ func failoverCmd(ctx context.Context, args []string, env Env, stdout, stderr io.
 	if err != nil {
 		return fmt.Errorf("list failovers: %w", err)
 	}
-	if c.json {
-		return json.NewEncoder(stdout).Encode(rows)
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tKIND\tSESSION\tGROUP\tBY MASTER\tDEADLINE\tFINISHED\tREASSIGNED\tQUEUED\tPASSES")
-	for _, f := range rows {
+	return printRows(stdout, c.json, rows, "ID\tKIND\tSESSION\tGROUP\tBY MASTER\tDEADLINE\tFINISHED\tREASSIGNED\tQUEUED\tPASSES", func(out io.Writer, f db.FailoverEvent) {
 		g := ""
 		if f.GroupName != nil {
 			g = *f.GroupName
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n", f.ID, f.Kind, f.SessionID, g, optID(f.DetectedBy),
+		fmt.Fprintf(out, "%d\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n", f.ID, f.Kind, f.SessionID, g, optID(f.DetectedBy),
 			f.Deadline.Format(time.RFC3339Nano), optTime(f.FinishedAt), f.TasksReassigned, f.TasksQueued, f.Passes)
-	}
-	return tw.Flush()
+	})
 }
 
 func nilIfEmpty(s string) *string {
@@ -419,4 +401,17 @@ func parseList(fs *flag.FlagSet, args []string, limit *int) error {
 		return fmt.Errorf("--limit %d is outside 1..10000", *limit)
 	}
 	return nil
+}
+
+// printRows writes rows as JSON, or as a table with header and one line per row.
+func printRows[T any](stdout io.Writer, asJSON bool, rows []T, header string, line func(io.Writer, T)) error {
+	if asJSON {
+		return json.NewEncoder(stdout).Encode(rows)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, header)
+	for _, r := range rows {
+		line(tw, r)
+	}
+	return tw.Flush()
 }

@@ -42,11 +42,7 @@ func (b *bundle) exec(sql string, args ...any) {
 
 func (b *bundle) int64(sql string, args ...any) int64 {
 	b.t.Helper()
-	var v int64
-	if err := b.pool.QueryRow(b.ctx, sql, args...).Scan(&v); err != nil {
-		b.t.Fatalf("%s: %v", sql, err)
-	}
-	return v
+	return batontest.Int64(b.t, b.pool, sql, args...)
 }
 
 // session inserts a worker session; stale ones last heartbeated an hour ago.

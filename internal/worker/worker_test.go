@@ -50,11 +50,7 @@ func setup(t *testing.T) *bundle {
 
 func (b *bundle) int64(sql string, args ...any) int64 {
 	b.t.Helper()
-	var v int64
-	if err := b.pool.QueryRow(b.ctx, sql, args...).Scan(&v); err != nil {
-		b.t.Fatalf("%s: %v", sql, err)
-	}
-	return v
+	return batontest.Int64(b.t, b.pool, sql, args...)
 }
 
 // run starts fn in a goroutine and stops it (cancel + wait) when the test ends.
