@@ -2,8 +2,12 @@ package batontest_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/baton-scheduler/baton/batontest"
 )
@@ -46,5 +50,34 @@ func TestIsolation(t *testing.T) {
 func BenchmarkNewDatabase(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		srv.NewDatabase(b)
+	}
+}
+
+func TestProxyStallHangsThenResumes(t *testing.T) {
+	t.Parallel()
+	dsn := srv.NewDatabase(t)
+	p, via := batontest.NewProxy(t, dsn)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, via)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	p.Stall()
+	qctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	var one int
+	err = conn.QueryRow(qctx, "SELECT 1").Scan(&one)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("query through a stalled proxy: want a hang ended by the deadline, got %v", err)
+	}
+	p.Restore()
+	conn2, err := pgx.Connect(ctx, via)
+	if err != nil {
+		t.Fatalf("connect after restore: %v", err)
+	}
+	defer conn2.Close(ctx)
+	if err := conn2.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil || one != 1 {
+		t.Fatalf("query after restore: %v", err)
 	}
 }
