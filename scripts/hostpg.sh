@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Starts (or stops) a throwaway PostgreSQL cluster from the host's server binaries,
 # for when Docker is not available. Prints the cluster's URL as the last line.
-#   scripts/hostpg.sh start DIR [PORT]   # PORT default 55432
+#   scripts/hostpg.sh start DIR [PORT] [durable]   # PORT default 55432
 #   scripts/hostpg.sh stop DIR
+# Test clusters run with fsync off (a crash loses a throwaway database); "durable"
+# keeps the stock settings (fsync, synchronous_commit, full_page_writes on) for
+# benchmarks whose figures users should be able to expect.
 set -euo pipefail
 
 cmd=${1:?usage: hostpg.sh start|stop DIR [PORT]}
 dir=${2:?usage: hostpg.sh start|stop DIR [PORT]}
 port=${3:-55432}
+mode=${4:-test}
+speed="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+[ "$mode" = durable ] && speed=""
 
 bindir=""
 for d in /usr/lib/postgresql/*/bin /usr/local/pgsql/bin; do
@@ -39,7 +45,7 @@ start)
   fi
   if ! as_pg "$bindir/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
     as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start \
-      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=500" >&2 \
+      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 $speed -c max_connections=500" >&2 \
       || { tail -20 "$dir/postgres.log" >&2; exit 1; }
   fi
   echo "postgres://baton@127.0.0.1:$port/postgres?sslmode=disable"

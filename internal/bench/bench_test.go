@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -95,6 +96,55 @@ func BenchmarkThroughputNoop(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.ReportMetric(n/secs, "tasks/s")
+		stop()
+	}
+}
+
+// BenchmarkBurnDown is the figure compared with River (scripts/bench.sh runs it
+// alternately with bench/river on the same durable Postgres): 100,000
+// pre-submitted no-op Go-handler tasks (BATON_BENCH_TASKS overrides), one master
+// and four workers of 512 slots in this process; tasks/s from the moment the
+// cluster starts (Postgres clock) to the last finish.
+func BenchmarkBurnDown(b *testing.B) {
+	n := 100_000
+	if v, err := strconv.Atoi(os.Getenv("BATON_BENCH_TASKS")); err == nil && v > 0 {
+		n = v
+	}
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		pool, dsn := srv.NewPool(b)
+		ctx := context.Background()
+		if _, err := pool.Exec(ctx, "INSERT INTO worker_groups (name) VALUES ('bench')"); err != nil {
+			b.Fatal(err)
+		}
+		for off := 0; off < n; off += 5000 {
+			if _, err := submit.Many(ctx, pool, specs(min(5000, n-off))); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if _, err := pool.Exec(ctx, "VACUUM ANALYZE"); err != nil {
+			b.Fatal(err)
+		}
+		var start time.Time
+		if err := pool.QueryRow(ctx, "SELECT clock_timestamp()").Scan(&start); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		stop := cluster(b, dsn, 4, 512)
+		batontest.WaitFor(b, 10*time.Minute, func() (bool, string) {
+			return unfinished(b, pool) == 0, "tasks left"
+		})
+		b.StopTimer()
+		var secs float64
+		var bad int64
+		if err := pool.QueryRow(ctx,
+			"SELECT extract(epoch FROM max(finished_at) - $1), count(*) FILTER (WHERE state <> 'succeeded') FROM tasks", start).Scan(&secs, &bad); err != nil {
+			b.Fatal(err)
+		}
+		if bad != 0 {
+			b.Fatalf("%d tasks did not succeed", bad)
+		}
+		b.ReportMetric(float64(n)/secs, "tasks/s")
 		stop()
 	}
 }
