@@ -8,8 +8,10 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/baton-scheduler/baton/internal/claimer"
 	"github.com/baton-scheduler/baton/internal/executor"
 	"github.com/baton-scheduler/baton/internal/retrypolicy"
+	"github.com/baton-scheduler/baton/internal/service"
 )
 
 // Defaults; see DESIGN: heartbeat 1 s, dead after 5 s, self-fence at 4 s.
@@ -18,6 +20,7 @@ const (
 	SelfFenceAfterDefault    = 4 * time.Second
 	PollIntervalDefault      = 500 * time.Millisecond
 	ShutdownGraceDefault     = 10 * time.Second
+	KillGraceDefault         = claimer.KillGraceDefault
 	SlotsDefault             = 4
 	GroupDefault             = "default"
 )
@@ -38,14 +41,31 @@ type Config struct {
 	SelfFenceAfter time.Duration
 	PollInterval   time.Duration // claim polling fallback when no NOTIFY arrives
 	ShutdownGrace  time.Duration // how long SIGTERM waits for running tasks
+	// KillGrace: once an attempt timed out or was killed, how long it may take to
+	// return before its slot is freed without it (a Go handler that ignores
+	// cancellation, a shell task whose detached child keeps its output open). A
+	// timed-out attempt is then reported timed_out; a late result is dropped.
+	KillGrace time.Duration
 	MaxOutput      int           // bytes of stdout+stderr kept per attempt
 	Handlers       map[string]executor.Handler
 	Retry          retrypolicy.Policy
 	Logger         *zap.Logger
 	Version        string
-	// Now is the process clock, used only to time the worker's own heartbeat
-	// failures (never a liveness decision about someone else). Tests inject it.
-	Now func() time.Time
+	// Clock is the services' process clock (log timestamps; never a liveness
+	// decision). The self-fence does not read it: it is a timer on the monotonic
+	// clock, so a wall-clock jump moves it neither way. Tests inject a stub.
+	Clock *service.Clock
+	// Test holds knobs for tests only.
+	Test TestConfig
+}
+
+// TestConfig holds test-only knobs; zero values mean production behaviour.
+type TestConfig struct {
+	// HeartbeatCallTimeout bounds one heartbeat statement (default SelfFenceAfter/2).
+	HeartbeatCallTimeout time.Duration
+	// ResultFlushInterval: how long the first buffered result waits for others
+	// before the batch is written (default completer.FlushIntervalDefault).
+	ResultFlushInterval time.Duration
 }
 
 // WithDefaults returns a copy with every zero field set to its default.
@@ -77,8 +97,11 @@ func (c Config) WithDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
-	if c.Now == nil {
-		c.Now = time.Now
+	if c.KillGrace == 0 {
+		c.KillGrace = KillGraceDefault
+	}
+	if c.Clock == nil {
+		c.Clock = service.NewClock()
 	}
 	return c
 }
@@ -103,6 +126,9 @@ func (c Config) Validate() error {
 	}
 	if c.PollInterval <= 0 {
 		errs = append(errs, fmt.Errorf("poll interval %s must be positive", c.PollInterval))
+	}
+	if c.KillGrace < 0 {
+		errs = append(errs, fmt.Errorf("kill grace %s is negative", c.KillGrace))
 	}
 	if c.ShutdownGrace < 0 {
 		errs = append(errs, fmt.Errorf("shutdown grace %s is negative", c.ShutdownGrace))

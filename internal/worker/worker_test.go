@@ -1,6 +1,7 @@
 package worker_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"github.com/baton-scheduler/baton/batontest"
 	"github.com/baton-scheduler/baton/internal/executor"
 	"github.com/baton-scheduler/baton/internal/master"
+	"github.com/baton-scheduler/baton/internal/service"
 	"github.com/baton-scheduler/baton/internal/submit"
 	"github.com/baton-scheduler/baton/internal/worker"
 )
@@ -80,18 +82,35 @@ func (b *bundle) master() {
 	run(b.t, m.Run)
 }
 
-func (b *bundle) worker(dsn, name string, now func() time.Time) (*worker.Worker, func()) {
-	w, err := worker.New(b.ctx, worker.Config{DatabaseURL: dsn, Group: "g", Name: name, Slots: 4, HeartbeatInterval: hb,
-		SelfFenceAfter: selfFence, PollInterval: 100 * time.Millisecond, ShutdownGrace: 200 * time.Millisecond,
-		Handlers: map[string]executor.Handler{
-			"echo": func(_ context.Context, t executor.Task) (string, error) { return string(t.Payload), nil },
-		},
-		Logger: zaptest.NewLogger(b.t).Named(name), Now: now})
+func (b *bundle) worker(dsn, name string, clock *service.Clock) (*worker.Worker, func()) {
+	return b.workerWith(worker.Config{DatabaseURL: dsn, Name: name, Clock: clock})
+}
+
+// workerWith starts a worker of group g with the test timings, for the fields cfg
+// leaves zero, and its test signals armed; it returns once the worker registered.
+func (b *bundle) workerWith(cfg worker.Config) (*worker.Worker, func()) {
+	b.t.Helper()
+	cfg.Group = "g"
+	cfg.Slots = cmp.Or(cfg.Slots, 4)
+	cfg.HeartbeatInterval = cmp.Or(cfg.HeartbeatInterval, hb)
+	cfg.SelfFenceAfter = cmp.Or(cfg.SelfFenceAfter, selfFence)
+	cfg.PollInterval = cmp.Or(cfg.PollInterval, 100*time.Millisecond)
+	cfg.ShutdownGrace = cmp.Or(cfg.ShutdownGrace, 200*time.Millisecond)
+	handlers := map[string]executor.Handler{
+		"echo": func(_ context.Context, t executor.Task) (string, error) { return string(t.Payload), nil },
+	}
+	for k, h := range cfg.Handlers {
+		handlers[k] = h
+	}
+	cfg.Handlers = handlers
+	cfg.Logger = zaptest.NewLogger(b.t).Named(cfg.Name)
+	w, err := worker.New(b.ctx, cfg)
 	if err != nil {
 		b.t.Fatal(err)
 	}
+	w.TestSignals.Init(b.t)
 	stop := run(b.t, w.Run)
-	batontest.WaitFor(b.t, 10*time.Second, func() (bool, string) { return w.SessionID() != 0, "worker registered" })
+	w.TestSignals.Registered.WaitOrTimeout(b.t)
 	return w, stop
 }
 
@@ -231,32 +250,49 @@ func TestSelfFenceOnPartition(t *testing.T) {
 	}
 }
 
-// The worker's process clock only times its own heartbeat failures; a clock that is
-// an hour off (either way) changes no liveness decision.
-func TestSkewedClockChangesNothing(t *testing.T) {
+// The worker's clock jumps an hour ahead and then an hour back while it works: the
+// self-fence runs on the monotonic clock, so neither jump fences the worker, and
+// no master fails it over (liveness is judged by Postgres time). A fence that
+// measured the jumping clock would fire at the first jump (an hour "since" the last
+// heartbeat).
+func TestClockJumpChangesNothing(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	b.master()
-	ahead, _ := b.worker(b.dsn, "ahead", func() time.Time { return time.Now().Add(time.Hour) })
-	behind, _ := b.worker(b.dsn, "behind", func() time.Time { return time.Now().Add(-time.Hour) })
-	b.submit("shell", map[string]string{"command": "sleep 0.05"}, 40)
+	clock := service.NewClock()
+	w, _ := b.worker(b.dsn, "jumpy", clock)
+	b.submit("shell", map[string]string{"command": "sleep 0.05"}, 20)
+	// beats waits for n successful heartbeats from now on: n × hb of real time.
+	beats := func(n int) {
+		for len(w.TestSignals.Heartbeat.Beat.C()) > 0 {
+			<-w.TestSignals.Heartbeat.Beat.C()
+		}
+		for range n {
+			if st := w.TestSignals.Heartbeat.Beat.WaitOrTimeout(t); st != "alive" {
+				t.Fatalf("heartbeat returned state %q", st)
+			}
+		}
+	}
+	beats(2)
+	clock.StubNow(time.Now().Add(time.Hour))
+	beats(int(2 * selfFence / hb)) // twice the fence, by the monotonic clock
+	clock.StubNow(time.Now().Add(-time.Hour))
+	beats(int(2 * selfFence / hb))
+	clock.Unstub()
 	b.waitAllFinished(60 * time.Second)
-	// Let several sweeps and heartbeats pass after the work is done.
-	batontest.WaitFor(t, 10*time.Second, func() (bool, string) {
-		n := b.int64("SELECT count(*) FROM worker_sessions WHERE last_heartbeat_at > started_at + interval '1 second'")
-		return n == 2, "both sessions heartbeat for a second"
-	})
-	if n := b.int64("SELECT count(*) FROM tasks WHERE state = 'succeeded' AND attempt = 1 AND failover_count = 0"); n != 40 {
-		t.Fatalf("tasks succeeded on their first attempt = %d, want 40", n)
+	w.TestSignals.Heartbeat.Fenced.RequireEmpty(t)
+	w.TestSignals.Heartbeat.Lost.RequireEmpty(t)
+	if n := b.int64("SELECT count(*) FROM tasks WHERE state = 'succeeded' AND attempt = 1 AND failover_count = 0"); n != 20 {
+		t.Fatalf("tasks succeeded on their first attempt = %d, want 20", n)
 	}
 	if n := b.int64("SELECT count(*) FROM failover_events"); n != 0 {
 		t.Fatalf("failover events = %d, want 0", n)
 	}
-	if len(ahead.Sessions()) != 1 || len(behind.Sessions()) != 1 {
-		t.Fatalf("a skewed worker re-registered: %v %v", ahead.Sessions(), behind.Sessions())
+	if s := w.Sessions(); len(s) != 1 {
+		t.Fatalf("the worker re-registered: %v", s)
 	}
-	if n := b.int64("SELECT count(*) FROM worker_sessions WHERE state = 'alive'"); n != 2 {
-		t.Fatalf("alive sessions = %d, want 2", n)
+	if n := b.int64("SELECT count(*) FROM worker_sessions WHERE state = 'alive'"); n != 1 {
+		t.Fatalf("alive sessions = %d, want 1", n)
 	}
 }
 
@@ -309,13 +345,8 @@ func TestLostClaimReplyIsReconciled(t *testing.T) {
 	b := setup(t)
 	proxy, viaProxy := batontest.NewProxy(t, b.dsn)
 	b.master()
-	w, err := worker.New(b.ctx, worker.Config{DatabaseURL: viaProxy, Group: "g", Name: "w", Slots: 2, HeartbeatInterval: hb,
-		SelfFenceAfter: 5 * time.Second, PollInterval: 50 * time.Millisecond, Logger: zaptest.NewLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	run(t, w.Run)
-	batontest.WaitFor(t, 10*time.Second, func() (bool, string) { return w.SessionID() != 0, "worker registered" })
+	w, _ := b.workerWith(worker.Config{DatabaseURL: viaProxy, Name: "w", Slots: 2, SelfFenceAfter: 5 * time.Second,
+		PollInterval: 50 * time.Millisecond})
 	first := w.SessionID()
 	// The orphan: running on this session in Postgres, unknown to the process.
 	id := b.submit("shell", map[string]string{"command": "echo recovered"}, 1)[0]
@@ -328,8 +359,16 @@ func TestLostClaimReplyIsReconciled(t *testing.T) {
 		RETURNING task_id`, first)
 	// Make claims fail for a moment (shorter than the self-fence).
 	proxy.Cut()
-	time.Sleep(300 * time.Millisecond) // the fault's length: several 50 ms claim polls fail
+	w.TestSignals.Claimer.ClaimFailed.WaitOrTimeout(t)
 	proxy.Restore()
+	for {
+		if c := w.TestSignals.Claimer.Claimed.WaitOrTimeout(t); c.Reconciled {
+			if c.Orphans != 1 {
+				t.Fatalf("reconcile found %d orphans, want 1", c.Orphans)
+			}
+			break
+		}
+	}
 	batontest.WaitFor(t, 30*time.Second, func() (bool, string) {
 		n := b.int64("SELECT count(*) FROM tasks WHERE id = $1 AND state = 'succeeded' AND attempt = 2", orphan)
 		return n == 1, "orphaned task re-run"
@@ -350,13 +389,7 @@ func TestSelfFenceWhileDraining(t *testing.T) {
 	proxy, viaProxy := batontest.NewProxy(t, b.dsn)
 	dir := t.TempDir()
 	b.master()
-	w, err := worker.New(b.ctx, worker.Config{DatabaseURL: viaProxy, Group: "g", Name: "draining", Slots: 2, HeartbeatInterval: hb,
-		SelfFenceAfter: selfFence, PollInterval: 100 * time.Millisecond, ShutdownGrace: time.Minute, Logger: zaptest.NewLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	stop := run(t, w.Run)
-	batontest.WaitFor(t, 10*time.Second, func() (bool, string) { return w.SessionID() != 0, "worker registered" })
+	w, stop := b.workerWith(worker.Config{DatabaseURL: viaProxy, Name: "draining", Slots: 2, ShutdownGrace: time.Minute})
 	first := w.SessionID()
 	b.submit("shell", map[string]string{"command": fmt.Sprintf(`if [ "$BATON_ATTEMPT" = 1 ]; then echo $$ > %s/pid; exec sleep 60; fi`, dir)}, 1)
 	var pid int

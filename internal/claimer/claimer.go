@@ -1,0 +1,362 @@
+// Package claimer is a worker session's claim loop: it claims as many dispatched
+// tasks as it has free slots, runs each in its own goroutine, hands results to the
+// completer, and reconciles after a claim error.
+//
+// Slots match the database. A slot is freed when its attempt is settled: the
+// executor returned, or — for a Go handler that ignores cancellation, or a shell
+// task whose detached descendant keeps its output open — KillGrace after the
+// attempt's context ended (timeout or kill). A timed-out attempt is then reported
+// timed_out by the worker itself; the lingering goroutine's late result is dropped.
+//
+// Reconcile: a claim that fails may have committed without its reply reaching us.
+// Attempts running on the session in Postgres that are neither running here nor
+// pending in the completer (finished, result not yet written) are orphans: nobody
+// runs them, so the session is abandoned and its tasks handed back.
+package claimer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+
+	"github.com/baton-scheduler/baton/db"
+	"github.com/baton-scheduler/baton/internal/completer"
+	"github.com/baton-scheduler/baton/internal/executor"
+	"github.com/baton-scheduler/baton/internal/logfield"
+	"github.com/baton-scheduler/baton/internal/notify"
+	"github.com/baton-scheduler/baton/internal/report"
+	"github.com/baton-scheduler/baton/internal/retrypolicy"
+	"github.com/baton-scheduler/baton/internal/service"
+)
+
+// Defaults.
+const (
+	KillGraceDefault   = 2 * time.Second
+	CallTimeoutDefault = 5 * time.Second
+)
+
+// ErrOrphanedClaims: a claim committed but its reply never arrived.
+var ErrOrphanedClaims = errors.New("claimed tasks never received")
+
+// Results is where finished attempts go (the completer).
+type Results interface {
+	Add(ctx context.Context, r report.Result) bool
+	Pending() map[completer.Key]bool
+}
+
+// Config of a Claimer.
+type Config struct {
+	SessionID    int64
+	Worker       string // the worker's name, shown to tasks
+	Slots        int
+	PollInterval time.Duration
+	// KillGrace: how long an attempt whose context ended (timeout, kill) may take
+	// to return before its slot is freed without it.
+	KillGrace   time.Duration
+	CallTimeout time.Duration // bounds each claim and reconcile query
+	Retry       retrypolicy.Policy
+	Exec        *executor.Executor
+	Results     Results
+	Wake        notify.Signal // NOTIFY wake-ups; nil: poll only
+	// OnOrphans is called when reconcile finds orphaned claims; the worker
+	// abandons the session.
+	OnOrphans func(error)
+}
+
+// Claimed is what one runOnce did.
+type Claimed struct {
+	Claimed    int  // tasks started
+	Reconciled bool // a reconcile ran (after an earlier claim error)
+	Orphans    int  // orphaned attempts the reconcile found
+}
+
+// Abandoned describes an attempt whose slot was freed without it returning.
+type Abandoned struct {
+	Key      completer.Key
+	TimedOut bool // reported timed_out; otherwise killed (left to failover)
+}
+
+// TestSignals are sent after meaningful steps (tests only).
+type TestSignals struct {
+	Claimed     service.TestSignal[Claimed] // a runOnce completed without error
+	ClaimFailed service.TestSignal[error]
+	Started     service.TestSignal[completer.Key]
+	Settled     service.TestSignal[completer.Key] // an attempt's slot was freed
+	Abandoned   service.TestSignal[Abandoned]
+	LateResult  service.TestSignal[completer.Key] // an abandoned attempt returned; its result dropped
+}
+
+// Claimer runs one session's claims.
+type Claimer struct {
+	service.Base
+	service.StartStop
+	TestSignals TestSignals
+
+	cfg  Config
+	pool *pgxpool.Pool
+	wake notify.Signal
+
+	tasksCtx  context.Context
+	killTasks context.CancelCauseFunc
+
+	mu        sync.Mutex
+	running   map[completer.Key]context.CancelCauseFunc
+	settled   *sync.Cond
+	reconcile bool
+}
+
+// New returns a Claimer for one session.
+func New(base service.Base, pool *pgxpool.Pool, cfg Config) *Claimer {
+	if cfg.Exec == nil || cfg.Results == nil || cfg.Slots < 1 || cfg.PollInterval <= 0 {
+		panic("claimer: Exec, Results, Slots and PollInterval are required")
+	}
+	if cfg.KillGrace <= 0 {
+		cfg.KillGrace = KillGraceDefault
+	}
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = CallTimeoutDefault
+	}
+	wake := cfg.Wake
+	if wake == nil {
+		wake = notify.NewSignal()
+	}
+	// Tasks run under their own context: a SIGTERM must not kill them before the
+	// shutdown grace; only Kill does.
+	tasksCtx, kill := context.WithCancelCause(context.Background())
+	c := &Claimer{Base: base, cfg: cfg, pool: pool, wake: wake, tasksCtx: tasksCtx, killTasks: kill,
+		running: map[completer.Key]context.CancelCauseFunc{}}
+	c.settled = sync.NewCond(&c.mu)
+	return c
+}
+
+// Start claims until Stop or until the tasks are killed.
+func (c *Claimer) Start(ctx context.Context) error {
+	c.StartLoop(ctx, c.loop)
+	return nil
+}
+
+// Kill cancels every running attempt (and every later one): the session is lost
+// or the shutdown grace is over. It never blocks.
+func (c *Claimer) Kill(cause error) { c.killTasks(cause) }
+
+// Running is the number of occupied slots.
+func (c *Claimer) Running() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.running)
+}
+
+// RunningKeys returns the attempts occupying slots.
+func (c *Claimer) RunningKeys() map[completer.Key]bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[completer.Key]bool, len(c.running))
+	for k := range c.running {
+		out[k] = true
+	}
+	return out
+}
+
+// WaitTasks waits until every slot is free or ctx ends; it reports whether all are.
+// Slots are freed at most KillGrace after their attempt's context ended.
+func (c *Claimer) WaitTasks(ctx context.Context) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	stop := context.AfterFunc(ctx, func() { c.mu.Lock(); c.settled.Broadcast(); c.mu.Unlock() })
+	defer stop()
+	for len(c.running) > 0 && ctx.Err() == nil {
+		c.settled.Wait()
+	}
+	return len(c.running) == 0
+}
+
+func (c *Claimer) loop(ctx context.Context) {
+	poll := time.NewTicker(c.cfg.PollInterval)
+	defer poll.Stop()
+	c.wake.Wake()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.tasksCtx.Done():
+			return
+		case <-c.wake:
+		case <-poll.C:
+		}
+		res, err := c.runOnce(ctx)
+		if err != nil {
+			if ctx.Err() != nil || c.tasksCtx.Err() != nil {
+				return
+			}
+			c.Logger.Warn("claim failed", logfield.SessionID(c.cfg.SessionID), zap.Error(err))
+			c.TestSignals.ClaimFailed.Signal(err)
+			continue
+		}
+		c.TestSignals.Claimed.Signal(res)
+		if res.Orphans > 0 {
+			return // the session is being abandoned
+		}
+	}
+}
+
+// runOnce reconciles if an earlier claim failed, then claims up to the free slots.
+func (c *Claimer) runOnce(ctx context.Context) (Claimed, error) {
+	var res Claimed
+	if c.reconcile {
+		orphans, err := c.orphans(ctx)
+		if err != nil {
+			return res, err // still cannot reach Postgres; the heartbeat decides
+		}
+		c.reconcile = false
+		res.Reconciled, res.Orphans = true, orphans
+		if orphans > 0 {
+			// A claim committed but its reply was lost: those attempts are ours
+			// in the database and nobody runs them. Hand the session back
+			// (masters move its tasks at once) and start a new one.
+			c.Logger.Warn("tasks claimed but never received; abandoning the session",
+				logfield.SessionID(c.cfg.SessionID), logfield.Count("orphans", orphans))
+			if c.cfg.OnOrphans != nil {
+				c.cfg.OnOrphans(ErrOrphanedClaims)
+			}
+			return res, nil
+		}
+	}
+	for ctx.Err() == nil && c.tasksCtx.Err() == nil {
+		free := c.cfg.Slots - c.Running()
+		if free <= 0 {
+			return res, nil
+		}
+		rows, err := service.WithTimeout(ctx, c.cfg.CallTimeout, func(ctx context.Context) ([]db.TaskClaimRow, error) {
+			return db.New(c.pool).TaskClaim(ctx, db.TaskClaimParams{SessionID: c.cfg.SessionID, MaxTasks: int32(free)})
+		})
+		if err != nil {
+			// The claim may have committed without its reply reaching us.
+			c.reconcile = true
+			return res, fmt.Errorf("claim tasks: %w", err)
+		}
+		for _, r := range rows {
+			c.start(r)
+		}
+		res.Claimed += len(rows)
+		if len(rows) < free {
+			return res, nil
+		}
+	}
+	return res, nil
+}
+
+// orphans counts attempts running on this session in Postgres that this process
+// neither runs nor holds a result for. What is ours is read before the query, and
+// every attempt enters the completer before it leaves the running set, so an
+// attempt that finishes meanwhile is either in the snapshot or no longer running
+// in Postgres.
+func (c *Claimer) orphans(ctx context.Context) (int, error) {
+	ours := c.RunningKeys()
+	for k := range c.cfg.Results.Pending() {
+		ours[k] = true
+	}
+	rows, err := service.WithTimeout(ctx, c.cfg.CallTimeout, func(ctx context.Context) ([]db.TaskListRunningOnSessionRow, error) {
+		return db.New(c.pool).TaskListRunningOnSession(ctx, c.cfg.SessionID)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("list running attempts: %w", err)
+	}
+	n := 0
+	for _, r := range rows {
+		if !ours[completer.Key{TaskID: r.ID, Attempt: r.Attempt}] {
+			n++
+		}
+	}
+	return n, nil
+}
+
+func (c *Claimer) start(r db.TaskClaimRow) {
+	key := completer.Key{TaskID: r.ID, Attempt: r.Attempt}
+	attemptCtx, cancel := context.WithCancelCause(c.tasksCtx)
+	c.mu.Lock()
+	c.running[key] = cancel
+	c.mu.Unlock()
+	c.TestSignals.Started.Signal(key)
+	go c.run(attemptCtx, cancel, key, r)
+}
+
+// run executes one attempt and settles its slot.
+func (c *Claimer) run(ctx context.Context, cancel context.CancelCauseFunc, key completer.Key, r db.TaskClaimRow) {
+	log := c.Logger.With(logfield.SessionID(c.cfg.SessionID), logfield.TaskID(r.ID), logfield.Attempt(r.Attempt))
+	defer func() {
+		c.mu.Lock()
+		delete(c.running, key)
+		c.settled.Broadcast()
+		c.mu.Unlock()
+		cancel(nil)
+		c.TestSignals.Settled.Signal(key)
+		c.wake.Wake() // a slot is free
+	}()
+	log.Debug("task started", logfield.Kind(r.Kind))
+	timeout := time.Duration(r.TimeoutMs) * time.Millisecond
+	task := executor.Task{ID: r.ID, Attempt: r.Attempt, Kind: r.Kind, Payload: r.Payload, SessionID: c.cfg.SessionID, Worker: c.cfg.Worker}
+
+	// The executor enforces the timeout itself; this watch only bounds how long
+	// the slot waits for it once the attempt's time is up or it was killed.
+	watchCtx := ctx
+	if timeout > 0 {
+		var stop context.CancelFunc
+		watchCtx, stop = context.WithTimeout(ctx, timeout)
+		defer stop()
+	}
+	done := make(chan executor.Result, 1)
+	go func() { done <- c.cfg.Exec.Run(ctx, task, timeout) }()
+	var res executor.Result
+	select {
+	case res = <-done:
+	case <-watchCtx.Done():
+		grace := time.NewTimer(c.cfg.KillGrace)
+		select {
+		case res = <-done:
+			grace.Stop()
+		case <-grace.C:
+			res = c.abandon(ctx, log, key, done, timeout)
+		}
+	}
+	if res.Outcome == executor.OutcomeCanceled {
+		// Killed by self-fencing, a lost session or shutdown: the attempt is
+		// handed back by failover, so there is nothing to report.
+		log.Info("task killed; left to failover", zap.String("reason", res.Error))
+		return
+	}
+	ok := c.cfg.Results.Add(c.tasksCtx, report.Result{
+		TaskID: r.ID, Attempt: r.Attempt, SessionID: c.cfg.SessionID, Outcome: res.Outcome,
+		ExitCode: res.ExitCode, Output: res.Output, Error: res.Error,
+		RetryDelay: c.cfg.Retry.Delay(int(r.Retries), nil),
+	})
+	if !ok {
+		log.Info("result dropped: the session was lost while the result writer was backed up")
+	}
+}
+
+// abandon frees the slot of an attempt that did not return within KillGrace after
+// its context ended, and says what to report: timed_out if its timeout passed,
+// canceled (nothing) if it was killed. The goroutine still running it is left
+// behind; when it returns, its result is dropped.
+func (c *Claimer) abandon(ctx context.Context, log *zap.Logger, key completer.Key, done <-chan executor.Result, timeout time.Duration) executor.Result {
+	killed := ctx.Err() != nil
+	go func() {
+		<-done
+		log.Warn("abandoned task returned; its result is dropped")
+		c.TestSignals.LateResult.Signal(key)
+	}()
+	c.TestSignals.Abandoned.Signal(Abandoned{Key: key, TimedOut: !killed})
+	if killed {
+		log.Warn("killed task did not return; freeing its slot", zap.Duration("grace", c.cfg.KillGrace))
+		return executor.Result{Outcome: executor.OutcomeCanceled, ExitCode: executor.NoExitCode,
+			Error: "canceled by worker: " + context.Cause(ctx).Error()}
+	}
+	log.Warn("timed-out task did not return; freeing its slot and reporting it timed out", zap.Duration("grace", c.cfg.KillGrace))
+	return executor.Result{Outcome: executor.OutcomeTimedOut, ExitCode: executor.NoExitCode,
+		Error: fmt.Sprintf("timed out after %s; the task did not stop within %s of cancellation and was abandoned", timeout, c.cfg.KillGrace)}
+}

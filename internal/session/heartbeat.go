@@ -1,0 +1,208 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+
+	"github.com/baton-scheduler/baton/db"
+	"github.com/baton-scheduler/baton/internal/logfield"
+	"github.com/baton-scheduler/baton/internal/service"
+)
+
+// Reasons a session is lost.
+var (
+	ErrDeclaredDead = errors.New("session declared dead by a master")
+	ErrSelfFenced   = errors.New("self-fenced: no successful heartbeat in time")
+)
+
+// HeartbeatConfig of a Heartbeater.
+type HeartbeatConfig struct {
+	SessionID int64
+	Interval  time.Duration // how often the row is touched
+	// FenceAfter: the fence fires this long after the last successful heartbeat
+	// was sent (or Since, for the first), measured on the monotonic clock.
+	FenceAfter time.Duration
+	// Since is when the registration that created the session was sent.
+	Since time.Time
+	// CallTimeout bounds one heartbeat statement; default FenceAfter/2. A hung
+	// call never delays the fence, which is a timer of its own.
+	CallTimeout time.Duration
+	// OnLost is called once, from the goroutine that detected it, when the session
+	// is lost (self-fenced or declared dead). It must not block: the worker kills
+	// its tasks here, before anything else.
+	OnLost func(error)
+}
+
+// Fence describes a self-fence (for logs and test signals).
+type Fence struct {
+	SinceLastOK time.Duration // monotonic time since the last successful heartbeat was sent
+	// HeartbeatInFlight: a heartbeat statement was still waiting for its answer
+	// when the fence fired (the fence does not wait for it).
+	HeartbeatInFlight bool
+}
+
+// HeartbeatTestSignals are sent after meaningful steps (tests only).
+type HeartbeatTestSignals struct {
+	Beat       service.TestSignal[string] // a heartbeat succeeded; the row's state
+	BeatFailed service.TestSignal[error]
+	BeatSent   service.TestSignal[int64] // a heartbeat statement is about to be sent (session id)
+	Fenced     service.TestSignal[Fence]
+	Lost       service.TestSignal[error]
+}
+
+// Heartbeater touches the session row every Interval and fences the worker when no
+// heartbeat has succeeded for FenceAfter. The fence is a timer armed at
+// last-successful-send + FenceAfter: it fires whether or not a heartbeat statement
+// (or anything else) is hung, and it runs on the monotonic clock, so a wall-clock
+// jump moves it neither way. The Base clock is only used for log timestamps.
+type Heartbeater struct {
+	service.Base
+	service.StartStop
+	TestSignals HeartbeatTestSignals
+
+	cfg  HeartbeatConfig
+	pool *pgxpool.Pool
+
+	lost     chan error
+	lostOnce sync.Once
+	inFlight atomic.Bool
+
+	mu         sync.Mutex
+	lastOKSent time.Time // monotonic reading
+	fence      *time.Timer
+	done       bool // fenced, lost or stopped: the timer must not fire (again)
+}
+
+// NewHeartbeater returns a Heartbeater for one session.
+func NewHeartbeater(base service.Base, pool *pgxpool.Pool, cfg HeartbeatConfig) *Heartbeater {
+	if cfg.Interval <= 0 || cfg.FenceAfter <= 0 {
+		panic("session: heartbeat interval and fence must be positive")
+	}
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = max(cfg.FenceAfter/2, cfg.Interval)
+	}
+	if cfg.Since.IsZero() {
+		cfg.Since = time.Now()
+	}
+	return &Heartbeater{Base: base, cfg: cfg, pool: pool, lost: make(chan error, 1)}
+}
+
+// Lost receives the reason once the session is lost.
+func (h *Heartbeater) Lost() <-chan error { return h.lost }
+
+// Start arms the fence and starts heartbeating.
+func (h *Heartbeater) Start(ctx context.Context) error {
+	h.mu.Lock()
+	h.lastOKSent = h.cfg.Since
+	h.done = false
+	h.fence = time.AfterFunc(h.cfg.FenceAfter-time.Since(h.cfg.Since), h.fire)
+	h.mu.Unlock()
+	h.StartLoop(ctx, h.loop)
+	return nil
+}
+
+// Stop stops heartbeating and disarms the fence.
+func (h *Heartbeater) Stop() {
+	h.mu.Lock()
+	h.done = true
+	if h.fence != nil {
+		h.fence.Stop()
+	}
+	h.mu.Unlock()
+	h.StartStop.Stop()
+}
+
+func (h *Heartbeater) loop(ctx context.Context) {
+	t := time.NewTicker(h.cfg.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		state, err := h.runOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			h.Logger.Warn("heartbeat failed", logfield.SessionID(h.cfg.SessionID), zap.Error(err))
+			h.TestSignals.BeatFailed.Signal(err)
+			continue
+		}
+		h.TestSignals.Beat.Signal(state)
+		if state == "dead" || state == "stopped" {
+			h.lose(ErrDeclaredDead)
+			return
+		}
+	}
+}
+
+// runOnce sends one heartbeat and, on success, re-arms the fence from the moment it
+// was sent. It returns the row's state.
+func (h *Heartbeater) runOnce(ctx context.Context) (string, error) {
+	sent := time.Now()
+	h.inFlight.Store(true)
+	h.TestSignals.BeatSent.Signal(h.cfg.SessionID)
+	state, err := service.WithTimeout(ctx, h.cfg.CallTimeout, func(ctx context.Context) (string, error) {
+		return db.New(h.pool).WorkerSessionHeartbeat(ctx, h.cfg.SessionID)
+	})
+	h.inFlight.Store(false)
+	if err != nil {
+		return "", fmt.Errorf("heartbeat session %d: %w", h.cfg.SessionID, err)
+	}
+	h.mu.Lock()
+	if !h.done && sent.After(h.lastOKSent) {
+		h.lastOKSent = sent
+		// A success that arrives after the deadline changes nothing: done is set.
+		h.fence.Reset(h.cfg.FenceAfter - time.Since(sent))
+	}
+	h.mu.Unlock()
+	return state, nil
+}
+
+// fire is the fence timer: it runs on its own goroutine, never waiting for a
+// heartbeat statement or for the claim loop.
+func (h *Heartbeater) fire() {
+	h.mu.Lock()
+	if h.done {
+		h.mu.Unlock()
+		return
+	}
+	since := time.Since(h.lastOKSent)
+	if since < h.cfg.FenceAfter {
+		// Re-armed concurrently by a success that raced the timer.
+		h.fence.Reset(h.cfg.FenceAfter - since)
+		h.mu.Unlock()
+		return
+	}
+	h.done = true
+	h.mu.Unlock()
+	f := Fence{SinceLastOK: since, HeartbeatInFlight: h.inFlight.Load()}
+	h.Logger.Error("self-fencing: stop claiming and kill running tasks", logfield.SessionID(h.cfg.SessionID),
+		zap.Duration("since_last_heartbeat", since), zap.Bool("heartbeat_in_flight", f.HeartbeatInFlight),
+		zap.Time("at", h.Clock.Now()))
+	h.TestSignals.Fenced.Signal(f)
+	h.lose(fmt.Errorf("%w (last success sent %s ago)", ErrSelfFenced, since.Round(time.Millisecond)))
+}
+
+func (h *Heartbeater) lose(err error) {
+	h.lostOnce.Do(func() {
+		h.mu.Lock()
+		h.done = true
+		h.fence.Stop()
+		h.mu.Unlock()
+		if h.cfg.OnLost != nil {
+			h.cfg.OnLost(err)
+		}
+		h.TestSignals.Lost.Signal(err)
+		h.lost <- err
+	})
+}
