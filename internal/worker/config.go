@@ -46,11 +46,11 @@ type Config struct {
 	// cancellation, a shell task whose detached child keeps its output open). A
 	// timed-out attempt is then reported timed_out; a late result is dropped.
 	KillGrace time.Duration
-	MaxOutput      int           // bytes of stdout+stderr kept per attempt
-	Handlers       map[string]executor.Handler
-	Retry          retrypolicy.Policy
-	Logger         *zap.Logger
-	Version        string
+	MaxOutput int // bytes of stdout+stderr kept per attempt
+	Handlers  map[string]executor.Handler
+	Retry     retrypolicy.Policy
+	Logger    *zap.Logger
+	Version   string
 	// Clock is the services' process clock (log timestamps; never a liveness
 	// decision). The self-fence does not read it: it is a timer on the monotonic
 	// clock, so a wall-clock jump moves it neither way. Tests inject a stub.
