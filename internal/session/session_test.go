@@ -1,0 +1,177 @@
+package session_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/baton-scheduler/baton/batontest"
+	"github.com/baton-scheduler/baton/internal/service"
+	"github.com/baton-scheduler/baton/internal/session"
+)
+
+var srv *batontest.Server
+
+func TestMain(m *testing.M) {
+	os.Exit(batontest.Main(m, func(s *batontest.Server) { srv = s }))
+}
+
+func rows(t *testing.T, pool *pgxpool.Pool) *session.Rows {
+	return &session.Rows{Base: service.NewBase("session", zaptest.NewLogger(t), nil), Pool: pool,
+		Spec: session.Spec{Name: "w", Group: "g", Slots: 2, Version: "test"}}
+}
+
+func heartbeater(t *testing.T, pool *pgxpool.Pool, cfg session.HeartbeatConfig) (*session.Heartbeater, chan error) {
+	lost := make(chan error, 10)
+	cfg.OnLost = func(err error) { lost <- err }
+	h := session.NewHeartbeater(service.NewBase("heartbeat", zaptest.NewLogger(t), nil), pool, cfg)
+	h.TestSignals.Beat.Init(t)
+	h.TestSignals.BeatFailed.Init(t)
+	h.TestSignals.BeatSent.Init(t)
+	h.TestSignals.Fenced.Init(t)
+	h.TestSignals.Lost.Init(t)
+	t.Cleanup(h.Stop)
+	return h, lost
+}
+
+func TestRegisterDrainStop(t *testing.T) {
+	t.Parallel()
+	pool, _ := srv.NewPool(t)
+	ctx := context.Background()
+	r := rows(t, pool)
+	reg, err := r.Register(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := batontest.Int64(t, pool, "SELECT count(*) FROM worker_sessions WHERE id = $1 AND state = 'alive' AND group_name = 'g' AND slots = 2", reg.ID); n != 1 {
+		t.Fatal("session not registered alive")
+	}
+	if err := r.MarkDraining(ctx, reg.ID); err != nil {
+		t.Fatal(err)
+	}
+	if n := batontest.Int64(t, pool, "SELECT count(*) FROM worker_sessions WHERE id = $1 AND state = 'draining'", reg.ID); n != 1 {
+		t.Fatal("session not draining")
+	}
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "LISTEN baton_sweep"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.MarkStopped(ctx, reg.ID); err != nil {
+		t.Fatal(err)
+	}
+	if n := batontest.Int64(t, pool, "SELECT count(*) FROM worker_sessions WHERE id = $1 AND state = 'stopped' AND ended_at IS NOT NULL", reg.ID); n != 1 {
+		t.Fatal("session not stopped")
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	n, err := conn.Conn().WaitForNotification(wctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Payload != strconv.FormatInt(reg.ID, 10) {
+		t.Fatalf("sweep payload %q", n.Payload)
+	}
+}
+
+// Successful heartbeats keep re-arming the fence: for several fence periods it
+// never fires.
+func TestHeartbeatRearmsFence(t *testing.T) {
+	t.Parallel()
+	pool, _ := srv.NewPool(t)
+	reg, err := rows(t, pool).Register(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, lost := heartbeater(t, pool, session.HeartbeatConfig{SessionID: reg.ID, Interval: 20 * time.Millisecond,
+		FenceAfter: 100 * time.Millisecond, Since: reg.Sent})
+	_ = h.Start(context.Background())
+	for range 20 { // 20 × 20 ms: four fence periods
+		if st := h.TestSignals.Beat.WaitOrTimeout(t); st != "alive" {
+			t.Fatalf("state %q", st)
+		}
+	}
+	h.Stop()
+	h.TestSignals.Fenced.RequireEmpty(t)
+	if len(lost) != 0 {
+		t.Fatal("session lost while heartbeating")
+	}
+}
+
+// The fence is a timer: with the heartbeat statement hung (a silent partition), it
+// fires on time, and the worker hears of it at once through OnLost.
+func TestFenceFiresWhileHeartbeatHangs(t *testing.T) {
+	t.Parallel()
+	pool, dsn := srv.NewPool(t)
+	proxy, viaProxy := batontest.NewProxy(t, dsn)
+	proxied, err := pgxpool.New(context.Background(), viaProxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxied.Close)
+	t.Cleanup(proxy.Restore)
+	reg, err := rows(t, pool).Register(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, lost := heartbeater(t, proxied, session.HeartbeatConfig{SessionID: reg.ID, Interval: 20 * time.Millisecond,
+		FenceAfter: 150 * time.Millisecond, Since: reg.Sent, CallTimeout: time.Minute})
+	_ = h.Start(context.Background())
+	h.TestSignals.Beat.WaitOrTimeout(t)
+	proxy.Stall()
+	f := h.TestSignals.Fenced.WaitOrTimeout(t)
+	if !f.HeartbeatInFlight || f.SinceLastOK < 150*time.Millisecond {
+		t.Fatalf("fence %+v: want it to fire while the heartbeat hangs, after the fence period", f)
+	}
+	if err := <-lost; !errors.Is(err, session.ErrSelfFenced) {
+		t.Fatalf("lost: %v", err)
+	}
+	if err := <-h.Lost(); !errors.Is(err, session.ErrSelfFenced) {
+		t.Fatalf("Lost(): %v", err)
+	}
+	h.Stop() // returns although the heartbeat statement is still hung
+}
+
+// A heartbeat that finds the session dead (a master failed it over) loses it.
+func TestHeartbeatLearnsDeclaredDead(t *testing.T) {
+	t.Parallel()
+	pool, _ := srv.NewPool(t)
+	reg, err := rows(t, pool).Register(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, lost := heartbeater(t, pool, session.HeartbeatConfig{SessionID: reg.ID, Interval: 20 * time.Millisecond,
+		FenceAfter: time.Minute, Since: reg.Sent})
+	_ = h.Start(context.Background())
+	h.TestSignals.Beat.WaitOrTimeout(t)
+	if _, err := pool.Exec(context.Background(), "UPDATE worker_sessions SET state = 'dead', ended_at = now() WHERE id = $1", reg.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-lost; !errors.Is(err, session.ErrDeclaredDead) {
+		t.Fatalf("lost: %v", err)
+	}
+	h.TestSignals.Fenced.RequireEmpty(t)
+}
+
+func TestHeartbeatStartStopStress(t *testing.T) {
+	t.Parallel()
+	pool, _ := srv.NewPool(t)
+	reg, err := rows(t, pool).Register(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, _ := heartbeater(t, pool, session.HeartbeatConfig{SessionID: reg.ID, Interval: time.Millisecond, FenceAfter: time.Minute})
+	for range 50 {
+		_ = h.Start(context.Background())
+		h.Stop()
+	}
+}
