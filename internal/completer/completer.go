@@ -1,6 +1,10 @@
 // Package completer is the worker's batching result writer: finished attempts are
 // buffered and written in one statement per batch (report.Finish), flushed when
-// the buffer reaches MaxBatch or FlushInterval after the first result arrived.
+// the buffer reaches MaxBatch or FlushInterval after the first result arrived. The
+// default interval is zero: a batch is whatever arrived while the previous batch
+// was being written, which adds no latency (a slot is free in Postgres only once
+// its result is written, so a tick would slow every task; measured: a 5 ms tick
+// halved no-op throughput).
 // When the backlog passes HighWater (Postgres slow or unreachable), Add blocks, so
 // task goroutines keep their slots and the worker claims nothing new until the
 // results are written. Stop makes a final flush under an un-cancelled, bounded
@@ -31,7 +35,7 @@ import (
 // Defaults.
 const (
 	MaxBatchDefault      = 1000
-	FlushIntervalDefault = 5 * time.Millisecond
+	FlushIntervalDefault = 0 // flush as soon as the writer is free
 	HighWaterDefault     = 4096
 	// WriteTimeoutDefault bounds one batch write (a hung connection cannot stall
 	// the writer).
@@ -50,7 +54,7 @@ type Key struct {
 // Config of a Completer.
 type Config struct {
 	MaxBatch          int           // flush when this many results are buffered
-	FlushInterval     time.Duration // flush this long after the first buffered result
+	FlushInterval     time.Duration // flush this long after the first buffered result (0: at once)
 	HighWater         int           // Add blocks while this many results are pending
 	WriteTimeout      time.Duration
 	FinalFlushTimeout time.Duration
@@ -59,9 +63,6 @@ type Config struct {
 func (c Config) withDefaults() Config {
 	if c.MaxBatch <= 0 {
 		c.MaxBatch = MaxBatchDefault
-	}
-	if c.FlushInterval <= 0 {
-		c.FlushInterval = FlushIntervalDefault
 	}
 	if c.HighWater <= 0 {
 		c.HighWater = HighWaterDefault
@@ -193,7 +194,7 @@ func (c *Completer) loop(ctx context.Context) {
 	timer.Stop()
 	armed := false
 	for {
-		if n := c.bufLen(); n >= c.cfg.MaxBatch || (n > 0 && c.urgent.Load() > 0) {
+		if n := c.bufLen(); n >= c.cfg.MaxBatch || (n > 0 && (c.cfg.FlushInterval <= 0 || c.urgent.Load() > 0)) {
 			// size reached, or someone waits for the results: flush now
 		} else {
 			if !armed && c.bufLen() > 0 {
