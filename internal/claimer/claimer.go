@@ -25,7 +25,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/baton-scheduler/baton/db"
-	"github.com/baton-scheduler/baton/internal/completer"
 	"github.com/baton-scheduler/baton/internal/executor"
 	"github.com/baton-scheduler/baton/internal/logfield"
 	"github.com/baton-scheduler/baton/internal/notify"
@@ -46,7 +45,7 @@ var ErrOrphanedClaims = errors.New("claimed tasks never received")
 // Results is where finished attempts go (the completer).
 type Results interface {
 	Add(ctx context.Context, r report.Result) bool
-	Pending() map[completer.Key]bool
+	Pending() map[report.Key]bool
 }
 
 // Config of a Claimer.
@@ -77,7 +76,7 @@ type Claimed struct {
 
 // Abandoned describes an attempt whose slot was freed without it returning.
 type Abandoned struct {
-	Key      completer.Key
+	Key      report.Key
 	TimedOut bool // reported timed_out; otherwise killed (left to failover)
 }
 
@@ -85,10 +84,10 @@ type Abandoned struct {
 type TestSignals struct {
 	Claimed     service.TestSignal[Claimed] // a runOnce completed without error
 	ClaimFailed service.TestSignal[error]
-	Started     service.TestSignal[completer.Key]
-	Settled     service.TestSignal[completer.Key] // an attempt's slot was freed
+	Started     service.TestSignal[report.Key]
+	Settled     service.TestSignal[report.Key] // an attempt's slot was freed
 	Abandoned   service.TestSignal[Abandoned]
-	LateResult  service.TestSignal[completer.Key] // an abandoned attempt returned; its result dropped
+	LateResult  service.TestSignal[report.Key] // an abandoned attempt returned; its result dropped
 }
 
 // Claimer runs one session's claims.
@@ -105,7 +104,7 @@ type Claimer struct {
 	killTasks context.CancelCauseFunc
 
 	mu        sync.Mutex
-	running   map[completer.Key]context.CancelCauseFunc
+	running   map[report.Key]context.CancelCauseFunc
 	settled   *sync.Cond
 	reconcile bool
 }
@@ -129,7 +128,7 @@ func New(base service.Base, pool *pgxpool.Pool, cfg Config) *Claimer {
 	// shutdown grace; only Kill does.
 	tasksCtx, kill := context.WithCancelCause(context.Background())
 	c := &Claimer{Base: base, cfg: cfg, pool: pool, wake: wake, tasksCtx: tasksCtx, killTasks: kill,
-		running: map[completer.Key]context.CancelCauseFunc{}}
+		running: map[report.Key]context.CancelCauseFunc{}}
 	c.settled = sync.NewCond(&c.mu)
 	return c
 }
@@ -152,10 +151,10 @@ func (c *Claimer) Running() int {
 }
 
 // RunningKeys returns the attempts occupying slots.
-func (c *Claimer) RunningKeys() map[completer.Key]bool {
+func (c *Claimer) RunningKeys() map[report.Key]bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := make(map[completer.Key]bool, len(c.running))
+	out := make(map[report.Key]bool, len(c.running))
 	for k := range c.running {
 		out[k] = true
 	}
@@ -268,7 +267,7 @@ func (c *Claimer) orphans(ctx context.Context) (int, error) {
 	}
 	n := 0
 	for _, r := range rows {
-		if !ours[completer.Key{TaskID: r.ID, Attempt: r.Attempt}] {
+		if !ours[report.Key{TaskID: r.ID, Attempt: r.Attempt}] {
 			n++
 		}
 	}
@@ -276,7 +275,7 @@ func (c *Claimer) orphans(ctx context.Context) (int, error) {
 }
 
 func (c *Claimer) start(r db.TaskClaimRow) {
-	key := completer.Key{TaskID: r.ID, Attempt: r.Attempt}
+	key := report.Key{TaskID: r.ID, Attempt: r.Attempt}
 	attemptCtx, cancel := context.WithCancelCause(c.tasksCtx)
 	c.mu.Lock()
 	c.running[key] = cancel
@@ -286,7 +285,7 @@ func (c *Claimer) start(r db.TaskClaimRow) {
 }
 
 // run executes one attempt and settles its slot.
-func (c *Claimer) run(ctx context.Context, cancel context.CancelCauseFunc, key completer.Key, r db.TaskClaimRow) {
+func (c *Claimer) run(ctx context.Context, cancel context.CancelCauseFunc, key report.Key, r db.TaskClaimRow) {
 	log := c.Logger.With(logfield.SessionID(c.cfg.SessionID), logfield.TaskID(r.ID), logfield.Attempt(r.Attempt))
 	defer func() {
 		c.mu.Lock()
@@ -343,7 +342,7 @@ func (c *Claimer) run(ctx context.Context, cancel context.CancelCauseFunc, key c
 // its context ended, and says what to report: timed_out if its timeout passed,
 // canceled (nothing) if it was killed. The goroutine still running it is left
 // behind; when it returns, its result is dropped.
-func (c *Claimer) abandon(ctx context.Context, log *zap.Logger, key completer.Key, done <-chan executor.Result, timeout time.Duration) executor.Result {
+func (c *Claimer) abandon(ctx context.Context, log *zap.Logger, key report.Key, done <-chan executor.Result, timeout time.Duration) executor.Result {
 	killed := ctx.Err() != nil
 	go func() {
 		<-done

@@ -45,12 +45,6 @@ const (
 	FinalFlushTimeoutDefault = 5 * time.Second
 )
 
-// Key names one attempt.
-type Key struct {
-	TaskID  int64
-	Attempt int32
-}
-
 // Config of a Completer.
 type Config struct {
 	MaxBatch          int           // flush when this many results are buffered
@@ -85,10 +79,10 @@ type Flushed struct {
 
 // TestSignals are sent after meaningful steps (tests only).
 type TestSignals struct {
-	Added       service.TestSignal[Key]     // a result was buffered
-	Flushed     service.TestSignal[Flushed] // a batch was written
-	FlushFailed service.TestSignal[error]   // a batch write failed (will retry)
-	BackPressed service.TestSignal[int]     // Add blocked at the high-water mark (pending count)
+	Added       service.TestSignal[report.Key] // a result was buffered
+	Flushed     service.TestSignal[Flushed]    // a batch was written
+	FlushFailed service.TestSignal[error]      // a batch write failed (will retry)
+	BackPressed service.TestSignal[int]        // Add blocked at the high-water mark (pending count)
 }
 
 // Completer buffers and writes results.
@@ -104,14 +98,14 @@ type Completer struct {
 
 	mu      sync.Mutex
 	buf     []report.Result
-	pending map[Key]bool // Added and not yet written or dropped
+	pending map[report.Key]bool // Added and not yet written or dropped
 	arrived chan struct{}
 	drained *sync.Cond // broadcast when pending shrinks
 }
 
 // New returns a Completer writing to pool.
 func New(base service.Base, pool *pgxpool.Pool, cfg Config) *Completer {
-	c := &Completer{Base: base, cfg: cfg.withDefaults(), pool: pool, pending: map[Key]bool{}, arrived: make(chan struct{}, 1)}
+	c := &Completer{Base: base, cfg: cfg.withDefaults(), pool: pool, pending: map[report.Key]bool{}, arrived: make(chan struct{}, 1)}
 	c.drained = sync.NewCond(&c.mu)
 	return c
 }
@@ -134,9 +128,9 @@ func (c *Completer) Add(ctx context.Context, r report.Result) bool {
 		}
 	}
 	c.buf = append(c.buf, r)
-	c.pending[Key{r.TaskID, r.Attempt}] = true
+	c.pending[r.Key()] = true
 	c.mu.Unlock()
-	c.TestSignals.Added.Signal(Key{r.TaskID, r.Attempt})
+	c.TestSignals.Added.Signal(r.Key())
 	select {
 	case c.arrived <- struct{}{}:
 	default:
@@ -145,10 +139,10 @@ func (c *Completer) Add(ctx context.Context, r report.Result) bool {
 }
 
 // Pending returns the attempts whose results are buffered or being written.
-func (c *Completer) Pending() map[Key]bool {
+func (c *Completer) Pending() map[report.Key]bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := make(map[Key]bool, len(c.pending))
+	out := make(map[report.Key]bool, len(c.pending))
 	for k := range c.pending {
 		out[k] = true
 	}
@@ -253,7 +247,7 @@ func (c *Completer) finalFlush(ctx context.Context) {
 	c.mu.Lock()
 	n := len(c.buf)
 	for _, r := range c.buf {
-		delete(c.pending, Key{r.TaskID, r.Attempt})
+		delete(c.pending, r.Key())
 	}
 	c.buf = nil
 	c.drained.Broadcast()
@@ -300,7 +294,7 @@ func (c *Completer) runOnce(ctx context.Context) (Flushed, error) {
 		c.buf = nil // let the backing array go
 	}
 	for _, r := range batch {
-		delete(c.pending, Key{r.TaskID, r.Attempt})
+		delete(c.pending, r.Key())
 	}
 	c.drained.Broadcast()
 	c.mu.Unlock()

@@ -81,7 +81,7 @@ func TestFlushOnTick(t *testing.T) {
 	_ = c.Start(context.Background())
 	r := b.running(t)
 	c.Add(context.Background(), r)
-	if !c.Pending()[completer.Key{TaskID: r.TaskID, Attempt: 1}] {
+	if !c.Pending()[report.Key{TaskID: r.TaskID, Attempt: 1}] {
 		t.Fatal("added result not pending")
 	}
 	if f := c.TestSignals.Flushed.WaitOrTimeout(t); f.Written != 1 {
