@@ -79,6 +79,8 @@ func TestSelfFenceUnderSilentPartition(t *testing.T) {
 	if !canceledAt.Before(deadline) {
 		t.Fatalf("task canceled at %s, not before the failover deadline %s", canceledAt, deadline)
 	}
+	t.Logf("fence after %s with a heartbeat hung; task canceled %s before the failover deadline",
+		fence.SinceLastOK.Round(time.Millisecond), deadline.Sub(canceledAt).Round(time.Millisecond))
 	if n := b.int64("SELECT count(*) FROM task_attempts WHERE task_id = $1 AND attempt = 1 AND outcome = 'failed_over'", id); n != 1 {
 		t.Fatal("stalled attempt not failed over")
 	}
