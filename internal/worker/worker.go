@@ -140,12 +140,12 @@ func (w *Worker) Run(ctx context.Context) error {
 		w.sessions = append(w.sessions, reg.ID)
 		w.sessionsMu.Unlock()
 		w.TestSignals.Registered.Signal(reg.ID)
-		if err := w.runSession(ctx, reg); errors.Is(err, drain.ErrShutdown) {
+		err = w.runSession(ctx, reg)
+		if errors.Is(err, drain.ErrShutdown) {
 			return nil
-		} else {
-			w.log.Warn("session lost; its tasks were killed; registering a new session",
-				logfield.SessionID(reg.ID), zap.Error(err))
 		}
+		w.log.Warn("session lost; its tasks were killed; registering a new session",
+			logfield.SessionID(reg.ID), zap.Error(err))
 	}
 }
 
