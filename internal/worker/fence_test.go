@@ -16,13 +16,19 @@ import (
 type blocker struct {
 	started  chan int64
 	canceled chan time.Time
+	reran    chan time.Time // when a later attempt started
 }
 
 func newBlocker() *blocker {
-	return &blocker{started: make(chan int64, 10), canceled: make(chan time.Time, 10)}
+	return &blocker{started: make(chan int64, 10), canceled: make(chan time.Time, 10), reran: make(chan time.Time, 10)}
 }
 
+// handler blocks on attempt 1 and returns at once on later attempts.
 func (bl *blocker) handler(ctx context.Context, t executor.Task) (string, error) {
+	if t.Attempt > 1 {
+		bl.reran <- time.Now()
+		return "ran again", nil
+	}
 	bl.started <- t.ID
 	<-ctx.Done()
 	bl.canceled <- time.Now()
@@ -33,7 +39,7 @@ func (bl *blocker) handler(ctx context.Context, t executor.Task) (string, error)
 // block the self-fence. The heartbeat statement is left hanging (its timeout is a
 // minute here), the claim loop's queries hang too, and still the fence fires on
 // time and the running task's context is canceled before any master may declare
-// the session dead.
+// the session dead; the task then runs again on a healthy worker, after the kill.
 func TestSelfFenceUnderSilentPartition(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
@@ -84,6 +90,17 @@ func TestSelfFenceUnderSilentPartition(t *testing.T) {
 	if n := b.int64("SELECT count(*) FROM task_attempts WHERE task_id = $1 AND attempt = 1 AND outcome = 'failed_over'", id); n != 1 {
 		t.Fatal("stalled attempt not failed over")
 	}
+	b.workerWith(worker.Config{DatabaseURL: b.dsn, Name: "healthy", Handlers: map[string]executor.Handler{"block": bl.handler}})
+	var reranAt time.Time
+	select {
+	case reranAt = <-bl.reran:
+	case <-time.After(30 * time.Second):
+		t.Fatal("task did not run again on the healthy worker")
+	}
+	if !reranAt.After(canceledAt) {
+		t.Fatalf("attempt 2 started at %s, before attempt 1 was canceled at %s: the attempts overlapped", reranAt, canceledAt)
+	}
+	b.waitAllFinished(30 * time.Second)
 }
 
 // A Go handler that ignores cancellation must not hold its slot forever: after its
