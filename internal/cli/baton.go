@@ -37,8 +37,8 @@ const usage = `baton — operator CLI of the baton scheduler
 Every command takes --database-url (env BATON_DATABASE_URL); list/show/submit take --json.
 `
 
-// BatonMain is the baton CLI.
-func BatonMain(ctx context.Context, args []string, env Env, stdout, stderr io.Writer) int {
+// BatonMain is the baton CLI; extra adds commands defined elsewhere (baton dev).
+func BatonMain(ctx context.Context, args []string, env Env, stdout, stderr io.Writer, extra ...Command) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -53,10 +53,13 @@ func BatonMain(ctx context.Context, args []string, env Env, stdout, stderr io.Wr
 		err = workerCmd(ctx, args[1:], env, stdout, stderr)
 	case "failover":
 		err = failoverCmd(ctx, args[1:], env, stdout, stderr)
-	case "dev":
-		err = devCmd(ctx, args[1:], env, stdout, stderr)
 	default:
 		err = fmt.Errorf("unknown command %q\n\n%s", args[0], usage)
+		for _, c := range extra {
+			if c.Name == args[0] {
+				err = c.Run(ctx, args[1:], env, stdout, stderr)
+			}
+		}
 	}
 	return exitCode(stderr, "baton", err)
 }

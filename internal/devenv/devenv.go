@@ -1,9 +1,15 @@
-package cli
+// Package devenv is `baton dev` (what `make run` starts): a development Postgres
+// (Docker through testcontainers, else the host's server binaries), the schema, one
+// master, two workers and demo tasks. It lives apart from internal/cli so that
+// baton-master and baton-worker do not link testcontainers and the Docker client;
+// only the baton CLI registers it (cmd/baton).
+package devenv
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -18,23 +24,30 @@ import (
 	"github.com/testcontainers/testcontainers-go"
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
 
+	"github.com/baton-scheduler/baton/internal/cli"
 	"github.com/baton-scheduler/baton/internal/migrate"
 	"github.com/baton-scheduler/baton/internal/store"
 	"github.com/baton-scheduler/baton/internal/submit"
 )
 
-// devCmd is `make run`: Postgres (its own when BATON_DATABASE_URL is unset), the
+// Command is `baton dev`, for cli.BatonMain.
+var Command = cli.Command{Name: "dev", Run: Run}
+
+// Run is `make run`: Postgres (its own when BATON_DATABASE_URL is unset), the
 // schema, one master, two workers and a few demo tasks; Ctrl-C stops it all.
-func devCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writer) error {
-	fs := newFlagSet("baton dev", stderr)
-	var c common
-	c.register(fs, env, false)
+func Run(ctx context.Context, args []string, env cli.Env, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("baton dev", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dsnFlag := fs.String("database-url", env("BATON_DATABASE_URL"), "Postgres URL (env BATON_DATABASE_URL); empty: start a Postgres")
 	dataDir := fs.String("data-dir", envDefault(env, "BATON_DEV_DIR", ".baton-dev"), "where the host-binaries Postgres keeps its data")
 	images := fs.String("image", envDefault(env, "BATON_DEV_POSTGRES_IMAGE", "postgres:17"), "Postgres image for Docker")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	dsn := c.dsn
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q: baton dev takes only flags", fs.Arg(0))
+	}
+	dsn := *dsnFlag
 	if dsn == "" {
 		var stop func()
 		var err error
@@ -223,4 +236,11 @@ func freePort() int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+func envDefault(env cli.Env, key, def string) string {
+	if v := env(key); v != "" {
+		return v
+	}
+	return def
 }
