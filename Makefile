@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin
 
-.PHONY: all build generate verify test bench run lint clean
+.PHONY: all build generate verify tidy-check test test-unit test-e2e bench run lint clean
 
 all: build
 
@@ -14,10 +14,14 @@ build:
 generate:
 	$(GO) tool sqlc generate
 
-# Fails when db/ is stale or hand-edited.
-verify:
+# Fails when db/ is stale or hand-edited, or when go.mod/go.sum are not tidy.
+verify: tidy-check
 	$(GO) tool sqlc diff
 	$(GO) tool sqlc vet
+
+# Fails (printing the diff) when `go mod tidy` would change go.mod or go.sum.
+tidy-check:
+	$(GO) mod tidy -diff
 
 lint:
 	gofmt -l . | (! grep .)
@@ -25,9 +29,17 @@ lint:
 	$(GO) tool staticcheck ./...
 
 # Every test on a real Postgres, race detector on (see scripts/test.sh for where
-# the Postgres comes from).
+# the Postgres comes from): the checks, then both tiers below. CI runs this.
 test:
-	scripts/test.sh
+	scripts/test.sh all
+
+# Tier 1: the checks and every package's tests except the process-level ones.
+test-unit:
+	scripts/test.sh unit
+
+# Tier 2: the process-level tests (real binaries, SIGKILL/SIGSTOP/SIGTERM; ~2 min).
+test-e2e:
+	scripts/test.sh e2e
 
 # Benchmarks print figures; see docs/benchmarks.md.
 bench:

@@ -15,7 +15,7 @@ import (
 var srv *batontest.Server
 
 func TestMain(m *testing.M) {
-	os.Exit(batontest.Main(m, func(s *batontest.Server) { srv = s }))
+	os.Exit(batontest.MainNoLeaks(m, func(s *batontest.Server) { srv = s }))
 }
 
 // Two parallel tests write the same group name and each sees only its own rows.

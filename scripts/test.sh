@@ -1,16 +1,39 @@
 #!/usr/bin/env bash
-# The body of `make test`: find a Postgres for the tests (scripts/pg-env.sh), check
-# generated code, vet, then run every test with the race detector.
+# The body of `make test`, `make test-unit` and `make test-e2e`: find a Postgres for
+# the tests (scripts/pg-env.sh), check generated code, go.mod, formatting and vet,
+# then run the tests with the race detector.
+#
+#   scripts/test.sh [all|unit|e2e]   (default all)
+#
+# unit: the checks and every package but internal/e2e; e2e: the process-level tests
+# of internal/e2e (real binaries); all: both, unit first. GOTESTFLAGS adds flags.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+tier=${1:-all}
+case "$tier" in
+  all|unit|e2e) ;;
+  *) echo "usage: scripts/test.sh [all|unit|e2e]" >&2; exit 2 ;;
+esac
 source scripts/pg-env.sh
 
-say "checking generated code (sqlc diff)"
-go tool sqlc diff
-say "gofmt, go vet, staticcheck"
-unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
-if [ -n "$unformatted" ]; then echo "gofmt needed: $unformatted" >&2; exit 1; fi
-go vet ./...
-go tool staticcheck ./...
-say "go test -race"
-go test -race -count=1 -timeout 12m ${GOTESTFLAGS:-} ./...
+e2e_pkgs=./internal/e2e/...
+if [ "$tier" != e2e ]; then
+  say "checking generated code (sqlc diff)"
+  go tool sqlc diff
+  say "checking go.mod and go.sum are tidy (go mod tidy -diff)"
+  go mod tidy -diff
+  say "gofmt, go vet, staticcheck"
+  unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+  if [ -n "$unformatted" ]; then echo "gofmt needed: $unformatted" >&2; exit 1; fi
+  go vet ./...
+  go tool staticcheck ./...
+  say "go test -race: unit tier (every package but internal/e2e)"
+  unit_pkgs=$(go list ./... | grep -v '/internal/e2e')
+  # shellcheck disable=SC2086
+  go test -race -count=1 -timeout 12m ${GOTESTFLAGS:-} $unit_pkgs
+fi
+if [ "$tier" != unit ]; then
+  say "go test -race: e2e tier (internal/e2e, real processes)"
+  # shellcheck disable=SC2086
+  go test -race -count=1 -timeout 12m ${GOTESTFLAGS:-} $e2e_pkgs
+fi

@@ -25,7 +25,12 @@ import (
 
 var srv *batontest.Server
 
+// TestMain starts a Postgres only for benchmarks: the package has no tests, so a
+// plain `go test ./...` must not start (or migrate) a server it never uses.
 func TestMain(m *testing.M) {
+	if !batontest.BenchmarksRequested() {
+		os.Exit(m.Run())
+	}
 	os.Exit(batontest.Main(m, func(s *batontest.Server) { srv = s }))
 }
 

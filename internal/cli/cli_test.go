@@ -17,7 +17,7 @@ import (
 var srv *batontest.Server
 
 func TestMain(m *testing.M) {
-	os.Exit(batontest.Main(m, func(s *batontest.Server) { srv = s }))
+	os.Exit(batontest.MainNoLeaks(m, func(s *batontest.Server) { srv = s }))
 }
 
 func baton(t *testing.T, env map[string]string, args ...string) (string, string, int) {
@@ -76,9 +76,7 @@ func TestCLI(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if _, err := c.Exec(context.Background(), "INSERT INTO worker_groups (name) VALUES ('g')"); err != nil {
-		t.Fatal(err)
-	}
+	batontest.NewGroup(t, c, &batontest.GroupOpts{Name: batontest.Ptr("g")})
 	out, e, code := baton(t, env, "task", "submit", "--group", "g", "--shell", "echo hi", "--json", "--priority", "5", "--max-retries", "2", "--timeout", "30s")
 	if code != 0 {
 		t.Fatalf("submit: %s", e)

@@ -17,7 +17,7 @@ import (
 var srv *batontest.Server
 
 func TestMain(m *testing.M) {
-	os.Exit(batontest.Main(m, func(s *batontest.Server) { srv = s }))
+	os.Exit(batontest.MainNoLeaks(m, func(s *batontest.Server) { srv = s }))
 }
 
 // Queued tasks go only to alive, heartbeating sessions of their own group, never
@@ -27,12 +27,14 @@ func TestDispatchRespectsGroupsHealthAndSlots(t *testing.T) {
 	pool, _ := srv.NewPool(t)
 	ctx := context.Background()
 	q := func(sql string, args ...any) int64 { t.Helper(); return batontest.Int64(t, pool, sql, args...) }
-	q("INSERT INTO worker_groups (name) VALUES ('a'), ('b') RETURNING 1")
-	a1 := q("INSERT INTO worker_sessions (name, group_name, slots) VALUES ('a1', 'a', 3) RETURNING id")
-	a2 := q("INSERT INTO worker_sessions (name, group_name, slots) VALUES ('a2', 'a', 2) RETURNING id")
-	q("INSERT INTO worker_sessions (name, group_name, slots, state) VALUES ('drain', 'a', 50, 'draining') RETURNING id")
-	q("INSERT INTO worker_sessions (name, group_name, slots, last_heartbeat_at) VALUES ('stale', 'a', 50, now() - interval '1 hour') RETURNING id")
-	q("INSERT INTO worker_sessions (name, group_name, slots) VALUES ('b1', 'b', 50) RETURNING id")
+	session := func(group string, slots int, state string, heartbeatAge time.Duration) int64 {
+		return batontest.NewWorkerSession(t, pool, &batontest.WorkerSessionOpts{Group: &group, Slots: &slots, State: &state, HeartbeatAge: &heartbeatAge})
+	}
+	a1 := session("a", 3, "alive", 0)
+	a2 := session("a", 2, "alive", 0)
+	session("a", 50, "draining", 0)
+	session("a", 50, "alive", time.Hour) // stale
+	session("b", 50, "alive", 0)
 
 	specs := make([]submit.Spec, 20)
 	for i := range specs {
@@ -86,10 +88,9 @@ func TestDispatchNotifiesTargets(t *testing.T) {
 	t.Parallel()
 	pool, _ := srv.NewPool(t)
 	ctx := context.Background()
-	q := func(sql string, args ...any) int64 { t.Helper(); return batontest.Int64(t, pool, sql, args...) }
-	q("INSERT INTO worker_groups (name) VALUES ('a') RETURNING 1")
-	s1 := q("INSERT INTO worker_sessions (name, group_name, slots) VALUES ('a1', 'a', 1) RETURNING id")
-	s2 := q("INSERT INTO worker_sessions (name, group_name, slots) VALUES ('a2', 'a', 1) RETURNING id")
+	one := &batontest.WorkerSessionOpts{Group: batontest.Ptr("a"), Slots: batontest.Ptr(1)}
+	s1 := batontest.NewWorkerSession(t, pool, one)
+	s2 := batontest.NewWorkerSession(t, pool, one)
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -16,7 +16,7 @@ import (
 var srv *batontest.Server
 
 func TestMain(m *testing.M) {
-	os.Exit(batontest.Main(m, func(s *batontest.Server) { srv = s }))
+	os.Exit(batontest.MainNoLeaks(m, func(s *batontest.Server) { srv = s }))
 }
 
 // A completion by a superseded attempt changes nothing and is recorded as fenced;
@@ -26,12 +26,9 @@ func TestSupersededAttemptIsFenced(t *testing.T) {
 	pool, _ := srv.NewPool(t)
 	ctx := context.Background()
 	q := func(sql string, args ...any) int64 { t.Helper(); return batontest.Int64(t, pool, sql, args...) }
-	q("INSERT INTO worker_groups (name) VALUES ('g') RETURNING 1")
-	zombie := q("INSERT INTO worker_sessions (name, group_name, slots, last_heartbeat_at) VALUES ('z', 'g', 2, now() - interval '1 hour') RETURNING id")
-	healthy := q("INSERT INTO worker_sessions (name, group_name, slots) VALUES ('h', 'g', 2) RETURNING id")
-	task := q(`INSERT INTO tasks (group_name, kind, state, attempt, worker_session_id, dispatched_at, started_at)
-		VALUES ('g', 'shell', 'running', 1, $1, now(), now()) RETURNING id`, zombie)
-	q("INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, started_at) VALUES ($1, 1, $2, 'submit', now()) RETURNING 1", task, zombie)
+	zombie := batontest.NewWorkerSession(t, pool, &batontest.WorkerSessionOpts{Name: batontest.Ptr("z"), HeartbeatAge: batontest.Ptr(time.Hour)})
+	healthy := batontest.NewWorkerSession(t, pool, &batontest.WorkerSessionOpts{Name: batontest.Ptr("h")})
+	task := batontest.NewTask(t, pool, &batontest.TaskOpts{Kind: batontest.Ptr("shell"), State: batontest.Ptr("running"), Session: &zombie}).ID
 
 	if _, err := failover.Worker(ctx, pool, failover.Config{WorkerTimeout: 5 * time.Second}, zombie, "g"); err != nil {
 		t.Fatal(err)
@@ -78,16 +75,13 @@ func TestRetryAndTimeout(t *testing.T) {
 	pool, _ := srv.NewPool(t)
 	ctx := context.Background()
 	q := func(sql string, args ...any) int64 { t.Helper(); return batontest.Int64(t, pool, sql, args...) }
-	q("INSERT INTO worker_groups (name) VALUES ('g') RETURNING 1")
-	s := q("INSERT INTO worker_sessions (name, group_name, slots) VALUES ('w', 'g', 2) RETURNING id")
-	mk := func(maxRetries int, timeoutMs int64, startedAgo string) int64 {
-		id := q(`INSERT INTO tasks (group_name, kind, state, attempt, worker_session_id, dispatched_at, started_at, max_retries, timeout_ms)
-			VALUES ('g', 'shell', 'running', 1, $1, now(), now() - $2::interval, $3, $4) RETURNING id`, s, startedAgo, maxRetries, timeoutMs)
-		q("INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, started_at) VALUES ($1, 1, $2, 'submit', now()) RETURNING 1", id, s)
-		return id
+	s := batontest.NewWorkerSession(t, pool, &batontest.WorkerSessionOpts{Slots: batontest.Ptr(10)})
+	mk := func(maxRetries int, timeout, startedAgo time.Duration) int64 {
+		return batontest.NewTask(t, pool, &batontest.TaskOpts{Kind: batontest.Ptr("shell"), State: batontest.Ptr("running"), Session: &s,
+			MaxRetries: &maxRetries, Timeout: &timeout, StartedAgo: &startedAgo}).ID
 	}
-	retry := mk(1, 0, "0s")
-	final := mk(0, 0, "0s")
+	retry := mk(1, 0, 0)
+	final := mk(0, 0, 0)
 	sum, err := report.Finish(ctx, pool, []report.Result{
 		{TaskID: retry, Attempt: 1, SessionID: s, Outcome: "failed", ExitCode: 1, Error: "boom", RetryDelay: time.Hour},
 		{TaskID: final, Attempt: 1, SessionID: s, Outcome: "failed", ExitCode: 1, Error: "boom"},
@@ -103,8 +97,8 @@ func TestRetryAndTimeout(t *testing.T) {
 		t.Fatal("retried task state wrong")
 	}
 
-	overdue := mk(0, 1000, "1 hour")
-	notYet := mk(0, 3600_000, "1 second")
+	overdue := mk(0, time.Second, time.Hour)
+	notYet := mk(0, time.Hour, time.Second)
 	n, err := report.TimeOutOverdue(ctx, pool, time.Second, retrypolicy.Default, executor.NoExitCode)
 	if err != nil || n != 1 {
 		t.Fatalf("TimeOutOverdue = %d, %v; want 1", n, err)

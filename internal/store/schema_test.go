@@ -15,7 +15,7 @@ import (
 var srv *batontest.Server
 
 func TestMain(m *testing.M) {
-	os.Exit(batontest.Main(m, func(s *batontest.Server) { srv = s }))
+	os.Exit(batontest.MainNoLeaks(m, func(s *batontest.Server) { srv = s }))
 }
 
 // fixture inserts a group, a live worker session, a master and one task.
@@ -24,11 +24,10 @@ func fixture(t *testing.T) (*pgxpool.Pool, int64, int64) {
 	pool, _ := srv.NewPool(t)
 	ctx := context.Background()
 	var sessionID, taskID int64
-	mustExec(t, pool, "INSERT INTO worker_groups (name) VALUES ('g1')")
 	mustExec(t, pool, "INSERT INTO master_sessions (name) VALUES ('m1')")
-	if err := pool.QueryRow(ctx, "INSERT INTO worker_sessions (name, group_name, slots) VALUES ('w', 'g1', 2) RETURNING id").Scan(&sessionID); err != nil {
-		t.Fatal(err)
-	}
+	sessionID = batontest.NewWorkerSession(t, pool, &batontest.WorkerSessionOpts{Group: batontest.Ptr("g1")})
+	// A bare task row without the dispatch row batontest.NewTask would add: the
+	// constraint cases below insert dispatch rows for it.
 	if err := pool.QueryRow(ctx, "INSERT INTO tasks (group_name, kind) VALUES ('g1', 'shell') RETURNING id").Scan(&taskID); err != nil {
 		t.Fatal(err)
 	}
