@@ -186,14 +186,16 @@ func taskCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writ
 			return errors.New("give either --shell or --type, not both")
 		case *shell != "":
 			spec.Kind = submit.KindShell
-			spec.Payload, _ = json.Marshal(map[string]string{"command": *shell})
+			if spec.Payload, err = submit.ShellPayload(*shell); err != nil {
+				return err
+			}
 		case *kind != "":
 			spec.Kind = *kind
 			p := *payload
 			if strings.HasPrefix(p, "@") {
-				b, err := os.ReadFile(p[1:])
+				b, err := readPayloadFile(p[1:])
 				if err != nil {
-					return fmt.Errorf("read payload: %w", err)
+					return err
 				}
 				p = string(b)
 			}
@@ -298,6 +300,24 @@ func taskCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writ
 		}
 		return tw.Flush()
 	}
+}
+
+// readPayloadFile reads --payload @file, at most one byte past the payload
+// limit: a huge or endless file (/dev/zero) is refused, not read into memory.
+func readPayloadFile(name string) ([]byte, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, fmt.Errorf("read payload: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, submit.MaxPayloadBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("read payload %s: %w", name, err)
+	}
+	if len(b) > submit.MaxPayloadBytes {
+		return nil, fmt.Errorf("%w: payload file %s is larger than the limit of %d bytes (1 MiB)", submit.ErrInvalid, name, submit.MaxPayloadBytes)
+	}
+	return b, nil
 }
 
 func workerCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writer) error {

@@ -3,7 +3,10 @@ package cli
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
 	"io"
+	"time"
 
 	"github.com/baton-scheduler/baton/internal/executor"
 	"github.com/baton-scheduler/baton/internal/master"
@@ -43,6 +46,9 @@ func MasterMain(ctx context.Context, args []string, env Env, stderr io.Writer) i
 		if err := fs.Parse(args); err != nil {
 			return err
 		}
+		if err := parsed(fs); err != nil {
+			return err
+		}
 		log, err := newLogger(logLevel, logFormat)
 		if err != nil {
 			return err
@@ -75,9 +81,11 @@ func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string
 		sf, err2 := envDuration(env, "BATON_SELF_FENCE_AFTER", worker.SelfFenceAfterDefault)
 		gr, err3 := envDuration(env, "BATON_SHUTDOWN_GRACE", worker.ShutdownGraceDefault)
 		slots, err4 := envInt(env, "BATON_SLOTS", worker.SlotsDefault)
-		if err := errors.Join(err1, err2, err3, err4); err != nil {
+		wt, err5 := envDuration(env, "BATON_WORKER_TIMEOUT", master.WorkerTimeoutDefault)
+		if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
 			return err
 		}
+		var workerTimeout time.Duration
 		fs.StringVar(&cfg.DatabaseURL, "database-url", env("BATON_DATABASE_URL"), "Postgres URL (env BATON_DATABASE_URL)")
 		fs.StringVar(&cfg.Group, "group", envDefault(env, "BATON_GROUP", worker.GroupDefault), "worker group (env BATON_GROUP)")
 		fs.StringVar(&cfg.Name, "name", env("BATON_WORKER_NAME"), "worker name (default host-pid)")
@@ -87,9 +95,13 @@ func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string
 		fs.DurationVar(&cfg.PollInterval, "poll-interval", worker.PollIntervalDefault, "claim polling fallback")
 		fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", gr, "on SIGTERM, how long running tasks may finish (env BATON_SHUTDOWN_GRACE)")
 		fs.IntVar(&cfg.MaxOutput, "max-output", executor.DefaultMaxOutput, "bytes of task output kept per attempt")
+		fs.DurationVar(&workerTimeout, "worker-timeout", wt, "the masters' --worker-timeout, which --self-fence-after must stay below (env BATON_WORKER_TIMEOUT)")
 		fs.StringVar(&logLevel, "log-level", envDefault(env, "BATON_LOG_LEVEL", "info"), "debug|info|warn|error")
 		fs.StringVar(&logFormat, "log-format", envDefault(env, "BATON_LOG_FORMAT", "json"), "json|console")
 		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		if err := parsed(fs); err != nil {
 			return err
 		}
 		log, err := newLogger(logLevel, logFormat)
@@ -101,6 +113,12 @@ func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string
 		if err := cfg.Validate(); err != nil {
 			return err
 		}
+		// A worker that fences itself only after the masters have declared it dead
+		// runs its tasks alongside their failed-over attempts.
+		if cfg.SelfFenceAfter >= workerTimeout {
+			return fmt.Errorf("self-fence after %s is not below the masters' worker timeout %s: the worker would keep running tasks the masters have moved (lower --self-fence-after, or give --worker-timeout / BATON_WORKER_TIMEOUT the masters' value)",
+				cfg.SelfFenceAfter, workerTimeout)
+		}
 		if err := schemaReady(ctx, cfg.DatabaseURL, false); err != nil {
 			return err
 		}
@@ -111,6 +129,16 @@ func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string
 		return w.Run(ctx)
 	}()
 	return exitCode(stderr, "baton-worker", err)
+}
+
+// parsed checks what a daemon's flag set holds after parsing: no stray
+// arguments (flags after one are silently ignored by the flag package) and no
+// duration beyond MaxDuration.
+func parsed(fs *flag.FlagSet) error {
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q: %s takes only flags (see -h)", fs.Arg(0), fs.Name())
+	}
+	return checkDurations(fs)
 }
 
 func schemaReady(ctx context.Context, dsn string, migrateUp bool) error {

@@ -49,6 +49,27 @@ func envInt(env Env, key string, def int) (int, error) {
 	return n, nil
 }
 
+// MaxDuration bounds every duration setting of the daemons. Nothing baton times
+// needs more, and the bound keeps cross-field rules (timeout ≥ 2 × heartbeat)
+// away from time.Duration overflow, where 2 × 2,000,000h is negative.
+const MaxDuration = 24 * time.Hour
+
+// checkDurations refuses a duration flag (or the environment variable that set
+// its default) outside 0..MaxDuration; Validate judges the finer ranges.
+func checkDurations(fs *flag.FlagSet) error {
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		g, ok := f.Value.(flag.Getter)
+		if !ok {
+			return
+		}
+		if d, ok := g.Get().(time.Duration); ok && d > MaxDuration {
+			errs = append(errs, fmt.Errorf("--%s %s is longer than %s, the limit of any duration setting", f.Name, d, MaxDuration))
+		}
+	})
+	return errors.Join(errs...)
+}
+
 func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)

@@ -183,3 +183,14 @@ func Retryable(err error) bool {
 	}
 	return false
 }
+
+// DataException returns Postgres' message when err is a data exception (SQLSTATE
+// class 22: a value the server refuses, such as a number beyond numeric's range or
+// an invalid byte sequence), so callers can blame the input instead of the server.
+func DataException(err error) (string, bool) {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "22") {
+		return pgErr.Message, true
+	}
+	return "", false
+}

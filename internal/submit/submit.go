@@ -8,12 +8,16 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/baton-scheduler/baton/db"
+	"github.com/baton-scheduler/baton/internal/executor"
 	"github.com/baton-scheduler/baton/internal/notify"
 	"github.com/baton-scheduler/baton/internal/store"
 )
@@ -27,6 +31,10 @@ const (
 )
 
 var kindRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.:/-]{0,127}$`)
+
+// groupRE mirrors the worker_groups_name_format constraint: a name no group can
+// have is refused as malformed, not looked up.
+var groupRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 
 // ErrInvalid wraps every validation error; ErrUnknownGroup names a missing group.
 var (
@@ -52,6 +60,8 @@ func (s Spec) Validate() error {
 	switch {
 	case s.Group == "":
 		return bad("group is empty")
+	case !groupRE.MatchString(s.Group):
+		return bad("group %q must be 1-63 of letters, digits, _ . - starting with a letter or digit", s.Group)
 	case !kindRE.MatchString(s.Kind):
 		return bad("kind %q must be 1-128 of letters, digits, _ . : / - starting with a letter or digit", s.Kind)
 	case len(s.Payload) > MaxPayloadBytes:
@@ -69,15 +79,116 @@ func (s Spec) Validate() error {
 		err := json.Unmarshal(payload, &v)
 		return bad("payload is not valid JSON: %v", err)
 	}
+	// Valid JSON that Postgres' jsonb still refuses: caught here, with a reason,
+	// rather than as a failed INSERT.
+	if !utf8.Valid(payload) {
+		return bad("payload is not valid UTF-8")
+	}
+	if hasNUL(payload) {
+		return bad(`payload contains the character \u0000, which Postgres cannot store in jsonb`)
+	}
+	if n, ok := numberOutOfRange(payload); ok {
+		return bad("payload number %.40s is beyond the range Postgres can store (at most %d digits before and %d after the decimal point)",
+			n, maxNumericIntDigits, maxNumericFracDigits)
+	}
 	if s.Kind == KindShell {
-		var p struct {
-			Command string `json:"command"`
+		// The executor's own payload type: what it would refuse at run time is
+		// refused here, before anything is stored.
+		var p executor.ShellPayload
+		if err := json.Unmarshal(payload, &p); err != nil {
+			return bad("shell payload: %v", err)
 		}
-		if err := json.Unmarshal(payload, &p); err != nil || p.Command == "" {
+		if p.Command == "" {
 			return bad(`shell payload needs a non-empty "command" string`)
 		}
 	}
 	return nil
+}
+
+// hasNUL reports whether a valid JSON document has a string (value or key)
+// containing U+0000, which jsonb cannot store.
+func hasNUL(payload []byte) bool {
+	if !bytes.Contains(payload, []byte(`\u0000`)) {
+		return false // the only way to write U+0000 in valid JSON
+	}
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return false
+		}
+		if s, ok := tok.(string); ok && strings.ContainsRune(s, 0) {
+			return true
+		}
+	}
+}
+
+// Postgres' numeric, which jsonb stores numbers in, holds at most this many
+// decimal digits before and after the decimal point.
+const (
+	maxNumericIntDigits  = 131072
+	maxNumericFracDigits = 16383
+)
+
+// numberOutOfRange returns the first number of a valid JSON document that
+// Postgres' numeric cannot hold ("value overflows numeric format"), if any.
+func numberOutOfRange(payload []byte) (string, bool) {
+	if !bytes.ContainsAny(payload, "eE") && len(payload) <= maxNumericFracDigits {
+		return "", false // no exponent and too short to need the digits checked
+	}
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.UseNumber()
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return "", false
+		}
+		if n, ok := tok.(json.Number); ok && !numericFits(string(n)) {
+			return string(n), true
+		}
+	}
+}
+
+// numericFits reports whether a JSON number fits Postgres' numeric: its digits
+// before the decimal point (after applying the exponent, leading zeros dropped)
+// and after it (the display scale, trailing zeros kept) are within the limits.
+func numericFits(n string) bool {
+	n = strings.TrimPrefix(n, "-")
+	mant, exp := n, 0
+	if i := strings.IndexAny(n, "eE"); i >= 0 {
+		mant = n[:i]
+		e, err := strconv.Atoi(strings.TrimPrefix(n[i+1:], "+"))
+		if err != nil || e > 1<<30 || e < -(1<<30) {
+			return false
+		}
+		exp = e
+	}
+	intPart, frac, _ := strings.Cut(mant, ".")
+	intPart = strings.TrimLeft(intPart, "0")
+	intDigits := len(intPart) + exp // may be negative: 0.00x
+	scale := len(frac) - exp
+	if intPart == "" && strings.Trim(frac, "0") == "" {
+		intDigits = 0 // zero has no integer digits, whatever its exponent
+	} else if intPart == "" {
+		intDigits = exp - (len(frac) - len(strings.TrimLeft(frac, "0")))
+	}
+	return intDigits <= maxNumericIntDigits && max(scale, 0) <= maxNumericFracDigits
+}
+
+// ShellPayload is the payload of a shell task running command: what
+// `baton task submit --shell` stores. A command that could not be stored or run
+// as given (empty, not UTF-8, containing NUL) is refused.
+func ShellPayload(command string) (json.RawMessage, error) {
+	bad := func(msg string) error { return fmt.Errorf("%w: shell command %s", ErrInvalid, msg) }
+	switch {
+	case command == "":
+		return nil, bad("is empty")
+	case !utf8.ValidString(command):
+		return nil, bad("is not valid UTF-8")
+	case strings.ContainsRune(command, 0):
+		return nil, bad("contains a NUL byte")
+	}
+	return json.Marshal(executor.ShellPayload{Command: command})
 }
 
 func (s Spec) payload() []byte {
@@ -138,6 +249,11 @@ func Many(ctx context.Context, pool *pgxpool.Pool, specs []Spec) ([]int64, error
 			case "":
 			default:
 				return fmt.Errorf("%w: rejected by constraint %s", ErrInvalid, store.Constraint(err))
+			}
+			// SQLSTATE class 22 (data exception): Postgres refuses a value, e.g. a
+			// number beyond jsonb's numeric range. The data is at fault, not the server.
+			if msg, ok := store.DataException(err); ok {
+				return fmt.Errorf("%w: a payload was refused by Postgres: %s", ErrInvalid, msg)
 			}
 			return fmt.Errorf("store tasks: %w", err)
 		}
