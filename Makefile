@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin
 
-.PHONY: all build generate verify tidy-check test test-unit test-e2e bench run lint clean
+.PHONY: all build generate verify tidy-check test test-unit test-e2e fuzz bench run lint clean
 
 all: build
 
@@ -40,6 +40,10 @@ test-unit:
 # Tier 2: the process-level tests (real binaries, SIGKILL/SIGSTOP/SIGTERM; ~2 min).
 test-e2e:
 	scripts/test.sh e2e
+
+# Grows the kept fuzz corpora (testdata/fuzz); FUZZTIME per target, default 30s.
+fuzz:
+	scripts/fuzz.sh
 
 # Benchmarks print figures; see docs/benchmarks.md.
 bench:

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/database"
 	"github.com/pressly/goose/v3/lock"
 
 	"github.com/baton-scheduler/baton/internal/store"
@@ -72,8 +73,23 @@ func (m *Migrator) Latest() int64 {
 	return src[len(src)-1].Version
 }
 
-// Version is the version the database is at (0 when never migrated).
+// Version is the version the database is at (0 when never migrated). It only
+// reads: goose would create its version table to answer, and a binary that
+// refuses an unmigrated database must leave it as it found it.
 func (m *Migrator) Version(ctx context.Context) (int64, error) {
+	st, err := database.NewStore(database.DialectPostgres, goose.DefaultTablename)
+	if err != nil {
+		return 0, fmt.Errorf("read schema version: %w", err)
+	}
+	if ext, ok := st.(database.StoreExtender); ok {
+		exists, err := ext.TableExists(ctx, m.sqlDB)
+		if err != nil {
+			return 0, fmt.Errorf("read schema version: %w", err)
+		}
+		if !exists {
+			return 0, nil
+		}
+	}
 	v, err := m.provider.GetDBVersion(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("read schema version: %w", err)
