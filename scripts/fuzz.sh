@@ -10,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/pg-env.sh
+say() { echo "fuzz.sh: $*" >&2; }
 fuzztime=${FUZZTIME:-30s}
 cache=$(go env GOCACHE)/fuzz
 pkgs=("$@")
