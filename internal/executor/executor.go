@@ -1,5 +1,6 @@
-// Package executor runs one task attempt: a shell command in its own process group
-// or a registered Go handler, bounded by the attempt's context and timeout.
+// Package executor runs one task attempt: a shell command contained with its whole
+// process tree (internal/contain) or a registered Go handler, bounded by the
+// attempt's context and timeout.
 package executor
 
 import (
@@ -8,12 +9,16 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
+	"sync"
 	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/baton-scheduler/baton/internal/contain"
+	"github.com/baton-scheduler/baton/internal/logfield"
 )
 
 // Outcomes an attempt can report.
@@ -74,10 +79,70 @@ func ParseShellPayload(raw []byte) (ShellPayload, error) {
 	return p, nil
 }
 
-// Executor runs attempts. Handlers maps task kinds to Go handlers.
+// DefaultShellEnvAllow is the part of the worker's environment a shell task
+// inherits when Executor.ShellEnvAllow is nil. An entry ending in '*' is a prefix.
+// Nothing else of the worker's environment — BATON_DATABASE_URL, PG*, cloud
+// credentials — reaches a task.
+var DefaultShellEnvAllow = []string{"PATH", "HOME", "LANG", "LC_*", "TZ", "TMPDIR", "USER", "LOGNAME"}
+
+// defaultPath is the PATH of a shell task when the worker has none.
+const defaultPath = "/usr/local/bin:/usr/bin:/bin"
+
+// ErrShellDisabled is the error of a shell task on a worker that does not allow them.
+const ErrShellDisabled = "shell tasks are disabled on this worker; enable them with AllowShell in the worker's configuration"
+
+// Executor runs attempts. Handlers maps task kinds to Go handlers. The zero value
+// runs Go handlers only; shell tasks need AllowShell. Close it when done.
 type Executor struct {
 	Handlers  map[string]Handler
 	MaxOutput int
+	// AllowShell lets the executor run shell tasks; without it they fail at once.
+	AllowShell bool
+	// ShellEnvAllow lists the variables of the worker's environment a shell task
+	// inherits (nil: DefaultShellEnvAllow). The task's own env and BATON_TASK_ID,
+	// BATON_ATTEMPT, BATON_WORKER, BATON_SESSION_ID are added to them.
+	ShellEnvAllow []string
+	// Containment chooses how shell task trees are contained (default: a cgroup
+	// per attempt when usable, else the supervisor alone).
+	Containment contain.Mechanism
+	Logger      *zap.Logger
+
+	openOnce sync.Once
+	contain  *contain.Manager
+	openErr  error
+}
+
+// Open prepares shell containment (detection, cleanup of a previous worker's
+// leftovers on this host). The first shell task calls it if the owner did not;
+// without AllowShell it does nothing.
+func (e *Executor) Open() error {
+	if !e.AllowShell {
+		return nil
+	}
+	e.openOnce.Do(func() {
+		log := e.Logger
+		if log == nil {
+			log = zap.NewNop()
+		}
+		e.contain, e.openErr = contain.Open(contain.Options{Mechanism: e.Containment})
+		if e.openErr != nil {
+			log.Error("shell task containment unavailable; shell tasks will fail", zap.Error(e.openErr))
+			return
+		}
+		log.Info("shell task containment ready",
+			logfield.Containment(string(e.contain.Mechanism())), logfield.Reason(e.contain.Reason()),
+			logfield.Count("stale_cgroups_removed", e.contain.StaleRemoved()))
+	})
+	return e.openErr
+}
+
+// Close kills shell tasks still running and removes the executor's cgroups.
+func (e *Executor) Close() error {
+	e.openOnce.Do(func() {}) // no Open after Close; and e.contain is safe to read
+	if e.contain == nil {
+		return nil
+	}
+	return e.contain.Close()
 }
 
 // Run executes task until it finishes, its timeout passes or ctx is canceled (the
@@ -140,55 +205,97 @@ func (e *Executor) maxOutput() int {
 
 func (e *Executor) runShell(ctx context.Context, task Task) Result {
 	res := Result{ExitCode: NoExitCode}
+	if !e.AllowShell {
+		res.Outcome, res.Error = OutcomeFailed, ErrShellDisabled
+		return res
+	}
 	p, err := ParseShellPayload(task.Payload)
 	if err != nil {
 		res.Outcome, res.Error = OutcomeFailed, err.Error()
 		return res
 	}
-	cmd := exec.Command("/bin/sh", "-c", p.Command)
-	cmd.Dir = p.Dir
-	env := os.Environ()
-	keys := make([]string, 0, len(p.Env))
-	for k := range p.Env {
+	if err := e.Open(); err != nil {
+		res.Outcome, res.Error = OutcomeFailed, fmt.Sprintf("shell task containment unavailable: %v", err)
+		return res
+	}
+	out := &limitedBuffer{max: e.maxOutput()}
+	proc, err := e.contain.Start(contain.Command{
+		Args:   []string{"/bin/sh", "-c", p.Command},
+		Env:    e.shellEnv(task, p.Env),
+		Dir:    p.Dir,
+		Stdout: out,
+		Stderr: out,
+		Name:   fmt.Sprintf("task-%d-%d", task.ID, task.Attempt),
+	})
+	if err != nil {
+		res.Outcome, res.Error = OutcomeFailed, fmt.Sprintf("start shell: %v", err)
+		return res
+	}
+	done := make(chan contain.Exit, 1)
+	go func() { done <- proc.Wait() }()
+	var exit contain.Exit
+	select {
+	case exit = <-done:
+	case <-ctx.Done():
+		proc.Kill() // the whole tree, whatever it did to detach
+		exit = <-done
+	}
+	res.Output = out.String()
+	res.ExitCode = int32(exit.Code)
+	if exit.Err != nil {
+		res.Outcome, res.Error = OutcomeFailed, exit.Err.Error()
+		return res
+	}
+	res.Outcome = OutcomeSucceeded
+	return res
+}
+
+// shellEnv is a shell task's whole environment: the allow-listed variables of the
+// worker's, then the task's own, then baton's (which the task cannot override).
+func (e *Executor) shellEnv(task Task, own map[string]string) []string {
+	allow := e.ShellEnvAllow
+	if allow == nil {
+		allow = DefaultShellEnvAllow
+	}
+	var env []string
+	hasPath := false
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if allowed(k, allow) {
+			env = append(env, kv)
+			hasPath = hasPath || k == "PATH"
+		}
+	}
+	if !hasPath {
+		env = append(env, "PATH="+defaultPath)
+	}
+	keys := make([]string, 0, len(own))
+	for k := range own {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		env = append(env, k+"="+p.Env[k])
+		env = append(env, k+"="+own[k])
 	}
-	env = append(env,
+	return append(env,
 		"BATON_TASK_ID="+strconv.FormatInt(task.ID, 10),
 		"BATON_ATTEMPT="+strconv.FormatInt(int64(task.Attempt), 10),
 		"BATON_WORKER="+task.Worker,
 		"BATON_SESSION_ID="+strconv.FormatInt(task.SessionID, 10),
 	)
-	cmd.Env = env
-	out := &limitedBuffer{max: e.maxOutput()}
-	cmd.Stdout, cmd.Stderr = out, out
-	// Own process group, so a kill reaches every child the command started.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		res.Outcome, res.Error = OutcomeFailed, fmt.Sprintf("start shell: %v", err)
-		return res
+}
+
+func allowed(key string, allow []string) bool {
+	for _, a := range allow {
+		if prefix, ok := strings.CutSuffix(a, "*"); ok {
+			if strings.HasPrefix(key, prefix) {
+				return true
+			}
+		} else if key == a {
+			return true
+		}
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		err = <-done
-	}
-	res.Output = out.String()
-	if cmd.ProcessState != nil {
-		res.ExitCode = int32(cmd.ProcessState.ExitCode())
-	}
-	if err != nil {
-		res.Outcome, res.Error = OutcomeFailed, err.Error()
-		return res
-	}
-	res.Outcome = OutcomeSucceeded
-	return res
+	return false
 }
 
 type limitedBuffer struct {

@@ -22,7 +22,7 @@ func shellTask(t *testing.T, cmd string) Task {
 
 func TestShellOutcomes(t *testing.T) {
 	t.Parallel()
-	e := &Executor{}
+	e := &Executor{AllowShell: true}
 	cases := []struct {
 		name, cmd, outcome, output string
 		code                       int32
@@ -49,7 +49,7 @@ func TestShellOutcomes(t *testing.T) {
 func TestShellTimeoutKillsProcessGroup(t *testing.T) {
 	t.Parallel()
 	pidFile := filepath.Join(t.TempDir(), "child")
-	e := &Executor{}
+	e := &Executor{AllowShell: true}
 	res := e.Run(context.Background(), shellTask(t, "sleep 60 & echo $! > "+pidFile+"; wait"), 300*time.Millisecond)
 	if res.Outcome != OutcomeTimedOut || !strings.Contains(res.Error, "timed out after 300ms") {
 		t.Fatalf("got %+v", res)
@@ -106,7 +106,7 @@ func TestHandlerErrorsAndPanics(t *testing.T) {
 // Binary output, NULs and a cut inside a multi-byte character stay storable text.
 func TestOutputIsValidUTF8(t *testing.T) {
 	t.Parallel()
-	e := &Executor{MaxOutput: 5}
+	e := &Executor{AllowShell: true, MaxOutput: 5}
 	res := e.Run(context.Background(), shellTask(t, `printf 'ab\303\251\303\251\000\377'`), 0)
 	if !utf8.ValidString(res.Output) || strings.ContainsRune(res.Output, 0) || !strings.HasPrefix(res.Output, "abé") {
 		t.Fatalf("output %q is not clean UTF-8", res.Output)

@@ -13,3 +13,5 @@ func Outcome(o string) zap.Field        { return zap.String("outcome", o) }
 func Count(key string, n int) zap.Field { return zap.Int("num_"+key, n) }
 func BatchSize(n int) zap.Field         { return zap.Int("batch_size", n) }
 func Kind(k string) zap.Field           { return zap.String("kind", k) }
+func Containment(m string) zap.Field    { return zap.String("containment", m) }
+func Reason(r string) zap.Field         { return zap.String("reason", r) }
