@@ -57,6 +57,12 @@ type Config struct {
 	Clock *service.Clock
 	// Test holds knobs for tests only.
 	Test TestConfig
+
+	// AllowShell runs shell tasks (see issue #9 for who sets it).
+	AllowShell bool
+	// ShellEnvAllow lists the worker variables a shell task inherits
+	// (nil: executor.DefaultShellEnvAllow).
+	ShellEnvAllow []string
 }
 
 // TestConfig holds test-only knobs; zero values mean production behaviour.

@@ -83,7 +83,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 		cfg:  cfg,
 		pool: pool,
 		log:  cfg.Logger.Named("worker"),
-		exec: &executor.Executor{Handlers: cfg.Handlers, MaxOutput: cfg.MaxOutput},
+		exec: &executor.Executor{Handlers: cfg.Handlers, MaxOutput: cfg.MaxOutput, AllowShell: true /* #9 wires cfg.AllowShell */, ShellEnvAllow: cfg.ShellEnvAllow, Logger: cfg.Logger},
 		wake: notify.NewSignal(),
 	}
 	w.rows = &session.Rows{Base: w.base("session"), Pool: pool,
@@ -111,6 +111,8 @@ func (w *Worker) Sessions() []int64 {
 // session is marked stopped, which masters fail over without waiting).
 func (w *Worker) Run(ctx context.Context) error {
 	defer w.pool.Close()
+	_ = w.exec.Open() // containment detection, a previous incarnation's leftovers removed; errors fail shell tasks
+	defer w.exec.Close()
 	bg, stopBG := context.WithCancel(context.Background())
 	var bgWG sync.WaitGroup
 	bgWG.Add(1)

@@ -1,0 +1,366 @@
+package executor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/baton-scheduler/baton/internal/contain"
+)
+
+// Environment of the helper worker process (TestMain): the test binary re-run as
+// a worker that runs one shell task and waits, so a test can SIGKILL it.
+const (
+	envHelperDir  = "BATON_TEST_HELPER_DIR"
+	envHelperMech = "BATON_TEST_HELPER_MECHANISM"
+)
+
+func TestMain(m *testing.M) {
+	if dir := os.Getenv(envHelperDir); dir != "" {
+		os.Exit(helperWorker(dir, contain.Mechanism(os.Getenv(envHelperMech))))
+	}
+	os.Exit(m.Run())
+}
+
+func helperWorker(dir string, mech contain.Mechanism) int {
+	e := &Executor{AllowShell: true, Containment: mech}
+	p, _ := json.Marshal(ShellPayload{Command: `. "$D/tree.sh"`, Env: map[string]string{"D": dir}})
+	res := e.Run(context.Background(), Task{ID: 1, Attempt: 1, Kind: KindShell, Payload: p}, 0)
+	fmt.Printf("%+v\n", res)
+	return 0
+}
+
+// treeScript starts, besides the shell itself, a background child, a setsid
+// grandchild that keeps the task's stdout open, and a double-forked setsid
+// daemon with its stdio closed; it records every pid (and the supervisor's, the
+// shell's parent) in a file of $D, each written atomically.
+const treeScript = `
+rec() { echo "$2" > "$D/$1.tmp" && mv "$D/$1.tmp" "$D/$1.pid"; }
+rec shell $$
+rec supervisor $PPID
+setsid sh -c 'echo $$ > "$D/setsid.tmp" && mv "$D/setsid.tmp" "$D/setsid.pid" && exec sleep 1000' &
+sh -c 'setsid sh -c '"'"'echo $$ > "$D/daemon.tmp" && mv "$D/daemon.tmp" "$D/daemon.pid" && exec sleep 1000'"'"' </dev/null >/dev/null 2>&1 & exit 0'
+sleep 1000 &
+rec child $!
+wait
+`
+
+var treeProcs = []string{"shell", "supervisor", "setsid", "daemon", "child"}
+
+type procID struct {
+	name  string
+	pid   int
+	start uint64
+}
+
+func writeTree(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "tree.sh"), []byte(treeScript), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func treeTask(t *testing.T, dir string) Task {
+	p, _ := json.Marshal(ShellPayload{Command: `. "$D/tree.sh"`, Env: map[string]string{"D": dir}})
+	return Task{ID: 9, Attempt: 1, Kind: KindShell, Payload: p}
+}
+
+// waitTree polls until every process of the tree has recorded its pid and
+// returns their identities (pid and start time, so a reused pid is not mistaken
+// for a survivor). Each process is killed at cleanup in case the test fails.
+func waitTree(t *testing.T, dir string, names []string) []procID {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	var ids []procID
+	for _, name := range names {
+		for {
+			raw, err := os.ReadFile(filepath.Join(dir, name+".pid"))
+			if err == nil {
+				pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
+				if err != nil {
+					t.Fatalf("%s.pid: %v", name, err)
+				}
+				start, err := contain.StartTime(pid)
+				if err != nil {
+					t.Fatalf("%s (pid %d) is gone before the test killed anything: %v", name, pid, err)
+				}
+				ids = append(ids, procID{name, pid, start})
+				t.Cleanup(func() {
+					if contain.Alive(pid, start) {
+						_ = syscall.Kill(pid, syscall.SIGKILL)
+					}
+				})
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never recorded its pid", name)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	return ids
+}
+
+func waitGone(t *testing.T, ids []procID) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for _, id := range ids {
+		for contain.Alive(id.pid, id.start) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s (pid %d) survived", id.name, id.pid)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}
+
+// mechanisms returns the mechanisms this host must be tested with. The cgroup
+// one is skipped, saying why, when this host cannot use it — unless
+// BATON_REQUIRE_CGROUP=true (set where cgroup v2 is known to work), which makes
+// that a failure.
+func mechanisms(t *testing.T) []contain.Mechanism {
+	t.Helper()
+	out := []contain.Mechanism{contain.Supervisor}
+	m, err := contain.Open(contain.Options{Mechanism: contain.Cgroup})
+	if err == nil {
+		_ = m.Close()
+		return append(out, contain.Cgroup)
+	}
+	if os.Getenv("BATON_REQUIRE_CGROUP") == "true" {
+		t.Fatalf("BATON_REQUIRE_CGROUP=true but cgroup containment is unusable: %v", err)
+	}
+	t.Logf("NOT TESTED: cgroup containment is unusable on this host (%v); only the supervisor is tested. Set BATON_REQUIRE_CGROUP=true where it must work.", err)
+	return out
+}
+
+// (a) A killed attempt (timeout, self-fence, shutdown) takes its whole tree with it:
+// setsid grandchildren and double-forked daemons included.
+func TestKilledAttemptKillsWholeTree(t *testing.T) {
+	t.Parallel()
+	for _, mech := range mechanisms(t) {
+		t.Run(string(mech), func(t *testing.T) {
+			t.Parallel()
+			e := &Executor{AllowShell: true, Containment: mech}
+			t.Cleanup(func() { _ = e.Close() })
+			dir := writeTree(t)
+			ctx, cancel := context.WithCancelCause(context.Background())
+			done := make(chan Result, 1)
+			go func() { done <- e.Run(ctx, treeTask(t, dir), 0) }()
+			ids := waitTree(t, dir, treeProcs)
+			cancel(errors.New("self-fenced"))
+			select {
+			case res := <-done:
+				if res.Outcome != OutcomeCanceled {
+					t.Fatalf("got %+v", res)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("Run did not return after its attempt was killed")
+			}
+			waitGone(t, ids)
+			if m := e.contain; m.Dir() != "" {
+				entries, _ := os.ReadDir(m.Dir())
+				for _, en := range entries {
+					if en.IsDir() {
+						t.Fatalf("attempt cgroup %s left behind", en.Name())
+					}
+				}
+			}
+		})
+	}
+}
+
+// (b) A SIGKILLed worker (as the OOM killer does it) leaves nothing running.
+func TestWorkerSIGKILLKillsWholeTree(t *testing.T) {
+	t.Parallel()
+	for _, mech := range mechanisms(t) {
+		t.Run(string(mech), func(t *testing.T) {
+			t.Parallel()
+			dir := writeTree(t)
+			worker := startHelperWorker(t, dir, mech)
+			ids := waitTree(t, dir, treeProcs)
+			if err := worker.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			_ = worker.Wait()
+			waitGone(t, ids)
+		})
+	}
+}
+
+// When the worker and the supervisor are both SIGKILLed, a cgroup still holds the
+// tree; the next worker to start on the host kills it and removes the cgroups.
+func TestRestartRemovesLeftoverCgroups(t *testing.T) {
+	t.Parallel()
+	if !containsMech(mechanisms(t), contain.Cgroup) {
+		return // mechanisms said why
+	}
+	dir := writeTree(t)
+	worker := startHelperWorker(t, dir, contain.Cgroup)
+	ids := waitTree(t, dir, treeProcs)
+	supervisor := ids[1]
+	// Stop the supervisor so it cannot react, then kill both.
+	_ = syscall.Kill(supervisor.pid, syscall.SIGSTOP)
+	_ = worker.Process.Signal(syscall.SIGKILL)
+	_ = worker.Wait()
+	_ = syscall.Kill(supervisor.pid, syscall.SIGKILL)
+	cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", ids[0].pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids[2:] {
+		if !contain.Alive(id.pid, id.start) {
+			t.Fatalf("%s died with worker and supervisor: the test does not exercise the restart cleanup", id.name)
+		}
+	}
+	m, err := contain.Open(contain.Options{Mechanism: contain.Cgroup})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Close() })
+	waitGone(t, ids)
+	// The dead worker's cgroup directory is gone (removed by this Open, or by a
+	// concurrent test's).
+	rel := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(string(cg)), "0::"))
+	workerDir := filepath.Join(filepath.Dir(m.Dir()), filepath.Base(filepath.Dir(rel)))
+	if _, err := os.Stat(workerDir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("dead worker's cgroup %s: %v", workerDir, err)
+	}
+}
+
+func containsMech(ms []contain.Mechanism, m contain.Mechanism) bool {
+	for _, x := range ms {
+		if x == m {
+			return true
+		}
+	}
+	return false
+}
+
+func startHelperWorker(t *testing.T, dir string, mech contain.Mechanism) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), envHelperDir+"="+dir, envHelperMech+"="+string(mech))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	return cmd
+}
+
+// #6.4: a descendant that detaches and keeps stdout open holds no slot: the
+// attempt ends at its timeout, and a command that exits normally ends when it exits.
+func TestDetachedDescendantHoldingStdoutDoesNotBlock(t *testing.T) {
+	t.Parallel()
+	for _, mech := range mechanisms(t) {
+		t.Run(string(mech), func(t *testing.T) {
+			t.Parallel()
+			e := &Executor{AllowShell: true, Containment: mech}
+			t.Cleanup(func() { _ = e.Close() })
+			dir := t.TempDir()
+			cases := []struct {
+				name, cmd, outcome, output string
+				timeout                    time.Duration
+			}{
+				{"timeout", `setsid sh -c 'echo $$ > "$D/held.pid.tmp"; mv "$D/held.pid.tmp" "$D/timeout.pid"; exec sleep 1000' & sleep 1000`, OutcomeTimedOut, "", 200 * time.Millisecond},
+				{"exit", `setsid sh -c 'echo $$ > "$D/exit.pid.tmp"; mv "$D/exit.pid.tmp" "$D/exit.pid"; exec sleep 1000' & while [ ! -e "$D/exit.pid" ]; do :; done; echo done`, OutcomeSucceeded, "done\n", 0},
+			}
+			for _, tc := range cases {
+				p, _ := json.Marshal(ShellPayload{Command: tc.cmd, Env: map[string]string{"D": dir}})
+				done := make(chan Result, 1)
+				go func() { done <- e.Run(context.Background(), Task{Kind: KindShell, Payload: p}, tc.timeout) }()
+				select {
+				case res := <-done:
+					if res.Outcome != tc.outcome || res.Output != tc.output {
+						t.Fatalf("%s: got %+v", tc.name, res)
+					}
+				case <-time.After(30 * time.Second):
+					t.Fatalf("%s: Run blocked on a descendant holding stdout", tc.name)
+				}
+				// The detached holder was killed with its attempt.
+				raw, err := os.ReadFile(filepath.Join(dir, tc.name+".pid"))
+				if err != nil {
+					if tc.timeout > 0 {
+						continue // killed before it recorded itself
+					}
+					t.Fatal(err)
+				}
+				pid, _ := strconv.Atoi(strings.TrimSpace(string(raw)))
+				deadline := time.Now().Add(20 * time.Second)
+				for {
+					st, err := contain.StartTime(pid)
+					if err != nil || !contain.Alive(pid, st) {
+						break
+					}
+					if time.Now().After(deadline) {
+						_ = syscall.Kill(pid, syscall.SIGKILL)
+						t.Fatalf("%s: detached descendant %d outlived its attempt", tc.name, pid)
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+			}
+		})
+	}
+}
+
+// #6.8: a task sees the allow-list, its own env and baton's variables, never the
+// worker's secrets.
+func TestShellEnvironmentIsAllowListed(t *testing.T) {
+	t.Setenv("BATON_DATABASE_URL", "postgres://baton:s3cret@db/baton")
+	t.Setenv("PGPASSWORD", "s3cret")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "s3cret")
+	t.Setenv("LC_ALL", "C")
+	t.Setenv("KEEP_ME", "kept")
+	p, _ := json.Marshal(ShellPayload{Command: "env", Env: map[string]string{"OWN": "mine", "BATON_TASK_ID": "spoofed"}})
+	task := Task{ID: 5, Attempt: 3, Kind: KindShell, Payload: p, SessionID: 8, Worker: "w1"}
+
+	res := (&Executor{AllowShell: true}).Run(context.Background(), task, 0)
+	if res.Outcome != OutcomeSucceeded {
+		t.Fatalf("got %+v", res)
+	}
+	env := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(res.Output), "\n") {
+		k, v, _ := strings.Cut(line, "=")
+		env[k] = v
+	}
+	for _, k := range []string{"BATON_DATABASE_URL", "PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "KEEP_ME", "BATON_CONTAIN_SUPERVISOR", "BATON_CONTAIN_CGROUP"} {
+		if _, ok := env[k]; ok {
+			t.Errorf("task sees %s", k)
+		}
+	}
+	if strings.Contains(res.Output, "s3cret") {
+		t.Errorf("a secret reached the task:\n%s", res.Output)
+	}
+	want := map[string]string{"LC_ALL": "C", "OWN": "mine", "BATON_TASK_ID": "5", "BATON_ATTEMPT": "3", "BATON_SESSION_ID": "8", "BATON_WORKER": "w1", "PATH": os.Getenv("PATH")}
+	for k, v := range want {
+		if env[k] != v {
+			t.Errorf("%s = %q, want %q", k, env[k], v)
+		}
+	}
+
+	res = (&Executor{AllowShell: true, ShellEnvAllow: []string{"KEEP_*"}}).Run(context.Background(), task, 0)
+	if !strings.Contains(res.Output, "KEEP_ME=kept\n") || strings.Contains(res.Output, "LC_ALL=") || !strings.Contains(res.Output, "PATH=/usr/local/bin:/usr/bin:/bin\n") {
+		t.Fatalf("custom allow-list: %s", res.Output)
+	}
+}
+
+func TestShellDisabled(t *testing.T) {
+	t.Parallel()
+	res := (&Executor{}).Run(context.Background(), shellTask(t, "echo hi"), 0)
+	if res.Outcome != OutcomeFailed || res.Error != ErrShellDisabled || res.Output != "" {
+		t.Fatalf("got %+v", res)
+	}
+}
