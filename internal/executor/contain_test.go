@@ -81,6 +81,12 @@ func treeTask(t *testing.T, dir string) Task {
 // for a survivor). Each process is killed at cleanup in case the test fails.
 func waitTree(t *testing.T, dir string, names []string) []procID {
 	t.Helper()
+	return readTree(t, dir, names, false)
+}
+
+// readTree is waitTree for processes that may already be gone (start 0: never alive).
+func readTree(t *testing.T, dir string, names []string, mayBeGone bool) []procID {
+	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	var ids []procID
 	for _, name := range names {
@@ -92,7 +98,7 @@ func waitTree(t *testing.T, dir string, names []string) []procID {
 					t.Fatalf("%s.pid: %v", name, err)
 				}
 				start, err := contain.StartTime(pid)
-				if err != nil {
+				if err != nil && !mayBeGone {
 					t.Fatalf("%s (pid %d) is gone before the test killed anything: %v", name, pid, err)
 				}
 				ids = append(ids, procID{name, pid, start})
@@ -362,5 +368,46 @@ func TestShellDisabled(t *testing.T) {
 	res := (&Executor{}).Run(context.Background(), shellTask(t, "echo hi"), 0)
 	if res.Outcome != OutcomeFailed || res.Error != ErrShellDisabled || res.Output != "" {
 		t.Fatalf("got %+v", res)
+	}
+}
+
+// A task that SIGKILLs its supervisor (`kill -9 $PPID`, aimed at the worker)
+// fails; the worker kills what it can reach: the whole tree with a cgroup, the
+// shell's process group without one (a setsid descendant then escapes: see
+// docs/architecture.md, "Process containment").
+func TestTaskKillingItsSupervisor(t *testing.T) {
+	t.Parallel()
+	for _, mech := range mechanisms(t) {
+		t.Run(string(mech), func(t *testing.T) {
+			t.Parallel()
+			e := &Executor{AllowShell: true, Containment: mech}
+			t.Cleanup(func() { _ = e.Close() })
+			dir := writeTree(t)
+			script := `rec() { echo "$2" > "$D/$1.tmp" && mv "$D/$1.tmp" "$D/$1.pid"; }
+sleep 1000 &
+rec child $!
+setsid sh -c 'echo $$ > "$D/setsid.tmp" && mv "$D/setsid.tmp" "$D/setsid.pid" && exec sleep 1000' &
+while [ ! -e "$D/setsid.pid" ]; do :; done
+kill -9 $PPID
+wait`
+			p, _ := json.Marshal(ShellPayload{Command: script, Env: map[string]string{"D": dir}})
+			done := make(chan Result, 1)
+			go func() { done <- e.Run(context.Background(), Task{Kind: KindShell, Payload: p}, 0) }()
+			var res Result
+			select {
+			case res = <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatal("Run did not return after the task killed its supervisor")
+			}
+			if res.Outcome != OutcomeFailed || !strings.Contains(res.Error, "task supervisor ended before the command") {
+				t.Fatalf("got %+v", res)
+			}
+			ids := readTree(t, dir, []string{"child", "setsid"}, true)
+			if mech == contain.Cgroup {
+				waitGone(t, ids)
+			} else {
+				waitGone(t, ids[:1])
+			}
+		})
 	}
 }
