@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 // procStat is what baton reads of /proc/<pid>/stat.
@@ -99,6 +100,10 @@ func killDescendants(deadline time.Duration) bool {
 	self := os.Getpid()
 	end := time.Now().Add(deadline)
 	for {
+		if !hasChildren() {
+			// Every live descendant of a subreaper is a child or below one.
+			return true
+		}
 		pids := descendants(self)
 		if len(pids) == 0 {
 			return true
@@ -111,4 +116,14 @@ func killDescendants(deadline time.Duration) bool {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+}
+
+// hasChildren reports whether the calling process has a child, live or zombie,
+// without reaping it: waitid(P_ALL, WEXITED|WNOHANG|WNOWAIT) fails with ECHILD
+// only when there is none.
+func hasChildren() bool {
+	var info [128]byte // siginfo_t
+	const pAll, wExited, wNoHang, wNoWait = 0, 4, 1, 0x1000000
+	_, _, errno := syscall.Syscall6(syscall.SYS_WAITID, pAll, 0, uintptr(unsafe.Pointer(&info[0])), wExited|wNoHang|wNoWait, 0, 0)
+	return errno != syscall.ECHILD
 }
