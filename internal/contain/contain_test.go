@@ -57,8 +57,8 @@ func TestStaleOwner(t *testing.T) {
 	cases := map[string]bool{
 		self: false,
 		fmt.Sprintf("%d-%d-%d-1", ns, cmd.Process.Pid, 1): true,
-		fmt.Sprintf("%d-%d-1-1", ns, os.Getpid()):          true, // pid reused by someone else
-		fmt.Sprintf("%d-%d-1-1", ns+1, 999999999):          false, // another pid namespace: cannot judge
+		fmt.Sprintf("%d-%d-1-1", ns, os.Getpid()):         true,  // pid reused by someone else
+		fmt.Sprintf("%d-%d-1-1", ns+1, 999999999):         false, // another pid namespace: cannot judge
 		"probe":         false,
 		"not-a-manager": false,
 	}
