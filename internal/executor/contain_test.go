@@ -131,86 +131,89 @@ func waitGone(t *testing.T, ids []procID) {
 	}
 }
 
-// mechanisms returns the mechanisms this host must be tested with. The cgroup
-// one is skipped, saying why, when this host cannot use it — unless
-// BATON_REQUIRE_CGROUP=true (set where cgroup v2 is known to work), which makes
-// that a failure.
-func mechanisms(t *testing.T) []contain.Mechanism {
+// forEachMechanism runs test once per containment mechanism, in parallel
+// subtests. The cgroup subtest is skipped, saying why, where this host cannot use
+// cgroups — unless BATON_REQUIRE_CGROUP=true (scripts/test.sh sets it under CI=true
+// as root with a cgroup2 mount), which makes that a failure.
+func forEachMechanism(t *testing.T, test func(t *testing.T, mech contain.Mechanism)) {
 	t.Helper()
-	out := []contain.Mechanism{contain.Supervisor}
+	for _, mech := range []contain.Mechanism{contain.Supervisor, contain.Cgroup} {
+		t.Run(string(mech), func(t *testing.T) {
+			t.Parallel()
+			if mech == contain.Cgroup {
+				requireCgroup(t)
+			}
+			test(t, mech)
+		})
+	}
+}
+
+func requireCgroup(t *testing.T) {
+	t.Helper()
 	m, err := contain.Open(contain.Options{Mechanism: contain.Cgroup})
 	if err == nil {
 		_ = m.Close()
-		return append(out, contain.Cgroup)
+		return
 	}
 	if os.Getenv("BATON_REQUIRE_CGROUP") == "true" {
 		t.Fatalf("BATON_REQUIRE_CGROUP=true but cgroup containment is unusable: %v", err)
 	}
-	t.Logf("NOT TESTED: cgroup containment is unusable on this host (%v); only the supervisor is tested. Set BATON_REQUIRE_CGROUP=true where it must work.", err)
-	return out
+	t.Skipf("NOT TESTED: cgroup containment is unusable on this host (%v); set BATON_REQUIRE_CGROUP=true where it must work", err)
 }
 
 // (a) A killed attempt (timeout, self-fence, shutdown) takes its whole tree with it:
 // setsid grandchildren and double-forked daemons included.
 func TestKilledAttemptKillsWholeTree(t *testing.T) {
 	t.Parallel()
-	for _, mech := range mechanisms(t) {
-		t.Run(string(mech), func(t *testing.T) {
-			t.Parallel()
-			e := &Executor{AllowShell: true, Containment: mech}
-			t.Cleanup(func() { _ = e.Close() })
-			dir := writeTree(t)
-			ctx, cancel := context.WithCancelCause(context.Background())
-			done := make(chan Result, 1)
-			go func() { done <- e.Run(ctx, treeTask(t, dir), 0) }()
-			ids := waitTree(t, dir, treeProcs)
-			cancel(errors.New("self-fenced"))
-			select {
-			case res := <-done:
-				if res.Outcome != OutcomeCanceled {
-					t.Fatalf("got %+v", res)
-				}
-			case <-time.After(30 * time.Second):
-				t.Fatal("Run did not return after its attempt was killed")
+	forEachMechanism(t, func(t *testing.T, mech contain.Mechanism) {
+		e := &Executor{AllowShell: true, Containment: mech}
+		t.Cleanup(func() { _ = e.Close() })
+		dir := writeTree(t)
+		ctx, cancel := context.WithCancelCause(context.Background())
+		done := make(chan Result, 1)
+		go func() { done <- e.Run(ctx, treeTask(t, dir), 0) }()
+		ids := waitTree(t, dir, treeProcs)
+		cancel(errors.New("self-fenced"))
+		select {
+		case res := <-done:
+			if res.Outcome != OutcomeCanceled {
+				t.Fatalf("got %+v", res)
 			}
-			waitGone(t, ids)
-			if m := e.contain; m.Dir() != "" {
-				entries, _ := os.ReadDir(m.Dir())
-				for _, en := range entries {
-					if en.IsDir() {
-						t.Fatalf("attempt cgroup %s left behind", en.Name())
-					}
+		case <-time.After(30 * time.Second):
+			t.Fatal("Run did not return after its attempt was killed")
+		}
+		waitGone(t, ids)
+		if m := e.contain; m.Dir() != "" {
+			entries, _ := os.ReadDir(m.Dir())
+			for _, en := range entries {
+				if en.IsDir() {
+					t.Fatalf("attempt cgroup %s left behind", en.Name())
 				}
 			}
-		})
-	}
+		}
+	})
 }
 
 // (b) A SIGKILLed worker (as the OOM killer does it) leaves nothing running.
 func TestWorkerSIGKILLKillsWholeTree(t *testing.T) {
 	t.Parallel()
-	for _, mech := range mechanisms(t) {
-		t.Run(string(mech), func(t *testing.T) {
-			t.Parallel()
-			dir := writeTree(t)
-			worker := startHelperWorker(t, dir, mech)
-			ids := waitTree(t, dir, treeProcs)
-			if err := worker.Process.Signal(syscall.SIGKILL); err != nil {
-				t.Fatal(err)
-			}
-			_ = worker.Wait()
-			waitGone(t, ids)
-		})
-	}
+	forEachMechanism(t, func(t *testing.T, mech contain.Mechanism) {
+		dir := writeTree(t)
+		worker := startHelperWorker(t, dir, mech)
+		ids := waitTree(t, dir, treeProcs)
+		if err := worker.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		_ = worker.Wait()
+		waitGone(t, ids)
+	})
 }
 
 // When the worker and the supervisor are both SIGKILLed, a cgroup still holds the
 // tree; the next worker to start on the host kills it and removes the cgroups.
 func TestRestartRemovesLeftoverCgroups(t *testing.T) {
 	t.Parallel()
-	if !containsMech(mechanisms(t), contain.Cgroup) {
-		return // mechanisms said why
-	}
+	requireCgroup(t)
 	dir := writeTree(t)
 	worker := startHelperWorker(t, dir, contain.Cgroup)
 	ids := waitTree(t, dir, treeProcs)
@@ -244,15 +247,6 @@ func TestRestartRemovesLeftoverCgroups(t *testing.T) {
 	}
 }
 
-func containsMech(ms []contain.Mechanism, m contain.Mechanism) bool {
-	for _, x := range ms {
-		if x == m {
-			return true
-		}
-	}
-	return false
-}
-
 func startHelperWorker(t *testing.T, dir string, mech contain.Mechanism) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
@@ -271,55 +265,52 @@ func startHelperWorker(t *testing.T, dir string, mech contain.Mechanism) *exec.C
 // attempt ends at its timeout, and a command that exits normally ends when it exits.
 func TestDetachedDescendantHoldingStdoutDoesNotBlock(t *testing.T) {
 	t.Parallel()
-	for _, mech := range mechanisms(t) {
-		t.Run(string(mech), func(t *testing.T) {
-			t.Parallel()
-			e := &Executor{AllowShell: true, Containment: mech}
-			t.Cleanup(func() { _ = e.Close() })
-			dir := t.TempDir()
-			cases := []struct {
-				name, cmd, outcome, output string
-				timeout                    time.Duration
-			}{
-				{"timeout", `setsid sh -c 'echo $$ > "$D/held.pid.tmp"; mv "$D/held.pid.tmp" "$D/timeout.pid"; exec sleep 1000' & sleep 1000`, OutcomeTimedOut, "", 200 * time.Millisecond},
-				{"exit", `setsid sh -c 'echo $$ > "$D/exit.pid.tmp"; mv "$D/exit.pid.tmp" "$D/exit.pid"; exec sleep 1000' & while [ ! -e "$D/exit.pid" ]; do :; done; echo done`, OutcomeSucceeded, "done\n", 0},
+	forEachMechanism(t, func(t *testing.T, mech contain.Mechanism) {
+		e := &Executor{AllowShell: true, Containment: mech}
+		t.Cleanup(func() { _ = e.Close() })
+		dir := t.TempDir()
+		cases := []struct {
+			name, cmd, outcome, output string
+			timeout                    time.Duration
+		}{
+			{"timeout", `setsid sh -c 'echo $$ > "$D/held.pid.tmp"; mv "$D/held.pid.tmp" "$D/timeout.pid"; exec sleep 1000' & sleep 1000`, OutcomeTimedOut, "", 200 * time.Millisecond},
+			{"exit", `setsid sh -c 'echo $$ > "$D/exit.pid.tmp"; mv "$D/exit.pid.tmp" "$D/exit.pid"; exec sleep 1000' & while [ ! -e "$D/exit.pid" ]; do :; done; echo done`, OutcomeSucceeded, "done\n", 0},
+		}
+		for _, tc := range cases {
+			p, _ := json.Marshal(ShellPayload{Command: tc.cmd, Env: map[string]string{"D": dir}})
+			done := make(chan Result, 1)
+			go func() { done <- e.Run(context.Background(), Task{Kind: KindShell, Payload: p}, tc.timeout) }()
+			select {
+			case res := <-done:
+				if res.Outcome != tc.outcome || res.Output != tc.output {
+					t.Fatalf("%s: got %+v", tc.name, res)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatalf("%s: Run blocked on a descendant holding stdout", tc.name)
 			}
-			for _, tc := range cases {
-				p, _ := json.Marshal(ShellPayload{Command: tc.cmd, Env: map[string]string{"D": dir}})
-				done := make(chan Result, 1)
-				go func() { done <- e.Run(context.Background(), Task{Kind: KindShell, Payload: p}, tc.timeout) }()
-				select {
-				case res := <-done:
-					if res.Outcome != tc.outcome || res.Output != tc.output {
-						t.Fatalf("%s: got %+v", tc.name, res)
-					}
-				case <-time.After(30 * time.Second):
-					t.Fatalf("%s: Run blocked on a descendant holding stdout", tc.name)
+			// The detached holder was killed with its attempt.
+			raw, err := os.ReadFile(filepath.Join(dir, tc.name+".pid"))
+			if err != nil {
+				if tc.timeout > 0 {
+					continue // killed before it recorded itself
 				}
-				// The detached holder was killed with its attempt.
-				raw, err := os.ReadFile(filepath.Join(dir, tc.name+".pid"))
-				if err != nil {
-					if tc.timeout > 0 {
-						continue // killed before it recorded itself
-					}
-					t.Fatal(err)
-				}
-				pid, _ := strconv.Atoi(strings.TrimSpace(string(raw)))
-				deadline := time.Now().Add(20 * time.Second)
-				for {
-					st, err := contain.StartTime(pid)
-					if err != nil || !contain.Alive(pid, st) {
-						break
-					}
-					if time.Now().After(deadline) {
-						_ = syscall.Kill(pid, syscall.SIGKILL)
-						t.Fatalf("%s: detached descendant %d outlived its attempt", tc.name, pid)
-					}
-					time.Sleep(5 * time.Millisecond)
-				}
+				t.Fatal(err)
 			}
-		})
-	}
+			pid, _ := strconv.Atoi(strings.TrimSpace(string(raw)))
+			deadline := time.Now().Add(20 * time.Second)
+			for {
+				st, err := contain.StartTime(pid)
+				if err != nil || !contain.Alive(pid, st) {
+					break
+				}
+				if time.Now().After(deadline) {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+					t.Fatalf("%s: detached descendant %d outlived its attempt", tc.name, pid)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+	})
 }
 
 // #6.8: a task sees the allow-list, its own env and baton's variables, never the
@@ -377,37 +368,34 @@ func TestShellDisabled(t *testing.T) {
 // docs/architecture.md, "Process containment").
 func TestTaskKillingItsSupervisor(t *testing.T) {
 	t.Parallel()
-	for _, mech := range mechanisms(t) {
-		t.Run(string(mech), func(t *testing.T) {
-			t.Parallel()
-			e := &Executor{AllowShell: true, Containment: mech}
-			t.Cleanup(func() { _ = e.Close() })
-			dir := writeTree(t)
-			script := `rec() { echo "$2" > "$D/$1.tmp" && mv "$D/$1.tmp" "$D/$1.pid"; }
+	forEachMechanism(t, func(t *testing.T, mech contain.Mechanism) {
+		e := &Executor{AllowShell: true, Containment: mech}
+		t.Cleanup(func() { _ = e.Close() })
+		dir := writeTree(t)
+		script := `rec() { echo "$2" > "$D/$1.tmp" && mv "$D/$1.tmp" "$D/$1.pid"; }
 sleep 1000 &
 rec child $!
 setsid sh -c 'echo $$ > "$D/setsid.tmp" && mv "$D/setsid.tmp" "$D/setsid.pid" && exec sleep 1000' &
 while [ ! -e "$D/setsid.pid" ]; do :; done
 kill -9 $PPID
 wait`
-			p, _ := json.Marshal(ShellPayload{Command: script, Env: map[string]string{"D": dir}})
-			done := make(chan Result, 1)
-			go func() { done <- e.Run(context.Background(), Task{Kind: KindShell, Payload: p}, 0) }()
-			var res Result
-			select {
-			case res = <-done:
-			case <-time.After(30 * time.Second):
-				t.Fatal("Run did not return after the task killed its supervisor")
-			}
-			if res.Outcome != OutcomeFailed || !strings.Contains(res.Error, "task supervisor ended before the command") {
-				t.Fatalf("got %+v", res)
-			}
-			ids := readTree(t, dir, []string{"child", "setsid"}, true)
-			if mech == contain.Cgroup {
-				waitGone(t, ids)
-			} else {
-				waitGone(t, ids[:1])
-			}
-		})
-	}
+		p, _ := json.Marshal(ShellPayload{Command: script, Env: map[string]string{"D": dir}})
+		done := make(chan Result, 1)
+		go func() { done <- e.Run(context.Background(), Task{Kind: KindShell, Payload: p}, 0) }()
+		var res Result
+		select {
+		case res = <-done:
+		case <-time.After(30 * time.Second):
+			t.Fatal("Run did not return after the task killed its supervisor")
+		}
+		if res.Outcome != OutcomeFailed || !strings.Contains(res.Error, "task supervisor ended before the command") {
+			t.Fatalf("got %+v", res)
+		}
+		ids := readTree(t, dir, []string{"child", "setsid"}, true)
+		if mech == contain.Cgroup {
+			waitGone(t, ids)
+		} else {
+			waitGone(t, ids[:1])
+		}
+	})
 }
