@@ -58,6 +58,10 @@ var managerSeq atomic.Int64
 // Options configure a Manager.
 type Options struct {
 	Mechanism Mechanism
+	// CgroupDir names the directory under the worker's own cgroup that holds the
+	// cgroups of every worker sharing it (default "baton"). A worker removes the
+	// leftovers of dead workers in its own CgroupDir only.
+	CgroupDir string
 }
 
 // Manager starts contained processes. One per worker; Close it when the worker stops.
@@ -84,7 +88,11 @@ func Open(opts Options) (*Manager, error) {
 	m := &Manager{mech: opts.Mechanism, exe: "/proc/self/exe", live: map[*Process]struct{}{}}
 	switch m.mech {
 	case Auto, Cgroup:
-		err := m.openCgroup()
+		dirName := opts.CgroupDir
+		if dirName == "" {
+			dirName = cgroupDirName
+		}
+		err := m.openCgroup(dirName)
 		if err == nil {
 			m.mech = Cgroup
 			return m, nil
@@ -104,7 +112,7 @@ func Open(opts Options) (*Manager, error) {
 	return m, nil
 }
 
-func (m *Manager) openCgroup() error {
+func (m *Manager) openCgroup(dirName string) error {
 	own, err := ownCgroup()
 	if err != nil {
 		return err
@@ -112,7 +120,10 @@ func (m *Manager) openCgroup() error {
 	if err := syscall.Access(filepath.Join(own, "cgroup.procs"), 2 /* W_OK */); err != nil {
 		return fmt.Errorf("cgroup %s is not delegated to this process (cgroup.procs: %w)", own, err)
 	}
-	base := filepath.Join(own, cgroupDirName)
+	if dirName != filepath.Base(dirName) || dirName == "." || dirName == ".." {
+		return fmt.Errorf("cgroup directory name %q must be one path element", dirName)
+	}
+	base := filepath.Join(own, dirName)
 	if err := os.Mkdir(base, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 		return fmt.Errorf("create cgroup %s: %w", base, err)
 	}
@@ -188,7 +199,7 @@ func (m *Manager) probe(dir string) error {
 	if err != nil {
 		return fmt.Errorf("read the probe's cgroup: %w", err)
 	}
-	wantPath := cgroupV2Path(string(want)) + "/" + cgroupDirName + "/" + filepath.Base(filepath.Dir(dir)) + "/" + filepath.Base(dir)
+	wantPath := cgroupV2Path(string(want)) + "/" + filepath.Base(filepath.Dir(filepath.Dir(dir))) + "/" + filepath.Base(filepath.Dir(dir)) + "/" + filepath.Base(dir)
 	if p := cgroupV2Path(string(got)); strings.TrimPrefix(p, "/") != strings.TrimPrefix(wantPath, "/") {
 		return fmt.Errorf("a process cloned into cgroup %s landed in %q", dir, p)
 	}
@@ -230,7 +241,8 @@ type Command struct {
 type Process struct {
 	m      *Manager
 	cmd    *exec.Cmd
-	cgroup string
+	cgroup string // the attempt's cgroup: the supervisor, and treeCgroup below it
+	tree   string // the cgroup of the shell and its descendants
 	life   *os.File
 
 	statusDone chan struct{} // closed at EOF of the status pipe: the supervisor exited
@@ -281,17 +293,23 @@ func (m *Manager) Start(c Command) (*Process, error) {
 	var cgFD *os.File
 	if m.mech == Cgroup {
 		p.cgroup = filepath.Join(m.dir, fmt.Sprintf("%s-%d", sanitize(c.Name), m.seq.Add(1)))
+		p.tree = filepath.Join(p.cgroup, "tree")
 		if err := os.Mkdir(p.cgroup, 0o755); err != nil {
 			closeAll(lifeR, lifeW, statR, statW)
 			return nil, fmt.Errorf("create cgroup: %w", err)
 		}
-		if cgFD, err = os.Open(p.cgroup); err != nil {
+		if err := os.Mkdir(p.tree, 0o755); err != nil {
 			closeAll(lifeR, lifeW, statR, statW)
 			_ = syscall.Rmdir(p.cgroup)
+			return nil, fmt.Errorf("create cgroup: %w", err)
+		}
+		if cgFD, err = os.Open(p.cgroup); err != nil {
+			closeAll(lifeR, lifeW, statR, statW)
+			_ = removeCgroup(p.cgroup, removeGrace)
 			return nil, fmt.Errorf("open cgroup: %w", err)
 		}
 		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(cgFD.Fd())
-		env = append(env, envCgroup+"="+p.cgroup)
+		env = append(env, envCgroup+"="+p.tree)
 	}
 	cmd.Env = env
 	// Pdeathsig follows the thread that forks, not the process: fork from a
@@ -304,7 +322,7 @@ func (m *Manager) Start(c Command) (*Process, error) {
 	if err != nil {
 		closeAll(lifeW, statR)
 		if p.cgroup != "" {
-			_ = syscall.Rmdir(p.cgroup)
+			_ = removeCgroup(p.cgroup, removeGrace)
 		}
 		return nil, err
 	}
@@ -351,11 +369,12 @@ func (p *Process) readStatus(r *os.File) {
 	}
 }
 
-// Kill kills the whole tree now. It does not wait; Wait does.
+// Kill kills the whole tree now. It does not wait; Wait does. The supervisor
+// is left to reap the tree and exit (so no zombie is left to init).
 func (p *Process) Kill() {
 	p.killOnce.Do(func() {
-		if p.cgroup != "" {
-			cgroupKill(p.cgroup)
+		if p.tree != "" {
+			cgroupKill(p.tree)
 		}
 		p.closeLife()
 		close(p.killed)

@@ -93,29 +93,26 @@ func descendants(root int) []int {
 	return out
 }
 
-// killDescendants SIGKILLs every descendant of the calling process until none is
-// left or the deadline passes. The caller must be a child subreaper, so orphans of
-// the tree (double forks, setsid daemons) are reparented to it and stay visible.
+// killDescendants SIGKILLs every descendant of the calling process until it has
+// no child left at all, or the deadline passes. The caller must be a child
+// subreaper, so orphans of the tree (double forks, setsid daemons) are reparented
+// to it and stay visible, and must reap its children meanwhile (the supervisor's
+// reaper does): when this returns true every process of the tree has ended and
+// been reaped, so none lingers as a zombie.
 func killDescendants(deadline time.Duration) bool {
 	self := os.Getpid()
 	end := time.Now().Add(deadline)
-	for {
-		if !hasChildren() {
-			// Every live descendant of a subreaper is a child or below one.
-			return true
-		}
-		pids := descendants(self)
-		if len(pids) == 0 {
-			return true
-		}
+	for hasChildren() {
 		if time.Now().After(end) {
 			return false
 		}
-		for _, p := range pids {
+		// Every live descendant of a subreaper is a child or below one.
+		for _, p := range descendants(self) {
 			_ = syscall.Kill(p, syscall.SIGKILL)
 		}
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(time.Millisecond)
 	}
+	return true
 }
 
 // hasChildren reports whether the calling process has a child, live or zombie,

@@ -18,7 +18,7 @@ import (
 // so they must not have side effects beyond their own process.
 const (
 	envMarker = "BATON_CONTAIN_SUPERVISOR" // "task": supervise argv[1:]; "probe": see probe
-	envCgroup = "BATON_CONTAIN_CGROUP"     // the task's cgroup directory, if any
+	envCgroup = "BATON_CONTAIN_CGROUP"     // the cgroup the task's tree runs in (below the supervisor's), if any
 
 	supervisorArg0 = "baton-supervise" // what ps shows
 	probeArg0      = "baton-contain-probe"
@@ -64,8 +64,8 @@ func probe() int {
 //   - it is a child subreaper, so descendants that double-fork or call setsid are
 //     reparented to it and stay in the tree it can see and kill;
 //   - when the life pipe reaches EOF (the worker exited, was SIGKILLed, or kills
-//     the attempt) it kills the tree: cgroup.kill when it runs in a cgroup, and a
-//     SIGKILL of every descendant until none is left;
+//     the attempt) it kills the tree: cgroup.kill of the tree's cgroup when it has
+//     one, and a SIGKILL of every descendant until none is left, reaping them all;
 //   - the worker starts it with Pdeathsig SIGHUP; SIGHUP kills the tree when the
 //     parent process is gone (SIGHUP alone can also mean only the forking thread
 //     ended, so the parent pid is checked); SIGTERM and SIGINT kill the tree;
@@ -83,9 +83,12 @@ func supervise() int {
 	status := os.NewFile(fdStatus, "status")
 	ppid := os.Getppid()
 
+	// killTree kills the whole tree and reaps it. The supervisor lives in the
+	// attempt's cgroup and the tree in a cgroup below it, so cgroup.kill kills
+	// everything of the tree at once but not the supervisor, which stays to reap:
+	// no process of the attempt is left as a zombie.
 	killTree := func() {
 		if cgroup != "" {
-			// Kills this process too; everything in the cgroup dies at once.
 			_ = os.WriteFile(cgroup+"/cgroup.kill", []byte("1"), 0)
 		}
 		killDescendants(10 * time.Second)
@@ -104,10 +107,19 @@ func supervise() int {
 	sigchld := make(chan os.Signal, 1)
 	signal.Notify(sigchld, syscall.SIGCHLD)
 
+	sys := &syscall.SysProcAttr{Setpgid: true}
+	if cgroup != "" {
+		fd, err := syscall.Open(cgroup, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
+		if err != nil {
+			fmt.Fprintf(status, "error open cgroup %s: %v\n", cgroup, err)
+			return 1
+		}
+		sys.UseCgroupFD, sys.CgroupFD = true, fd
+	}
 	pid, err := syscall.ForkExec(os.Args[1], os.Args[1:], &syscall.ProcAttr{
 		Env:   os.Environ(),
 		Files: []uintptr{0, 1, 2},
-		Sys:   &syscall.SysProcAttr{Setpgid: true},
+		Sys:   sys,
 	})
 	if err != nil {
 		fmt.Fprintf(status, "error start %s: %v\n", os.Args[1], err)
@@ -145,7 +157,7 @@ func supervise() int {
 		select {
 		case ws := <-exited:
 			fmt.Fprintf(status, "exit %d\n", uint32(ws))
-			killDescendants(10 * time.Second)
+			killTree()
 			return 0
 		case <-lifeEnded:
 			killTree()

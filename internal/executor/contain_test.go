@@ -20,19 +20,20 @@ import (
 // Environment of the helper worker process (TestMain): the test binary re-run as
 // a worker that runs one shell task and waits, so a test can SIGKILL it.
 const (
-	envHelperDir  = "BATON_TEST_HELPER_DIR"
-	envHelperMech = "BATON_TEST_HELPER_MECHANISM"
+	envHelperDir       = "BATON_TEST_HELPER_DIR"
+	envHelperMech      = "BATON_TEST_HELPER_MECHANISM"
+	envHelperCgroupDir = "BATON_TEST_HELPER_CGROUP_DIR"
 )
 
 func TestMain(m *testing.M) {
 	if dir := os.Getenv(envHelperDir); dir != "" {
-		os.Exit(helperWorker(dir, contain.Mechanism(os.Getenv(envHelperMech))))
+		os.Exit(helperWorker(dir, contain.Options{Mechanism: contain.Mechanism(os.Getenv(envHelperMech)), CgroupDir: os.Getenv(envHelperCgroupDir)}))
 	}
 	os.Exit(m.Run())
 }
 
-func helperWorker(dir string, mech contain.Mechanism) int {
-	e := &Executor{AllowShell: true, Containment: mech}
+func helperWorker(dir string, opts contain.Options) int {
+	e := &Executor{AllowShell: true, Contain: opts}
 	p, _ := json.Marshal(ShellPayload{Command: `. "$D/tree.sh"`, Env: map[string]string{"D": dir}})
 	res := e.Run(context.Background(), Task{ID: 1, Attempt: 1, Kind: KindShell, Payload: p}, 0)
 	fmt.Printf("%+v\n", res)
@@ -166,7 +167,7 @@ func requireCgroup(t *testing.T) {
 func TestKilledAttemptKillsWholeTree(t *testing.T) {
 	t.Parallel()
 	forEachMechanism(t, func(t *testing.T, mech contain.Mechanism) {
-		e := &Executor{AllowShell: true, Containment: mech}
+		e := &Executor{AllowShell: true, Contain: contain.Options{Mechanism: mech}}
 		t.Cleanup(func() { _ = e.Close() })
 		dir := writeTree(t)
 		ctx, cancel := context.WithCancelCause(context.Background())
@@ -182,7 +183,13 @@ func TestKilledAttemptKillsWholeTree(t *testing.T) {
 		case <-time.After(30 * time.Second):
 			t.Fatal("Run did not return after its attempt was killed")
 		}
-		waitGone(t, ids)
+		// Nothing is even left as a zombie: the supervisor reaped the tree
+		// before it exited, and Run returned after that.
+		for _, id := range ids {
+			if start, err := contain.StartTime(id.pid); err == nil && start == id.start {
+				t.Errorf("%s (pid %d) still exists after Run returned", id.name, id.pid)
+			}
+		}
 		if m := e.contain; m.Dir() != "" {
 			entries, _ := os.ReadDir(m.Dir())
 			for _, en := range entries {
@@ -199,7 +206,7 @@ func TestWorkerSIGKILLKillsWholeTree(t *testing.T) {
 	t.Parallel()
 	forEachMechanism(t, func(t *testing.T, mech contain.Mechanism) {
 		dir := writeTree(t)
-		worker := startHelperWorker(t, dir, mech)
+		worker := startHelperWorker(t, dir, contain.Options{Mechanism: mech})
 		ids := waitTree(t, dir, treeProcs)
 		if err := worker.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
@@ -214,43 +221,79 @@ func TestWorkerSIGKILLKillsWholeTree(t *testing.T) {
 func TestRestartRemovesLeftoverCgroups(t *testing.T) {
 	t.Parallel()
 	requireCgroup(t)
+	// Workers of their own CgroupDir: no other worker starting on this host
+	// (another test, another test binary) cleans these leftovers first.
+	opts := contain.Options{Mechanism: contain.Cgroup, CgroupDir: fmt.Sprintf("baton-test-%d", os.Getpid())}
 	dir := writeTree(t)
-	worker := startHelperWorker(t, dir, contain.Cgroup)
+	worker := startHelperWorker(t, dir, opts)
 	ids := waitTree(t, dir, treeProcs)
 	supervisor := ids[1]
 	// Stop the supervisor so it cannot react, then kill both.
 	_ = syscall.Kill(supervisor.pid, syscall.SIGSTOP)
+	deadline := time.Now().Add(20 * time.Second)
+	for procState(supervisor.pid) != "T" { // every thread stopped, not just signalled
+		if time.Now().After(deadline) {
+			t.Fatalf("supervisor %d did not stop: state %q", supervisor.pid, procState(supervisor.pid))
+		}
+		time.Sleep(time.Millisecond)
+	}
 	_ = worker.Process.Signal(syscall.SIGKILL)
 	_ = worker.Wait()
 	_ = syscall.Kill(supervisor.pid, syscall.SIGKILL)
+	// The shell runs in <base>/<worker>/<attempt>/tree: find the dead worker's directory.
 	cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", ids[0].pid))
 	if err != nil {
 		t.Fatal(err)
 	}
+	var rel string
+	for _, line := range strings.Split(string(cg), "\n") {
+		if r, ok := strings.CutPrefix(line, "0::"); ok {
+			rel = r
+		}
+	}
+	workerName := filepath.Base(filepath.Dir(filepath.Dir(rel)))
 	for _, id := range ids[2:] {
 		if !contain.Alive(id.pid, id.start) {
 			t.Fatalf("%s died with worker and supervisor: the test does not exercise the restart cleanup", id.name)
 		}
 	}
-	m, err := contain.Open(contain.Options{Mechanism: contain.Cgroup})
+	if !strings.HasSuffix(rel, "/tree") || !strings.Contains(rel, "/"+opts.CgroupDir+"/") {
+		t.Fatalf("the shell runs in cgroup %q, not in an attempt's tree cgroup", rel)
+	}
+	m, err := contain.Open(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = m.Close() })
+	t.Cleanup(func() {
+		_ = m.Close()
+		_ = syscall.Rmdir(filepath.Dir(m.Dir()))
+	})
+	if m.StaleRemoved() != 1 {
+		t.Errorf("Open removed %d dead workers' cgroups, want 1", m.StaleRemoved())
+	}
 	waitGone(t, ids)
-	// The dead worker's cgroup directory is gone (removed by this Open, or by a
-	// concurrent test's).
-	rel := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(string(cg)), "0::"))
-	workerDir := filepath.Join(filepath.Dir(m.Dir()), filepath.Base(filepath.Dir(rel)))
+	workerDir := filepath.Join(filepath.Dir(m.Dir()), workerName)
 	if _, err := os.Stat(workerDir); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("dead worker's cgroup %s: %v", workerDir, err)
 	}
 }
 
-func startHelperWorker(t *testing.T, dir string, mech contain.Mechanism) *exec.Cmd {
+func procState(pid int) string {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+1:]))
+	if len(f) == 0 {
+		return ""
+	}
+	return f[0]
+}
+
+func startHelperWorker(t *testing.T, dir string, opts contain.Options) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), envHelperDir+"="+dir, envHelperMech+"="+string(mech))
+	cmd.Env = append(os.Environ(), envHelperDir+"="+dir, envHelperMech+"="+string(opts.Mechanism), envHelperCgroupDir+"="+opts.CgroupDir)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -266,7 +309,7 @@ func startHelperWorker(t *testing.T, dir string, mech contain.Mechanism) *exec.C
 func TestDetachedDescendantHoldingStdoutDoesNotBlock(t *testing.T) {
 	t.Parallel()
 	forEachMechanism(t, func(t *testing.T, mech contain.Mechanism) {
-		e := &Executor{AllowShell: true, Containment: mech}
+		e := &Executor{AllowShell: true, Contain: contain.Options{Mechanism: mech}}
 		t.Cleanup(func() { _ = e.Close() })
 		dir := t.TempDir()
 		cases := []struct {
@@ -369,7 +412,7 @@ func TestShellDisabled(t *testing.T) {
 func TestTaskKillingItsSupervisor(t *testing.T) {
 	t.Parallel()
 	forEachMechanism(t, func(t *testing.T, mech contain.Mechanism) {
-		e := &Executor{AllowShell: true, Containment: mech}
+		e := &Executor{AllowShell: true, Contain: contain.Options{Mechanism: mech}}
 		t.Cleanup(func() { _ = e.Close() })
 		dir := writeTree(t)
 		script := `rec() { echo "$2" > "$D/$1.tmp" && mv "$D/$1.tmp" "$D/$1.pid"; }

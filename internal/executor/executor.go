@@ -102,10 +102,10 @@ type Executor struct {
 	// inherits (nil: DefaultShellEnvAllow). The task's own env and BATON_TASK_ID,
 	// BATON_ATTEMPT, BATON_WORKER, BATON_SESSION_ID are added to them.
 	ShellEnvAllow []string
-	// Containment chooses how shell task trees are contained (default: a cgroup
-	// per attempt when usable, else the supervisor alone).
-	Containment contain.Mechanism
-	Logger      *zap.Logger
+	// Contain chooses how shell task trees are contained (zero value: a cgroup per
+	// attempt when usable, else the supervisor alone).
+	Contain contain.Options
+	Logger  *zap.Logger
 
 	openOnce sync.Once
 	contain  *contain.Manager
@@ -124,7 +124,7 @@ func (e *Executor) Open() error {
 		if log == nil {
 			log = zap.NewNop()
 		}
-		e.contain, e.openErr = contain.Open(contain.Options{Mechanism: e.Containment})
+		e.contain, e.openErr = contain.Open(e.Contain)
 		if e.openErr != nil {
 			log.Error("shell task containment unavailable; shell tasks will fail", zap.Error(e.openErr))
 			return
