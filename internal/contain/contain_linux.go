@@ -1,0 +1,412 @@
+//go:build linux
+
+package contain
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+var managerSeq atomic.Int64
+
+// Manager starts contained processes. One per worker; Close it when the worker stops.
+type Manager struct {
+	mech   Mechanism
+	reason string // why cgroups are not used (Auto only)
+	exe    string
+	dir    string // this Manager's cgroup directory (cgroup mode)
+	stale  int
+	seq    atomic.Int64
+
+	mu     sync.Mutex
+	live   map[*Process]struct{}
+	closed bool
+}
+
+// Open detects what the host allows — never assumes — and prepares it: with
+// cgroup v2 usable (a cgroup2 mount showing this process's cgroup, writable, a
+// real process cloned into a new cgroup lands there) it creates the Manager's
+// cgroup directory under <own cgroup>/baton/ after removing the directories of
+// previous incarnations whose owner process is gone (killing what still runs in
+// them). It also checks, with a real process, that the supervisor hook runs.
+func Open(opts Options) (*Manager, error) {
+	m := &Manager{mech: opts.Mechanism, exe: "/proc/self/exe", live: map[*Process]struct{}{}}
+	switch m.mech {
+	case Auto, Cgroup:
+		dirName := opts.CgroupDir
+		if dirName == "" {
+			dirName = cgroupDirName
+		}
+		err := m.openCgroup(dirName)
+		if err == nil {
+			m.mech = Cgroup
+			return m, nil
+		}
+		if m.mech == Cgroup {
+			return nil, fmt.Errorf("cgroup containment: %w", err)
+		}
+		m.mech, m.reason = Supervisor, err.Error()
+	case Supervisor:
+		m.reason = "supervisor chosen by configuration"
+	default:
+		return nil, fmt.Errorf("containment mechanism %q: want cgroup, supervisor or empty (auto)", opts.Mechanism)
+	}
+	if err := m.probe(""); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (m *Manager) openCgroup(dirName string) error {
+	own, err := ownCgroup()
+	if err != nil {
+		return err
+	}
+	if err := syscall.Access(filepath.Join(own, "cgroup.procs"), 2 /* W_OK */); err != nil {
+		return fmt.Errorf("cgroup %s is not delegated to this process (cgroup.procs: %w)", own, err)
+	}
+	if dirName != filepath.Base(dirName) || dirName == "." || dirName == ".." {
+		return fmt.Errorf("cgroup directory name %q must be one path element", dirName)
+	}
+	base := filepath.Join(own, dirName)
+	if err := os.Mkdir(base, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("create cgroup %s: %w", base, err)
+	}
+	stale, err := cleanStale(base)
+	m.stale = stale
+	if err != nil {
+		return fmt.Errorf("remove a previous worker's cgroups: %w", err)
+	}
+	name, err := managerName(managerSeq.Add(1))
+	if err != nil {
+		return err
+	}
+	m.dir = filepath.Join(base, name)
+	if err := os.Mkdir(m.dir, 0o755); err != nil {
+		return fmt.Errorf("create cgroup %s: %w", m.dir, err)
+	}
+	probeDir := filepath.Join(m.dir, "probe")
+	if err := os.Mkdir(probeDir, 0o755); err != nil {
+		_ = syscall.Rmdir(m.dir)
+		return fmt.Errorf("create cgroup %s: %w", probeDir, err)
+	}
+	err = m.probe(probeDir)
+	if rmErr := removeCgroup(probeDir, removeGrace); err == nil && rmErr != nil {
+		err = rmErr
+	}
+	if err != nil {
+		_ = removeCgroup(m.dir, removeGrace)
+		return err
+	}
+	return nil
+}
+
+// probe starts the supervisor hook in probe mode (in cgroup dir if set), checks
+// it answers and, with a cgroup, that it runs inside it.
+func (m *Manager) probe(dir string) error {
+	cmd := &exec.Cmd{Path: m.exe, Args: []string{probeArg0}, Env: []string{envMarker + "=probe"}}
+	cmd.SysProcAttr = &syscall.SysProcAttr{}
+	if dir != "" {
+		fd, err := os.Open(dir)
+		if err != nil {
+			return fmt.Errorf("open cgroup %s: %w", dir, err)
+		}
+		defer fd.Close()
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(fd.Fd())
+	}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start a probe process (%s): %w", m.exe, err)
+	}
+	defer func() {
+		_ = stdin.Close()
+		_ = cmd.Wait()
+	}()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || line != probeGreeting {
+		return fmt.Errorf("%s does not run the supervisor hook (answered %q: %v); link internal/contain into the worker binary", m.exe, line, err)
+	}
+	if dir == "" {
+		return nil
+	}
+	want, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return err
+	}
+	got, err := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/cgroup")
+	if err != nil {
+		return fmt.Errorf("read the probe's cgroup: %w", err)
+	}
+	wantPath := cgroupV2Path(string(want)) + "/" + filepath.Base(filepath.Dir(filepath.Dir(dir))) + "/" + filepath.Base(filepath.Dir(dir)) + "/" + filepath.Base(dir)
+	if p := cgroupV2Path(string(got)); strings.TrimPrefix(p, "/") != strings.TrimPrefix(wantPath, "/") {
+		return fmt.Errorf("a process cloned into cgroup %s landed in %q", dir, p)
+	}
+	return nil
+}
+
+func cgroupV2Path(procCgroup string) string {
+	for _, line := range strings.Split(procCgroup, "\n") {
+		if rest, ok := strings.CutPrefix(line, "0::"); ok {
+			return strings.TrimSuffix(rest, "/")
+		}
+	}
+	return ""
+}
+
+// Mechanism is the mechanism in use (never Auto).
+func (m *Manager) Mechanism() Mechanism { return m.mech }
+
+// Reason says why cgroups are not used ("" when they are).
+func (m *Manager) Reason() string { return m.reason }
+
+// StaleRemoved is how many cgroup directories of previous, dead workers Open removed.
+func (m *Manager) StaleRemoved() int { return m.stale }
+
+// Dir is the Manager's cgroup directory ("" without cgroups).
+func (m *Manager) Dir() string { return m.dir }
+
+// Process is a contained program and its whole tree.
+type Process struct {
+	m      *Manager
+	cmd    *exec.Cmd
+	cgroup string // the attempt's cgroup: the supervisor, and treeCgroup below it
+	tree   string // the cgroup of the shell and its descendants
+	life   *os.File
+
+	statusDone chan struct{} // closed at EOF of the status pipe: the supervisor exited
+	shellPid   atomic.Int64
+	exitLine   string // "exit <ws>" or "error <text>", set before statusDone closes
+
+	killOnce  sync.Once
+	killed    chan struct{}
+	lifeClose sync.Once
+}
+
+// Start starts c under a supervisor, inside a fresh cgroup in cgroup mode.
+func (m *Manager) Start(c Command) (*Process, error) {
+	m.mu.Lock()
+	closed := m.closed
+	m.mu.Unlock()
+	if closed {
+		return nil, errors.New("containment is closed: the worker is stopping")
+	}
+	if len(c.Args) == 0 {
+		return nil, errors.New("contain: empty command")
+	}
+	lifeR, lifeW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	statR, statW, err := os.Pipe()
+	if err != nil {
+		lifeR.Close()
+		lifeW.Close()
+		return nil, err
+	}
+	env := append(c.Env[:len(c.Env):len(c.Env)], envMarker+"=task")
+	cmd := &exec.Cmd{
+		Path:       m.exe,
+		Args:       append([]string{supervisorArg0}, c.Args...),
+		Dir:        c.Dir,
+		Stdout:     c.Stdout,
+		Stderr:     c.Stderr,
+		ExtraFiles: []*os.File{lifeR, statW},
+		WaitDelay:  OutputGrace,
+		SysProcAttr: &syscall.SysProcAttr{
+			Setpgid:   true,
+			Pdeathsig: syscall.SIGHUP,
+		},
+	}
+	p := &Process{m: m, cmd: cmd, life: lifeW, statusDone: make(chan struct{}), killed: make(chan struct{})}
+	var cgFD *os.File
+	if m.mech == Cgroup {
+		p.cgroup = filepath.Join(m.dir, fmt.Sprintf("%s-%d", sanitize(c.Name), m.seq.Add(1)))
+		p.tree = filepath.Join(p.cgroup, "tree")
+		if err := os.Mkdir(p.cgroup, 0o755); err != nil {
+			closeAll(lifeR, lifeW, statR, statW)
+			return nil, fmt.Errorf("create cgroup: %w", err)
+		}
+		if err := os.Mkdir(p.tree, 0o755); err != nil {
+			closeAll(lifeR, lifeW, statR, statW)
+			_ = syscall.Rmdir(p.cgroup)
+			return nil, fmt.Errorf("create cgroup: %w", err)
+		}
+		if cgFD, err = os.Open(p.cgroup); err != nil {
+			closeAll(lifeR, lifeW, statR, statW)
+			_ = removeCgroup(p.cgroup, removeGrace)
+			return nil, fmt.Errorf("open cgroup: %w", err)
+		}
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(cgFD.Fd())
+		env = append(env, envCgroup+"="+p.tree)
+	}
+	cmd.Env = env
+	// Pdeathsig follows the thread that forks, not the process: fork from a
+	// locked thread. (The supervisor double-checks its parent on SIGHUP, since
+	// Go may still end that thread later.)
+	runtime.LockOSThread()
+	err = cmd.Start()
+	runtime.UnlockOSThread()
+	closeAll(lifeR, statW, cgFD)
+	if err != nil {
+		closeAll(lifeW, statR)
+		if p.cgroup != "" {
+			_ = removeCgroup(p.cgroup, removeGrace)
+		}
+		return nil, err
+	}
+	m.mu.Lock()
+	m.live[p] = struct{}{}
+	m.mu.Unlock()
+	go p.readStatus(statR)
+	return p, nil
+}
+
+func closeAll(fs ...*os.File) {
+	for _, f := range fs {
+		if f != nil {
+			_ = f.Close()
+		}
+	}
+}
+
+func sanitize(name string) string {
+	if name == "" {
+		return "task"
+	}
+	return strings.Map(func(r rune) rune {
+		if r == '/' || r == 0 || r == '\n' {
+			return '_'
+		}
+		return r
+	}, name)
+}
+
+func (p *Process) readStatus(r *os.File) {
+	defer close(p.statusDone)
+	defer r.Close()
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		line := sc.Text()
+		if rest, ok := strings.CutPrefix(line, "pid "); ok {
+			if pid, err := strconv.Atoi(rest); err == nil {
+				p.shellPid.Store(int64(pid))
+			}
+			continue
+		}
+		p.exitLine = line
+	}
+}
+
+// Kill kills the whole tree now. It does not wait; Wait does. The supervisor
+// is left to reap the tree and exit (so no zombie is left to init).
+func (p *Process) Kill() {
+	p.killOnce.Do(func() {
+		if p.tree != "" {
+			cgroupKill(p.tree)
+		}
+		p.closeLife()
+		close(p.killed)
+	})
+}
+
+func (p *Process) closeLife() { p.lifeClose.Do(func() { _ = p.life.Close() }) }
+
+// Wait waits until the program and every process of its tree are gone (within
+// the bounds KillGrace, OutputGrace and the cgroup removal deadline), and removes
+// the attempt's cgroup.
+func (p *Process) Wait() Exit {
+	select {
+	case <-p.statusDone:
+	case <-p.killed:
+		select {
+		case <-p.statusDone:
+		case <-time.After(KillGrace):
+			// The supervisor did not end (stopped, or stuck): kill it and the
+			// shell's process group from here.
+			_ = p.cmd.Process.Kill()
+			if pid := p.shellPid.Load(); pid > 0 {
+				_ = syscall.Kill(-int(pid), syscall.SIGKILL)
+			}
+			<-p.statusDone
+		}
+	}
+	// The supervisor is gone. Whatever of the tree is left dies now: all of it
+	// with a cgroup; without one, the shell's process group (a supervisor that
+	// was itself SIGKILLed could not kill the rest).
+	if p.cgroup != "" {
+		cgroupKill(p.cgroup)
+	} else if !strings.HasPrefix(p.exitLine, "exit ") {
+		if pid := p.shellPid.Load(); pid > 0 {
+			_ = syscall.Kill(-int(pid), syscall.SIGKILL)
+		}
+	}
+	waitErr := p.cmd.Wait()
+	p.closeLife()
+	if p.cgroup != "" {
+		_ = removeCgroup(p.cgroup, removeGrace)
+	}
+	p.m.mu.Lock()
+	delete(p.m.live, p)
+	p.m.mu.Unlock()
+	return p.exit(waitErr)
+}
+
+func (p *Process) exit(waitErr error) Exit {
+	if rest, ok := strings.CutPrefix(p.exitLine, "exit "); ok {
+		if n, err := strconv.ParseUint(rest, 10, 32); err == nil {
+			ws := syscall.WaitStatus(uint32(n))
+			switch {
+			case ws.Exited() && ws.ExitStatus() == 0:
+				return Exit{Code: 0}
+			case ws.Exited():
+				return Exit{Code: ws.ExitStatus(), Err: fmt.Errorf("exit status %d", ws.ExitStatus())}
+			case ws.Signaled():
+				return Exit{Code: -1, Err: fmt.Errorf("signal: %v", ws.Signal())}
+			}
+		}
+	}
+	if rest, ok := strings.CutPrefix(p.exitLine, "error "); ok {
+		return Exit{Code: -1, Err: errors.New(rest)}
+	}
+	if waitErr == nil {
+		waitErr = errors.New("exited without a status")
+	}
+	return Exit{Code: -1, Err: fmt.Errorf("task supervisor ended before the command: %w", waitErr)}
+}
+
+// Close kills every process still running and removes the Manager's cgroup.
+// Start fails afterwards.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	m.closed = true
+	live := make([]*Process, 0, len(m.live))
+	for p := range m.live {
+		live = append(live, p)
+	}
+	m.mu.Unlock()
+	for _, p := range live {
+		p.Kill()
+	}
+	if m.dir == "" {
+		return nil
+	}
+	return removeCgroup(m.dir, removeGrace)
+}
