@@ -22,12 +22,13 @@ var managerSeq atomic.Int64
 
 // Manager starts contained processes. One per worker; Close it when the worker stops.
 type Manager struct {
-	mech   Mechanism
-	reason string // why cgroups are not used (Auto only)
-	exe    string
-	dir    string // this Manager's cgroup directory (cgroup mode)
-	stale  int
-	seq    atomic.Int64
+	mech     Mechanism
+	reason   string // why cgroups are not used (Auto only)
+	exe      string
+	dir      string // this Manager's cgroup directory (cgroup mode)
+	stale    int
+	staleErr error
+	seq      atomic.Int64
 
 	mu     sync.Mutex
 	live   map[*Process]struct{}
@@ -83,11 +84,9 @@ func (m *Manager) openCgroup(dirName string) error {
 	if err := os.Mkdir(base, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 		return fmt.Errorf("create cgroup %s: %w", base, err)
 	}
-	stale, err := cleanStale(base)
-	m.stale = stale
-	if err != nil {
-		return fmt.Errorf("remove a previous worker's cgroups: %w", err)
-	}
+	// A leftover that cannot be removed now stays for the next start; it does
+	// not stop this worker from using cgroups.
+	m.stale, m.staleErr = cleanStale(base)
 	name, err := managerName(managerSeq.Add(1))
 	if err != nil {
 		return err
@@ -179,6 +178,9 @@ func (m *Manager) Reason() string { return m.reason }
 
 // StaleRemoved is how many cgroup directories of previous, dead workers Open removed.
 func (m *Manager) StaleRemoved() int { return m.stale }
+
+// StaleError is why some leftovers of dead workers could not be removed (nil if all were).
+func (m *Manager) StaleError() error { return m.staleErr }
 
 // Dir is the Manager's cgroup directory ("" without cgroups).
 func (m *Manager) Dir() string { return m.dir }

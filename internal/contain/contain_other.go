@@ -21,6 +21,7 @@ func Open(Options) (*Manager, error) { return nil, errNotLinux }
 func (*Manager) Mechanism() Mechanism            { return Auto }
 func (*Manager) Reason() string                  { return errNotLinux.Error() }
 func (*Manager) StaleRemoved() int               { return 0 }
+func (*Manager) StaleError() error               { return nil }
 func (*Manager) Dir() string                     { return "" }
 func (*Manager) Start(Command) (*Process, error) { return nil, errNotLinux }
 func (*Manager) Close() error                    { return nil }

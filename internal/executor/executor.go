@@ -129,6 +129,9 @@ func (e *Executor) Open() error {
 			log.Error("shell task containment unavailable; shell tasks will fail", zap.Error(e.openErr))
 			return
 		}
+		if err := e.contain.StaleError(); err != nil {
+			log.Warn("leftover task cgroups of a dead worker not removed; retried at next start", zap.Error(err))
+		}
 		log.Info("shell task containment ready",
 			logfield.Containment(string(e.contain.Mechanism())), logfield.Reason(e.contain.Reason()),
 			logfield.Count("stale_cgroups_removed", e.contain.StaleRemoved()))
