@@ -48,6 +48,12 @@ type Options struct {
 	// cgroups of every worker sharing it (default "baton"). A worker removes the
 	// leftovers of dead workers in its own CgroupDir only.
 	CgroupDir string
+	// FrozenAfter, if set, makes the worker ping every supervisor over its life
+	// pipe every FrozenAfter/8; a supervisor that hears nothing for FrozenAfter
+	// kills its tree. A frozen worker (SIGSTOP, a VM or GC stall) cannot fence
+	// itself: this keeps its tasks from running on while masters move them. Set it
+	// below the masters' worker timeout (a worker uses its self-fence deadline).
+	FrozenAfter time.Duration
 }
 
 // Command is one program to run contained.

@@ -30,6 +30,9 @@ type Manager struct {
 	staleErr error
 	seq      atomic.Int64
 
+	frozenAfter time.Duration
+	stopPing    chan struct{}
+
 	mu     sync.Mutex
 	live   map[*Process]struct{}
 	closed bool
@@ -42,7 +45,11 @@ type Manager struct {
 // previous incarnations whose owner process is gone (killing what still runs in
 // them). It also checks, with a real process, that the supervisor hook runs.
 func Open(opts Options) (*Manager, error) {
-	m := &Manager{mech: opts.Mechanism, exe: "/proc/self/exe", live: map[*Process]struct{}{}}
+	if opts.FrozenAfter < 0 {
+		return nil, fmt.Errorf("frozen-after %s is negative", opts.FrozenAfter)
+	}
+	m := &Manager{mech: opts.Mechanism, exe: "/proc/self/exe", live: map[*Process]struct{}{},
+		frozenAfter: opts.FrozenAfter, stopPing: make(chan struct{})}
 	switch m.mech {
 	case Auto, Cgroup:
 		dirName := opts.CgroupDir
@@ -52,6 +59,7 @@ func Open(opts Options) (*Manager, error) {
 		err := m.openCgroup(dirName)
 		if err == nil {
 			m.mech = Cgroup
+			m.startPinging()
 			return m, nil
 		}
 		if m.mech == Cgroup {
@@ -66,7 +74,33 @@ func Open(opts Options) (*Manager, error) {
 	if err := m.probe(""); err != nil {
 		return nil, err
 	}
+	m.startPinging()
 	return m, nil
+}
+
+// startPinging writes a byte to every live supervisor's life pipe every
+// FrozenAfter/8, until Close: the supervisors' proof that the worker still runs.
+func (m *Manager) startPinging() {
+	if m.frozenAfter <= 0 {
+		return
+	}
+	go func() {
+		tick := time.NewTicker(m.frozenAfter / 8)
+		defer tick.Stop()
+		ping := []byte{0}
+		for {
+			select {
+			case <-m.stopPing:
+				return
+			case <-tick.C:
+			}
+			m.mu.Lock()
+			for p := range m.live {
+				p.ping(ping)
+			}
+			m.mu.Unlock()
+		}
+	}()
 }
 
 func (m *Manager) openCgroup(dirName string) error {
@@ -197,9 +231,11 @@ type Process struct {
 	shellPid   atomic.Int64
 	exitLine   string // "exit <ws>" or "error <text>", set before statusDone closes
 
-	killOnce  sync.Once
-	killed    chan struct{}
-	lifeClose sync.Once
+	killOnce   sync.Once
+	killed     chan struct{}
+	lifeClose  sync.Once
+	lifeMu     sync.Mutex
+	lifeClosed bool
 }
 
 // Start starts c under a supervisor, inside a fresh cgroup in cgroup mode.
@@ -224,6 +260,9 @@ func (m *Manager) Start(c Command) (*Process, error) {
 		return nil, err
 	}
 	env := append(c.Env[:len(c.Env):len(c.Env)], envMarker+"=task")
+	if m.frozenAfter > 0 {
+		env = append(env, fmt.Sprintf("%s=%d", envFrozen, max(m.frozenAfter.Milliseconds(), 1)))
+	}
 	cmd := &exec.Cmd{
 		Path:       m.exe,
 		Args:       append([]string{supervisorArg0}, c.Args...),
@@ -329,7 +368,26 @@ func (p *Process) Kill() {
 	})
 }
 
-func (p *Process) closeLife() { p.lifeClose.Do(func() { _ = p.life.Close() }) }
+func (p *Process) closeLife() {
+	p.lifeClose.Do(func() {
+		p.lifeMu.Lock()
+		defer p.lifeMu.Unlock()
+		_ = p.life.Close()
+		p.lifeClosed = true
+	})
+}
+
+// ping writes to the life pipe unless it is closed. The supervisor reads all the
+// time, so the write does not block (a stopped supervisor would fill the 64 KiB
+// pipe only after hours of pings; the write is then dropped).
+func (p *Process) ping(b []byte) {
+	p.lifeMu.Lock()
+	defer p.lifeMu.Unlock()
+	if !p.lifeClosed {
+		_ = p.life.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = p.life.Write(b)
+	}
+}
 
 // Wait waits until the program and every process of its tree are gone (within
 // the bounds KillGrace, OutputGrace and the cgroup removal deadline), and removes
@@ -398,6 +456,9 @@ func (p *Process) exit(waitErr error) Exit {
 // Start fails afterwards.
 func (m *Manager) Close() error {
 	m.mu.Lock()
+	if !m.closed {
+		close(m.stopPing)
+	}
 	m.closed = true
 	live := make([]*Process, 0, len(m.live))
 	for p := range m.live {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 )
@@ -21,6 +22,7 @@ import (
 const (
 	envMarker = "BATON_CONTAIN_SUPERVISOR" // "task": supervise argv[1:]; "probe": see probe
 	envCgroup = "BATON_CONTAIN_CGROUP"     // the cgroup the task's tree runs in (below the supervisor's), if any
+	envFrozen = "BATON_CONTAIN_FROZEN_MS"  // Options.FrozenAfter in milliseconds; "" or 0: off
 
 	supervisorArg0 = "baton-supervise" // what ps shows
 	probeArg0      = "baton-contain-probe"
@@ -71,12 +73,18 @@ func probe() int {
 //   - the worker starts it with Pdeathsig SIGHUP; SIGHUP kills the tree when the
 //     parent process is gone (SIGHUP alone can also mean only the forking thread
 //     ended, so the parent pid is checked); SIGTERM and SIGINT kill the tree;
+//   - with FrozenAfter set, the worker pings it over the life pipe; without a
+//     ping for that long the worker is frozen (SIGSTOP, a stall), and the tree is
+//     killed before masters move the attempt elsewhere;
 //   - when the shell exits, its status is reported and the descendants it left
 //     behind are killed: nothing of an attempt runs after the attempt ended.
 func supervise() int {
 	cgroup := os.Getenv(envCgroup)
+	frozenMs, _ := strconv.Atoi(os.Getenv(envFrozen))
+	frozenAfter := time.Duration(frozenMs) * time.Millisecond
 	_ = os.Unsetenv(envMarker)
 	_ = os.Unsetenv(envCgroup)
+	_ = os.Unsetenv(envFrozen)
 	// The task must not inherit the worker's pipes: a descendant holding the
 	// status pipe would hide the supervisor's exit from the worker.
 	syscall.CloseOnExec(fdLife)
@@ -149,11 +157,29 @@ func supervise() int {
 			<-sigchld
 		}
 	}()
+	// The worker writes a byte to the life pipe every FrozenAfter/8 (if set);
+	// EOF means it is gone or kills the attempt.
 	lifeEnded := make(chan struct{})
+	pinged := make(chan struct{}, 1)
 	go func() {
-		_, _ = io.Copy(io.Discard, life)
-		close(lifeEnded)
+		buf := make([]byte, 64)
+		for {
+			if _, err := life.Read(buf); err != nil {
+				close(lifeEnded)
+				return
+			}
+			select {
+			case pinged <- struct{}{}:
+			default:
+			}
+		}
 	}()
+	var frozen <-chan time.Time
+	var frozenTimer *time.Timer
+	if frozenAfter > 0 {
+		frozenTimer = time.NewTimer(frozenAfter)
+		frozen = frozenTimer.C
+	}
 
 	for {
 		select {
@@ -162,6 +188,16 @@ func supervise() int {
 			killTree()
 			return 0
 		case <-lifeEnded:
+			killTree()
+			return 137
+		case <-pinged:
+			if frozenTimer != nil {
+				frozenTimer.Reset(frozenAfter)
+			}
+		case <-frozen:
+			// The worker is frozen (SIGSTOP, a stall): it can neither heartbeat
+			// nor fence itself, and masters are about to move this attempt.
+			fmt.Fprintf(status, "error the worker did not answer its task supervisor for %s (frozen?); the task was killed so that it cannot run alongside its failover\n", frozenAfter)
 			killTree()
 			return 137
 		case sig := <-sigs:

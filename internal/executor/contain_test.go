@@ -25,11 +25,14 @@ const (
 	envHelperDir       = "BATON_TEST_HELPER_DIR"
 	envHelperMech      = "BATON_TEST_HELPER_MECHANISM"
 	envHelperCgroupDir = "BATON_TEST_HELPER_CGROUP_DIR"
+	envHelperFrozen    = "BATON_TEST_HELPER_FROZEN"
 )
 
 func TestMain(m *testing.M) {
 	if dir := os.Getenv(envHelperDir); dir != "" {
-		os.Exit(helperWorker(dir, contain.Options{Mechanism: contain.Mechanism(os.Getenv(envHelperMech)), CgroupDir: os.Getenv(envHelperCgroupDir)}))
+		frozen, _ := time.ParseDuration(os.Getenv(envHelperFrozen))
+		os.Exit(helperWorker(dir, contain.Options{Mechanism: contain.Mechanism(os.Getenv(envHelperMech)),
+			CgroupDir: os.Getenv(envHelperCgroupDir), FrozenAfter: frozen}))
 	}
 	os.Exit(m.Run())
 }
@@ -232,13 +235,7 @@ func TestRestartRemovesLeftoverCgroups(t *testing.T) {
 	supervisor := ids[1]
 	// Stop the supervisor so it cannot react, then kill both.
 	_ = syscall.Kill(supervisor.pid, syscall.SIGSTOP)
-	deadline := time.Now().Add(20 * time.Second)
-	for procState(supervisor.pid) != "T" { // every thread stopped, not just signalled
-		if time.Now().After(deadline) {
-			t.Fatalf("supervisor %d did not stop: state %q", supervisor.pid, procState(supervisor.pid))
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitStopped(t, supervisor.pid)
 	_ = worker.Process.Signal(syscall.SIGKILL)
 	_ = worker.Wait()
 	_ = syscall.Kill(supervisor.pid, syscall.SIGKILL)
@@ -280,6 +277,18 @@ func TestRestartRemovesLeftoverCgroups(t *testing.T) {
 	}
 }
 
+// waitStopped waits until every thread of pid is stopped, not just signalled.
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for procState(pid) != "T" {
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d did not stop: state %q", pid, procState(pid))
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func procState(pid int) string {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -295,7 +304,8 @@ func procState(pid int) string {
 func startHelperWorker(t *testing.T, dir string, opts contain.Options) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), envHelperDir+"="+dir, envHelperMech+"="+string(opts.Mechanism), envHelperCgroupDir+"="+opts.CgroupDir)
+	cmd.Env = append(os.Environ(), envHelperDir+"="+dir, envHelperMech+"="+string(opts.Mechanism),
+		envHelperCgroupDir+"="+opts.CgroupDir, envHelperFrozen+"="+opts.FrozenAfter.String())
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -443,4 +453,30 @@ wait`
 			waitGone(t, ids[:1])
 		}
 	})
+}
+
+// A frozen worker (SIGSTOP, a stall) can neither heartbeat nor fence itself; with
+// FrozenAfter its supervisors notice the missing pings and kill their trees before
+// masters move the attempts.
+func TestFrozenWorkerKillsWholeTree(t *testing.T) {
+	t.Parallel()
+	forEachMechanism(t, func(t *testing.T, mech contain.Mechanism) {
+		dir := writeTree(t)
+		worker := startHelperWorker(t, dir, contain.Options{Mechanism: mech, FrozenAfter: 500 * time.Millisecond})
+		ids := waitTree(t, dir, treeProcs)
+		_ = worker.Process.Signal(syscall.SIGSTOP)
+		waitStopped(t, worker.Process.Pid)
+		t.Cleanup(func() { _ = worker.Process.Signal(syscall.SIGCONT) })
+		waitGone(t, ids)
+	})
+}
+
+// Pings keep a task running past FrozenAfter while the worker runs.
+func TestPingsKeepTasksAlive(t *testing.T) {
+	t.Parallel()
+	e := &Executor{AllowShell: true, Contain: contain.Options{FrozenAfter: time.Second}}
+	t.Cleanup(func() { _ = e.Close() })
+	if res := e.Run(context.Background(), shellTask(t, "sleep 2.5; echo ok"), 0); res.Outcome != OutcomeSucceeded || res.Output != "ok\n" {
+		t.Fatalf("got %+v", res)
+	}
 }

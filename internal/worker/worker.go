@@ -29,6 +29,7 @@ import (
 
 	"github.com/baton-scheduler/baton/internal/claimer"
 	"github.com/baton-scheduler/baton/internal/completer"
+	"github.com/baton-scheduler/baton/internal/contain"
 	"github.com/baton-scheduler/baton/internal/drain"
 	"github.com/baton-scheduler/baton/internal/executor"
 	"github.com/baton-scheduler/baton/internal/logfield"
@@ -83,7 +84,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 		cfg:  cfg,
 		pool: pool,
 		log:  cfg.Logger.Named("worker"),
-		exec: &executor.Executor{Handlers: cfg.Handlers, MaxOutput: cfg.MaxOutput, AllowShell: true /* #9 wires cfg.AllowShell */, ShellEnvAllow: cfg.ShellEnvAllow, Logger: cfg.Logger},
+		exec: &executor.Executor{Handlers: cfg.Handlers, MaxOutput: cfg.MaxOutput, AllowShell: true /* #9 wires cfg.AllowShell */, ShellEnvAllow: cfg.ShellEnvAllow, Logger: cfg.Logger, Contain: contain.Options{FrozenAfter: cfg.SelfFenceAfter}},
 		wake: notify.NewSignal(),
 	}
 	w.rows = &session.Rows{Base: w.base("session"), Pool: pool,
