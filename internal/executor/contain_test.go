@@ -39,6 +39,7 @@ func TestMain(m *testing.M) {
 
 func helperWorker(dir string, opts contain.Options) int {
 	e := &Executor{AllowShell: true, Contain: opts}
+	defer e.Close()
 	p, _ := json.Marshal(ShellPayload{Command: `. "$D/tree.sh"`, Env: map[string]string{"D": dir}})
 	res := e.Run(context.Background(), Task{ID: 1, Attempt: 1, Kind: KindShell, Payload: p}, 0)
 	fmt.Printf("%+v\n", res)
@@ -379,7 +380,9 @@ func TestShellEnvironmentIsAllowListed(t *testing.T) {
 	p, _ := json.Marshal(ShellPayload{Command: "env", Env: map[string]string{"OWN": "mine", "BATON_TASK_ID": "spoofed"}})
 	task := Task{ID: 5, Attempt: 3, Kind: KindShell, Payload: p, SessionID: 8, Worker: "w1"}
 
-	res := (&Executor{AllowShell: true}).Run(context.Background(), task, 0)
+	e := &Executor{AllowShell: true}
+	t.Cleanup(func() { _ = e.Close() })
+	res := e.Run(context.Background(), task, 0)
 	if res.Outcome != OutcomeSucceeded {
 		t.Fatalf("got %+v", res)
 	}
@@ -403,7 +406,9 @@ func TestShellEnvironmentIsAllowListed(t *testing.T) {
 		}
 	}
 
-	res = (&Executor{AllowShell: true, ShellEnvAllow: []string{"KEEP_*"}}).Run(context.Background(), task, 0)
+	custom := &Executor{AllowShell: true, ShellEnvAllow: []string{"KEEP_*"}}
+	t.Cleanup(func() { _ = custom.Close() })
+	res = custom.Run(context.Background(), task, 0)
 	if !strings.Contains(res.Output, "KEEP_ME=kept\n") || strings.Contains(res.Output, "LC_ALL=") || !strings.Contains(res.Output, "PATH=/usr/local/bin:/usr/bin:/bin\n") {
 		t.Fatalf("custom allow-list: %s", res.Output)
 	}

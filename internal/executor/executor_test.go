@@ -23,6 +23,7 @@ func shellTask(t *testing.T, cmd string) Task {
 func TestShellOutcomes(t *testing.T) {
 	t.Parallel()
 	e := &Executor{AllowShell: true}
+	t.Cleanup(func() { _ = e.Close() })
 	cases := []struct {
 		name, cmd, outcome, output string
 		code                       int32
@@ -50,6 +51,7 @@ func TestShellTimeoutKillsProcessGroup(t *testing.T) {
 	t.Parallel()
 	pidFile := filepath.Join(t.TempDir(), "child")
 	e := &Executor{AllowShell: true}
+	t.Cleanup(func() { _ = e.Close() })
 	res := e.Run(context.Background(), shellTask(t, "sleep 60 & echo $! > "+pidFile+"; wait"), 300*time.Millisecond)
 	if res.Outcome != OutcomeTimedOut || !strings.Contains(res.Error, "timed out after 300ms") {
 		t.Fatalf("got %+v", res)
@@ -109,6 +111,7 @@ func TestHandlerErrorsAndPanics(t *testing.T) {
 func TestOutputIsValidUTF8(t *testing.T) {
 	t.Parallel()
 	e := &Executor{AllowShell: true, MaxOutput: 5}
+	t.Cleanup(func() { _ = e.Close() })
 	res := e.Run(context.Background(), shellTask(t, `printf 'ab\303\251\303\251\000\377'`), 0)
 	if !utf8.ValidString(res.Output) || strings.ContainsRune(res.Output, 0) || !strings.HasPrefix(res.Output, "abé") {
 		t.Fatalf("output %q is not clean UTF-8", res.Output)
