@@ -414,6 +414,22 @@ func TestShellEnvironmentIsAllowListed(t *testing.T) {
 	}
 }
 
+func TestClosedExecutorFailsShellTasks(t *testing.T) {
+	t.Parallel()
+	for _, openFirst := range []bool{false, true} {
+		e := &Executor{AllowShell: true}
+		if openFirst {
+			if err := e.Open(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_ = e.Close()
+		if res := e.Run(context.Background(), shellTask(t, "echo hi"), 0); res.Outcome != OutcomeFailed || !strings.Contains(res.Error, "closed") {
+			t.Fatalf("opened first %v: got %+v", openFirst, res)
+		}
+	}
+}
+
 func TestShellDisabled(t *testing.T) {
 	t.Parallel()
 	res := (&Executor{}).Run(context.Background(), shellTask(t, "echo hi"), 0)

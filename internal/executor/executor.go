@@ -141,7 +141,8 @@ func (e *Executor) Open() error {
 
 // Close kills shell tasks still running and removes the executor's cgroups.
 func (e *Executor) Close() error {
-	e.openOnce.Do(func() {}) // no Open after Close; and e.contain is safe to read
+	// No Open after Close (shell tasks then fail), and e.contain is safe to read.
+	e.openOnce.Do(func() { e.openErr = errors.New("the executor is closed") })
 	if e.contain == nil {
 		return nil
 	}
