@@ -20,6 +20,9 @@ import (
 
 var managerSeq atomic.Int64
 
+// probeTimeout bounds Open's probe process.
+const probeTimeout = 10 * time.Second
+
 // Manager starts contained processes. One per worker; Close it when the worker stops.
 type Manager struct {
 	mech     Mechanism
@@ -173,7 +176,12 @@ func (m *Manager) probe(dir string) error {
 		_ = stdin.Close()
 		_ = cmd.Wait()
 	}()
+	// A binary whose earlier init() blocks must not block the worker's start.
+	timer := time.AfterFunc(probeTimeout, func() { _ = cmd.Process.Kill() })
 	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if !timer.Stop() && err != nil {
+		err = fmt.Errorf("no answer within %s: %w", probeTimeout, err)
+	}
 	if err != nil || line != probeGreeting {
 		return fmt.Errorf("%s does not run the supervisor hook (answered %q: %v); link internal/contain into the worker binary", m.exe, line, err)
 	}
