@@ -32,8 +32,8 @@ WITH m AS (
     SELECT t.id, t.attempt, t.worker_session_id, d.reason FROM t JOIN d ON d.task_id = t.id
 ), notified AS (
     -- One NOTIFY per statement naming the sessions that got work ("*" = everyone
-    -- when the list would not fit a payload; channel notify.ChannelClaim).
-    SELECT pg_notify('baton_claim', CASE WHEN length(ids) > 7000 THEN '*' ELSE ids END)
+    -- when the list would not fit a payload: notify.ClaimPayloadMax; channel notify.ChannelClaim).
+    SELECT pg_notify('baton_claim', CASE WHEN length(ids) > $3::int THEN '*' ELSE ids END)
     FROM (SELECT string_agg(DISTINCT worker_session_id::text, ',') AS ids FROM t) AS s
     WHERE ids IS NOT NULL
 )
@@ -42,8 +42,9 @@ FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n
 `
 
 type DispatchAssignParams struct {
-	TaskIds    []int64
-	SessionIds []int64
+	TaskIds         []int64
+	SessionIds      []int64
+	ClaimPayloadMax int32
 }
 
 type DispatchAssignRow struct {
@@ -56,7 +57,7 @@ type DispatchAssignRow struct {
 // targets the dispatch row and opens the attempt's history row. Every write
 // re-checks that the task is still queued and its row still untargeted.
 func (q *Queries) DispatchAssign(ctx context.Context, arg DispatchAssignParams) ([]DispatchAssignRow, error) {
-	rows, err := q.db.Query(ctx, dispatchAssign, arg.TaskIds, arg.SessionIds)
+	rows, err := q.db.Query(ctx, dispatchAssign, arg.TaskIds, arg.SessionIds, arg.ClaimPayloadMax)
 	if err != nil {
 		return nil, err
 	}
@@ -75,23 +76,15 @@ func (q *Queries) DispatchAssign(ctx context.Context, arg DispatchAssignParams) 
 	return items, nil
 }
 
-const dispatchCount = `-- name: DispatchCount :one
-SELECT count(*) FROM dispatch_queue
-`
-
-func (q *Queries) DispatchCount(ctx context.Context) (int64, error) {
-	row := q.db.QueryRow(ctx, dispatchCount)
-	var count int64
-	err := row.Scan(&count)
-	return count, err
-}
-
 const dispatchListWaitingGroups = `-- name: DispatchListWaitingGroups :many
-SELECT DISTINCT group_name FROM dispatch_queue
-WHERE target_session_id IS NULL AND available_at <= now()
-ORDER BY group_name
+SELECT g.name FROM worker_groups g
+WHERE EXISTS (SELECT 1 FROM dispatch_queue d
+              WHERE d.group_name = g.name AND d.target_session_id IS NULL AND d.available_at <= now())
+ORDER BY g.name
 `
 
+// Groups with a task waiting for a worker: one index probe per group (worker_groups
+// is small), never a scan of the backlog.
 func (q *Queries) DispatchListWaitingGroups(ctx context.Context) ([]string, error) {
 	rows, err := q.db.Query(ctx, dispatchListWaitingGroups)
 	if err != nil {
@@ -100,11 +93,11 @@ func (q *Queries) DispatchListWaitingGroups(ctx context.Context) ([]string, erro
 	defer rows.Close()
 	items := []string{}
 	for rows.Next() {
-		var group_name string
-		if err := rows.Scan(&group_name); err != nil {
+		var name string
+		if err := rows.Scan(&name); err != nil {
 			return nil, err
 		}
-		items = append(items, group_name)
+		items = append(items, name)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
@@ -115,7 +108,7 @@ func (q *Queries) DispatchListWaitingGroups(ctx context.Context) ([]string, erro
 const dispatchLockWaiting = `-- name: DispatchLockWaiting :many
 SELECT task_id FROM dispatch_queue
 WHERE group_name = $1 AND target_session_id IS NULL AND available_at <= now()
-ORDER BY priority DESC, id
+ORDER BY priority DESC, task_id
 LIMIT $2
 FOR UPDATE SKIP LOCKED
 `
@@ -125,6 +118,9 @@ type DispatchLockWaitingParams struct {
 	MaxTasks  int32
 }
 
+// Queue order: priority, then task id (submission order). Neither changes when a
+// task is failed over or retried, so failed-over work keeps its place in the
+// backlog. Index dispatch_queue_waiting (group_name, priority DESC, task_id).
 func (q *Queries) DispatchLockWaiting(ctx context.Context, arg DispatchLockWaitingParams) ([]int64, error) {
 	rows, err := q.db.Query(ctx, dispatchLockWaiting, arg.GroupName, arg.MaxTasks)
 	if err != nil {

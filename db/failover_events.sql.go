@@ -29,6 +29,20 @@ func (q *Queries) FailoverCountRemaining(ctx context.Context, arg FailoverCountR
 	return count, err
 }
 
+const failoverEventFinishMaster = `-- name: FailoverEventFinishMaster :execrows
+UPDATE failover_events SET finished_at = clock_timestamp(), passes = 1
+WHERE kind = 'master' AND session_id = $1 AND finished_at IS NULL
+`
+
+// A dead master's marker is finished at once: masters own no tasks (yet).
+func (q *Queries) FailoverEventFinishMaster(ctx context.Context, sessionID int64) (int64, error) {
+	result, err := q.db.Exec(ctx, failoverEventFinishMaster, sessionID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const failoverEventGet = `-- name: FailoverEventGet :one
 SELECT id, kind, session_id, group_name, detected_by, deadline, started_at, finished_at, tasks_reassigned, tasks_queued, passes FROM failover_events WHERE kind = $1 AND session_id = $2
 `
@@ -126,6 +140,33 @@ func (q *Queries) FailoverEventList(ctx context.Context, arg FailoverEventListPa
 	return items, nil
 }
 
+const failoverEventPrune = `-- name: FailoverEventPrune :execrows
+DELETE FROM failover_events
+WHERE id IN (
+    SELECT f.id FROM failover_events f
+    WHERE f.finished_at < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8)
+    ORDER BY f.finished_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED)
+  AND finished_at < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8)
+`
+
+type FailoverEventPruneParams struct {
+	Now        *time.Time
+	RetentionS float64
+	MaxRows    int32
+}
+
+// Retention: finished failover events older than the cutoff, oldest first, in batches
+// (index failover_events_finished). Unfinished events are never pruned.
+func (q *Queries) FailoverEventPrune(ctx context.Context, arg FailoverEventPruneParams) (int64, error) {
+	result, err := q.db.Exec(ctx, failoverEventPrune, arg.Now, arg.RetentionS, arg.MaxRows)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const failoverEventRecordPass = `-- name: FailoverEventRecordPass :execrows
 UPDATE failover_events
 SET tasks_reassigned = tasks_reassigned + $1,
@@ -156,7 +197,7 @@ func (q *Queries) FailoverEventRecordPass(ctx context.Context, arg FailoverEvent
 }
 
 const failoverLockTasks = `-- name: FailoverLockTasks :many
-SELECT id, attempt FROM tasks
+SELECT id, attempt, state, failover_count FROM tasks
 WHERE worker_session_id = $1
   AND state IN ('dispatched', 'running')
   AND dispatched_at <= $2
@@ -172,8 +213,10 @@ type FailoverLockTasksParams struct {
 }
 
 type FailoverLockTasksRow struct {
-	ID      int64
-	Attempt int32
+	ID            int64
+	Attempt       int32
+	State         string
+	FailoverCount int32
 }
 
 // A dead session's active tasks dispatched before the deadline, one batch at a time;
@@ -187,7 +230,12 @@ func (q *Queries) FailoverLockTasks(ctx context.Context, arg FailoverLockTasksPa
 	items := []FailoverLockTasksRow{}
 	for rows.Next() {
 		var i FailoverLockTasksRow
-		if err := rows.Scan(&i.ID, &i.Attempt); err != nil {
+		if err := rows.Scan(
+			&i.ID,
+			&i.Attempt,
+			&i.State,
+			&i.FailoverCount,
+		); err != nil {
 			return nil, err
 		}
 		items = append(items, i)
@@ -204,43 +252,53 @@ WITH m AS (
            unnest($3::bigint[]) AS target
 ), t AS (
     UPDATE tasks
-    SET state = CASE WHEN m.target = 0 THEN 'queued' ELSE 'dispatched' END,
-        attempt = CASE WHEN m.target = 0 THEN tasks.attempt ELSE tasks.attempt + 1 END,
-        worker_session_id = nullif(m.target, 0),
-        dispatched_at = CASE WHEN m.target = 0 THEN NULL ELSE now() END,
+    SET state = CASE WHEN m.target = -1 THEN 'failed' WHEN m.target = 0 THEN 'queued' ELSE 'dispatched' END,
+        attempt = CASE WHEN m.target > 0 THEN tasks.attempt + 1 ELSE tasks.attempt END,
+        worker_session_id = CASE WHEN m.target > 0 THEN m.target END,
+        dispatched_at = CASE WHEN m.target > 0 THEN now() END,
         started_at = NULL,
-        failover_count = tasks.failover_count + 1,
-        last_error = 'failed over: worker session ' || $4::bigint || ' is ' || $5::text
+        finished_at = CASE WHEN m.target = -1 THEN now() END,
+        exit_code = CASE WHEN m.target = -1 THEN NULL ELSE tasks.exit_code END,
+        failover_count = tasks.failover_count + CASE WHEN m.target = -1 THEN 0 ELSE 1 END,
+        last_error = CASE WHEN m.target = -1
+            THEN 'failed over ' || tasks.failover_count || ' times (its workers died while running it), the limit is '
+                 || $4::int || '; worker session ' || $5::bigint || ' is ' || $6::text
+                 || ' too: not failed over again'
+            ELSE 'failed over: worker session ' || $5::bigint || ' is ' || $6::text END
     FROM m
     WHERE tasks.id = m.task_id
       AND tasks.attempt = m.old_attempt
-      AND tasks.worker_session_id = $4
+      AND tasks.worker_session_id = $5
       AND tasks.state IN ('dispatched', 'running')
-    RETURNING tasks.id, tasks.attempt, tasks.worker_session_id, tasks.group_name, tasks.priority
+      AND (m.target <> -1 OR (tasks.state = 'running' AND tasks.failover_count >= $4::int))
+    RETURNING tasks.id, tasks.attempt, tasks.worker_session_id, tasks.group_name, tasks.priority, tasks.state
 ), old AS (
     UPDATE task_attempts
     SET outcome = 'failed_over', finished_at = now(),
-        error = 'worker session ' || $4::bigint || ' is ' || $5::text
+        error = 'worker session ' || $5::bigint || ' is ' || $6::text
     FROM m JOIN t ON t.id = m.task_id
     WHERE task_attempts.task_id = m.task_id AND task_attempts.attempt = m.old_attempt
       AND task_attempts.outcome IS NULL
 ), na AS (
     INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason)
     SELECT t.id, t.attempt, t.worker_session_id, 'failover' FROM t WHERE t.worker_session_id IS NOT NULL
+), gone AS (
+    DELETE FROM dispatch_queue USING t WHERE dispatch_queue.task_id = t.id AND t.state = 'failed'
 ), dq AS (
     INSERT INTO dispatch_queue (task_id, attempt, group_name, target_session_id, priority, reason)
-    SELECT t.id, t.attempt, t.group_name, t.worker_session_id, t.priority, 'failover' FROM t
+    SELECT t.id, t.attempt, t.group_name, t.worker_session_id, t.priority, 'failover' FROM t WHERE t.state <> 'failed'
     ON CONFLICT (task_id) DO UPDATE
     SET attempt = excluded.attempt, target_session_id = excluded.target_session_id,
         available_at = now(), reason = 'failover', created_at = now()
 )
-SELECT t.id, t.attempt, t.worker_session_id FROM t
+SELECT t.id, t.attempt, t.worker_session_id, t.state FROM t
 `
 
 type FailoverMoveTasksParams struct {
 	TaskIds       []int64
 	OldAttempts   []int32
 	Targets       []int64
+	MaxFailovers  int32
 	DeadSessionID int64
 	DeadState     string
 }
@@ -249,17 +307,21 @@ type FailoverMoveTasksRow struct {
 	ID              int64
 	Attempt         int32
 	WorkerSessionID *int64
+	State           string
 }
 
 // Moves locked tasks off a dead session: to the chosen healthy session (attempt+1,
-// dispatched) or, with target 0, back to the queue. Re-checks the dead session and the
-// old attempt; closes the old attempt as failed_over; replaces any undelivered
-// dispatch row with one for the new attempt.
+// dispatched), with target 0 back to the queue, or with target -1 (a poison task: it
+// was running and has been failed over @max_failovers times already) to failed.
+// Re-checks the dead session, the old attempt and the poison rule; closes the old
+// attempt as failed_over; replaces any undelivered dispatch row with one for the new
+// attempt. Dispatch rows keep the task's place: the queue is ordered by task id.
 func (q *Queries) FailoverMoveTasks(ctx context.Context, arg FailoverMoveTasksParams) ([]FailoverMoveTasksRow, error) {
 	rows, err := q.db.Query(ctx, failoverMoveTasks,
 		arg.TaskIds,
 		arg.OldAttempts,
 		arg.Targets,
+		arg.MaxFailovers,
 		arg.DeadSessionID,
 		arg.DeadState,
 	)
@@ -270,7 +332,12 @@ func (q *Queries) FailoverMoveTasks(ctx context.Context, arg FailoverMoveTasksPa
 	items := []FailoverMoveTasksRow{}
 	for rows.Next() {
 		var i FailoverMoveTasksRow
-		if err := rows.Scan(&i.ID, &i.Attempt, &i.WorkerSessionID); err != nil {
+		if err := rows.Scan(
+			&i.ID,
+			&i.Attempt,
+			&i.WorkerSessionID,
+			&i.State,
+		); err != nil {
 			return nil, err
 		}
 		items = append(items, i)

@@ -19,6 +19,17 @@ func (q *Queries) LockDispatchGroup(ctx context.Context, groupName string) error
 	return err
 }
 
+const lockTimeoutLocal = `-- name: LockTimeoutLocal :exec
+SELECT set_config('lock_timeout', format('%sms', $1::bigint), true)
+`
+
+// Bounds every lock wait of the current transaction (SET LOCAL), so one candidate a
+// hung session holds cannot stall a sweep: the wait fails with 55P03 instead.
+func (q *Queries) LockTimeoutLocal(ctx context.Context, timeoutMs int64) error {
+	_, err := q.db.Exec(ctx, lockTimeoutLocal, timeoutMs)
+	return err
+}
+
 const lockTryDispatchGroup = `-- name: LockTryDispatchGroup :one
 SELECT pg_try_advisory_xact_lock(1650524163, hashtext($1::text))::boolean AS locked
 `
@@ -31,11 +42,11 @@ func (q *Queries) LockTryDispatchGroup(ctx context.Context, groupName string) (b
 }
 
 const lockTryMasterFailover = `-- name: LockTryMasterFailover :one
-SELECT pg_try_advisory_xact_lock(1650524162, hashtext($1))::boolean AS locked
+SELECT pg_try_advisory_xact_lock(1650524162, hashtext(format('%s', $1::bigint)))::boolean AS locked
 `
 
-func (q *Queries) LockTryMasterFailover(ctx context.Context, masterIdpgCatalogint8 string) (bool, error) {
-	row := q.db.QueryRow(ctx, lockTryMasterFailover, masterIdpgCatalogint8)
+func (q *Queries) LockTryMasterFailover(ctx context.Context, masterID int64) (bool, error) {
+	row := q.db.QueryRow(ctx, lockTryMasterFailover, masterID)
 	var locked bool
 	err := row.Scan(&locked)
 	return locked, err
@@ -43,7 +54,7 @@ func (q *Queries) LockTryMasterFailover(ctx context.Context, masterIdpgCatalogin
 
 const lockTryWorkerFailover = `-- name: LockTryWorkerFailover :one
 
-SELECT pg_try_advisory_xact_lock(1650524161, hashtext($1))::boolean AS locked
+SELECT pg_try_advisory_xact_lock(1650524161, hashtext(format('%s', $1::bigint)))::boolean AS locked
 `
 
 // Advisory locks and NOTIFYs: the coordination baton does without writing rows.
@@ -54,8 +65,8 @@ SELECT pg_try_advisory_xact_lock(1650524161, hashtext($1))::boolean AS locked
 //	1650524163 = 0x62610003 dispatch (per worker group)
 //
 // Channel names are spelled only here and in internal/notify (which LISTENs).
-func (q *Queries) LockTryWorkerFailover(ctx context.Context, sessionIdpgCatalogint8 string) (bool, error) {
-	row := q.db.QueryRow(ctx, lockTryWorkerFailover, sessionIdpgCatalogint8)
+func (q *Queries) LockTryWorkerFailover(ctx context.Context, sessionID int64) (bool, error) {
+	row := q.db.QueryRow(ctx, lockTryWorkerFailover, sessionID)
 	var locked bool
 	err := row.Scan(&locked)
 	return locked, err

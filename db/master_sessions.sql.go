@@ -26,12 +26,20 @@ func (q *Queries) MasterSessionHeartbeat(ctx context.Context, id int64) (string,
 
 const masterSessionListStale = `-- name: MasterSessionListStale :many
 SELECT id FROM master_sessions
-WHERE state = 'alive' AND last_heartbeat_at < now() - make_interval(secs => $1::float8 / 1000)
+WHERE state = 'alive'
+  AND last_heartbeat_at < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8 / 1000)
 ORDER BY id
 `
 
-func (q *Queries) MasterSessionListStale(ctx context.Context, timeoutMs float64) ([]int64, error) {
-	rows, err := q.db.Query(ctx, masterSessionListStale, timeoutMs)
+type MasterSessionListStaleParams struct {
+	Now       *time.Time
+	TimeoutMs float64
+}
+
+// Live masters whose heartbeat is older than the timeout (Postgres time, or the
+// test's "now").
+func (q *Queries) MasterSessionListStale(ctx context.Context, arg MasterSessionListStaleParams) ([]int64, error) {
+	rows, err := q.db.Query(ctx, masterSessionListStale, arg.Now, arg.TimeoutMs)
 	if err != nil {
 		return nil, err
 	}
@@ -55,20 +63,48 @@ UPDATE master_sessions
 SET state = 'dead', ended_at = clock_timestamp()
 WHERE id = $1
   AND state = 'alive'
-  AND last_heartbeat_at < now() - make_interval(secs => $2::float8 / 1000)
+  AND last_heartbeat_at < coalesce($2::timestamptz, now()) - make_interval(secs => $3::float8 / 1000)
 RETURNING ended_at::timestamptz AS deadline
 `
 
 type MasterSessionMarkDeadParams struct {
 	ID        int64
+	Now       *time.Time
 	TimeoutMs float64
 }
 
 func (q *Queries) MasterSessionMarkDead(ctx context.Context, arg MasterSessionMarkDeadParams) (time.Time, error) {
-	row := q.db.QueryRow(ctx, masterSessionMarkDead, arg.ID, arg.TimeoutMs)
+	row := q.db.QueryRow(ctx, masterSessionMarkDead, arg.ID, arg.Now, arg.TimeoutMs)
 	var deadline time.Time
 	err := row.Scan(&deadline)
 	return deadline, err
+}
+
+const masterSessionPruneEnded = `-- name: MasterSessionPruneEnded :execrows
+DELETE FROM master_sessions
+WHERE id IN (
+    SELECT s.id FROM master_sessions s
+    WHERE s.ended_at < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8)
+    ORDER BY s.ended_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED)
+  AND ended_at < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8)
+`
+
+type MasterSessionPruneEndedParams struct {
+	Now        *time.Time
+	RetentionS float64
+	MaxRows    int32
+}
+
+// Retention: ended master sessions older than the cutoff, in batches (index
+// master_sessions_ended). Their failover events keep detected_by NULL.
+func (q *Queries) MasterSessionPruneEnded(ctx context.Context, arg MasterSessionPruneEndedParams) (int64, error) {
+	result, err := q.db.Exec(ctx, masterSessionPruneEnded, arg.Now, arg.RetentionS, arg.MaxRows)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
 }
 
 const masterSessionRegister = `-- name: MasterSessionRegister :one

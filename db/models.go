@@ -166,11 +166,15 @@ type TaskAttempt struct {
 	DispatchedAt time.Time
 	StartedAt    *time.Time
 	FinishedAt   *time.Time
-	// NULL while in flight; succeeded, failed, timed_out, canceled; failed_over when its worker died; fenced when the superseded worker later tried to write a result and was refused.
+	// NULL while in flight; succeeded, failed, timed_out, canceled; failed_over when its worker died; fenced when a superseded worker wrote while the attempt was still open. A refused late write never changes an outcome already recorded (see refused_outcome).
 	Outcome  *string
 	ExitCode *int32
 	// Error text; for fenced attempts, the result that was refused.
 	Error string
+	// Outcome a superseded worker tried to write after the attempt was taken from it (refused by fencing); NULL if none.
+	RefusedOutcome *string
+	// When that late write was refused.
+	RefusedAt *time.Time
 }
 
 // Named pools of workers. A task targets one group and only ever runs on a worker of that group.

@@ -10,7 +10,7 @@ import (
 )
 
 const taskAttemptList = `-- name: TaskAttemptList :many
-SELECT task_id, attempt, worker_session_id, reason, dispatched_at, started_at, finished_at, outcome, exit_code, error FROM task_attempts WHERE task_id = $1 ORDER BY attempt
+SELECT task_id, attempt, worker_session_id, reason, dispatched_at, started_at, finished_at, outcome, exit_code, error, refused_outcome, refused_at FROM task_attempts WHERE task_id = $1 ORDER BY attempt
 `
 
 func (q *Queries) TaskAttemptList(ctx context.Context, taskID int64) ([]TaskAttempt, error) {
@@ -33,6 +33,8 @@ func (q *Queries) TaskAttemptList(ctx context.Context, taskID int64) ([]TaskAtte
 			&i.Outcome,
 			&i.ExitCode,
 			&i.Error,
+			&i.RefusedOutcome,
+			&i.RefusedAt,
 		); err != nil {
 			return nil, err
 		}

@@ -8,19 +8,22 @@ package db
 import (
 	"context"
 	"encoding/json"
+	"time"
 )
 
 const taskAttemptMarkFenced = `-- name: TaskAttemptMarkFenced :execrows
 UPDATE task_attempts a
-SET outcome = 'fenced',
+SET outcome = coalesce(a.outcome, 'fenced'),
     finished_at = coalesce(a.finished_at, now()),
-    error = 'result refused (' || r.outcome || '): attempt superseded'
-            || CASE WHEN a.outcome IS NULL THEN '' ELSE ' after ' || a.outcome END
+    error = CASE WHEN a.outcome IS NULL THEN 'result refused (' || r.outcome || '): attempt superseded' ELSE a.error END,
+    refused_outcome = r.outcome,
+    refused_at = now()
 FROM (SELECT unnest($1::bigint[]) AS id, unnest($2::int[]) AS attempt,
              unnest($3::bigint[]) AS session_id, unnest($4::text[]) AS outcome) AS r
 WHERE a.task_id = r.id
   AND a.attempt = r.attempt
   AND a.worker_session_id = r.session_id
+  AND a.refused_at IS NULL
   AND (a.outcome IS NULL OR a.outcome IN ('failed_over', 'timed_out'))
 `
 
@@ -32,7 +35,10 @@ type TaskAttemptMarkFencedParams struct {
 }
 
 // Records refused results: the attempt was superseded (failover, timeout) before its
-// worker wrote. The reported outcome is kept in the error text.
+// worker wrote. History is never rewritten: an attempt a master already closed
+// (timed_out, failed_over) keeps its outcome and error, and the refusal goes to
+// refused_outcome/refused_at; an attempt still open is closed as fenced. A second
+// refusal of the same attempt keeps the first.
 func (q *Queries) TaskAttemptMarkFenced(ctx context.Context, arg TaskAttemptMarkFencedParams) (int64, error) {
 	result, err := q.db.Exec(ctx, taskAttemptMarkFenced,
 		arg.Ids,
@@ -129,17 +135,6 @@ func (q *Queries) TaskClaim(ctx context.Context, arg TaskClaimParams) ([]TaskCla
 	return items, nil
 }
 
-const taskCountActive = `-- name: TaskCountActive :one
-SELECT count(*) FROM tasks WHERE state NOT IN ('succeeded', 'failed', 'timed_out', 'canceled')
-`
-
-func (q *Queries) TaskCountActive(ctx context.Context) (int64, error) {
-	row := q.db.QueryRow(ctx, taskCountActive)
-	var count int64
-	err := row.Scan(&count)
-	return count, err
-}
-
 const taskFinish = `-- name: TaskFinish :many
 WITH r AS (
     SELECT unnest($1::bigint[]) AS id, unnest($2::int[]) AS attempt,
@@ -155,7 +150,7 @@ WITH r AS (
         worker_session_id = NULL,
         finished_at = CASE WHEN r.outcome IN ('failed', 'timed_out') AND tasks.retries < tasks.max_retries
                            THEN NULL ELSE now() END,
-        exit_code = nullif(r.exit_code, -2147483648),
+        exit_code = nullif(r.exit_code, $9::int),
         output = r.output,
         last_error = r.error
     FROM r
@@ -166,7 +161,7 @@ WITH r AS (
     RETURNING tasks.id, tasks.attempt, tasks.state, tasks.group_name, tasks.priority
 ), a AS (
     UPDATE task_attempts
-    SET outcome = r.outcome, finished_at = now(), exit_code = nullif(r.exit_code, -2147483648), error = r.error
+    SET outcome = r.outcome, finished_at = now(), exit_code = nullif(r.exit_code, $9::int), error = r.error
     FROM r JOIN t ON t.id = r.id AND t.attempt = r.attempt
     WHERE task_attempts.task_id = r.id AND task_attempts.attempt = r.attempt
 ), q AS (
@@ -192,6 +187,7 @@ type TaskFinishParams struct {
 	Errors        []string
 	Outputs       []string
 	RetryDelaysMs []int64
+	NoExitCode    int32
 }
 
 type TaskFinishRow struct {
@@ -213,6 +209,7 @@ func (q *Queries) TaskFinish(ctx context.Context, arg TaskFinishParams) ([]TaskF
 		arg.Errors,
 		arg.Outputs,
 		arg.RetryDelaysMs,
+		arg.NoExitCode,
 	)
 	if err != nil {
 		return nil, err
@@ -355,14 +352,15 @@ SELECT id, attempt, worker_session_id::bigint AS worker_session_id, retries
 FROM tasks
 WHERE state = 'running'
   AND timeout_ms > 0
-  AND started_at + (timeout_ms + $1::bigint) * interval '1 millisecond' < now()
+  AND started_at + (timeout_ms + $1::bigint) * interval '1 millisecond' < coalesce($2::timestamptz, now())
 ORDER BY id
-LIMIT $2
+LIMIT $3
 FOR UPDATE SKIP LOCKED
 `
 
 type TaskListTimedOutParams struct {
 	GraceMs  int64
+	Now      *time.Time
 	MaxTasks int32
 }
 
@@ -376,7 +374,7 @@ type TaskListTimedOutRow struct {
 // Running attempts past their timeout plus a grace period (Postgres time): the
 // worker should have killed and reported them; the master records them.
 func (q *Queries) TaskListTimedOut(ctx context.Context, arg TaskListTimedOutParams) ([]TaskListTimedOutRow, error) {
-	rows, err := q.db.Query(ctx, taskListTimedOut, arg.GraceMs, arg.MaxTasks)
+	rows, err := q.db.Query(ctx, taskListTimedOut, arg.GraceMs, arg.Now, arg.MaxTasks)
 	if err != nil {
 		return nil, err
 	}
@@ -400,38 +398,31 @@ func (q *Queries) TaskListTimedOut(ctx context.Context, arg TaskListTimedOutPara
 	return items, nil
 }
 
-const taskSubmit = `-- name: TaskSubmit :one
-WITH t AS (
-    INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms)
-    VALUES ($1, $2, $3, $4, $5, $6)
-    RETURNING id, group_name, priority
-)
-INSERT INTO dispatch_queue (task_id, attempt, group_name, priority, reason)
-SELECT t.id, 0, t.group_name, t.priority, 'submit' FROM t
-RETURNING task_id
+const taskPruneFinished = `-- name: TaskPruneFinished :execrows
+DELETE FROM tasks
+WHERE id IN (
+    SELECT t.id FROM tasks t
+    WHERE t.finished_at < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8)
+    ORDER BY t.finished_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED)
+  AND finished_at < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8)
 `
 
-type TaskSubmitParams struct {
-	GroupName  string
-	Kind       string
-	Payload    json.RawMessage
-	Priority   int32
-	MaxRetries int32
-	TimeoutMs  int64
+type TaskPruneFinishedParams struct {
+	Now        *time.Time
+	RetentionS float64
+	MaxRows    int32
 }
 
-func (q *Queries) TaskSubmit(ctx context.Context, arg TaskSubmitParams) (int64, error) {
-	row := q.db.QueryRow(ctx, taskSubmit,
-		arg.GroupName,
-		arg.Kind,
-		arg.Payload,
-		arg.Priority,
-		arg.MaxRetries,
-		arg.TimeoutMs,
-	)
-	var task_id int64
-	err := row.Scan(&task_id)
-	return task_id, err
+// Retention: finished tasks older than the cutoff, oldest first, in batches (index
+// tasks_finished); their attempts go with them (ON DELETE CASCADE).
+func (q *Queries) TaskPruneFinished(ctx context.Context, arg TaskPruneFinishedParams) (int64, error) {
+	result, err := q.db.Exec(ctx, taskPruneFinished, arg.Now, arg.RetentionS, arg.MaxRows)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
 }
 
 const taskSubmitMany = `-- name: TaskSubmitMany :many

@@ -28,27 +28,3 @@ func (q *Queries) GroupExists(ctx context.Context, name string) (bool, error) {
 	err := row.Scan(&exists)
 	return exists, err
 }
-
-const groupList = `-- name: GroupList :many
-SELECT name, description, created_at FROM worker_groups ORDER BY name
-`
-
-func (q *Queries) GroupList(ctx context.Context) ([]WorkerGroup, error) {
-	rows, err := q.db.Query(ctx, groupList)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []WorkerGroup{}
-	for rows.Next() {
-		var i WorkerGroup
-		if err := rows.Scan(&i.Name, &i.Description, &i.CreatedAt); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}

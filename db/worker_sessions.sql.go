@@ -132,11 +132,20 @@ func (q *Queries) WorkerSessionList(ctx context.Context, arg WorkerSessionListPa
 const workerSessionListFailoverCandidates = `-- name: WorkerSessionListFailoverCandidates :many
 SELECT s.id, s.group_name, s.state
 FROM worker_sessions s
-WHERE (s.state IN ('alive', 'draining') AND s.last_heartbeat_at < now() - make_interval(secs => $1::float8 / 1000))
-   OR (s.state IN ('dead', 'stopped') AND s.id IN (
-        SELECT t.worker_session_id FROM tasks t WHERE t.state IN ('dispatched', 'running')))
-ORDER BY s.id
+WHERE s.state IN ('alive', 'draining')
+  AND s.last_heartbeat_at < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8 / 1000)
+UNION
+SELECT s.id, s.group_name, s.state
+FROM (SELECT DISTINCT t.worker_session_id AS id FROM tasks t WHERE t.worker_session_id IS NOT NULL) AS a
+JOIN worker_sessions s ON s.id = a.id
+WHERE s.state IN ('dead', 'stopped')
+ORDER BY id
 `
+
+type WorkerSessionListFailoverCandidatesParams struct {
+	Now       *time.Time
+	TimeoutMs float64
+}
 
 type WorkerSessionListFailoverCandidatesRow struct {
 	ID        int64
@@ -145,9 +154,11 @@ type WorkerSessionListFailoverCandidatesRow struct {
 }
 
 // Sessions a master must fail over: live ones whose heartbeat is older than the
-// timeout (Postgres time), and ended ones that still own active tasks.
-func (q *Queries) WorkerSessionListFailoverCandidates(ctx context.Context, timeoutMs float64) ([]WorkerSessionListFailoverCandidatesRow, error) {
-	rows, err := q.db.Query(ctx, workerSessionListFailoverCandidates, timeoutMs)
+// timeout (Postgres time, or the test's "now"), and ended ones that still own active
+// tasks. Both halves are index-backed (worker_sessions_live_by_group,
+// tasks_active_by_session), however many ended sessions and finished tasks are kept.
+func (q *Queries) WorkerSessionListFailoverCandidates(ctx context.Context, arg WorkerSessionListFailoverCandidatesParams) ([]WorkerSessionListFailoverCandidatesRow, error) {
+	rows, err := q.db.Query(ctx, workerSessionListFailoverCandidates, arg.Now, arg.TimeoutMs)
 	if err != nil {
 		return nil, err
 	}
@@ -173,12 +184,13 @@ SELECT s.id, s.slots,
 FROM worker_sessions s
 WHERE s.group_name = $1
   AND s.state = 'alive'
-  AND s.last_heartbeat_at >= now() - make_interval(secs => $2::float8 / 1000)
+  AND s.last_heartbeat_at >= coalesce($2::timestamptz, now()) - make_interval(secs => $3::float8 / 1000)
 ORDER BY free_slots DESC, s.id
 `
 
 type WorkerSessionListHealthyParams struct {
 	GroupName string
+	Now       *time.Time
 	TimeoutMs float64
 }
 
@@ -190,7 +202,7 @@ type WorkerSessionListHealthyRow struct {
 
 // Healthy sessions of a group with their free slots, least loaded first.
 func (q *Queries) WorkerSessionListHealthy(ctx context.Context, arg WorkerSessionListHealthyParams) ([]WorkerSessionListHealthyRow, error) {
-	rows, err := q.db.Query(ctx, workerSessionListHealthy, arg.GroupName, arg.TimeoutMs)
+	rows, err := q.db.Query(ctx, workerSessionListHealthy, arg.GroupName, arg.Now, arg.TimeoutMs)
 	if err != nil {
 		return nil, err
 	}
@@ -214,12 +226,13 @@ UPDATE worker_sessions
 SET state = 'dead', ended_at = clock_timestamp()
 WHERE id = $1
   AND state IN ('alive', 'draining')
-  AND last_heartbeat_at < now() - make_interval(secs => $2::float8 / 1000)
+  AND last_heartbeat_at < coalesce($2::timestamptz, now()) - make_interval(secs => $3::float8 / 1000)
 RETURNING group_name, ended_at::timestamptz AS deadline
 `
 
 type WorkerSessionMarkDeadParams struct {
 	ID        int64
+	Now       *time.Time
 	TimeoutMs float64
 }
 
@@ -232,10 +245,41 @@ type WorkerSessionMarkDeadRow struct {
 // is clock_timestamp(): taken after any lock wait, so it is later than every dispatch
 // that committed before this statement could proceed.
 func (q *Queries) WorkerSessionMarkDead(ctx context.Context, arg WorkerSessionMarkDeadParams) (WorkerSessionMarkDeadRow, error) {
-	row := q.db.QueryRow(ctx, workerSessionMarkDead, arg.ID, arg.TimeoutMs)
+	row := q.db.QueryRow(ctx, workerSessionMarkDead, arg.ID, arg.Now, arg.TimeoutMs)
 	var i WorkerSessionMarkDeadRow
 	err := row.Scan(&i.GroupName, &i.Deadline)
 	return i, err
+}
+
+const workerSessionPruneEnded = `-- name: WorkerSessionPruneEnded :execrows
+DELETE FROM worker_sessions
+WHERE id IN (
+    SELECT s.id FROM worker_sessions s
+    WHERE s.ended_at < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8)
+      AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.worker_session_id = s.id)
+      AND NOT EXISTS (SELECT 1 FROM task_attempts a WHERE a.worker_session_id = s.id)
+      AND NOT EXISTS (SELECT 1 FROM dispatch_queue d WHERE d.target_session_id = s.id)
+    ORDER BY s.ended_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED)
+  AND ended_at < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8)
+`
+
+type WorkerSessionPruneEndedParams struct {
+	Now        *time.Time
+	RetentionS float64
+	MaxRows    int32
+}
+
+// Retention: ended sessions older than the cutoff that nothing references any more
+// (no task, attempt or dispatch row names them), oldest first, in batches (index
+// worker_sessions_ended; each reference check is an index probe).
+func (q *Queries) WorkerSessionPruneEnded(ctx context.Context, arg WorkerSessionPruneEndedParams) (int64, error) {
+	result, err := q.db.Exec(ctx, workerSessionPruneEnded, arg.Now, arg.RetentionS, arg.MaxRows)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
 }
 
 const workerSessionRegister = `-- name: WorkerSessionRegister :one

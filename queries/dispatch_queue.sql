@@ -1,12 +1,18 @@
+-- Groups with a task waiting for a worker: one index probe per group (worker_groups
+-- is small), never a scan of the backlog.
 -- name: DispatchListWaitingGroups :many
-SELECT DISTINCT group_name FROM dispatch_queue
-WHERE target_session_id IS NULL AND available_at <= now()
-ORDER BY group_name;
+SELECT g.name FROM worker_groups g
+WHERE EXISTS (SELECT 1 FROM dispatch_queue d
+              WHERE d.group_name = g.name AND d.target_session_id IS NULL AND d.available_at <= now())
+ORDER BY g.name;
 
+-- Queue order: priority, then task id (submission order). Neither changes when a
+-- task is failed over or retried, so failed-over work keeps its place in the
+-- backlog. Index dispatch_queue_waiting (group_name, priority DESC, task_id).
 -- name: DispatchLockWaiting :many
 SELECT task_id FROM dispatch_queue
 WHERE group_name = @group_name AND target_session_id IS NULL AND available_at <= now()
-ORDER BY priority DESC, id
+ORDER BY priority DESC, task_id
 LIMIT @max_tasks
 FOR UPDATE SKIP LOCKED;
 
@@ -36,13 +42,10 @@ WITH m AS (
     SELECT t.id, t.attempt, t.worker_session_id, d.reason FROM t JOIN d ON d.task_id = t.id
 ), notified AS (
     -- One NOTIFY per statement naming the sessions that got work ("*" = everyone
-    -- when the list would not fit a payload; channel notify.ChannelClaim).
-    SELECT pg_notify('baton_claim', CASE WHEN length(ids) > 7000 THEN '*' ELSE ids END)
+    -- when the list would not fit a payload: notify.ClaimPayloadMax; channel notify.ChannelClaim).
+    SELECT pg_notify('baton_claim', CASE WHEN length(ids) > @claim_payload_max::int THEN '*' ELSE ids END)
     FROM (SELECT string_agg(DISTINCT worker_session_id::text, ',') AS ids FROM t) AS s
     WHERE ids IS NOT NULL
 )
 SELECT t.id, t.attempt, t.worker_session_id::bigint AS worker_session_id
 FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n;
-
--- name: DispatchCount :one
-SELECT count(*) FROM dispatch_queue;

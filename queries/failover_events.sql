@@ -23,7 +23,7 @@ LIMIT @max_rows;
 -- A dead session's active tasks dispatched before the deadline, one batch at a time;
 -- rows a concurrent completion holds are skipped and left to the next pass.
 -- name: FailoverLockTasks :many
-SELECT id, attempt FROM tasks
+SELECT id, attempt, state, failover_count FROM tasks
 WHERE worker_session_id = @session_id
   AND state IN ('dispatched', 'running')
   AND dispatched_at <= @deadline
@@ -32,28 +32,37 @@ LIMIT @max_tasks
 FOR UPDATE SKIP LOCKED;
 
 -- Moves locked tasks off a dead session: to the chosen healthy session (attempt+1,
--- dispatched) or, with target 0, back to the queue. Re-checks the dead session and the
--- old attempt; closes the old attempt as failed_over; replaces any undelivered
--- dispatch row with one for the new attempt.
+-- dispatched), with target 0 back to the queue, or with target -1 (a poison task: it
+-- was running and has been failed over @max_failovers times already) to failed.
+-- Re-checks the dead session, the old attempt and the poison rule; closes the old
+-- attempt as failed_over; replaces any undelivered dispatch row with one for the new
+-- attempt. Dispatch rows keep the task's place: the queue is ordered by task id.
 -- name: FailoverMoveTasks :many
 WITH m AS (
     SELECT unnest(@task_ids::bigint[]) AS task_id, unnest(@old_attempts::int[]) AS old_attempt,
            unnest(@targets::bigint[]) AS target
 ), t AS (
     UPDATE tasks
-    SET state = CASE WHEN m.target = 0 THEN 'queued' ELSE 'dispatched' END,
-        attempt = CASE WHEN m.target = 0 THEN tasks.attempt ELSE tasks.attempt + 1 END,
-        worker_session_id = nullif(m.target, 0),
-        dispatched_at = CASE WHEN m.target = 0 THEN NULL ELSE now() END,
+    SET state = CASE WHEN m.target = -1 THEN 'failed' WHEN m.target = 0 THEN 'queued' ELSE 'dispatched' END,
+        attempt = CASE WHEN m.target > 0 THEN tasks.attempt + 1 ELSE tasks.attempt END,
+        worker_session_id = CASE WHEN m.target > 0 THEN m.target END,
+        dispatched_at = CASE WHEN m.target > 0 THEN now() END,
         started_at = NULL,
-        failover_count = tasks.failover_count + 1,
-        last_error = 'failed over: worker session ' || @dead_session_id::bigint || ' is ' || @dead_state::text
+        finished_at = CASE WHEN m.target = -1 THEN now() END,
+        exit_code = CASE WHEN m.target = -1 THEN NULL ELSE tasks.exit_code END,
+        failover_count = tasks.failover_count + CASE WHEN m.target = -1 THEN 0 ELSE 1 END,
+        last_error = CASE WHEN m.target = -1
+            THEN 'failed over ' || tasks.failover_count || ' times (its workers died while running it), the limit is '
+                 || @max_failovers::int || '; worker session ' || @dead_session_id::bigint || ' is ' || @dead_state::text
+                 || ' too: not failed over again'
+            ELSE 'failed over: worker session ' || @dead_session_id::bigint || ' is ' || @dead_state::text END
     FROM m
     WHERE tasks.id = m.task_id
       AND tasks.attempt = m.old_attempt
       AND tasks.worker_session_id = @dead_session_id
       AND tasks.state IN ('dispatched', 'running')
-    RETURNING tasks.id, tasks.attempt, tasks.worker_session_id, tasks.group_name, tasks.priority
+      AND (m.target <> -1 OR (tasks.state = 'running' AND tasks.failover_count >= @max_failovers::int))
+    RETURNING tasks.id, tasks.attempt, tasks.worker_session_id, tasks.group_name, tasks.priority, tasks.state
 ), old AS (
     UPDATE task_attempts
     SET outcome = 'failed_over', finished_at = now(),
@@ -64,17 +73,36 @@ WITH m AS (
 ), na AS (
     INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason)
     SELECT t.id, t.attempt, t.worker_session_id, 'failover' FROM t WHERE t.worker_session_id IS NOT NULL
+), gone AS (
+    DELETE FROM dispatch_queue USING t WHERE dispatch_queue.task_id = t.id AND t.state = 'failed'
 ), dq AS (
     INSERT INTO dispatch_queue (task_id, attempt, group_name, target_session_id, priority, reason)
-    SELECT t.id, t.attempt, t.group_name, t.worker_session_id, t.priority, 'failover' FROM t
+    SELECT t.id, t.attempt, t.group_name, t.worker_session_id, t.priority, 'failover' FROM t WHERE t.state <> 'failed'
     ON CONFLICT (task_id) DO UPDATE
     SET attempt = excluded.attempt, target_session_id = excluded.target_session_id,
         available_at = now(), reason = 'failover', created_at = now()
 )
-SELECT t.id, t.attempt, t.worker_session_id FROM t;
+SELECT t.id, t.attempt, t.worker_session_id, t.state FROM t;
 
 -- name: FailoverCountRemaining :one
 SELECT count(*) FROM tasks
 WHERE worker_session_id = @session_id
   AND state IN ('dispatched', 'running')
   AND dispatched_at <= @deadline;
+
+-- A dead master's marker is finished at once: masters own no tasks (yet).
+-- name: FailoverEventFinishMaster :execrows
+UPDATE failover_events SET finished_at = clock_timestamp(), passes = 1
+WHERE kind = 'master' AND session_id = @session_id AND finished_at IS NULL;
+
+-- Retention: finished failover events older than the cutoff, oldest first, in batches
+-- (index failover_events_finished). Unfinished events are never pruned.
+-- name: FailoverEventPrune :execrows
+DELETE FROM failover_events
+WHERE id IN (
+    SELECT f.id FROM failover_events f
+    WHERE f.finished_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => @retention_s::float8)
+    ORDER BY f.finished_at
+    LIMIT @max_rows
+    FOR UPDATE SKIP LOCKED)
+  AND finished_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => @retention_s::float8);

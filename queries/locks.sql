@@ -6,10 +6,10 @@
 -- Channel names are spelled only here and in internal/notify (which LISTENs).
 
 -- name: LockTryWorkerFailover :one
-SELECT pg_try_advisory_xact_lock(1650524161, hashtext(@session_id::bigint::text))::boolean AS locked;
+SELECT pg_try_advisory_xact_lock(1650524161, hashtext(format('%s', @session_id::bigint)))::boolean AS locked;
 
 -- name: LockTryMasterFailover :one
-SELECT pg_try_advisory_xact_lock(1650524162, hashtext(@master_id::bigint::text))::boolean AS locked;
+SELECT pg_try_advisory_xact_lock(1650524162, hashtext(format('%s', @master_id::bigint)))::boolean AS locked;
 
 -- Waits for the group's dispatch lock (bounded by the session's lock_timeout).
 -- name: LockDispatchGroup :exec
@@ -29,3 +29,8 @@ SELECT pg_notify('baton_dispatch', '');
 -- Wakes the workers named in the payload (comma-separated session ids, "*" = all).
 -- name: NotifyClaim :exec
 SELECT pg_notify('baton_claim', @payload::text);
+
+-- Bounds every lock wait of the current transaction (SET LOCAL), so one candidate a
+-- hung session holds cannot stall a sweep: the wait fails with 55P03 instead.
+-- name: LockTimeoutLocal :exec
+SELECT set_config('lock_timeout', format('%sms', @timeout_ms::bigint), true);

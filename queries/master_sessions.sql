@@ -13,9 +13,12 @@ RETURNING state;
 UPDATE master_sessions SET state = 'stopped', ended_at = now()
 WHERE id = @id AND state = 'alive';
 
+-- Live masters whose heartbeat is older than the timeout (Postgres time, or the
+-- test's "now").
 -- name: MasterSessionListStale :many
 SELECT id FROM master_sessions
-WHERE state = 'alive' AND last_heartbeat_at < now() - make_interval(secs => sqlc.arg(timeout_ms)::float8 / 1000)
+WHERE state = 'alive'
+  AND last_heartbeat_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => sqlc.arg(timeout_ms)::float8 / 1000)
 ORDER BY id;
 
 -- name: MasterSessionMarkDead :one
@@ -23,5 +26,17 @@ UPDATE master_sessions
 SET state = 'dead', ended_at = clock_timestamp()
 WHERE id = @id
   AND state = 'alive'
-  AND last_heartbeat_at < now() - make_interval(secs => sqlc.arg(timeout_ms)::float8 / 1000)
+  AND last_heartbeat_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => sqlc.arg(timeout_ms)::float8 / 1000)
 RETURNING ended_at::timestamptz AS deadline;
+
+-- Retention: ended master sessions older than the cutoff, in batches (index
+-- master_sessions_ended). Their failover events keep detected_by NULL.
+-- name: MasterSessionPruneEnded :execrows
+DELETE FROM master_sessions
+WHERE id IN (
+    SELECT s.id FROM master_sessions s
+    WHERE s.ended_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => @retention_s::float8)
+    ORDER BY s.ended_at
+    LIMIT @max_rows
+    FOR UPDATE SKIP LOCKED)
+  AND ended_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => @retention_s::float8);

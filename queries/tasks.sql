@@ -1,13 +1,3 @@
--- name: TaskSubmit :one
-WITH t AS (
-    INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms)
-    VALUES (@group_name, @kind, @payload, @priority, @max_retries, @timeout_ms)
-    RETURNING id, group_name, priority
-)
-INSERT INTO dispatch_queue (task_id, attempt, group_name, priority, reason)
-SELECT t.id, 0, t.group_name, t.priority, 'submit' FROM t
-RETURNING task_id;
-
 -- Batch submit: one round trip for many tasks. Payloads travel as text and are
 -- cast to jsonb so a malformed one fails the whole batch.
 -- name: TaskSubmitMany :many
@@ -76,7 +66,7 @@ WITH r AS (
         worker_session_id = NULL,
         finished_at = CASE WHEN r.outcome IN ('failed', 'timed_out') AND tasks.retries < tasks.max_retries
                            THEN NULL ELSE now() END,
-        exit_code = nullif(r.exit_code, -2147483648),
+        exit_code = nullif(r.exit_code, @no_exit_code::int),
         output = r.output,
         last_error = r.error
     FROM r
@@ -87,7 +77,7 @@ WITH r AS (
     RETURNING tasks.id, tasks.attempt, tasks.state, tasks.group_name, tasks.priority
 ), a AS (
     UPDATE task_attempts
-    SET outcome = r.outcome, finished_at = now(), exit_code = nullif(r.exit_code, -2147483648), error = r.error
+    SET outcome = r.outcome, finished_at = now(), exit_code = nullif(r.exit_code, @no_exit_code::int), error = r.error
     FROM r JOIN t ON t.id = r.id AND t.attempt = r.attempt
     WHERE task_attempts.task_id = r.id AND task_attempts.attempt = r.attempt
 ), q AS (
@@ -104,18 +94,23 @@ WITH r AS (
 SELECT t.id, t.attempt, t.state FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n;
 
 -- Records refused results: the attempt was superseded (failover, timeout) before its
--- worker wrote. The reported outcome is kept in the error text.
+-- worker wrote. History is never rewritten: an attempt a master already closed
+-- (timed_out, failed_over) keeps its outcome and error, and the refusal goes to
+-- refused_outcome/refused_at; an attempt still open is closed as fenced. A second
+-- refusal of the same attempt keeps the first.
 -- name: TaskAttemptMarkFenced :execrows
 UPDATE task_attempts a
-SET outcome = 'fenced',
+SET outcome = coalesce(a.outcome, 'fenced'),
     finished_at = coalesce(a.finished_at, now()),
-    error = 'result refused (' || r.outcome || '): attempt superseded'
-            || CASE WHEN a.outcome IS NULL THEN '' ELSE ' after ' || a.outcome END
+    error = CASE WHEN a.outcome IS NULL THEN 'result refused (' || r.outcome || '): attempt superseded' ELSE a.error END,
+    refused_outcome = r.outcome,
+    refused_at = now()
 FROM (SELECT unnest(@ids::bigint[]) AS id, unnest(@attempts::int[]) AS attempt,
              unnest(@session_ids::bigint[]) AS session_id, unnest(@outcomes::text[]) AS outcome) AS r
 WHERE a.task_id = r.id
   AND a.attempt = r.attempt
   AND a.worker_session_id = r.session_id
+  AND a.refused_at IS NULL
   AND (a.outcome IS NULL OR a.outcome IN ('failed_over', 'timed_out'));
 
 -- Running attempts past their timeout plus a grace period (Postgres time): the
@@ -125,7 +120,7 @@ SELECT id, attempt, worker_session_id::bigint AS worker_session_id, retries
 FROM tasks
 WHERE state = 'running'
   AND timeout_ms > 0
-  AND started_at + (timeout_ms + @grace_ms::bigint) * interval '1 millisecond' < now()
+  AND started_at + (timeout_ms + @grace_ms::bigint) * interval '1 millisecond' < coalesce(sqlc.narg('now')::timestamptz, now())
 ORDER BY id
 LIMIT @max_tasks
 FOR UPDATE SKIP LOCKED;
@@ -140,10 +135,19 @@ WHERE (sqlc.narg('state')::text IS NULL OR state = sqlc.narg('state'))
 ORDER BY id DESC
 LIMIT @max_rows;
 
--- name: TaskCountActive :one
-SELECT count(*) FROM tasks WHERE state NOT IN ('succeeded', 'failed', 'timed_out', 'canceled');
-
 -- name: TaskListRunningOnSession :many
 SELECT id, attempt FROM tasks
 WHERE worker_session_id = @session_id::bigint AND state = 'running'
 ORDER BY id;
+
+-- Retention: finished tasks older than the cutoff, oldest first, in batches (index
+-- tasks_finished); their attempts go with them (ON DELETE CASCADE).
+-- name: TaskPruneFinished :execrows
+DELETE FROM tasks
+WHERE id IN (
+    SELECT t.id FROM tasks t
+    WHERE t.finished_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => @retention_s::float8)
+    ORDER BY t.finished_at
+    LIMIT @max_rows
+    FOR UPDATE SKIP LOCKED)
+  AND finished_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => @retention_s::float8);

@@ -3,6 +3,3 @@ INSERT INTO worker_groups (name) VALUES (@name) ON CONFLICT (name) DO NOTHING;
 
 -- name: GroupExists :one
 SELECT EXISTS (SELECT 1 FROM worker_groups WHERE name = @name);
-
--- name: GroupList :many
-SELECT name, description, created_at FROM worker_groups ORDER BY name;

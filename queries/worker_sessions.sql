@@ -23,14 +23,20 @@ UPDATE worker_sessions SET state = 'stopped', ended_at = clock_timestamp()
 WHERE id = @id AND state IN ('alive', 'draining');
 
 -- Sessions a master must fail over: live ones whose heartbeat is older than the
--- timeout (Postgres time), and ended ones that still own active tasks.
+-- timeout (Postgres time, or the test's "now"), and ended ones that still own active
+-- tasks. Both halves are index-backed (worker_sessions_live_by_group,
+-- tasks_active_by_session), however many ended sessions and finished tasks are kept.
 -- name: WorkerSessionListFailoverCandidates :many
 SELECT s.id, s.group_name, s.state
 FROM worker_sessions s
-WHERE (s.state IN ('alive', 'draining') AND s.last_heartbeat_at < now() - make_interval(secs => sqlc.arg(timeout_ms)::float8 / 1000))
-   OR (s.state IN ('dead', 'stopped') AND s.id IN (
-        SELECT t.worker_session_id FROM tasks t WHERE t.state IN ('dispatched', 'running')))
-ORDER BY s.id;
+WHERE s.state IN ('alive', 'draining')
+  AND s.last_heartbeat_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => sqlc.arg(timeout_ms)::float8 / 1000)
+UNION
+SELECT s.id, s.group_name, s.state
+FROM (SELECT DISTINCT t.worker_session_id AS id FROM tasks t WHERE t.worker_session_id IS NOT NULL) AS a
+JOIN worker_sessions s ON s.id = a.id
+WHERE s.state IN ('dead', 'stopped')
+ORDER BY id;
 
 -- Declares a session dead, re-checking staleness in the same statement. The deadline
 -- is clock_timestamp(): taken after any lock wait, so it is later than every dispatch
@@ -40,7 +46,7 @@ UPDATE worker_sessions
 SET state = 'dead', ended_at = clock_timestamp()
 WHERE id = @id
   AND state IN ('alive', 'draining')
-  AND last_heartbeat_at < now() - make_interval(secs => sqlc.arg(timeout_ms)::float8 / 1000)
+  AND last_heartbeat_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => sqlc.arg(timeout_ms)::float8 / 1000)
 RETURNING group_name, ended_at::timestamptz AS deadline;
 
 -- name: WorkerSessionGet :one
@@ -54,7 +60,7 @@ SELECT s.id, s.slots,
 FROM worker_sessions s
 WHERE s.group_name = @group_name
   AND s.state = 'alive'
-  AND s.last_heartbeat_at >= now() - make_interval(secs => sqlc.arg(timeout_ms)::float8 / 1000)
+  AND s.last_heartbeat_at >= coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => sqlc.arg(timeout_ms)::float8 / 1000)
 ORDER BY free_slots DESC, s.id;
 
 -- name: WorkerSessionList :many
@@ -66,3 +72,19 @@ WHERE (sqlc.narg('group_name')::text IS NULL OR s.group_name = sqlc.narg('group_
   AND (@include_ended::bool OR s.state IN ('alive', 'draining'))
 ORDER BY s.id DESC
 LIMIT @max_rows;
+
+-- Retention: ended sessions older than the cutoff that nothing references any more
+-- (no task, attempt or dispatch row names them), oldest first, in batches (index
+-- worker_sessions_ended; each reference check is an index probe).
+-- name: WorkerSessionPruneEnded :execrows
+DELETE FROM worker_sessions
+WHERE id IN (
+    SELECT s.id FROM worker_sessions s
+    WHERE s.ended_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => @retention_s::float8)
+      AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.worker_session_id = s.id)
+      AND NOT EXISTS (SELECT 1 FROM task_attempts a WHERE a.worker_session_id = s.id)
+      AND NOT EXISTS (SELECT 1 FROM dispatch_queue d WHERE d.target_session_id = s.id)
+    ORDER BY s.ended_at
+    LIMIT @max_rows
+    FOR UPDATE SKIP LOCKED)
+  AND ended_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => @retention_s::float8);

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/baton-scheduler/baton/db"
+	"github.com/baton-scheduler/baton/internal/notify"
 	"github.com/baton-scheduler/baton/internal/slots"
 	"github.com/baton-scheduler/baton/internal/store"
 )
@@ -23,6 +24,8 @@ type Dispatcher struct {
 	Pool          *pgxpool.Pool
 	WorkerTimeout time.Duration
 	BatchSize     int
+	// Now replaces Postgres now() in liveness checks (tests only; nil in production).
+	Now *time.Time
 }
 
 // RunOnce dispatches what it can in every group with waiting tasks and returns
@@ -50,16 +53,17 @@ func (d *Dispatcher) Group(ctx context.Context, group string) (int, error) {
 		batch = DefaultBatchSize
 	}
 	n := 0
-	err := store.WithTx(ctx, d.Pool, func(q *db.Queries, tx pgx.Tx) error {
+	err := store.WithTx(ctx, d.Pool, func(q *db.Queries, _ pgx.Tx) error {
 		n = 0
-		var got bool
-		// One dispatcher per group at a time, so two masters never count the same free slot.
-		if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1, hashtext($2::text))",
-			store.LockClassDispatchGroup, group).Scan(&got); err != nil || !got {
+		// One dispatcher per group at a time, so two masters never count the same
+		// free slot; a group whose lock is held (another master, a failover, a
+		// stopping worker) is skipped until the next pass.
+		got, err := q.LockTryDispatchGroup(ctx, group)
+		if err != nil || !got {
 			return err
 		}
 		healthy, err := q.WorkerSessionListHealthy(ctx, db.WorkerSessionListHealthyParams{
-			GroupName: group, TimeoutMs: float64(d.WorkerTimeout.Milliseconds()),
+			GroupName: group, Now: d.Now, TimeoutMs: float64(d.WorkerTimeout.Milliseconds()),
 		})
 		if err != nil {
 			return fmt.Errorf("list healthy sessions of %s: %w", group, err)
@@ -80,7 +84,7 @@ func (d *Dispatcher) Group(ctx context.Context, group string) (int, error) {
 		for i := range ids {
 			targets[i] = picker.Next()
 		}
-		rows, err := q.DispatchAssign(ctx, db.DispatchAssignParams{TaskIds: ids, SessionIds: targets})
+		rows, err := q.DispatchAssign(ctx, db.DispatchAssignParams{TaskIds: ids, SessionIds: targets, ClaimPayloadMax: notify.ClaimPayloadMax})
 		if err != nil {
 			return fmt.Errorf("assign tasks of %s: %w", group, err)
 		}

@@ -219,8 +219,8 @@ func TestSIGSTOPWorker(t *testing.T) {
 	if taken := outcomes["failed_over"] + outcomes["fenced"]; moved != taken {
 		t.Errorf("failover event of session %d moved %d tasks, but %d of its attempts are failed_over or fenced", vs, moved, taken)
 	}
-	if outcomes["fenced"] == 0 {
-		t.Errorf("no attempt of the stopped session %d was fenced: its children finished while it was stopped, "+
+	if refused := c.Int(`SELECT count(*) FROM task_attempts WHERE worker_session_id = $1 AND refused_at IS NOT NULL`, vs); refused == 0 {
+		t.Errorf("no attempt of the stopped session %d recorded a refused write: its children finished while it was stopped, "+
 			"so its late results should have been refused", vs)
 	}
 	expectNone(c, "tasks taken from the stopped session whose success is on that session",
@@ -230,7 +230,10 @@ func TestSIGSTOPWorker(t *testing.T) {
 		 ORDER BY a.task_id`, vs)
 	expectNone(c, "fenced attempts whose result was not refused",
 		`SELECT task_id || ' attempt ' || attempt || ': ' || error FROM task_attempts
-		 WHERE worker_session_id = $1 AND outcome = 'fenced' AND error NOT LIKE 'result refused%'`, vs)
+		 WHERE worker_session_id = $1 AND outcome = 'fenced' AND (error NOT LIKE 'result refused%' OR refused_at IS NULL)`, vs)
+	expectNone(c, "refused writes that rewrote a failed_over attempt's history",
+		`SELECT task_id || ' attempt ' || attempt || ': ' || error FROM task_attempts
+		 WHERE worker_session_id = $1 AND outcome = 'failed_over' AND error NOT LIKE 'worker session % is dead'`, vs)
 	expectNone(c, "worker failover events other than the stopped session's",
 		`SELECT kind || ' session ' || session_id FROM failover_events WHERE NOT (kind = 'worker' AND session_id = $1) ORDER BY id`, vs)
 	if victim.Exited() {

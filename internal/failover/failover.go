@@ -18,8 +18,16 @@ import (
 	"github.com/baton-scheduler/baton/internal/store"
 )
 
-// DefaultBatchSize is how many tasks one SELECT ... FOR UPDATE SKIP LOCKED takes.
-const DefaultBatchSize = 1000
+// Defaults.
+const (
+	// DefaultBatchSize is how many tasks one SELECT ... FOR UPDATE SKIP LOCKED takes.
+	DefaultBatchSize = 1000
+	// MaxFailoversDefault is how many times a task that was running when its worker
+	// died is failed over; the next such death fails it (a poison task).
+	MaxFailoversDefault = 3
+	// LockTimeoutDefault bounds each lock wait inside a failover transaction.
+	LockTimeoutDefault = time.Second
+)
 
 // Config of a failover run.
 type Config struct {
@@ -27,46 +35,62 @@ type Config struct {
 	MasterTimeout time.Duration // the same for masters
 	BatchSize     int
 	MasterID      int64 // detecting master, recorded on the marker
+	// MaxFailovers: a task found running on a dead session after it was already
+	// failed over this many times fails instead of being moved again.
+	MaxFailovers int
+	// LockTimeout bounds every lock wait of the transaction (a row a hung session
+	// holds): the pass fails with a retryable error instead of waiting.
+	LockTimeout time.Duration
+	// Now replaces Postgres now() in liveness checks (tests only; nil in production).
+	Now *time.Time
 }
 
 // Result of one worker failover pass.
 type Result struct {
-	Ran        bool // false: another master holds the lock, or the session is not stale
+	Ran        bool // false: busy, another master holds the lock, or the session is not stale
+	Busy       bool // the group's dispatch lock is held elsewhere: left to the next pass
 	EventID    int64
 	Deadline   time.Time
 	Reassigned int
 	Queued     int
+	Failed     int  // poison tasks failed (failed over MaxFailovers times already)
 	Finished   bool // no task of the session is left
 	Moved      []db.FailoverMoveTasksRow
 }
 
 // Worker runs one failover pass for session (of group) in one transaction:
 //  1. try the session's failover advisory lock (held: another master is on it);
-//  2. take the group's dispatch lock so no dispatch races the reassignment;
+//  2. try the group's dispatch lock so no dispatch races the reassignment (held:
+//     Busy, the next pass retries; a hung holder never stalls other groups);
 //  3. re-check staleness and mark the session dead (or accept it already ended);
 //  4. insert the marker (UNIQUE per session);
 //  5. lock its active tasks dispatched before the deadline, SKIP LOCKED, in batches;
-//     move each to the least-loaded healthy session of the group, or to the queue;
+//     move each to the least-loaded healthy session of the group, or to the queue,
+//     or fail it if it is a poison task (running, failed over MaxFailovers times);
 //  6. record the pass on the marker; NOTIFY once at commit.
 func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64, group string) (Result, error) {
 	cfg = cfg.withDefaults()
 	var res Result
 	err := store.WithTx(ctx, pool, func(q *db.Queries, tx pgx.Tx) error {
 		res = Result{}
-		var got bool
-		if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1, hashtext($2::text))",
-			store.LockClassWorkerFailover, strconv.FormatInt(sessionID, 10)).Scan(&got); err != nil {
+		if err := q.LockTimeoutLocal(ctx, cfg.LockTimeout.Milliseconds()); err != nil {
+			return fmt.Errorf("set lock timeout: %w", err)
+		}
+		got, err := q.LockTryWorkerFailover(ctx, sessionID)
+		if err != nil {
 			return fmt.Errorf("failover lock: %w", err)
 		}
 		if !got {
 			return nil
 		}
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1, hashtext($2::text))",
-			store.LockClassDispatchGroup, group); err != nil {
+		if got, err = q.LockTryDispatchGroup(ctx, group); err != nil {
 			return fmt.Errorf("group dispatch lock: %w", err)
+		} else if !got {
+			res.Busy = true
+			return nil
 		}
 		deadState := "dead"
-		marked, err := q.WorkerSessionMarkDead(ctx, db.WorkerSessionMarkDeadParams{ID: sessionID, TimeoutMs: float64(cfg.WorkerTimeout.Milliseconds())})
+		marked, err := q.WorkerSessionMarkDead(ctx, db.WorkerSessionMarkDeadParams{ID: sessionID, Now: cfg.Now, TimeoutMs: float64(cfg.WorkerTimeout.Milliseconds())})
 		switch {
 		case err == nil:
 			res.Deadline = marked.Deadline
@@ -98,7 +122,7 @@ func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64
 			return nil
 		}
 		healthy, err := q.WorkerSessionListHealthy(ctx, db.WorkerSessionListHealthyParams{
-			GroupName: group, TimeoutMs: float64(cfg.WorkerTimeout.Milliseconds()),
+			GroupName: group, Now: cfg.Now, TimeoutMs: float64(cfg.WorkerTimeout.Milliseconds()),
 		})
 		if err != nil {
 			return fmt.Errorf("list healthy sessions: %w", err)
@@ -112,20 +136,27 @@ func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64
 			if len(locked) == 0 {
 				break
 			}
-			p := db.FailoverMoveTasksParams{DeadSessionID: sessionID, DeadState: deadState}
+			p := db.FailoverMoveTasksParams{DeadSessionID: sessionID, DeadState: deadState, MaxFailovers: int32(cfg.MaxFailovers)}
 			for _, t := range locked {
 				p.TaskIds = append(p.TaskIds, t.ID)
 				p.OldAttempts = append(p.OldAttempts, t.Attempt)
-				p.Targets = append(p.Targets, picker.Next())
+				if Poison(t.State, t.FailoverCount, cfg.MaxFailovers) {
+					p.Targets = append(p.Targets, targetFail)
+				} else {
+					p.Targets = append(p.Targets, picker.Next())
+				}
 			}
 			moved, err := q.FailoverMoveTasks(ctx, p)
 			if err != nil {
 				return fmt.Errorf("move tasks of session %d: %w", sessionID, err)
 			}
 			for _, m := range moved {
-				if m.WorkerSessionID != nil {
+				switch {
+				case m.State == stateFailed:
+					res.Failed++
+				case m.WorkerSessionID != nil:
 					res.Reassigned++
-				} else {
+				default:
 					res.Queued++
 				}
 			}
@@ -144,7 +175,7 @@ func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64
 		}); err != nil {
 			return fmt.Errorf("record failover pass: %w", err)
 		}
-		return notifyMoved(ctx, tx, res.Moved)
+		return notifyMoved(ctx, q, res.Moved)
 	})
 	if err != nil {
 		return Result{}, err
@@ -152,15 +183,27 @@ func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64
 	return res, nil
 }
 
+// targetFail as a FailoverMoveTasks target fails the task (a poison task).
+const targetFail = -1
+
+const stateFailed = "failed"
+
+// Poison reports whether a task found on a dead session must fail instead of being
+// moved: it was running (so it may be what killed its worker) and was already
+// failed over maxFailovers times. A task merely dispatched never is.
+func Poison(state string, failoverCount int32, maxFailovers int) bool {
+	return state == "running" && int(failoverCount) >= maxFailovers
+}
+
 // notifyMoved sends one NOTIFY per transaction: the sessions that got tasks, and a
 // dispatcher wake-up if some went back to the queue.
-func notifyMoved(ctx context.Context, tx pgx.Tx, moved []db.FailoverMoveTasksRow) error {
+func notifyMoved(ctx context.Context, q *db.Queries, moved []db.FailoverMoveTasksRow) error {
 	seen := map[int64]bool{}
 	var ids []string
 	queued := false
 	for _, m := range moved {
 		if m.WorkerSessionID == nil {
-			queued = true
+			queued = queued || m.State != stateFailed
 			continue
 		}
 		if !seen[*m.WorkerSessionID] {
@@ -169,12 +212,12 @@ func notifyMoved(ctx context.Context, tx pgx.Tx, moved []db.FailoverMoveTasksRow
 		}
 	}
 	if len(ids) > 0 {
-		if _, err := tx.Exec(ctx, "SELECT pg_notify($1, $2)", notify.ChannelClaim, notify.ClaimPayload(ids)); err != nil {
+		if err := q.NotifyClaim(ctx, notify.ClaimPayload(ids)); err != nil {
 			return fmt.Errorf("notify workers: %w", err)
 		}
 	}
 	if queued {
-		if _, err := tx.Exec(ctx, "SELECT pg_notify($1, '')", notify.ChannelDispatch); err != nil {
+		if err := q.NotifyDispatch(ctx); err != nil {
 			return fmt.Errorf("notify dispatch: %w", err)
 		}
 	}
@@ -186,13 +229,15 @@ func notifyMoved(ctx context.Context, tx pgx.Tx, moved []db.FailoverMoveTasksRow
 func Master(ctx context.Context, pool *pgxpool.Pool, cfg Config, masterID int64) (bool, error) {
 	cfg = cfg.withDefaults()
 	ran := false
-	err := store.WithTx(ctx, pool, func(q *db.Queries, tx pgx.Tx) error {
-		var got bool
-		if err := tx.QueryRow(ctx, "SELECT pg_try_advisory_xact_lock($1, hashtext($2::text))",
-			store.LockClassMasterFailover, strconv.FormatInt(masterID, 10)).Scan(&got); err != nil || !got {
+	err := store.WithTx(ctx, pool, func(q *db.Queries, _ pgx.Tx) error {
+		if err := q.LockTimeoutLocal(ctx, cfg.LockTimeout.Milliseconds()); err != nil {
+			return fmt.Errorf("set lock timeout: %w", err)
+		}
+		got, err := q.LockTryMasterFailover(ctx, masterID)
+		if err != nil || !got {
 			return err
 		}
-		deadline, err := q.MasterSessionMarkDead(ctx, db.MasterSessionMarkDeadParams{ID: masterID, TimeoutMs: float64(cfg.MasterTimeout.Milliseconds())})
+		deadline, err := q.MasterSessionMarkDead(ctx, db.MasterSessionMarkDeadParams{ID: masterID, Now: cfg.Now, TimeoutMs: float64(cfg.MasterTimeout.Milliseconds())})
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
 		}
@@ -205,8 +250,10 @@ func Master(ctx context.Context, pool *pgxpool.Pool, cfg Config, masterID int64)
 			return fmt.Errorf("insert master failover marker: %w", err)
 		}
 		ran = true
-		_, err = tx.Exec(ctx, "UPDATE failover_events SET finished_at = clock_timestamp(), passes = 1 WHERE kind = 'master' AND session_id = $1 AND finished_at IS NULL", masterID)
-		return err
+		if _, err := q.FailoverEventFinishMaster(ctx, masterID); err != nil {
+			return fmt.Errorf("finish master failover marker: %w", err)
+		}
+		return nil
 	})
 	return ran, err
 }
@@ -227,6 +274,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.BatchSize <= 0 {
 		c.BatchSize = DefaultBatchSize
+	}
+	if c.MaxFailovers <= 0 {
+		c.MaxFailovers = MaxFailoversDefault
+	}
+	if c.LockTimeout <= 0 {
+		c.LockTimeout = LockTimeoutDefault
 	}
 	return c
 }

@@ -24,6 +24,11 @@ const (
 	ChannelClaim = "baton_claim" // also spelled in queries/dispatch_queue.sql (DispatchAssign)
 )
 
+// ClaimPayloadMax is the longest list of session ids a claim NOTIFY carries; a
+// longer one becomes "*" (everyone). Passed to DispatchAssign, which builds the
+// payload in SQL, so the cap is spelled only here.
+const ClaimPayloadMax = 7000
+
 // Listener holds one connection that LISTENs and calls OnNotify per notification.
 type Listener struct {
 	Pool     *pgxpool.Pool
@@ -99,7 +104,7 @@ func (s Signal) Wake() {
 // list would not fit in a payload.
 func ClaimPayload(ids []string) string {
 	p := strings.Join(ids, ",")
-	if len(p) > 7000 {
+	if len(p) > ClaimPayloadMax {
 		return "*"
 	}
 	return p

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/baton-scheduler/baton/db"
+	"github.com/baton-scheduler/baton/internal/executor"
 	"github.com/baton-scheduler/baton/internal/retrypolicy"
 	"github.com/baton-scheduler/baton/internal/store"
 )
@@ -76,14 +77,18 @@ func Finish(ctx context.Context, pool *pgxpool.Pool, results []Result) (Summary,
 	return sum, nil
 }
 
+// TimeOutBatchSize bounds the overdue attempts one timeout transaction records.
+const TimeOutBatchSize = 500
+
 // TimeOutOverdue records running attempts past their timeout plus grace as
 // timed_out (retrying them if allowed). The worker normally kills and reports them
 // itself; this catches handlers that ignore cancellation and workers that hang.
-func TimeOutOverdue(ctx context.Context, pool *pgxpool.Pool, grace time.Duration, policy retrypolicy.Policy, noExitCode int32) (int, error) {
+// now replaces Postgres now() (tests only; nil in production).
+func TimeOutOverdue(ctx context.Context, pool *pgxpool.Pool, grace time.Duration, policy retrypolicy.Policy, now *time.Time) (int, error) {
 	var results []Result
-	err := store.WithTx(ctx, pool, func(q *db.Queries, tx pgx.Tx) error {
+	err := store.WithTx(ctx, pool, func(q *db.Queries, _ pgx.Tx) error {
 		results = results[:0]
-		rows, err := q.TaskListTimedOut(ctx, db.TaskListTimedOutParams{GraceMs: grace.Milliseconds(), MaxTasks: 500})
+		rows, err := q.TaskListTimedOut(ctx, db.TaskListTimedOutParams{GraceMs: grace.Milliseconds(), Now: now, MaxTasks: TimeOutBatchSize})
 		if err != nil {
 			return fmt.Errorf("list overdue tasks: %w", err)
 		}
@@ -92,7 +97,7 @@ func TimeOutOverdue(ctx context.Context, pool *pgxpool.Pool, grace time.Duration
 		}
 		for _, r := range rows {
 			results = append(results, Result{TaskID: r.ID, Attempt: r.Attempt, SessionID: r.WorkerSessionID, Outcome: "timed_out",
-				ExitCode: noExitCode, Error: "timed out: no result from the worker within timeout + grace",
+				ExitCode: executor.NoExitCode, Error: "timed out: no result from the worker within timeout + grace",
 				RetryDelay: policy.Delay(int(r.Retries), nil)})
 		}
 		if _, err := q.TaskFinish(ctx, finishParams(results)); err != nil {
@@ -105,7 +110,7 @@ func TimeOutOverdue(ctx context.Context, pool *pgxpool.Pool, grace time.Duration
 
 // finishParams lays results out as the column arrays TaskFinish unnests.
 func finishParams(results []Result) db.TaskFinishParams {
-	var p db.TaskFinishParams
+	p := db.TaskFinishParams{NoExitCode: executor.NoExitCode}
 	for _, r := range results {
 		p.Ids = append(p.Ids, r.TaskID)
 		p.Attempts = append(p.Attempts, r.Attempt)

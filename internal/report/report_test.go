@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/baton-scheduler/baton/batontest"
-	"github.com/baton-scheduler/baton/internal/executor"
 	"github.com/baton-scheduler/baton/internal/failover"
 	"github.com/baton-scheduler/baton/internal/report"
 	"github.com/baton-scheduler/baton/internal/retrypolicy"
@@ -44,8 +43,11 @@ func TestSupersededAttemptIsFenced(t *testing.T) {
 	if n := q("SELECT count(*) FROM tasks WHERE id = $1 AND state = 'dispatched' AND attempt = 2 AND worker_session_id = $2 AND output = ''", task, healthy); n != 1 {
 		t.Fatal("a superseded attempt's write changed the task")
 	}
-	if n := q("SELECT count(*) FROM task_attempts WHERE task_id = $1 AND attempt = 1 AND outcome = 'fenced' AND error LIKE 'result refused (succeeded)%failed_over'", task); n != 1 {
-		t.Fatal("superseded attempt not recorded as fenced")
+	// History is never rewritten: the attempt stays failed_over with the master's
+	// error, and the refusal is recorded beside it.
+	if n := q(`SELECT count(*) FROM task_attempts WHERE task_id = $1 AND attempt = 1 AND outcome = 'failed_over'
+		AND error = 'worker session ' || $2::bigint || ' is dead' AND refused_outcome = 'succeeded' AND refused_at >= finished_at`, task, zombie); n != 1 {
+		t.Fatal("superseded attempt: outcome rewritten or refusal not recorded")
 	}
 
 	// The same write with the right attempt but the wrong session is fenced too.
@@ -99,7 +101,7 @@ func TestRetryAndTimeout(t *testing.T) {
 
 	overdue := mk(0, time.Second, time.Hour)
 	notYet := mk(0, time.Hour, time.Second)
-	n, err := report.TimeOutOverdue(ctx, pool, time.Second, retrypolicy.Default, executor.NoExitCode)
+	n, err := report.TimeOutOverdue(ctx, pool, time.Second, retrypolicy.Default, nil)
 	if err != nil || n != 1 {
 		t.Fatalf("TimeOutOverdue = %d, %v; want 1", n, err)
 	}
@@ -111,5 +113,48 @@ func TestRetryAndTimeout(t *testing.T) {
 	}
 	if c := q("SELECT count(*) FROM tasks WHERE id = $1 AND state = 'running'", notYet); c != 1 {
 		t.Fatal("task within its timeout was touched")
+	}
+}
+
+// A late write to an attempt the master already timed out keeps timed_out (and its
+// error) and records the refusal beside it; a late write to an attempt still open
+// closes it as fenced.
+func TestFencedWriteKeepsHistory(t *testing.T) {
+	t.Parallel()
+	pool, _ := srv.NewPool(t)
+	ctx := context.Background()
+	q := func(sql string, args ...any) int64 { t.Helper(); return batontest.Int64(t, pool, sql, args...) }
+	q("INSERT INTO worker_groups (name) VALUES ('g') RETURNING 1")
+	s := q("INSERT INTO worker_sessions (name, group_name, slots) VALUES ('w', 'g', 2) RETURNING id")
+	overdue := q(`INSERT INTO tasks (group_name, kind, state, attempt, worker_session_id, dispatched_at, started_at, timeout_ms)
+		VALUES ('g', 'shell', 'running', 1, $1, now(), now() - interval '1 hour', 1000) RETURNING id`, s)
+	q("INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, started_at) VALUES ($1, 1, $2, 'submit', now()) RETURNING 1", overdue, s)
+	if n, err := report.TimeOutOverdue(ctx, pool, time.Second, retrypolicy.Default, nil); err != nil || n != 1 {
+		t.Fatalf("TimeOutOverdue = %d, %v", n, err)
+	}
+	late := report.Result{TaskID: overdue, Attempt: 1, SessionID: s, Outcome: "succeeded", ExitCode: 0, Output: "late"}
+	for range 2 { // a redelivery records nothing new
+		if sum, err := report.Finish(ctx, pool, []report.Result{late}); err != nil || len(sum.Fenced) != 1 {
+			t.Fatalf("late result: %+v, %v", sum, err)
+		}
+	}
+	if n := q(`SELECT count(*) FROM task_attempts WHERE task_id = $1 AND attempt = 1 AND outcome = 'timed_out'
+		AND error LIKE 'timed out:%' AND refused_outcome = 'succeeded' AND refused_at IS NOT NULL`, overdue); n != 1 {
+		t.Fatal("timed_out attempt rewritten by a late write, or refusal not recorded")
+	}
+	if n := q("SELECT count(*) FROM tasks WHERE id = $1 AND state = 'timed_out' AND output = ''", overdue); n != 1 {
+		t.Fatal("late write changed the task")
+	}
+
+	// An attempt superseded while still open (no outcome yet) is closed as fenced.
+	open := q(`INSERT INTO tasks (group_name, kind, state, attempt, worker_session_id, dispatched_at, started_at)
+		VALUES ('g', 'shell', 'running', 2, $1, now(), now()) RETURNING id`, s)
+	q("INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, started_at) VALUES ($1, 1, $2, 'submit', now()) RETURNING 1", open, s)
+	if sum, err := report.Finish(ctx, pool, []report.Result{{TaskID: open, Attempt: 1, SessionID: s, Outcome: "failed", ExitCode: 3}}); err != nil || len(sum.Fenced) != 1 {
+		t.Fatalf("superseded open attempt: %+v, %v", sum, err)
+	}
+	if n := q(`SELECT count(*) FROM task_attempts WHERE task_id = $1 AND attempt = 1 AND outcome = 'fenced'
+		AND error = 'result refused (failed): attempt superseded' AND refused_outcome = 'failed'`, open); n != 1 {
+		t.Fatal("open superseded attempt not closed as fenced")
 	}
 }

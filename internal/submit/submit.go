@@ -228,7 +228,7 @@ func Many(ctx context.Context, pool *pgxpool.Pool, specs []Spec) ([]int64, error
 		p.TimeoutsMs = append(p.TimeoutsMs, s.Timeout.Milliseconds())
 	}
 	var ids []int64
-	err := store.WithTx(ctx, pool, func(q *db.Queries, tx pgx.Tx) error {
+	err := store.WithTx(ctx, pool, func(q *db.Queries, _ pgx.Tx) error {
 		for g := range groups {
 			ok, err := q.GroupExists(ctx, g)
 			if err != nil {
@@ -257,8 +257,7 @@ func Many(ctx context.Context, pool *pgxpool.Pool, specs []Spec) ([]int64, error
 			}
 			return fmt.Errorf("store tasks: %w", err)
 		}
-		_, err = tx.Exec(ctx, "SELECT pg_notify($1, '')", notify.ChannelDispatch)
-		return err
+		return q.NotifyDispatch(ctx)
 	})
 	if err != nil {
 		return nil, err

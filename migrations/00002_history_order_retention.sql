@@ -1,0 +1,54 @@
+-- +goose Up
+-- Schema v2: refused writes recorded beside an attempt's outcome (history is never
+-- rewritten), a queue order that survives failover, and the indexes retention needs.
+
+-- A late (fenced) write no longer overwrites the outcome a master already recorded
+-- (timed_out, failed_over): the refusal is recorded in its own columns.
+ALTER TABLE task_attempts
+    ADD COLUMN refused_outcome text,
+    ADD COLUMN refused_at      timestamptz,
+    ADD CONSTRAINT task_attempts_refused CHECK ((refused_outcome IS NULL) = (refused_at IS NULL));
+COMMENT ON COLUMN task_attempts.refused_outcome IS 'Outcome a superseded worker tried to write after the attempt was taken from it (refused by fencing); NULL if none.';
+COMMENT ON COLUMN task_attempts.refused_at IS 'When that late write was refused.';
+COMMENT ON COLUMN task_attempts.outcome IS 'NULL while in flight; succeeded, failed, timed_out, canceled; failed_over when its worker died; fenced when a superseded worker wrote while the attempt was still open. A refused late write never changes an outcome already recorded (see refused_outcome).';
+
+-- Queue order survives failover and retry: within a priority, by task id (submission
+-- order), not by the dispatch row's id, which a failover or retry renews.
+DROP INDEX dispatch_queue_waiting;
+CREATE INDEX dispatch_queue_waiting ON dispatch_queue (group_name, priority DESC, task_id) WHERE target_session_id IS NULL;
+
+-- The same rows as tasks_active_by_session (tasks_owner: a session is set exactly
+-- while dispatched or running), but a predicate that `worker_session_id = $1`
+-- implies, so the foreign-key check of a session delete is an index probe too.
+DROP INDEX tasks_active_by_session;
+CREATE INDEX tasks_active_by_session ON tasks (worker_session_id, state) WHERE worker_session_id IS NOT NULL;
+
+-- Retention: candidates by age, oldest first.
+CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX worker_sessions_ended ON worker_sessions (ended_at) WHERE ended_at IS NOT NULL;
+CREATE INDEX master_sessions_ended ON master_sessions (ended_at) WHERE ended_at IS NOT NULL;
+CREATE INDEX failover_events_finished ON failover_events (finished_at) WHERE finished_at IS NOT NULL;
+
+-- A pruned master session leaves its failover events (the audit trail) in place.
+ALTER TABLE failover_events
+    DROP CONSTRAINT failover_events_detected_by_fkey,
+    ADD CONSTRAINT failover_events_detected_by_fkey FOREIGN KEY (detected_by) REFERENCES master_sessions (id) ON DELETE SET NULL;
+CREATE INDEX failover_events_detected_by ON failover_events (detected_by) WHERE detected_by IS NOT NULL;
+
+-- +goose Down
+DROP INDEX failover_events_detected_by;
+ALTER TABLE failover_events
+    DROP CONSTRAINT failover_events_detected_by_fkey,
+    ADD CONSTRAINT failover_events_detected_by_fkey FOREIGN KEY (detected_by) REFERENCES master_sessions (id);
+DROP INDEX failover_events_finished;
+DROP INDEX master_sessions_ended;
+DROP INDEX worker_sessions_ended;
+DROP INDEX tasks_finished;
+DROP INDEX tasks_active_by_session;
+CREATE INDEX tasks_active_by_session ON tasks (worker_session_id, state) WHERE state IN ('dispatched', 'running');
+DROP INDEX dispatch_queue_waiting;
+CREATE INDEX dispatch_queue_waiting ON dispatch_queue (group_name, priority DESC, available_at, id) WHERE target_session_id IS NULL;
+ALTER TABLE task_attempts
+    DROP CONSTRAINT task_attempts_refused,
+    DROP COLUMN refused_at,
+    DROP COLUMN refused_outcome;
