@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/baton-scheduler/baton/batontest"
 	"github.com/baton-scheduler/baton/internal/dispatch"
+	"github.com/baton-scheduler/baton/internal/failover"
 	"github.com/baton-scheduler/baton/internal/submit"
 )
 
@@ -114,5 +116,79 @@ func TestDispatchNotifiesTargets(t *testing.T) {
 	want1, want2 := fmt.Sprintf("%d,%d", s1, s2), fmt.Sprintf("%d,%d", s2, s1)
 	if n.Payload != want1 && n.Payload != want2 {
 		t.Fatalf("claim NOTIFY payload %q, want the two session ids", n.Payload)
+	}
+}
+
+// Failed-over work keeps its place: tasks taken from a dead worker when no slot was
+// free wait in the queue ahead of the backlog submitted after them (same priority),
+// so they are the first dispatched when a slot frees up.
+func TestFailedOverTasksKeepTheirPlace(t *testing.T) {
+	t.Parallel()
+	pool, _ := srv.NewPool(t)
+	ctx := context.Background()
+	q := func(sql string, args ...any) int64 { t.Helper(); return batontest.Int64(t, pool, sql, args...) }
+	q("INSERT INTO worker_groups (name) VALUES ('a') RETURNING 1")
+	first := q("INSERT INTO worker_sessions (name, group_name, slots) VALUES ('first', 'a', 2) RETURNING id")
+	specs := make([]submit.Spec, 50)
+	for i := range specs {
+		specs[i] = submit.Spec{Group: "a", Kind: "noop"}
+	}
+	ids, err := submit.Many(ctx, pool, specs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &dispatch.Dispatcher{Pool: pool, WorkerTimeout: 5 * time.Second}
+	if n, err := d.RunOnce(ctx); err != nil || n != 2 {
+		t.Fatalf("dispatched %d, %v; want 2", n, err)
+	}
+	q("UPDATE tasks SET state = 'running', started_at = now() WHERE worker_session_id = $1 RETURNING 1", first)
+	q("DELETE FROM dispatch_queue WHERE target_session_id = $1 RETURNING 1", first)
+	// The worker dies with no other worker alive: its tasks go back to the queue.
+	q("UPDATE worker_sessions SET last_heartbeat_at = now() - interval '1 hour' WHERE id = $1 RETURNING 1", first)
+	res, err := failover.Worker(ctx, pool, failover.Config{WorkerTimeout: 5 * time.Second}, first, "a")
+	if err != nil || res.Queued != 2 {
+		t.Fatalf("failover: %+v, %v", res, err)
+	}
+	second := q("INSERT INTO worker_sessions (name, group_name, slots) VALUES ('second', 'a', 2) RETURNING id")
+	if n, err := d.RunOnce(ctx); err != nil || n != 2 {
+		t.Fatalf("dispatched %d, %v; want 2", n, err)
+	}
+	for _, id := range ids[:2] {
+		if n := q("SELECT count(*) FROM tasks WHERE id = $1 AND worker_session_id = $2 AND attempt = 2", id, second); n != 1 {
+			t.Fatalf("failed-over task %d was not dispatched first: it went behind the backlog", id)
+		}
+	}
+}
+
+// The dispatch queries stay index-backed: the waiting-task scan follows the queue
+// order index and never sorts the backlog.
+func TestDispatchPlanUsesQueueIndex(t *testing.T) {
+	t.Parallel()
+	pool, _ := srv.NewPool(t)
+	ctx := context.Background()
+	q := func(sql string, args ...any) int64 { t.Helper(); return batontest.Int64(t, pool, sql, args...) }
+	q("INSERT INTO worker_groups (name) VALUES ('a') RETURNING 1")
+	q(`WITH t AS (INSERT INTO tasks (group_name, kind) SELECT 'a', 'noop' FROM generate_series(1, 20000) RETURNING id)
+		INSERT INTO dispatch_queue (task_id, attempt, group_name, reason) SELECT id, 0, 'a', 'submit' FROM t RETURNING 1`)
+	if _, err := pool.Exec(ctx, "ANALYZE dispatch_queue"); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := pool.Query(ctx, `EXPLAIN SELECT task_id FROM dispatch_queue
+		WHERE group_name = 'a' AND target_session_id IS NULL AND available_at <= now()
+		ORDER BY priority DESC, task_id LIMIT 100 FOR UPDATE SKIP LOCKED`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var plan []string
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			t.Fatal(err)
+		}
+		plan = append(plan, line)
+	}
+	text := strings.Join(plan, "\n")
+	if !strings.Contains(text, "dispatch_queue_waiting") || strings.Contains(text, "Sort") {
+		t.Fatalf("waiting-task scan does not follow dispatch_queue_waiting:\n%s", text)
 	}
 }

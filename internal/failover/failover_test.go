@@ -3,6 +3,7 @@ package failover_test
 import (
 	"context"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -344,5 +345,102 @@ func TestMasterFailoverOnce(t *testing.T) {
 	}
 	if n := b.int64("SELECT count(*) FROM failover_events WHERE kind = 'master' AND session_id = $1 AND detected_by = $2", m, live); n != 1 {
 		t.Fatalf("master markers = %d, want 1", n)
+	}
+}
+
+// A task that was running each time its worker died is failed over at most
+// MaxFailovers times; found running on a dead worker once more, it fails with an
+// error that says so. A task merely dispatched to a dead worker is always moved.
+func TestPoisonTaskFailsAfterMaxFailovers(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	dead := b.session("g1", "alive", 10, true)
+	b.session("g1", "alive", 10, false)
+	poison := b.task("g1", dead, "running")
+	b.exec("UPDATE tasks SET failover_count = 3 WHERE id = $1", poison)
+	below := b.task("g1", dead, "running")
+	b.exec("UPDATE tasks SET failover_count = 2 WHERE id = $1", below)
+	waiting := b.task("g1", dead, "dispatched")
+	b.exec("UPDATE tasks SET failover_count = 7 WHERE id = $1", waiting)
+
+	res, err := failover.Worker(b.ctx, b.pool, failover.Config{WorkerTimeout: 5 * time.Second, MaxFailovers: 3}, dead, "g1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Failed != 1 || res.Reassigned != 2 || !res.Finished {
+		t.Fatalf("result = %+v, want 1 failed, 2 reassigned, finished", res)
+	}
+	var state, lastErr string
+	var failovers int
+	if err := b.pool.QueryRow(b.ctx, `SELECT state, last_error, failover_count FROM tasks
+		WHERE id = $1 AND worker_session_id IS NULL AND finished_at IS NOT NULL AND attempt = 1`, poison).Scan(&state, &lastErr, &failovers); err != nil {
+		t.Fatal(err)
+	}
+	if state != "failed" || failovers != 3 || !strings.Contains(lastErr, "failed over 3 times (its workers died while running it)") {
+		t.Fatalf("poison task: state %s, failovers %d, error %q", state, failovers, lastErr)
+	}
+	if n := b.int64("SELECT count(*) FROM dispatch_queue WHERE task_id = $1", poison); n != 0 {
+		t.Fatal("poison task still has a dispatch row")
+	}
+	if n := b.int64("SELECT count(*) FROM task_attempts WHERE task_id = $1 AND attempt = 1 AND outcome = 'failed_over'", poison); n != 1 {
+		t.Fatal("poison task's last attempt not closed as failed_over")
+	}
+	if n := b.int64("SELECT count(*) FROM task_attempts WHERE task_id = $1", poison); n != 1 {
+		t.Fatal("poison task got a new attempt")
+	}
+	for _, id := range []int64{below, waiting} {
+		if n := b.int64("SELECT count(*) FROM tasks WHERE id = $1 AND state = 'dispatched' AND attempt = 2", id); n != 1 {
+			t.Fatalf("task %d not failed over", id)
+		}
+	}
+}
+
+func TestPoison(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		state string
+		count int32
+		want  bool
+	}{{"running", 2, false}, {"running", 3, true}, {"running", 4, true}, {"dispatched", 9, false}} {
+		if got := failover.Poison(c.state, c.count, 3); got != c.want {
+			t.Errorf("Poison(%s, %d, 3) = %v", c.state, c.count, got)
+		}
+	}
+}
+
+// A group whose dispatch lock another session holds (and does not release) is
+// skipped, not waited for: the pass reports Busy and touches nothing; once the
+// lock is released the next pass fails the session over.
+func TestBusyGroupIsSkipped(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	dead := b.session("g1", "alive", 4, true)
+	b.session("g1", "alive", 4, false)
+	id := b.task("g1", dead, "running")
+	tx, err := b.pool.Begin(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(b.ctx) //nolint:errcheck
+	if _, err := tx.Exec(b.ctx, "SELECT pg_advisory_xact_lock(1650524163, hashtext('g1'))"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second) // a wait would hit this and fail the test
+	defer cancel()
+	res, err := failover.Worker(ctx, b.pool, cfg, dead, "g1")
+	if err != nil || !res.Busy || res.Ran {
+		t.Fatalf("held group: %+v, %v; want busy", res, err)
+	}
+	if n := b.int64("SELECT count(*) FROM worker_sessions WHERE id = $1 AND state = 'alive'", dead); n != 1 {
+		t.Fatal("session of a busy group marked dead before its tasks could move")
+	}
+	if err := tx.Rollback(b.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if res := b.failover(dead, "g1"); res.Busy || res.Reassigned != 1 || !res.Finished {
+		t.Fatalf("after release: %+v", res)
+	}
+	if a := b.int64("SELECT attempt FROM tasks WHERE id = $1", id); a != 2 {
+		t.Fatal("task not moved after release")
 	}
 }
