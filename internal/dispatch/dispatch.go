@@ -4,6 +4,7 @@ package dispatch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -12,38 +13,62 @@ import (
 
 	"github.com/baton-scheduler/baton/db"
 	"github.com/baton-scheduler/baton/internal/notify"
+	"github.com/baton-scheduler/baton/internal/service"
 	"github.com/baton-scheduler/baton/internal/slots"
 	"github.com/baton-scheduler/baton/internal/store"
 )
 
-// DefaultBatchSize bounds the tasks one dispatch transaction assigns per group.
-const DefaultBatchSize = 2000
+// Defaults.
+const (
+	// DefaultBatchSize bounds the tasks one dispatch transaction assigns per group.
+	DefaultBatchSize = 2000
+	// DefaultGroupTimeout bounds one group's dispatch transaction.
+	DefaultGroupTimeout = 10 * time.Second
+)
 
 // Dispatcher assigns waiting dispatch rows.
 type Dispatcher struct {
 	Pool          *pgxpool.Pool
 	WorkerTimeout time.Duration
 	BatchSize     int
+	GroupTimeout  time.Duration // deadline of one group's transaction (default DefaultGroupTimeout)
 	// Now replaces Postgres now() in liveness checks (tests only; nil in production).
 	Now *time.Time
 }
 
 // RunOnce dispatches what it can in every group with waiting tasks and returns
-// how many tasks it dispatched. A group another master is dispatching is skipped.
+// how many tasks it dispatched. A group another master is dispatching is skipped;
+// each group gets its own transaction with its own deadline (GroupTimeout), and an
+// error in one group does not keep the others from being dispatched.
 func (d *Dispatcher) RunOnce(ctx context.Context) (int, error) {
-	groups, err := db.New(d.Pool).DispatchListWaitingGroups(ctx)
+	groups, err := service.WithTimeout(ctx, d.groupTimeout(), func(ctx context.Context) ([]string, error) {
+		return db.New(d.Pool).DispatchListWaitingGroups(ctx)
+	})
 	if err != nil {
 		return 0, fmt.Errorf("list waiting groups: %w", err)
 	}
 	total := 0
+	var errs []error
 	for _, g := range groups {
-		n, err := d.Group(ctx, g)
+		if ctx.Err() != nil {
+			return total, ctx.Err()
+		}
+		n, err := service.WithTimeout(ctx, d.groupTimeout(), func(ctx context.Context) (int, error) {
+			return d.Group(ctx, g)
+		})
 		if err != nil {
-			return total, err
+			errs = append(errs, err)
 		}
 		total += n
 	}
-	return total, nil
+	return total, errors.Join(errs...)
+}
+
+func (d *Dispatcher) groupTimeout() time.Duration {
+	if d.GroupTimeout > 0 {
+		return d.GroupTimeout
+	}
+	return DefaultGroupTimeout
 }
 
 // Group dispatches one group's waiting tasks in one transaction.

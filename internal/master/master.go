@@ -1,7 +1,12 @@
 // Package master is a baton master: it heartbeats its own session, sweeps worker
 // and master liveness (Postgres time only) and runs failover, dispatches queued
-// tasks and records overdue attempts as timed out. Any number run at once, all
-// active; they coordinate only through Postgres locks.
+// tasks, records overdue attempts as timed out and prunes old rows. Any number run
+// at once, all active; they coordinate only through Postgres locks.
+//
+// Each duty is its own service (internal/service shape) with its own goroutine, so
+// one that is stuck (a group whose lock a hung session holds, a slow prune) never
+// delays another: master-death detection and the timeout sweep do not wait behind
+// worker failover.
 package master
 
 import (
@@ -9,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,13 +21,12 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/baton-scheduler/baton/db"
-	"github.com/baton-scheduler/baton/internal/dispatch"
-	"github.com/baton-scheduler/baton/internal/executor"
 	"github.com/baton-scheduler/baton/internal/failover"
 	"github.com/baton-scheduler/baton/internal/logfield"
 	"github.com/baton-scheduler/baton/internal/notify"
-	"github.com/baton-scheduler/baton/internal/report"
+	"github.com/baton-scheduler/baton/internal/retention"
 	"github.com/baton-scheduler/baton/internal/retrypolicy"
+	"github.com/baton-scheduler/baton/internal/service"
 	"github.com/baton-scheduler/baton/internal/store"
 )
 
@@ -35,7 +38,17 @@ const (
 	SweepIntervalDefault     = time.Second
 	DispatchIntervalDefault  = 250 * time.Millisecond
 	TimeoutGraceDefault      = 5 * time.Second
+	MaxFailoversDefault      = failover.MaxFailoversDefault
+	RetentionDefault         = retention.RetentionDefault
+	PruneIntervalDefault     = time.Minute
+	// TxTimeoutDefault bounds each transaction of a sweep (one failover candidate,
+	// one group's dispatch, one prune batch): a hung connection stalls one pass of
+	// one candidate, never the loop.
+	TxTimeoutDefault = 10 * time.Second
 )
+
+// RetentionForever as Config.Retention keeps every row (no pruning).
+const RetentionForever time.Duration = -1
 
 // Config of a master process.
 type Config struct {
@@ -47,9 +60,19 @@ type Config struct {
 	SweepInterval     time.Duration // liveness + timeout sweep period
 	DispatchInterval  time.Duration // dispatch polling fallback when no NOTIFY arrives
 	TimeoutGrace      time.Duration // extra time past a task's timeout before the master records it
-	Retry             retrypolicy.Policy
-	Logger            *zap.Logger
-	Version           string
+	// MaxFailovers: a task found running on a dead worker after it was failed over
+	// this many times fails ("failed over N times") instead of killing the next
+	// worker (a poison task). Default 3.
+	MaxFailovers int
+	// Retention: finished tasks (with their attempts), finished failover events and
+	// unreferenced ended sessions older than this are pruned. Default 30 days;
+	// RetentionForever keeps everything.
+	Retention     time.Duration
+	PruneInterval time.Duration // how often the pruner runs (default 1 minute)
+	TxTimeout     time.Duration // deadline of each sweep transaction (default 10 s)
+	Retry         retrypolicy.Policy
+	Logger        *zap.Logger
+	Version       string
 }
 
 // WithDefaults returns a copy with every zero field set to its default.
@@ -75,6 +98,18 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.TimeoutGrace == 0 {
 		c.TimeoutGrace = TimeoutGraceDefault
+	}
+	if c.MaxFailovers == 0 {
+		c.MaxFailovers = MaxFailoversDefault
+	}
+	if c.Retention == 0 {
+		c.Retention = RetentionDefault
+	}
+	if c.PruneInterval == 0 {
+		c.PruneInterval = PruneIntervalDefault
+	}
+	if c.TxTimeout == 0 {
+		c.TxTimeout = TxTimeoutDefault
 	}
 	if c.Retry == (retrypolicy.Policy{}) {
 		c.Retry = retrypolicy.Default
@@ -106,22 +141,42 @@ func (c Config) Validate() error {
 	if c.SweepInterval <= 0 || c.DispatchInterval <= 0 {
 		errs = append(errs, errors.New("sweep and dispatch intervals must be positive"))
 	}
+	if c.MaxFailovers < 1 || c.MaxFailovers > 1000 {
+		errs = append(errs, fmt.Errorf("max failovers %d is outside 1..1000", c.MaxFailovers))
+	}
+	if c.Retention != RetentionForever && c.Retention < time.Minute {
+		errs = append(errs, fmt.Errorf("retention %s is shorter than a minute (0 on the command line keeps everything)", c.Retention))
+	}
+	if c.PruneInterval < 0 || c.TxTimeout < 0 {
+		errs = append(errs, errors.New("prune interval and transaction timeout must not be negative"))
+	}
 	return errors.Join(errs...)
 }
 
-// Master is one master process.
+// Master is one master process: a set of services sharing a pool, a clock and
+// the master's session id.
 type Master struct {
 	cfg       Config
 	pool      *pgxpool.Pool
 	log       *zap.Logger
+	clock     *service.Clock
 	sessionID atomic.Int64 // replaced when the master re-registers
-	dispatch  notify.Signal
-	sweep     notify.Signal
-	disp      *dispatch.Dispatcher
+
+	heartbeat     *heartbeater
+	workerSweeper *workerSweeper
+	masterSweeper *masterSweeper
+	timeouts      *timeoutSweeper
+	dispatcher    *dispatcher
+	listener      *listener
+	pruner        *pruner // nil with RetentionForever
 }
 
 // New validates cfg, connects and registers the master session.
 func New(ctx context.Context, cfg Config) (*Master, error) {
+	return newMaster(ctx, cfg, service.NewClock())
+}
+
+func newMaster(ctx context.Context, cfg Config, clock *service.Clock) (*Master, error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("master config: %w", err)
@@ -130,8 +185,17 @@ func New(ctx context.Context, cfg Config) (*Master, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Master{cfg: cfg, pool: pool, log: cfg.Logger.Named("master"), dispatch: notify.NewSignal(), sweep: notify.NewSignal(),
-		disp: &dispatch.Dispatcher{Pool: pool, WorkerTimeout: cfg.WorkerTimeout}}
+	m := &Master{cfg: cfg, pool: pool, log: cfg.Logger.Named("master"), clock: clock}
+	base := func(name string) service.Base { return service.NewBase(name, m.log, clock) }
+	m.dispatcher = &dispatcher{Base: base("dispatcher"), m: m, wake: notify.NewSignal()}
+	m.workerSweeper = &workerSweeper{Base: base("worker_sweeper"), m: m, wake: notify.NewSignal()}
+	m.masterSweeper = &masterSweeper{Base: base("master_sweeper"), m: m}
+	m.timeouts = &timeoutSweeper{Base: base("timeout_sweeper"), m: m}
+	m.heartbeat = &heartbeater{Base: base("heartbeat"), m: m}
+	m.listener = &listener{Base: base("listener"), m: m}
+	if cfg.Retention != RetentionForever {
+		m.pruner = &pruner{Base: base("pruner"), m: m}
+	}
 	if err := m.register(ctx); err != nil {
 		pool.Close()
 		return nil, err
@@ -155,158 +219,75 @@ func (m *Master) register(ctx context.Context) error {
 	return nil
 }
 
-// Run works until ctx is canceled, then marks the session stopped.
+// startStopper is what Run starts and stops.
+type startStopper interface {
+	Start(ctx context.Context) error
+	Stop()
+}
+
+func (m *Master) services() []startStopper {
+	s := []startStopper{m.heartbeat, m.listener, m.dispatcher, m.workerSweeper, m.masterSweeper, m.timeouts}
+	if m.pruner != nil {
+		s = append(s, m.pruner)
+	}
+	return s
+}
+
+// Run works until ctx is canceled, then stops every service and marks the
+// session stopped.
 func (m *Master) Run(ctx context.Context) error {
 	defer m.pool.Close()
-	var wg sync.WaitGroup
-	loops := []func(context.Context){m.heartbeatLoop, m.sweepLoop, m.dispatchLoop, func(ctx context.Context) {
-		(&notify.Listener{Pool: m.pool, Channels: []string{notify.ChannelDispatch, notify.ChannelSweep}, Logger: m.log,
-			OnNotify: func(ch, _ string) {
-				if ch == notify.ChannelSweep {
-					m.sweep.Wake()
-				} else {
-					m.dispatch.Wake()
-				}
-			}}).Run(ctx)
-	}}
-	for _, loop := range loops {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			loop(ctx)
-		}()
+	started := []startStopper{}
+	var startErr error
+	for _, s := range m.services() {
+		if err := s.Start(ctx); err != nil {
+			startErr = err
+			break
+		}
+		started = append(started, s)
 	}
-	wg.Wait()
+	if startErr == nil {
+		<-ctx.Done()
+	}
+	for i := len(started) - 1; i >= 0; i-- {
+		started[i].Stop()
+	}
 	stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if _, err := db.New(m.pool).MasterSessionStop(stopCtx, m.SessionID()); err != nil {
 		m.log.Warn("mark master stopped failed", zap.Error(err))
 	}
 	m.log.Info("master stopped")
-	return nil
+	return startErr
 }
 
-func (m *Master) heartbeatLoop(ctx context.Context) {
-	t := time.NewTicker(m.cfg.HeartbeatInterval)
+// failoverConfig is the failover package's view of the master's settings.
+func (m *Master) failoverConfig() failover.Config {
+	return failover.Config{
+		WorkerTimeout: m.cfg.WorkerTimeout, MasterTimeout: m.cfg.MasterTimeout, MasterID: m.SessionID(),
+		MaxFailovers: m.cfg.MaxFailovers, Now: m.clock.NowOrNil(),
+	}
+}
+
+// loop runs once at start, then at every tick or wake-up, until ctx ends. once
+// returns true when more work is waiting (run again at once).
+func loop(ctx context.Context, interval time.Duration, wake <-chan struct{}, once func(ctx context.Context) bool) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		hbCtx, cancel := context.WithTimeout(ctx, m.cfg.HeartbeatInterval)
-		state, err := db.New(m.pool).MasterSessionHeartbeat(hbCtx, m.SessionID())
-		cancel()
-		switch {
-		case ctx.Err() != nil:
-			return
-		case err != nil:
-			m.log.Warn("master heartbeat failed", zap.Error(err))
-		case state != "alive":
-			// Another master declared us dead (we were cut off). Masters own no
-			// tasks, so a new session is all it takes to carry on.
-			m.log.Warn("master session was declared dead; registering a new one")
-			if err := m.register(ctx); err != nil {
-				m.log.Error("re-register master", zap.Error(err))
-			}
-		}
-	}
-}
-
-func (m *Master) sweepLoop(ctx context.Context) {
-	t := time.NewTicker(m.cfg.SweepInterval)
-	defer t.Stop()
-	for {
-		m.SweepOnce(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-m.sweep:
-		}
-	}
-}
-
-// SweepOnce runs worker failover for every stale or stopped-with-tasks session,
-// records dead masters and times out overdue attempts.
-func (m *Master) SweepOnce(ctx context.Context) {
-	q := db.New(m.pool)
-	fcfg := failover.Config{WorkerTimeout: m.cfg.WorkerTimeout, MasterTimeout: m.cfg.MasterTimeout, MasterID: m.SessionID()}
-	cands, err := q.WorkerSessionListFailoverCandidates(ctx, float64(m.cfg.WorkerTimeout.Milliseconds()))
-	if err != nil {
-		if ctx.Err() == nil {
-			m.log.Warn("list failover candidates", zap.Error(err))
-		}
-		return
-	}
-	for _, c := range cands {
-		res, err := failover.Worker(ctx, m.pool, fcfg, c.ID, c.GroupName)
-		if err != nil {
-			if ctx.Err() == nil {
-				lvl := m.log.Error
-				if store.Retryable(err) {
-					lvl = m.log.Info // raced a concurrent writer; the next sweep retries
-				}
-				lvl("worker failover", logfield.DeadSessionID(c.ID), zap.Error(err))
-			}
+		if once(ctx) && ctx.Err() == nil {
 			continue
 		}
-		if res.Ran && (len(res.Moved) > 0 || c.State != "dead") {
-			m.log.Info("worker failover", logfield.MasterID(m.SessionID()), logfield.DeadSessionID(c.ID), logfield.Group(c.GroupName),
-				zap.Time("deadline", res.Deadline), logfield.Count("reassigned", res.Reassigned),
-				logfield.Count("queued", res.Queued), zap.Bool("finished", res.Finished))
-			for _, mv := range res.Moved {
-				to := int64(0)
-				if mv.WorkerSessionID != nil {
-					to = *mv.WorkerSessionID
-				}
-				m.log.Debug("task failed over", logfield.TaskID(mv.ID), logfield.Attempt(mv.Attempt), logfield.SessionID(to))
-			}
-		}
-		if res.Queued > 0 {
-			m.dispatch.Wake()
-		}
-	}
-	stale, err := q.MasterSessionListStale(ctx, float64(m.cfg.MasterTimeout.Milliseconds()))
-	if err == nil {
-		for _, id := range stale {
-			if id == m.SessionID() {
-				continue
-			}
-			if ran, err := failover.Master(ctx, m.pool, fcfg, id); err != nil {
-				m.log.Warn("master failover", zap.Int64("dead_master_id", id), zap.Error(err))
-			} else if ran {
-				m.log.Info("master declared dead", zap.Int64("dead_master_id", id))
-			}
-		}
-	}
-	n, err := report.TimeOutOverdue(ctx, m.pool, m.cfg.TimeoutGrace, m.cfg.Retry, executor.NoExitCode)
-	if err != nil && ctx.Err() == nil {
-		m.log.Warn("timeout sweep", zap.Error(err))
-	} else if n > 0 {
-		m.log.Info("recorded overdue attempts as timed out", logfield.Count("tasks", n))
-		m.dispatch.Wake()
-	}
-}
-
-func (m *Master) dispatchLoop(ctx context.Context) {
-	t := time.NewTicker(m.cfg.DispatchInterval)
-	defer t.Stop()
-	for {
-		n, err := m.disp.RunOnce(ctx)
-		if err != nil && ctx.Err() == nil {
-			m.log.Warn("dispatch", zap.Error(err))
-		}
-		if n > 0 {
-			m.log.Debug("dispatched", logfield.Count("tasks", n))
-			continue // more may be waiting
-		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		case <-m.dispatch:
+		case <-wake:
 		}
 	}
+}
+
+// quiet reports whether err is only the loop's own shutdown.
+func quiet(ctx context.Context, err error) bool {
+	return ctx.Err() != nil || errors.Is(err, context.Canceled)
 }

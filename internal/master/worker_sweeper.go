@@ -1,0 +1,122 @@
+package master
+
+import (
+	"context"
+	"fmt"
+
+	"go.uber.org/zap"
+
+	"github.com/baton-scheduler/baton/db"
+	"github.com/baton-scheduler/baton/internal/failover"
+	"github.com/baton-scheduler/baton/internal/logfield"
+	"github.com/baton-scheduler/baton/internal/notify"
+	"github.com/baton-scheduler/baton/internal/service"
+	"github.com/baton-scheduler/baton/internal/store"
+)
+
+// workerSweeper finds worker sessions to fail over (stale heartbeat by Postgres
+// time, or ended with tasks left) and runs one failover transaction per candidate,
+// each with its own deadline. A candidate whose group's dispatch lock is held
+// elsewhere is skipped until the next pass, so one hung session stalls only its
+// own group.
+type workerSweeper struct {
+	service.Base
+	service.StartStop
+	m           *Master
+	wake        notify.Signal // a worker stopped and may have left tasks
+	TestSignals workerSweeperTestSignals
+}
+
+type workerSweeperTestSignals struct {
+	Swept service.TestSignal[workerSweepResult]
+}
+
+// workerSweepResult counts one pass.
+type workerSweepResult struct {
+	Candidates int
+	FailedOver int // candidates whose failover transaction ran
+	Busy       int // skipped: their group's dispatch lock was held
+	Errors     int
+	Reassigned int
+	Queued     int
+	Failed     int // poison tasks failed
+}
+
+func (s *workerSweeper) Start(ctx context.Context) error {
+	s.StartLoop(ctx, func(ctx context.Context) {
+		loop(ctx, s.m.cfg.SweepInterval, s.wake, func(ctx context.Context) bool {
+			res, err := s.runOnce(ctx)
+			if err != nil && !quiet(ctx, err) {
+				s.Logger.Warn("list failover candidates", zap.Error(err))
+			}
+			s.TestSignals.Swept.Signal(res)
+			return false
+		})
+	})
+	return nil
+}
+
+func (s *workerSweeper) runOnce(ctx context.Context) (workerSweepResult, error) {
+	var res workerSweepResult
+	m := s.m
+	fcfg := m.failoverConfig()
+	cands, err := service.WithTimeout(ctx, m.cfg.TxTimeout, func(ctx context.Context) ([]db.WorkerSessionListFailoverCandidatesRow, error) {
+		return db.New(m.pool).WorkerSessionListFailoverCandidates(ctx, db.WorkerSessionListFailoverCandidatesParams{
+			Now: fcfg.Now, TimeoutMs: float64(m.cfg.WorkerTimeout.Milliseconds()),
+		})
+	})
+	if err != nil {
+		return res, fmt.Errorf("list failover candidates: %w", err)
+	}
+	res.Candidates = len(cands)
+	for _, c := range cands {
+		if ctx.Err() != nil {
+			return res, ctx.Err()
+		}
+		r, err := service.WithTimeout(ctx, m.cfg.TxTimeout, func(ctx context.Context) (failover.Result, error) {
+			return failover.Worker(ctx, m.pool, fcfg, c.ID, c.GroupName)
+		})
+		if err != nil {
+			res.Errors++
+			if !quiet(ctx, err) {
+				lvl := s.Logger.Error
+				if store.Retryable(err) || store.Code(err) == codeLockNotAvailable {
+					lvl = s.Logger.Info // raced a concurrent writer or a held row; the next sweep retries
+				}
+				lvl("worker failover", logfield.DeadSessionID(c.ID), logfield.Group(c.GroupName), zap.Error(err))
+			}
+			continue
+		}
+		if r.Busy {
+			res.Busy++
+			s.Logger.Info("worker failover deferred: group dispatch lock held", logfield.DeadSessionID(c.ID), logfield.Group(c.GroupName))
+			continue
+		}
+		if !r.Ran {
+			continue
+		}
+		res.FailedOver++
+		res.Reassigned += r.Reassigned
+		res.Queued += r.Queued
+		res.Failed += r.Failed
+		if len(r.Moved) > 0 || c.State != "dead" {
+			s.Logger.Info("worker failover", logfield.MasterID(m.SessionID()), logfield.DeadSessionID(c.ID), logfield.Group(c.GroupName),
+				zap.Time("deadline", r.Deadline), logfield.Count("reassigned", r.Reassigned),
+				logfield.Count("queued", r.Queued), logfield.Count("failed", r.Failed), zap.Bool("finished", r.Finished))
+			for _, mv := range r.Moved {
+				to := int64(0)
+				if mv.WorkerSessionID != nil {
+					to = *mv.WorkerSessionID
+				}
+				s.Logger.Debug("task failed over", logfield.TaskID(mv.ID), logfield.Attempt(mv.Attempt), logfield.SessionID(to))
+			}
+		}
+		if r.Queued > 0 {
+			m.dispatcher.wake.Wake()
+		}
+	}
+	return res, nil
+}
+
+// codeLockNotAvailable is SQLSTATE 55P03: a bounded lock wait (lock_timeout) ran out.
+const codeLockNotAvailable = "55P03"
