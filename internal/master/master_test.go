@@ -282,3 +282,24 @@ func TestRun(t *testing.T) {
 		t.Fatal("master session not marked stopped")
 	}
 }
+
+// The pruner uses the master's retention and clock; RetentionForever runs none.
+func TestPrunerUsesRetentionAndClock(t *testing.T) {
+	t.Parallel()
+	b := setup(t, Config{Retention: 48 * time.Hour})
+	b.exec("INSERT INTO worker_groups (name) VALUES ('g')")
+	id := b.int64("INSERT INTO tasks (group_name, kind, state, finished_at) VALUES ('g', 'noop', 'succeeded', now() - interval '1 day') RETURNING id")
+	if res, err := b.m.pruner.runOnce(b.within()); err != nil || res.Tasks != 0 {
+		t.Fatalf("within retention: %+v, %v", res, err)
+	}
+	b.clock.StubNow(time.Now().Add(48 * time.Hour))
+	if res, err := b.m.pruner.runOnce(b.within()); err != nil || res.Tasks != 1 || !res.Done {
+		t.Fatalf("past retention: %+v, %v", res, err)
+	}
+	if n := b.int64("SELECT count(*) FROM tasks WHERE id = $1", id); n != 0 {
+		t.Fatal("task not pruned")
+	}
+	if keep := setup(t, Config{Retention: RetentionForever}); keep.m.pruner != nil {
+		t.Fatal("RetentionForever still runs a pruner")
+	}
+}
