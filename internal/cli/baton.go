@@ -32,6 +32,7 @@ const usage = `baton — operator CLI of the baton scheduler
   baton task show ID
   baton worker list [--group G] [--all]
   baton failover list [--limit N]
+  baton prune [--retention 30d] [--batch N]   delete finished tasks, old failover events, ended sessions
   baton dev                                start Postgres (if needed), a master, two workers and demo tasks
 
 Every command takes --database-url (env BATON_DATABASE_URL); list/show/submit take --json.
@@ -53,6 +54,8 @@ func BatonMain(ctx context.Context, args []string, env Env, stdout, stderr io.Wr
 		err = workerCmd(ctx, args[1:], env, stdout, stderr)
 	case "failover":
 		err = failoverCmd(ctx, args[1:], env, stdout, stderr)
+	case "prune":
+		err = pruneCmd(ctx, args[1:], env, stdout, stderr)
 	default:
 		err = fmt.Errorf("unknown command %q\n\n%s", args[0], usage)
 		for _, c := range extra {

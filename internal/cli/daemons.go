@@ -31,9 +31,14 @@ func MasterMain(ctx context.Context, args []string, env Env, stderr io.Writer) i
 		wt, err2 := envDuration(env, "BATON_WORKER_TIMEOUT", master.WorkerTimeoutDefault)
 		mt, err3 := envDuration(env, "BATON_MASTER_TIMEOUT", master.MasterTimeoutDefault)
 		sw, err4 := envDuration(env, "BATON_SWEEP_INTERVAL", master.SweepIntervalDefault)
-		if err = errors.Join(err1, err2, err3, err4); err != nil {
+		mf, err5 := envInt(env, "BATON_MAX_FAILOVERS", master.MaxFailoversDefault)
+		rt, err6 := envRetention(env)
+		if err = errors.Join(err1, err2, err3, err4, err5, err6); err != nil {
 			return err
 		}
+		cfg.Retention = rt
+		fs.IntVar(&cfg.MaxFailovers, "max-failovers", mf, "times a task whose worker died while running it is failed over before it fails (env BATON_MAX_FAILOVERS)")
+		fs.Var(&retentionValue{&cfg.Retention}, "retention", "prune finished tasks, failover events and ended sessions older than this, e.g. 30d; 0 keeps everything (env BATON_RETENTION)")
 		fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", hb, "own heartbeat period (env BATON_HEARTBEAT_INTERVAL)")
 		fs.DurationVar(&cfg.WorkerTimeout, "worker-timeout", wt, "heartbeat age (Postgres time) after which a worker is dead (env BATON_WORKER_TIMEOUT)")
 		fs.DurationVar(&cfg.MasterTimeout, "master-timeout", mt, "the same for masters (env BATON_MASTER_TIMEOUT)")
