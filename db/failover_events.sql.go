@@ -142,12 +142,12 @@ func (q *Queries) FailoverEventList(ctx context.Context, arg FailoverEventListPa
 
 const failoverEventPrune = `-- name: FailoverEventPrune :execrows
 DELETE FROM failover_events
-WHERE id IN (
+WHERE id = ANY (ARRAY(
     SELECT f.id FROM failover_events f
     WHERE f.finished_at < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8)
     ORDER BY f.finished_at
     LIMIT $3
-    FOR UPDATE SKIP LOCKED)
+    FOR UPDATE SKIP LOCKED))
   AND finished_at < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8)
 `
 

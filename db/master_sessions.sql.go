@@ -82,12 +82,12 @@ func (q *Queries) MasterSessionMarkDead(ctx context.Context, arg MasterSessionMa
 
 const masterSessionPruneEnded = `-- name: MasterSessionPruneEnded :execrows
 DELETE FROM master_sessions
-WHERE id IN (
+WHERE id = ANY (ARRAY(
     SELECT s.id FROM master_sessions s
     WHERE s.ended_at < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8)
     ORDER BY s.ended_at
     LIMIT $3
-    FOR UPDATE SKIP LOCKED)
+    FOR UPDATE SKIP LOCKED))
   AND ended_at < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8)
 `
 
@@ -98,7 +98,7 @@ type MasterSessionPruneEndedParams struct {
 }
 
 // Retention: ended master sessions older than the cutoff, in batches (index
-// master_sessions_ended). Their failover events keep detected_by NULL.
+// master_sessions_ended). Their failover events keep the id in detected_by.
 func (q *Queries) MasterSessionPruneEnded(ctx context.Context, arg MasterSessionPruneEndedParams) (int64, error) {
 	result, err := q.db.Exec(ctx, masterSessionPruneEnded, arg.Now, arg.RetentionS, arg.MaxRows)
 	if err != nil {

@@ -34,7 +34,7 @@ type FailoverEvent struct {
 	// The dead session (worker_sessions.id or master_sessions.id by kind).
 	SessionID int64
 	GroupName *string
-	// The master session that ran the failover.
+	// The master session that ran the failover (its id; the session row may have been pruned).
 	DetectedBy *int64
 	// Postgres time the session was declared dead; tasks dispatched after it are not touched.
 	Deadline  time.Time

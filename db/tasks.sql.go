@@ -400,12 +400,12 @@ func (q *Queries) TaskListTimedOut(ctx context.Context, arg TaskListTimedOutPara
 
 const taskPruneFinished = `-- name: TaskPruneFinished :execrows
 DELETE FROM tasks
-WHERE id IN (
+WHERE id = ANY (ARRAY(
     SELECT t.id FROM tasks t
     WHERE t.finished_at < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8)
     ORDER BY t.finished_at
     LIMIT $3
-    FOR UPDATE SKIP LOCKED)
+    FOR UPDATE SKIP LOCKED))
   AND finished_at < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8)
 `
 

@@ -253,7 +253,7 @@ func (q *Queries) WorkerSessionMarkDead(ctx context.Context, arg WorkerSessionMa
 
 const workerSessionPruneEnded = `-- name: WorkerSessionPruneEnded :execrows
 DELETE FROM worker_sessions
-WHERE id IN (
+WHERE id = ANY (ARRAY(
     SELECT s.id FROM worker_sessions s
     WHERE s.ended_at < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8)
       AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.worker_session_id = s.id)
@@ -261,7 +261,7 @@ WHERE id IN (
       AND NOT EXISTS (SELECT 1 FROM dispatch_queue d WHERE d.target_session_id = s.id)
     ORDER BY s.ended_at
     LIMIT $3
-    FOR UPDATE SKIP LOCKED)
+    FOR UPDATE SKIP LOCKED))
   AND ended_at < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8)
 `
 

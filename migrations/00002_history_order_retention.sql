@@ -29,17 +29,16 @@ CREATE INDEX worker_sessions_ended ON worker_sessions (ended_at) WHERE ended_at 
 CREATE INDEX master_sessions_ended ON master_sessions (ended_at) WHERE ended_at IS NOT NULL;
 CREATE INDEX failover_events_finished ON failover_events (finished_at) WHERE finished_at IS NOT NULL;
 
--- A pruned master session leaves its failover events (the audit trail) in place.
-ALTER TABLE failover_events
-    DROP CONSTRAINT failover_events_detected_by_fkey,
-    ADD CONSTRAINT failover_events_detected_by_fkey FOREIGN KEY (detected_by) REFERENCES master_sessions (id) ON DELETE SET NULL;
-CREATE INDEX failover_events_detected_by ON failover_events (detected_by) WHERE detected_by IS NOT NULL;
+-- The audit trail outlives pruned master sessions: detected_by keeps the id, like
+-- session_id, without a foreign key (so pruning a master runs no per-row check
+-- over failover_events either).
+ALTER TABLE failover_events DROP CONSTRAINT failover_events_detected_by_fkey;
+COMMENT ON COLUMN failover_events.detected_by IS 'The master session that ran the failover (its id; the session row may have been pruned).';
 
 -- +goose Down
-DROP INDEX failover_events_detected_by;
-ALTER TABLE failover_events
-    DROP CONSTRAINT failover_events_detected_by_fkey,
-    ADD CONSTRAINT failover_events_detected_by_fkey FOREIGN KEY (detected_by) REFERENCES master_sessions (id);
+UPDATE failover_events f SET detected_by = NULL
+WHERE detected_by IS NOT NULL AND NOT EXISTS (SELECT 1 FROM master_sessions m WHERE m.id = f.detected_by);
+ALTER TABLE failover_events ADD CONSTRAINT failover_events_detected_by_fkey FOREIGN KEY (detected_by) REFERENCES master_sessions (id);
 DROP INDEX failover_events_finished;
 DROP INDEX master_sessions_ended;
 DROP INDEX worker_sessions_ended;

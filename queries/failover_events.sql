@@ -99,10 +99,10 @@ WHERE kind = 'master' AND session_id = @session_id AND finished_at IS NULL;
 -- (index failover_events_finished). Unfinished events are never pruned.
 -- name: FailoverEventPrune :execrows
 DELETE FROM failover_events
-WHERE id IN (
+WHERE id = ANY (ARRAY(
     SELECT f.id FROM failover_events f
     WHERE f.finished_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => @retention_s::float8)
     ORDER BY f.finished_at
     LIMIT @max_rows
-    FOR UPDATE SKIP LOCKED)
+    FOR UPDATE SKIP LOCKED))
   AND finished_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => @retention_s::float8);

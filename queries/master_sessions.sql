@@ -30,13 +30,13 @@ WHERE id = @id
 RETURNING ended_at::timestamptz AS deadline;
 
 -- Retention: ended master sessions older than the cutoff, in batches (index
--- master_sessions_ended). Their failover events keep detected_by NULL.
+-- master_sessions_ended). Their failover events keep the id in detected_by.
 -- name: MasterSessionPruneEnded :execrows
 DELETE FROM master_sessions
-WHERE id IN (
+WHERE id = ANY (ARRAY(
     SELECT s.id FROM master_sessions s
     WHERE s.ended_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => @retention_s::float8)
     ORDER BY s.ended_at
     LIMIT @max_rows
-    FOR UPDATE SKIP LOCKED)
+    FOR UPDATE SKIP LOCKED))
   AND ended_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => @retention_s::float8);

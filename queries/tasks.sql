@@ -144,10 +144,10 @@ ORDER BY id;
 -- tasks_finished); their attempts go with them (ON DELETE CASCADE).
 -- name: TaskPruneFinished :execrows
 DELETE FROM tasks
-WHERE id IN (
+WHERE id = ANY (ARRAY(
     SELECT t.id FROM tasks t
     WHERE t.finished_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => @retention_s::float8)
     ORDER BY t.finished_at
     LIMIT @max_rows
-    FOR UPDATE SKIP LOCKED)
+    FOR UPDATE SKIP LOCKED))
   AND finished_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => @retention_s::float8);

@@ -78,7 +78,7 @@ LIMIT @max_rows;
 -- worker_sessions_ended; each reference check is an index probe).
 -- name: WorkerSessionPruneEnded :execrows
 DELETE FROM worker_sessions
-WHERE id IN (
+WHERE id = ANY (ARRAY(
     SELECT s.id FROM worker_sessions s
     WHERE s.ended_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => @retention_s::float8)
       AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.worker_session_id = s.id)
@@ -86,5 +86,5 @@ WHERE id IN (
       AND NOT EXISTS (SELECT 1 FROM dispatch_queue d WHERE d.target_session_id = s.id)
     ORDER BY s.ended_at
     LIMIT @max_rows
-    FOR UPDATE SKIP LOCKED)
+    FOR UPDATE SKIP LOCKED))
   AND ended_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => @retention_s::float8);

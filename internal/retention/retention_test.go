@@ -69,8 +69,8 @@ func TestPrune(t *testing.T) {
 	if n := q("SELECT count(*) FROM failover_events WHERE id IN ($1, $2)", keptEvent, unfinished); n != 2 {
 		t.Fatal("a recent or unfinished failover event was pruned")
 	}
-	if n := q("SELECT count(*) FROM failover_events WHERE id = $1 AND detected_by IS NULL", keptEvent); n != 1 {
-		t.Fatal("event of a pruned master should stay, with detected_by cleared")
+	if n := q("SELECT count(*) FROM failover_events WHERE id = $1 AND detected_by = $2", keptEvent, oldMaster); n != 1 {
+		t.Fatal("event of a pruned master should stay, naming it")
 	}
 	if n := q("SELECT count(*) FROM master_sessions WHERE id = $1", liveMaster); n != 1 {
 		t.Fatal("live master pruned")
