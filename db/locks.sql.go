@@ -63,10 +63,38 @@ SELECT pg_try_advisory_xact_lock(1650524161, hashtext(format('%s', $1::bigint)))
 //	1650524161 = 0x62610001 worker failover (per session)
 //	1650524162 = 0x62610002 master failover (per master session)
 //	1650524163 = 0x62610003 dispatch (per worker group)
+//	1650524164 = 0x62610004 worker liveness (per worker session; session-level)
 //
 // Channel names are spelled only here and in internal/notify (which LISTENs).
 func (q *Queries) LockTryWorkerFailover(ctx context.Context, sessionID int64) (bool, error) {
 	row := q.db.QueryRow(ctx, lockTryWorkerFailover, sessionID)
+	var locked bool
+	err := row.Scan(&locked)
+	return locked, err
+}
+
+const lockTryWorkerLivenessProbe = `-- name: LockTryWorkerLivenessProbe :one
+SELECT pg_try_advisory_xact_lock(1650524164, hashtext(format('%s', $1::bigint)))::boolean AS locked
+`
+
+// A master's probe of a worker's liveness lock: true means no connection holds it.
+// Held until the transaction ends, so the worker cannot take it back meanwhile.
+func (q *Queries) LockTryWorkerLivenessProbe(ctx context.Context, sessionID int64) (bool, error) {
+	row := q.db.QueryRow(ctx, lockTryWorkerLivenessProbe, sessionID)
+	var locked bool
+	err := row.Scan(&locked)
+	return locked, err
+}
+
+const lockWorkerLiveness = `-- name: LockWorkerLiveness :one
+SELECT pg_try_advisory_lock(1650524164, hashtext(format('%s', $1::bigint)))::boolean AS locked
+`
+
+// Taken by a worker, session-level, on a dedicated connection it keeps for the
+// session's life: the lock is free exactly when no connection of that process
+// holds it any more (crashed process, closed connection). See liveness_lock.
+func (q *Queries) LockWorkerLiveness(ctx context.Context, sessionID int64) (bool, error) {
+	row := q.db.QueryRow(ctx, lockWorkerLiveness, sessionID)
 	var locked bool
 	err := row.Scan(&locked)
 	return locked, err

@@ -205,4 +205,6 @@ type WorkerSession struct {
 	LastHeartbeatAt time.Time
 	// When the session was declared dead or stopped.
 	EndedAt *time.Time
+	// The worker holds its liveness advisory lock on a dedicated connection and fences itself when that connection is lost: masters may then declare it dead once the lock is free and its heartbeat is older than the crash-detection age, without waiting the heartbeat timeout.
+	LivenessLock bool
 }

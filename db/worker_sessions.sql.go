@@ -24,7 +24,7 @@ func (q *Queries) WorkerSessionDrain(ctx context.Context, id int64) (int64, erro
 }
 
 const workerSessionGet = `-- name: WorkerSessionGet :one
-SELECT id, name, group_name, slots, host, pid, version, state, started_at, last_heartbeat_at, ended_at FROM worker_sessions WHERE id = $1
+SELECT id, name, group_name, slots, host, pid, version, state, started_at, last_heartbeat_at, ended_at, liveness_lock FROM worker_sessions WHERE id = $1
 `
 
 func (q *Queries) WorkerSessionGet(ctx context.Context, id int64) (WorkerSession, error) {
@@ -42,6 +42,7 @@ func (q *Queries) WorkerSessionGet(ctx context.Context, id int64) (WorkerSession
 		&i.StartedAt,
 		&i.LastHeartbeatAt,
 		&i.EndedAt,
+		&i.LivenessLock,
 	)
 	return i, err
 }
@@ -63,7 +64,7 @@ func (q *Queries) WorkerSessionHeartbeat(ctx context.Context, id int64) (string,
 }
 
 const workerSessionList = `-- name: WorkerSessionList :many
-SELECT s.id, s.name, s.group_name, s.slots, s.host, s.pid, s.version, s.state, s.started_at, s.last_heartbeat_at, s.ended_at,
+SELECT s.id, s.name, s.group_name, s.slots, s.host, s.pid, s.version, s.state, s.started_at, s.last_heartbeat_at, s.ended_at, s.liveness_lock,
        extract(epoch FROM now() - s.last_heartbeat_at)::float8 AS heartbeat_age_seconds,
        (SELECT count(*) FROM tasks t WHERE t.worker_session_id = s.id AND t.state IN ('dispatched', 'running'))::int AS active_tasks
 FROM worker_sessions s
@@ -91,6 +92,7 @@ type WorkerSessionListRow struct {
 	StartedAt           time.Time
 	LastHeartbeatAt     time.Time
 	EndedAt             *time.Time
+	LivenessLock        bool
 	HeartbeatAgeSeconds float64
 	ActiveTasks         int32
 }
@@ -116,6 +118,7 @@ func (q *Queries) WorkerSessionList(ctx context.Context, arg WorkerSessionListPa
 			&i.StartedAt,
 			&i.LastHeartbeatAt,
 			&i.EndedAt,
+			&i.LivenessLock,
 			&i.HeartbeatAgeSeconds,
 			&i.ActiveTasks,
 		); err != nil {
@@ -133,7 +136,11 @@ const workerSessionListFailoverCandidates = `-- name: WorkerSessionListFailoverC
 SELECT s.id, s.group_name, s.state
 FROM worker_sessions s
 WHERE s.state IN ('alive', 'draining')
-  AND s.last_heartbeat_at < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8 / 1000)
+  AND (s.last_heartbeat_at < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8 / 1000)
+       OR ($3::float8 > 0 AND s.liveness_lock
+           AND s.last_heartbeat_at < coalesce($1::timestamptz, now()) - make_interval(secs => $3::float8 / 1000)
+           AND coalesce($4::timestamptz, pg_postmaster_start_time())
+               < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8 / 1000)))
 UNION
 SELECT s.id, s.group_name, s.state
 FROM (SELECT DISTINCT t.worker_session_id AS id FROM tasks t WHERE t.worker_session_id IS NOT NULL) AS a
@@ -143,8 +150,10 @@ ORDER BY id
 `
 
 type WorkerSessionListFailoverCandidatesParams struct {
-	Now       *time.Time
-	TimeoutMs float64
+	Now             *time.Time
+	TimeoutMs       float64
+	CrashMs         float64
+	PostmasterStart *time.Time
 }
 
 type WorkerSessionListFailoverCandidatesRow struct {
@@ -154,11 +163,19 @@ type WorkerSessionListFailoverCandidatesRow struct {
 }
 
 // Sessions a master must fail over: live ones whose heartbeat is older than the
-// timeout (Postgres time, or the test's "now"), and ended ones that still own active
-// tasks. Both halves are index-backed (worker_sessions_live_by_group,
-// tasks_active_by_session), however many ended sessions and finished tasks are kept.
+// timeout (Postgres time, or the test's "now"), live ones that promised a liveness
+// lock and whose heartbeat is older than the crash-detection age (the failover then
+// probes the lock; never within a timeout of a Postgres restart, which frees every
+// lock), and ended ones that still own active tasks. Every branch is index-backed
+// (worker_sessions_live_by_group, tasks_active_by_session), however many ended
+// sessions and finished tasks are kept.
 func (q *Queries) WorkerSessionListFailoverCandidates(ctx context.Context, arg WorkerSessionListFailoverCandidatesParams) ([]WorkerSessionListFailoverCandidatesRow, error) {
-	rows, err := q.db.Query(ctx, workerSessionListFailoverCandidates, arg.Now, arg.TimeoutMs)
+	rows, err := q.db.Query(ctx, workerSessionListFailoverCandidates,
+		arg.Now,
+		arg.TimeoutMs,
+		arg.CrashMs,
+		arg.PostmasterStart,
+	)
 	if err != nil {
 		return nil, err
 	}
@@ -226,28 +243,47 @@ UPDATE worker_sessions
 SET state = 'dead', ended_at = clock_timestamp()
 WHERE id = $1
   AND state IN ('alive', 'draining')
-  AND last_heartbeat_at < coalesce($2::timestamptz, now()) - make_interval(secs => $3::float8 / 1000)
-RETURNING group_name, ended_at::timestamptz AS deadline
+  AND (last_heartbeat_at < coalesce($2::timestamptz, now()) - make_interval(secs => $3::float8 / 1000)
+       OR ($4::bool AND $5::float8 > 0 AND liveness_lock
+           AND last_heartbeat_at < coalesce($2::timestamptz, now()) - make_interval(secs => $5::float8 / 1000)
+           AND coalesce($6::timestamptz, pg_postmaster_start_time())
+               < coalesce($2::timestamptz, now()) - make_interval(secs => $3::float8 / 1000)))
+RETURNING group_name, ended_at::timestamptz AS deadline,
+          (last_heartbeat_at >= coalesce($2::timestamptz, now()) - make_interval(secs => $3::float8 / 1000))::boolean AS crash_detected
 `
 
 type WorkerSessionMarkDeadParams struct {
-	ID        int64
-	Now       *time.Time
-	TimeoutMs float64
+	ID              int64
+	Now             *time.Time
+	TimeoutMs       float64
+	LockFree        bool
+	CrashMs         float64
+	PostmasterStart *time.Time
 }
 
 type WorkerSessionMarkDeadRow struct {
-	GroupName string
-	Deadline  time.Time
+	GroupName     string
+	Deadline      time.Time
+	CrashDetected bool
 }
 
-// Declares a session dead, re-checking staleness in the same statement. The deadline
-// is clock_timestamp(): taken after any lock wait, so it is later than every dispatch
-// that committed before this statement could proceed.
+// Declares a session dead, re-checking staleness in the same statement: its
+// heartbeat is older than the timeout, or (crash detection) the caller found its
+// liveness lock free (lock_free), it promised that lock, its heartbeat is older
+// than the crash-detection age and Postgres did not restart within a timeout. The
+// deadline is clock_timestamp(): taken after any lock wait, so it is later than
+// every dispatch that committed before this statement could proceed.
 func (q *Queries) WorkerSessionMarkDead(ctx context.Context, arg WorkerSessionMarkDeadParams) (WorkerSessionMarkDeadRow, error) {
-	row := q.db.QueryRow(ctx, workerSessionMarkDead, arg.ID, arg.Now, arg.TimeoutMs)
+	row := q.db.QueryRow(ctx, workerSessionMarkDead,
+		arg.ID,
+		arg.Now,
+		arg.TimeoutMs,
+		arg.LockFree,
+		arg.CrashMs,
+		arg.PostmasterStart,
+	)
 	var i WorkerSessionMarkDeadRow
-	err := row.Scan(&i.GroupName, &i.Deadline)
+	err := row.Scan(&i.GroupName, &i.Deadline, &i.CrashDetected)
 	return i, err
 }
 
@@ -285,7 +321,7 @@ func (q *Queries) WorkerSessionPruneEnded(ctx context.Context, arg WorkerSession
 const workerSessionRegister = `-- name: WorkerSessionRegister :one
 INSERT INTO worker_sessions (name, group_name, slots, host, pid, version)
 VALUES ($1, $2, $3, $4, $5, $6)
-RETURNING id, name, group_name, slots, host, pid, version, state, started_at, last_heartbeat_at, ended_at
+RETURNING id, name, group_name, slots, host, pid, version, state, started_at, last_heartbeat_at, ended_at, liveness_lock
 `
 
 type WorkerSessionRegisterParams struct {
@@ -319,8 +355,24 @@ func (q *Queries) WorkerSessionRegister(ctx context.Context, arg WorkerSessionRe
 		&i.StartedAt,
 		&i.LastHeartbeatAt,
 		&i.EndedAt,
+		&i.LivenessLock,
 	)
 	return i, err
+}
+
+const workerSessionSetLivenessLock = `-- name: WorkerSessionSetLivenessLock :execrows
+UPDATE worker_sessions SET liveness_lock = true
+WHERE id = $1 AND state IN ('alive', 'draining')
+`
+
+// The worker holds its liveness lock (LockWorkerLiveness) on a dedicated connection
+// and will fence itself if that connection is lost: masters may use the lock.
+func (q *Queries) WorkerSessionSetLivenessLock(ctx context.Context, id int64) (int64, error) {
+	result, err := q.db.Exec(ctx, workerSessionSetLivenessLock, id)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
 }
 
 const workerSessionStop = `-- name: WorkerSessionStop :execrows

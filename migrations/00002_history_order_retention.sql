@@ -35,7 +35,15 @@ CREATE INDEX failover_events_finished ON failover_events (finished_at) WHERE fin
 ALTER TABLE failover_events DROP CONSTRAINT failover_events_detected_by_fkey;
 COMMENT ON COLUMN failover_events.detected_by IS 'The master session that ran the failover (its id; the session row may have been pruned).';
 
+-- Fast crash detection: a worker that sets liveness_lock holds a session-level
+-- advisory lock (class 0x62610004, its session id) on a dedicated connection for the
+-- session's whole life. Postgres frees it the moment that connection is gone, so a
+-- master that can take it knows the process's connection closed.
+ALTER TABLE worker_sessions ADD COLUMN liveness_lock boolean NOT NULL DEFAULT false;
+COMMENT ON COLUMN worker_sessions.liveness_lock IS 'The worker holds its liveness advisory lock on a dedicated connection and fences itself when that connection is lost: masters may then declare it dead once the lock is free and its heartbeat is older than the crash-detection age, without waiting the heartbeat timeout.';
+
 -- +goose Down
+ALTER TABLE worker_sessions DROP COLUMN liveness_lock;
 UPDATE failover_events f SET detected_by = NULL
 WHERE detected_by IS NOT NULL AND NOT EXISTS (SELECT 1 FROM master_sessions m WHERE m.id = f.detected_by);
 ALTER TABLE failover_events ADD CONSTRAINT failover_events_detected_by_fkey FOREIGN KEY (detected_by) REFERENCES master_sessions (id);

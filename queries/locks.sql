@@ -3,6 +3,7 @@
 --   1650524161 = 0x62610001 worker failover (per session)
 --   1650524162 = 0x62610002 master failover (per master session)
 --   1650524163 = 0x62610003 dispatch (per worker group)
+--   1650524164 = 0x62610004 worker liveness (per worker session; session-level)
 -- Channel names are spelled only here and in internal/notify (which LISTENs).
 
 -- name: LockTryWorkerFailover :one
@@ -34,3 +35,14 @@ SELECT pg_notify('baton_claim', @payload::text);
 -- hung session holds cannot stall a sweep: the wait fails with 55P03 instead.
 -- name: LockTimeoutLocal :exec
 SELECT set_config('lock_timeout', format('%sms', @timeout_ms::bigint), true);
+
+-- Taken by a worker, session-level, on a dedicated connection it keeps for the
+-- session's life: the lock is free exactly when no connection of that process
+-- holds it any more (crashed process, closed connection). See liveness_lock.
+-- name: LockWorkerLiveness :one
+SELECT pg_try_advisory_lock(1650524164, hashtext(format('%s', @session_id::bigint)))::boolean AS locked;
+
+-- A master's probe of a worker's liveness lock: true means no connection holds it.
+-- Held until the transaction ends, so the worker cannot take it back meanwhile.
+-- name: LockTryWorkerLivenessProbe :one
+SELECT pg_try_advisory_xact_lock(1650524164, hashtext(format('%s', @session_id::bigint)))::boolean AS locked;

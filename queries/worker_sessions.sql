@@ -23,14 +23,21 @@ UPDATE worker_sessions SET state = 'stopped', ended_at = clock_timestamp()
 WHERE id = @id AND state IN ('alive', 'draining');
 
 -- Sessions a master must fail over: live ones whose heartbeat is older than the
--- timeout (Postgres time, or the test's "now"), and ended ones that still own active
--- tasks. Both halves are index-backed (worker_sessions_live_by_group,
--- tasks_active_by_session), however many ended sessions and finished tasks are kept.
+-- timeout (Postgres time, or the test's "now"), live ones that promised a liveness
+-- lock and whose heartbeat is older than the crash-detection age (the failover then
+-- probes the lock; never within a timeout of a Postgres restart, which frees every
+-- lock), and ended ones that still own active tasks. Every branch is index-backed
+-- (worker_sessions_live_by_group, tasks_active_by_session), however many ended
+-- sessions and finished tasks are kept.
 -- name: WorkerSessionListFailoverCandidates :many
 SELECT s.id, s.group_name, s.state
 FROM worker_sessions s
 WHERE s.state IN ('alive', 'draining')
-  AND s.last_heartbeat_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => sqlc.arg(timeout_ms)::float8 / 1000)
+  AND (s.last_heartbeat_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => sqlc.arg(timeout_ms)::float8 / 1000)
+       OR (sqlc.arg(crash_ms)::float8 > 0 AND s.liveness_lock
+           AND s.last_heartbeat_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => sqlc.arg(crash_ms)::float8 / 1000)
+           AND coalesce(sqlc.narg('postmaster_start')::timestamptz, pg_postmaster_start_time())
+               < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => sqlc.arg(timeout_ms)::float8 / 1000)))
 UNION
 SELECT s.id, s.group_name, s.state
 FROM (SELECT DISTINCT t.worker_session_id AS id FROM tasks t WHERE t.worker_session_id IS NOT NULL) AS a
@@ -38,16 +45,24 @@ JOIN worker_sessions s ON s.id = a.id
 WHERE s.state IN ('dead', 'stopped')
 ORDER BY id;
 
--- Declares a session dead, re-checking staleness in the same statement. The deadline
--- is clock_timestamp(): taken after any lock wait, so it is later than every dispatch
--- that committed before this statement could proceed.
+-- Declares a session dead, re-checking staleness in the same statement: its
+-- heartbeat is older than the timeout, or (crash detection) the caller found its
+-- liveness lock free (lock_free), it promised that lock, its heartbeat is older
+-- than the crash-detection age and Postgres did not restart within a timeout. The
+-- deadline is clock_timestamp(): taken after any lock wait, so it is later than
+-- every dispatch that committed before this statement could proceed.
 -- name: WorkerSessionMarkDead :one
 UPDATE worker_sessions
 SET state = 'dead', ended_at = clock_timestamp()
 WHERE id = @id
   AND state IN ('alive', 'draining')
-  AND last_heartbeat_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => sqlc.arg(timeout_ms)::float8 / 1000)
-RETURNING group_name, ended_at::timestamptz AS deadline;
+  AND (last_heartbeat_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => sqlc.arg(timeout_ms)::float8 / 1000)
+       OR (@lock_free::bool AND sqlc.arg(crash_ms)::float8 > 0 AND liveness_lock
+           AND last_heartbeat_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => sqlc.arg(crash_ms)::float8 / 1000)
+           AND coalesce(sqlc.narg('postmaster_start')::timestamptz, pg_postmaster_start_time())
+               < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => sqlc.arg(timeout_ms)::float8 / 1000)))
+RETURNING group_name, ended_at::timestamptz AS deadline,
+          (last_heartbeat_at >= coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => sqlc.arg(timeout_ms)::float8 / 1000))::boolean AS crash_detected;
 
 -- name: WorkerSessionGet :one
 SELECT * FROM worker_sessions WHERE id = @id;
@@ -88,3 +103,9 @@ WHERE id = ANY (ARRAY(
     LIMIT @max_rows
     FOR UPDATE SKIP LOCKED))
   AND ended_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => @retention_s::float8);
+
+-- The worker holds its liveness lock (LockWorkerLiveness) on a dedicated connection
+-- and will fence itself if that connection is lost: masters may use the lock.
+-- name: WorkerSessionSetLivenessLock :execrows
+UPDATE worker_sessions SET liveness_lock = true
+WHERE id = @id AND state IN ('alive', 'draining');

@@ -33,9 +33,11 @@ func MasterMain(ctx context.Context, args []string, env Env, stderr io.Writer) i
 		sw, err4 := envDuration(env, "BATON_SWEEP_INTERVAL", master.SweepIntervalDefault)
 		mf, err5 := envInt(env, "BATON_MAX_FAILOVERS", master.MaxFailoversDefault)
 		rt, err6 := envRetention(env)
-		if err = errors.Join(err1, err2, err3, err4, err5, err6); err != nil {
+		cd, err7 := envDuration(env, "BATON_CRASH_DETECT_AFTER", master.CrashDetectAfterDefault)
+		if err = errors.Join(err1, err2, err3, err4, err5, err6, err7); err != nil {
 			return err
 		}
+		fs.DurationVar(&cfg.CrashDetectAfter, "crash-detect-after", cd, "a worker whose liveness lock is free (its connection is gone) is dead once its heartbeat is this old; 0 waits the worker timeout (env BATON_CRASH_DETECT_AFTER)")
 		cfg.Retention = rt
 		fs.IntVar(&cfg.MaxFailovers, "max-failovers", mf, "times a task whose worker died while running it is failed over before it fails (env BATON_MAX_FAILOVERS)")
 		fs.Var(&retentionValue{&cfg.Retention}, "retention", "prune finished tasks, failover events and ended sessions older than this, e.g. 30d; 0 keeps everything (env BATON_RETENTION)")
@@ -53,6 +55,9 @@ func MasterMain(ctx context.Context, args []string, env Env, stderr io.Writer) i
 		}
 		if err := parsed(fs); err != nil {
 			return err
+		}
+		if cfg.CrashDetectAfter == 0 {
+			cfg.CrashDetectAfter = master.CrashDetectOff
 		}
 		log, err := newLogger(logLevel, logFormat)
 		if err != nil {

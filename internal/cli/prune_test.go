@@ -80,6 +80,8 @@ func TestMasterRetentionFlags(t *testing.T) {
 		{[]string{"--retention", "10s"}, nil, "shorter than a minute"},
 		{[]string{"--retention", "soon"}, nil, "want whole days"},
 		{nil, map[string]string{"BATON_RETENTION": "-3d"}, "BATON_RETENTION"},
+		{nil, map[string]string{"BATON_CRASH_DETECT_AFTER": "soon"}, "BATON_CRASH_DETECT_AFTER"},
+		{[]string{"--crash-detect-after", "-1s"}, nil, "crash detection age -1s is negative"},
 	} {
 		env := map[string]string{"BATON_DATABASE_URL": "postgres://127.0.0.1:1/x"}
 		for k, v := range c.env {

@@ -41,14 +41,21 @@ type Config struct {
 	// LockTimeout bounds every lock wait of the transaction (a row a hung session
 	// holds): the pass fails with a retryable error instead of waiting.
 	LockTimeout time.Duration
+	// CrashAfter enables fast crash detection: a session that promised a liveness
+	// lock (worker_sessions.liveness_lock) whose lock is free and whose heartbeat is
+	// older than this is dead without waiting WorkerTimeout. 0 disables it.
+	CrashAfter time.Duration
 	// Now replaces Postgres now() in liveness checks (tests only; nil in production).
 	Now *time.Time
+	// PostmasterStart replaces pg_postmaster_start_time() (tests only).
+	PostmasterStart *time.Time
 }
 
 // Result of one worker failover pass.
 type Result struct {
 	Ran        bool // false: busy, another master holds the lock, or the session is not stale
 	Busy       bool // the group's dispatch lock is held elsewhere: left to the next pass
+	Crash      bool // declared dead by crash detection (liveness lock free), before the timeout
 	EventID    int64
 	Deadline   time.Time
 	Reassigned int
@@ -89,11 +96,22 @@ func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64
 			res.Busy = true
 			return nil
 		}
+		lockFree := false
+		if cfg.CrashAfter > 0 {
+			// Free means no connection of the worker holds it any more; taking it
+			// (until commit) keeps the worker from taking it back meanwhile.
+			if lockFree, err = q.LockTryWorkerLivenessProbe(ctx, sessionID); err != nil {
+				return fmt.Errorf("probe liveness lock: %w", err)
+			}
+		}
 		deadState := "dead"
-		marked, err := q.WorkerSessionMarkDead(ctx, db.WorkerSessionMarkDeadParams{ID: sessionID, Now: cfg.Now, TimeoutMs: float64(cfg.WorkerTimeout.Milliseconds())})
+		marked, err := q.WorkerSessionMarkDead(ctx, db.WorkerSessionMarkDeadParams{
+			ID: sessionID, Now: cfg.Now, TimeoutMs: float64(cfg.WorkerTimeout.Milliseconds()),
+			LockFree: lockFree, CrashMs: float64(cfg.CrashAfter.Milliseconds()), PostmasterStart: cfg.PostmasterStart,
+		})
 		switch {
 		case err == nil:
-			res.Deadline = marked.Deadline
+			res.Deadline, res.Crash = marked.Deadline, marked.CrashDetected
 		case errors.Is(err, pgx.ErrNoRows):
 			s, err := q.WorkerSessionGet(ctx, sessionID)
 			if err != nil {

@@ -444,3 +444,72 @@ func TestBusyGroupIsSkipped(t *testing.T) {
 		t.Fatal("task not moved after release")
 	}
 }
+
+// Fast crash detection: a session that promised a liveness lock is dead as soon as
+// the lock is free and its heartbeat is older than CrashAfter — well inside the
+// heartbeat timeout. Never while a connection holds the lock (a live or merely
+// partitioned worker), never for a session that did not promise one, never with a
+// fresher heartbeat, and never within a timeout of a Postgres restart (which frees
+// every lock).
+func TestCrashDetectionByLivenessLock(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.session("g1", "alive", 10, false)
+	crashCfg := failover.Config{WorkerTimeout: 5 * time.Second, CrashAfter: 2 * time.Second}
+	// heartbeat 3 s old: past the crash age, within the 5 s timeout.
+	newSession := func(promised bool) (int64, int64) {
+		id := b.int64(`INSERT INTO worker_sessions (name, group_name, slots, last_heartbeat_at, liveness_lock)
+			VALUES ('w', 'g1', 4, now() - interval '3 seconds', $1) RETURNING id`, promised)
+		return id, b.task("g1", id, "running")
+	}
+	holder, err := b.pool.Acquire(b.ctx) // the worker's dedicated liveness connection
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Release()
+	run := func(id int64, c failover.Config) failover.Result {
+		t.Helper()
+		res, err := failover.Worker(b.ctx, b.pool, c, id, "g1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+
+	crashed, task := newSession(true)
+	var locked bool
+	if err := holder.QueryRow(b.ctx, "SELECT pg_try_advisory_lock(1650524164, hashtext($1::bigint::text))", crashed).Scan(&locked); err != nil || !locked {
+		t.Fatalf("take liveness lock: %v %v", locked, err)
+	}
+	if res := run(crashed, crashCfg); res.Ran {
+		t.Fatalf("failed over while its connection holds the lock: %+v", res)
+	}
+	if res := run(crashed, failover.Config{WorkerTimeout: 5 * time.Second}); res.Ran {
+		t.Fatalf("failed over before the timeout without crash detection: %+v", res)
+	}
+	// The process dies: its connection closes and Postgres frees the lock.
+	if err := holder.Conn().Close(b.ctx); err != nil {
+		t.Fatal(err)
+	}
+	restarted := time.Now().Add(-time.Second)
+	if res := run(crashed, failover.Config{WorkerTimeout: 5 * time.Second, CrashAfter: 2 * time.Second, PostmasterStart: &restarted}); res.Ran {
+		t.Fatalf("failed over by a free lock right after a Postgres restart: %+v", res)
+	}
+	res := run(crashed, crashCfg)
+	if !res.Ran || !res.Crash || res.Reassigned != 1 || !res.Finished {
+		t.Fatalf("crashed session: %+v, want failed over by crash detection", res)
+	}
+	if a := b.int64("SELECT attempt FROM tasks WHERE id = $1", task); a != 2 {
+		t.Fatal("task of the crashed session not moved")
+	}
+
+	silent, _ := newSession(false) // lock free, but never promised one
+	if res := run(silent, crashCfg); res.Ran {
+		t.Fatalf("session without a liveness lock failed over before the timeout: %+v", res)
+	}
+	fresh := b.int64(`INSERT INTO worker_sessions (name, group_name, slots, last_heartbeat_at, liveness_lock)
+		VALUES ('w', 'g1', 4, now() - interval '1 second', true) RETURNING id`)
+	if res := run(fresh, crashCfg); res.Ran {
+		t.Fatalf("session with a 1 s old heartbeat failed over: %+v", res)
+	}
+}

@@ -41,6 +41,9 @@ const (
 	MaxFailoversDefault      = failover.MaxFailoversDefault
 	RetentionDefault         = retention.RetentionDefault
 	PruneIntervalDefault     = time.Minute
+	// CrashDetectAfterDefault: a worker session whose liveness lock is free (its
+	// connection is gone) is dead once its heartbeat is this old.
+	CrashDetectAfterDefault = 2 * time.Second
 	// TxTimeoutDefault bounds each transaction of a sweep (one failover candidate,
 	// one group's dispatch, one prune batch): a hung connection stalls one pass of
 	// one candidate, never the loop.
@@ -49,6 +52,9 @@ const (
 
 // RetentionForever as Config.Retention keeps every row (no pruning).
 const RetentionForever time.Duration = -1
+
+// CrashDetectOff as Config.CrashDetectAfter waits the heartbeat timeout for every worker.
+const CrashDetectOff time.Duration = -1
 
 // Config of a master process.
 type Config struct {
@@ -60,6 +66,12 @@ type Config struct {
 	SweepInterval     time.Duration // liveness + timeout sweep period
 	DispatchInterval  time.Duration // dispatch polling fallback when no NOTIFY arrives
 	TimeoutGrace      time.Duration // extra time past a task's timeout before the master records it
+	// CrashDetectAfter: a worker that holds a liveness lock (worker_sessions.
+	// liveness_lock) is dead once that lock is free and its heartbeat is this old,
+	// without waiting WorkerTimeout; never within WorkerTimeout of a Postgres
+	// restart. Default 2 s; CrashDetectOff disables it (so does a value at or above
+	// WorkerTimeout, which the heartbeat path already covers).
+	CrashDetectAfter time.Duration
 	// MaxFailovers: a task found running on a dead worker after it was failed over
 	// this many times fails ("failed over N times") instead of killing the next
 	// worker (a poison task). Default 3.
@@ -101,6 +113,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.MaxFailovers == 0 {
 		c.MaxFailovers = MaxFailoversDefault
+	}
+	if c.CrashDetectAfter == 0 {
+		c.CrashDetectAfter = CrashDetectAfterDefault
 	}
 	if c.Retention == 0 {
 		c.Retention = RetentionDefault
@@ -144,6 +159,9 @@ func (c Config) Validate() error {
 	if c.MaxFailovers < 1 || c.MaxFailovers > 1000 {
 		errs = append(errs, fmt.Errorf("max failovers %d is outside 1..1000", c.MaxFailovers))
 	}
+	if c.CrashDetectAfter != CrashDetectOff && c.CrashDetectAfter < 0 {
+		errs = append(errs, fmt.Errorf("crash detection age %s is negative (0 on the command line disables it)", c.CrashDetectAfter))
+	}
 	if c.Retention != RetentionForever && c.Retention < time.Minute {
 		errs = append(errs, fmt.Errorf("retention %s is shorter than a minute (0 on the command line keeps everything)", c.Retention))
 	}
@@ -161,6 +179,8 @@ type Master struct {
 	log       *zap.Logger
 	clock     *service.Clock
 	sessionID atomic.Int64 // replaced when the master re-registers
+	// postmasterStart replaces pg_postmaster_start_time() in crash detection (tests only).
+	postmasterStart *time.Time
 
 	heartbeat     *heartbeater
 	workerSweeper *workerSweeper
@@ -265,7 +285,8 @@ func (m *Master) Run(ctx context.Context) error {
 func (m *Master) failoverConfig() failover.Config {
 	return failover.Config{
 		WorkerTimeout: m.cfg.WorkerTimeout, MasterTimeout: m.cfg.MasterTimeout, MasterID: m.SessionID(),
-		MaxFailovers: m.cfg.MaxFailovers, Now: m.clock.NowOrNil(),
+		MaxFailovers: m.cfg.MaxFailovers, Now: m.clock.NowOrNil(), CrashAfter: max(m.cfg.CrashDetectAfter, 0),
+		PostmasterStart: m.postmasterStart,
 	}
 }
 

@@ -303,3 +303,32 @@ func TestPrunerUsesRetentionAndClock(t *testing.T) {
 		t.Fatal("RetentionForever still runs a pruner")
 	}
 }
+
+// Crash detection through the sweeper: a session that promised a liveness lock,
+// whose lock is free and whose heartbeat is 3 s old, is failed over by the next
+// pass (default CrashDetectAfter 2 s), without waiting the 5 s timeout; with
+// crash detection off it is not.
+func TestSweeperCrashDetection(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name  string
+		after time.Duration
+		want  int
+	}{{"default", 0, 1}, {"off", CrashDetectOff, 0}} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, Config{CrashDetectAfter: c.after})
+			long := time.Now().Add(-time.Hour)
+			b.m.postmasterStart = &long // the shared test server may have restarted recently
+			b.exec("INSERT INTO worker_groups (name) VALUES ('g')")
+			b.session("g", 2, 0)
+			s := b.int64(`INSERT INTO worker_sessions (name, group_name, slots, last_heartbeat_at, liveness_lock)
+				VALUES ('w', 'g', 2, now() - interval '3 seconds', true) RETURNING id`)
+			b.running("g", s, 0, time.Minute)
+			res, err := b.m.workerSweeper.runOnce(b.within())
+			if err != nil || res.Crashes != c.want || res.FailedOver != c.want || res.Reassigned != c.want {
+				t.Fatalf("sweep = %+v, %v; want %d crash failovers", res, err, c.want)
+			}
+		})
+	}
+}

@@ -40,6 +40,7 @@ type workerSweepResult struct {
 	Reassigned int
 	Queued     int
 	Failed     int // poison tasks failed
+	Crashes    int // sessions declared dead by crash detection (liveness lock free)
 }
 
 func (s *workerSweeper) Start(ctx context.Context) error {
@@ -63,6 +64,7 @@ func (s *workerSweeper) runOnce(ctx context.Context) (workerSweepResult, error) 
 	cands, err := service.WithTimeout(ctx, m.cfg.TxTimeout, func(ctx context.Context) ([]db.WorkerSessionListFailoverCandidatesRow, error) {
 		return db.New(m.pool).WorkerSessionListFailoverCandidates(ctx, db.WorkerSessionListFailoverCandidatesParams{
 			Now: fcfg.Now, TimeoutMs: float64(m.cfg.WorkerTimeout.Milliseconds()),
+			CrashMs: float64(fcfg.CrashAfter.Milliseconds()), PostmasterStart: fcfg.PostmasterStart,
 		})
 	})
 	if err != nil {
@@ -99,10 +101,14 @@ func (s *workerSweeper) runOnce(ctx context.Context) (workerSweepResult, error) 
 		res.Reassigned += r.Reassigned
 		res.Queued += r.Queued
 		res.Failed += r.Failed
+		if r.Crash {
+			res.Crashes++
+		}
 		if len(r.Moved) > 0 || c.State != "dead" {
 			s.Logger.Info("worker failover", logfield.MasterID(m.SessionID()), logfield.DeadSessionID(c.ID), logfield.Group(c.GroupName),
 				zap.Time("deadline", r.Deadline), logfield.Count("reassigned", r.Reassigned),
-				logfield.Count("queued", r.Queued), logfield.Count("failed", r.Failed), zap.Bool("finished", r.Finished))
+				logfield.Count("queued", r.Queued), logfield.Count("failed", r.Failed), zap.Bool("finished", r.Finished),
+				zap.Bool("crash_detected", r.Crash))
 			for _, mv := range r.Moved {
 				to := int64(0)
 				if mv.WorkerSessionID != nil {
