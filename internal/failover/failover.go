@@ -78,7 +78,7 @@ type Result struct {
 func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64, group string) (Result, error) {
 	cfg = cfg.withDefaults()
 	var res Result
-	err := store.WithTx(ctx, pool, func(q *db.Queries, tx pgx.Tx) error {
+	err := store.WithTx(ctx, pool, func(q *db.Queries, _ pgx.Tx) error {
 		res = Result{}
 		if err := q.LockTimeoutLocal(ctx, cfg.LockTimeout.Milliseconds()); err != nil {
 			return fmt.Errorf("set lock timeout: %w", err)

@@ -105,7 +105,7 @@ func TestExplainAtScale(t *testing.T) {
 		call func(q *db.Queries) error
 	}{
 		{"WorkerSessionListFailoverCandidates", func(q *db.Queries) error {
-			_, err := q.WorkerSessionListFailoverCandidates(ctx, db.WorkerSessionListFailoverCandidatesParams{TimeoutMs: 5000})
+			_, err := q.WorkerSessionListFailoverCandidates(ctx, db.WorkerSessionListFailoverCandidatesParams{TimeoutMs: 5000, CrashMs: 2000})
 			return err
 		}},
 		{"MasterSessionListStale", func(q *db.Queries) error {
