@@ -15,6 +15,7 @@ import (
 	"github.com/baton-scheduler/baton/db"
 	"github.com/baton-scheduler/baton/internal/notify"
 	"github.com/baton-scheduler/baton/internal/slots"
+	"github.com/baton-scheduler/baton/internal/state"
 	"github.com/baton-scheduler/baton/internal/store"
 )
 
@@ -104,7 +105,7 @@ func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64
 				return fmt.Errorf("probe liveness lock: %w", err)
 			}
 		}
-		deadState := "dead"
+		deadState := state.SessionDead
 		marked, err := q.WorkerSessionMarkDead(ctx, db.WorkerSessionMarkDeadParams{
 			ID: sessionID, Now: cfg.Now, TimeoutMs: float64(cfg.WorkerTimeout.Milliseconds()),
 			LockFree: lockFree, CrashMs: float64(cfg.CrashAfter.Milliseconds()), PostmasterStart: cfg.PostmasterStart,
@@ -117,7 +118,7 @@ func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64
 			if err != nil {
 				return fmt.Errorf("read session: %w", err)
 			}
-			if s.State != "dead" && s.State != "stopped" {
+			if s.State != state.SessionDead && s.State != state.SessionStopped {
 				return nil // heartbeat arrived in time: not dead after all
 			}
 			deadState = s.State
@@ -126,11 +127,11 @@ func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64
 			return fmt.Errorf("mark session dead: %w", err)
 		}
 		if err := q.FailoverEventInsert(ctx, db.FailoverEventInsertParams{
-			Kind: "worker", SessionID: sessionID, GroupName: &group, DetectedBy: nullableID(cfg.MasterID), Deadline: res.Deadline,
+			Kind: state.KindWorker, SessionID: sessionID, GroupName: &group, DetectedBy: nullableID(cfg.MasterID), Deadline: res.Deadline,
 		}); err != nil {
 			return fmt.Errorf("insert failover marker: %w", err)
 		}
-		ev, err := q.FailoverEventGet(ctx, db.FailoverEventGetParams{Kind: "worker", SessionID: sessionID})
+		ev, err := q.FailoverEventGet(ctx, db.FailoverEventGetParams{Kind: state.KindWorker, SessionID: sessionID})
 		if err != nil {
 			return fmt.Errorf("read failover marker: %w", err)
 		}
@@ -170,7 +171,7 @@ func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64
 			}
 			for _, m := range moved {
 				switch {
-				case m.State == stateFailed:
+				case m.State == state.TaskFailed:
 					res.Failed++
 				case m.WorkerSessionID != nil:
 					res.Reassigned++
@@ -204,13 +205,11 @@ func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64
 // targetFail as a FailoverMoveTasks target fails the task (a poison task).
 const targetFail = -1
 
-const stateFailed = "failed"
-
 // Poison reports whether a task found on a dead session must fail instead of being
 // moved: it was running (so it may be what killed its worker) and was already
 // failed over maxFailovers times. A task merely dispatched never is.
-func Poison(state string, failoverCount int32, maxFailovers int) bool {
-	return state == "running" && int(failoverCount) >= maxFailovers
+func Poison(taskState string, failoverCount int32, maxFailovers int) bool {
+	return taskState == state.TaskRunning && int(failoverCount) >= maxFailovers
 }
 
 // notifyMoved sends one NOTIFY per transaction: the sessions that got tasks, and a
@@ -221,7 +220,7 @@ func notifyMoved(ctx context.Context, q *db.Queries, moved []db.FailoverMoveTask
 	queued := false
 	for _, m := range moved {
 		if m.WorkerSessionID == nil {
-			queued = queued || m.State != stateFailed
+			queued = queued || m.State != state.TaskFailed
 			continue
 		}
 		if !seen[*m.WorkerSessionID] {
@@ -263,7 +262,7 @@ func Master(ctx context.Context, pool *pgxpool.Pool, cfg Config, masterID int64)
 			return fmt.Errorf("mark master dead: %w", err)
 		}
 		if err := q.FailoverEventInsert(ctx, db.FailoverEventInsertParams{
-			Kind: "master", SessionID: masterID, DetectedBy: nullableID(cfg.MasterID), Deadline: deadline,
+			Kind: state.KindMaster, SessionID: masterID, DetectedBy: nullableID(cfg.MasterID), Deadline: deadline,
 		}); err != nil {
 			return fmt.Errorf("insert master failover marker: %w", err)
 		}

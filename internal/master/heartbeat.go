@@ -8,6 +8,7 @@ import (
 
 	"github.com/baton-scheduler/baton/db"
 	"github.com/baton-scheduler/baton/internal/service"
+	"github.com/baton-scheduler/baton/internal/state"
 )
 
 // heartbeater keeps the master's session alive; a master declared dead (it was cut
@@ -43,14 +44,14 @@ func (h *heartbeater) Start(ctx context.Context) error {
 }
 
 func (h *heartbeater) runOnce(ctx context.Context) (heartbeatResult, error) {
-	state, err := service.WithTimeout(ctx, h.m.cfg.HeartbeatInterval, func(ctx context.Context) (string, error) {
+	st, err := service.WithTimeout(ctx, h.m.cfg.HeartbeatInterval, func(ctx context.Context) (string, error) {
 		return db.New(h.m.pool).MasterSessionHeartbeat(ctx, h.m.SessionID())
 	})
 	if err != nil {
 		return heartbeatResult{}, fmt.Errorf("heartbeat: %w", err)
 	}
-	res := heartbeatResult{State: state}
-	if state != "alive" {
+	res := heartbeatResult{State: st}
+	if st != state.SessionAlive {
 		h.Logger.Warn("master session was declared dead; registering a new one")
 		if err := h.m.register(ctx); err != nil {
 			return res, err

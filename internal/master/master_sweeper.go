@@ -10,6 +10,7 @@ import (
 	"github.com/baton-scheduler/baton/internal/failover"
 	"github.com/baton-scheduler/baton/internal/logfield"
 	"github.com/baton-scheduler/baton/internal/service"
+	"github.com/baton-scheduler/baton/internal/state"
 )
 
 // masterSweeper records masters whose heartbeat is older than the master timeout
@@ -71,7 +72,7 @@ func (s *masterSweeper) runOnce(ctx context.Context) (masterSweepResult, error) 
 			errs = append(errs, fmt.Errorf("master %d: %w", id, err))
 		case ran:
 			res.Recorded++
-			s.Logger.Info("master declared dead", logfield.Kind("master"), logfield.DeadSessionID(id), logfield.MasterID(m.SessionID()))
+			s.Logger.Info("master declared dead", logfield.Kind(state.KindMaster), logfield.DeadSessionID(id), logfield.MasterID(m.SessionID()))
 		}
 	}
 	if len(errs) > 0 {

@@ -11,6 +11,7 @@ import (
 	"github.com/baton-scheduler/baton/internal/logfield"
 	"github.com/baton-scheduler/baton/internal/notify"
 	"github.com/baton-scheduler/baton/internal/service"
+	"github.com/baton-scheduler/baton/internal/state"
 	"github.com/baton-scheduler/baton/internal/store"
 )
 
@@ -104,7 +105,7 @@ func (s *workerSweeper) runOnce(ctx context.Context) (workerSweepResult, error) 
 		if r.Crash {
 			res.Crashes++
 		}
-		if len(r.Moved) > 0 || c.State != "dead" {
+		if len(r.Moved) > 0 || c.State != state.SessionDead {
 			s.Logger.Info("worker failover", logfield.MasterID(m.SessionID()), logfield.DeadSessionID(c.ID), logfield.Group(c.GroupName),
 				zap.Time("deadline", r.Deadline), logfield.Count("reassigned", r.Reassigned),
 				logfield.Count("queued", r.Queued), logfield.Count("failed", r.Failed), zap.Bool("finished", r.Finished),

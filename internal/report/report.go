@@ -13,6 +13,7 @@ import (
 	"github.com/baton-scheduler/baton/db"
 	"github.com/baton-scheduler/baton/internal/executor"
 	"github.com/baton-scheduler/baton/internal/retrypolicy"
+	"github.com/baton-scheduler/baton/internal/state"
 	"github.com/baton-scheduler/baton/internal/store"
 )
 
@@ -96,7 +97,7 @@ func TimeOutOverdue(ctx context.Context, pool *pgxpool.Pool, grace time.Duration
 			return nil
 		}
 		for _, r := range rows {
-			results = append(results, Result{TaskID: r.ID, Attempt: r.Attempt, SessionID: r.WorkerSessionID, Outcome: "timed_out",
+			results = append(results, Result{TaskID: r.ID, Attempt: r.Attempt, SessionID: r.WorkerSessionID, Outcome: state.OutcomeTimedOut,
 				ExitCode: executor.NoExitCode, Error: "timed out: no result from the worker within timeout + grace",
 				RetryDelay: policy.Delay(int(r.Retries), nil)})
 		}
