@@ -89,6 +89,11 @@ func TimeOutOverdue(ctx context.Context, pool *pgxpool.Pool, grace time.Duration
 	var results []Result
 	err := store.WithTx(ctx, pool, func(q *db.Queries, _ pgx.Tx) error {
 		results = results[:0]
+		// A row a hung writer holds is skipped by the scan; anything else it holds
+		// fails this pass after a second instead of stalling the sweep.
+		if err := q.LockTimeoutLocal(ctx, time.Second.Milliseconds()); err != nil {
+			return fmt.Errorf("set lock timeout: %w", err)
+		}
 		rows, err := q.TaskListTimedOut(ctx, db.TaskListTimedOutParams{GraceMs: grace.Milliseconds(), Now: now, MaxTasks: TimeOutBatchSize})
 		if err != nil {
 			return fmt.Errorf("list overdue tasks: %w", err)
