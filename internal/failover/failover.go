@@ -28,7 +28,17 @@ const (
 	MaxFailoversDefault = 3
 	// LockTimeoutDefault bounds each lock wait inside a failover transaction.
 	LockTimeoutDefault = time.Second
+	// GroupLockWaitDefault bounds the wait for the group's dispatch lock: long
+	// enough to queue behind a dispatch transaction (milliseconds), short enough
+	// that a hung holder costs a sweep little.
+	GroupLockWaitDefault = 250 * time.Millisecond
 )
+
+// codeLockNotAvailable is SQLSTATE 55P03: a lock wait ran out (lock_timeout).
+const codeLockNotAvailable = "55P03"
+
+// errGroupBusy aborts a failover transaction whose group lock wait ran out.
+var errGroupBusy = errors.New("group dispatch lock busy")
 
 // Config of a failover run.
 type Config struct {
@@ -42,6 +52,9 @@ type Config struct {
 	// LockTimeout bounds every lock wait of the transaction (a row a hung session
 	// holds): the pass fails with a retryable error instead of waiting.
 	LockTimeout time.Duration
+	// GroupLockWait bounds the wait for the group's dispatch lock; when it runs out
+	// the pass reports Busy and the next sweep tries again.
+	GroupLockWait time.Duration
 	// CrashAfter enables fast crash detection: a session that promised a liveness
 	// lock (worker_sessions.liveness_lock) whose lock is free and whose heartbeat is
 	// older than this is dead without waiting WorkerTimeout. 0 disables it.
@@ -68,8 +81,10 @@ type Result struct {
 
 // Worker runs one failover pass for session (of group) in one transaction:
 //  1. try the session's failover advisory lock (held: another master is on it);
-//  2. try the group's dispatch lock so no dispatch races the reassignment (held:
-//     Busy, the next pass retries; a hung holder never stalls other groups);
+//  2. take the group's dispatch lock so no dispatch races the reassignment, waiting
+//     at most GroupLockWait (a dispatch transaction holds it for milliseconds);
+//     still held: Busy, the next pass retries — a hung holder never stalls other
+//     groups, and a busy dispatcher never starves a failover;
 //  3. re-check staleness and mark the session dead (or accept it already ended);
 //  4. insert the marker (UNIQUE per session);
 //  5. lock its active tasks dispatched before the deadline, SKIP LOCKED, in batches;
@@ -81,9 +96,6 @@ func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64
 	var res Result
 	err := store.WithTx(ctx, pool, func(q *db.Queries, _ pgx.Tx) error {
 		res = Result{}
-		if err := q.LockTimeoutLocal(ctx, cfg.LockTimeout.Milliseconds()); err != nil {
-			return fmt.Errorf("set lock timeout: %w", err)
-		}
 		got, err := q.LockTryWorkerFailover(ctx, sessionID)
 		if err != nil {
 			return fmt.Errorf("failover lock: %w", err)
@@ -91,11 +103,17 @@ func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64
 		if !got {
 			return nil
 		}
-		if got, err = q.LockTryDispatchGroup(ctx, group); err != nil {
+		if err := q.LockTimeoutLocal(ctx, cfg.GroupLockWait.Milliseconds()); err != nil {
+			return fmt.Errorf("set lock timeout: %w", err)
+		}
+		if err := q.LockDispatchGroup(ctx, group); err != nil {
+			if store.Code(err) == codeLockNotAvailable {
+				return errGroupBusy
+			}
 			return fmt.Errorf("group dispatch lock: %w", err)
-		} else if !got {
-			res.Busy = true
-			return nil
+		}
+		if err := q.LockTimeoutLocal(ctx, cfg.LockTimeout.Milliseconds()); err != nil {
+			return fmt.Errorf("set lock timeout: %w", err)
 		}
 		lockFree := false
 		if cfg.CrashAfter > 0 {
@@ -196,6 +214,9 @@ func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64
 		}
 		return notifyMoved(ctx, q, res.Moved)
 	})
+	if errors.Is(err, errGroupBusy) {
+		return Result{Busy: true}, nil
+	}
 	if err != nil {
 		return Result{}, err
 	}
@@ -297,6 +318,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.LockTimeout <= 0 {
 		c.LockTimeout = LockTimeoutDefault
+	}
+	if c.GroupLockWait <= 0 {
+		c.GroupLockWait = GroupLockWaitDefault
 	}
 	return c
 }

@@ -513,3 +513,39 @@ func TestCrashDetectionByLivenessLock(t *testing.T) {
 		t.Fatalf("session with a 1 s old heartbeat failed over: %+v", res)
 	}
 }
+
+// A group lock held briefly (a dispatch transaction) is waited for, not skipped:
+// a busy dispatcher cannot starve a failover.
+func TestGroupLockWaitedForBriefly(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	dead := b.session("g1", "alive", 4, true)
+	b.session("g1", "alive", 4, false)
+	b.task("g1", dead, "running")
+	tx, err := b.pool.Begin(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(b.ctx) //nolint:errcheck
+	if _, err := tx.Exec(b.ctx, "SELECT pg_advisory_xact_lock(1650524163, hashtext('g1'))"); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan failover.Result, 1)
+	go func() {
+		res, err := failover.Worker(b.ctx, b.pool, failover.Config{WorkerTimeout: 5 * time.Second, GroupLockWait: time.Minute}, dead, "g1")
+		if err != nil {
+			t.Error(err)
+		}
+		done <- res
+	}()
+	batontest.WaitFor(t, 10*time.Second, func() (bool, string) {
+		n := b.int64("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1650524163 AND NOT granted")
+		return n == 1, "failover not waiting on the group lock"
+	})
+	if err := tx.Rollback(b.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if res := <-done; res.Busy || !res.Ran || res.Reassigned != 1 {
+		t.Fatalf("failover after a brief wait: %+v", res)
+	}
+}

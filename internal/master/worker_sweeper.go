@@ -72,9 +72,14 @@ func (s *workerSweeper) runOnce(ctx context.Context) (workerSweepResult, error) 
 		return res, fmt.Errorf("list failover candidates: %w", err)
 	}
 	res.Candidates = len(cands)
+	busy := map[string]bool{} // groups whose lock wait ran out in this pass
 	for _, c := range cands {
 		if ctx.Err() != nil {
 			return res, ctx.Err()
+		}
+		if busy[c.GroupName] {
+			res.Busy++ // one bounded wait per group and pass is enough
+			continue
 		}
 		r, err := service.WithTimeout(ctx, m.cfg.TxTimeout, func(ctx context.Context) (failover.Result, error) {
 			return failover.Worker(ctx, m.pool, fcfg, c.ID, c.GroupName)
@@ -83,7 +88,7 @@ func (s *workerSweeper) runOnce(ctx context.Context) (workerSweepResult, error) 
 			res.Errors++
 			if !quiet(ctx, err) {
 				lvl := s.Logger.Error
-				if store.Retryable(err) || store.Code(err) == codeLockNotAvailable {
+				if store.Retryable(err) || store.Code(err) == "55P03" { // lock_timeout
 					lvl = s.Logger.Info // raced a concurrent writer or a held row; the next sweep retries
 				}
 				lvl("worker failover", logfield.DeadSessionID(c.ID), logfield.Group(c.GroupName), zap.Error(err))
@@ -92,6 +97,7 @@ func (s *workerSweeper) runOnce(ctx context.Context) (workerSweepResult, error) 
 		}
 		if r.Busy {
 			res.Busy++
+			busy[c.GroupName] = true
 			s.Logger.Info("worker failover deferred: group dispatch lock held", logfield.DeadSessionID(c.ID), logfield.Group(c.GroupName))
 			continue
 		}
@@ -124,6 +130,3 @@ func (s *workerSweeper) runOnce(ctx context.Context) (workerSweepResult, error) 
 	}
 	return res, nil
 }
-
-// codeLockNotAvailable is SQLSTATE 55P03: a bounded lock wait (lock_timeout) ran out.
-const codeLockNotAvailable = "55P03"
