@@ -197,7 +197,7 @@ func (q *Queries) FailoverEventRecordPass(ctx context.Context, arg FailoverEvent
 }
 
 const failoverLockTasks = `-- name: FailoverLockTasks :many
-SELECT id, attempt, state, failover_count FROM tasks
+SELECT id, attempt, state, running_failovers FROM tasks
 WHERE worker_session_id = $1
   AND state IN ('dispatched', 'running')
   AND dispatched_at <= $2
@@ -213,10 +213,10 @@ type FailoverLockTasksParams struct {
 }
 
 type FailoverLockTasksRow struct {
-	ID            int64
-	Attempt       int32
-	State         string
-	FailoverCount int32
+	ID               int64
+	Attempt          int32
+	State            string
+	RunningFailovers int32
 }
 
 // A dead session's active tasks dispatched before the deadline, one batch at a time;
@@ -234,7 +234,7 @@ func (q *Queries) FailoverLockTasks(ctx context.Context, arg FailoverLockTasksPa
 			&i.ID,
 			&i.Attempt,
 			&i.State,
-			&i.FailoverCount,
+			&i.RunningFailovers,
 		); err != nil {
 			return nil, err
 		}
@@ -260,8 +260,10 @@ WITH m AS (
         finished_at = CASE WHEN m.target = -1 THEN now() END,
         exit_code = CASE WHEN m.target = -1 THEN NULL ELSE tasks.exit_code END,
         failover_count = tasks.failover_count + CASE WHEN m.target = -1 THEN 0 ELSE 1 END,
+        running_failovers = tasks.running_failovers
+            + CASE WHEN m.target <> -1 AND tasks.state = 'running' THEN 1 ELSE 0 END,
         last_error = CASE WHEN m.target = -1
-            THEN 'failed over ' || tasks.failover_count || ' times (its workers died while running it), the limit is '
+            THEN 'failed over ' || tasks.running_failovers || ' times (its workers died while running it), the limit is '
                  || $4::int || '; worker session ' || $5::bigint || ' is ' || $6::text
                  || ' too: not failed over again'
             ELSE 'failed over: worker session ' || $5::bigint || ' is ' || $6::text END
@@ -270,7 +272,7 @@ WITH m AS (
       AND tasks.attempt = m.old_attempt
       AND tasks.worker_session_id = $5
       AND tasks.state IN ('dispatched', 'running')
-      AND (m.target <> -1 OR (tasks.state = 'running' AND tasks.failover_count >= $4::int))
+      AND (m.target <> -1 OR (tasks.state = 'running' AND tasks.running_failovers >= $4::int))
     RETURNING tasks.id, tasks.attempt, tasks.worker_session_id, tasks.group_name, tasks.priority, tasks.state
 ), old AS (
     UPDATE task_attempts
@@ -312,7 +314,8 @@ type FailoverMoveTasksRow struct {
 
 // Moves locked tasks off a dead session: to the chosen healthy session (attempt+1,
 // dispatched), with target 0 back to the queue, or with target -1 (a poison task: it
-// was running and has been failed over @max_failovers times already) to failed.
+// was running and @max_failovers failovers already took it away while running) to
+// failed.
 // Re-checks the dead session, the old attempt and the poison rule; closes the old
 // attempt as failed_over; replaces any undelivered dispatch row with one for the new
 // attempt. Dispatch rows keep the task's place: the queue is ordered by task id.

@@ -154,6 +154,8 @@ type Task struct {
 	Output string
 	// Error text of the last failed, timed-out or failed-over attempt.
 	LastError string
+	// How many of the failovers took the task away while it was running (its worker died under it). A task found running on a dead worker once more after --max-failovers of these fails instead (a poison task).
+	RunningFailovers int32
 }
 
 // History: one row per dispatch of a task. Dashboards read this.

@@ -230,7 +230,7 @@ func (q *Queries) TaskFinish(ctx context.Context, arg TaskFinishParams) ([]TaskF
 }
 
 const taskGet = `-- name: TaskGet :one
-SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error FROM tasks WHERE id = $1
+SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers FROM tasks WHERE id = $1
 `
 
 func (q *Queries) TaskGet(ctx context.Context, id int64) (Task, error) {
@@ -257,12 +257,13 @@ func (q *Queries) TaskGet(ctx context.Context, id int64) (Task, error) {
 		&i.ExitCode,
 		&i.Output,
 		&i.LastError,
+		&i.RunningFailovers,
 	)
 	return i, err
 }
 
 const taskList = `-- name: TaskList :many
-SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error FROM tasks
+SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers FROM tasks
 WHERE ($1::text IS NULL OR state = $1)
   AND ($2::text IS NULL OR group_name = $2)
 ORDER BY id DESC
@@ -305,6 +306,7 @@ func (q *Queries) TaskList(ctx context.Context, arg TaskListParams) ([]Task, err
 			&i.ExitCode,
 			&i.Output,
 			&i.LastError,
+			&i.RunningFailovers,
 		); err != nil {
 			return nil, err
 		}

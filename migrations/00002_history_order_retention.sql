@@ -35,6 +35,12 @@ CREATE INDEX failover_events_finished ON failover_events (finished_at) WHERE fin
 ALTER TABLE failover_events DROP CONSTRAINT failover_events_detected_by_fkey;
 COMMENT ON COLUMN failover_events.detected_by IS 'The master session that ran the failover (its id; the session row may have been pruned).';
 
+-- Poison tasks: failovers that took a task away while it was *running* (its worker
+-- died under it), counted apart from moves of tasks only dispatched to a dead worker.
+ALTER TABLE tasks ADD COLUMN running_failovers integer NOT NULL DEFAULT 0,
+    ADD CONSTRAINT tasks_running_failovers CHECK (running_failovers BETWEEN 0 AND failover_count);
+COMMENT ON COLUMN tasks.running_failovers IS 'How many of the failovers took the task away while it was running (its worker died under it). A task found running on a dead worker once more after --max-failovers of these fails instead (a poison task).';
+
 -- Fast crash detection: a worker that sets liveness_lock holds a session-level
 -- advisory lock (class 0x62610004, its session id) on a dedicated connection for the
 -- session's whole life. Postgres frees it the moment that connection is gone, so a
@@ -44,6 +50,7 @@ COMMENT ON COLUMN worker_sessions.liveness_lock IS 'The worker holds its livenes
 
 -- +goose Down
 ALTER TABLE worker_sessions DROP COLUMN liveness_lock;
+ALTER TABLE tasks DROP COLUMN running_failovers;
 UPDATE failover_events f SET detected_by = NULL
 WHERE detected_by IS NOT NULL AND NOT EXISTS (SELECT 1 FROM master_sessions m WHERE m.id = f.detected_by);
 ALTER TABLE failover_events ADD CONSTRAINT failover_events_detected_by_fkey FOREIGN KEY (detected_by) REFERENCES master_sessions (id);

@@ -23,7 +23,7 @@ LIMIT @max_rows;
 -- A dead session's active tasks dispatched before the deadline, one batch at a time;
 -- rows a concurrent completion holds are skipped and left to the next pass.
 -- name: FailoverLockTasks :many
-SELECT id, attempt, state, failover_count FROM tasks
+SELECT id, attempt, state, running_failovers FROM tasks
 WHERE worker_session_id = @session_id
   AND state IN ('dispatched', 'running')
   AND dispatched_at <= @deadline
@@ -33,7 +33,8 @@ FOR UPDATE SKIP LOCKED;
 
 -- Moves locked tasks off a dead session: to the chosen healthy session (attempt+1,
 -- dispatched), with target 0 back to the queue, or with target -1 (a poison task: it
--- was running and has been failed over @max_failovers times already) to failed.
+-- was running and @max_failovers failovers already took it away while running) to
+-- failed.
 -- Re-checks the dead session, the old attempt and the poison rule; closes the old
 -- attempt as failed_over; replaces any undelivered dispatch row with one for the new
 -- attempt. Dispatch rows keep the task's place: the queue is ordered by task id.
@@ -51,8 +52,10 @@ WITH m AS (
         finished_at = CASE WHEN m.target = -1 THEN now() END,
         exit_code = CASE WHEN m.target = -1 THEN NULL ELSE tasks.exit_code END,
         failover_count = tasks.failover_count + CASE WHEN m.target = -1 THEN 0 ELSE 1 END,
+        running_failovers = tasks.running_failovers
+            + CASE WHEN m.target <> -1 AND tasks.state = 'running' THEN 1 ELSE 0 END,
         last_error = CASE WHEN m.target = -1
-            THEN 'failed over ' || tasks.failover_count || ' times (its workers died while running it), the limit is '
+            THEN 'failed over ' || tasks.running_failovers || ' times (its workers died while running it), the limit is '
                  || @max_failovers::int || '; worker session ' || @dead_session_id::bigint || ' is ' || @dead_state::text
                  || ' too: not failed over again'
             ELSE 'failed over: worker session ' || @dead_session_id::bigint || ' is ' || @dead_state::text END
@@ -61,7 +64,7 @@ WITH m AS (
       AND tasks.attempt = m.old_attempt
       AND tasks.worker_session_id = @dead_session_id
       AND tasks.state IN ('dispatched', 'running')
-      AND (m.target <> -1 OR (tasks.state = 'running' AND tasks.failover_count >= @max_failovers::int))
+      AND (m.target <> -1 OR (tasks.state = 'running' AND tasks.running_failovers >= @max_failovers::int))
     RETURNING tasks.id, tasks.attempt, tasks.worker_session_id, tasks.group_name, tasks.priority, tasks.state
 ), old AS (
     UPDATE task_attempts

@@ -46,8 +46,8 @@ type Config struct {
 	MasterTimeout time.Duration // the same for masters
 	BatchSize     int
 	MasterID      int64 // detecting master, recorded on the marker
-	// MaxFailovers: a task found running on a dead session after it was already
-	// failed over this many times fails instead of being moved again.
+	// MaxFailovers: a task found running on a dead session after this many
+	// failovers already took it away while running fails instead of being moved.
 	MaxFailovers int
 	// LockTimeout bounds every lock wait of the transaction (a row a hung session
 	// holds): the pass fails with a retryable error instead of waiting.
@@ -89,7 +89,8 @@ type Result struct {
 //  4. insert the marker (UNIQUE per session);
 //  5. lock its active tasks dispatched before the deadline, SKIP LOCKED, in batches;
 //     move each to the least-loaded healthy session of the group, or to the queue,
-//     or fail it if it is a poison task (running, failed over MaxFailovers times);
+//     or fail it if it is a poison task (running, and MaxFailovers failovers
+//     already took it away while running);
 //  6. record the pass on the marker; NOTIFY once at commit.
 func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64, group string) (Result, error) {
 	cfg = cfg.withDefaults()
@@ -177,7 +178,7 @@ func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64
 			for _, t := range locked {
 				p.TaskIds = append(p.TaskIds, t.ID)
 				p.OldAttempts = append(p.OldAttempts, t.Attempt)
-				if Poison(t.State, t.FailoverCount, cfg.MaxFailovers) {
+				if Poison(t.State, t.RunningFailovers, cfg.MaxFailovers) {
 					p.Targets = append(p.Targets, targetFail)
 				} else {
 					p.Targets = append(p.Targets, picker.Next())
@@ -227,10 +228,11 @@ func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64
 const targetFail = -1
 
 // Poison reports whether a task found on a dead session must fail instead of being
-// moved: it was running (so it may be what killed its worker) and was already
-// failed over maxFailovers times. A task merely dispatched never is.
-func Poison(taskState string, failoverCount int32, maxFailovers int) bool {
-	return taskState == state.TaskRunning && int(failoverCount) >= maxFailovers
+// moved: it was running (so it may be what killed its worker) and maxFailovers
+// failovers already took it away while running. A task merely dispatched to a dead
+// worker never is, and such moves do not count.
+func Poison(taskState string, runningFailovers int32, maxFailovers int) bool {
+	return taskState == state.TaskRunning && int(runningFailovers) >= maxFailovers
 }
 
 // notifyMoved sends one NOTIFY per transaction: the sessions that got tasks, and a

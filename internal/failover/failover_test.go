@@ -350,29 +350,32 @@ func TestMasterFailoverOnce(t *testing.T) {
 
 // A task that was running each time its worker died is failed over at most
 // MaxFailovers times; found running on a dead worker once more, it fails with an
-// error that says so. A task merely dispatched to a dead worker is always moved.
+// error that says so. A task merely dispatched to a dead worker is always moved,
+// and such moves do not count towards the limit.
 func TestPoisonTaskFailsAfterMaxFailovers(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	dead := b.session("g1", "alive", 10, true)
 	b.session("g1", "alive", 10, false)
 	poison := b.task("g1", dead, "running")
-	b.exec("UPDATE tasks SET failover_count = 3 WHERE id = $1", poison)
+	b.exec("UPDATE tasks SET failover_count = 5, running_failovers = 3 WHERE id = $1", poison)
 	below := b.task("g1", dead, "running")
-	b.exec("UPDATE tasks SET failover_count = 2 WHERE id = $1", below)
+	b.exec("UPDATE tasks SET failover_count = 6, running_failovers = 2 WHERE id = $1", below)
 	waiting := b.task("g1", dead, "dispatched")
-	b.exec("UPDATE tasks SET failover_count = 7 WHERE id = $1", waiting)
+	b.exec("UPDATE tasks SET failover_count = 7, running_failovers = 7 WHERE id = $1", waiting)
+	unlucky := b.task("g1", dead, "running") // moved often, but never while running
+	b.exec("UPDATE tasks SET failover_count = 9, running_failovers = 0 WHERE id = $1", unlucky)
 
 	res, err := failover.Worker(b.ctx, b.pool, failover.Config{WorkerTimeout: 5 * time.Second, MaxFailovers: 3}, dead, "g1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Failed != 1 || res.Reassigned != 2 || !res.Finished {
-		t.Fatalf("result = %+v, want 1 failed, 2 reassigned, finished", res)
+	if res.Failed != 1 || res.Reassigned != 3 || !res.Finished {
+		t.Fatalf("result = %+v, want 1 failed, 3 reassigned, finished", res)
 	}
 	var state, lastErr string
 	var failovers int
-	if err := b.pool.QueryRow(b.ctx, `SELECT state, last_error, failover_count FROM tasks
+	if err := b.pool.QueryRow(b.ctx, `SELECT state, last_error, running_failovers FROM tasks
 		WHERE id = $1 AND worker_session_id IS NULL AND finished_at IS NOT NULL AND attempt = 1`, poison).Scan(&state, &lastErr, &failovers); err != nil {
 		t.Fatal(err)
 	}
@@ -388,9 +391,9 @@ func TestPoisonTaskFailsAfterMaxFailovers(t *testing.T) {
 	if n := b.int64("SELECT count(*) FROM task_attempts WHERE task_id = $1", poison); n != 1 {
 		t.Fatal("poison task got a new attempt")
 	}
-	for _, id := range []int64{below, waiting} {
-		if n := b.int64("SELECT count(*) FROM tasks WHERE id = $1 AND state = 'dispatched' AND attempt = 2", id); n != 1 {
-			t.Fatalf("task %d not failed over", id)
+	for id, running := range map[int64]int64{below: 3, waiting: 7, unlucky: 1} {
+		if n := b.int64("SELECT count(*) FROM tasks WHERE id = $1 AND state = 'dispatched' AND attempt = 2 AND running_failovers = $2", id, running); n != 1 {
+			t.Fatalf("task %d not failed over, or its running failovers not %d", id, running)
 		}
 	}
 }

@@ -214,7 +214,7 @@ func TestMaxFailoversSetting(t *testing.T) {
 	dead := b.session("g", 2, time.Hour)
 	b.session("g", 2, 0)
 	once := b.running("g", dead, 0, time.Minute)
-	b.exec("UPDATE tasks SET failover_count = 1 WHERE id = $1", once)
+	b.exec("UPDATE tasks SET failover_count = 1, running_failovers = 1 WHERE id = $1", once)
 	never := b.running("g", dead, 0, time.Minute)
 	res, err := b.m.workerSweeper.runOnce(b.within())
 	if err != nil || res.Failed != 1 || res.Reassigned != 1 {
@@ -227,7 +227,7 @@ func TestMaxFailoversSetting(t *testing.T) {
 	if !strings.Contains(lastErr, "failed over 1 times (its workers died while running it)") {
 		t.Fatalf("poison error %q", lastErr)
 	}
-	if n := b.int64("SELECT count(*) FROM tasks WHERE id = $1 AND state = 'dispatched' AND failover_count = 1", never); n != 1 {
+	if n := b.int64("SELECT count(*) FROM tasks WHERE id = $1 AND state = 'dispatched' AND failover_count = 1 AND running_failovers = 1", never); n != 1 {
 		t.Fatal("task below the limit not failed over")
 	}
 }
