@@ -23,6 +23,10 @@ import (
 const (
 	// DefaultBatchSize is how many tasks one SELECT ... FOR UPDATE SKIP LOCKED takes.
 	DefaultBatchSize = 1000
+	// DefaultMaxBatches bounds the batches of one failover transaction, so a dead
+	// session with a huge number of tasks is moved in several transactions (each
+	// within its deadline), not one that never fits.
+	DefaultMaxBatches = 10
 	// MaxFailoversDefault is how many times a task that was running when its worker
 	// died is failed over; the next such death fails it (a poison task).
 	MaxFailoversDefault = 3
@@ -45,6 +49,7 @@ type Config struct {
 	WorkerTimeout time.Duration // heartbeat age after which a live session is dead
 	MasterTimeout time.Duration // the same for masters
 	BatchSize     int
+	MaxBatches    int   // batches per transaction (default DefaultMaxBatches); the rest is left to the next pass
 	MasterID      int64 // detecting master, recorded on the marker
 	// MaxFailovers: a task found running on a dead session after this many
 	// failovers already took it away while running fails instead of being moved.
@@ -166,7 +171,7 @@ func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64
 			return fmt.Errorf("list healthy sessions: %w", err)
 		}
 		picker := slots.NewPicker(healthy, sessionID)
-		for {
+		for batch := 0; batch < cfg.MaxBatches; batch++ {
 			locked, err := q.FailoverLockTasks(ctx, db.FailoverLockTasksParams{SessionID: &sessionID, Deadline: &res.Deadline, MaxTasks: int32(cfg.BatchSize)})
 			if err != nil {
 				return fmt.Errorf("lock tasks of session %d: %w", sessionID, err)
@@ -314,6 +319,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.BatchSize <= 0 {
 		c.BatchSize = DefaultBatchSize
+	}
+	if c.MaxBatches <= 0 {
+		c.MaxBatches = DefaultMaxBatches
 	}
 	if c.MaxFailovers <= 0 {
 		c.MaxFailovers = MaxFailoversDefault

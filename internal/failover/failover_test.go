@@ -552,3 +552,28 @@ func TestGroupLockWaitedForBriefly(t *testing.T) {
 		t.Fatalf("failover after a brief wait: %+v", res)
 	}
 }
+
+// MaxBatches bounds one transaction: the rest of a large session is left to the
+// next pass, and the marker is finished only when nothing is left.
+func TestLargeSessionMovedOverPasses(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	dead := b.session("g1", "alive", 100, true)
+	b.session("g1", "alive", 100, false)
+	for range 25 {
+		b.task("g1", dead, "running")
+	}
+	c := failover.Config{WorkerTimeout: 5 * time.Second, BatchSize: 5, MaxBatches: 2}
+	for i, want := range []int{10, 10, 5} {
+		res, err := failover.Worker(b.ctx, b.pool, c, dead, "g1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Reassigned != want || res.Finished != (i == 2) {
+			t.Fatalf("pass %d: %+v, want %d reassigned, finished %v", i, res, want, i == 2)
+		}
+	}
+	if n := b.int64("SELECT count(*) FROM failover_events WHERE session_id = $1 AND passes = 3 AND tasks_reassigned = 25 AND finished_at IS NOT NULL", dead); n != 1 {
+		t.Fatal("marker does not show three passes and 25 tasks")
+	}
+}

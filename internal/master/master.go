@@ -181,6 +181,8 @@ type Master struct {
 	sessionID atomic.Int64 // replaced when the master re-registers
 	// postmasterStart replaces pg_postmaster_start_time() in crash detection (tests only).
 	postmasterStart *time.Time
+	// failoverBatch and failoverMaxBatches size failover transactions (tests only; 0 = defaults).
+	failoverBatch, failoverMaxBatches int
 
 	heartbeat     *heartbeater
 	workerSweeper *workerSweeper
@@ -286,7 +288,7 @@ func (m *Master) failoverConfig() failover.Config {
 	return failover.Config{
 		WorkerTimeout: m.cfg.WorkerTimeout, MasterTimeout: m.cfg.MasterTimeout, MasterID: m.SessionID(),
 		MaxFailovers: m.cfg.MaxFailovers, Now: m.clock.NowOrNil(), CrashAfter: max(m.cfg.CrashDetectAfter, 0),
-		PostmasterStart: m.postmasterStart,
+		PostmasterStart: m.postmasterStart, BatchSize: m.failoverBatch, MaxBatches: m.failoverMaxBatches,
 	}
 }
 

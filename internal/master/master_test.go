@@ -332,3 +332,24 @@ func TestSweeperCrashDetection(t *testing.T) {
 		})
 	}
 }
+
+// A dead session with more tasks than one failover transaction moves is moved
+// completely by one sweep, in several transactions.
+func TestSweeperMovesLargeSessionInPasses(t *testing.T) {
+	t.Parallel()
+	b := setup(t, Config{})
+	b.m.failoverBatch, b.m.failoverMaxBatches = 5, 2
+	b.exec("INSERT INTO worker_groups (name) VALUES ('g')")
+	dead := b.session("g", 100, time.Hour)
+	b.session("g", 100, 0)
+	for range 25 {
+		b.running("g", dead, 0, time.Minute)
+	}
+	res, err := b.m.workerSweeper.runOnce(b.within())
+	if err != nil || res.FailedOver != 1 || res.Reassigned != 25 {
+		t.Fatalf("sweep = %+v, %v; want 25 reassigned", res, err)
+	}
+	if n := b.int64("SELECT count(*) FROM failover_events WHERE session_id = $1 AND passes = 3 AND finished_at IS NOT NULL", dead); n != 1 {
+		t.Fatal("failover not finished in three passes")
+	}
+}

@@ -81,9 +81,7 @@ func (s *workerSweeper) runOnce(ctx context.Context) (workerSweepResult, error) 
 			res.Busy++ // one bounded wait per group and pass is enough
 			continue
 		}
-		r, err := service.WithTimeout(ctx, m.cfg.TxTimeout, func(ctx context.Context) (failover.Result, error) {
-			return failover.Worker(ctx, m.pool, fcfg, c.ID, c.GroupName)
-		})
+		r, err := s.failover(ctx, fcfg, c.ID, c.GroupName)
 		if err != nil {
 			res.Errors++
 			if !quiet(ctx, err) {
@@ -129,4 +127,34 @@ func (s *workerSweeper) runOnce(ctx context.Context) (workerSweepResult, error) 
 		}
 	}
 	return res, nil
+}
+
+// failover runs passes for one candidate, each its own transaction with its own
+// deadline, while they make progress and leave tasks behind (a session with more
+// tasks than one transaction moves); the results are summed.
+func (s *workerSweeper) failover(ctx context.Context, fcfg failover.Config, id int64, group string) (failover.Result, error) {
+	var total failover.Result
+	for pass := 0; ; pass++ {
+		r, err := service.WithTimeout(ctx, s.m.cfg.TxTimeout, func(ctx context.Context) (failover.Result, error) {
+			return failover.Worker(ctx, s.m.pool, fcfg, id, group)
+		})
+		if err != nil {
+			if pass > 0 {
+				return total, nil // progress was made and committed; the next sweep resumes
+			}
+			return r, err
+		}
+		if pass == 0 {
+			total = r
+		} else {
+			total.Reassigned += r.Reassigned
+			total.Queued += r.Queued
+			total.Failed += r.Failed
+			total.Moved = append(total.Moved, r.Moved...)
+			total.Finished = r.Finished
+		}
+		if !r.Ran || r.Finished || len(r.Moved) == 0 || ctx.Err() != nil {
+			return total, nil
+		}
+	}
 }
