@@ -94,3 +94,31 @@ func TestMasterRetentionFlags(t *testing.T) {
 		}
 	}
 }
+
+// Retention values come from flags and the environment: any input either parses
+// to "keep everything" or a positive duration that prints back to the same value,
+// or is refused with an error naming it.
+func FuzzParseRetention(f *testing.F) {
+	for _, s := range []string{"30d", "720h", "0", "0d", "0s", " 2d ", "", "d", "-1d", "1.5d", "-5h", "99999999d", "abc", "1h30m", "36500d", "9223372036854775807ns"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		d, err := parseRetention(s)
+		if err != nil {
+			if !strings.Contains(err.Error(), "retention") {
+				t.Fatalf("error %q does not name the setting", err)
+			}
+			return
+		}
+		if d != master.RetentionForever && d <= 0 {
+			t.Fatalf("parseRetention(%q) = %s", s, d)
+		}
+		back, err := parseRetention(formatRetention(d))
+		if d == master.RetentionForever {
+			back, err = parseRetention("0")
+		}
+		if err != nil || back != d {
+			t.Fatalf("parseRetention(%q) = %s prints as %q which parses to %s, %v", s, d, formatRetention(d), back, err)
+		}
+	})
+}
