@@ -18,7 +18,6 @@ import (
 
 	"github.com/baton-scheduler/baton/db"
 	"github.com/baton-scheduler/baton/internal/executor"
-	"github.com/baton-scheduler/baton/internal/notify"
 	"github.com/baton-scheduler/baton/internal/store"
 )
 
