@@ -129,7 +129,9 @@ func templateName() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	var all []byte
+	// The schema baton installs into is part of the layout: a template built
+	// before baton had its own schema (tables in public) must not be reused.
+	all := []byte("schema=" + store.SchemaDefault + ";")
 	for _, e := range entries {
 		b, err := migrations.FS.ReadFile(e.Name())
 		if err != nil {
@@ -203,14 +205,24 @@ func (s *Server) adminConn(ctx context.Context) (*pgx.Conn, error) {
 	return conn, nil
 }
 
-// urlFor returns the admin URL pointed at another database.
+// urlFor returns the admin URL pointed at another database, with search_path set
+// to baton's schema (unless the admin URL sets one) so that ad-hoc SQL in tests
+// sees baton's tables the way baton's own connections do.
 func (s *Server) urlFor(dbname string) string {
 	if u, err := url.Parse(s.adminURL); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
 		u.Path = "/" + dbname
+		q := u.Query()
+		if q.Get("search_path") == "" {
+			q.Set("search_path", store.SchemaDefault)
+		}
+		u.RawQuery = q.Encode()
 		return u.String()
 	}
-	// key=value form
-	return s.adminURL + " dbname=" + dbname
+	// key=value form: a later keyword wins
+	if strings.Contains(s.adminURL, "search_path=") {
+		return s.adminURL + " dbname=" + dbname
+	}
+	return s.adminURL + " dbname=" + dbname + " search_path=" + store.SchemaDefault
 }
 
 // require fails or skips t when the server is unavailable.

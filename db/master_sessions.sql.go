@@ -10,6 +10,25 @@ import (
 	"time"
 )
 
+const masterSessionCountLive = `-- name: MasterSessionCountLive :one
+SELECT count(*) FROM master_sessions
+WHERE state = 'alive'
+  AND last_heartbeat_at > coalesce($1::timestamptz, now()) - $2::bigint * interval '1 millisecond'
+`
+
+type MasterSessionCountLiveParams struct {
+	Now             *time.Time
+	MasterTimeoutMs int64
+}
+
+// Masters alive by heartbeat (Postgres time): with none, queued tasks wait.
+func (q *Queries) MasterSessionCountLive(ctx context.Context, arg MasterSessionCountLiveParams) (int64, error) {
+	row := q.db.QueryRow(ctx, masterSessionCountLive, arg.Now, arg.MasterTimeoutMs)
+	var count int64
+	err := row.Scan(&count)
+	return count, err
+}
+
 const masterSessionHeartbeat = `-- name: MasterSessionHeartbeat :one
 UPDATE master_sessions
 SET last_heartbeat_at = CASE WHEN state = 'alive' THEN now() ELSE last_heartbeat_at END

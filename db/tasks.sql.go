@@ -52,6 +52,73 @@ func (q *Queries) TaskAttemptMarkFenced(ctx context.Context, arg TaskAttemptMark
 	return result.RowsAffected(), nil
 }
 
+const taskCancel = `-- name: TaskCancel :one
+WITH t AS (
+    UPDATE tasks
+    SET state = 'canceled', worker_session_id = NULL, finished_at = now(), last_error = $1::text
+    WHERE tasks.id = $2 AND tasks.state IN ('queued', 'dispatched', 'running')
+    RETURNING tasks.id, tasks.attempt
+), a AS (
+    UPDATE task_attempts
+    SET outcome = 'canceled', finished_at = now(), error = $1::text
+    FROM t
+    WHERE task_attempts.task_id = t.id AND task_attempts.attempt = t.attempt AND task_attempts.outcome IS NULL
+), d AS (
+    DELETE FROM dispatch_queue USING t WHERE dispatch_queue.task_id = t.id
+), notified AS (
+    -- A slot may be free: wake the dispatchers (joined below so it runs only on a cancel).
+    SELECT pg_notify('baton_dispatch', '') FROM (SELECT 1 FROM t LIMIT 1) AS any_row
+)
+SELECT t.id, t.attempt FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n
+`
+
+type TaskCancelParams struct {
+	Reason string
+	ID     int64
+}
+
+type TaskCancelRow struct {
+	ID      int64
+	Attempt int32
+}
+
+// Client.Cancel: a task that is not finished becomes canceled at once. Its open
+// attempt is closed canceled and its dispatch row deleted, in one statement that
+// re-checks the state; a worker still running the attempt is fenced when it
+// reports (TaskFinish requires state running), and its result is dropped.
+func (q *Queries) TaskCancel(ctx context.Context, arg TaskCancelParams) (TaskCancelRow, error) {
+	row := q.db.QueryRow(ctx, taskCancel, arg.Reason, arg.ID)
+	var i TaskCancelRow
+	err := row.Scan(&i.ID, &i.Attempt)
+	return i, err
+}
+
+const taskCancelLockDispatch = `-- name: TaskCancelLockDispatch :many
+SELECT id FROM dispatch_queue WHERE task_id = $1 FOR UPDATE
+`
+
+// Client.Cancel, first statement: lock the task's dispatch row before the task row
+// (the order a master's dispatch takes), so cancel and dispatch cannot deadlock.
+func (q *Queries) TaskCancelLockDispatch(ctx context.Context, id int64) ([]int64, error) {
+	rows, err := q.db.Query(ctx, taskCancelLockDispatch, id)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []int64{}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		items = append(items, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const taskClaim = `-- name: TaskClaim :many
 WITH q AS (
     SELECT d.id
@@ -278,6 +345,73 @@ type TaskListParams struct {
 
 func (q *Queries) TaskList(ctx context.Context, arg TaskListParams) ([]Task, error) {
 	rows, err := q.db.Query(ctx, taskList, arg.State, arg.GroupName, arg.MaxRows)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Task{}
+	for rows.Next() {
+		var i Task
+		if err := rows.Scan(
+			&i.ID,
+			&i.GroupName,
+			&i.Kind,
+			&i.Payload,
+			&i.Priority,
+			&i.State,
+			&i.Attempt,
+			&i.WorkerSessionID,
+			&i.MaxRetries,
+			&i.Retries,
+			&i.TimeoutMs,
+			&i.FailoverCount,
+			&i.WorkflowRunID,
+			&i.SubmittedAt,
+			&i.DispatchedAt,
+			&i.StartedAt,
+			&i.FinishedAt,
+			&i.ExitCode,
+			&i.Output,
+			&i.LastError,
+			&i.RunningFailovers,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const taskListPage = `-- name: TaskListPage :many
+SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers FROM tasks
+WHERE ($1::text IS NULL OR state = $1)
+  AND ($2::text IS NULL OR group_name = $2)
+  AND ($3::text IS NULL OR kind = $3)
+  AND ($4::bigint IS NULL OR id < $4)
+ORDER BY id DESC
+LIMIT $5
+`
+
+type TaskListPageParams struct {
+	State     *string
+	GroupName *string
+	Kind      *string
+	BeforeID  *int64
+	MaxRows   int32
+}
+
+// Client.List: newest first, optional filters, keyset paging on id.
+func (q *Queries) TaskListPage(ctx context.Context, arg TaskListPageParams) ([]Task, error) {
+	rows, err := q.db.Query(ctx, taskListPage,
+		arg.State,
+		arg.GroupName,
+		arg.Kind,
+		arg.BeforeID,
+		arg.MaxRows,
+	)
 	if err != nil {
 		return nil, err
 	}

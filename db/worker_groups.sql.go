@@ -7,7 +7,26 @@ package db
 
 import (
 	"context"
+	"time"
 )
+
+const groupCreate = `-- name: GroupCreate :execrows
+INSERT INTO worker_groups (name, description) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING
+`
+
+type GroupCreateParams struct {
+	Name        string
+	Description string
+}
+
+// Client.CreateGroup: 1 when created, 0 when it existed.
+func (q *Queries) GroupCreate(ctx context.Context, arg GroupCreateParams) (int64, error) {
+	result, err := q.db.Exec(ctx, groupCreate, arg.Name, arg.Description)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
 
 const groupEnsure = `-- name: GroupEnsure :exec
 INSERT INTO worker_groups (name) VALUES ($1) ON CONFLICT (name) DO NOTHING
@@ -27,4 +46,55 @@ func (q *Queries) GroupExists(ctx context.Context, name string) (bool, error) {
 	var exists bool
 	err := row.Scan(&exists)
 	return exists, err
+}
+
+const groupHealth = `-- name: GroupHealth :many
+SELECT g.name, g.description, g.created_at,
+       (SELECT count(*) FROM worker_sessions s
+        WHERE s.group_name = g.name AND s.state IN ('alive', 'draining')
+          AND s.last_heartbeat_at > coalesce($1::timestamptz, now()) - $2::bigint * interval '1 millisecond'
+       )::bigint AS live_workers,
+       (SELECT count(*) FROM dispatch_queue d WHERE d.group_name = g.name AND d.target_session_id IS NULL)::bigint AS waiting_tasks
+FROM worker_groups g
+ORDER BY g.name
+`
+
+type GroupHealthParams struct {
+	Now             *time.Time
+	WorkerTimeoutMs int64
+}
+
+type GroupHealthRow struct {
+	Name         string
+	Description  string
+	CreatedAt    time.Time
+	LiveWorkers  int64
+	WaitingTasks int64
+}
+
+// Client.Groups: live workers (Postgres time) and waiting tasks per group.
+func (q *Queries) GroupHealth(ctx context.Context, arg GroupHealthParams) ([]GroupHealthRow, error) {
+	rows, err := q.db.Query(ctx, groupHealth, arg.Now, arg.WorkerTimeoutMs)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []GroupHealthRow{}
+	for rows.Next() {
+		var i GroupHealthRow
+		if err := rows.Scan(
+			&i.Name,
+			&i.Description,
+			&i.CreatedAt,
+			&i.LiveWorkers,
+			&i.WaitingTasks,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }

@@ -40,3 +40,9 @@ WHERE id = ANY (ARRAY(
     LIMIT @max_rows
     FOR UPDATE SKIP LOCKED))
   AND ended_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => @retention_s::float8);
+
+-- Masters alive by heartbeat (Postgres time): with none, queued tasks wait.
+-- name: MasterSessionCountLive :one
+SELECT count(*) FROM master_sessions
+WHERE state = 'alive'
+  AND last_heartbeat_at > coalesce(sqlc.narg('now')::timestamptz, now()) - sqlc.arg('master_timeout_ms')::bigint * interval '1 millisecond';

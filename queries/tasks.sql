@@ -151,3 +151,41 @@ WHERE id = ANY (ARRAY(
     LIMIT @max_rows
     FOR UPDATE SKIP LOCKED))
   AND finished_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => @retention_s::float8);
+
+-- Client.List: newest first, optional filters, keyset paging on id.
+-- name: TaskListPage :many
+SELECT * FROM tasks
+WHERE (sqlc.narg('state')::text IS NULL OR state = sqlc.narg('state'))
+  AND (sqlc.narg('group_name')::text IS NULL OR group_name = sqlc.narg('group_name'))
+  AND (sqlc.narg('kind')::text IS NULL OR kind = sqlc.narg('kind'))
+  AND (sqlc.narg('before_id')::bigint IS NULL OR id < sqlc.narg('before_id'))
+ORDER BY id DESC
+LIMIT @max_rows;
+
+-- Client.Cancel, first statement: lock the task's dispatch row before the task row
+-- (the order a master's dispatch takes), so cancel and dispatch cannot deadlock.
+-- name: TaskCancelLockDispatch :many
+SELECT id FROM dispatch_queue WHERE task_id = @id FOR UPDATE;
+
+-- Client.Cancel: a task that is not finished becomes canceled at once. Its open
+-- attempt is closed canceled and its dispatch row deleted, in one statement that
+-- re-checks the state; a worker still running the attempt is fenced when it
+-- reports (TaskFinish requires state running), and its result is dropped.
+-- name: TaskCancel :one
+WITH t AS (
+    UPDATE tasks
+    SET state = 'canceled', worker_session_id = NULL, finished_at = now(), last_error = @reason::text
+    WHERE tasks.id = @id AND tasks.state IN ('queued', 'dispatched', 'running')
+    RETURNING tasks.id, tasks.attempt
+), a AS (
+    UPDATE task_attempts
+    SET outcome = 'canceled', finished_at = now(), error = @reason::text
+    FROM t
+    WHERE task_attempts.task_id = t.id AND task_attempts.attempt = t.attempt AND task_attempts.outcome IS NULL
+), d AS (
+    DELETE FROM dispatch_queue USING t WHERE dispatch_queue.task_id = t.id
+), notified AS (
+    -- A slot may be free: wake the dispatchers (joined below so it runs only on a cancel).
+    SELECT pg_notify('baton_dispatch', '') FROM (SELECT 1 FROM t LIMIT 1) AS any_row
+)
+SELECT t.id, t.attempt FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n;

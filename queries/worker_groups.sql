@@ -3,3 +3,18 @@ INSERT INTO worker_groups (name) VALUES (@name) ON CONFLICT (name) DO NOTHING;
 
 -- name: GroupExists :one
 SELECT EXISTS (SELECT 1 FROM worker_groups WHERE name = @name);
+
+-- Client.CreateGroup: 1 when created, 0 when it existed.
+-- name: GroupCreate :execrows
+INSERT INTO worker_groups (name, description) VALUES (@name, @description) ON CONFLICT (name) DO NOTHING;
+
+-- Client.Groups: live workers (Postgres time) and waiting tasks per group.
+-- name: GroupHealth :many
+SELECT g.name, g.description, g.created_at,
+       (SELECT count(*) FROM worker_sessions s
+        WHERE s.group_name = g.name AND s.state IN ('alive', 'draining')
+          AND s.last_heartbeat_at > coalesce(sqlc.narg('now')::timestamptz, now()) - sqlc.arg('worker_timeout_ms')::bigint * interval '1 millisecond'
+       )::bigint AS live_workers,
+       (SELECT count(*) FROM dispatch_queue d WHERE d.group_name = g.name AND d.target_session_id IS NULL)::bigint AS waiting_tasks
+FROM worker_groups g
+ORDER BY g.name;

@@ -1,5 +1,16 @@
 // Package migrate applies baton's embedded goose migrations with a Postgres
 // session lock, so concurrent deploys are safe.
+//
+// Everything lives in one Postgres schema (store.SchemaDefault, "baton", unless
+// the DSN's search_path names another): the migrations are unqualified and run
+// with search_path set to that schema, and goose's version table is
+// <schema>.goose_db_version, so baton shares a database with an application that
+// has its own goose_db_version and its own tables. The stock goose CLI does the
+// same with
+//
+//	goose -dir migrations -table baton.goose_db_version postgres "$DSN&search_path=baton" up
+//
+// after `CREATE SCHEMA IF NOT EXISTS baton`.
 package migrate
 
 import (
@@ -7,13 +18,16 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"regexp"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
-	"github.com/pressly/goose/v3/database"
 	"github.com/pressly/goose/v3/lock"
 
+	"github.com/baton-scheduler/baton/db"
 	"github.com/baton-scheduler/baton/internal/store"
 	"github.com/baton-scheduler/baton/migrations"
 )
@@ -23,10 +37,42 @@ type Migrator struct {
 	pool     *pgxpool.Pool
 	sqlDB    *sql.DB
 	provider *goose.Provider
+	schema   string
 }
 
-// ErrDatabaseNewer is returned when the database holds migrations this binary does not know.
-var ErrDatabaseNewer = errors.New("database schema is newer than this binary")
+// Errors callers match with errors.Is.
+var (
+	// ErrDatabaseNewer: the database holds migrations this binary does not know.
+	ErrDatabaseNewer = errors.New("database schema is newer than this binary")
+	// ErrDatabaseOlder: the schema is missing or behind this binary (not migrated).
+	ErrDatabaseOlder = errors.New("database schema is older than this binary")
+	// ErrLegacyPublic: baton's schema is empty but an install from before baton had
+	// its own schema is in public.
+	ErrLegacyPublic = errors.New("baton's tables are in schema public")
+)
+
+// VersionTable is goose's version table name inside baton's schema.
+const VersionTable = "goose_db_version"
+
+// schemaRE: a schema name goose can use unquoted in its own SQL.
+var schemaRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+
+// ValidSchema reports whether name can be baton's schema.
+func ValidSchema(name string) error {
+	if !schemaRE.MatchString(name) {
+		return fmt.Errorf("schema %q must be 1-63 of lowercase letters, digits and _, not starting with a digit", name)
+	}
+	return nil
+}
+
+// lockID is the session lock of schema's migrations: distinct from goose's
+// default, so an application migrating its own schema with goose never waits on
+// baton's migrations, nor baton in one schema on baton in another.
+func lockID(schema string) int64 {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte("baton migrations " + schema))
+	return int64(h.Sum64() &^ (1 << 63))
+}
 
 // New connects to dsn and prepares the provider. It checks connectivity first so a
 // wrong DSN is reported as such, not as a goose error.
@@ -35,10 +81,16 @@ func New(ctx context.Context, dsn string) (*Migrator, error) {
 	if err != nil {
 		return nil, err
 	}
+	schema := store.Schema(pool.Config())
+	if err := ValidSchema(schema); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("database URL search_path: %w", err)
+	}
 	sqlDB := stdlib.OpenDBFromPool(pool)
 	locker, err := lock.NewPostgresSessionLocker(
 		// Wait up to 5 minutes for a concurrent deploy to finish its migrations.
 		lock.WithLockTimeout(1, 300),
+		lock.WithLockID(lockID(schema)),
 	)
 	if err != nil {
 		_ = sqlDB.Close()
@@ -48,13 +100,53 @@ func New(ctx context.Context, dsn string) (*Migrator, error) {
 	provider, err := goose.NewProvider(goose.DialectPostgres, sqlDB, migrations.FS,
 		goose.WithSessionLocker(locker),
 		goose.WithDisableGlobalRegistry(true),
+		goose.WithTableName(schema+"."+VersionTable),
 	)
 	if err != nil {
 		_ = sqlDB.Close()
 		pool.Close()
 		return nil, fmt.Errorf("migration provider: %w", err)
 	}
-	return &Migrator{pool: pool, sqlDB: sqlDB, provider: provider}, nil
+	return &Migrator{pool: pool, sqlDB: sqlDB, provider: provider, schema: schema}, nil
+}
+
+// Schema is the Postgres schema this migrator manages.
+func (m *Migrator) Schema() string { return m.schema }
+
+// ensureSchema creates baton's schema if it is missing. Identifiers cannot be
+// query parameters, so this is the one statement built in Go (the name is
+// validated by ValidSchema and quoted).
+func (m *Migrator) ensureSchema(ctx context.Context) error {
+	_, err := m.pool.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{m.schema}.Sanitize())
+	// Two deploys racing on IF NOT EXISTS: the loser sees a unique violation.
+	if err != nil && store.Code(err) != store.CodeUniqueViolation {
+		return fmt.Errorf("create schema %q: %w", m.schema, err)
+	}
+	return nil
+}
+
+// checkLegacy refuses to build an empty schema beside an install from before
+// baton had its own schema (tables in public), so that install is not silently
+// orphaned: the operator keeps it (search_path=public) or moves it (MoveFromPublic).
+func (m *Migrator) checkLegacy(ctx context.Context) error {
+	if m.schema == "public" {
+		return nil
+	}
+	v, err := m.Version(ctx)
+	if err != nil || v > 0 {
+		return err
+	}
+	legacy, err := db.New(m.pool).SchemaLegacyPublicInstall(ctx)
+	if err != nil {
+		return fmt.Errorf("look for an install in schema public: %w", err)
+	}
+	if legacy {
+		return fmt.Errorf("%w and schema %q is empty (installed before baton used its own schema): "+
+			"keep using public with search_path=public in the database URL (Schema: \"public\" in Go), "+
+			"or move the tables with `baton migrate move-from-public` (docs/architecture.md, \"Schema\")",
+			ErrLegacyPublic, m.schema)
+	}
+	return nil
 }
 
 // Close releases the connections.
@@ -77,18 +169,14 @@ func (m *Migrator) Latest() int64 {
 // reads: goose would create its version table to answer, and a binary that
 // refuses an unmigrated database must leave it as it found it.
 func (m *Migrator) Version(ctx context.Context) (int64, error) {
-	st, err := database.NewStore(database.DialectPostgres, goose.DefaultTablename)
+	// Without its version table goose would try to create it (in a schema that
+	// may not exist): a missing table is version 0.
+	exists, err := db.New(m.pool).SchemaVersionTableExists(ctx, m.schema+"."+VersionTable)
 	if err != nil {
 		return 0, fmt.Errorf("read schema version: %w", err)
 	}
-	if ext, ok := st.(database.StoreExtender); ok {
-		exists, err := ext.TableExists(ctx, m.sqlDB)
-		if err != nil {
-			return 0, fmt.Errorf("read schema version: %w", err)
-		}
-		if !exists {
-			return 0, nil
-		}
+	if !exists {
+		return 0, nil
 	}
 	v, err := m.provider.GetDBVersion(ctx)
 	if err != nil {
@@ -103,14 +191,21 @@ func (m *Migrator) checkNotNewer(ctx context.Context) error {
 		return err
 	}
 	if v > m.Latest() {
-		return fmt.Errorf("%w: database is at version %d, binary knows up to %d; upgrade baton", ErrDatabaseNewer, v, m.Latest())
+		return fmt.Errorf("%w: schema %q is at version %d, binary knows up to %d; upgrade baton", ErrDatabaseNewer, m.schema, v, m.Latest())
 	}
 	return nil
 }
 
-// Up applies all pending migrations and returns how many ran.
+// Up creates baton's schema if needed and applies all pending migrations; it
+// returns how many ran.
 func (m *Migrator) Up(ctx context.Context) (int, error) {
 	if err := m.checkNotNewer(ctx); err != nil {
+		return 0, err
+	}
+	if err := m.checkLegacy(ctx); err != nil {
+		return 0, err
+	}
+	if err := m.ensureSchema(ctx); err != nil {
 		return 0, err
 	}
 	res, err := m.provider.Up(ctx)
@@ -196,9 +291,78 @@ func CheckSchema(ctx context.Context, dsn string) error {
 	}
 	switch {
 	case v > m.Latest():
-		return fmt.Errorf("%w: database is at version %d, binary knows up to %d; upgrade baton", ErrDatabaseNewer, v, m.Latest())
+		return fmt.Errorf("%w: schema %q is at version %d, binary knows up to %d; upgrade baton", ErrDatabaseNewer, m.schema, v, m.Latest())
+	case v == 0:
+		if err := m.checkLegacy(ctx); err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: schema %q is not migrated (version 0, this build needs %d): "+
+			"run `baton migrate up` or call baton.Migrate", ErrDatabaseOlder, m.schema, m.Latest())
 	case v < m.Latest():
-		return fmt.Errorf("database schema is at version %d, binary needs %d: run `baton migrate up`", v, m.Latest())
+		return fmt.Errorf("%w: schema %q is at version %d, this build needs %d: run `baton migrate up` or call baton.Migrate",
+			ErrDatabaseOlder, m.schema, v, m.Latest())
 	}
 	return nil
+}
+
+// legacyTables and legacyViews are schema v1, the only version ever installed in
+// public (baton moved to its own schema in the next release).
+var (
+	legacyTables = []string{"worker_groups", "worker_sessions", "master_sessions", "tasks", "task_attempts", "dispatch_queue", "failover_events"}
+	legacyViews  = []string{"report_tasks_by_state", "report_attempt_durations", "report_worker_health", "report_failover_history"}
+)
+
+// MoveFromPublic moves an install from before baton had its own schema (schema v1
+// in public) into this migrator's schema, in one transaction: tables (with their
+// indexes, constraints and identity sequences) and views are moved with ALTER ...
+// SET SCHEMA, and baton's rows of public.goose_db_version (versions 0 and 1) are
+// copied into <schema>.goose_db_version. public.goose_db_version itself is left
+// alone, since an application may share it; drop it if it was baton's only.
+// Stop baton's workers and masters first. It returns how many relations moved.
+func (m *Migrator) MoveFromPublic(ctx context.Context) (int, error) {
+	if m.schema == "public" {
+		return 0, errors.New("move from public: the target schema is public; set search_path to baton's new schema")
+	}
+	if v, err := m.Version(ctx); err != nil {
+		return 0, err
+	} else if v > 0 {
+		return 0, fmt.Errorf("move from public: schema %q is already at version %d", m.schema, v)
+	}
+	legacy, err := db.New(m.pool).SchemaLegacyPublicInstall(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("move from public: %w", err)
+	}
+	if !legacy {
+		return 0, errors.New("move from public: no baton install found in schema public")
+	}
+	target := pgx.Identifier{m.schema}.Sanitize()
+	moved := 0
+	// Administrative DDL on identifiers (which cannot be query parameters): built
+	// here from fixed names and the validated schema name.
+	err = pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
+		stmts := []string{"CREATE SCHEMA IF NOT EXISTS " + target}
+		for _, t := range legacyTables {
+			stmts = append(stmts, "ALTER TABLE public."+t+" SET SCHEMA "+target)
+		}
+		for _, v := range legacyViews {
+			stmts = append(stmts, "ALTER VIEW public."+v+" SET SCHEMA "+target)
+		}
+		stmts = append(stmts,
+			"CREATE TABLE "+target+"."+VersionTable+" (LIKE public."+VersionTable+" INCLUDING ALL)",
+			"INSERT INTO "+target+"."+VersionTable+" (version_id, is_applied, tstamp) "+
+				"SELECT version_id, is_applied, tstamp FROM public."+VersionTable+" WHERE version_id <= 1 ORDER BY id")
+		for i, s := range stmts {
+			if _, err := tx.Exec(ctx, s); err != nil {
+				return fmt.Errorf("move from public: %s: %w", s, err)
+			}
+			if i > 0 && i <= len(legacyTables)+len(legacyViews) {
+				moved++
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return moved, nil
 }

@@ -25,6 +25,12 @@ func TestMain(m *testing.M) {
 
 func tables(t *testing.T, dsn string) []string {
 	t.Helper()
+	return tablesIn(t, dsn, "baton")
+}
+
+// tablesIn lists the tables and views of schema, goose's version table aside.
+func tablesIn(t *testing.T, dsn, schema string) []string {
+	t.Helper()
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
@@ -32,7 +38,7 @@ func tables(t *testing.T, dsn string) []string {
 	}
 	defer conn.Close(ctx)
 	rows, err := conn.Query(ctx, `SELECT table_name FROM information_schema.tables
-		WHERE table_schema = 'public' AND table_name <> 'goose_db_version' ORDER BY 1`)
+		WHERE table_schema = $1 AND table_name <> 'goose_db_version' ORDER BY 1`, schema)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +226,13 @@ func TestStockGooseReadsDirectory(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sqlDB.Close()
-	p, err := goose.NewProvider(goose.DialectPostgres, sqlDB, os.DirFS("../../migrations"))
+	// The documented stock command: create the schema, name the version table in
+	// it, and run with search_path set to it (batontest's URL sets it).
+	if _, err := sqlDB.ExecContext(ctx, "CREATE SCHEMA baton"); err != nil {
+		t.Fatal(err)
+	}
+	p, err := goose.NewProvider(goose.DialectPostgres, sqlDB, os.DirFS("../../migrations"),
+		goose.WithTableName("baton.goose_db_version"))
 	if err != nil {
 		t.Fatal(err)
 	}

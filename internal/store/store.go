@@ -48,7 +48,23 @@ func ParseConfig(dsn string) (*pgxpool.Config, error) {
 		// pgx's message may echo the DSN; keep only its reason to avoid leaking a password.
 		return nil, fmt.Errorf("invalid database URL: %s", redact(err.Error(), dsn))
 	}
+	// baton's tables live in their own schema: every connection baton opens
+	// resolves unqualified names there unless the DSN names another search_path.
+	if cfg.ConnConfig.RuntimeParams["search_path"] == "" {
+		cfg.ConnConfig.RuntimeParams["search_path"] = SchemaDefault
+	}
 	return cfg, nil
+}
+
+// SchemaDefault is the Postgres schema of baton's tables, views and goose version
+// table when the DSN sets no search_path.
+const SchemaDefault = "baton"
+
+// Schema is baton's schema on connections of cfg: the first entry of its search_path.
+func Schema(cfg *pgxpool.Config) string {
+	sp := cfg.ConnConfig.RuntimeParams["search_path"]
+	first, _, _ := strings.Cut(sp, ",")
+	return strings.Trim(strings.TrimSpace(first), `"`)
 }
 
 // Open connects a pool and checks that the server answers, so a wrong DSN fails at

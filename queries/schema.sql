@@ -1,0 +1,17 @@
+-- baton's own schema (internal/migrate) and the search_path of client transactions
+-- (the root package's Client runs on the application's pool).
+
+-- name: SchemaVersionTableExists :one
+SELECT (to_regclass(@qualified_name::text) IS NOT NULL)::boolean AS found;
+
+-- An install from before baton had its own schema: its tables are in public.
+-- name: SchemaLegacyPublicInstall :one
+SELECT (to_regclass('public.dispatch_queue') IS NOT NULL
+    AND to_regclass('public.failover_events') IS NOT NULL)::boolean AS found;
+
+-- name: SchemaSearchPath :one
+SELECT current_setting('search_path')::text AS search_path;
+
+-- Sets search_path until the end of the current transaction.
+-- name: SchemaSetLocalSearchPath :exec
+SELECT set_config('search_path', @search_path::text, true);
