@@ -1,96 +1,228 @@
-// Package baton is the public Go API of the baton scheduler: embed a worker with
-// your own Go task handlers (the way River users embed workers), run a master
-// in-process, submit tasks and migrate the schema.
+// Package baton is the Go API of the baton scheduler: run workers with your own
+// Go task handlers inside your service, run a master beside them, and submit,
+// inspect, wait for and cancel tasks from your code — in your own transactions.
+// Postgres is the only thing baton needs; its tables live in their own schema
+// ("baton" by default), so it shares a database with your application.
 //
+// # Quick start
+//
+//	// Once per deploy (safe from many processes at once).
+//	if err := baton.Migrate(ctx, dsn); err != nil { ... }
+//
+//	// A worker for group "billing", with a master in the same process.
 //	w, err := baton.NewWorker(ctx, baton.WorkerConfig{
 //		DatabaseURL: dsn,
 //		Group:       "billing",
 //		Handlers: map[string]baton.Handler{
 //			"invoice.send": func(ctx context.Context, t baton.Task) (string, error) { ... },
 //		},
+//		Master: &baton.MasterConfig{}, // omit when baton-master runs elsewhere
 //	})
-//	err = w.Run(ctx) // until ctx is canceled, then drains
+//	go w.Run(ctx) // until ctx is canceled, then drains
+//	<-w.Ready()   // session registered: the group exists
+//
+//	// Submit from your code, here inside your own transaction.
+//	client, err := baton.NewClient(pool, nil)
+//	id, err := client.SubmitTx(ctx, tx, baton.TaskSpec{Group: "billing", Kind: "invoice.send", Payload: payload})
+//	// ... tx.Commit: the task exists only if your transaction commits.
+//	info, err := client.Wait(ctx, id)
+//
+// # Safety
+//
+// Embedded workers run only the handlers they register: shell tasks need
+// WorkerConfig.AllowShell. A nil Logger becomes a zap production logger on
+// stderr. NewWorker and NewMaster refuse a database whose baton schema is
+// missing, older or newer than this build (ErrSchemaOutdated, ErrSchemaNewer),
+// like the binaries do.
 package baton
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
 
-	"github.com/baton-scheduler/baton/internal/executor"
+	"github.com/baton-scheduler/baton/db"
+	"github.com/baton-scheduler/baton/internal/logfield"
 	"github.com/baton-scheduler/baton/internal/master"
 	"github.com/baton-scheduler/baton/internal/migrate"
-	"github.com/baton-scheduler/baton/internal/retrypolicy"
-	"github.com/baton-scheduler/baton/internal/submit"
+	"github.com/baton-scheduler/baton/internal/store"
 	"github.com/baton-scheduler/baton/internal/worker"
 )
 
-type (
-	// Task is what a handler sees: id, attempt (the fencing epoch), kind, payload.
-	Task = executor.Task
-	// Handler runs one attempt of a task kind; it must return when ctx is done.
-	Handler = executor.Handler
-	// RetryPolicy is exponential backoff with jitter for failed attempts.
-	RetryPolicy = retrypolicy.Policy
-	// WorkerConfig configures a worker; zero fields take the documented defaults.
-	WorkerConfig = worker.Config
-	// MasterConfig configures a master; zero fields take the documented defaults.
-	MasterConfig = master.Config
-	// TaskSpec describes a task to submit.
-	TaskSpec = submit.Spec
-)
+// Migrate creates baton's schema if needed and applies pending migrations. It is
+// safe to run from several processes at once (a Postgres session lock). The
+// schema is the URL's search_path, else "baton" (see WithSchema).
+func Migrate(ctx context.Context, dsn string) error { return migrate.EnsureLatest(ctx, dsn) }
 
-// KindShell is the task kind of shell commands ({"command": ..., "env": {...}, "dir": ...}).
-const KindShell = submit.KindShell
+// CheckSchema returns nil when baton's schema is at exactly this build's
+// version, else ErrSchemaOutdated, ErrSchemaNewer or ErrLegacyPublicSchema with
+// what to do. NewWorker and NewMaster call it.
+func CheckSchema(ctx context.Context, dsn string) error { return migrate.CheckSchema(ctx, dsn) }
 
-// Errors Submit can return (match with errors.Is).
-var (
-	ErrInvalidTask  = submit.ErrInvalid
-	ErrUnknownGroup = submit.ErrUnknownGroup
-)
+// Worker is an embedded worker (and, with WorkerConfig.Master, a master).
+type Worker struct {
+	w             *worker.Worker
+	m             *master.Master
+	cfg           WorkerConfig
+	pool          *pgxpool.Pool // one connection: the live-master check
+	log           *zap.Logger
+	ready         chan struct{}
+	group         string
+	masterTimeout time.Duration
+}
 
-// Worker is an embedded worker.
-type Worker struct{ w *worker.Worker }
-
-// NewWorker validates cfg and connects (a wrong DSN fails here).
+// NewWorker validates cfg, checks baton's schema version and connects (a wrong
+// DSN, an unmigrated database or a bad config fails here, with the reason).
 func NewWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
-	w, err := worker.New(ctx, cfg)
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	wc, err := cfg.internal()
 	if err != nil {
 		return nil, err
 	}
-	return &Worker{w: w}, nil
+	if err := migrate.CheckSchema(ctx, wc.DatabaseURL); err != nil {
+		return nil, err
+	}
+	pool, err := store.Open(ctx, wc.DatabaseURL, 1)
+	if err != nil {
+		return nil, err
+	}
+	w, err := worker.New(ctx, wc)
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	var m *master.Master
+	masterTimeout := MasterMasterTimeoutDefault
+	if cfg.Master != nil {
+		mc, err := cfg.embeddedMaster(wc.Logger).internal()
+		if err == nil {
+			masterTimeout = mc.MasterTimeout
+			m, err = master.New(ctx, mc)
+		}
+		if err != nil {
+			pool.Close()
+			canceled, cancel := context.WithCancel(ctx)
+			cancel()
+			_ = w.Run(canceled) // registers nothing; closes the worker's pool
+			return nil, fmt.Errorf("start embedded master: %w", err)
+		}
+	}
+	if cfg.MasterCheckInterval == 0 {
+		cfg.MasterCheckInterval = MasterCheckIntervalDefault
+	}
+	return &Worker{
+		w: w, m: m, cfg: cfg, pool: pool, log: wc.Logger.Named("worker"), ready: make(chan struct{}),
+		group: wc.Group, masterTimeout: masterTimeout,
+	}, nil
 }
 
-// Run works until ctx is canceled, then drains (see WorkerConfig.ShutdownGrace).
-func (w *Worker) Run(ctx context.Context) error { return w.w.Run(ctx) }
+// Ready is closed once the worker's session is registered (so its group
+// exists and tasks submitted to it will be claimed).
+func (w *Worker) Ready() <-chan struct{} { return w.ready }
 
 // SessionID is the worker's current session id (0 before it registers).
 func (w *Worker) SessionID() int64 { return w.w.SessionID() }
 
-// Master is an in-process master.
+// Run works until ctx is canceled, then drains: no new claims, running tasks get
+// ShutdownGrace to finish, the rest are handed back. With an embedded master,
+// the master runs until the worker has drained. Run may be called once.
+func (w *Worker) Run(ctx context.Context) error {
+	defer w.pool.Close()
+	bg, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var masterErr error
+	if w.m != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			masterErr = w.m.Run(bg)
+		}()
+	}
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		w.watch(watchCtx)
+	}()
+	err := w.w.Run(ctx)
+	stopWatch()
+	stop()
+	wg.Wait()
+	return errors.Join(err, masterErr)
+}
+
+// watch closes Ready when the session registers, then checks now and then that
+// a master is alive and warns when none is: the group's tasks would wait.
+func (w *Worker) watch(ctx context.Context) {
+	// The worker publishes its session id atomically; a short poll of it is the
+	// ready signal (no database round trip).
+	tick := time.NewTicker(5 * time.Millisecond)
+	for w.w.SessionID() == 0 {
+		select {
+		case <-ctx.Done():
+			tick.Stop()
+			return
+		case <-tick.C:
+		}
+	}
+	tick.Stop()
+	close(w.ready)
+	if w.m != nil {
+		return // this process runs a master
+	}
+	check := time.NewTicker(w.cfg.MasterCheckInterval)
+	defer check.Stop()
+	warned := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-check.C:
+		}
+		n, err := db.New(w.pool).MasterSessionCountLive(ctx, db.MasterSessionCountLiveParams{MasterTimeoutMs: w.masterTimeout.Milliseconds()})
+		switch {
+		case err != nil:
+			if ctx.Err() == nil {
+				w.log.Warn("live master check failed", zap.Error(err))
+			}
+		case n == 0 && !warned:
+			warned = true
+			w.log.Warn("no live master: tasks of this group stay queued until a master runs (WorkerConfig.Master, baton.NewMaster or baton-master)",
+				logfield.Group(w.group))
+		case n > 0 && warned:
+			warned = false
+			w.log.Info("a master is alive again", logfield.Group(w.group), logfield.Count("masters", int(n)))
+		}
+	}
+}
+
+// Master is an in-process master (see WorkerConfig.Master for the simplest way to
+// run one beside workers).
 type Master struct{ m *master.Master }
 
-// NewMaster validates cfg, connects and registers the master session.
+// NewMaster validates cfg, checks baton's schema version, connects and
+// registers the master session.
 func NewMaster(ctx context.Context, cfg MasterConfig) (*Master, error) {
-	m, err := master.New(ctx, cfg)
+	mc, err := cfg.internal()
 	if err != nil {
 		return nil, err
+	}
+	if err := migrate.CheckSchema(ctx, mc.DatabaseURL); err != nil {
+		return nil, err
+	}
+	m, err := master.New(ctx, mc)
+	if err != nil {
+		return nil, fmt.Errorf("start master: %w", err)
 	}
 	return &Master{m: m}, nil
 }
 
 // Run works until ctx is canceled.
 func (m *Master) Run(ctx context.Context) error { return m.m.Run(ctx) }
-
-// Submit validates and stores a task; it returns the task id.
-func Submit(ctx context.Context, pool *pgxpool.Pool, spec TaskSpec) (int64, error) {
-	return submit.Submit(ctx, pool, spec)
-}
-
-// SubmitMany stores tasks in one transaction: all or none.
-func SubmitMany(ctx context.Context, pool *pgxpool.Pool, specs []TaskSpec) ([]int64, error) {
-	return submit.Many(ctx, pool, specs)
-}
-
-// Migrate applies pending schema migrations (safe to run from several processes at once).
-func Migrate(ctx context.Context, dsn string) error { return migrate.EnsureLatest(ctx, dsn) }

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap/zaptest"
+
 	"github.com/baton-scheduler/baton"
 	"github.com/baton-scheduler/baton/batontest"
 )
@@ -19,14 +21,16 @@ func TestMain(m *testing.M) {
 	os.Exit(batontest.Main(m, func(s *batontest.Server) { srv = s }))
 }
 
-// An application embeds a worker with its own Go handler and an in-process master.
+// An application embeds a worker with its own Go handler and a master in the same
+// process, submits through the client and waits for the result. (The adopter's
+// view, from a separate module, is in examples/invoicing.)
 func TestEmbeddedWorker(t *testing.T) {
 	t.Parallel()
 	pool, dsn := srv.NewPool(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	w, err := baton.NewWorker(ctx, baton.WorkerConfig{
-		DatabaseURL: dsn, Group: "app",
+		DatabaseURL: dsn, Group: "app", Logger: zaptest.NewLogger(t),
 		Handlers: map[string]baton.Handler{
 			"upper": func(_ context.Context, task baton.Task) (string, error) {
 				var p struct{ S string }
@@ -36,35 +40,44 @@ func TestEmbeddedWorker(t *testing.T) {
 				return strings.ToUpper(p.S), nil
 			},
 		},
+		Master: &baton.MasterConfig{},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := baton.NewMaster(ctx, baton.MasterConfig{DatabaseURL: dsn})
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	select {
+	case <-w.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("worker not ready")
+	}
+	client, err := baton.NewClient(pool, &baton.ClientConfig{Logger: zaptest.NewLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{}, 2)
-	go func() { _ = w.Run(ctx); done <- struct{}{} }()
-	go func() { _ = m.Run(ctx); done <- struct{}{} }()
-	defer func() { cancel(); <-done; <-done }()
-	batontest.WaitFor(t, 10*time.Second, func() (bool, string) { return w.SessionID() != 0, "worker registered" })
-
-	id, err := baton.Submit(ctx, pool, baton.TaskSpec{Group: "app", Kind: "upper", Payload: json.RawMessage(`{"S": "hello"}`)})
+	id, err := client.Submit(ctx, baton.TaskSpec{Group: "app", Kind: "upper", Payload: json.RawMessage(`{"S": "hello"}`)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	batontest.WaitFor(t, 20*time.Second, func() (bool, string) {
-		var state, out string
-		_ = pool.QueryRow(ctx, "SELECT state, output FROM tasks WHERE id = $1", id).Scan(&state, &out)
-		return state == "succeeded" && out == "HELLO", "task state " + state + " output " + out
-	})
+	wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer wcancel()
+	info, err := client.Wait(wctx, id)
+	if err != nil || info.State != baton.TaskSucceeded || info.Output != "HELLO" {
+		t.Fatalf("wait = %+v, %v", info, err)
+	}
 
-	_, err = baton.Submit(ctx, pool, baton.TaskSpec{Group: "nope", Kind: "upper"})
-	if !errors.Is(err, baton.ErrUnknownGroup) {
+	_, err = client.Submit(ctx, baton.TaskSpec{Group: "nope", Kind: "upper"})
+	if !errors.Is(err, baton.ErrUnknownGroup) || strings.Contains(err.Error(), "--group") {
 		t.Fatalf("unknown group: %v", err)
 	}
-	_, err = baton.Submit(ctx, pool, baton.TaskSpec{Group: "app", Kind: "upper", Payload: json.RawMessage(`{`)})
+	_, err = client.Submit(ctx, baton.TaskSpec{Group: "app", Kind: "upper", Payload: json.RawMessage(`{`)})
 	if !errors.Is(err, baton.ErrInvalidTask) {
 		t.Fatalf("bad JSON: %v", err)
 	}

@@ -27,6 +27,7 @@ import (
 const usage = `baton — operator CLI of the baton scheduler
 
   baton migrate up|down|status|version     apply/roll back the embedded schema
+  baton migrate move-from-public           move a pre-schema install (tables in public) into baton's schema
   baton task submit --group G (--shell CMD | --type T [--payload JSON]) [--priority N] [--max-retries N] [--timeout D]
   baton task list [--state S] [--group G] [--limit N]
   baton task show ID
@@ -36,6 +37,8 @@ const usage = `baton — operator CLI of the baton scheduler
   baton dev                                start Postgres (if needed), a master, two workers and demo tasks
 
 Every command takes --database-url (env BATON_DATABASE_URL); list/show/submit take --json.
+baton's tables live in the Postgres schema "baton"; add search_path=<schema> to the
+URL to use another (search_path=public for an install from before schemas).
 `
 
 // BatonMain is the baton CLI; extra adds commands defined elsewhere (baton dev).
@@ -73,7 +76,7 @@ type common struct {
 }
 
 func (c *common) register(fs *flag.FlagSet, env Env, withJSON bool) {
-	fs.StringVar(&c.dsn, "database-url", env("BATON_DATABASE_URL"), "Postgres URL (env BATON_DATABASE_URL)")
+	dsnVar(fs, &c.dsn, env)
 	if withJSON {
 		fs.BoolVar(&c.json, "json", false, "print JSON instead of a table")
 	}
@@ -100,7 +103,7 @@ func sub(args []string, what string, choices ...string) (string, []string, error
 }
 
 func migrateCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writer) error {
-	cmd, rest, err := sub(args, "migrate", "up", "down", "status", "version")
+	cmd, rest, err := sub(args, "migrate", "up", "down", "status", "version", "move-from-public")
 	if err != nil {
 		return err
 	}
@@ -117,6 +120,12 @@ func migrateCmd(ctx context.Context, args []string, env Env, stdout, stderr io.W
 	}
 	defer m.Close()
 	switch cmd {
+	case "move-from-public":
+		n, err := m.MoveFromPublic(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "moved %d tables and views from public to schema %s\n", n, m.Schema())
 	case "up":
 		n, err := m.Up(ctx)
 		if err != nil {

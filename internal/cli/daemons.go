@@ -25,7 +25,7 @@ func MasterMain(ctx context.Context, args []string, env Env, stderr io.Writer) i
 	var logLevel, logFormat string
 	err := func() error {
 		var err error
-		fs.StringVar(&cfg.DatabaseURL, "database-url", env("BATON_DATABASE_URL"), "Postgres URL (env BATON_DATABASE_URL)")
+		dsnVar(fs, &cfg.DatabaseURL, env)
 		fs.StringVar(&cfg.Name, "name", env("BATON_MASTER_NAME"), "master name (default host-pid)")
 		hb, err1 := envDuration(env, "BATON_HEARTBEAT_INTERVAL", master.HeartbeatIntervalDefault)
 		wt, err2 := envDuration(env, "BATON_WORKER_TIMEOUT", master.WorkerTimeoutDefault)
@@ -96,7 +96,7 @@ func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string
 			return err
 		}
 		var workerTimeout time.Duration
-		fs.StringVar(&cfg.DatabaseURL, "database-url", env("BATON_DATABASE_URL"), "Postgres URL (env BATON_DATABASE_URL)")
+		dsnVar(fs, &cfg.DatabaseURL, env)
 		fs.StringVar(&cfg.Group, "group", envDefault(env, "BATON_GROUP", worker.GroupDefault), "worker group (env BATON_GROUP)")
 		fs.StringVar(&cfg.Name, "name", env("BATON_WORKER_NAME"), "worker name (default host-pid)")
 		fs.IntVar(&cfg.Slots, "slots", slots, "tasks run at once (env BATON_SLOTS)")
@@ -120,6 +120,7 @@ func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string
 		}
 		defer log.Sync() //nolint:errcheck
 		cfg.Logger, cfg.Version, cfg.Handlers = log, Version, handlers
+		cfg.AllowShell = true // the binary runs shell tasks; embedded Go workers opt in
 		if err := cfg.Validate(); err != nil {
 			return err
 		}

@@ -108,3 +108,17 @@ func exitCode(stderr io.Writer, prog string, err error) int {
 
 // OSEnv is the real environment.
 func OSEnv(key string) string { return os.Getenv(key) }
+
+// dsnValue is the --database-url flag: it prints as nothing, so --help never
+// shows the URL taken from the environment (and its password).
+type dsnValue struct{ p *string }
+
+func (v dsnValue) String() string { return "" }
+
+func (v dsnValue) Set(s string) error { *v.p = s; return nil }
+
+// dsnVar defines --database-url, defaulting to BATON_DATABASE_URL.
+func dsnVar(fs *flag.FlagSet, p *string, env Env) {
+	*p = env("BATON_DATABASE_URL")
+	fs.Var(dsnValue{p}, "database-url", "Postgres URL (default: env BATON_DATABASE_URL; prefer the env, a flag shows in ps)")
+}

@@ -58,7 +58,8 @@ type Config struct {
 	// Test holds knobs for tests only.
 	Test TestConfig
 
-	// AllowShell runs shell tasks (see issue #9 for who sets it).
+	// AllowShell runs shell tasks; without it they fail, saying so. The
+	// baton-worker binary sets it; embedded workers opt in (baton.WorkerConfig).
 	AllowShell bool
 	// ShellEnvAllow lists the worker variables a shell task inherits
 	// (nil: executor.DefaultShellEnvAllow).

@@ -84,7 +84,7 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 		cfg:  cfg,
 		pool: pool,
 		log:  cfg.Logger.Named("worker"),
-		exec: &executor.Executor{Handlers: cfg.Handlers, MaxOutput: cfg.MaxOutput, AllowShell: true /* #9 wires cfg.AllowShell */, ShellEnvAllow: cfg.ShellEnvAllow, Logger: cfg.Logger, Contain: contain.Options{FrozenAfter: cfg.SelfFenceAfter}},
+		exec: &executor.Executor{Handlers: cfg.Handlers, MaxOutput: cfg.MaxOutput, AllowShell: cfg.AllowShell, ShellEnvAllow: cfg.ShellEnvAllow, Logger: cfg.Logger, Contain: contain.Options{FrozenAfter: cfg.SelfFenceAfter}},
 		wake: notify.NewSignal(),
 	}
 	w.rows = &session.Rows{Base: w.base("session"), Pool: pool,

@@ -103,6 +103,7 @@ func (b *bundle) workerWith(cfg worker.Config) (*worker.Worker, func()) {
 		handlers[k] = h
 	}
 	cfg.Handlers = handlers
+	cfg.AllowShell = true // these tests run shell tasks, as the baton-worker binary does
 	cfg.Logger = zaptest.NewLogger(b.t).Named(cfg.Name)
 	w, err := worker.New(b.ctx, cfg)
 	if err != nil {

@@ -1,0 +1,457 @@
+package baton
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+
+	"github.com/baton-scheduler/baton/db"
+	"github.com/baton-scheduler/baton/internal/migrate"
+	"github.com/baton-scheduler/baton/internal/store"
+	"github.com/baton-scheduler/baton/internal/submit"
+)
+
+// Client submits, inspects, waits for and cancels tasks on the application's own
+// pool. It is safe for concurrent use. Every call runs in a transaction whose
+// search_path is baton's schema (set with SET LOCAL semantics, so the pool's
+// connections are left as they were); SubmitTx runs in the caller's transaction
+// and restores its search_path before returning.
+type Client struct {
+	pool   *pgxpool.Pool
+	schema string
+	cfg    ClientConfig
+}
+
+// ClientConfig configures a Client; zero fields take defaults.
+type ClientConfig struct {
+	// Schema is baton's Postgres schema (default "baton").
+	Schema string
+	// WaitPollInterval caps the interval at which Wait re-reads a task (it
+	// starts at 10 ms and doubles up to this). Default 500 ms.
+	WaitPollInterval time.Duration
+	// WorkerTimeout and MasterTimeout judge liveness in Groups (Postgres time);
+	// use the masters' values. Defaults MasterWorkerTimeoutDefault and
+	// MasterMasterTimeoutDefault.
+	WorkerTimeout time.Duration
+	MasterTimeout time.Duration
+	// Logger is for the client's own warnings; nil means a zap production logger.
+	Logger *zap.Logger
+}
+
+// WaitPollIntervalDefault is ClientConfig.WaitPollInterval's default.
+const WaitPollIntervalDefault = 500 * time.Millisecond
+
+// NewClient returns a client on pool (the application's pool; baton's schema
+// need not be on its search_path). cfg may be nil. It does not touch the
+// database: an unmigrated schema shows as ErrSchemaOutdated on the first call.
+func NewClient(pool *pgxpool.Pool, cfg *ClientConfig) (*Client, error) {
+	if pool == nil {
+		return nil, fmt.Errorf("%w: client: pool is nil", ErrInvalidConfig)
+	}
+	var c ClientConfig
+	if cfg != nil {
+		c = *cfg
+	}
+	if c.Schema == "" {
+		c.Schema = SchemaDefault
+	}
+	if err := migrate.ValidSchema(c.Schema); err != nil {
+		return nil, fmt.Errorf("%w: client: %v", ErrInvalidConfig, err)
+	}
+	if c.WaitPollInterval <= 0 {
+		c.WaitPollInterval = WaitPollIntervalDefault
+	}
+	if c.WorkerTimeout <= 0 {
+		c.WorkerTimeout = MasterWorkerTimeoutDefault
+	}
+	if c.MasterTimeout <= 0 {
+		c.MasterTimeout = MasterMasterTimeoutDefault
+	}
+	if c.Logger == nil {
+		c.Logger = defaultLogger()
+	}
+	return &Client{pool: pool, schema: c.Schema, cfg: c}, nil
+}
+
+// inTx runs fn in a transaction of the pool with baton's schema as search_path;
+// a deadlock or serialization failure (two writers racing) is retried.
+func (c *Client) inTx(ctx context.Context, fn func(q *db.Queries) error) error {
+	for try := 0; ; try++ {
+		err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
+			q := db.New(tx)
+			if err := q.SchemaSetLocalSearchPath(ctx, c.schema); err != nil {
+				return err
+			}
+			return fn(q)
+		})
+		if err != nil && store.Retryable(err) && try < 3 {
+			continue
+		}
+		return c.describe(err)
+	}
+}
+
+// describe turns "relation does not exist" into the error an adopter can act on.
+func (c *Client) describe(err error) error {
+	if err != nil && store.Code(err) == store.CodeUndefinedTable {
+		return fmt.Errorf("%w: schema %q has no baton tables (call baton.Migrate or run `baton migrate up`): %v",
+			ErrSchemaOutdated, c.schema, err)
+	}
+	return err
+}
+
+// Submit validates and stores one task; it returns its id. The task is queued
+// at once (a master dispatches it to a worker of its group).
+func (c *Client) Submit(ctx context.Context, spec TaskSpec) (int64, error) {
+	ids, err := c.SubmitMany(ctx, []TaskSpec{spec})
+	if err != nil {
+		return 0, err
+	}
+	return ids[0], nil
+}
+
+// SubmitMany validates every spec and stores all of them in one transaction
+// (all or none). Ids are returned in the order of specs.
+func (c *Client) SubmitMany(ctx context.Context, specs []TaskSpec) ([]int64, error) {
+	p, err := submitParams(specs)
+	if err != nil {
+		return nil, err
+	}
+	var ids []int64
+	err = c.inTx(ctx, func(q *db.Queries) error {
+		ids, err = insertTasks(ctx, q, specs, p)
+		return err
+	})
+	return ids, err
+}
+
+// SubmitTx stores a task in the caller's transaction: it exists, and is
+// dispatched, only if that transaction commits; a rollback leaves nothing. The
+// transaction's search_path is switched to baton's schema for the inserts and
+// restored before SubmitTx returns. On a database error the transaction is
+// aborted, as with any failed statement, and must be rolled back.
+func (c *Client) SubmitTx(ctx context.Context, tx pgx.Tx, spec TaskSpec) (int64, error) {
+	ids, err := c.SubmitManyTx(ctx, tx, []TaskSpec{spec})
+	if err != nil {
+		return 0, err
+	}
+	return ids[0], nil
+}
+
+// SubmitManyTx is SubmitMany in the caller's transaction (see SubmitTx).
+func (c *Client) SubmitManyTx(ctx context.Context, tx pgx.Tx, specs []TaskSpec) ([]int64, error) {
+	if tx == nil {
+		return nil, errors.New("submit: transaction is nil")
+	}
+	p, err := submitParams(specs)
+	if err != nil {
+		return nil, err
+	}
+	q := db.New(tx)
+	prev, err := q.SchemaSearchPath(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("submit: read search_path: %w", err)
+	}
+	if err := q.SchemaSetLocalSearchPath(ctx, c.schema); err != nil {
+		return nil, fmt.Errorf("submit: set search_path: %w", err)
+	}
+	ids, err := insertTasks(ctx, q, specs, p)
+	if err != nil {
+		// Restore if the transaction is still usable (an unknown group is not a
+		// database error); after a failed statement it is aborted anyway.
+		_ = q.SchemaSetLocalSearchPath(ctx, prev)
+		return nil, c.describe(err)
+	}
+	if err := q.SchemaSetLocalSearchPath(ctx, prev); err != nil {
+		return nil, fmt.Errorf("submit: restore search_path: %w", err)
+	}
+	return ids, nil
+}
+
+func submitParams(specs []TaskSpec) (db.TaskSubmitManyParams, error) {
+	var p db.TaskSubmitManyParams
+	if len(specs) == 0 {
+		return p, fmt.Errorf("%w: no tasks to submit", ErrInvalidTask)
+	}
+	for i, s := range specs {
+		is := submit.Spec{Group: s.Group, Kind: s.Kind, Payload: s.Payload, Priority: s.Priority, MaxRetries: s.MaxRetries, Timeout: s.Timeout}
+		if err := is.Validate(); err != nil {
+			if len(specs) > 1 {
+				return p, fmt.Errorf("task %d: %w", i, err)
+			}
+			return p, err
+		}
+		payload := string(s.Payload)
+		if len(s.Payload) == 0 {
+			payload = "{}"
+		}
+		p.GroupNames = append(p.GroupNames, s.Group)
+		p.Kinds = append(p.Kinds, s.Kind)
+		p.Payloads = append(p.Payloads, payload)
+		p.Priorities = append(p.Priorities, int32(s.Priority))
+		p.MaxRetries = append(p.MaxRetries, int32(s.MaxRetries))
+		p.TimeoutsMs = append(p.TimeoutsMs, s.Timeout.Milliseconds())
+	}
+	return p, nil
+}
+
+func insertTasks(ctx context.Context, q *db.Queries, specs []TaskSpec, p db.TaskSubmitManyParams) ([]int64, error) {
+	seen := map[string]bool{}
+	for _, s := range specs {
+		if seen[s.Group] {
+			continue
+		}
+		seen[s.Group] = true
+		if s.CreateGroup {
+			if err := q.GroupEnsure(ctx, s.Group); err != nil {
+				return nil, fmt.Errorf("create group %q: %w", s.Group, err)
+			}
+			continue
+		}
+		ok, err := q.GroupExists(ctx, s.Group)
+		if err != nil {
+			return nil, fmt.Errorf("look up group: %w", err)
+		}
+		if !ok {
+			return nil, fmt.Errorf("%w %q: create it (Client.CreateGroup or TaskSpec.CreateGroup) or start a worker of that group first", ErrUnknownGroup, s.Group)
+		}
+	}
+	ids, err := q.TaskSubmitMany(ctx, p)
+	if err != nil {
+		switch store.Constraint(err) {
+		case "tasks_group_name_fkey":
+			return nil, fmt.Errorf("%w: a group was deleted concurrently: %v", ErrUnknownGroup, err)
+		case "tasks_payload_size":
+			return nil, fmt.Errorf("%w: a payload exceeds 1 MiB once stored as jsonb (jsonb adds spaces)", ErrInvalidTask)
+		case "":
+		default:
+			return nil, fmt.Errorf("%w: rejected by constraint %s", ErrInvalidTask, store.Constraint(err))
+		}
+		return nil, fmt.Errorf("store tasks: %w", err)
+	}
+	if err := q.NotifyDispatch(ctx); err != nil {
+		return nil, fmt.Errorf("notify dispatch: %w", err)
+	}
+	return ids, nil
+}
+
+// Get returns a task's row, or ErrNotFound.
+func (c *Client) Get(ctx context.Context, id int64) (TaskInfo, error) {
+	var info TaskInfo
+	err := c.inTx(ctx, func(q *db.Queries) error {
+		row, err := q.TaskGet(ctx, id)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("%w: id %d", ErrNotFound, id)
+		}
+		if err != nil {
+			return fmt.Errorf("get task %d: %w", id, err)
+		}
+		info = taskInfoFromRow(row)
+		return nil
+	})
+	return info, err
+}
+
+// Attempts returns a task's attempts, oldest first.
+func (c *Client) Attempts(ctx context.Context, id int64) ([]Attempt, error) {
+	var out []Attempt
+	err := c.inTx(ctx, func(q *db.Queries) error {
+		rows, err := q.TaskAttemptList(ctx, id)
+		if err != nil {
+			return fmt.Errorf("list attempts of task %d: %w", id, err)
+		}
+		out = make([]Attempt, 0, len(rows))
+		for _, r := range rows {
+			out = append(out, attemptFromRow(r))
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Wait returns the task once it is in a terminal state (succeeded, failed,
+// timed_out, canceled), or ctx's error. It polls the task row, starting at 10 ms
+// and backing off to WaitPollInterval; it holds no connection between polls.
+func (c *Client) Wait(ctx context.Context, id int64) (TaskInfo, error) {
+	delay := 10 * time.Millisecond
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return TaskInfo{}, fmt.Errorf("wait for task %d: %w", id, context.Cause(ctx))
+		case <-timer.C:
+		}
+		info, err := c.Get(ctx, id)
+		if err != nil {
+			if ctx.Err() != nil {
+				return TaskInfo{}, fmt.Errorf("wait for task %d: %w", id, context.Cause(ctx))
+			}
+			return TaskInfo{}, err
+		}
+		if info.State.Terminal() {
+			return info, nil
+		}
+		timer.Reset(delay)
+		delay = min(2*delay, c.cfg.WaitPollInterval)
+	}
+}
+
+// Cancel stops a task that has not finished:
+//
+//   - queued or dispatched (not yet claimed): it becomes canceled at once and
+//     never runs; its dispatch row is deleted.
+//   - running: it becomes canceled at once and its attempt is closed as
+//     canceled. The handler (or shell command) is not interrupted: it runs to
+//     its end or its timeout, and the worker's result is then refused by
+//     fencing (nothing it reports changes the task) and logged as fenced.
+//     Handlers with side effects that must not happen after a cancel should
+//     check the task's state themselves.
+//
+// A canceled task is never retried. Cancel of a finished task returns its row
+// and ErrTaskFinished; of an unknown id, ErrNotFound.
+func (c *Client) Cancel(ctx context.Context, id int64) (TaskInfo, error) {
+	var info TaskInfo
+	var finished bool
+	err := c.inTx(ctx, func(q *db.Queries) error {
+		// Dispatch row before task row: the lock order of a master's dispatch.
+		if _, err := q.TaskCancelLockDispatch(ctx, id); err != nil {
+			return fmt.Errorf("cancel task %d: %w", id, err)
+		}
+		_, err := q.TaskCancel(ctx, db.TaskCancelParams{ID: id, Reason: "canceled by client"})
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("cancel task %d: %w", id, err)
+		}
+		finished = errors.Is(err, pgx.ErrNoRows)
+		row, err := q.TaskGet(ctx, id)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("%w: id %d", ErrNotFound, id)
+		}
+		if err != nil {
+			return fmt.Errorf("cancel task %d: %w", id, err)
+		}
+		info = taskInfoFromRow(row)
+		return nil
+	})
+	if err != nil {
+		return TaskInfo{}, err
+	}
+	if finished {
+		return info, fmt.Errorf("%w: task %d is %s", ErrTaskFinished, id, info.State)
+	}
+	return info, nil
+}
+
+// ListParams filters List; zero fields do not filter.
+type ListParams struct {
+	State TaskState
+	Group string
+	Kind  string
+	// BeforeID pages: only tasks with a smaller id (pass the last id of the
+	// previous page).
+	BeforeID int64
+	// Limit is the page size: default 100, at most 10000.
+	Limit int
+}
+
+// List returns tasks newest first.
+func (c *Client) List(ctx context.Context, p ListParams) ([]TaskInfo, error) {
+	limit := p.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	limit = min(limit, 10000)
+	arg := db.TaskListPageParams{MaxRows: int32(limit)}
+	if p.State != "" {
+		s := string(p.State)
+		arg.State = &s
+	}
+	if p.Group != "" {
+		arg.GroupName = &p.Group
+	}
+	if p.Kind != "" {
+		arg.Kind = &p.Kind
+	}
+	if p.BeforeID > 0 {
+		arg.BeforeID = &p.BeforeID
+	}
+	var out []TaskInfo
+	err := c.inTx(ctx, func(q *db.Queries) error {
+		rows, err := q.TaskListPage(ctx, arg)
+		if err != nil {
+			return fmt.Errorf("list tasks: %w", err)
+		}
+		out = make([]TaskInfo, 0, len(rows))
+		for _, r := range rows {
+			out = append(out, taskInfoFromRow(r))
+		}
+		return nil
+	})
+	return out, err
+}
+
+// CreateGroup creates a worker group, so tasks can be submitted to it before
+// any of its workers has started. It reports whether the group was created
+// (false: it existed).
+func (c *Client) CreateGroup(ctx context.Context, name, description string) (bool, error) {
+	if err := (submit.Spec{Group: name, Kind: "x"}).Validate(); err != nil {
+		return false, err
+	}
+	var n int64
+	err := c.inTx(ctx, func(q *db.Queries) error {
+		var err error
+		n, err = q.GroupCreate(ctx, db.GroupCreateParams{Name: name, Description: description})
+		if store.Code(err) == store.CodeCheckViolation {
+			return fmt.Errorf("%w: group %q must be 1-63 of letters, digits, _ . - starting with a letter or digit", ErrInvalidTask, name)
+		}
+		return err
+	})
+	return n == 1, err
+}
+
+// GroupStatus is a worker group's health.
+type GroupStatus struct {
+	Name        string
+	Description string
+	CreatedAt   time.Time
+	// LiveWorkers counts sessions that heartbeat within WorkerTimeout.
+	LiveWorkers int
+	// WaitingTasks counts tasks waiting for a master to dispatch them.
+	WaitingTasks int
+	// LiveMasters counts masters (of the whole installation) that heartbeat
+	// within MasterTimeout.
+	LiveMasters int
+	// NoMaster: the group has workers but no master is alive, so its queued
+	// tasks wait (run a master: WorkerConfig.Master, NewMaster or baton-master).
+	NoMaster bool
+}
+
+// Groups reports every group's live workers and waiting tasks, and whether any
+// master is alive.
+func (c *Client) Groups(ctx context.Context) ([]GroupStatus, error) {
+	var out []GroupStatus
+	err := c.inTx(ctx, func(q *db.Queries) error {
+		masters, err := q.MasterSessionCountLive(ctx, db.MasterSessionCountLiveParams{MasterTimeoutMs: c.cfg.MasterTimeout.Milliseconds()})
+		if err != nil {
+			return fmt.Errorf("count live masters: %w", err)
+		}
+		rows, err := q.GroupHealth(ctx, db.GroupHealthParams{WorkerTimeoutMs: c.cfg.WorkerTimeout.Milliseconds()})
+		if err != nil {
+			return fmt.Errorf("group health: %w", err)
+		}
+		for _, r := range rows {
+			out = append(out, GroupStatus{
+				Name: r.Name, Description: r.Description, CreatedAt: r.CreatedAt,
+				LiveWorkers: int(r.LiveWorkers), WaitingTasks: int(r.WaitingTasks), LiveMasters: int(masters),
+				NoMaster: r.LiveWorkers > 0 && masters == 0,
+			})
+		}
+		return nil
+	})
+	return out, err
+}

@@ -1,0 +1,262 @@
+package baton
+
+import (
+	"cmp"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/baton-scheduler/baton/internal/executor"
+	"github.com/baton-scheduler/baton/internal/master"
+	"github.com/baton-scheduler/baton/internal/migrate"
+	"github.com/baton-scheduler/baton/internal/retrypolicy"
+	"github.com/baton-scheduler/baton/internal/store"
+	"github.com/baton-scheduler/baton/internal/worker"
+)
+
+// Defaults of the configuration fields (a zero field takes its default).
+const (
+	SchemaDefault                  = store.SchemaDefault // baton's Postgres schema
+	WorkerGroupDefault             = worker.GroupDefault
+	WorkerSlotsDefault             = worker.SlotsDefault
+	WorkerHeartbeatIntervalDefault = worker.HeartbeatIntervalDefault
+	WorkerSelfFenceAfterDefault    = worker.SelfFenceAfterDefault
+	WorkerPollIntervalDefault      = worker.PollIntervalDefault
+	WorkerShutdownGraceDefault     = worker.ShutdownGraceDefault
+	MasterHeartbeatIntervalDefault = master.HeartbeatIntervalDefault
+	MasterWorkerTimeoutDefault     = master.WorkerTimeoutDefault
+	MasterMasterTimeoutDefault     = master.MasterTimeoutDefault
+	MasterCheckIntervalDefault     = master.MasterTimeoutDefault
+)
+
+// WorkerConfig configures an embedded worker. Zero fields take the defaults above.
+type WorkerConfig struct {
+	// DatabaseURL is a Postgres URL or key=value DSN.
+	DatabaseURL string
+	// Schema is baton's Postgres schema: default the URL's search_path, else "baton".
+	Schema string
+	// Group is the worker group served (created when the worker registers).
+	Group string
+	// Name is the operator-facing name; default host-pid.
+	Name string
+	// Slots is how many tasks run at once.
+	Slots int
+	// Handlers maps task kinds to Go handlers.
+	Handlers map[string]Handler
+	// AllowShell lets this worker run KindShell tasks (shell commands inside the
+	// application's process tree). Off by default: anyone who can submit to the
+	// group could otherwise run commands here. Shell tasks reaching a worker
+	// without it fail with an error saying so.
+	AllowShell bool
+	// HeartbeatInterval is how often the session row is touched.
+	HeartbeatInterval time.Duration
+	// SelfFenceAfter: without a successful heartbeat for this long the worker
+	// stops claiming and kills its tasks. It must stay below the masters'
+	// WorkerTimeout (checked when Master is set) so it acts before failover.
+	SelfFenceAfter time.Duration
+	// PollInterval is the claim polling fallback when no NOTIFY arrives.
+	PollInterval time.Duration
+	// ShutdownGrace is how long Run, once its context ends, lets running tasks
+	// finish before killing them and handing them back.
+	ShutdownGrace time.Duration
+	// KillGrace is how long a timed-out or killed attempt may take to return
+	// before its slot is freed without it (a handler ignoring cancellation).
+	KillGrace time.Duration
+	// MaxOutput is the bytes of output kept per attempt.
+	MaxOutput int
+	// Retry is the backoff before a failed attempt runs again.
+	Retry RetryPolicy
+	// Logger receives the worker's logs; nil means a zap production logger
+	// (JSON lines on stderr), never silence.
+	Logger *zap.Logger
+	// Master, when set, runs a master in the same process (Run starts and stops
+	// it with the worker): the simplest setup, one process that does everything.
+	// Its zero fields take DatabaseURL, Schema and Logger from this config.
+	Master *MasterConfig
+	// MasterCheckInterval is how often the worker checks that some master is
+	// alive, and logs a warning when none is (its tasks would stay queued).
+	MasterCheckInterval time.Duration
+	// Test holds hooks for tests.
+	Test WorkerTestConfig
+}
+
+// WorkerTestConfig holds test hooks; zero values mean production behaviour.
+type WorkerTestConfig struct {
+	// HeartbeatCallTimeout bounds one heartbeat statement (default SelfFenceAfter/2).
+	HeartbeatCallTimeout time.Duration
+	// ResultFlushInterval is how long the first buffered result waits for others
+	// before a batch is written (default: as soon as the writer is free).
+	ResultFlushInterval time.Duration
+}
+
+// MasterConfig configures a master. Zero fields take the defaults above.
+type MasterConfig struct {
+	DatabaseURL string
+	Schema      string // as WorkerConfig.Schema
+	Name        string // default host-pid
+	// HeartbeatInterval is the master's own heartbeat period.
+	HeartbeatInterval time.Duration
+	// WorkerTimeout is the heartbeat age (Postgres time) after which a worker is
+	// dead and its tasks fail over.
+	WorkerTimeout time.Duration
+	// MasterTimeout is the same for masters.
+	MasterTimeout time.Duration
+	// SweepInterval is the liveness and timeout sweep period.
+	SweepInterval time.Duration
+	// DispatchInterval is the dispatch polling fallback when no NOTIFY arrives.
+	DispatchInterval time.Duration
+	// TimeoutGrace is the time past a task's timeout before the master records it.
+	TimeoutGrace time.Duration
+	Retry        RetryPolicy
+	Logger       *zap.Logger // nil: zap production logger on stderr
+}
+
+// RetryPolicy is exponential backoff: Base·2^retries capped at Max, spread by
+// ±Jitter (a fraction in [0,1)). The zero value means the default: 1 s, 2 s,
+// 4 s ... capped at 5 minutes, ±20%.
+type RetryPolicy struct {
+	Base   time.Duration
+	Max    time.Duration
+	Jitter float64
+}
+
+func (p RetryPolicy) internal() retrypolicy.Policy {
+	return retrypolicy.Policy{Base: p.Base, Max: p.Max, Jitter: p.Jitter}
+}
+
+// WithSchema returns dsn with baton's schema set (as its search_path), for the
+// APIs that take only a URL (Migrate, CheckSchema) and for the binaries.
+func WithSchema(dsn, schema string) (string, error) {
+	if err := migrate.ValidSchema(schema); err != nil {
+		return "", fmt.Errorf("%w: %v", ErrInvalidConfig, err)
+	}
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		u, err := url.Parse(dsn)
+		if err != nil {
+			// Never echo the URL: it may carry a password.
+			return "", fmt.Errorf("%w: database URL is not a valid URL", ErrInvalidConfig)
+		}
+		q := u.Query()
+		q.Set("search_path", schema)
+		u.RawQuery = q.Encode()
+		return u.String(), nil
+	}
+	// key=value DSN: the last occurrence of a keyword wins.
+	return strings.TrimSpace(dsn) + " search_path=" + schema, nil
+}
+
+func dsnFor(dsn, schema string) (string, error) {
+	if schema == "" {
+		return dsn, nil
+	}
+	return WithSchema(dsn, schema)
+}
+
+// defaultLogger is what a nil Logger becomes: failures are never silent.
+func defaultLogger() *zap.Logger {
+	l, err := zap.NewProduction()
+	if err != nil {
+		return zap.NewExample()
+	}
+	return l.Named("baton")
+}
+
+func (c WorkerConfig) internal() (worker.Config, error) {
+	dsn, err := dsnFor(c.DatabaseURL, c.Schema)
+	if err != nil {
+		return worker.Config{}, err
+	}
+	handlers := make(map[string]executor.Handler, len(c.Handlers))
+	for kind, h := range c.Handlers {
+		if h == nil {
+			return worker.Config{}, fmt.Errorf("%w: handler for kind %q is nil", ErrInvalidConfig, kind)
+		}
+		handlers[kind] = h.internal()
+	}
+	logger := c.Logger
+	if logger == nil {
+		logger = defaultLogger()
+	}
+	wc := worker.Config{
+		DatabaseURL: dsn, Group: c.Group, Name: c.Name, Slots: c.Slots,
+		HeartbeatInterval: c.HeartbeatInterval, SelfFenceAfter: c.SelfFenceAfter,
+		PollInterval: c.PollInterval, ShutdownGrace: c.ShutdownGrace, KillGrace: c.KillGrace, MaxOutput: c.MaxOutput,
+		Handlers: handlers, AllowShell: c.AllowShell, Retry: c.Retry.internal(),
+		Logger: logger, Version: "embedded",
+		Test: worker.TestConfig{HeartbeatCallTimeout: c.Test.HeartbeatCallTimeout, ResultFlushInterval: c.Test.ResultFlushInterval},
+	}.WithDefaults()
+	if wc.DatabaseURL == "" {
+		return worker.Config{}, fmt.Errorf("%w: worker: DatabaseURL is empty", ErrInvalidConfig)
+	}
+	if err := wc.Validate(); err != nil {
+		return worker.Config{}, fmt.Errorf("%w: worker: %w", ErrInvalidConfig, err)
+	}
+	if c.MasterCheckInterval < 0 {
+		return worker.Config{}, fmt.Errorf("%w: master check interval %s is negative", ErrInvalidConfig, c.MasterCheckInterval)
+	}
+	return wc, nil
+}
+
+// embeddedMaster fills the embedded master's zero fields from the worker's.
+func (c WorkerConfig) embeddedMaster(logger *zap.Logger) MasterConfig {
+	m := *c.Master
+	m.DatabaseURL = cmp.Or(m.DatabaseURL, c.DatabaseURL)
+	m.Schema = cmp.Or(m.Schema, c.Schema)
+	if m.Logger == nil {
+		m.Logger = logger
+	}
+	return m
+}
+
+// Validate checks c the way NewWorker does (ranges, cross-field rules, and with
+// an embedded master, self-fencing below its worker timeout), without connecting.
+func (c WorkerConfig) Validate() error {
+	wc, err := c.internal()
+	if err != nil {
+		return err
+	}
+	if c.Master != nil {
+		mc, err := c.embeddedMaster(wc.Logger).internal()
+		if err != nil {
+			return err
+		}
+		if wc.SelfFenceAfter >= mc.WorkerTimeout {
+			return fmt.Errorf("%w: self-fence after %s must be below the master's worker timeout %s, so a cut-off worker kills its tasks before they fail over",
+				ErrInvalidConfig, wc.SelfFenceAfter, mc.WorkerTimeout)
+		}
+	}
+	return nil
+}
+
+func (c MasterConfig) internal() (master.Config, error) {
+	dsn, err := dsnFor(c.DatabaseURL, c.Schema)
+	if err != nil {
+		return master.Config{}, err
+	}
+	logger := c.Logger
+	if logger == nil {
+		logger = defaultLogger()
+	}
+	mc := master.Config{
+		DatabaseURL: dsn, Name: c.Name, HeartbeatInterval: c.HeartbeatInterval,
+		WorkerTimeout: c.WorkerTimeout, MasterTimeout: c.MasterTimeout, SweepInterval: c.SweepInterval,
+		DispatchInterval: c.DispatchInterval, TimeoutGrace: c.TimeoutGrace, Retry: c.Retry.internal(),
+		Logger: logger, Version: "embedded",
+	}.WithDefaults()
+	if mc.DatabaseURL == "" {
+		return master.Config{}, fmt.Errorf("%w: master: DatabaseURL is empty", ErrInvalidConfig)
+	}
+	if err := mc.Validate(); err != nil {
+		return master.Config{}, fmt.Errorf("%w: master: %w", ErrInvalidConfig, err)
+	}
+	return mc, nil
+}
+
+// Validate checks c the way NewMaster does, without connecting.
+func (c MasterConfig) Validate() error {
+	_, err := c.internal()
+	return err
+}

@@ -1,0 +1,32 @@
+package baton
+
+import (
+	"errors"
+
+	"github.com/baton-scheduler/baton/internal/migrate"
+	"github.com/baton-scheduler/baton/internal/submit"
+)
+
+// Errors to match with errors.Is. Messages carry the details (which field,
+// which group, which version).
+var (
+	// ErrInvalidTask: a TaskSpec failed validation; nothing was stored.
+	ErrInvalidTask = submit.ErrInvalid
+	// ErrUnknownGroup: a TaskSpec names a group that does not exist.
+	ErrUnknownGroup = submit.ErrUnknownGroup
+	// ErrNotFound: no task with that id.
+	ErrNotFound = errors.New("task not found")
+	// ErrTaskFinished: Cancel of a task already in a terminal state.
+	ErrTaskFinished = errors.New("task already finished")
+	// ErrSchemaOutdated: baton's schema is missing or older than this build
+	// (call Migrate or run `baton migrate up`).
+	ErrSchemaOutdated = migrate.ErrDatabaseOlder
+	// ErrSchemaNewer: the database was migrated by a newer baton.
+	ErrSchemaNewer = migrate.ErrDatabaseNewer
+	// ErrLegacyPublicSchema: baton's schema is empty but an install from before
+	// baton had its own schema is in public (see docs/architecture.md, "Schema").
+	ErrLegacyPublicSchema = migrate.ErrLegacyPublic
+	// ErrInvalidConfig wraps every configuration error of NewWorker, NewMaster
+	// and NewClient.
+	ErrInvalidConfig = errors.New("invalid baton config")
+)

@@ -1,0 +1,169 @@
+package baton
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/baton-scheduler/baton/db"
+	"github.com/baton-scheduler/baton/internal/executor"
+)
+
+// KindShell is the task kind of shell commands; the payload is
+// {"command": "...", "env": {...}, "dir": "..."}. Only workers that enable shell
+// (WorkerConfig.AllowShell, or the baton-worker binary) run them; any other
+// worker fails them with an error saying so.
+const KindShell = executor.KindShell
+
+// Task is what a Handler sees of the task it runs.
+type Task struct {
+	ID int64
+	// Attempt is the fencing epoch: it grows on every dispatch (first run, retry,
+	// failover), so together with ID it names this run of the task.
+	Attempt int
+	Kind    string
+	Payload json.RawMessage
+	// Worker is the name of the worker running the task, SessionID its session.
+	Worker    string
+	SessionID int64
+}
+
+// Handler runs one attempt of a task kind inside the worker process. It must
+// return when ctx is done (the task timed out, the worker fenced itself or is
+// shutting down). The returned string is stored as the task's output; an error
+// fails the attempt (retried while the task has retries left), and a panic is
+// recovered and recorded as a failure.
+type Handler func(ctx context.Context, task Task) (output string, err error)
+
+func (h Handler) internal() executor.Handler {
+	return func(ctx context.Context, t executor.Task) (string, error) {
+		return h(ctx, Task{ID: t.ID, Attempt: int(t.Attempt), Kind: t.Kind, Payload: t.Payload, Worker: t.Worker, SessionID: t.SessionID})
+	}
+}
+
+// TaskSpec describes a task to submit.
+type TaskSpec struct {
+	// Group is the worker group that runs the task; it must exist (a worker of
+	// the group registered, or Client.CreateGroup) unless CreateGroup is set.
+	Group string
+	// Kind is the handler name (or KindShell): 1-128 of letters, digits, _ . : / -.
+	Kind string
+	// Payload is the task input, JSON of at most 1 MiB; empty means {}.
+	Payload json.RawMessage
+	// Priority: higher runs first, -1000..1000.
+	Priority int
+	// MaxRetries is how many times a failed or timed-out attempt is retried
+	// (0..100; failovers do not count).
+	MaxRetries int
+	// Timeout bounds one attempt; 0 means none.
+	Timeout time.Duration
+	// CreateGroup creates Group if it does not exist instead of failing with
+	// ErrUnknownGroup.
+	CreateGroup bool
+}
+
+// TaskState is where a task is in its life:
+//
+//	queued -> dispatched -> running -> succeeded | failed | timed_out | canceled
+//
+// A retry or failover returns a task to queued or dispatched.
+type TaskState string
+
+// Task states.
+const (
+	TaskQueued     TaskState = "queued"     // waiting for a master to pick a worker
+	TaskDispatched TaskState = "dispatched" // assigned to a worker session, not yet claimed
+	TaskRunning    TaskState = "running"    // claimed and running on that session
+	TaskSucceeded  TaskState = "succeeded"
+	TaskFailed     TaskState = "failed"
+	TaskTimedOut   TaskState = "timed_out"
+	TaskCanceled   TaskState = "canceled"
+)
+
+// Terminal reports whether a task in state s will never run again.
+func (s TaskState) Terminal() bool {
+	switch s {
+	case TaskSucceeded, TaskFailed, TaskTimedOut, TaskCanceled:
+		return true
+	}
+	return false
+}
+
+// TaskInfo is a task's stored row.
+type TaskInfo struct {
+	ID       int64
+	Group    string
+	Kind     string
+	Payload  json.RawMessage
+	Priority int
+	State    TaskState
+	// Attempt is the fencing epoch of the current (or last) attempt; 0 before
+	// the first dispatch.
+	Attempt int
+	// WorkerSessionID is the session the task is dispatched to or running on (0
+	// unless dispatched or running).
+	WorkerSessionID int64
+	MaxRetries      int
+	Retries         int // retries used so far
+	Timeout         time.Duration
+	FailoverCount   int // times moved off a dead or stopped worker
+	SubmittedAt     time.Time
+	DispatchedAt    *time.Time
+	StartedAt       *time.Time
+	FinishedAt      *time.Time
+	ExitCode        *int   // shell tasks only
+	Output          string // handler result or captured output of the last finished attempt
+	LastError       string
+}
+
+func taskInfoFromRow(r db.Task) TaskInfo {
+	return TaskInfo{
+		ID: r.ID, Group: r.GroupName, Kind: r.Kind, Payload: r.Payload, Priority: int(r.Priority),
+		State: TaskState(r.State), Attempt: int(r.Attempt), WorkerSessionID: deref(r.WorkerSessionID),
+		MaxRetries: int(r.MaxRetries), Retries: int(r.Retries), Timeout: time.Duration(r.TimeoutMs) * time.Millisecond,
+		FailoverCount: int(r.FailoverCount), SubmittedAt: r.SubmittedAt, DispatchedAt: r.DispatchedAt,
+		StartedAt: r.StartedAt, FinishedAt: r.FinishedAt, ExitCode: intPtr(r.ExitCode), Output: r.Output, LastError: r.LastError,
+	}
+}
+
+// Attempt is one dispatch of a task and how it ended (history; dashboards read it).
+type Attempt struct {
+	TaskID          int64
+	Attempt         int
+	WorkerSessionID int64
+	// Reason is why the attempt exists: submit, retry or failover.
+	Reason       string
+	DispatchedAt time.Time
+	StartedAt    *time.Time
+	FinishedAt   *time.Time
+	// Outcome is empty while in flight; else succeeded, failed, timed_out,
+	// canceled, failed_over (its worker died) or fenced (its worker reported
+	// after the attempt was superseded; the result was refused).
+	Outcome  string
+	ExitCode *int
+	Error    string
+}
+
+func attemptFromRow(r db.TaskAttempt) Attempt {
+	return Attempt{
+		TaskID: r.TaskID, Attempt: int(r.Attempt), WorkerSessionID: r.WorkerSessionID, Reason: r.Reason,
+		DispatchedAt: r.DispatchedAt, StartedAt: r.StartedAt, FinishedAt: r.FinishedAt,
+		Outcome: deref(r.Outcome), ExitCode: intPtr(r.ExitCode), Error: r.Error,
+	}
+}
+
+func deref[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
+}
+
+func intPtr(p *int32) *int {
+	if p == nil {
+		return nil
+	}
+	v := int(*p)
+	return &v
+}
