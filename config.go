@@ -36,7 +36,8 @@ const (
 type WorkerConfig struct {
 	// DatabaseURL is a Postgres URL or key=value DSN.
 	DatabaseURL string
-	// Schema is baton's Postgres schema: default the URL's search_path, else "baton".
+	// Schema is baton's Postgres schema: default the URL's baton_schema
+	// parameter, else "baton".
 	Schema string
 	// Group is the worker group served (created when the worker registers).
 	Group string
@@ -127,8 +128,10 @@ func (p RetryPolicy) internal() retrypolicy.Policy {
 	return retrypolicy.Policy{Base: p.Base, Max: p.Max, Jitter: p.Jitter}
 }
 
-// WithSchema returns dsn with baton's schema set (as its search_path), for the
-// APIs that take only a URL (Migrate, CheckSchema) and for the binaries.
+// WithSchema returns dsn naming baton's schema in its baton_schema parameter,
+// for the APIs that take only a URL (Migrate, CheckSchema) and for the
+// binaries (BATON_DATABASE_URL). baton reads and removes that parameter; the
+// URL's own search_path, if any, is the application's and baton ignores it.
 func WithSchema(dsn, schema string) (string, error) {
 	if err := migrate.ValidSchema(schema); err != nil {
 		return "", fmt.Errorf("%w: %v", ErrInvalidConfig, err)
@@ -140,12 +143,12 @@ func WithSchema(dsn, schema string) (string, error) {
 			return "", fmt.Errorf("%w: database URL is not a valid URL", ErrInvalidConfig)
 		}
 		q := u.Query()
-		q.Set("search_path", schema)
+		q.Set(store.SchemaParam, schema)
 		u.RawQuery = q.Encode()
 		return u.String(), nil
 	}
 	// key=value DSN: the last occurrence of a keyword wins.
-	return strings.TrimSpace(dsn) + " search_path=" + schema, nil
+	return strings.TrimSpace(dsn) + " " + store.SchemaParam + "=" + schema, nil
 }
 
 func dsnFor(dsn, schema string) (string, error) {

@@ -36,6 +36,25 @@ if [ "$tier" != e2e ]; then
   unit_pkgs=$(go list ./... | grep -v '/internal/e2e')
   # shellcheck disable=SC2086
   go test -race -count=1 -timeout 12m ${GOTESTFLAGS:-} $unit_pkgs
+  # The adopter module (its own go.mod, a replace to this repo) uses the public API
+  # only, and baton's adopter test kit (batontest/apptest), which needs a URL and
+  # no Docker client: give it the test server, or a throwaway container.
+  say "examples/invoicing: baton from a separate module"
+  adopter_url=${BATON_TEST_DATABASE_URL:-}
+  if [ -z "$adopter_url" ]; then
+    cid=$(docker run -d --rm -e POSTGRES_USER=baton -e POSTGRES_PASSWORD=baton -p 127.0.0.1::5432 \
+      --tmpfs /var/lib/postgresql/data "$BATON_TEST_POSTGRES_IMAGE" -c fsync=off -c max_connections=300)
+    trap 'docker stop "$cid" >/dev/null' EXIT
+    for _ in $(seq 60); do
+      docker exec "$cid" pg_isready -q -U baton -h 127.0.0.1 && break
+      sleep 1
+    done
+    adopter_url="postgres://baton:baton@127.0.0.1:$(docker port "$cid" 5432/tcp | head -1 | sed 's/.*://')/postgres?sslmode=disable"
+  fi
+  # -mod=mod: a dependency baton gains must not fail this step before someone runs
+  # `go mod tidy` in examples/invoicing.
+  (cd examples/invoicing && export GOFLAGS="${GOFLAGS:-} -mod=mod" && go vet ./... &&
+    BATON_TEST_DATABASE_URL=$adopter_url go test -race -count=1 -timeout 5m ${GOTESTFLAGS:-} ./...)
 fi
 if [ "$tier" != unit ]; then
   say "go test -race: e2e tier (internal/e2e, real processes)"

@@ -37,8 +37,8 @@ const usage = `baton — operator CLI of the baton scheduler
   baton dev                                start Postgres (if needed), a master, two workers and demo tasks
 
 Every command takes --database-url (env BATON_DATABASE_URL); list/show/submit take --json.
-baton's tables live in the Postgres schema "baton"; add search_path=<schema> to the
-URL to use another (search_path=public for an install from before schemas).
+baton's tables live in the Postgres schema "baton"; add baton_schema=<schema> to the
+URL to use another (baton_schema=public for an install from before schemas).
 `
 
 // BatonMain is the baton CLI; extra adds commands defined elsewhere (baton dev).

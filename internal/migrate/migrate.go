@@ -2,8 +2,8 @@
 // session lock, so concurrent deploys are safe.
 //
 // Everything lives in one Postgres schema (store.SchemaDefault, "baton", unless
-// the DSN's search_path names another): the migrations are unqualified and run
-// with search_path set to that schema, and goose's version table is
+// the DSN's baton_schema parameter names another): the migrations are
+// unqualified and run with search_path set to that schema, and goose's version table is
 // <schema>.goose_db_version, so baton shares a database with an application that
 // has its own goose_db_version and its own tables. The stock goose CLI does the
 // same with
@@ -84,7 +84,7 @@ func New(ctx context.Context, dsn string) (*Migrator, error) {
 	schema := store.Schema(pool.Config())
 	if err := ValidSchema(schema); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("database URL search_path: %w", err)
+		return nil, fmt.Errorf("database URL %s: %w", store.SchemaParam, err)
 	}
 	sqlDB := stdlib.OpenDBFromPool(pool)
 	locker, err := lock.NewPostgresSessionLocker(
@@ -127,7 +127,7 @@ func (m *Migrator) ensureSchema(ctx context.Context) error {
 
 // checkLegacy refuses to build an empty schema beside an install from before
 // baton had its own schema (tables in public), so that install is not silently
-// orphaned: the operator keeps it (search_path=public) or moves it (MoveFromPublic).
+// orphaned: the operator keeps it (baton_schema=public) or moves it (MoveFromPublic).
 func (m *Migrator) checkLegacy(ctx context.Context) error {
 	if m.schema == "public" {
 		return nil
@@ -142,7 +142,7 @@ func (m *Migrator) checkLegacy(ctx context.Context) error {
 	}
 	if legacy {
 		return fmt.Errorf("%w and schema %q is empty (installed before baton used its own schema): "+
-			"keep using public with search_path=public in the database URL (Schema: \"public\" in Go), "+
+			"keep using public with baton_schema=public in the database URL (Schema: \"public\" in Go), "+
 			"or move the tables with `baton migrate move-from-public` (docs/architecture.md, \"Schema\")",
 			ErrLegacyPublic, m.schema)
 	}
@@ -321,7 +321,7 @@ var (
 // Stop baton's workers and masters first. It returns how many relations moved.
 func (m *Migrator) MoveFromPublic(ctx context.Context) (int, error) {
 	if m.schema == "public" {
-		return 0, errors.New("move from public: the target schema is public; set search_path to baton's new schema")
+		return 0, errors.New("move from public: the target schema is public; name another with baton_schema")
 	}
 	if v, err := m.Version(ctx); err != nil {
 		return 0, err

@@ -11,18 +11,9 @@ import (
 	"github.com/baton-scheduler/baton/internal/migrate"
 )
 
-// withSearchPath returns dsn (a URL) with another search_path.
-func withSearchPath(t *testing.T, dsn, sp string) string {
-	t.Helper()
-	i := strings.Index(dsn, "search_path=")
-	if i < 0 {
-		t.Fatalf("test URL has no search_path: %s", dsn)
-	}
-	j := strings.IndexByte(dsn[i:], '&')
-	if j < 0 {
-		return dsn[:i] + "search_path=" + sp
-	}
-	return dsn[:i] + "search_path=" + sp + dsn[i+j:]
+// withParam returns dsn (a URL) with key=value added.
+func withParam(dsn, key, value string) string {
+	return dsn + "&" + key + "=" + value
 }
 
 func exec(t *testing.T, dsn string, stmts ...string) {
@@ -47,7 +38,7 @@ func TestOwnSchemaBesideApplication(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	dsn := srv.NewEmptyDatabase(t)
-	app := withSearchPath(t, dsn, "public")
+	app := withParam(dsn, "search_path", "public")
 	exec(t, app,
 		"CREATE TABLE goose_db_version (id serial PRIMARY KEY, version_id bigint NOT NULL, is_applied boolean NOT NULL, tstamp timestamp DEFAULT now())",
 		"INSERT INTO goose_db_version (version_id, is_applied) VALUES (0, true), (7, true)",
@@ -86,6 +77,10 @@ func TestOwnSchemaBesideApplication(t *testing.T) {
 	if err := conn.QueryRow(ctx, "SELECT max(version_id) FROM public.goose_db_version").Scan(&appVersion); err != nil || appVersion != 7 {
 		t.Fatalf("application's goose version = %d, %v; want 7 untouched", appVersion, err)
 	}
+	// The application's DSN, its own search_path included, can be handed to baton as is.
+	if err := migrate.CheckSchema(ctx, app); err != nil {
+		t.Fatalf("application's DSN: %v", err)
+	}
 	// The application migrating again (a version baton does not know) changes nothing for baton.
 	exec(t, app, "INSERT INTO goose_db_version (version_id, is_applied) VALUES (99999, true)")
 	if err := migrate.CheckSchema(ctx, dsn); err != nil {
@@ -100,7 +95,7 @@ func TestLegacyPublicInstall(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	dsn := srv.NewEmptyDatabase(t)
-	public := withSearchPath(t, dsn, "public")
+	public := withParam(dsn, "baton_schema", "public")
 	old, err := migrate.New(ctx, public)
 	if err != nil {
 		t.Fatal(err)
@@ -109,14 +104,14 @@ func TestLegacyPublicInstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	old.Close()
-	exec(t, public, "INSERT INTO worker_groups (name) VALUES ('kept')")
+	exec(t, withParam(dsn, "search_path", "public"), "INSERT INTO worker_groups (name) VALUES ('kept')")
 
 	m, err := migrate.New(ctx, dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	if _, err := m.Up(ctx); !errors.Is(err, migrate.ErrLegacyPublic) || !strings.Contains(err.Error(), "search_path=public") {
+	if _, err := m.Up(ctx); !errors.Is(err, migrate.ErrLegacyPublic) || !strings.Contains(err.Error(), "baton_schema=public") {
 		t.Fatalf("up beside a legacy install: %v", err)
 	}
 	if err := migrate.CheckSchema(ctx, dsn); !errors.Is(err, migrate.ErrLegacyPublic) {
@@ -159,7 +154,7 @@ func TestLegacyPublicInstall(t *testing.T) {
 func TestBadSchemaName(t *testing.T) {
 	t.Parallel()
 	dsn := srv.NewEmptyDatabase(t)
-	_, err := migrate.New(context.Background(), withSearchPath(t, dsn, "Bad-Name"))
+	_, err := migrate.New(context.Background(), withParam(dsn, "baton_schema", "Bad-Name"))
 	if err == nil || !strings.Contains(err.Error(), `schema "Bad-Name" must be`) {
 		t.Fatalf("err = %v", err)
 	}

@@ -49,22 +49,30 @@ func ParseConfig(dsn string) (*pgxpool.Config, error) {
 		return nil, fmt.Errorf("invalid database URL: %s", redact(err.Error(), dsn))
 	}
 	// baton's tables live in their own schema: every connection baton opens
-	// resolves unqualified names there unless the DSN names another search_path.
-	if cfg.ConnConfig.RuntimeParams["search_path"] == "" {
-		cfg.ConnConfig.RuntimeParams["search_path"] = SchemaDefault
+	// resolves unqualified names there. The schema comes from the DSN's
+	// baton_schema parameter (consumed here, never sent to the server), else
+	// SchemaDefault; the DSN's own search_path, if any, is the application's
+	// and is overridden, so the application's DSN can be handed to baton as is.
+	schema := cfg.ConnConfig.RuntimeParams[SchemaParam]
+	delete(cfg.ConnConfig.RuntimeParams, SchemaParam)
+	if schema == "" {
+		schema = SchemaDefault
 	}
+	cfg.ConnConfig.RuntimeParams["search_path"] = schema
 	return cfg, nil
 }
 
 // SchemaDefault is the Postgres schema of baton's tables, views and goose version
-// table when the DSN sets no search_path.
+// table unless the DSN names another with SchemaParam.
 const SchemaDefault = "baton"
 
-// Schema is baton's schema on connections of cfg: the first entry of its search_path.
+// SchemaParam is the DSN parameter naming baton's schema
+// (postgres://.../db?baton_schema=jobs, or baton_schema=jobs in key=value form).
+const SchemaParam = "baton_schema"
+
+// Schema is baton's schema on connections of cfg (a config from ParseConfig).
 func Schema(cfg *pgxpool.Config) string {
-	sp := cfg.ConnConfig.RuntimeParams["search_path"]
-	first, _, _ := strings.Cut(sp, ",")
-	return strings.Trim(strings.TrimSpace(first), `"`)
+	return cfg.ConnConfig.RuntimeParams["search_path"]
 }
 
 // Open connects a pool and checks that the server answers, so a wrong DSN fails at
