@@ -17,19 +17,21 @@ import (
 	"github.com/baton-scheduler/baton/internal/worker"
 )
 
-// Defaults of the configuration fields (a zero field takes its default).
+// Defaults of the configuration fields (a zero field takes its default). The
+// design's timing: heartbeat every second, a worker dead after 5 s without one,
+// self-fencing at 4 s, so a cut-off worker stops before its tasks move.
 const (
-	SchemaDefault                  = store.SchemaDefault // baton's Postgres schema
-	WorkerGroupDefault             = worker.GroupDefault
-	WorkerSlotsDefault             = worker.SlotsDefault
-	WorkerHeartbeatIntervalDefault = worker.HeartbeatIntervalDefault
-	WorkerSelfFenceAfterDefault    = worker.SelfFenceAfterDefault
-	WorkerPollIntervalDefault      = worker.PollIntervalDefault
-	WorkerShutdownGraceDefault     = worker.ShutdownGraceDefault
-	MasterHeartbeatIntervalDefault = master.HeartbeatIntervalDefault
-	MasterWorkerTimeoutDefault     = master.WorkerTimeoutDefault
-	MasterMasterTimeoutDefault     = master.MasterTimeoutDefault
-	MasterCheckIntervalDefault     = master.MasterTimeoutDefault
+	SchemaDefault                  = "baton" // baton's Postgres schema
+	WorkerGroupDefault             = "default"
+	WorkerSlotsDefault             = 4
+	WorkerHeartbeatIntervalDefault = time.Second
+	WorkerSelfFenceAfterDefault    = 4 * time.Second
+	WorkerPollIntervalDefault      = 500 * time.Millisecond
+	WorkerShutdownGraceDefault     = 10 * time.Second
+	MasterHeartbeatIntervalDefault = time.Second
+	MasterWorkerTimeoutDefault     = 5 * time.Second
+	MasterMasterTimeoutDefault     = 10 * time.Second
+	MasterCheckIntervalDefault     = 10 * time.Second
 )
 
 // WorkerConfig configures an embedded worker. Zero fields take the defaults above.

@@ -13,7 +13,7 @@ import (
 // {"command": "...", "env": {...}, "dir": "..."}. Only workers that enable shell
 // (WorkerConfig.AllowShell, or the baton-worker binary) run them; any other
 // worker fails them with an error saying so.
-const KindShell = executor.KindShell
+const KindShell = "shell"
 
 // Task is what a Handler sees of the task it runs.
 type Task struct {
