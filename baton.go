@@ -82,17 +82,21 @@ func NewWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	wc, err := cfg.internal()
+	env := &handlerEnv{}
+	wc, err := cfg.internalWith(env)
 	if err != nil {
 		return nil, err
 	}
 	if err := migrate.CheckSchema(ctx, wc.DatabaseURL); err != nil {
 		return nil, err
 	}
-	pool, err := store.Open(ctx, wc.DatabaseURL, 1)
+	// A small pool of the wrapper's own: the live-master check, and handlers
+	// reading their retries or recording a permanent failure.
+	pool, err := store.Open(ctx, wc.DatabaseURL, 2)
 	if err != nil {
 		return nil, err
 	}
+	env.pool, env.log = pool, wc.Logger.Named("worker")
 	w, err := worker.New(ctx, wc)
 	if err != nil {
 		pool.Close()

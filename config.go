@@ -169,7 +169,11 @@ func defaultLogger() *zap.Logger {
 	return l.Named("baton")
 }
 
-func (c WorkerConfig) internal() (worker.Config, error) {
+func (c WorkerConfig) internal() (worker.Config, error) { return c.internalWith(nil) }
+
+// internalWith converts c; env (nil when only validating) is what the
+// handlers' Tasks reach back to.
+func (c WorkerConfig) internalWith(env *handlerEnv) (worker.Config, error) {
 	dsn, err := dsnFor(c.DatabaseURL, c.Schema)
 	if err != nil {
 		return worker.Config{}, err
@@ -179,7 +183,7 @@ func (c WorkerConfig) internal() (worker.Config, error) {
 		if h == nil {
 			return worker.Config{}, fmt.Errorf("%w: handler for kind %q is nil", ErrInvalidConfig, kind)
 		}
-		handlers[kind] = h.internal()
+		handlers[kind] = h.internal(env)
 	}
 	logger := c.Logger
 	if logger == nil {

@@ -3,10 +3,16 @@ package baton
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
 
 	"github.com/baton-scheduler/baton/db"
 	"github.com/baton-scheduler/baton/internal/executor"
+	"github.com/baton-scheduler/baton/internal/logfield"
 )
 
 // KindShell is the task kind of shell commands; the payload is
@@ -26,18 +32,76 @@ type Task struct {
 	// Worker is the name of the worker running the task, SessionID its session.
 	Worker    string
 	SessionID int64
+
+	env *handlerEnv
+}
+
+// Retries reads how many retries the task has used and its limit (one query;
+// nothing is read unless a handler asks). On the last attempt used == limit.
+func (t Task) Retries(ctx context.Context) (used, limit int, err error) {
+	if t.env == nil || t.env.pool == nil {
+		return 0, 0, errors.New("retries: task is not running on a baton worker")
+	}
+	r, err := db.New(t.env.pool).TaskRetryState(ctx, t.ID)
+	if err != nil {
+		return 0, 0, fmt.Errorf("read retries of task %d: %w", t.ID, err)
+	}
+	return int(r.Retries), int(r.MaxRetries), nil
+}
+
+// Permanent marks a handler's error as final: the task fails now, whatever
+// retries it has left (a payload that can never work). The task's MaxRetries is
+// lowered to the retries used, a write fenced by the attempt like any result.
+func Permanent(err error) error {
+	if err == nil {
+		err = errors.New("permanent failure")
+	}
+	return &permanentError{err}
+}
+
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return "permanent: " + e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+// IsPermanent reports whether err was marked with Permanent.
+func IsPermanent(err error) bool {
+	var p *permanentError
+	return errors.As(err, &p)
+}
+
+// handlerEnv is what a handler's Task reaches back to: the worker's pool.
+type handlerEnv struct {
+	pool *pgxpool.Pool
+	log  *zap.Logger
 }
 
 // Handler runs one attempt of a task kind inside the worker process. It must
 // return when ctx is done (the task timed out, the worker fenced itself or is
 // shutting down). The returned string is stored as the task's output; an error
-// fails the attempt (retried while the task has retries left), and a panic is
-// recovered and recorded as a failure.
+// fails the attempt (retried while the task has retries left; wrap it with
+// Permanent to fail the task for good), and a panic is recovered and recorded
+// as a failure.
 type Handler func(ctx context.Context, task Task) (output string, err error)
 
-func (h Handler) internal() executor.Handler {
+func (h Handler) internal(env *handlerEnv) executor.Handler {
 	return func(ctx context.Context, t executor.Task) (string, error) {
-		return h(ctx, Task{ID: t.ID, Attempt: int(t.Attempt), Kind: t.Kind, Payload: t.Payload, Worker: t.Worker, SessionID: t.SessionID})
+		out, err := h(ctx, Task{ID: t.ID, Attempt: int(t.Attempt), Kind: t.Kind, Payload: t.Payload, Worker: t.Worker, SessionID: t.SessionID, env: env})
+		if err != nil && IsPermanent(err) && env != nil && env.pool != nil {
+			env.exhaustRetries(ctx, t)
+		}
+		return out, err
+	}
+}
+
+// exhaustRetries makes the running attempt's failure final. Best effort: if it
+// cannot be written, the failure is retried as any other.
+func (env *handlerEnv) exhaustRetries(ctx context.Context, t executor.Task) {
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_, err := db.New(env.pool).TaskExhaustRetries(wctx, db.TaskExhaustRetriesParams{ID: t.ID, Attempt: t.Attempt, SessionID: t.SessionID})
+	if err != nil {
+		env.log.Warn("permanent failure not recorded; the task may be retried", logfield.TaskID(t.ID), logfield.Attempt(t.Attempt), zap.Error(err))
 	}
 }
 

@@ -202,6 +202,27 @@ func (q *Queries) TaskClaim(ctx context.Context, arg TaskClaimParams) ([]TaskCla
 	return items, nil
 }
 
+const taskExhaustRetries = `-- name: TaskExhaustRetries :execrows
+UPDATE tasks SET max_retries = retries
+WHERE id = $1 AND attempt = $2 AND worker_session_id = $3::bigint AND state = 'running'
+`
+
+type TaskExhaustRetriesParams struct {
+	ID        int64
+	Attempt   int32
+	SessionID int64
+}
+
+// A handler's permanent failure (baton.Permanent): the running attempt's failure
+// becomes final by leaving no retry. Fenced like every worker write.
+func (q *Queries) TaskExhaustRetries(ctx context.Context, arg TaskExhaustRetriesParams) (int64, error) {
+	result, err := q.db.Exec(ctx, taskExhaustRetries, arg.ID, arg.Attempt, arg.SessionID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const taskFinish = `-- name: TaskFinish :many
 WITH r AS (
     SELECT unnest($1::bigint[]) AS id, unnest($2::int[]) AS attempt,
@@ -559,6 +580,22 @@ func (q *Queries) TaskPruneFinished(ctx context.Context, arg TaskPruneFinishedPa
 		return 0, err
 	}
 	return result.RowsAffected(), nil
+}
+
+const taskRetryState = `-- name: TaskRetryState :one
+SELECT retries, max_retries FROM tasks WHERE id = $1
+`
+
+type TaskRetryStateRow struct {
+	Retries    int32
+	MaxRetries int32
+}
+
+func (q *Queries) TaskRetryState(ctx context.Context, id int64) (TaskRetryStateRow, error) {
+	row := q.db.QueryRow(ctx, taskRetryState, id)
+	var i TaskRetryStateRow
+	err := row.Scan(&i.Retries, &i.MaxRetries)
+	return i, err
 }
 
 const taskSubmitMany = `-- name: TaskSubmitMany :many

@@ -189,3 +189,12 @@ WITH t AS (
     SELECT pg_notify('baton_dispatch', '') FROM (SELECT 1 FROM t LIMIT 1) AS any_row
 )
 SELECT t.id, t.attempt FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n;
+
+-- A handler's permanent failure (baton.Permanent): the running attempt's failure
+-- becomes final by leaving no retry. Fenced like every worker write.
+-- name: TaskExhaustRetries :execrows
+UPDATE tasks SET max_retries = retries
+WHERE id = @id AND attempt = @attempt AND worker_session_id = @session_id::bigint AND state = 'running';
+
+-- name: TaskRetryState :one
+SELECT retries, max_retries FROM tasks WHERE id = @id;

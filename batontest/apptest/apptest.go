@@ -119,7 +119,8 @@ func describe(err error) error {
 // RunTask runs one task through handler synchronously, in the test's process,
 // with no database: the handler sees the Task a worker would give it (ID 1,
 // attempt 1, kind and payload from spec). It returns the handler's output and
-// error; a panic is returned as an error, as a worker records it.
+// error; a panic is returned as an error, as a worker records it. Task.Retries
+// needs a worker and returns an error here.
 func RunTask(ctx context.Context, handler baton.Handler, spec baton.TaskSpec) (output string, err error) {
 	if spec.Timeout > 0 {
 		var cancel context.CancelFunc

@@ -429,6 +429,56 @@ func TestConfigValidation(t *testing.T) {
 	}
 }
 
+// A handler reads its retries and can fail a task for good.
+func TestHandlerControl(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a := newApp(t)
+	fast := baton.RetryPolicy{Base: 10 * time.Millisecond, Max: 20 * time.Millisecond}
+	seen := make(chan [2]int, 10)
+	apptest.StartWorker(t, baton.WorkerConfig{DatabaseURL: a.dsn, Group: "ctl", Retry: fast,
+		Master: &baton.MasterConfig{Retry: fast},
+		Handlers: map[string]baton.Handler{
+			"flaky": func(ctx context.Context, task baton.Task) (string, error) {
+				used, limit, err := task.Retries(ctx)
+				if err != nil {
+					return "", err
+				}
+				seen <- [2]int{used, limit}
+				if used < limit {
+					return "", errors.New("not yet")
+				}
+				return "last try worked", nil
+			},
+			"strict": func(context.Context, baton.Task) (string, error) {
+				return "", baton.Permanent(errors.New("payload can never work"))
+			},
+		}})
+	flaky, err := a.client.Submit(ctx, baton.TaskSpec{Group: "ctl", Kind: "flaky", MaxRetries: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info := apptest.Wait(t, a.client, flaky, 30*time.Second); info.State != baton.TaskSucceeded || info.Retries != 2 {
+		t.Fatalf("flaky = %+v", info)
+	}
+	for want := 0; want <= 2; want++ {
+		if got := <-seen; got != [2]int{want, 2} {
+			t.Fatalf("attempt %d saw retries %v, want [%d 2]", want+1, got, want)
+		}
+	}
+	strict, err := a.client.Submit(ctx, baton.TaskSpec{Group: "ctl", Kind: "strict", MaxRetries: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := apptest.Wait(t, a.client, strict, 30*time.Second)
+	if info.State != baton.TaskFailed || info.Retries != 0 || !strings.Contains(info.LastError, "payload can never work") {
+		t.Fatalf("strict = %+v", info)
+	}
+	if attempts, err := a.client.Attempts(ctx, strict); err != nil || len(attempts) != 1 {
+		t.Fatalf("a permanent failure was retried: %+v, %v", attempts, err)
+	}
+}
+
 // apptest.RunTask runs a handler synchronously, without a database.
 func TestRunTaskSynchronously(t *testing.T) {
 	t.Parallel()
