@@ -344,6 +344,64 @@ func TestCancelRunning(t *testing.T) {
 	}
 }
 
+// Cancels racing a master's dispatch and a worker's claims and results: every
+// task ends canceled or succeeded, a canceled task has no attempt left open and
+// no dispatch row, and a succeeded one was not canceled.
+func TestCancelRacesDispatch(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a := newApp(t)
+	apptest.StartWorker(t, baton.WorkerConfig{DatabaseURL: a.dsn, Group: "race", Slots: 8, Master: &baton.MasterConfig{},
+		Handlers: map[string]baton.Handler{"ok": func(context.Context, baton.Task) (string, error) { return "ok", nil }}})
+	specs := make([]baton.TaskSpec, 200)
+	for i := range specs {
+		specs[i] = baton.TaskSpec{Group: "race", Kind: "ok"}
+	}
+	ids, err := a.client.SubmitMany(ctx, specs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, len(ids))
+	for _, id := range ids {
+		go func() {
+			_, err := a.client.Cancel(ctx, id)
+			if errors.Is(err, baton.ErrTaskFinished) {
+				err = nil
+			}
+			errs <- err
+		}()
+	}
+	for range ids {
+		if err := <-errs; err != nil {
+			t.Fatalf("cancel: %v", err)
+		}
+	}
+	counts := map[baton.TaskState]int{}
+	for _, id := range ids {
+		info := apptest.Wait(t, a.client, id, 30*time.Second)
+		counts[info.State]++
+		attempts, err := a.client.Attempts(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, at := range attempts {
+			if at.Outcome == "" {
+				t.Fatalf("task %d (%s) has an open attempt %+v", id, info.State, at)
+			}
+		}
+		if info.State == baton.TaskSucceeded && (len(attempts) != 1 || attempts[0].Outcome != "succeeded") {
+			t.Fatalf("succeeded task %d attempts %+v", id, attempts)
+		}
+	}
+	if counts[baton.TaskCanceled]+counts[baton.TaskSucceeded] != len(ids) || counts[baton.TaskCanceled] == 0 {
+		t.Fatalf("states = %v", counts)
+	}
+	if n := a.count(t, "SELECT count(*) FROM baton.dispatch_queue"); n != 0 {
+		t.Fatalf("dispatch rows left: %d", n)
+	}
+	t.Logf("states: %v", counts)
+}
+
 // Ready means the group exists: a submit right after it cannot race the
 // worker's registration.
 func TestReadyThenSubmit(t *testing.T) {
