@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"regexp"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -305,12 +306,41 @@ func CheckSchema(ctx context.Context, dsn string) error {
 	return nil
 }
 
-// legacyTables and legacyViews are schema v1, the only version ever installed in
-// public (baton moved to its own schema in the next release).
+// Relations baton's migrations create, read from the embedded SQL: what
+// MoveFromPublic moves (indexes, constraints and identity sequences follow
+// their tables).
 var (
-	legacyTables = []string{"worker_groups", "worker_sessions", "master_sessions", "tasks", "task_attempts", "dispatch_queue", "failover_events"}
-	legacyViews  = []string{"report_tasks_by_state", "report_attempt_durations", "report_worker_health", "report_failover_history"}
+	createTableRE = regexp.MustCompile(`(?im)^\s*CREATE\s+(?:UNLOGGED\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?([a-z_][a-z0-9_]*)`)
+	createViewRE  = regexp.MustCompile(`(?im)^\s*CREATE\s+(?:OR\s+REPLACE\s+)?(?:MATERIALIZED\s+)?VIEW\s+([a-z_][a-z0-9_]*)`)
 )
+
+func migrationRelations() (tables, views []string, err error) {
+	entries, err := migrations.FS.ReadDir(".")
+	if err != nil {
+		return nil, nil, err
+	}
+	seen := map[string]bool{}
+	for _, e := range entries {
+		b, err := migrations.FS.ReadFile(e.Name())
+		if err != nil {
+			return nil, nil, err
+		}
+		up, _, _ := strings.Cut(string(b), "-- +goose Down")
+		for _, m := range createTableRE.FindAllStringSubmatch(up, -1) {
+			if !seen[m[1]] {
+				seen[m[1]] = true
+				tables = append(tables, m[1])
+			}
+		}
+		for _, m := range createViewRE.FindAllStringSubmatch(up, -1) {
+			if !seen[m[1]] {
+				seen[m[1]] = true
+				views = append(views, m[1])
+			}
+		}
+	}
+	return tables, views, nil
+}
 
 // MoveFromPublic moves an install from before baton had its own schema (schema v1
 // in public) into this migrator's schema, in one transaction: tables (with their
@@ -335,31 +365,51 @@ func (m *Migrator) MoveFromPublic(ctx context.Context) (int, error) {
 	if !legacy {
 		return 0, errors.New("move from public: no baton install found in schema public")
 	}
+	tables, views, err := migrationRelations()
+	if err != nil {
+		return 0, fmt.Errorf("move from public: read migrations: %w", err)
+	}
+	var versions []int64
+	for _, src := range m.provider.ListSources() {
+		versions = append(versions, src.Version)
+	}
 	target := pgx.Identifier{m.schema}.Sanitize()
 	moved := 0
 	// Administrative DDL on identifiers (which cannot be query parameters): built
-	// here from fixed names and the validated schema name.
+	// here from the migrations' own names and the validated schema name.
 	err = pgx.BeginFunc(ctx, m.pool, func(tx pgx.Tx) error {
-		stmts := []string{"CREATE SCHEMA IF NOT EXISTS " + target}
-		for _, t := range legacyTables {
-			stmts = append(stmts, "ALTER TABLE public."+t+" SET SCHEMA "+target)
-		}
-		for _, v := range legacyViews {
-			stmts = append(stmts, "ALTER VIEW public."+v+" SET SCHEMA "+target)
-		}
-		stmts = append(stmts,
-			"CREATE TABLE "+target+"."+VersionTable+" (LIKE public."+VersionTable+" INCLUDING ALL)",
-			"INSERT INTO "+target+"."+VersionTable+" (version_id, is_applied, tstamp) "+
-				"SELECT version_id, is_applied, tstamp FROM public."+VersionTable+" WHERE version_id <= 1 ORDER BY id")
-		for i, s := range stmts {
-			if _, err := tx.Exec(ctx, s); err != nil {
-				return fmt.Errorf("move from public: %s: %w", s, err)
+		run := func(stmt string, args ...any) error {
+			if _, err := tx.Exec(ctx, stmt, args...); err != nil {
+				return fmt.Errorf("move from public: %s: %w", stmt, err)
 			}
-			if i > 0 && i <= len(legacyTables)+len(legacyViews) {
+			return nil
+		}
+		if err := run("CREATE SCHEMA IF NOT EXISTS " + target); err != nil {
+			return err
+		}
+		for i, names := range [][]string{tables, views} {
+			kind := [...]string{"TABLE", "VIEW"}[i]
+			for _, name := range names {
+				var exists bool
+				if err := tx.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", "public."+name).Scan(&exists); err != nil {
+					return fmt.Errorf("move from public: look up %s: %w", name, err)
+				}
+				if !exists {
+					continue
+				}
+				if err := run("ALTER " + kind + " public." + pgx.Identifier{name}.Sanitize() + " SET SCHEMA " + target); err != nil {
+					return err
+				}
 				moved++
 			}
 		}
-		return nil
+		// Only baton's own versions: public.goose_db_version may be shared with
+		// the application (the very collision baton's schema ends).
+		if err := run("CREATE TABLE " + target + "." + VersionTable + " (LIKE public." + VersionTable + " INCLUDING ALL)"); err != nil {
+			return err
+		}
+		return run("INSERT INTO "+target+"."+VersionTable+" (version_id, is_applied, tstamp) "+
+			"SELECT version_id, is_applied, tstamp FROM public."+VersionTable+" WHERE version_id = 0 OR version_id = ANY($1) ORDER BY id", versions)
 	})
 	if err != nil {
 		return 0, err

@@ -104,7 +104,8 @@ func TestLegacyPublicInstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	old.Close()
-	exec(t, withParam(dsn, "search_path", "public"), "INSERT INTO worker_groups (name) VALUES ('kept')")
+	exec(t, withParam(dsn, "search_path", "public"), "INSERT INTO worker_groups (name) VALUES ('kept')",
+		"CREATE TABLE invoices (id int)") // the application's, stays in public
 
 	m, err := migrate.New(ctx, dsn)
 	if err != nil {
@@ -127,8 +128,8 @@ func TestLegacyPublicInstall(t *testing.T) {
 	if err := migrate.CheckSchema(ctx, dsn); err != nil {
 		t.Fatalf("after move: %v", err)
 	}
-	if got := tablesIn(t, dsn, "public"); len(got) != 0 {
-		t.Fatalf("public still holds %v", got)
+	if got := tablesIn(t, dsn, "public"); strings.Join(got, ",") != "invoices" {
+		t.Fatalf("public holds %v, want only the application's invoices", got)
 	}
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
