@@ -175,7 +175,7 @@ func TestEmbeddedWorkerRefusesShell(t *testing.T) {
 	}
 	refused, allowed := shell("closed", "refused"), shell("open", "allowed")
 	if info := apptest.Wait(t, a.client, refused, 30*time.Second); info.State != baton.TaskFailed ||
-		!strings.Contains(info.LastError, "shell tasks are not enabled") {
+		!strings.Contains(info.LastError, "AllowShell") {
 		t.Fatalf("shell on a default embedded worker: %+v", info)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "refused")); !errors.Is(err, os.ErrNotExist) {
