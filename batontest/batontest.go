@@ -9,6 +9,9 @@
 //
 // When neither works a test fails if CI=true and is skipped otherwise, with a
 // message saying what to set.
+//
+// This is baton's own harness (it links testcontainers). Applications that embed
+// baton use batontest/apptest, which needs only a URL and no Docker client.
 package batontest
 
 import (
