@@ -214,6 +214,9 @@ type Master struct{ m *master.Master }
 // NewMaster validates cfg, checks baton's schema version, connects and
 // registers the master session.
 func NewMaster(ctx context.Context, cfg MasterConfig) (*Master, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	mc, err := cfg.internal()
 	if err != nil {
 		return nil, err

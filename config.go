@@ -57,9 +57,13 @@ type WorkerConfig struct {
 	// HeartbeatInterval is how often the session row is touched.
 	HeartbeatInterval time.Duration
 	// SelfFenceAfter: without a successful heartbeat for this long the worker
-	// stops claiming and kills its tasks. It must stay below the masters'
-	// WorkerTimeout (checked when Master is set) so it acts before failover.
+	// stops claiming and kills its tasks. It must stay below WorkerTimeout so it
+	// acts before failover.
 	SelfFenceAfter time.Duration
+	// WorkerTimeout is the masters' worker timeout, which SelfFenceAfter must
+	// stay below (as baton-worker's --worker-timeout). Default: the embedded
+	// master's when Master is set, else MasterWorkerTimeoutDefault.
+	WorkerTimeout time.Duration
 	// PollInterval is the claim polling fallback when no NOTIFY arrives.
 	PollInterval time.Duration
 	// ShutdownGrace is how long Run, once its context ends, lets running tasks
@@ -220,24 +224,61 @@ func (c WorkerConfig) embeddedMaster(logger *zap.Logger) MasterConfig {
 	return m
 }
 
-// Validate checks c the way NewWorker does (ranges, cross-field rules, and with
-// an embedded master, self-fencing below its worker timeout), without connecting.
+// Validate checks c the way NewWorker does, and as baton-worker checks its
+// flags: ranges, cross-field rules, durations of at most 24 h, and self-fencing
+// below the masters' worker timeout. It does not connect.
 func (c WorkerConfig) Validate() error {
 	wc, err := c.internal()
 	if err != nil {
 		return err
 	}
+	if err := maxDurations(map[string]time.Duration{
+		"heartbeat interval": c.HeartbeatInterval, "self-fence after": c.SelfFenceAfter, "worker timeout": c.WorkerTimeout,
+		"poll interval": c.PollInterval, "shutdown grace": c.ShutdownGrace, "kill grace": c.KillGrace,
+		"master check interval": c.MasterCheckInterval,
+	}); err != nil {
+		return err
+	}
+	workerTimeout := cmp.Or(c.WorkerTimeout, MasterWorkerTimeoutDefault)
 	if c.Master != nil {
 		mc, err := c.embeddedMaster(wc.Logger).internal()
 		if err != nil {
 			return err
 		}
-		if wc.SelfFenceAfter >= mc.WorkerTimeout {
-			return fmt.Errorf("%w: self-fence after %s must be below the master's worker timeout %s, so a cut-off worker kills its tasks before they fail over",
-				ErrInvalidConfig, wc.SelfFenceAfter, mc.WorkerTimeout)
+		if err := c.Master.checkDurations(); err != nil {
+			return err
+		}
+		workerTimeout = cmp.Or(c.WorkerTimeout, mc.WorkerTimeout)
+		if mc.WorkerTimeout != workerTimeout {
+			return fmt.Errorf("%w: worker timeout %s differs from the embedded master's %s", ErrInvalidConfig, workerTimeout, mc.WorkerTimeout)
+		}
+	}
+	// A worker that fences itself only after the masters declared it dead runs
+	// its tasks alongside their failed-over attempts.
+	if wc.SelfFenceAfter >= workerTimeout {
+		return fmt.Errorf("%w: self-fence after %s must be below the masters' worker timeout %s, so a cut-off worker kills its tasks before they fail over",
+			ErrInvalidConfig, wc.SelfFenceAfter, workerTimeout)
+	}
+	return nil
+}
+
+// maxDuration bounds every duration setting, as the binaries do.
+const maxDuration = 24 * time.Hour
+
+func maxDurations(ds map[string]time.Duration) error {
+	for name, d := range ds {
+		if d > maxDuration {
+			return fmt.Errorf("%w: %s %s is longer than %s, the limit of any duration setting", ErrInvalidConfig, name, d, maxDuration)
 		}
 	}
 	return nil
+}
+
+func (c MasterConfig) checkDurations() error {
+	return maxDurations(map[string]time.Duration{
+		"heartbeat interval": c.HeartbeatInterval, "worker timeout": c.WorkerTimeout, "master timeout": c.MasterTimeout,
+		"sweep interval": c.SweepInterval, "dispatch interval": c.DispatchInterval, "timeout grace": c.TimeoutGrace,
+	})
 }
 
 func (c MasterConfig) internal() (master.Config, error) {
@@ -264,8 +305,11 @@ func (c MasterConfig) internal() (master.Config, error) {
 	return mc, nil
 }
 
-// Validate checks c the way NewMaster does, without connecting.
+// Validate checks c the way NewMaster does (and baton-master its flags),
+// without connecting.
 func (c MasterConfig) Validate() error {
-	_, err := c.internal()
-	return err
+	if _, err := c.internal(); err != nil {
+		return err
+	}
+	return c.checkDurations()
 }

@@ -472,7 +472,10 @@ func TestConfigValidation(t *testing.T) {
 		{"no_url", baton.WorkerConfig{}, "DatabaseURL is empty"},
 		{"slots", baton.WorkerConfig{DatabaseURL: "postgres://x@127.0.0.1:1/x", Slots: -1}, "slots -1 is outside"},
 		{"self_fence_vs_master", baton.WorkerConfig{DatabaseURL: "postgres://x@127.0.0.1:1/x",
-			SelfFenceAfter: 6 * time.Second, Master: &baton.MasterConfig{WorkerTimeout: 5 * time.Second}}, "must be below the master's worker timeout"},
+			SelfFenceAfter: 6 * time.Second, Master: &baton.MasterConfig{WorkerTimeout: 5 * time.Second}}, "must be below the masters' worker timeout"},
+		{"self_fence_vs_masters", baton.WorkerConfig{DatabaseURL: "postgres://x@127.0.0.1:1/x", SelfFenceAfter: 5 * time.Second},
+			"must be below the masters' worker timeout 5s"},
+		{"day_long", baton.WorkerConfig{DatabaseURL: "postgres://x@127.0.0.1:1/x", ShutdownGrace: 25 * time.Hour}, "longer than 24h"},
 		{"schema", baton.WorkerConfig{DatabaseURL: "postgres://x@127.0.0.1:1/x", Schema: "Bad Name"}, `schema "Bad Name" must be`},
 		{"nil_handler", baton.WorkerConfig{DatabaseURL: "postgres://x@127.0.0.1:1/x", Handlers: map[string]baton.Handler{"k": nil}}, `handler for kind "k" is nil`},
 	}

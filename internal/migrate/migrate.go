@@ -52,6 +52,12 @@ var (
 	ErrLegacyPublic = errors.New("baton's tables are in schema public")
 )
 
+// olderError is ErrDatabaseOlder with a message that says it all.
+type olderError struct{ msg string }
+
+func (e *olderError) Error() string        { return e.msg }
+func (e *olderError) Is(target error) bool { return target == ErrDatabaseOlder }
+
 // VersionTable is goose's version table name inside baton's schema.
 const VersionTable = "goose_db_version"
 
@@ -297,11 +303,11 @@ func CheckSchema(ctx context.Context, dsn string) error {
 		if err := m.checkLegacy(ctx); err != nil {
 			return err
 		}
-		return fmt.Errorf("%w: schema %q is not migrated (version 0, this build needs %d): "+
-			"run `baton migrate up` or call baton.Migrate", ErrDatabaseOlder, m.schema, m.Latest())
+		return &olderError{fmt.Sprintf("baton's schema %q is not migrated (version 0, this build needs %d): "+
+			"run `baton migrate up` or call baton.Migrate", m.schema, m.Latest())}
 	case v < m.Latest():
-		return fmt.Errorf("%w: schema %q is at version %d, this build needs %d: run `baton migrate up` or call baton.Migrate",
-			ErrDatabaseOlder, m.schema, v, m.Latest())
+		return &olderError{fmt.Sprintf("baton's schema %q is at version %d, this build needs %d: run `baton migrate up` or call baton.Migrate",
+			m.schema, v, m.Latest())}
 	}
 	return nil
 }
