@@ -55,7 +55,7 @@ func TestNilLoggerIsNotNop(t *testing.T) {
 	if !mc.Logger.Core().Enabled(zapcore.WarnLevel) {
 		t.Fatal("default master logger drops warnings")
 	}
-	if !wc.DenyShell {
+	if wc.AllowShell {
 		t.Fatal("an embedded worker runs shell tasks by default")
 	}
 }

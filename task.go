@@ -206,6 +206,11 @@ type Attempt struct {
 	Outcome  string
 	ExitCode *int
 	Error    string
+	// RefusedOutcome and RefusedAt record a result its worker reported after the
+	// attempt was superseded (failover, timeout, cancel): the write was refused
+	// and the outcome above kept. Empty and nil otherwise.
+	RefusedOutcome string
+	RefusedAt      *time.Time
 }
 
 func attemptFromRow(r db.TaskAttempt) Attempt {
@@ -213,6 +218,7 @@ func attemptFromRow(r db.TaskAttempt) Attempt {
 		TaskID: r.TaskID, Attempt: int(r.Attempt), WorkerSessionID: r.WorkerSessionID, Reason: r.Reason,
 		DispatchedAt: r.DispatchedAt, StartedAt: r.StartedAt, FinishedAt: r.FinishedAt,
 		Outcome: deref(r.Outcome), ExitCode: intPtr(r.ExitCode), Error: r.Error,
+		RefusedOutcome: deref(r.RefusedOutcome), RefusedAt: r.RefusedAt,
 	}
 }
 
