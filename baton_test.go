@@ -82,3 +82,51 @@ func TestEmbeddedWorker(t *testing.T) {
 		t.Fatalf("bad JSON: %v", err)
 	}
 }
+
+// One Submit through the Client: a transaction of set_config (baton's schema),
+// group check, insert and NOTIFY on the application's pool.
+func BenchmarkClientSubmit(b *testing.B) {
+	pool, _ := srv.NewPool(b)
+	ctx := context.Background()
+	client, err := baton.NewClient(pool, &baton.ClientConfig{Logger: zaptest.NewLogger(b)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := client.CreateGroup(ctx, "bench", ""); err != nil {
+		b.Fatal(err)
+	}
+	spec := baton.TaskSpec{Group: "bench", Kind: "noop"}
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := client.Submit(ctx, spec); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// SubmitTx in a transaction of the caller's that also does its own insert.
+func BenchmarkClientSubmitTx(b *testing.B) {
+	pool, _ := srv.NewPool(b)
+	ctx := context.Background()
+	client, err := baton.NewClient(pool, &baton.ClientConfig{Logger: zaptest.NewLogger(b)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := client.CreateGroup(ctx, "bench", ""); err != nil {
+		b.Fatal(err)
+	}
+	spec := baton.TaskSpec{Group: "bench", Kind: "noop"}
+	b.ResetTimer()
+	for b.Loop() {
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := client.SubmitTx(ctx, tx, spec); err != nil {
+			b.Fatal(err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
