@@ -69,7 +69,7 @@ type Worker struct {
 	w             *worker.Worker
 	m             *master.Master
 	cfg           WorkerConfig
-	pool          *pgxpool.Pool // one connection: the live-master check
+	pool          *pgxpool.Pool // the live-master check, Task.Retries, Permanent
 	log           *zap.Logger
 	ready         chan struct{}
 	group         string
