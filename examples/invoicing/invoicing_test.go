@@ -460,6 +460,32 @@ func TestCustomSchema(t *testing.T) {
 	}
 }
 
+// An install from before baton had its own schema (tables in public) is not
+// silently left behind: the default schema refuses and says what to do, and
+// keeping public works.
+func TestLegacyPublicInstall(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dsn := apptest.NewEmptyDatabase(t)
+	public, err := baton.WithSchema(dsn, "public")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := baton.Migrate(ctx, public); err != nil {
+		t.Fatal(err)
+	}
+	err = baton.Migrate(ctx, dsn)
+	if !errors.Is(err, baton.ErrLegacyPublicSchema) || !strings.Contains(err.Error(), "baton_schema=public") ||
+		!strings.Contains(err.Error(), "move-from-public") {
+		t.Fatalf("migrate beside a legacy install: %v", err)
+	}
+	_, err = baton.NewWorker(ctx, baton.WorkerConfig{DatabaseURL: dsn, Logger: zaptest.NewLogger(t)})
+	if !errors.Is(err, baton.ErrLegacyPublicSchema) {
+		t.Fatalf("worker beside a legacy install: %v", err)
+	}
+	apptest.StartWorker(t, baton.WorkerConfig{DatabaseURL: dsn, Schema: "public", Group: "old"})
+}
+
 // Configuration is validated as the binaries validate it, before connecting.
 func TestConfigValidation(t *testing.T) {
 	t.Parallel()
