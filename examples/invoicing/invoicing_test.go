@@ -486,6 +486,58 @@ func TestLegacyPublicInstall(t *testing.T) {
 	apptest.StartWorker(t, baton.WorkerConfig{DatabaseURL: dsn, Schema: "public", Group: "old"})
 }
 
+// A nil Logger is a real logger on stderr: a worker left without a master says
+// so. (Not parallel: it swaps os.Stderr.)
+func TestNilLoggerSpeaks(t *testing.T) {
+	a := newApp(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	stderr := os.Stderr
+	os.Stderr = w
+	ctx, cancel := context.WithCancel(context.Background())
+	worker, err := baton.NewWorker(ctx, baton.WorkerConfig{DatabaseURL: a.dsn, Group: "quiet", MasterCheckInterval: 20 * time.Millisecond})
+	os.Stderr = stderr
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- worker.Run(ctx) }()
+	lines := make(chan string, 1)
+	go func() { // reads until the pipe closes, so the logger never blocks
+		buf := make([]byte, 64<<10)
+		var all []byte
+		sent := false
+		for {
+			n, err := r.Read(buf)
+			all = append(all, buf[:n]...)
+			if !sent && strings.Contains(string(all), "no live master") {
+				lines <- string(all)
+				sent = true
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	select {
+	case out := <-lines:
+		if !strings.Contains(out, `"level":"warn"`) {
+			t.Fatalf("default logger output: %s", out)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the default logger said nothing about the missing master")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+}
+
 // Configuration is validated as the binaries validate it, before connecting.
 func TestConfigValidation(t *testing.T) {
 	t.Parallel()
