@@ -66,7 +66,7 @@ func TestStaleGeneratedCodeIsCaught(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	changed := strings.Replace(string(b), "ORDER BY name;", "ORDER BY name DESC;", 1)
+	changed := strings.Replace(string(b), "ORDER BY g.name;", "ORDER BY g.name DESC;", 1)
 	if changed == string(b) {
 		t.Fatal("test fixture no longer matches queries/worker_groups.sql")
 	}
@@ -77,7 +77,7 @@ func TestStaleGeneratedCodeIsCaught(t *testing.T) {
 	if err == nil {
 		t.Fatalf("sqlc diff accepted a query change without regenerated code:\n%s", out)
 	}
-	if !strings.Contains(out, "ORDER BY name DESC") {
+	if !strings.Contains(out, "ORDER BY g.name DESC") {
 		t.Fatalf("sqlc diff failed without showing the change:\n%s", out)
 	}
 }
