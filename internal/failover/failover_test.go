@@ -494,6 +494,11 @@ func TestCrashDetectionByLivenessLock(t *testing.T) {
 	if err := holder.Conn().Close(b.ctx); err != nil {
 		t.Fatal(err)
 	}
+	// The backend exits (and frees the lock) a moment after the client closes.
+	batontest.WaitFor(t, 10*time.Second, func() (bool, string) {
+		n := b.int64("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1650524164")
+		return n == 0, "liveness lock still held after the connection closed"
+	})
 	restarted := time.Now().Add(-time.Second)
 	if res := run(crashed, failover.Config{WorkerTimeout: 5 * time.Second, CrashAfter: 2 * time.Second, PostmasterStart: &restarted}); res.Ran {
 		t.Fatalf("failed over by a free lock right after a Postgres restart: %+v", res)
