@@ -26,6 +26,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/baton-scheduler/baton/internal/chaos"
 	"github.com/baton-scheduler/baton/internal/submit"
 )
 
@@ -35,6 +36,8 @@ type Binaries struct {
 	Master string // baton-master
 	Worker string // baton-worker
 	Ledger string // internal/e2e/ledger
+	// ChaosWorker is baton-worker plus the "ledger" Go handler (internal/e2e/chaosworker).
+	ChaosWorker string
 }
 
 var (
@@ -79,7 +82,7 @@ func build() (Binaries, error) {
 		}
 	}
 	cmd := exec.Command(goBin, "build", "-o", dir+string(filepath.Separator),
-		"./cmd/baton-master", "./cmd/baton-worker", "./internal/e2e/ledger")
+		"./cmd/baton-master", "./cmd/baton-worker", "./internal/e2e/ledger", "./internal/e2e/chaosworker")
 	cmd.Dir = root
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -91,7 +94,8 @@ func build() (Binaries, error) {
 		Dir:    dir,
 		Master: filepath.Join(dir, "baton-master"),
 		Worker: filepath.Join(dir, "baton-worker"),
-		Ledger: filepath.Join(dir, "ledger"),
+		Ledger:      filepath.Join(dir, "ledger"),
+		ChaosWorker: filepath.Join(dir, "chaosworker"),
 	}, nil
 }
 
@@ -131,10 +135,31 @@ type Proc struct {
 // is killed if still running, and on failure the tail of its log is logged.
 func Start(t testing.TB, name, bin string, args []string, env ...string) *Proc {
 	t.Helper()
-	logPath := filepath.Join(t.TempDir(), name+".log")
-	f, err := os.Create(logPath)
+	p, err := StartProc(t, t.TempDir(), name, bin, args, env...)
 	if err != nil {
-		t.Fatalf("e2e: create log for %s: %v", name, err)
+		t.Fatalf("e2e: %v", err)
+	}
+	return p
+}
+
+// StartProc is Start for callers outside the test goroutine: it returns an error
+// instead of failing the test, and writes the log to logDir (appending, so a
+// restarted process of the same name keeps one log).
+func StartProc(t testing.TB, logDir, name, bin string, args []string, env ...string) (*Proc, error) {
+	p, err := startProc(t, logDir, name, bin, args, env...)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { p.stop(t.Failed()) })
+	return p, nil
+}
+
+// startProc starts a process and leaves stopping it to the caller (Proc.stop).
+func startProc(t testing.TB, logDir, name, bin string, args []string, env ...string) (*Proc, error) {
+	logPath := filepath.Join(logDir, name+".log")
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("create log for %s: %w", name, err)
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(cleanEnv(), env...)
@@ -142,7 +167,7 @@ func Start(t testing.TB, name, bin string, args []string, env ...string) *Proc {
 	cmd.SysProcAttr = procAttr()
 	if err := cmd.Start(); err != nil {
 		_ = f.Close()
-		t.Fatalf("e2e: start %s: %v", name, err)
+		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	_ = f.Close() // the child has its own descriptor
 	p := &Proc{Name: name, LogPath: logPath, t: t, cmd: cmd, done: make(chan struct{})}
@@ -151,20 +176,22 @@ func Start(t testing.TB, name, bin string, args []string, env ...string) *Proc {
 		p.state = cmd.ProcessState
 		close(p.done)
 	}()
-	t.Cleanup(func() {
-		if !p.Exited() {
-			_ = p.cmd.Process.Kill()
-			select {
-			case <-p.done:
-			case <-time.After(10 * time.Second):
-				t.Logf("e2e: %s (pid %d) did not exit after SIGKILL", name, p.Pid())
-			}
+	return p, nil
+}
+
+// stop kills the process if it still runs and, if failed, logs the tail of its log.
+func (p *Proc) stop(failed bool) {
+	if !p.Exited() {
+		_ = p.cmd.Process.Kill()
+		select {
+		case <-p.done:
+		case <-time.After(10 * time.Second):
+			p.t.Logf("e2e: %s (pid %d) did not exit after SIGKILL", p.Name, p.Pid())
 		}
-		if t.Failed() {
-			t.Logf("e2e: last lines of %s (pid %d, %s):\n%s", name, p.Pid(), p.describeExit(), p.Tail(60))
-		}
-	})
-	return p
+	}
+	if failed {
+		p.t.Logf("e2e: last lines of %s (pid %d, %s):\n%s", p.Name, p.Pid(), p.describeExit(), p.Tail(60))
+	}
 }
 
 func cleanEnv() []string {
@@ -199,6 +226,18 @@ func (p *Proc) Signal(sig syscall.Signal) {
 	}
 	p.t.Logf("e2e: sent %s to %s (pid %d)", signalName(sig), p.Name, p.Pid())
 }
+
+// SignalErr sends sig and returns the error instead of failing the test (for
+// callers outside the test goroutine, and processes that may have died already).
+func (p *Proc) SignalErr(sig syscall.Signal) error {
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		return fmt.Errorf("signal %s to %s (pid %d): %w", signalName(sig), p.Name, p.Pid(), err)
+	}
+	return nil
+}
+
+// Done is closed when the process has exited.
+func (p *Proc) Done() <-chan struct{} { return p.done }
 
 // Kill sends SIGKILL and waits for the process to be reaped.
 func (p *Proc) Kill() {
@@ -311,7 +350,7 @@ type Cluster struct {
 func NewCluster(t testing.TB, pool *pgxpool.Pool, dsn, group string) *Cluster {
 	t.Helper()
 	c := &Cluster{T: t, Pool: pool, DSN: dsn, Bins: Build(t), Group: group}
-	c.Exec(`CREATE TABLE ledger (task_id bigint, attempt int, session_id bigint, at timestamptz DEFAULT clock_timestamp())`)
+	c.Exec(chaos.LedgerSchema)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("e2e: database state at the end:\n%s", c.Describe())
