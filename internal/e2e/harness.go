@@ -91,9 +91,9 @@ func build() (Binaries, error) {
 		return Binaries{}, fmt.Errorf("go build in %s: %w\n%s", root, err, out.String())
 	}
 	return Binaries{
-		Dir:    dir,
-		Master: filepath.Join(dir, "baton-master"),
-		Worker: filepath.Join(dir, "baton-worker"),
+		Dir:         dir,
+		Master:      filepath.Join(dir, "baton-master"),
+		Worker:      filepath.Join(dir, "baton-worker"),
 		Ledger:      filepath.Join(dir, "ledger"),
 		ChaosWorker: filepath.Join(dir, "chaosworker"),
 	}, nil
