@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS chaos_faults (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     kind        text NOT NULL,
     target      text NOT NULL DEFAULT '',
+    target_session bigint,
     started_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
     healed_at   timestamptz,
     recovered_at timestamptz,
