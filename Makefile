@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin
 
-.PHONY: all build generate verify tidy-check test test-unit test-e2e fuzz bench run lint clean
+.PHONY: all build generate verify tidy-check test test-unit test-e2e fuzz bench chaos run lint clean
 
 all: build
 
@@ -48,6 +48,10 @@ fuzz:
 # Benchmarks print figures; see docs/benchmarks.md.
 bench:
 	scripts/bench.sh
+
+# The fault campaign (docs/chaos.md): CHAOS_DURATION (default 10m), CHAOS_SEED.
+chaos:
+	scripts/chaos.sh
 
 # Brings up Postgres if BATON_DATABASE_URL is unset, migrates, starts one master and
 # two workers and submits demo tasks.

@@ -298,13 +298,18 @@ func (r *rig) mustWait(timeout time.Duration, what string, cond func() (bool, st
 	}
 }
 
-// whole reports whether every process runs and has an alive session that
-// heartbeated after since, no failover event is open and no active task sits on a
-// session that is not alive.
+// whole reports whether the cluster is whole again: every process runs and has
+// exactly one alive session, the one of its current pid, which heartbeated after
+// since (sessions of killed processes have been declared dead); no failover event
+// is open; and no active task sits on a session that is not alive.
 func (r *rig) whole(since time.Time) (bool, string, error) {
 	for _, m := range r.all() {
 		r.mu.Lock()
 		running := m.proc != nil && !m.proc.Exited()
+		pid := 0
+		if running {
+			pid = m.proc.Pid()
+		}
 		r.mu.Unlock()
 		if !running {
 			return false, m.name + " is not running", nil
@@ -313,12 +318,17 @@ func (r *rig) whole(since time.Time) (bool, string, error) {
 		if m.master {
 			table = "master_sessions"
 		}
-		n, err := r.tryInt(`SELECT count(*) FROM `+table+` WHERE name = $1 AND state = 'alive' AND last_heartbeat_at > $2`, m.name, since)
+		var alive, current int64
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := r.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE pid = $2 AND last_heartbeat_at > $3)
+			FROM `+table+` WHERE name = $1 AND state = 'alive'`, m.name, pid, since).Scan(&alive, &current)
+		cancel()
 		if err != nil {
 			return false, "", err
 		}
-		if n == 0 {
-			return false, m.name + " has no alive session that heartbeated since " + since.Format("15:04:05.000"), nil
+		if alive != 1 || current != 1 {
+			return false, fmt.Sprintf("%s (pid %d) has %d alive sessions, %d of them its own and heartbeating since %s",
+				m.name, pid, alive, current, since.Format("15:04:05.000")), nil
 		}
 	}
 	open, err := r.tryInt(`SELECT count(*) FROM failover_events WHERE finished_at IS NULL`)
