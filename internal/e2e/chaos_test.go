@@ -175,7 +175,6 @@ func TestChaos(t *testing.T) {
 		t.Logf("database state:\n%s", r.describe())
 	}
 	r.shutdown()
-	killStray(r.bins.Ledger)
 }
 
 // available are the fault kinds this machine can host.

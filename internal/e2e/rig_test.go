@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/url"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -98,6 +97,9 @@ func newRigOnServer(t *testing.T, cfg rigConfig) *rig {
 
 func (r *rig) start(cfg rigConfig) {
 	t := r.t
+	// Runs last: task processes that outlived their workers (the zombies the
+	// campaign looks for) must not outlive the test.
+	t.Cleanup(func() { killStray(r.bins.Ledger) })
 	pcfg, err := pgxpool.ParseConfig(r.dsn)
 	if err != nil {
 		t.Fatal(err)
@@ -123,7 +125,7 @@ func (r *rig) start(cfg rigConfig) {
 		for i := range cfg.perGroup {
 			name := fmt.Sprintf("w%d%c", i+1, 'a'+gi)
 			m := &member{name: name, group: g, bin: cfg.workerBin}
-			dsn := r.dsn
+			var dsn string
 			if len(r.nodes) > 0 {
 				// One proxy per node, the worker given all of them (multi-host).
 				var hps []string
@@ -521,12 +523,4 @@ func (r *rig) sessionOf(m *member) int64 {
 	}
 	id, _ := r.tryInt(`SELECT coalesce(max(id), 0) FROM `+table+` WHERE name = $1`, m.name)
 	return id
-}
-
-func joinNames(ms []*member) string {
-	var s []string
-	for _, m := range ms {
-		s = append(s, m.name)
-	}
-	return strings.Join(s, ",")
 }
