@@ -204,10 +204,13 @@ func freePort(t testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// serverOptions are the flags every node starts with (pg_ctl -o).
+// serverOptions are the flags every node starts with (pg_ctl -o). fsync=off is
+// safe here (the faults crash Postgres, never the kernel, which keeps what was
+// written); synchronous_commit stays on: with it off, a restart -m immediate
+// loses commits already acknowledged, which no client could survive.
 func (n *PGNode) serverOptions() string {
 	return fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off "+
-		"-c synchronous_commit=off -c full_page_writes=off -c wal_level=replica -c max_wal_senders=10 "+
+		"-c full_page_writes=off -c wal_level=replica -c max_wal_senders=10 "+
 		"-c hot_standby=on -c wal_keep_size=256MB", n.Port, n.Dir)
 }
 
