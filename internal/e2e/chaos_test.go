@@ -47,8 +47,8 @@ const (
 	chaosMaxTicks = 48 // tasks run 0.5..12 s: some outlive the worker timeout
 )
 
-// noFault labels overlaps whose earlier attempt ran on a session no injected fault
-// targeted (e.g. a worker a poison task killed, or a worker that left its session).
+// noFault labels overlaps whose earlier attempt ran on a session that no injected
+// fault targeted and no poison task ran on (a worker that left its session by itself).
 const noFault = "(no fault aimed at that session)"
 
 var faultOrder = []string{fWorkerKill, fWorkerStop, fStall, fCut, fMasterKill, fPGRestart, fSwitchover,
@@ -481,15 +481,18 @@ func (c *campaign) table(f chaos.Findings) string {
 		}
 		q.Close()
 	}
-	// Overlaps attributed to the latest fault that targeted the earlier attempt's session.
+	// Overlaps attributed to the latest fault that targeted the earlier attempt's
+	// session, else to a poison task that ran on it (and killed it).
 	q, err = r.pool.Query(ctx, `
 		WITH iv AS (SELECT task_id, attempt, min(session_id) AS session_id, min(at) AS first, max(at) AS last
 		            FROM ledger GROUP BY task_id, attempt),
 		     ov AS (SELECT a.session_id, b.first FROM iv a JOIN iv b ON a.task_id = b.task_id AND a.attempt < b.attempt
 		            WHERE a.first <= b.last AND b.first <= a.last)
 		SELECT coalesce((SELECT kind FROM chaos_faults cf WHERE cf.target_session = ov.session_id AND cf.started_at <= ov.first
-		                 ORDER BY cf.started_at DESC LIMIT 1), $1), count(*)
-		FROM ov GROUP BY 1`, noFault)
+		                 ORDER BY cf.started_at DESC LIMIT 1),
+		                (SELECT $2::text FROM task_attempts pa WHERE pa.worker_session_id = ov.session_id
+		                 AND pa.task_id = ANY($3::bigint[]) LIMIT 1), $1), count(*)
+		FROM ov GROUP BY 1`, noFault, fPoison, c.poisonList())
 	if err == nil {
 		for q.Next() {
 			var k string

@@ -447,13 +447,13 @@ func (r *rig) submitMany(sub *submitted, kind taskKind, specs []submit.Spec) err
 	return nil
 }
 
-// randomLoad makes n specs: shell and Go tasks alternating, spread over groups,
-// each 2..maxTicks ticks.
+// randomLoad makes n specs: shell or Go tasks at random, spread over groups, each
+// 2..maxTicks ticks.
 func (r *rig) randomLoad(rng *rand.Rand, n, maxTicks int, groups []string) (shell, gotasks []submit.Spec) {
-	for i := range n {
+	for range n {
 		g := groups[rng.IntN(len(groups))]
 		ticks := 2 + rng.IntN(maxTicks-1)
-		if i%2 == 0 {
+		if rng.IntN(2) == 0 {
 			shell = append(shell, r.spec(shellTask, g, ticks))
 		} else {
 			gotasks = append(gotasks, r.spec(goTask, g, ticks))
