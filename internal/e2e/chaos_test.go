@@ -197,7 +197,7 @@ func (c *campaign) pause(lo, hi time.Duration) {
 // hold is how long a fault lasts: sometimes shorter than the self-fence (4 s) and
 // the worker timeout (5 s), sometimes well past both.
 func (c *campaign) hold() time.Duration {
-	hi := 7 * time.Second
+	hi := 6 * time.Second
 	if c.long {
 		hi = 14 * time.Second
 	}
