@@ -150,8 +150,9 @@ func Check(ctx context.Context, q Querier, submitted []int64) (Findings, error) 
 			SELECT 'task ' || a.task_id || ': attempt ' || a.attempt || ' (session ' || a.session_id || ') wrote until '
 			       || to_char(a.last, 'HH24:MI:SS.MS') || ', ' || round(extract(epoch FROM a.last - b.first)::numeric * 1000)
 			       || ' ms after attempt ' || b.attempt || ' (session ' || b.session_id || ') began at '
-			       || to_char(b.first, 'HH24:MI:SS.MS')
+			       || to_char(b.first, 'HH24:MI:SS.MS') || coalesce(' [' || t.kind || ']', '')
 			FROM iv a JOIN iv b ON a.task_id = b.task_id AND a.attempt < b.attempt
+			LEFT JOIN tasks t ON t.id = a.task_id
 			WHERE a.first <= b.last AND b.first <= a.last
 			ORDER BY a.task_id, a.attempt, b.attempt`, nil},
 		{&f.Reruns, &f.RerunRows, `
