@@ -256,6 +256,14 @@ func (c *campaign) inject(kind string) {
 	if c.long {
 		bound = 90 * time.Second
 	}
+	if kind == fPoison {
+		// The poison task kills a worker per failover allowed (3), each found dead
+		// after the worker timeout (5 s), before it fails.
+		bound = 60 * time.Second
+		if c.long {
+			bound = 2 * time.Minute
+		}
+	}
 	ok, desc := r.waitFor(bound, func() (bool, string, error) {
 		if kind == fPoison {
 			// Recovered once the poison task is terminal (limited) and the cluster whole.
