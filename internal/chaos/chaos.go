@@ -103,7 +103,7 @@ type Findings struct {
 	ToDead     int64
 	ToDeadRows []string
 
-	Fenced int64 // attempts whose late result was refused (outcome fenced)
+	Fenced int64 // attempts whose late result was refused (outcome fenced, or refused_at recorded)
 }
 
 // MaxListed bounds the example rows kept per finding.
@@ -116,7 +116,7 @@ func Check(ctx context.Context, q Querier, submitted []int64) (Findings, error) 
 	if err := q.QueryRow(ctx, `SELECT count(*),
 	        count(*) FILTER (WHERE state = 'succeeded'),
 	        count(*) FILTER (WHERE state IN ('failed', 'timed_out', 'canceled')),
-	        (SELECT count(*) FROM task_attempts WHERE outcome = 'fenced')
+	        (SELECT count(*) FROM task_attempts WHERE outcome = 'fenced' OR refused_at IS NOT NULL)
 	    FROM tasks`).Scan(&f.Tasks, &f.Succeeded, &f.Failed, &f.Fenced); err != nil {
 		return f, fmt.Errorf("count tasks: %w", err)
 	}

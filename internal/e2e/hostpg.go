@@ -20,6 +20,7 @@ import (
 
 	"github.com/baton-scheduler/baton/batontest"
 	"github.com/baton-scheduler/baton/internal/migrate"
+	"github.com/baton-scheduler/baton/internal/store"
 )
 
 // EnvPGBinDir names a directory holding initdb, pg_ctl, pg_basebackup (overrides
@@ -332,7 +333,10 @@ func (n *PGNode) kill() {
 
 // MultiHostDSN is a URL naming every node, that connects to whichever accepts
 // writes (target_session_attrs=read-write), as clients of a switchover see it.
+// Its search_path is baton's schema, so the harness, the ledger writers and the
+// checker see baton's tables and the ledger unqualified (baton's own processes set
+// it themselves).
 func MultiHostDSN(db string, hostports ...string) string {
-	return fmt.Sprintf("postgres://baton@%s/%s?sslmode=disable&target_session_attrs=read-write&connect_timeout=5",
-		strings.Join(hostports, ","), db)
+	return fmt.Sprintf("postgres://baton@%s/%s?sslmode=disable&target_session_attrs=read-write&connect_timeout=5&search_path=%s",
+		strings.Join(hostports, ","), db, store.SchemaDefault)
 }
