@@ -573,6 +573,19 @@ func (c *campaign) table(f chaos.Findings) string {
 	fmt.Fprintf(tw, "longest recovery\t%.1fs (%s)\t\n", longest, longestKind)
 	fmt.Fprintf(tw, "process restarts (supervisor)\t%d\t\n", r.restarts())
 	_ = tw.Flush()
+	// Tasks that failed although they were not poison: e.g. collateral of a poison
+	// task (they shared its worker every time it was killed) or retries used up.
+	if q, err := r.pool.Query(ctx, `SELECT 'task ' || id || ' ' || kind || ' ' || state || ': ' || left(last_error, 160)
+		FROM tasks WHERE state IN ('failed', 'timed_out', 'canceled') AND NOT id = ANY($1::bigint[]) ORDER BY id LIMIT 10`,
+		c.poisonList()); err == nil {
+		for q.Next() {
+			var s string
+			if q.Scan(&s) == nil {
+				fmt.Fprintf(&b, "failed, not poison: %s\n", s)
+			}
+		}
+		q.Close()
+	}
 	for _, n := range c.notes {
 		fmt.Fprintf(&b, "note: %s\n", n)
 	}
