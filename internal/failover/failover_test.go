@@ -458,7 +458,10 @@ func TestCrashDetectionByLivenessLock(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	b.session("g1", "alive", 10, false)
-	crashCfg := failover.Config{WorkerTimeout: 5 * time.Second, CrashAfter: 2 * time.Second}
+	// The test server may have started seconds ago (a fresh container), and crash
+	// detection stays off within a worker timeout of a Postgres start: pin it.
+	longAgo := time.Now().Add(-time.Hour)
+	crashCfg := failover.Config{WorkerTimeout: 5 * time.Second, CrashAfter: 2 * time.Second, PostmasterStart: &longAgo}
 	// heartbeat 3 s old: past the crash age, within the 5 s timeout.
 	newSession := func(promised bool) (int64, int64) {
 		id := b.int64(`INSERT INTO worker_sessions (name, group_name, slots, last_heartbeat_at, liveness_lock)

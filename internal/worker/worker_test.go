@@ -34,7 +34,7 @@ func TestMain(m *testing.M) {
 // Fast timings so failover happens within a second or two.
 const (
 	hb            = 100 * time.Millisecond
-	selfFence     = 400 * time.Millisecond
+	selfFence     = 1200 * time.Millisecond // heartbeats may take hundreds of ms on a loaded 2-core CI machine
 	workerTimeout = 2 * time.Second
 )
 
