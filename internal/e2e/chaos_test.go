@@ -19,6 +19,7 @@ import (
 
 	"github.com/baton-scheduler/baton/batontest"
 	"github.com/baton-scheduler/baton/internal/chaos"
+	"github.com/baton-scheduler/baton/internal/contain"
 	"github.com/baton-scheduler/baton/internal/submit"
 )
 
@@ -622,12 +623,19 @@ func flagSupported(bin, name string) bool {
 	return bytes.Contains(out, []byte("-"+name))
 }
 
-// cgroupNote says whether cgroup v2 (what process containment can build on) is here.
+// cgroupNote says which containment the workers of this machine get: the same
+// detection a worker runs at start (cgroup v2 where usable, pure or hybrid; else
+// the supervisor alone).
 func cgroupNote() string {
-	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
-		return "cgroup v2: available at /sys/fs/cgroup"
+	m, err := contain.Open(contain.Options{CgroupDir: "baton-chaos-probe"})
+	if err != nil {
+		return "containment: UNAVAILABLE (" + err.Error() + ")"
 	}
-	return "cgroup v2: UNAVAILABLE (no unified hierarchy at /sys/fs/cgroup): containment relies on the fallback mechanism"
+	defer m.Close() //nolint:errcheck
+	if m.Mechanism() == contain.Cgroup {
+		return "containment: cgroup v2 per attempt at " + m.Dir() + ", plus a supervisor per task"
+	}
+	return "containment: supervisor per task only; cgroup v2 UNAVAILABLE (" + m.Reason() + ")"
 }
 
 // killStray kills processes still running the ledger program of this test binary
