@@ -261,23 +261,23 @@ WITH m AS (
         exit_code = CASE WHEN m.target = -1 THEN NULL ELSE tasks.exit_code END,
         failover_count = tasks.failover_count + CASE WHEN m.target = -1 THEN 0 ELSE 1 END,
         running_failovers = tasks.running_failovers
-            + CASE WHEN m.target <> -1 AND tasks.state = 'running' THEN 1 ELSE 0 END,
+            + CASE WHEN m.target <> -1 AND tasks.state = 'running' AND $4::text = 'dead' THEN 1 ELSE 0 END,
         last_error = CASE WHEN m.target = -1
             THEN 'failed over ' || tasks.running_failovers || ' times (its workers died while running it), the limit is '
-                 || $4::int || '; worker session ' || $5::bigint || ' is ' || $6::text
+                 || $5::int || '; worker session ' || $6::bigint || ' is ' || $4::text
                  || ' too: not failed over again'
-            ELSE 'failed over: worker session ' || $5::bigint || ' is ' || $6::text END
+            ELSE 'failed over: worker session ' || $6::bigint || ' is ' || $4::text END
     FROM m
     WHERE tasks.id = m.task_id
       AND tasks.attempt = m.old_attempt
-      AND tasks.worker_session_id = $5
+      AND tasks.worker_session_id = $6
       AND tasks.state IN ('dispatched', 'running')
-      AND (m.target <> -1 OR (tasks.state = 'running' AND tasks.running_failovers >= $4::int))
+      AND (m.target <> -1 OR (tasks.state = 'running' AND tasks.running_failovers >= $5::int))
     RETURNING tasks.id, tasks.attempt, tasks.worker_session_id, tasks.group_name, tasks.priority, tasks.state
 ), old AS (
     UPDATE task_attempts
     SET outcome = 'failed_over', finished_at = now(),
-        error = 'worker session ' || $5::bigint || ' is ' || $6::text
+        error = 'worker session ' || $6::bigint || ' is ' || $4::text
     FROM m JOIN t ON t.id = m.task_id
     WHERE task_attempts.task_id = m.task_id AND task_attempts.attempt = m.old_attempt
       AND task_attempts.outcome IS NULL
@@ -300,9 +300,9 @@ type FailoverMoveTasksParams struct {
 	TaskIds       []int64
 	OldAttempts   []int32
 	Targets       []int64
+	DeadState     string
 	MaxFailovers  int32
 	DeadSessionID int64
-	DeadState     string
 }
 
 type FailoverMoveTasksRow struct {
@@ -324,9 +324,9 @@ func (q *Queries) FailoverMoveTasks(ctx context.Context, arg FailoverMoveTasksPa
 		arg.TaskIds,
 		arg.OldAttempts,
 		arg.Targets,
+		arg.DeadState,
 		arg.MaxFailovers,
 		arg.DeadSessionID,
-		arg.DeadState,
 	)
 	if err != nil {
 		return nil, err

@@ -53,7 +53,7 @@ WITH m AS (
         exit_code = CASE WHEN m.target = -1 THEN NULL ELSE tasks.exit_code END,
         failover_count = tasks.failover_count + CASE WHEN m.target = -1 THEN 0 ELSE 1 END,
         running_failovers = tasks.running_failovers
-            + CASE WHEN m.target <> -1 AND tasks.state = 'running' THEN 1 ELSE 0 END,
+            + CASE WHEN m.target <> -1 AND tasks.state = 'running' AND @dead_state::text = 'dead' THEN 1 ELSE 0 END,
         last_error = CASE WHEN m.target = -1
             THEN 'failed over ' || tasks.running_failovers || ' times (its workers died while running it), the limit is '
                  || @max_failovers::int || '; worker session ' || @dead_session_id::bigint || ' is ' || @dead_state::text

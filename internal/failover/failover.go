@@ -183,7 +183,7 @@ func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64
 			for _, t := range locked {
 				p.TaskIds = append(p.TaskIds, t.ID)
 				p.OldAttempts = append(p.OldAttempts, t.Attempt)
-				if Poison(t.State, t.RunningFailovers, cfg.MaxFailovers) {
+				if Poison(t.State, deadState, t.RunningFailovers, cfg.MaxFailovers) {
 					p.Targets = append(p.Targets, targetFail)
 				} else {
 					p.Targets = append(p.Targets, picker.Next())
@@ -233,11 +233,13 @@ func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64
 const targetFail = -1
 
 // Poison reports whether a task found on a dead session must fail instead of being
-// moved: it was running (so it may be what killed its worker) and maxFailovers
-// failovers already took it away while running. A task merely dispatched to a dead
-// worker never is, and such moves do not count.
-func Poison(taskState string, runningFailovers int32, maxFailovers int) bool {
-	return taskState == state.TaskRunning && int(runningFailovers) >= maxFailovers
+// moved: it was running (so it may be what killed its worker), its worker died
+// (declared dead; a worker that stopped by itself — a drain past its grace, a
+// self-fence — is no evidence against the task) and maxFailovers such failovers
+// already took it away while running. A task merely dispatched to a dead worker
+// never is, and such moves do not count; neither do moves off stopped sessions.
+func Poison(taskState, sessionState string, runningFailovers int32, maxFailovers int) bool {
+	return taskState == state.TaskRunning && sessionState == state.SessionDead && int(runningFailovers) >= maxFailovers
 }
 
 // notifyMoved sends one NOTIFY per transaction: the sessions that got tasks, and a

@@ -398,15 +398,41 @@ func TestPoisonTaskFailsAfterMaxFailovers(t *testing.T) {
 	}
 }
 
+// A worker that stopped by itself (SIGTERM past its shutdown grace, a self-fence)
+// hands its running tasks back: that is no evidence against the tasks, so it
+// neither fails one as poison nor counts toward the limit (chaos seed 7 failed an
+// innocent task after three rolling restarts).
+func TestStoppedSessionDoesNotCountTowardPoison(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	stopped := b.session("g1", "alive", 10, true)
+	b.session("g1", "alive", 10, false)
+	task := b.task("g1", stopped, "running")
+	b.exec("UPDATE tasks SET failover_count = 3, running_failovers = 3 WHERE id = $1", task)
+	b.exec("UPDATE worker_sessions SET state = 'stopped', ended_at = now() WHERE id = $1", stopped)
+	res, err := failover.Worker(b.ctx, b.pool, failover.Config{WorkerTimeout: 5 * time.Second, MaxFailovers: 3}, stopped, "g1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Failed != 0 || res.Reassigned != 1 {
+		t.Fatalf("result = %+v, want the task moved, not failed", res)
+	}
+	if n := b.int64("SELECT count(*) FROM tasks WHERE id = $1 AND state = 'dispatched' AND attempt = 2 AND running_failovers = 3", task); n != 1 {
+		t.Fatal("task off a stopped session not moved, or counted toward the poison limit")
+	}
+}
+
 func TestPoison(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
-		state string
-		count int32
-		want  bool
-	}{{"running", 2, false}, {"running", 3, true}, {"running", 4, true}, {"dispatched", 9, false}} {
-		if got := failover.Poison(c.state, c.count, 3); got != c.want {
-			t.Errorf("Poison(%s, %d, 3) = %v", c.state, c.count, got)
+		state   string
+		count   int32
+		want    bool
+		session string
+	}{{"running", 2, false, "dead"}, {"running", 3, true, "dead"}, {"running", 4, true, "dead"}, {"dispatched", 9, false, "dead"},
+		{"running", 9, false, "stopped"}} {
+		if got := failover.Poison(c.state, c.session, c.count, 3); got != c.want {
+			t.Errorf("Poison(%s, %s, %d, 3) = %v", c.state, c.session, c.count, got)
 		}
 	}
 }
