@@ -24,6 +24,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
@@ -44,6 +45,7 @@ import (
 type TestSignals struct {
 	Registered service.TestSignal[int64] // a session was registered (its id)
 	Heartbeat  session.HeartbeatTestSignals
+	Liveness   session.LivenessTestSignals
 	Claimer    claimer.TestSignals
 	Completer  completer.TestSignals
 	Drain      drain.TestSignals
@@ -59,6 +61,7 @@ type Worker struct {
 	exec      *executor.Executor
 	wake      notify.Signal
 	rows      *session.Rows
+	liveConn  *pgx.ConnConfig // the liveness lock's connection (nil: crash detection off)
 	completer *completer.Completer
 	session   atomic.Int64
 
@@ -86,6 +89,12 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 		log:  cfg.Logger.Named("worker"),
 		exec: &executor.Executor{Handlers: cfg.Handlers, MaxOutput: cfg.MaxOutput, AllowShell: cfg.AllowShell, ShellEnvAllow: cfg.ShellEnvAllow, Logger: cfg.Logger, Contain: contain.Options{FrozenAfter: cfg.SelfFenceAfter}},
 		wake: notify.NewSignal(),
+	}
+	if cfg.CrashDetectAfter > 0 {
+		if w.liveConn, err = store.ConnConfig(cfg.DatabaseURL); err != nil {
+			pool.Close()
+			return nil, err
+		}
 	}
 	w.rows = &session.Rows{Base: w.base("session"), Pool: pool,
 		Spec: session.Spec{Name: cfg.Name, Group: cfg.Group, Slots: cfg.Slots, Version: cfg.Version}}
@@ -168,7 +177,7 @@ func (w *Worker) runSession(ctx context.Context, reg session.Registered) error {
 	cl.TestSignals = w.TestSignals.Claimer
 	hb := session.NewHeartbeater(w.base("heartbeat"), w.pool, session.HeartbeatConfig{
 		SessionID: reg.ID, Interval: w.cfg.HeartbeatInterval, FenceAfter: w.cfg.SelfFenceAfter,
-		Since: reg.Sent, CallTimeout: w.cfg.Test.HeartbeatCallTimeout,
+		Since: reg.Sent, CallTimeout: w.cfg.Test.HeartbeatCallTimeout, CrashFenceAfter: w.cfg.CrashFenceAfter,
 		// The fence kills the tasks first, from its own goroutine: nothing it
 		// could wait for (a hung query, the claim loop) can delay the kill.
 		OnLost: cl.Kill,
@@ -182,6 +191,16 @@ func (w *Worker) runSession(ctx context.Context, reg session.Registered) error {
 
 	// Neither runs under ctx: a SIGTERM drains the session, it does not cut it off.
 	_ = hb.Start(context.Background())
+	if w.liveConn != nil {
+		// Stopped (the lock let go) only once the session's tasks were killed or
+		// drained: from then on the session may be declared dead at once.
+		lv := session.NewLiveness(w.base("liveness"), session.LivenessConfig{
+			SessionID: reg.ID, ConnConfig: w.liveConn, OnHeld: hb.SetLockHeld,
+		})
+		lv.TestSignals = w.TestSignals.Liveness
+		_ = lv.Start(context.Background())
+		defer lv.Stop()
+	}
 	_ = cl.Start(context.Background())
 	select {
 	case <-ctx.Done():
