@@ -108,7 +108,7 @@ func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string
 		fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", gr, "on SIGTERM, how long running tasks may finish (env BATON_SHUTDOWN_GRACE)")
 		fs.IntVar(&cfg.MaxOutput, "max-output", executor.DefaultMaxOutput, "bytes of task output kept per attempt")
 		fs.DurationVar(&cfg.CrashDetectAfter, "crash-detect-after", cd, "the masters' --crash-detect-after: hold a liveness lock on a dedicated connection so a crash is detected after this long; 0 turns it off (needed behind a transaction-mode pooler) (env BATON_CRASH_DETECT_AFTER)")
-		fs.DurationVar(&cfg.CrashFenceAfter, "crash-fence-after", cf, "while the liveness lock is lost, self-fence this long after the last heartbeat; below --crash-detect-after (default 3/4 of it) (env BATON_CRASH_FENCE_AFTER)")
+		fs.DurationVar(&cfg.CrashFenceAfter, "crash-fence-after", cf, "while the liveness lock is lost, self-fence this long after the last heartbeat; below --crash-detect-after (default 5/6 of it) (env BATON_CRASH_FENCE_AFTER)")
 		fs.DurationVar(&workerTimeout, "worker-timeout", wt, "the masters' --worker-timeout, which --self-fence-after must stay below (env BATON_WORKER_TIMEOUT)")
 		fs.StringVar(&logLevel, "log-level", envDefault(env, "BATON_LOG_LEVEL", "info"), "debug|info|warn|error")
 		fs.StringVar(&logFormat, "log-format", envDefault(env, "BATON_LOG_FORMAT", "json"), "json|console")
@@ -122,7 +122,7 @@ func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string
 			cfg.CrashDetectAfter = worker.CrashDetectOff
 		}
 		if cfg.CrashFenceAfter == 0 && cfg.CrashDetectAfter > 0 {
-			cfg.CrashFenceAfter = cfg.CrashDetectAfter * 3 / 4
+			cfg.CrashFenceAfter = worker.CrashFenceDefault(cfg.CrashDetectAfter)
 		}
 		log, err := newLogger(logLevel, logFormat)
 		if err != nil {

@@ -78,6 +78,7 @@ type Heartbeater struct {
 	pool *pgxpool.Pool
 
 	lost     chan error
+	nudge    chan struct{} // the lock was lost: heartbeat now
 	lostOnce sync.Once
 	inFlight atomic.Bool
 
@@ -99,7 +100,7 @@ func NewHeartbeater(base service.Base, pool *pgxpool.Pool, cfg HeartbeatConfig) 
 	if cfg.Since.IsZero() {
 		cfg.Since = time.Now()
 	}
-	return &Heartbeater{Base: base, cfg: cfg, pool: pool, lost: make(chan error, 1)}
+	return &Heartbeater{Base: base, cfg: cfg, pool: pool, lost: make(chan error, 1), nudge: make(chan struct{}, 1)}
 }
 
 // Lost receives the reason once the session is lost.
@@ -128,14 +129,16 @@ func (h *Heartbeater) Stop() {
 }
 
 func (h *Heartbeater) loop(ctx context.Context) {
-	t := time.NewTicker(h.cfg.Interval)
+	t := time.NewTimer(h.cfg.Interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-h.nudge:
 		}
+		t.Reset(h.interval())
 		state, err := h.runOnce(ctx)
 		if ctx.Err() != nil {
 			return
@@ -203,6 +206,19 @@ func (h *Heartbeater) fire() {
 	h.lose(fmt.Errorf("%w (last success sent %s ago)", ErrSelfFenced, since.Round(time.Millisecond)))
 }
 
+// interval is the time to the next heartbeat: Interval, or, while the promised
+// lock is not held, a quarter of the crash fence if shorter — each success then
+// pushes the nearer fence out, so a worker that heartbeats fine is not fenced
+// because its lock connection alone failed.
+func (h *Heartbeater) interval() time.Duration {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.lockLost && h.cfg.CrashFenceAfter > 0 {
+		return min(h.cfg.Interval, max(h.cfg.CrashFenceAfter/4, time.Millisecond))
+	}
+	return h.cfg.Interval
+}
+
 // fenceAfterLocked is the fence's current distance from the last successful send.
 func (h *Heartbeater) fenceAfterLocked() time.Duration {
 	if h.lockLost && h.cfg.CrashFenceAfter > 0 {
@@ -230,6 +246,12 @@ func (h *Heartbeater) SetLockHeld(held bool) {
 	if left > 0 {
 		h.fence.Reset(left)
 		h.mu.Unlock()
+		if !held {
+			select {
+			case h.nudge <- struct{}{}:
+			default:
+			}
+		}
 		return
 	}
 	h.fence.Stop()

@@ -23,9 +23,16 @@ const (
 	KillGraceDefault         = claimer.KillGraceDefault
 	SlotsDefault             = 4
 	// CrashDetectAfterDefault equals the masters' --crash-detect-after default.
-	CrashDetectAfterDefault = 2 * time.Second
+	CrashDetectAfterDefault = 1500 * time.Millisecond
 	GroupDefault            = "default"
 )
+
+// CrashFenceDefault is the crash fence for a crash-detection age: 5/6 of it, which
+// leaves the worker a sixth (250 ms at the defaults) to kill its tasks before a
+// master may declare it dead.
+func CrashFenceDefault(crashDetectAfter time.Duration) time.Duration {
+	return crashDetectAfter * 5 / 6
+}
 
 // CrashDetectOff as Config.CrashDetectAfter: the worker promises no liveness lock
 // and masters wait the heartbeat timeout for it (e.g. behind a transaction-mode
@@ -46,7 +53,7 @@ type Config struct {
 	// claiming, kills its tasks and abandons the session. Must stay below the
 	// masters' worker timeout (timeout − margin) so it acts before failover.
 	SelfFenceAfter time.Duration
-	// CrashDetectAfter must equal the masters' --crash-detect-after (default 2 s;
+	// CrashDetectAfter must equal the masters' --crash-detect-after (default 1.5 s;
 	// CrashDetectOff disables). When on, the worker holds its session's liveness
 	// advisory lock on a dedicated connection (it needs a direct session to
 	// Postgres, not a transaction-mode pooler) and promises it, so masters declare
@@ -55,8 +62,8 @@ type Config struct {
 	// CrashFenceAfter: while the promised lock is not held (its connection failed,
 	// Postgres restarted), the self-fence fires this long after the last
 	// successful heartbeat instead of SelfFenceAfter. Must be below
-	// CrashDetectAfter and above the heartbeat interval; default 3/4 of
-	// CrashDetectAfter (1.5 s).
+	// CrashDetectAfter and above the heartbeat interval; default 5/6 of
+	// CrashDetectAfter (1.25 s).
 	CrashFenceAfter time.Duration
 	PollInterval    time.Duration // claim polling fallback when no NOTIFY arrives
 	ShutdownGrace   time.Duration // how long SIGTERM waits for running tasks
@@ -112,7 +119,7 @@ func (c Config) WithDefaults() Config {
 		c.CrashDetectAfter = CrashDetectAfterDefault
 	}
 	if c.CrashFenceAfter == 0 && c.CrashDetectAfter > 0 {
-		c.CrashFenceAfter = c.CrashDetectAfter * 3 / 4
+		c.CrashFenceAfter = CrashFenceDefault(c.CrashDetectAfter)
 	}
 	if c.PollInterval == 0 {
 		c.PollInterval = PollIntervalDefault

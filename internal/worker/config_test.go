@@ -28,7 +28,7 @@ func TestConfigDefaults(t *testing.T) {
 func TestConfigCrashFence(t *testing.T) {
 	t.Parallel()
 	c := worker.Config{DatabaseURL: "postgres://x/y"}.WithDefaults()
-	if c.CrashDetectAfter != 2*time.Second || c.CrashFenceAfter != 1500*time.Millisecond {
+	if c.CrashDetectAfter != 1500*time.Millisecond || c.CrashFenceAfter != 1250*time.Millisecond {
 		t.Fatalf("crash defaults: %s, %s", c.CrashDetectAfter, c.CrashFenceAfter)
 	}
 	for _, tc := range []struct {
