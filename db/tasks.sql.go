@@ -202,6 +202,96 @@ func (q *Queries) TaskClaim(ctx context.Context, arg TaskClaimParams) ([]TaskCla
 	return items, nil
 }
 
+const taskClaimQueued = `-- name: TaskClaimQueued :many
+WITH s AS MATERIALIZED (
+    SELECT id FROM worker_sessions WHERE id = $1::bigint AND state = 'alive' FOR SHARE
+), q AS MATERIALIZED (
+    SELECT d.id
+    FROM dispatch_queue d
+    JOIN tasks tk ON tk.id = d.task_id AND tk.state = 'queued'
+    WHERE d.group_name = $2
+      AND d.target_session_id IS NULL
+      AND d.available_at <= now()
+      AND EXISTS (SELECT 1 FROM s)
+    ORDER BY d.priority DESC, d.task_id
+    LIMIT $3
+    FOR UPDATE OF d, tk SKIP LOCKED
+), del AS (
+    DELETE FROM dispatch_queue d USING q WHERE d.id = q.id AND d.target_session_id IS NULL
+    RETURNING d.task_id, d.reason
+), t AS (
+    UPDATE tasks
+    SET state = 'running', attempt = tasks.attempt + 1, worker_session_id = (SELECT id FROM s),
+        dispatched_at = now(), started_at = now()
+    FROM del
+    WHERE tasks.id = del.task_id
+      AND tasks.state = 'queued'
+    RETURNING tasks.id, tasks.kind, tasks.payload, tasks.attempt, tasks.timeout_ms,
+              tasks.retries, tasks.max_retries, tasks.priority, del.reason
+), a AS (
+    INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, started_at)
+    SELECT t.id, t.attempt, $1, t.reason, now() FROM t
+)
+SELECT t.id, t.kind, t.payload, t.attempt, t.timeout_ms, t.retries, t.max_retries, t.priority
+FROM t ORDER BY t.priority DESC, t.id
+`
+
+type TaskClaimQueuedParams struct {
+	SessionID int64
+	GroupName string
+	MaxTasks  int32
+}
+
+type TaskClaimQueuedRow struct {
+	ID         int64
+	Kind       string
+	Payload    json.RawMessage
+	Attempt    int32
+	TimeoutMs  int64
+	Retries    int32
+	MaxRetries int32
+	Priority   int32
+}
+
+// A worker claims waiting tasks of its group directly from the queue, in queue
+// order (index dispatch_queue_waiting), without a master's hop: deletes their
+// untargeted dispatch rows, bumps each task's attempt (the fencing epoch) and starts
+// it, and opens the attempt's history row. The session row is locked FOR SHARE
+// first: a failover or drain marking it dead or draining (an UPDATE of that row)
+// waits for the claim to commit and then sees its tasks, and a claim that comes
+// after such an UPDATE re-reads the row and claims nothing. Dispatch and task rows
+// are locked together with SKIP LOCKED (a master's dispatcher or a cancel holding
+// either is skipped; no lock cycle), and the task update re-checks that the task is
+// still queued.
+func (q *Queries) TaskClaimQueued(ctx context.Context, arg TaskClaimQueuedParams) ([]TaskClaimQueuedRow, error) {
+	rows, err := q.db.Query(ctx, taskClaimQueued, arg.SessionID, arg.GroupName, arg.MaxTasks)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []TaskClaimQueuedRow{}
+	for rows.Next() {
+		var i TaskClaimQueuedRow
+		if err := rows.Scan(
+			&i.ID,
+			&i.Kind,
+			&i.Payload,
+			&i.Attempt,
+			&i.TimeoutMs,
+			&i.Retries,
+			&i.MaxRetries,
+			&i.Priority,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const taskExhaustRetries = `-- name: TaskExhaustRetries :execrows
 UPDATE tasks SET max_retries = retries
 WHERE id = $1 AND attempt = $2 AND worker_session_id = $3::bigint AND state = 'running'
@@ -258,12 +348,8 @@ WITH r AS (
            now() + r.retry_delay_ms * interval '1 millisecond', 'retry'
     FROM t JOIN r ON r.id = t.id AND r.attempt = t.attempt
     WHERE t.state = 'queued'
-), notified AS (
-    -- One NOTIFY per statement: slots were freed (and maybe retries queued), so a
-    -- master's dispatcher has work. Joined below so it runs only when t has rows.
-    SELECT pg_notify('baton_dispatch', '') FROM (SELECT 1 FROM t LIMIT 1) AS any_row
 )
-SELECT t.id, t.attempt, t.state FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n
+SELECT t.id, t.attempt, t.state FROM t
 `
 
 type TaskFinishParams struct {
@@ -287,6 +373,8 @@ type TaskFinishRow struct {
 // Fenced batch completion, one statement (its own transaction). A row changes only if (id, attempt, session) still
 // names the running attempt; rows not returned were superseded. A failed or timed-out
 // task with retries left goes back to the queue with the given delay.
+// No NOTIFY: the worker that freed the slots claims again itself; a retry is
+// claimed by its group's workers once available (their poll).
 func (q *Queries) TaskFinish(ctx context.Context, arg TaskFinishParams) ([]TaskFinishRow, error) {
 	rows, err := q.db.Query(ctx, taskFinish,
 		arg.Ids,

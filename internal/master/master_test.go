@@ -263,11 +263,13 @@ func TestRun(t *testing.T) {
 	b.m.masterSweeper.TestSignals.Swept.WaitOrTimeout(t)
 	b.m.timeouts.TestSignals.Swept.WaitOrTimeout(t)
 	b.m.pruner.TestSignals.Pruned.WaitOrTimeout(t)
-	// A submit's NOTIFY wakes the dispatcher long before its hour-long poll.
+	// A dispatch NOTIFY (a failover queued tasks) wakes the dispatcher long before
+	// its hour-long poll. (A submit wakes the group's workers, which claim directly.)
 	id, err := submit.Submit(b.ctx, b.pool, submit.Spec{Group: "g", Kind: "noop"})
 	if err != nil {
 		t.Fatal(err)
 	}
+	b.exec("SELECT pg_notify('baton_dispatch', '')")
 	for n := 0; n == 0; {
 		n = b.m.dispatcher.TestSignals.Dispatched.WaitOrTimeout(t)
 	}

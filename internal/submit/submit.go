@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -256,7 +258,8 @@ func Many(ctx context.Context, pool *pgxpool.Pool, specs []Spec) ([]int64, error
 			}
 			return fmt.Errorf("store tasks: %w", err)
 		}
-		return q.NotifyDispatch(ctx)
+		// One NOTIFY per group: its workers claim the new tasks directly.
+		return q.NotifyQueued(ctx, slices.Sorted(maps.Keys(groups)))
 	})
 	if err != nil {
 		return nil, err

@@ -60,6 +60,7 @@ type Worker struct {
 	log       *zap.Logger
 	exec      *executor.Executor
 	wake      notify.Signal
+	targeted  atomic.Bool // a NOTIFY named our session: claim dispatched tasks
 	rows      *session.Rows
 	liveConn  *pgx.ConnConfig // the liveness lock's connection (nil: crash detection off)
 	completer *completer.Completer
@@ -129,7 +130,11 @@ func (w *Worker) Run(ctx context.Context) error {
 	go func() {
 		defer bgWG.Done()
 		(&notify.Listener{Pool: w.pool, Channels: []string{notify.ChannelClaim}, Logger: w.log, OnNotify: func(_, payload string) {
-			if notify.ClaimFor(payload, strconv.FormatInt(w.session.Load(), 10)) {
+			switch {
+			case payload == "g:"+w.cfg.Group: // tasks queued in our group
+				w.wake.Wake()
+			case notify.ClaimFor(payload, strconv.FormatInt(w.session.Load(), 10)): // tasks dispatched to us
+				w.targeted.Store(true)
 				w.wake.Wake()
 			}
 		}}).Run(bg)
@@ -165,8 +170,8 @@ func (w *Worker) Run(ctx context.Context) error {
 func (w *Worker) runSession(ctx context.Context, reg session.Registered) error {
 	orphaned := make(chan error, 1)
 	cl := claimer.New(w.base("claimer"), w.pool, claimer.Config{
-		SessionID: reg.ID, Worker: w.cfg.Name, Slots: w.cfg.Slots, PollInterval: w.cfg.PollInterval,
-		KillGrace: w.cfg.KillGrace, Retry: w.cfg.Retry, Exec: w.exec, Results: w.completer, Wake: w.wake,
+		SessionID: reg.ID, Group: w.cfg.Group, Worker: w.cfg.Name, Slots: w.cfg.Slots, PollInterval: w.cfg.PollInterval,
+		KillGrace: w.cfg.KillGrace, Retry: w.cfg.Retry, Exec: w.exec, Results: w.completer, Wake: w.wake, Targeted: &w.targeted,
 		OnOrphans: func(err error) {
 			select {
 			case orphaned <- err:
