@@ -138,9 +138,8 @@ WITH q AS (
     SET state = 'running', started_at = now()
     FROM del
     WHERE tasks.id = del.task_id
-      AND tasks.attempt = del.attempt
-      AND tasks.worker_session_id = $1
-      AND tasks.state = 'dispatched'
+      -- Not an index condition: each row probes the primary key (see TaskFinish).
+      AND (tasks.attempt = del.attempt AND tasks.worker_session_id = $1 AND tasks.state = 'dispatched') IS TRUE
     RETURNING tasks.id, tasks.kind, tasks.payload, tasks.attempt, tasks.timeout_ms,
               tasks.retries, tasks.max_retries, tasks.priority
 ), a AS (
@@ -333,9 +332,11 @@ WITH r AS (
         last_error = r.error
     FROM r
     WHERE tasks.id = r.id
-      AND tasks.attempt = r.attempt
-      AND tasks.worker_session_id = r.session_id
-      AND tasks.state = 'running'
+      -- The fencing re-check, written so it cannot be an index condition: each
+      -- result probes the primary key. (With "state = 'running'" indexable, a stale
+      -- estimate of one running task made the planner scan every running task per
+      -- result: quadratic in the batch.)
+      AND (tasks.attempt = r.attempt AND tasks.worker_session_id = r.session_id AND tasks.state = 'running') IS TRUE
     RETURNING tasks.id, tasks.attempt, tasks.state, tasks.group_name, tasks.priority
 ), a AS (
     UPDATE task_attempts
@@ -373,7 +374,7 @@ type TaskFinishRow struct {
 // Fenced batch completion, one statement (its own transaction). A row changes only if (id, attempt, session) still
 // names the running attempt; rows not returned were superseded. A failed or timed-out
 // task with retries left goes back to the queue with the given delay.
-// No NOTIFY: the worker that freed the slots claims again itself; a retry is
+// No NOTIFY: the worker that freed the slots claims again itself, and a retry is
 // claimed by its group's workers once available (their poll).
 func (q *Queries) TaskFinish(ctx context.Context, arg TaskFinishParams) ([]TaskFinishRow, error) {
 	rows, err := q.db.Query(ctx, taskFinish,

@@ -34,9 +34,8 @@ WITH q AS (
     SET state = 'running', started_at = now()
     FROM del
     WHERE tasks.id = del.task_id
-      AND tasks.attempt = del.attempt
-      AND tasks.worker_session_id = @session_id
-      AND tasks.state = 'dispatched'
+      -- Not an index condition: each row probes the primary key (see TaskFinish).
+      AND (tasks.attempt = del.attempt AND tasks.worker_session_id = @session_id AND tasks.state = 'dispatched') IS TRUE
     RETURNING tasks.id, tasks.kind, tasks.payload, tasks.attempt, tasks.timeout_ms,
               tasks.retries, tasks.max_retries, tasks.priority
 ), a AS (
@@ -114,9 +113,11 @@ WITH r AS (
         last_error = r.error
     FROM r
     WHERE tasks.id = r.id
-      AND tasks.attempt = r.attempt
-      AND tasks.worker_session_id = r.session_id
-      AND tasks.state = 'running'
+      -- The fencing re-check, written so it cannot be an index condition: each
+      -- result probes the primary key. (With "state = 'running'" indexable, a stale
+      -- estimate of one running task made the planner scan every running task per
+      -- result: quadratic in the batch.)
+      AND (tasks.attempt = r.attempt AND tasks.worker_session_id = r.session_id AND tasks.state = 'running') IS TRUE
     RETURNING tasks.id, tasks.attempt, tasks.state, tasks.group_name, tasks.priority
 ), a AS (
     UPDATE task_attempts
@@ -130,7 +131,7 @@ WITH r AS (
     FROM t JOIN r ON r.id = t.id AND r.attempt = t.attempt
     WHERE t.state = 'queued'
 )
--- No NOTIFY: the worker that freed the slots claims again itself; a retry is
+-- No NOTIFY: the worker that freed the slots claims again itself, and a retry is
 -- claimed by its group's workers once available (their poll).
 SELECT t.id, t.attempt, t.state FROM t;
 

@@ -193,3 +193,20 @@ func TestCrashDetectOffPromisesNothing(t *testing.T) {
 		t.Fatal("liveness lock promised with crash detection off")
 	}
 }
+
+// The healthy path needs no master: workers claim submitted tasks of their group
+// straight from the queue and run them.
+func TestRunsWithoutMaster(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.workerWith(worker.Config{DatabaseURL: b.dsn, Name: "alone"})
+	b.workerWith(worker.Config{DatabaseURL: b.dsn, Name: "alone-2"})
+	b.submit("echo", map[string]string{"x": "y"}, 20)
+	b.waitAllFinished(30 * time.Second)
+	if n := b.int64("SELECT count(*) FROM tasks WHERE state = 'succeeded' AND attempt = 1"); n != 20 {
+		t.Fatalf("succeeded on attempt 1 = %d, want 20", n)
+	}
+	if n := b.int64("SELECT count(*) FROM master_sessions"); n != 0 {
+		t.Fatal("a master ran")
+	}
+}
