@@ -693,9 +693,11 @@ WITH t AS (
     SELECT unnest($1::text[]), unnest($2::text[]), unnest($3::text[])::jsonb,
            unnest($4::int[]), unnest($5::int[]), unnest($6::bigint[])
     RETURNING id, group_name, priority
+), notified AS (
+    SELECT pg_notify('baton_claim', 'g:' || g) FROM (SELECT DISTINCT group_name AS g FROM t) AS s
 )
 INSERT INTO dispatch_queue (task_id, attempt, group_name, priority, reason)
-SELECT t.id, 0, t.group_name, t.priority, 'submit' FROM t
+SELECT t.id, 0, t.group_name, t.priority, 'submit' FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n
 RETURNING task_id
 `
 
@@ -708,8 +710,11 @@ type TaskSubmitManyParams struct {
 	TimeoutsMs []int64
 }
 
-// Batch submit: one round trip for many tasks. Payloads travel as text and are
-// cast to jsonb so a malformed one fails the whole batch.
+// Batch submit: one statement (one round trip, its own transaction) for many
+// tasks. Payloads travel as text and are cast to jsonb so a malformed one fails the
+// whole batch. One NOTIFY per group wakes its workers (payload "g:<group>", as
+// NotifyQueued), which claim the new tasks directly; an unknown group fails the
+// foreign key.
 func (q *Queries) TaskSubmitMany(ctx context.Context, arg TaskSubmitManyParams) ([]int64, error) {
 	rows, err := q.db.Query(ctx, taskSubmitMany,
 		arg.GroupNames,

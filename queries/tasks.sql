@@ -1,14 +1,19 @@
--- Batch submit: one round trip for many tasks. Payloads travel as text and are
--- cast to jsonb so a malformed one fails the whole batch.
+-- Batch submit: one statement (one round trip, its own transaction) for many
+-- tasks. Payloads travel as text and are cast to jsonb so a malformed one fails the
+-- whole batch. One NOTIFY per group wakes its workers (payload "g:<group>", as
+-- NotifyQueued), which claim the new tasks directly; an unknown group fails the
+-- foreign key.
 -- name: TaskSubmitMany :many
 WITH t AS (
     INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms)
     SELECT unnest(@group_names::text[]), unnest(@kinds::text[]), unnest(@payloads::text[])::jsonb,
            unnest(@priorities::int[]), unnest(@max_retries::int[]), unnest(@timeouts_ms::bigint[])
     RETURNING id, group_name, priority
+), notified AS (
+    SELECT pg_notify('baton_claim', 'g:' || g) FROM (SELECT DISTINCT group_name AS g FROM t) AS s
 )
 INSERT INTO dispatch_queue (task_id, attempt, group_name, priority, reason)
-SELECT t.id, 0, t.group_name, t.priority, 'submit' FROM t
+SELECT t.id, 0, t.group_name, t.priority, 'submit' FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n
 RETURNING task_id;
 
 -- A worker claims what was dispatched to it: delete its dispatch rows and move the
