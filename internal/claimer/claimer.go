@@ -253,9 +253,17 @@ func (c *Claimer) runOnce(ctx context.Context) (Claimed, error) {
 		if free <= 0 {
 			return res, nil
 		}
-		rows, err := service.WithTimeout(ctx, c.cfg.CallTimeout, func(ctx context.Context) ([]db.TaskClaimRow, error) {
+		// Not canceled by Stop (a drain): a claim that commits must be received,
+		// or its tasks would be running in Postgres and nowhere else. Bounded by
+		// CallTimeout, and canceled by Kill (the session is lost anyway); a drain
+		// waits for the loop, then for the tasks it started.
+		claimCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		stopOnKill := context.AfterFunc(c.tasksCtx, cancel)
+		rows, err := service.WithTimeout(claimCtx, c.cfg.CallTimeout, func(ctx context.Context) ([]db.TaskClaimRow, error) {
 			return c.claim(ctx, free)
 		})
+		stopOnKill()
+		cancel()
 		for _, r := range rows { // received: ours to run even if a later statement failed
 			c.start(r)
 		}
