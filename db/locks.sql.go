@@ -120,6 +120,17 @@ func (q *Queries) NotifyDispatch(ctx context.Context) error {
 	return err
 }
 
+const notifyQueued = `-- name: NotifyQueued :exec
+SELECT pg_notify('baton_claim', 'g:' || g) FROM (SELECT DISTINCT unnest($1::text[]) AS g) AS s
+`
+
+// Wakes the workers of the given groups (payload "g:<group>", one NOTIFY per
+// group): tasks are waiting in their queue, which they claim directly.
+func (q *Queries) NotifyQueued(ctx context.Context, groups []string) error {
+	_, err := q.db.Exec(ctx, notifyQueued, groups)
+	return err
+}
+
 const notifySweep = `-- name: NotifySweep :exec
 SELECT pg_notify('baton_sweep', $1::text)
 `

@@ -27,6 +27,11 @@ SELECT pg_notify('baton_sweep', @payload::text);
 -- name: NotifyDispatch :exec
 SELECT pg_notify('baton_dispatch', '');
 
+-- Wakes the workers of the given groups (payload "g:<group>", one NOTIFY per
+-- group): tasks are waiting in their queue, which they claim directly.
+-- name: NotifyQueued :exec
+SELECT pg_notify('baton_claim', 'g:' || g) FROM (SELECT DISTINCT unnest(@groups::text[]) AS g) AS s;
+
 -- Wakes the workers named in the payload (comma-separated session ids, "*" = all).
 -- name: NotifyClaim :exec
 SELECT pg_notify('baton_claim', @payload::text);

@@ -1,14 +1,19 @@
--- Batch submit: one round trip for many tasks. Payloads travel as text and are
--- cast to jsonb so a malformed one fails the whole batch.
+-- Batch submit: one statement (one round trip, its own transaction) for many
+-- tasks. Payloads travel as text and are cast to jsonb so a malformed one fails the
+-- whole batch. One NOTIFY per group wakes its workers (payload "g:<group>", as
+-- NotifyQueued), which claim the new tasks directly; an unknown group fails the
+-- foreign key.
 -- name: TaskSubmitMany :many
 WITH t AS (
     INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms)
     SELECT unnest(@group_names::text[]), unnest(@kinds::text[]), unnest(@payloads::text[])::jsonb,
            unnest(@priorities::int[]), unnest(@max_retries::int[]), unnest(@timeouts_ms::bigint[])
     RETURNING id, group_name, priority
+), notified AS (
+    SELECT pg_notify('baton_claim', 'g:' || g) FROM (SELECT DISTINCT group_name AS g FROM t) AS s
 )
 INSERT INTO dispatch_queue (task_id, attempt, group_name, priority, reason)
-SELECT t.id, 0, t.group_name, t.priority, 'submit' FROM t
+SELECT t.id, 0, t.group_name, t.priority, 'submit' FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n
 RETURNING task_id;
 
 -- A worker claims what was dispatched to it: delete its dispatch rows and move the
@@ -34,9 +39,8 @@ WITH q AS (
     SET state = 'running', started_at = now()
     FROM del
     WHERE tasks.id = del.task_id
-      AND tasks.attempt = del.attempt
-      AND tasks.worker_session_id = @session_id
-      AND tasks.state = 'dispatched'
+      -- Not an index condition: each row probes the primary key (see TaskFinish).
+      AND (tasks.attempt = del.attempt AND tasks.worker_session_id = @session_id AND tasks.state = 'dispatched') IS TRUE
     RETURNING tasks.id, tasks.kind, tasks.payload, tasks.attempt, tasks.timeout_ms,
               tasks.retries, tasks.max_retries, tasks.priority
 ), a AS (
@@ -44,6 +48,49 @@ WITH q AS (
     SET started_at = now()
     FROM t
     WHERE task_attempts.task_id = t.id AND task_attempts.attempt = t.attempt
+)
+SELECT t.id, t.kind, t.payload, t.attempt, t.timeout_ms, t.retries, t.max_retries, t.priority
+FROM t ORDER BY t.priority DESC, t.id;
+
+-- A worker claims waiting tasks of its group directly from the queue, in queue
+-- order (index dispatch_queue_waiting), without a master's hop: deletes their
+-- untargeted dispatch rows, bumps each task's attempt (the fencing epoch) and starts
+-- it, and opens the attempt's history row. The session row is locked FOR SHARE
+-- first: a failover or drain marking it dead or draining (an UPDATE of that row)
+-- waits for the claim to commit and then sees its tasks, and a claim that comes
+-- after such an UPDATE re-reads the row and claims nothing. Dispatch and task rows
+-- are locked together with SKIP LOCKED (a master's dispatcher or a cancel holding
+-- either is skipped; no lock cycle), and the task update re-checks that the task is
+-- still queued.
+-- name: TaskClaimQueued :many
+WITH s AS MATERIALIZED (
+    SELECT id FROM worker_sessions WHERE id = @session_id::bigint AND state = 'alive' FOR SHARE
+), q AS MATERIALIZED (
+    SELECT d.id
+    FROM dispatch_queue d
+    JOIN tasks tk ON tk.id = d.task_id AND tk.state = 'queued'
+    WHERE d.group_name = @group_name
+      AND d.target_session_id IS NULL
+      AND d.available_at <= now()
+      AND EXISTS (SELECT 1 FROM s)
+    ORDER BY d.priority DESC, d.task_id
+    LIMIT @max_tasks
+    FOR UPDATE OF d, tk SKIP LOCKED
+), del AS (
+    DELETE FROM dispatch_queue d USING q WHERE d.id = q.id AND d.target_session_id IS NULL
+    RETURNING d.task_id, d.reason
+), t AS (
+    UPDATE tasks
+    SET state = 'running', attempt = tasks.attempt + 1, worker_session_id = (SELECT id FROM s),
+        dispatched_at = now(), started_at = now()
+    FROM del
+    WHERE tasks.id = del.task_id
+      AND tasks.state = 'queued'
+    RETURNING tasks.id, tasks.kind, tasks.payload, tasks.attempt, tasks.timeout_ms,
+              tasks.retries, tasks.max_retries, tasks.priority, del.reason
+), a AS (
+    INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, started_at)
+    SELECT t.id, t.attempt, @session_id, t.reason, now() FROM t
 )
 SELECT t.id, t.kind, t.payload, t.attempt, t.timeout_ms, t.retries, t.max_retries, t.priority
 FROM t ORDER BY t.priority DESC, t.id;
@@ -71,9 +118,11 @@ WITH r AS (
         last_error = r.error
     FROM r
     WHERE tasks.id = r.id
-      AND tasks.attempt = r.attempt
-      AND tasks.worker_session_id = r.session_id
-      AND tasks.state = 'running'
+      -- The fencing re-check, written so it cannot be an index condition: each
+      -- result probes the primary key. (With "state = 'running'" indexable, a stale
+      -- estimate of one running task made the planner scan every running task per
+      -- result: quadratic in the batch.)
+      AND (tasks.attempt = r.attempt AND tasks.worker_session_id = r.session_id AND tasks.state = 'running') IS TRUE
     RETURNING tasks.id, tasks.attempt, tasks.state, tasks.group_name, tasks.priority
 ), a AS (
     UPDATE task_attempts
@@ -86,12 +135,10 @@ WITH r AS (
            now() + r.retry_delay_ms * interval '1 millisecond', 'retry'
     FROM t JOIN r ON r.id = t.id AND r.attempt = t.attempt
     WHERE t.state = 'queued'
-), notified AS (
-    -- One NOTIFY per statement: slots were freed (and maybe retries queued), so a
-    -- master's dispatcher has work. Joined below so it runs only when t has rows.
-    SELECT pg_notify('baton_dispatch', '') FROM (SELECT 1 FROM t LIMIT 1) AS any_row
 )
-SELECT t.id, t.attempt, t.state FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n;
+-- No NOTIFY: the worker that freed the slots claims again itself, and a retry is
+-- claimed by its group's workers once available (their poll).
+SELECT t.id, t.attempt, t.state FROM t;
 
 -- Records refused results: the attempt was superseded (failover, timeout) before its
 -- worker wrote. History is never rewritten: an attempt a master already closed

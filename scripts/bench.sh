@@ -42,8 +42,9 @@ export BATON_TEST_DATABASE_URL=$url
 psql "$url" -Atc "SELECT 'server: ' || version() || ' | fsync=' || current_setting('fsync') || ' synchronous_commit=' || current_setting('synchronous_commit') || ' full_page_writes=' || current_setting('full_page_writes')" >&2
 
 say "Go benchmarks"
+gobench=${TMPDIR:-/tmp}/baton-gobench.txt
 go test -run '^$' -bench "${BENCH:-.}" -benchtime ${BENCHTIME:-1x} -timeout 60m ${GOBENCHFLAGS:-} \
-  ./batontest/ ./internal/failover/ ./internal/bench/ ./internal/e2e/
+  ./batontest/ ./internal/failover/ ./internal/bench/ ./internal/e2e/ | tee "$gobench"
 
 say "River comparison: $tasks no-op tasks/jobs, $runs alternating runs"
 ( cd bench/river && go build -o "${TMPDIR:-/tmp}/baton-riverburn" . )
@@ -60,15 +61,40 @@ for i in $(seq "$runs"); do
   river+=("$r")
   say "run $i: baton $b tasks/s, river $r jobs/s"
 done
-python3 - "${baton[*]}" "${river[*]}" <<'PY'
-import statistics, sys
+python3 - "${baton[*]}" "${river[*]}" "$gobench" <<'PY'
+import re, statistics, sys
 b = [float(x) for x in sys.argv[1].split()]
 r = [float(x) for x in sys.argv[2].split()]
 ratios = [x / y for x, y in zip(b, r)]
+# metrics of the Go benchmarks: name -> unit -> [values over -count runs]
+m = {}
+for line in open(sys.argv[3]):
+    f = line.split()
+    if not f or not f[0].startswith("Benchmark"):
+        continue
+    name = re.sub(r"-\d+$", "", f[0])
+    for v, unit in zip(f[2::2], f[3::2]):
+        try:
+            m.setdefault(name, {}).setdefault(unit, []).append(float(v))
+        except ValueError:
+            pass
+def fig(name, unit, fmt="{:,.2f}"):
+    v = m.get(name, {}).get(unit)
+    if not v:
+        return "—"
+    s = fmt.format(statistics.median(v))
+    return s if len(v) == 1 else f"{s} ({fmt.format(min(v))}–{fmt.format(max(v))})"
+def med(xs, fmt):
+    return f"{fmt.format(statistics.median(xs))} ({' / '.join(fmt.format(x) for x in xs)})"
 print()
-print("| burn-down of no-op tasks, durable Postgres | median | runs |")
-print("|---|---|---|")
-print(f"| baton (BenchmarkBurnDown) | {statistics.median(b):,.0f} tasks/s | {' / '.join(f'{x:,.0f}' for x in b)} |")
-print(f"| River (bench/river, River's bench settings) | {statistics.median(r):,.0f} jobs/s | {' / '.join(f'{x:,.0f}' for x in r)} |")
-print(f"| ratio baton / River (same run) | {statistics.median(ratios):.2f}x | {' / '.join(f'{x:.2f}' for x in ratios)} |")
+print("| figure (durable Postgres) | baton | River | ratio or target |")
+print("|---|---|---|---|")
+print(f"| burn-down of no-op tasks, tasks/s (BenchmarkBurnDown vs bench/river, alternating) | {med(b, '{:,.0f}')} | {med(r, '{:,.0f}')} | {med(ratios, '{:.2f}x')} (target ≥ 1.0x) |")
+print(f"| SIGKILL of a worker → its tasks running elsewhere, p50 / p99 s (BenchmarkFailoverAfterSIGKILL) | {fig('BenchmarkFailoverAfterSIGKILL', 'p50_s')} / {fig('BenchmarkFailoverAfterSIGKILL', 'p99_s')} | — | p99 < 2 s |")
+for rate, target in ((100, 10), (2000, 50)):
+    n = f"BenchmarkDispatchLatency/rate={rate}"
+    print(f"| submit → running at {rate}/s, p50 / p99 ms (BenchmarkDispatchLatency; submits reached {fig(n, 'submitted/s', '{:,.0f}')}/s) | {fig(n, 'p50_ms')} / {fig(n, 'p99_ms')} | — | p99 < {target} ms |")
+for n, target in ((1000, ""), (10000, ""), (100000, " (target < 10,000)")):
+    print(f"| failover of one dead session with {n:,} tasks, ms (BenchmarkWorkerFailover) | {fig(f'BenchmarkWorkerFailover/tasks={n}', 'ms/failover', '{:,.0f}')} | — | proportional{target} |")
+print(f"| no-op throughput, 4 workers, 20,000 tasks, tasks/s (BenchmarkThroughputNoop) | {fig('BenchmarkThroughputNoop', 'tasks/s', '{:,.0f}')} | — | |")
 PY

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -50,7 +51,10 @@ type Results interface {
 
 // Config of a Claimer.
 type Config struct {
-	SessionID    int64
+	SessionID int64
+	// Group: when set, the claimer also claims waiting tasks of this group directly
+	// from the queue (TaskClaimQueued), after the tasks dispatched to it.
+	Group        string
 	Worker       string // the worker's name, shown to tasks
 	Slots        int
 	PollInterval time.Duration
@@ -62,10 +66,18 @@ type Config struct {
 	Exec        *executor.Executor
 	Results     Results
 	Wake        notify.Signal // NOTIFY wake-ups; nil: poll only
+	// Targeted, when set, is raised (before Wake) by a NOTIFY naming this session:
+	// tasks were dispatched to it. The claim for dispatched tasks then runs; it
+	// also runs at start and on every poll. Nil: it runs on every claim.
+	Targeted *atomic.Bool
 	// OnOrphans is called when reconcile finds orphaned claims; the worker
 	// abandons the session.
 	OnOrphans func(error)
 }
+
+// claimCooldown: how long a busy worker (more than half its slots taken) waits
+// after a wake-up before it claims, so freed slots are claimed in batches.
+const claimCooldown = 20 * time.Millisecond
 
 // Claimed is what one runOnce did.
 type Claimed struct {
@@ -107,6 +119,8 @@ type Claimer struct {
 	running   map[report.Key]context.CancelCauseFunc
 	settled   *sync.Cond
 	reconcile bool
+	// checkTargeted: run the claim for dispatched tasks next time (start, poll).
+	checkTargeted atomic.Bool
 }
 
 // New returns a Claimer for one session.
@@ -130,6 +144,7 @@ func New(base service.Base, pool *pgxpool.Pool, cfg Config) *Claimer {
 	c := &Claimer{Base: base, cfg: cfg, pool: pool, wake: wake, tasksCtx: tasksCtx, killTasks: kill,
 		running: map[report.Key]context.CancelCauseFunc{}}
 	c.settled = sync.NewCond(&c.mu)
+	c.checkTargeted.Store(true)
 	return c
 }
 
@@ -186,6 +201,14 @@ func (c *Claimer) loop(ctx context.Context) {
 			return
 		case <-c.wake:
 		case <-poll.C:
+			c.checkTargeted.Store(true)
+		}
+		if c.Running() > c.cfg.Slots/2 {
+			// Busy: let more slots free up so one claim takes several tasks
+			// (fewer statements per task); an idle worker claims at once.
+			if !service.Sleep(ctx, claimCooldown) {
+				return
+			}
 		}
 		res, err := c.runOnce(ctx)
 		if err != nil {
@@ -230,23 +253,52 @@ func (c *Claimer) runOnce(ctx context.Context) (Claimed, error) {
 		if free <= 0 {
 			return res, nil
 		}
-		rows, err := service.WithTimeout(ctx, c.cfg.CallTimeout, func(ctx context.Context) ([]db.TaskClaimRow, error) {
-			return db.New(c.pool).TaskClaim(ctx, db.TaskClaimParams{SessionID: c.cfg.SessionID, MaxTasks: int32(free)})
+		// Not canceled by Stop (a drain): a claim that commits must be received,
+		// or its tasks would be running in Postgres and nowhere else. Bounded by
+		// CallTimeout, and canceled by Kill (the session is lost anyway); a drain
+		// waits for the loop, then for the tasks it started.
+		claimCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		stopOnKill := context.AfterFunc(c.tasksCtx, cancel)
+		rows, err := service.WithTimeout(claimCtx, c.cfg.CallTimeout, func(ctx context.Context) ([]db.TaskClaimRow, error) {
+			return c.claim(ctx, free)
 		})
+		stopOnKill()
+		cancel()
+		for _, r := range rows { // received: ours to run even if a later statement failed
+			c.start(r)
+		}
+		res.Claimed += len(rows)
 		if err != nil {
 			// The claim may have committed without its reply reaching us.
 			c.reconcile = true
 			return res, fmt.Errorf("claim tasks: %w", err)
 		}
-		for _, r := range rows {
-			c.start(r)
-		}
-		res.Claimed += len(rows)
 		if len(rows) < free {
 			return res, nil
 		}
 	}
 	return res, nil
+}
+
+// claim takes up to free tasks: first those a master dispatched to this session
+// (failover places tasks that way), then, with a Group, waiting tasks of the group
+// straight from the queue. Each statement is its own transaction; an error after
+// the first committed loses nothing (the reconcile finds what was claimed).
+func (c *Claimer) claim(ctx context.Context, free int) ([]db.TaskClaimRow, error) {
+	q := db.New(c.pool)
+	var rows []db.TaskClaimRow
+	if c.checkTargeted.Swap(false) || c.cfg.Targeted == nil || c.cfg.Group == "" || c.cfg.Targeted.Swap(false) {
+		var err error
+		rows, err = q.TaskClaim(ctx, db.TaskClaimParams{SessionID: c.cfg.SessionID, MaxTasks: int32(free)})
+		if err != nil || c.cfg.Group == "" || len(rows) >= free {
+			return rows, err
+		}
+	}
+	queued, err := q.TaskClaimQueued(ctx, db.TaskClaimQueuedParams{SessionID: c.cfg.SessionID, GroupName: c.cfg.Group, MaxTasks: int32(free - len(rows))})
+	for _, r := range queued {
+		rows = append(rows, db.TaskClaimRow(r))
+	}
+	return rows, err
 }
 
 // orphans counts attempts running on this session in Postgres that this process

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -90,11 +91,11 @@ func TestCLI(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &tasks); err != nil || len(tasks) != 1 || tasks[0]["Priority"].(float64) != 5 || tasks[0]["TimeoutMs"].(float64) != 30000 {
 		t.Fatalf("task list --json: %q", out)
 	}
-	out, _, code = baton(t, env, "task", "show", "1", "--json")
+	out, _, code = baton(t, env, "task", "show", strconv.FormatInt(sub.ID, 10), "--json")
 	if code != 0 || !strings.Contains(out, `"attempts":[]`) {
 		t.Fatalf("task show ID --json: %q", out)
 	}
-	out, _, code = baton(t, env, "task", "show", "1")
+	out, _, code = baton(t, env, "task", "show", strconv.FormatInt(sub.ID, 10))
 	if code != 0 || !strings.Contains(out, "state queued") || !strings.Contains(out, "echo hi") {
 		t.Fatalf("task show: %q", out)
 	}

@@ -92,7 +92,9 @@ func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string
 		gr, err3 := envDuration(env, "BATON_SHUTDOWN_GRACE", worker.ShutdownGraceDefault)
 		slots, err4 := envInt(env, "BATON_SLOTS", worker.SlotsDefault)
 		wt, err5 := envDuration(env, "BATON_WORKER_TIMEOUT", master.WorkerTimeoutDefault)
-		if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
+		cd, err6 := envDuration(env, "BATON_CRASH_DETECT_AFTER", worker.CrashDetectAfterDefault)
+		cf, err7 := envDuration(env, "BATON_CRASH_FENCE_AFTER", 0)
+		if err := errors.Join(err1, err2, err3, err4, err5, err6, err7); err != nil {
 			return err
 		}
 		var workerTimeout time.Duration
@@ -105,6 +107,8 @@ func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string
 		fs.DurationVar(&cfg.PollInterval, "poll-interval", worker.PollIntervalDefault, "claim polling fallback")
 		fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", gr, "on SIGTERM, how long running tasks may finish (env BATON_SHUTDOWN_GRACE)")
 		fs.IntVar(&cfg.MaxOutput, "max-output", executor.DefaultMaxOutput, "bytes of task output kept per attempt")
+		fs.DurationVar(&cfg.CrashDetectAfter, "crash-detect-after", cd, "the masters' --crash-detect-after: hold a liveness lock on a dedicated connection so a crash is detected after this long; 0 turns it off (needed behind a transaction-mode pooler) (env BATON_CRASH_DETECT_AFTER)")
+		fs.DurationVar(&cfg.CrashFenceAfter, "crash-fence-after", cf, "while the liveness lock is lost, self-fence this long after the last heartbeat; below --crash-detect-after (default 5/6 of it) (env BATON_CRASH_FENCE_AFTER)")
 		fs.DurationVar(&workerTimeout, "worker-timeout", wt, "the masters' --worker-timeout, which --self-fence-after must stay below (env BATON_WORKER_TIMEOUT)")
 		fs.StringVar(&logLevel, "log-level", envDefault(env, "BATON_LOG_LEVEL", "info"), "debug|info|warn|error")
 		fs.StringVar(&logFormat, "log-format", envDefault(env, "BATON_LOG_FORMAT", "json"), "json|console")
@@ -113,6 +117,12 @@ func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string
 		}
 		if err := parsed(fs); err != nil {
 			return err
+		}
+		if cfg.CrashDetectAfter == 0 {
+			cfg.CrashDetectAfter = worker.CrashDetectOff
+		}
+		if cfg.CrashFenceAfter == 0 && cfg.CrashDetectAfter > 0 {
+			cfg.CrashFenceAfter = worker.CrashFenceDefault(cfg.CrashDetectAfter)
 		}
 		log, err := newLogger(logLevel, logFormat)
 		if err != nil {

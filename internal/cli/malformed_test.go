@@ -72,6 +72,7 @@ var malformedCases = []malformedCase{
 	{name: "worker_slots_env", input: "slots from the environment that are not a number", bin: "baton-worker", env: map[string]string{"BATON_SLOTS": "eight"}, fuzzed: "FuzzDaemonConfig"},
 	{name: "worker_self_fence_too_late", input: "self-fence ≥ worker timeout", bin: "baton-worker", args: []string{"--self-fence-after", "6s"}, fuzzed: "FuzzDaemonConfig"},
 	{name: "worker_self_fence_env", input: "self-fence ≥ worker timeout, both from the environment", bin: "baton-worker", env: map[string]string{"BATON_SELF_FENCE_AFTER": "10s", "BATON_WORKER_TIMEOUT": "10s"}, fuzzed: "FuzzDaemonConfig"},
+	{name: "worker_crash_fence_too_late", input: "crash fence ≥ crash-detection age", bin: "baton-worker", args: []string{"--crash-fence-after", "2s"}, fuzzed: "FuzzDaemonConfig"},
 	{name: "worker_bad_group", input: "worker group name with a space", bin: "baton-worker", args: []string{"--group", "no spaces"}, fuzzed: "FuzzDaemonConfig"},
 	{name: "worker_stray_argument", input: "stray argument (the flags after it would be ignored)", bin: "baton-worker", args: []string{"--group", "etl", "extra", "--slots", "8"}, fuzzed: "FuzzDaemonConfig"},
 	{name: "worker_duration_env", input: "duration from the environment that does not parse", bin: "baton-worker", env: map[string]string{"BATON_HEARTBEAT_INTERVAL": "soon"}, fuzzed: "FuzzEnvDuration"},

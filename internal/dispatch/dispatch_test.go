@@ -109,7 +109,15 @@ func TestDispatchNotifiesTargets(t *testing.T) {
 	}
 	waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	// The submit woke the group's workers first (one NOTIFY per group).
 	n, err := conn.Conn().WaitForNotification(waitCtx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Payload != "g:a" {
+		t.Fatalf("submit NOTIFY payload %q, want g:a", n.Payload)
+	}
+	n, err = conn.Conn().WaitForNotification(waitCtx)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -218,7 +218,7 @@ func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64
 		}); err != nil {
 			return fmt.Errorf("record failover pass: %w", err)
 		}
-		return notifyMoved(ctx, q, res.Moved)
+		return notifyMoved(ctx, q, group, res.Moved)
 	})
 	if errors.Is(err, errGroupBusy) {
 		return Result{Busy: true}, nil
@@ -244,7 +244,7 @@ func Poison(taskState, sessionState string, runningFailovers int32, maxFailovers
 
 // notifyMoved sends one NOTIFY per transaction: the sessions that got tasks, and a
 // dispatcher wake-up if some went back to the queue.
-func notifyMoved(ctx context.Context, q *db.Queries, moved []db.FailoverMoveTasksRow) error {
+func notifyMoved(ctx context.Context, q *db.Queries, group string, moved []db.FailoverMoveTasksRow) error {
 	seen := map[int64]bool{}
 	var ids []string
 	queued := false
@@ -264,6 +264,11 @@ func notifyMoved(ctx context.Context, q *db.Queries, moved []db.FailoverMoveTask
 		}
 	}
 	if queued {
+		// The group's workers claim queued tasks directly; masters' dispatchers
+		// are the fallback.
+		if err := q.NotifyQueued(ctx, []string{group}); err != nil {
+			return fmt.Errorf("notify queued: %w", err)
+		}
 		if err := q.NotifyDispatch(ctx); err != nil {
 			return fmt.Errorf("notify dispatch: %w", err)
 		}

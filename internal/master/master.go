@@ -42,8 +42,10 @@ const (
 	RetentionDefault         = retention.RetentionDefault
 	PruneIntervalDefault     = time.Minute
 	// CrashDetectAfterDefault: a worker session whose liveness lock is free (its
-	// connection is gone) is dead once its heartbeat is this old.
-	CrashDetectAfterDefault = 2 * time.Second
+	// connection is gone) is dead once its heartbeat is this old. With the 1 s
+	// heartbeat a crash is declared 0.5–1.5 s after it happens, plus one crash
+	// sweep (CrashDetectAfter/6).
+	CrashDetectAfterDefault = 1500 * time.Millisecond
 	// TxTimeoutDefault bounds each transaction of a sweep (one failover candidate,
 	// one group's dispatch, one prune batch): a hung connection stalls one pass of
 	// one candidate, never the loop.

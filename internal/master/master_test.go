@@ -263,11 +263,13 @@ func TestRun(t *testing.T) {
 	b.m.masterSweeper.TestSignals.Swept.WaitOrTimeout(t)
 	b.m.timeouts.TestSignals.Swept.WaitOrTimeout(t)
 	b.m.pruner.TestSignals.Pruned.WaitOrTimeout(t)
-	// A submit's NOTIFY wakes the dispatcher long before its hour-long poll.
+	// A dispatch NOTIFY (a failover queued tasks) wakes the dispatcher long before
+	// its hour-long poll. (A submit wakes the group's workers, which claim directly.)
 	id, err := submit.Submit(b.ctx, b.pool, submit.Spec{Group: "g", Kind: "noop"})
 	if err != nil {
 		t.Fatal(err)
 	}
+	b.exec("SELECT pg_notify('baton_dispatch', '')")
 	for n := 0; n == 0; {
 		n = b.m.dispatcher.TestSignals.Dispatched.WaitOrTimeout(t)
 	}
@@ -306,7 +308,7 @@ func TestPrunerUsesRetentionAndClock(t *testing.T) {
 
 // Crash detection through the sweeper: a session that promised a liveness lock,
 // whose lock is free and whose heartbeat is 3 s old, is failed over by the next
-// pass (default CrashDetectAfter 2 s), without waiting the 5 s timeout; with
+// pass (default CrashDetectAfter 1.5 s), without waiting the 5 s timeout; with
 // crash detection off it is not.
 func TestSweeperCrashDetection(t *testing.T) {
 	t.Parallel()
@@ -351,5 +353,20 @@ func TestSweeperMovesLargeSessionInPasses(t *testing.T) {
 	}
 	if n := b.int64("SELECT count(*) FROM failover_events WHERE session_id = $1 AND passes = 3 AND finished_at IS NOT NULL", dead); n != 1 {
 		t.Fatal("failover not finished in three passes")
+	}
+}
+
+// The worker sweeper runs every sixth of the crash-detection age when that is
+// shorter than the sweep interval (250 ms at the defaults), so a crash is acted on
+// soon after it becomes detectable; with crash detection off, every SweepInterval.
+func TestWorkerSweepIntervalFollowsCrashDetection(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		after, want time.Duration
+	}{{0, 250 * time.Millisecond}, {CrashDetectOff, SweepIntervalDefault}, {12 * time.Second, SweepIntervalDefault}} {
+		b := setup(t, Config{CrashDetectAfter: c.after})
+		if got := b.m.workerSweeper.interval(); got != c.want {
+			t.Errorf("crash detect %s: sweep every %s, want %s", c.after, got, c.want)
+		}
 	}
 }

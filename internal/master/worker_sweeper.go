@@ -3,6 +3,7 @@ package master
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -46,7 +47,7 @@ type workerSweepResult struct {
 
 func (s *workerSweeper) Start(ctx context.Context) error {
 	s.StartLoop(ctx, func(ctx context.Context) {
-		loop(ctx, s.m.cfg.SweepInterval, s.wake, func(ctx context.Context) bool {
+		loop(ctx, s.interval(), s.wake, func(ctx context.Context) bool {
 			res, err := s.runOnce(ctx)
 			if err != nil && !quiet(ctx, err) {
 				s.Logger.Warn("list failover candidates", zap.Error(err))
@@ -56,6 +57,18 @@ func (s *workerSweeper) Start(ctx context.Context) error {
 		})
 	})
 	return nil
+}
+
+// interval is the sweep period: SweepInterval, or a sixth of the crash-detection
+// age if that is shorter (250 ms at the defaults), so a crash is acted on soon
+// after it becomes detectable. A pass is one index-backed query when nothing is
+// to be done.
+func (s *workerSweeper) interval() time.Duration {
+	iv := s.m.cfg.SweepInterval
+	if c := s.m.cfg.CrashDetectAfter; c > 0 {
+		iv = min(iv, max(c/6, 10*time.Millisecond))
+	}
+	return iv
 }
 
 func (s *workerSweeper) runOnce(ctx context.Context) (workerSweepResult, error) {

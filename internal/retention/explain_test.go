@@ -77,6 +77,12 @@ func TestExplainAtScale(t *testing.T) {
 		       SELECT 'g0', 'noop', 'running', 1, s.ids[1 + i % 20], now(), now(), CASE WHEN i % 2 = 0 THEN 60000 ELSE 0 END
 		       FROM generate_series(1, 10000) i, s RETURNING id, worker_session_id)
 		 INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, started_at) SELECT id, 1, worker_session_id, 'submit', now() FROM t`,
+		// 1,000,000 queued tasks in one group, with one live worker session of it:
+		// a worker's direct claim must read O(batch) rows, not the backlog.
+		`INSERT INTO worker_groups (name) VALUES ('big')`,
+		`INSERT INTO worker_sessions (name, group_name, slots) VALUES ('big-worker', 'big', 1000)`,
+		`WITH t AS (INSERT INTO tasks (group_name, kind, priority) SELECT 'big', 'noop', i % 3 FROM generate_series(1, 1000000) i RETURNING id, group_name, priority)
+		 INSERT INTO dispatch_queue (task_id, attempt, group_name, priority, reason) SELECT id, 0, group_name, priority, 'submit' FROM t`,
 		// One failover event per dead session, finished.
 		`INSERT INTO failover_events (kind, session_id, group_name, detected_by, deadline, started_at, finished_at, passes)
 		 SELECT 'worker', id, group_name, (SELECT min(id) FROM master_sessions), ended_at, ended_at, ended_at, 1 FROM worker_sessions WHERE state = 'dead'`,
@@ -100,6 +106,29 @@ func TestExplainAtScale(t *testing.T) {
 	}
 	now := time.Now()
 	month := (30 * 24 * time.Hour).Seconds()
+	var bigWorker, liveWorker int64
+	if err := conn.QueryRow(ctx, "SELECT id FROM worker_sessions WHERE name = 'big-worker'").Scan(&bigWorker); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.QueryRow(ctx, "SELECT min(worker_session_id) FROM tasks WHERE state = 'running'").Scan(&liveWorker); err != nil {
+		t.Fatal(err)
+	}
+	// A result batch of 500 running attempts of one live session.
+	var finish db.TaskFinishParams
+	if err := conn.QueryRow(ctx, `SELECT array_agg(id), array_agg(attempt) FROM
+		(SELECT id, attempt FROM tasks WHERE worker_session_id = $1 AND state = 'running' ORDER BY id LIMIT 500) x`, liveWorker).
+		Scan(&finish.Ids, &finish.Attempts); err != nil {
+		t.Fatal(err)
+	}
+	for range finish.Ids {
+		finish.SessionIds = append(finish.SessionIds, liveWorker)
+		finish.Outcomes = append(finish.Outcomes, "succeeded")
+		finish.ExitCodes = append(finish.ExitCodes, 0)
+		finish.Errors = append(finish.Errors, "")
+		finish.Outputs = append(finish.Outputs, "")
+		finish.RetryDelaysMs = append(finish.RetryDelaysMs, 0)
+	}
+	finish.NoExitCode = -1
 	cases := []struct {
 		name string
 		call func(q *db.Queries) error
@@ -130,6 +159,24 @@ func TestExplainAtScale(t *testing.T) {
 		}},
 		{"DispatchLockWaiting", func(q *db.Queries) error {
 			_, err := q.DispatchLockWaiting(ctx, db.DispatchLockWaitingParams{GroupName: "g3", MaxTasks: 2000})
+			return err
+		}},
+		{"TaskClaimQueued (1,000,000 queued in the group, batch 512)", func(q *db.Queries) error {
+			rows, err := q.TaskClaimQueued(ctx, db.TaskClaimQueuedParams{SessionID: bigWorker, GroupName: "big", MaxTasks: 512})
+			if err == nil && len(rows) != 512 {
+				err = fmt.Errorf("claimed %d, want 512", len(rows))
+			}
+			return err
+		}},
+		{"TaskClaim", func(q *db.Queries) error {
+			_, err := q.TaskClaim(ctx, db.TaskClaimParams{SessionID: liveWorker, MaxTasks: 512})
+			return err
+		}},
+		{"TaskFinish (500 results)", func(q *db.Queries) error {
+			rows, err := q.TaskFinish(ctx, finish)
+			if err == nil && len(rows) != len(finish.Ids) {
+				err = fmt.Errorf("finished %d, want %d", len(rows), len(finish.Ids))
+			}
 			return err
 		}},
 		{"TaskPruneFinished", func(q *db.Queries) error {

@@ -31,6 +31,11 @@ type HeartbeatConfig struct {
 	FenceAfter time.Duration
 	// Since is when the registration that created the session was sent.
 	Since time.Time
+	// CrashFenceAfter (0: off) replaces FenceAfter while the worker has promised
+	// its liveness lock but does not hold it (SetLockHeld(false)): a master may then
+	// declare the session dead once its heartbeat is older than its
+	// --crash-detect-after, so the fence must fire before (see Liveness).
+	CrashFenceAfter time.Duration
 	// CallTimeout bounds one heartbeat statement; default FenceAfter/2. A hung
 	// call never delays the fence, which is a timer of its own.
 	CallTimeout time.Duration
@@ -46,6 +51,8 @@ type Fence struct {
 	// HeartbeatInFlight: a heartbeat statement was still waiting for its answer
 	// when the fence fired (the fence does not wait for it).
 	HeartbeatInFlight bool
+	// LockLost: the liveness lock was not held, so the shorter CrashFenceAfter applied.
+	LockLost bool
 }
 
 // HeartbeatTestSignals are sent after meaningful steps (tests only).
@@ -71,12 +78,14 @@ type Heartbeater struct {
 	pool *pgxpool.Pool
 
 	lost     chan error
+	nudge    chan struct{} // the lock was lost: heartbeat now
 	lostOnce sync.Once
 	inFlight atomic.Bool
 
 	mu         sync.Mutex
 	lastOKSent time.Time // monotonic reading
 	fence      *time.Timer
+	lockLost   bool // the liveness lock was promised and is not held: CrashFenceAfter applies
 	done       bool // fenced, lost or stopped: the timer must not fire (again)
 }
 
@@ -91,7 +100,7 @@ func NewHeartbeater(base service.Base, pool *pgxpool.Pool, cfg HeartbeatConfig) 
 	if cfg.Since.IsZero() {
 		cfg.Since = time.Now()
 	}
-	return &Heartbeater{Base: base, cfg: cfg, pool: pool, lost: make(chan error, 1)}
+	return &Heartbeater{Base: base, cfg: cfg, pool: pool, lost: make(chan error, 1), nudge: make(chan struct{}, 1)}
 }
 
 // Lost receives the reason once the session is lost.
@@ -102,7 +111,7 @@ func (h *Heartbeater) Start(ctx context.Context) error {
 	h.mu.Lock()
 	h.lastOKSent = h.cfg.Since
 	h.done = false
-	h.fence = time.AfterFunc(h.cfg.FenceAfter-time.Since(h.cfg.Since), h.fire)
+	h.fence = time.AfterFunc(h.fenceAfterLocked()-time.Since(h.cfg.Since), h.fire)
 	h.mu.Unlock()
 	h.StartLoop(ctx, h.loop)
 	return nil
@@ -120,14 +129,16 @@ func (h *Heartbeater) Stop() {
 }
 
 func (h *Heartbeater) loop(ctx context.Context) {
-	t := time.NewTicker(h.cfg.Interval)
+	t := time.NewTimer(h.cfg.Interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-h.nudge:
 		}
+		t.Reset(h.interval())
 		state, err := h.runOnce(ctx)
 		if ctx.Err() != nil {
 			return
@@ -162,7 +173,7 @@ func (h *Heartbeater) runOnce(ctx context.Context) (string, error) {
 	if !h.done && sent.After(h.lastOKSent) {
 		h.lastOKSent = sent
 		// A success that arrives after the deadline changes nothing: done is set.
-		h.fence.Reset(h.cfg.FenceAfter - time.Since(sent))
+		h.fence.Reset(h.fenceAfterLocked() - time.Since(sent))
 	}
 	h.mu.Unlock()
 	return state, nil
@@ -177,20 +188,75 @@ func (h *Heartbeater) fire() {
 		return
 	}
 	since := time.Since(h.lastOKSent)
-	if since < h.cfg.FenceAfter {
+	fenceAfter := h.fenceAfterLocked()
+	if since < fenceAfter {
 		// Re-armed concurrently by a success that raced the timer.
-		h.fence.Reset(h.cfg.FenceAfter - since)
+		h.fence.Reset(fenceAfter - since)
 		h.mu.Unlock()
 		return
 	}
 	h.done = true
 	h.mu.Unlock()
-	f := Fence{SinceLastOK: since, HeartbeatInFlight: h.inFlight.Load()}
+	f := Fence{SinceLastOK: since, HeartbeatInFlight: h.inFlight.Load(), LockLost: fenceAfter != h.cfg.FenceAfter}
 	h.Logger.Error("self-fencing: stop claiming and kill running tasks", logfield.SessionID(h.cfg.SessionID),
 		zap.Duration("since_last_heartbeat", since), zap.Bool("heartbeat_in_flight", f.HeartbeatInFlight),
+		zap.Bool("liveness_lock_lost", f.LockLost),
 		zap.Time("at", h.Clock.Now()))
 	h.TestSignals.Fenced.Signal(f)
 	h.lose(fmt.Errorf("%w (last success sent %s ago)", ErrSelfFenced, since.Round(time.Millisecond)))
+}
+
+// interval is the time to the next heartbeat: Interval, or, while the promised
+// lock is not held, a quarter of the crash fence if shorter — each success then
+// pushes the nearer fence out, so a worker that heartbeats fine is not fenced
+// because its lock connection alone failed.
+func (h *Heartbeater) interval() time.Duration {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.lockLost && h.cfg.CrashFenceAfter > 0 {
+		return min(h.cfg.Interval, max(h.cfg.CrashFenceAfter/4, time.Millisecond))
+	}
+	return h.cfg.Interval
+}
+
+// fenceAfterLocked is the fence's current distance from the last successful send.
+func (h *Heartbeater) fenceAfterLocked() time.Duration {
+	if h.lockLost && h.cfg.CrashFenceAfter > 0 {
+		return min(h.cfg.CrashFenceAfter, h.cfg.FenceAfter)
+	}
+	return h.cfg.FenceAfter
+}
+
+// SetLockHeld tells the fence whether the promised liveness lock is held. When it
+// is not, the fence moves to last-successful-send + CrashFenceAfter at once (firing
+// now if that is past) — this call returns only after such a fence has fired, so
+// the caller may then let the lock go. Safe to call after Stop (no effect).
+func (h *Heartbeater) SetLockHeld(held bool) {
+	h.mu.Lock()
+	if h.lockLost == !held {
+		h.mu.Unlock()
+		return
+	}
+	h.lockLost = !held
+	if h.done || h.fence == nil {
+		h.mu.Unlock()
+		return
+	}
+	left := h.fenceAfterLocked() - time.Since(h.lastOKSent)
+	if left > 0 {
+		h.fence.Reset(left)
+		h.mu.Unlock()
+		if !held {
+			select {
+			case h.nudge <- struct{}{}:
+			default:
+			}
+		}
+		return
+	}
+	h.fence.Stop()
+	h.mu.Unlock()
+	h.fire() // the deadline is past: fence now, on this goroutine
 }
 
 func (h *Heartbeater) lose(err error) {

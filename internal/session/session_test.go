@@ -175,3 +175,91 @@ func TestHeartbeatStartStopStress(t *testing.T) {
 		h.Stop()
 	}
 }
+
+// While the promised liveness lock is not held, the fence is last-success +
+// CrashFenceAfter instead of FenceAfter. With every heartbeat hung: losing the lock
+// arms the crash fence, which fires although the normal one is a minute away; and
+// when the crash fence is already past, SetLockHeld(false) fences before it
+// returns (so the caller may then let the connection go).
+func TestLockLostMovesFenceForward(t *testing.T) {
+	t.Parallel()
+	pool, dsn := srv.NewPool(t)
+	proxy, viaProxy := batontest.NewProxy(t, dsn)
+	proxied, err := pgxpool.New(context.Background(), viaProxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxied.Close)
+	t.Cleanup(proxy.Restore)
+	reg, err := rows(t, pool).Register(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := session.HeartbeatConfig{SessionID: reg.ID, Interval: 20 * time.Millisecond,
+		FenceAfter: time.Minute, CrashFenceAfter: 100 * time.Millisecond, Since: reg.Sent, CallTimeout: time.Minute}
+
+	t.Run("armed", func(t *testing.T) {
+		h, lost := heartbeater(t, proxied, cfg)
+		_ = h.Start(context.Background())
+		h.TestSignals.Beat.WaitOrTimeout(t)
+		proxy.Stall()
+		defer proxy.Restore()
+		h.TestSignals.BeatSent.WaitOrTimeout(t) // this heartbeat hangs
+		h.SetLockHeld(false)
+		f := h.TestSignals.Fenced.WaitOrTimeout(t)
+		if !f.LockLost || f.SinceLastOK < 100*time.Millisecond || f.SinceLastOK >= time.Minute {
+			t.Fatalf("fence %+v: want the crash fence", f)
+		}
+		if err := <-lost; !errors.Is(err, session.ErrSelfFenced) {
+			t.Fatalf("lost: %v", err)
+		}
+	})
+	t.Run("past", func(t *testing.T) {
+		proxy.Stall()
+		defer proxy.Restore()
+		past := cfg
+		past.Since = reg.Sent.Add(-time.Second) // no heartbeat has succeeded for a second
+		h, lost := heartbeater(t, proxied, past)
+		_ = h.Start(context.Background())
+		h.SetLockHeld(false)
+		select {
+		case f := <-h.TestSignals.Fenced.C():
+			if !f.LockLost || f.SinceLastOK < time.Second {
+				t.Fatalf("fence %+v", f)
+			}
+		default:
+			t.Fatal("SetLockHeld(false) past the crash fence returned without fencing")
+		}
+		if err := <-lost; !errors.Is(err, session.ErrSelfFenced) {
+			t.Fatalf("lost: %v", err)
+		}
+	})
+}
+
+// Losing the lock while heartbeats succeed changes nothing (each success re-arms
+// the crash fence); taking it again restores the normal fence.
+func TestLockLostWhileHeartbeating(t *testing.T) {
+	t.Parallel()
+	pool, _ := srv.NewPool(t)
+	reg, err := rows(t, pool).Register(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, lost := heartbeater(t, pool, session.HeartbeatConfig{SessionID: reg.ID, Interval: 20 * time.Millisecond,
+		FenceAfter: time.Minute, CrashFenceAfter: 2 * time.Second, Since: reg.Sent})
+	_ = h.Start(context.Background())
+	h.TestSignals.Beat.WaitOrTimeout(t)
+	h.SetLockHeld(false)
+	for range 20 {
+		h.TestSignals.Beat.WaitOrTimeout(t)
+	}
+	h.SetLockHeld(true)
+	h.TestSignals.Beat.WaitOrTimeout(t)
+	h.Stop()
+	h.TestSignals.Fenced.RequireEmpty(t)
+	if len(lost) != 0 {
+		t.Fatal("session lost")
+	}
+	h.SetLockHeld(false) // after Stop: no effect
+	h.TestSignals.Fenced.RequireEmpty(t)
+}

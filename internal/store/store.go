@@ -218,3 +218,19 @@ func DataException(err error) (string, bool) {
 	}
 	return "", false
 }
+
+// ConnConfig parses a DSN into the configuration of one connection outside any pool,
+// with baton's session parameters and dialer (as Open gives the pool's). The worker's
+// liveness lock lives on such a connection.
+func ConnConfig(dsn string) (*pgx.ConnConfig, error) {
+	cfg, err := ParseConfig(dsn)
+	if err != nil {
+		return nil, err
+	}
+	cc := cfg.ConnConfig
+	if cc.ConnectTimeout == 0 {
+		cc.ConnectTimeout = 5 * time.Second
+	}
+	applyConnDefaults(&cc.Config)
+	return cc, nil
+}

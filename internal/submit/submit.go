@@ -7,13 +7,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/baton-scheduler/baton/db"
@@ -206,8 +207,8 @@ func Submit(ctx context.Context, pool *pgxpool.Pool, s Spec) (int64, error) {
 	return ids[0], nil
 }
 
-// Many validates every spec, then stores all of them in one transaction (all or
-// nothing) with one NOTIFY.
+// Many validates every spec, then stores all of them in one statement (all or
+// nothing; one round trip) with one NOTIFY per group.
 func Many(ctx context.Context, pool *pgxpool.Pool, specs []Spec) ([]int64, error) {
 	p := db.TaskSubmitManyParams{}
 	groups := map[string]bool{}
@@ -226,40 +227,30 @@ func Many(ctx context.Context, pool *pgxpool.Pool, specs []Spec) ([]int64, error
 		p.MaxRetries = append(p.MaxRetries, int32(s.MaxRetries))
 		p.TimeoutsMs = append(p.TimeoutsMs, s.Timeout.Milliseconds())
 	}
-	var ids []int64
-	err := store.WithTx(ctx, pool, func(q *db.Queries, _ pgx.Tx) error {
-		for g := range groups {
-			ok, err := q.GroupExists(ctx, g)
-			if err != nil {
-				return fmt.Errorf("look up group: %w", err)
-			}
-			if !ok {
-				return fmt.Errorf("%w %q: start a worker with --group %s first, or check the name", ErrUnknownGroup, g, g)
-			}
-		}
-		var err error
-		ids, err = q.TaskSubmitMany(ctx, p)
-		if err != nil {
-			switch store.Constraint(err) {
-			case "tasks_group_name_fkey":
-				return fmt.Errorf("%w: %v", ErrUnknownGroup, err)
-			case "tasks_payload_size":
-				return fmt.Errorf("%w: a payload exceeds 1 MiB once stored as jsonb (jsonb adds spaces)", ErrInvalid)
-			case "":
-			default:
-				return fmt.Errorf("%w: rejected by constraint %s", ErrInvalid, store.Constraint(err))
-			}
-			// SQLSTATE class 22 (data exception): Postgres refuses a value, e.g. a
-			// number beyond jsonb's numeric range. The data is at fault, not the server.
-			if msg, ok := store.DataException(err); ok {
-				return fmt.Errorf("%w: a payload was refused by Postgres: %s", ErrInvalid, msg)
-			}
-			return fmt.Errorf("store tasks: %w", err)
-		}
-		return q.NotifyDispatch(ctx)
-	})
-	if err != nil {
-		return nil, err
+	q := db.New(pool)
+	ids, err := q.TaskSubmitMany(ctx, p)
+	if err == nil {
+		return ids, nil
 	}
-	return ids, nil
+	switch store.Constraint(err) {
+	case "tasks_group_name_fkey":
+		// Name the group that is missing (the error path only).
+		for _, g := range slices.Sorted(maps.Keys(groups)) {
+			if ok, gerr := q.GroupExists(ctx, g); gerr == nil && !ok {
+				return nil, fmt.Errorf("%w %q: start a worker with --group %s first, or check the name", ErrUnknownGroup, g, g)
+			}
+		}
+		return nil, fmt.Errorf("%w: %v", ErrUnknownGroup, err)
+	case "tasks_payload_size":
+		return nil, fmt.Errorf("%w: a payload exceeds 1 MiB once stored as jsonb (jsonb adds spaces)", ErrInvalid)
+	case "":
+	default:
+		return nil, fmt.Errorf("%w: rejected by constraint %s", ErrInvalid, store.Constraint(err))
+	}
+	// SQLSTATE class 22 (data exception): Postgres refuses a value, e.g. a
+	// number beyond jsonb's numeric range. The data is at fault, not the server.
+	if msg, ok := store.DataException(err); ok {
+		return nil, fmt.Errorf("%w: a payload was refused by Postgres: %s", ErrInvalid, msg)
+	}
+	return nil, fmt.Errorf("store tasks: %w", err)
 }

@@ -22,8 +22,22 @@ const (
 	ShutdownGraceDefault     = 10 * time.Second
 	KillGraceDefault         = claimer.KillGraceDefault
 	SlotsDefault             = 4
-	GroupDefault             = "default"
+	// CrashDetectAfterDefault equals the masters' --crash-detect-after default.
+	CrashDetectAfterDefault = 1500 * time.Millisecond
+	GroupDefault            = "default"
 )
+
+// CrashFenceDefault is the crash fence for a crash-detection age: 5/6 of it, which
+// leaves the worker a sixth (250 ms at the defaults) to kill its tasks before a
+// master may declare it dead.
+func CrashFenceDefault(crashDetectAfter time.Duration) time.Duration {
+	return crashDetectAfter * 5 / 6
+}
+
+// CrashDetectOff as Config.CrashDetectAfter: the worker promises no liveness lock
+// and masters wait the heartbeat timeout for it (e.g. behind a transaction-mode
+// pooler, which does not keep session advisory locks).
+const CrashDetectOff time.Duration = -1
 
 // groupRE mirrors the worker_groups_name_format constraint.
 var groupRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
@@ -39,8 +53,20 @@ type Config struct {
 	// claiming, kills its tasks and abandons the session. Must stay below the
 	// masters' worker timeout (timeout − margin) so it acts before failover.
 	SelfFenceAfter time.Duration
-	PollInterval   time.Duration // claim polling fallback when no NOTIFY arrives
-	ShutdownGrace  time.Duration // how long SIGTERM waits for running tasks
+	// CrashDetectAfter must equal the masters' --crash-detect-after (default 1.5 s;
+	// CrashDetectOff disables). When on, the worker holds its session's liveness
+	// advisory lock on a dedicated connection (it needs a direct session to
+	// Postgres, not a transaction-mode pooler) and promises it, so masters declare
+	// a crashed worker dead after CrashDetectAfter instead of the heartbeat timeout.
+	CrashDetectAfter time.Duration
+	// CrashFenceAfter: while the promised lock is not held (its connection failed,
+	// Postgres restarted), the self-fence fires this long after the last
+	// successful heartbeat instead of SelfFenceAfter. Must be below
+	// CrashDetectAfter and above the heartbeat interval; default 5/6 of
+	// CrashDetectAfter (1.25 s).
+	CrashFenceAfter time.Duration
+	PollInterval    time.Duration // claim polling fallback when no NOTIFY arrives
+	ShutdownGrace   time.Duration // how long SIGTERM waits for running tasks
 	// KillGrace: once an attempt timed out or was killed, how long it may take to
 	// return before its slot is freed without it (a Go handler that ignores
 	// cancellation, a shell task whose detached child keeps its output open). A
@@ -89,6 +115,12 @@ func (c Config) WithDefaults() Config {
 	if c.SelfFenceAfter == 0 {
 		c.SelfFenceAfter = SelfFenceAfterDefault
 	}
+	if c.CrashDetectAfter == 0 {
+		c.CrashDetectAfter = CrashDetectAfterDefault
+	}
+	if c.CrashFenceAfter == 0 && c.CrashDetectAfter > 0 {
+		c.CrashFenceAfter = CrashFenceDefault(c.CrashDetectAfter)
+	}
 	if c.PollInterval == 0 {
 		c.PollInterval = PollIntervalDefault
 	}
@@ -130,6 +162,17 @@ func (c Config) Validate() error {
 	}
 	if c.SelfFenceAfter < 2*c.HeartbeatInterval {
 		errs = append(errs, fmt.Errorf("self-fence after %s must be at least twice the heartbeat interval %s", c.SelfFenceAfter, c.HeartbeatInterval))
+	}
+	if c.CrashDetectAfter != CrashDetectOff && c.CrashDetectAfter < 0 {
+		errs = append(errs, fmt.Errorf("crash detection age %s is negative (0 on the command line disables it)", c.CrashDetectAfter))
+	}
+	if c.CrashDetectAfter > 0 {
+		if c.CrashFenceAfter >= c.CrashDetectAfter {
+			errs = append(errs, fmt.Errorf("crash fence %s must be below the crash detection age %s (a master may declare the worker dead then)", c.CrashFenceAfter, c.CrashDetectAfter))
+		}
+		if c.CrashFenceAfter <= c.HeartbeatInterval {
+			errs = append(errs, fmt.Errorf("crash fence %s must be above the heartbeat interval %s", c.CrashFenceAfter, c.HeartbeatInterval))
+		}
 	}
 	if c.PollInterval <= 0 {
 		errs = append(errs, fmt.Errorf("poll interval %s must be positive", c.PollInterval))

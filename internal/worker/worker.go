@@ -24,6 +24,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
@@ -44,6 +45,7 @@ import (
 type TestSignals struct {
 	Registered service.TestSignal[int64] // a session was registered (its id)
 	Heartbeat  session.HeartbeatTestSignals
+	Liveness   session.LivenessTestSignals
 	Claimer    claimer.TestSignals
 	Completer  completer.TestSignals
 	Drain      drain.TestSignals
@@ -58,7 +60,9 @@ type Worker struct {
 	log       *zap.Logger
 	exec      *executor.Executor
 	wake      notify.Signal
+	targeted  atomic.Bool // a NOTIFY named our session: claim dispatched tasks
 	rows      *session.Rows
+	liveConn  *pgx.ConnConfig // the liveness lock's connection (nil: crash detection off)
 	completer *completer.Completer
 	session   atomic.Int64
 
@@ -86,6 +90,12 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 		log:  cfg.Logger.Named("worker"),
 		exec: &executor.Executor{Handlers: cfg.Handlers, MaxOutput: cfg.MaxOutput, AllowShell: cfg.AllowShell, ShellEnvAllow: cfg.ShellEnvAllow, Logger: cfg.Logger, Contain: contain.Options{FrozenAfter: cfg.SelfFenceAfter}},
 		wake: notify.NewSignal(),
+	}
+	if cfg.CrashDetectAfter > 0 {
+		if w.liveConn, err = store.ConnConfig(cfg.DatabaseURL); err != nil {
+			pool.Close()
+			return nil, err
+		}
 	}
 	w.rows = &session.Rows{Base: w.base("session"), Pool: pool,
 		Spec: session.Spec{Name: cfg.Name, Group: cfg.Group, Slots: cfg.Slots, Version: cfg.Version}}
@@ -120,7 +130,11 @@ func (w *Worker) Run(ctx context.Context) error {
 	go func() {
 		defer bgWG.Done()
 		(&notify.Listener{Pool: w.pool, Channels: []string{notify.ChannelClaim}, Logger: w.log, OnNotify: func(_, payload string) {
-			if notify.ClaimFor(payload, strconv.FormatInt(w.session.Load(), 10)) {
+			switch {
+			case payload == "g:"+w.cfg.Group: // tasks queued in our group
+				w.wake.Wake()
+			case notify.ClaimFor(payload, strconv.FormatInt(w.session.Load(), 10)): // tasks dispatched to us
+				w.targeted.Store(true)
 				w.wake.Wake()
 			}
 		}}).Run(bg)
@@ -156,8 +170,8 @@ func (w *Worker) Run(ctx context.Context) error {
 func (w *Worker) runSession(ctx context.Context, reg session.Registered) error {
 	orphaned := make(chan error, 1)
 	cl := claimer.New(w.base("claimer"), w.pool, claimer.Config{
-		SessionID: reg.ID, Worker: w.cfg.Name, Slots: w.cfg.Slots, PollInterval: w.cfg.PollInterval,
-		KillGrace: w.cfg.KillGrace, Retry: w.cfg.Retry, Exec: w.exec, Results: w.completer, Wake: w.wake,
+		SessionID: reg.ID, Group: w.cfg.Group, Worker: w.cfg.Name, Slots: w.cfg.Slots, PollInterval: w.cfg.PollInterval,
+		KillGrace: w.cfg.KillGrace, Retry: w.cfg.Retry, Exec: w.exec, Results: w.completer, Wake: w.wake, Targeted: &w.targeted,
 		OnOrphans: func(err error) {
 			select {
 			case orphaned <- err:
@@ -168,7 +182,7 @@ func (w *Worker) runSession(ctx context.Context, reg session.Registered) error {
 	cl.TestSignals = w.TestSignals.Claimer
 	hb := session.NewHeartbeater(w.base("heartbeat"), w.pool, session.HeartbeatConfig{
 		SessionID: reg.ID, Interval: w.cfg.HeartbeatInterval, FenceAfter: w.cfg.SelfFenceAfter,
-		Since: reg.Sent, CallTimeout: w.cfg.Test.HeartbeatCallTimeout,
+		Since: reg.Sent, CallTimeout: w.cfg.Test.HeartbeatCallTimeout, CrashFenceAfter: w.cfg.CrashFenceAfter,
 		// The fence kills the tasks first, from its own goroutine: nothing it
 		// could wait for (a hung query, the claim loop) can delay the kill.
 		OnLost: cl.Kill,
@@ -182,6 +196,16 @@ func (w *Worker) runSession(ctx context.Context, reg session.Registered) error {
 
 	// Neither runs under ctx: a SIGTERM drains the session, it does not cut it off.
 	_ = hb.Start(context.Background())
+	if w.liveConn != nil {
+		// Stopped (the lock let go) only once the session's tasks were killed or
+		// drained: from then on the session may be declared dead at once.
+		lv := session.NewLiveness(w.base("liveness"), session.LivenessConfig{
+			SessionID: reg.ID, ConnConfig: w.liveConn, OnHeld: hb.SetLockHeld,
+		})
+		lv.TestSignals = w.TestSignals.Liveness
+		_ = lv.Start(context.Background())
+		defer lv.Stop()
+	}
 	_ = cl.Start(context.Background())
 	select {
 	case <-ctx.Done():
