@@ -3,6 +3,7 @@ package baton_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"errors"
 	"os"
 	"strings"
@@ -33,6 +34,9 @@ func TestEmbeddedWorker(t *testing.T) {
 		DatabaseURL: dsn, Group: "app", Logger: zaptest.NewLogger(t),
 		Handlers: map[string]baton.Handler{
 			"upper": func(_ context.Context, task baton.Task) (string, error) {
+				if err := task.CheckLease(); err != nil {
+					return "", fmt.Errorf("a running attempt of a healthy worker must own its task: %w", err)
+				}
 				var p struct{ S string }
 				if err := json.Unmarshal(task.Payload, &p); err != nil {
 					return "", err

@@ -33,7 +33,24 @@ type Task struct {
 	Worker    string
 	SessionID int64
 
-	env *handlerEnv
+	env   *handlerEnv
+	lease func() error
+}
+
+// CheckLease returns nil while this attempt still owns the task, and an error once
+// it may not: the attempt was killed (timeout, shutdown past its grace), or the
+// worker has not heartbeated within its self-fence time, after which a master may
+// declare it dead and run the task elsewhere. Call it right before each side
+// effect outside baton's database (an e-mail, a payment, a file): a Go handler
+// cannot be killed like a process, and a worker that was frozen (SIGSTOP, a VM
+// stall) resumes its handlers before it learns it was fenced — its context is
+// canceled a moment later, but CheckLease reads the clock itself and reports the
+// expiry at once. It costs a mutex and a clock read; it makes no query.
+func (t Task) CheckLease() error {
+	if t.lease == nil {
+		return nil
+	}
+	return t.lease()
 }
 
 // Retries reads how many retries the task has used and its limit (one query;
@@ -86,7 +103,7 @@ type Handler func(ctx context.Context, task Task) (output string, err error)
 
 func (h Handler) internal(env *handlerEnv) executor.Handler {
 	return func(ctx context.Context, t executor.Task) (string, error) {
-		out, err := h(ctx, Task{ID: t.ID, Attempt: int(t.Attempt), Kind: t.Kind, Payload: t.Payload, Worker: t.Worker, SessionID: t.SessionID, env: env})
+		out, err := h(ctx, Task{ID: t.ID, Attempt: int(t.Attempt), Kind: t.Kind, Payload: t.Payload, Worker: t.Worker, SessionID: t.SessionID, env: env, lease: t.Lease})
 		if err != nil && IsPermanent(err) && env != nil && env.pool != nil {
 			env.exhaustRetries(ctx, t)
 		}

@@ -73,6 +73,9 @@ type Config struct {
 	// OnOrphans is called when reconcile finds orphaned claims; the worker
 	// abandons the session.
 	OnOrphans func(error)
+	// Lease reports whether the session still owns its attempts (the heartbeat's
+	// lease); handlers check it through Task.CheckLease. Nil: always owned.
+	Lease func() error
 }
 
 // claimCooldown: how long a busy worker (more than half its slots taken) waits
@@ -350,7 +353,16 @@ func (c *Claimer) run(ctx context.Context, cancel context.CancelCauseFunc, key r
 	}()
 	log.Debug("task started", logfield.Kind(r.Kind))
 	timeout := time.Duration(r.TimeoutMs) * time.Millisecond
-	task := executor.Task{ID: r.ID, Attempt: r.Attempt, Kind: r.Kind, Payload: r.Payload, SessionID: c.cfg.SessionID, Worker: c.cfg.Worker}
+	task := executor.Task{ID: r.ID, Attempt: r.Attempt, Kind: r.Kind, Payload: r.Payload, SessionID: c.cfg.SessionID, Worker: c.cfg.Worker,
+		Lease: func() error {
+			if ctx.Err() != nil {
+				return fmt.Errorf("attempt killed: %w", context.Cause(ctx))
+			}
+			if c.cfg.Lease != nil {
+				return c.cfg.Lease()
+			}
+			return nil
+		}}
 
 	// The executor enforces the timeout itself; this watch only bounds how long
 	// the slot waits for it once the attempt's time is up or it was killed.

@@ -46,6 +46,17 @@ type Task struct {
 	Payload   json.RawMessage
 	SessionID int64
 	Worker    string
+	// Lease reports whether this attempt still owns the task (nil) — see
+	// baton.Task.CheckLease. Nil func: always owned (tests, direct executor use).
+	Lease func() error
+}
+
+// CheckLease is nil while the attempt still owns its task.
+func (t Task) CheckLease() error {
+	if t.Lease == nil {
+		return nil
+	}
+	return t.Lease()
 }
 
 // Handler runs a task kind in-process. It must return when ctx is done.

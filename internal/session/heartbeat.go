@@ -103,6 +103,27 @@ func NewHeartbeater(base service.Base, pool *pgxpool.Pool, cfg HeartbeatConfig) 
 	return &Heartbeater{Base: base, cfg: cfg, pool: pool, lost: make(chan error, 1), nudge: make(chan struct{}, 1)}
 }
 
+// ErrLeaseExpired: the session may no longer act for its attempts.
+var ErrLeaseExpired = errors.New("lease expired: this worker may have been declared dead and the task moved")
+
+// LeaseErr is nil while the session still owns its attempts: it was not lost and
+// its last successful heartbeat was sent less than the (current) fence time ago,
+// the deadline before which no master can declare it dead. It reads the
+// monotonic clock itself, so a process that was frozen (SIGSTOP, a stall) and
+// wakes up past the deadline sees the expiry at once — before the fence timer's
+// goroutine has had a chance to run and cancel anything.
+func (h *Heartbeater) LeaseErr() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.done {
+		return ErrLeaseExpired
+	}
+	if since := time.Since(h.lastOKSent); since >= h.fenceAfterLocked() {
+		return fmt.Errorf("%w (last successful heartbeat sent %s ago)", ErrLeaseExpired, since.Round(time.Millisecond))
+	}
+	return nil
+}
+
 // Lost receives the reason once the session is lost.
 func (h *Heartbeater) Lost() <-chan error { return h.lost }
 

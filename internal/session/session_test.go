@@ -263,3 +263,49 @@ func TestLockLostWhileHeartbeating(t *testing.T) {
 	h.SetLockHeld(false) // after Stop: no effect
 	h.TestSignals.Fenced.RequireEmpty(t)
 }
+
+// The lease is read from the monotonic clock, not from the fence timer: a process
+// that wakes up past its deadline (frozen by SIGSTOP, a stall) sees the expiry at
+// once, even while the timer's goroutine has not run yet (here: its OnLost blocks,
+// as a fence firing concurrently would be, and the heartbeats cannot succeed).
+func TestLeaseExpiresByTheClockNotTheTimer(t *testing.T) {
+	t.Parallel()
+	pool, dsn := srv.NewPool(t)
+	proxy, viaProxy := batontest.NewProxy(t, dsn)
+	proxied, err := pgxpool.New(context.Background(), viaProxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxied.Close)
+	t.Cleanup(proxy.Restore)
+	reg, err := rows(t, pool).Register(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	cfg := session.HeartbeatConfig{SessionID: reg.ID, Interval: 20 * time.Millisecond,
+		FenceAfter: time.Hour, Since: reg.Sent, CallTimeout: time.Minute}
+	cfg.OnLost = func(error) { <-release }
+	h := session.NewHeartbeater(service.NewBase("heartbeat", zaptest.NewLogger(t), nil), proxied, cfg)
+	h.TestSignals.Beat.Init(t)
+	t.Cleanup(h.Stop)
+	_ = h.Start(context.Background())
+	h.TestSignals.Beat.WaitOrTimeout(t)
+	if err := h.LeaseErr(); err != nil {
+		t.Fatalf("fresh session: lease %v", err)
+	}
+
+	// A session whose last successful heartbeat is older than its fence time: the
+	// lease is gone at once, whatever the timer has (not) done yet.
+	proxy.Stall()
+	old, _ := rows(t, pool).Register(context.Background())
+	cfg2 := session.HeartbeatConfig{SessionID: old.ID, Interval: time.Hour, FenceAfter: 100 * time.Millisecond,
+		Since: time.Now().Add(-time.Second), CallTimeout: time.Minute, OnLost: func(error) { <-release }}
+	h2 := session.NewHeartbeater(service.NewBase("heartbeat", zaptest.NewLogger(t), nil), proxied, cfg2)
+	t.Cleanup(h2.Stop)
+	_ = h2.Start(context.Background())
+	if err := h2.LeaseErr(); !errors.Is(err, session.ErrLeaseExpired) {
+		t.Fatalf("lease of a session past its fence: %v, want ErrLeaseExpired", err)
+	}
+}

@@ -169,7 +169,9 @@ func (w *Worker) Run(ctx context.Context) error {
 // runSession serves one session until it is lost or ctx ends (then it drains).
 func (w *Worker) runSession(ctx context.Context, reg session.Registered) error {
 	orphaned := make(chan error, 1)
+	var hb *session.Heartbeater // set below, before any task starts
 	cl := claimer.New(w.base("claimer"), w.pool, claimer.Config{
+		Lease:     func() error { return hb.LeaseErr() },
 		SessionID: reg.ID, Group: w.cfg.Group, Worker: w.cfg.Name, Slots: w.cfg.Slots, PollInterval: w.cfg.PollInterval,
 		KillGrace: w.cfg.KillGrace, Retry: w.cfg.Retry, Exec: w.exec, Results: w.completer, Wake: w.wake, Targeted: &w.targeted,
 		OnOrphans: func(err error) {
@@ -180,7 +182,7 @@ func (w *Worker) runSession(ctx context.Context, reg session.Registered) error {
 		},
 	})
 	cl.TestSignals = w.TestSignals.Claimer
-	hb := session.NewHeartbeater(w.base("heartbeat"), w.pool, session.HeartbeatConfig{
+	hb = session.NewHeartbeater(w.base("heartbeat"), w.pool, session.HeartbeatConfig{
 		SessionID: reg.ID, Interval: w.cfg.HeartbeatInterval, FenceAfter: w.cfg.SelfFenceAfter,
 		Since: reg.Sent, CallTimeout: w.cfg.Test.HeartbeatCallTimeout, CrashFenceAfter: w.cfg.CrashFenceAfter,
 		// The fence kills the tasks first, from its own goroutine: nothing it

@@ -78,6 +78,12 @@ func ledgerHandler(ctx context.Context, t executor.Task) (string, error) {
 	write := func(kind string) error {
 		token := chaos.NewToken()
 		return chaos.Retry(ctx, func(ctx context.Context) error {
+			// A side effect outside baton: only while this attempt still owns the
+			// task (a worker frozen past its deadline resumes its handlers before
+			// its context is canceled; the lease check sees the expiry at once).
+			if err := t.CheckLease(); err != nil {
+				return err
+			}
 			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
 			_, err := pl.Exec(wctx, chaos.InsertSQL, t.ID, t.Attempt, t.SessionID, kind, token)
