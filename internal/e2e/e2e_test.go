@@ -15,7 +15,7 @@ var srv *batontest.Server
 func TestMain(m *testing.M) {
 	os.Exit(func() int {
 		defer RemoveBinaries()
-		return batontest.Main(m, func(s *batontest.Server) { srv = s })
+		return batontest.MainNoLeaks(m, func(s *batontest.Server) { srv = s })
 	}())
 }
 
