@@ -37,7 +37,8 @@ test:
 test-unit:
 	scripts/test.sh unit
 
-# Tier 2: the process-level tests (real binaries, SIGKILL/SIGSTOP/SIGTERM; ~2 min).
+# Tier 2: the process-level tests (real binaries, SIGKILL/SIGSTOP/SIGTERM, Postgres
+# restart and switchover, the short fault campaign; ~6 min on 2 cores).
 test-e2e:
 	scripts/test.sh e2e
 
