@@ -40,6 +40,26 @@ func heartbeater(t *testing.T, pool *pgxpool.Pool, cfg session.HeartbeatConfig) 
 	return h, lost
 }
 
+// proxiedSession registers a session and returns the direct pool, a proxy in front
+// of the database, a pool through it (for the heartbeats a test stalls) and the
+// registration.
+func proxiedSession(t *testing.T) (*pgxpool.Pool, *batontest.Proxy, *pgxpool.Pool, session.Registered) {
+	t.Helper()
+	pool, dsn := srv.NewPool(t)
+	proxy, viaProxy := batontest.NewProxy(t, dsn)
+	proxied, err := pgxpool.New(context.Background(), viaProxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxied.Close)
+	t.Cleanup(proxy.Restore)
+	reg, err := rows(t, pool).Register(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pool, proxy, proxied, reg
+}
+
 func TestRegisterDrainStop(t *testing.T) {
 	t.Parallel()
 	pool, _ := srv.NewPool(t)
@@ -111,18 +131,7 @@ func TestHeartbeatRearmsFence(t *testing.T) {
 // fires on time, and the worker hears of it at once through OnLost.
 func TestFenceFiresWhileHeartbeatHangs(t *testing.T) {
 	t.Parallel()
-	pool, dsn := srv.NewPool(t)
-	proxy, viaProxy := batontest.NewProxy(t, dsn)
-	proxied, err := pgxpool.New(context.Background(), viaProxy)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(proxied.Close)
-	t.Cleanup(proxy.Restore)
-	reg, err := rows(t, pool).Register(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, proxy, proxied, reg := proxiedSession(t)
 	h, lost := heartbeater(t, proxied, session.HeartbeatConfig{SessionID: reg.ID, Interval: 20 * time.Millisecond,
 		FenceAfter: 150 * time.Millisecond, Since: reg.Sent, CallTimeout: time.Minute})
 	_ = h.Start(context.Background())
@@ -183,18 +192,7 @@ func TestHeartbeatStartStopStress(t *testing.T) {
 // returns (so the caller may then let the connection go).
 func TestLockLostMovesFenceForward(t *testing.T) {
 	t.Parallel()
-	pool, dsn := srv.NewPool(t)
-	proxy, viaProxy := batontest.NewProxy(t, dsn)
-	proxied, err := pgxpool.New(context.Background(), viaProxy)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(proxied.Close)
-	t.Cleanup(proxy.Restore)
-	reg, err := rows(t, pool).Register(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, proxy, proxied, reg := proxiedSession(t)
 	cfg := session.HeartbeatConfig{SessionID: reg.ID, Interval: 20 * time.Millisecond,
 		FenceAfter: time.Minute, CrashFenceAfter: 100 * time.Millisecond, Since: reg.Sent, CallTimeout: time.Minute}
 
@@ -270,18 +268,7 @@ func TestLockLostWhileHeartbeating(t *testing.T) {
 // as a fence firing concurrently would be, and the heartbeats cannot succeed).
 func TestLeaseExpiresByTheClockNotTheTimer(t *testing.T) {
 	t.Parallel()
-	pool, dsn := srv.NewPool(t)
-	proxy, viaProxy := batontest.NewProxy(t, dsn)
-	proxied, err := pgxpool.New(context.Background(), viaProxy)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(proxied.Close)
-	t.Cleanup(proxy.Restore)
-	reg, err := rows(t, pool).Register(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	pool, proxy, proxied, reg := proxiedSession(t)
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) })
 	cfg := session.HeartbeatConfig{SessionID: reg.ID, Interval: 20 * time.Millisecond,
