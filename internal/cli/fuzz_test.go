@@ -82,7 +82,7 @@ func FuzzBatonArgs(f *testing.F) {
 			// migrate up/down rewrite the schema on purpose; --payload @file reads
 			// whatever the host has (/dev/stdin would block): neither is a parser.
 			if a == "up" || a == "down" || strings.HasPrefix(a, "@") || strings.Contains(a, "=@") {
-				t.Skip("changes the schema or reads a host file")
+				return // changes the schema or reads a host file: not a parser case
 			}
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
