@@ -25,14 +25,15 @@ type Client struct {
 	pool   *pgxpool.Pool
 	schema string
 	cfg    ClientConfig
+	waits  *waitHub
 }
 
 // ClientConfig configures a Client; zero fields take defaults.
 type ClientConfig struct {
 	// Schema is baton's Postgres schema (default "baton").
 	Schema string
-	// WaitPollInterval caps the interval at which Wait re-reads a task (it
-	// starts at 10 ms and doubles up to this). Default 500 ms.
+	// WaitPollInterval is how often Wait re-reads a task besides being woken
+	// by its notification (a fallback for a lost one). Default 1 s.
 	WaitPollInterval time.Duration
 	// WorkerTimeout and MasterTimeout judge liveness in Groups (Postgres time);
 	// use the masters' values. Defaults MasterWorkerTimeoutDefault and
@@ -44,7 +45,7 @@ type ClientConfig struct {
 }
 
 // WaitPollIntervalDefault is ClientConfig.WaitPollInterval's default.
-const WaitPollIntervalDefault = 500 * time.Millisecond
+const WaitPollIntervalDefault = time.Second
 
 // NewClient returns a client on pool (the application's pool; baton's schema
 // need not be on its search_path). cfg may be nil. It does not touch the
@@ -75,7 +76,7 @@ func NewClient(pool *pgxpool.Pool, cfg *ClientConfig) (*Client, error) {
 	if c.Logger == nil {
 		c.Logger = defaultLogger()
 	}
-	return &Client{pool: pool, schema: c.Schema, cfg: c}, nil
+	return &Client{pool: pool, schema: c.Schema, cfg: c, waits: &waitHub{pool: pool, log: c.Logger}}, nil
 }
 
 // inTx runs fn in a transaction of the pool with baton's schema as search_path;
@@ -174,30 +175,14 @@ func (c *Client) SubmitManyTx(ctx context.Context, tx pgx.Tx, specs []TaskSpec) 
 }
 
 func submitParams(specs []TaskSpec) (db.TaskSubmitManyParams, error) {
-	var p db.TaskSubmitManyParams
-	if len(specs) == 0 {
-		return p, fmt.Errorf("%w: no tasks to submit", ErrInvalidTask)
-	}
+	is := make([]submit.Spec, len(specs))
 	for i, s := range specs {
-		is := submit.Spec{Group: s.Group, Kind: s.Kind, Payload: s.Payload, Priority: s.Priority, MaxRetries: s.MaxRetries, Timeout: s.Timeout}
-		if err := is.Validate(); err != nil {
-			if len(specs) > 1 {
-				return p, fmt.Errorf("task %d: %w", i, err)
-			}
-			return p, err
+		is[i] = submit.Spec{Group: s.Group, Kind: s.Kind, Payload: s.Payload, Priority: s.Priority, MaxRetries: s.MaxRetries, Timeout: s.Timeout}
+		if b := s.RetryBackoff; b != nil {
+			is[i].Backoff = &submit.Backoff{Base: b.Base, Max: b.Max}
 		}
-		payload := string(s.Payload)
-		if len(s.Payload) == 0 {
-			payload = "{}"
-		}
-		p.GroupNames = append(p.GroupNames, s.Group)
-		p.Kinds = append(p.Kinds, s.Kind)
-		p.Payloads = append(p.Payloads, payload)
-		p.Priorities = append(p.Priorities, int32(s.Priority))
-		p.MaxRetries = append(p.MaxRetries, int32(s.MaxRetries))
-		p.TimeoutsMs = append(p.TimeoutsMs, s.Timeout.Milliseconds())
 	}
-	return p, nil
+	return submit.Params(is)
 }
 
 func insertTasks(ctx context.Context, q *db.Queries, specs []TaskSpec, p db.TaskSubmitManyParams) ([]int64, error) {
@@ -275,18 +260,17 @@ func (c *Client) Attempts(ctx context.Context, id int64) ([]Attempt, error) {
 }
 
 // Wait returns the task once it is in a terminal state (succeeded, failed,
-// timed_out, canceled), or ctx's error. It polls the task row, starting at 10 ms
-// and backing off to WaitPollInterval; it holds no connection between polls.
+// timed_out, canceled), or ctx's error. It is woken by a notification when the
+// task ends: the client LISTENs on one connection of its pool, held only while
+// some Wait is in progress and shared by all of them. It also re-reads the task
+// every WaitPollInterval, so a lost notification (the listener reconnecting)
+// delays it at most that long.
 func (c *Client) Wait(ctx context.Context, id int64) (TaskInfo, error) {
-	delay := 10 * time.Millisecond
-	timer := time.NewTimer(0)
+	woken, done := c.waits.add(id)
+	defer done()
+	timer := time.NewTimer(c.cfg.WaitPollInterval)
 	defer timer.Stop()
 	for {
-		select {
-		case <-ctx.Done():
-			return TaskInfo{}, fmt.Errorf("wait for task %d: %w", id, context.Cause(ctx))
-		case <-timer.C:
-		}
 		info, err := c.Get(ctx, id)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -297,8 +281,13 @@ func (c *Client) Wait(ctx context.Context, id int64) (TaskInfo, error) {
 		if info.State.Terminal() {
 			return info, nil
 		}
-		timer.Reset(delay)
-		delay = min(2*delay, c.cfg.WaitPollInterval)
+		timer.Reset(c.cfg.WaitPollInterval)
+		select {
+		case <-ctx.Done():
+			return TaskInfo{}, fmt.Errorf("wait for task %d: %w", id, context.Cause(ctx))
+		case <-woken:
+		case <-timer.C:
+		}
 	}
 }
 
@@ -412,6 +401,26 @@ func (c *Client) CreateGroup(ctx context.Context, name, description string) (boo
 		return err
 	})
 	return n == 1, err
+}
+
+// SetGroupRetryBackoff states the retry policy of a group: tasks submitted to it
+// from now on without their own TaskSpec.RetryBackoff wait b before each retry
+// (tasks already submitted keep theirs). It returns ErrUnknownGroup if the group
+// does not exist.
+func (c *Client) SetGroupRetryBackoff(ctx context.Context, group string, b RetryBackoff) error {
+	if err := (submit.Backoff{Base: b.Base, Max: b.Max}).Validate(); err != nil {
+		return err
+	}
+	return c.inTx(ctx, func(q *db.Queries) error {
+		n, err := q.GroupSetRetryBackoff(ctx, db.GroupSetRetryBackoffParams{Name: group, RetryBaseMs: b.Base.Milliseconds(), RetryMaxMs: b.Max.Milliseconds()})
+		if err != nil {
+			return fmt.Errorf("set retry backoff of group %q: %w", group, err)
+		}
+		if n == 0 {
+			return fmt.Errorf("%w %q", ErrUnknownGroup, group)
+		}
+		return nil
+	})
 }
 
 // GroupStatus is a worker group's health.

@@ -12,7 +12,6 @@ import (
 	"github.com/baton-scheduler/baton/internal/executor"
 	"github.com/baton-scheduler/baton/internal/master"
 	"github.com/baton-scheduler/baton/internal/migrate"
-	"github.com/baton-scheduler/baton/internal/retrypolicy"
 	"github.com/baton-scheduler/baton/internal/store"
 	"github.com/baton-scheduler/baton/internal/worker"
 )
@@ -74,8 +73,6 @@ type WorkerConfig struct {
 	KillGrace time.Duration
 	// MaxOutput is the bytes of output kept per attempt.
 	MaxOutput int
-	// Retry is the backoff before a failed attempt runs again.
-	Retry RetryPolicy
 	// Logger receives the worker's logs; nil means a zap production logger
 	// (JSON lines on stderr), never silence.
 	Logger *zap.Logger
@@ -117,21 +114,7 @@ type MasterConfig struct {
 	DispatchInterval time.Duration
 	// TimeoutGrace is the time past a task's timeout before the master records it.
 	TimeoutGrace time.Duration
-	Retry        RetryPolicy
 	Logger       *zap.Logger // nil: zap production logger on stderr
-}
-
-// RetryPolicy is exponential backoff: Base·2^retries capped at Max, spread by
-// ±Jitter (a fraction in [0,1)). The zero value means the default: 1 s, 2 s,
-// 4 s ... capped at 5 minutes, ±20%.
-type RetryPolicy struct {
-	Base   time.Duration
-	Max    time.Duration
-	Jitter float64
-}
-
-func (p RetryPolicy) internal() retrypolicy.Policy {
-	return retrypolicy.Policy{Base: p.Base, Max: p.Max, Jitter: p.Jitter}
 }
 
 // WithSchema returns dsn naming baton's schema in its baton_schema parameter,
@@ -197,7 +180,7 @@ func (c WorkerConfig) internalWith(env *handlerEnv) (worker.Config, error) {
 		DatabaseURL: dsn, Group: c.Group, Name: c.Name, Slots: c.Slots,
 		HeartbeatInterval: c.HeartbeatInterval, SelfFenceAfter: c.SelfFenceAfter,
 		PollInterval: c.PollInterval, ShutdownGrace: c.ShutdownGrace, KillGrace: c.KillGrace, MaxOutput: c.MaxOutput,
-		Handlers: handlers, AllowShell: c.AllowShell, Retry: c.Retry.internal(),
+		Handlers: handlers, AllowShell: c.AllowShell,
 		Logger: logger, Version: "embedded",
 		Test: worker.TestConfig{HeartbeatCallTimeout: c.Test.HeartbeatCallTimeout, ResultFlushInterval: c.Test.ResultFlushInterval},
 	}.WithDefaults()
@@ -293,7 +276,7 @@ func (c MasterConfig) internal() (master.Config, error) {
 	mc := master.Config{
 		DatabaseURL: dsn, Name: c.Name, HeartbeatInterval: c.HeartbeatInterval,
 		WorkerTimeout: c.WorkerTimeout, MasterTimeout: c.MasterTimeout, SweepInterval: c.SweepInterval,
-		DispatchInterval: c.DispatchInterval, TimeoutGrace: c.TimeoutGrace, Retry: c.Retry.internal(),
+		DispatchInterval: c.DispatchInterval, TimeoutGrace: c.TimeoutGrace,
 		Logger: logger, Version: "embedded",
 	}.WithDefaults()
 	if mc.DatabaseURL == "" {

@@ -81,6 +81,18 @@ type permanentError struct{ err error }
 func (e *permanentError) Error() string { return "permanent: " + e.err.Error() }
 func (e *permanentError) Unwrap() error { return e.err }
 
+// Snooze, returned by a handler, ends the attempt without using a retry: the task
+// goes back to the queue and runs again (a new attempt, on any worker of its
+// group) after d — for work that is not ready yet (a rate limit, a resource
+// still being prepared). d is clamped to 0..30 days. The attempt is recorded with
+// outcome "snoozed".
+func Snooze(d time.Duration) error {
+	return &executor.SnoozeError{For: min(max(d, 0), MaxSnooze)}
+}
+
+// MaxSnooze is the longest Snooze.
+const MaxSnooze = 30 * 24 * time.Hour
+
 // IsPermanent reports whether err was marked with Permanent.
 func IsPermanent(err error) bool {
 	var p *permanentError
@@ -138,9 +150,23 @@ type TaskSpec struct {
 	MaxRetries int
 	// Timeout bounds one attempt; 0 means none.
 	Timeout time.Duration
+	// RetryBackoff is how long a failed or timed-out attempt waits before its
+	// retry; nil takes the group's (Client.SetGroupRetryBackoff; default 1 s
+	// doubling to 5 minutes).
+	RetryBackoff *RetryBackoff
 	// CreateGroup creates Group if it does not exist instead of failing with
 	// ErrUnknownGroup.
 	CreateGroup bool
+}
+
+// RetryBackoff is a retry policy, stated once per task (TaskSpec.RetryBackoff)
+// or per group (Client.SetGroupRetryBackoff), never per process: retry n waits
+// Base·2^(n-1), capped at Max, spread ±20%. Postgres computes the delay when the
+// failure is recorded, so workers and masters need no configuration for it.
+// Base is 0..24 h, Max is Base..7 days; millisecond resolution.
+type RetryBackoff struct {
+	Base time.Duration
+	Max  time.Duration
 }
 
 // TaskState is where a task is in its life:

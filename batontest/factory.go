@@ -97,9 +97,9 @@ type TaskOpts struct {
 	Priority   *int           // default 0
 	MaxRetries *int           // default 0
 	Timeout    *time.Duration // per attempt; default 0 (none)
-	// State: queued (default: attempt 0, an untargeted dispatch row), dispatched
-	// (attempt 1 open, a dispatch row targeted at Session), running (attempt 1
-	// started), succeeded, failed or timed_out (attempt 1 closed with that outcome),
+	// State: queued (default: attempt 0), dispatched (attempt 1 open, a dispatch
+	// row targeted at Session), running (attempt 1 started), succeeded, failed or
+	// timed_out (attempt 1 ended with that outcome, which the task row holds),
 	// canceled (never dispatched: attempt 0).
 	State *string
 	// Session owns the attempt of a dispatched, running or finished task; default a
@@ -149,26 +149,17 @@ func NewTask(t testing.TB, pool *pgxpool.Pool, opts *TaskOpts) TaskRow {
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		if err := tx.QueryRow(ctx, `
 			INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms, state, attempt,
-			                   worker_session_id, dispatched_at, started_at, finished_at)
-			VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9,
+			                   worker_session_id, attempt_session_id, dispatched_at, started_at, finished_at)
+			VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, nullif($11::bigint, 0),
 			        CASE WHEN $8 > 0 THEN now() - $10::interval END,
 			        CASE WHEN $7 NOT IN ('queued', 'dispatched', 'canceled') THEN now() - $10::interval END,
 			        CASE WHEN $7 IN ('succeeded', 'failed', 'timed_out', 'canceled') THEN now() END)
 			RETURNING id`,
 			group, or(opts.Kind, FactoryKind), or(opts.Payload, "{}"), priority, or(opts.MaxRetries, 0),
-			or(opts.Timeout, 0).Milliseconds(), state, row.Attempt, owner, startedAgo).Scan(&row.ID); err != nil {
+			or(opts.Timeout, 0).Milliseconds(), state, row.Attempt, owner, startedAgo, row.SessionID).Scan(&row.ID); err != nil {
 			return err
 		}
-		if row.Attempt > 0 {
-			if _, err := tx.Exec(ctx, `
-				INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, dispatched_at, started_at, finished_at, outcome)
-				SELECT id, attempt, $2, 'submit', dispatched_at, started_at, finished_at,
-				       CASE WHEN state IN ('succeeded', 'failed', 'timed_out') THEN state END
-				FROM tasks WHERE id = $1`, row.ID, row.SessionID); err != nil {
-				return err
-			}
-		}
-		if state == "queued" || state == "dispatched" {
+		if state == "dispatched" {
 			if _, err := tx.Exec(ctx, `
 				INSERT INTO dispatch_queue (task_id, attempt, group_name, target_session_id, priority, reason)
 				VALUES ($1, $2, $3, $4, $5, 'submit')`, row.ID, row.Attempt, group, owner, priority); err != nil {

@@ -15,21 +15,18 @@ WITH m AS (
 ), t AS (
     UPDATE tasks
     SET state = 'dispatched', attempt = tasks.attempt + 1, worker_session_id = m.session_id,
+        attempt_session_id = m.session_id, attempt_reason = tasks.queued_reason,
         dispatched_at = now(), started_at = NULL
     FROM m
     WHERE tasks.id = m.task_id
       AND tasks.state = 'queued'
-      AND EXISTS (SELECT 1 FROM dispatch_queue q WHERE q.task_id = m.task_id AND q.target_session_id IS NULL)
-    RETURNING tasks.id, tasks.attempt, tasks.worker_session_id
+    RETURNING tasks.id, tasks.attempt, tasks.worker_session_id, tasks.group_name, tasks.priority, tasks.attempt_reason
 ), d AS (
-    UPDATE dispatch_queue
-    SET target_session_id = t.worker_session_id, attempt = t.attempt
-    FROM t
-    WHERE dispatch_queue.task_id = t.id AND dispatch_queue.target_session_id IS NULL
-    RETURNING dispatch_queue.task_id, dispatch_queue.reason
-), a AS (
-    INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason)
-    SELECT t.id, t.attempt, t.worker_session_id, d.reason FROM t JOIN d ON d.task_id = t.id
+    INSERT INTO dispatch_queue (task_id, attempt, group_name, target_session_id, priority, reason)
+    SELECT t.id, t.attempt, t.group_name, t.worker_session_id, t.priority, t.attempt_reason FROM t
+    ON CONFLICT (task_id) DO UPDATE
+    SET attempt = excluded.attempt, target_session_id = excluded.target_session_id,
+        available_at = now(), reason = excluded.reason, created_at = now()
 ), notified AS (
     -- One NOTIFY per statement naming the sessions that got work ("*" = everyone
     -- when the list would not fit a payload: notify.ClaimPayloadMax; channel notify.ChannelClaim).
@@ -53,9 +50,9 @@ type DispatchAssignRow struct {
 	WorkerSessionID int64
 }
 
-// Points waiting tasks at chosen sessions: bumps the attempt (the fencing epoch),
-// targets the dispatch row and opens the attempt's history row. Every write
-// re-checks that the task is still queued and its row still untargeted.
+// Points queued tasks at chosen sessions: bumps the attempt (the fencing epoch),
+// opens it in the task row and writes the targeted dispatch row the session
+// claims. The task update re-checks that the task is still queued.
 func (q *Queries) DispatchAssign(ctx context.Context, arg DispatchAssignParams) ([]DispatchAssignRow, error) {
 	rows, err := q.db.Query(ctx, dispatchAssign, arg.TaskIds, arg.SessionIds, arg.ClaimPayloadMax)
 	if err != nil {
@@ -78,8 +75,8 @@ func (q *Queries) DispatchAssign(ctx context.Context, arg DispatchAssignParams) 
 
 const dispatchListWaitingGroups = `-- name: DispatchListWaitingGroups :many
 SELECT g.name FROM worker_groups g
-WHERE EXISTS (SELECT 1 FROM dispatch_queue d
-              WHERE d.group_name = g.name AND d.target_session_id IS NULL AND d.available_at <= now())
+WHERE EXISTS (SELECT 1 FROM tasks t
+              WHERE t.group_name = g.name AND t.state = 'queued' AND t.available_at <= now())
 ORDER BY g.name
 `
 
@@ -106,9 +103,9 @@ func (q *Queries) DispatchListWaitingGroups(ctx context.Context) ([]string, erro
 }
 
 const dispatchLockWaiting = `-- name: DispatchLockWaiting :many
-SELECT task_id FROM dispatch_queue
-WHERE group_name = $1 AND target_session_id IS NULL AND available_at <= now()
-ORDER BY priority DESC, task_id
+SELECT id AS task_id FROM tasks
+WHERE group_name = $1 AND state = 'queued' AND available_at <= now()
+ORDER BY priority DESC, id
 LIMIT $2
 FOR UPDATE SKIP LOCKED
 `
@@ -120,7 +117,7 @@ type DispatchLockWaitingParams struct {
 
 // Queue order: priority, then task id (submission order). Neither changes when a
 // task is failed over or retried, so failed-over work keeps its place in the
-// backlog. Index dispatch_queue_waiting (group_name, priority DESC, task_id).
+// backlog. Index tasks_queue (group_name, priority DESC, id) WHERE state = 'queued'.
 func (q *Queries) DispatchLockWaiting(ctx context.Context, arg DispatchLockWaitingParams) ([]int64, error) {
 	rows, err := q.db.Query(ctx, dispatchLockWaiting, arg.GroupName, arg.MaxTasks)
 	if err != nil {

@@ -250,11 +250,18 @@ const failoverMoveTasks = `-- name: FailoverMoveTasks :many
 WITH m AS (
     SELECT unnest($1::bigint[]) AS task_id, unnest($2::int[]) AS old_attempt,
            unnest($3::bigint[]) AS target
+), prev AS (
+    SELECT tk.id, tk.attempt, tk.attempt_reason, tk.dispatched_at, tk.started_at
+    FROM tasks tk JOIN m ON m.task_id = tk.id
 ), t AS (
     UPDATE tasks
     SET state = CASE WHEN m.target = -1 THEN 'failed' WHEN m.target = 0 THEN 'queued' ELSE 'dispatched' END,
         attempt = CASE WHEN m.target > 0 THEN tasks.attempt + 1 ELSE tasks.attempt END,
         worker_session_id = CASE WHEN m.target > 0 THEN m.target END,
+        attempt_session_id = CASE WHEN m.target > 0 THEN m.target ELSE tasks.attempt_session_id END,
+        attempt_reason = CASE WHEN m.target > 0 THEN 'failover' ELSE tasks.attempt_reason END,
+        queued_reason = CASE WHEN m.target = 0 THEN 'failover' ELSE tasks.queued_reason END,
+        available_at = CASE WHEN m.target = 0 THEN now() ELSE tasks.available_at END,
         dispatched_at = CASE WHEN m.target > 0 THEN now() END,
         started_at = NULL,
         finished_at = CASE WHEN m.target = -1 THEN now() END,
@@ -275,25 +282,26 @@ WITH m AS (
       AND (m.target <> -1 OR (tasks.state = 'running' AND tasks.running_failovers >= $5::int))
     RETURNING tasks.id, tasks.attempt, tasks.worker_session_id, tasks.group_name, tasks.priority, tasks.state
 ), old AS (
-    UPDATE task_attempts
-    SET outcome = 'failed_over', finished_at = now(),
-        error = 'worker session ' || $6::bigint || ' is ' || $4::text
-    FROM m JOIN t ON t.id = m.task_id
-    WHERE task_attempts.task_id = m.task_id AND task_attempts.attempt = m.old_attempt
-      AND task_attempts.outcome IS NULL
-), na AS (
-    INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason)
-    SELECT t.id, t.attempt, t.worker_session_id, 'failover' FROM t WHERE t.worker_session_id IS NOT NULL
+    INSERT INTO task_attempt_log (task_id, attempt, worker_session_id, reason, dispatched_at, started_at,
+                                  finished_at, outcome, error)
+    SELECT p.id, p.attempt, $6::bigint, p.attempt_reason, coalesce(p.dispatched_at, now()), p.started_at,
+           now(), 'failed_over', 'worker session ' || $6::bigint || ' is ' || $4::text
+    FROM prev p JOIN t ON t.id = p.id
+    ON CONFLICT (task_id, attempt) DO NOTHING
 ), gone AS (
-    DELETE FROM dispatch_queue USING t WHERE dispatch_queue.task_id = t.id AND t.state = 'failed'
+    DELETE FROM dispatch_queue USING t WHERE dispatch_queue.task_id = t.id AND t.state <> 'dispatched'
 ), dq AS (
     INSERT INTO dispatch_queue (task_id, attempt, group_name, target_session_id, priority, reason)
-    SELECT t.id, t.attempt, t.group_name, t.worker_session_id, t.priority, 'failover' FROM t WHERE t.state <> 'failed'
+    SELECT t.id, t.attempt, t.group_name, t.worker_session_id, t.priority, 'failover' FROM t WHERE t.state = 'dispatched'
     ON CONFLICT (task_id) DO UPDATE
     SET attempt = excluded.attempt, target_session_id = excluded.target_session_id,
         available_at = now(), reason = 'failover', created_at = now()
+), notified AS (
+    -- Poison tasks ended (Client.Wait).
+    SELECT pg_notify('baton_finished', CASE WHEN count(*) > 500 THEN '*' ELSE string_agg(t.id::text, ',') END)
+    FROM t WHERE t.state = 'failed' HAVING count(*) > 0
 )
-SELECT t.id, t.attempt, t.worker_session_id, t.state FROM t
+SELECT t.id, t.attempt, t.worker_session_id, t.state FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n
 `
 
 type FailoverMoveTasksParams struct {
@@ -317,8 +325,9 @@ type FailoverMoveTasksRow struct {
 // was running and @max_failovers failovers already took it away while running) to
 // failed.
 // Re-checks the dead session, the old attempt and the poison rule; closes the old
-// attempt as failed_over; replaces any undelivered dispatch row with one for the new
-// attempt. Dispatch rows keep the task's place: the queue is ordered by task id.
+// attempt as failed_over in task_attempt_log (from the task row as it was: prev);
+// replaces any undelivered dispatch row with one for the new attempt. A queued
+// task keeps its place: the queue is ordered by task id.
 func (q *Queries) FailoverMoveTasks(ctx context.Context, arg FailoverMoveTasksParams) ([]FailoverMoveTasksRow, error) {
 	rows, err := q.db.Query(ctx, failoverMoveTasks,
 		arg.TaskIds,

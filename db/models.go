@@ -9,17 +9,17 @@ import (
 	"time"
 )
 
-// Hand-off between masters and workers. A row waits (target NULL) until a master picks a worker, and is deleted when that worker claims it, so the table stays small.
+// Tasks a master placed on a chosen worker session (failover, dispatcher): the row waits until that session claims it. Waiting tasks are task rows in state queued.
 type DispatchQueue struct {
 	ID     int64
 	TaskID int64
 	// The task attempt this row delivers; a claim must match tasks.attempt.
 	Attempt   int32
 	GroupName string
-	// NULL while waiting for a healthy worker; else the worker session that must claim it.
-	TargetSessionID *int64
+	// The worker session that must claim it.
+	TargetSessionID int64
 	Priority        int32
-	// Not dispatched before this time (retry backoff).
+	// When the row was (re)targeted.
 	AvailableAt time.Time
 	// submit, retry or failover.
 	Reason    string
@@ -64,7 +64,6 @@ type MasterSession struct {
 	EndedAt         *time.Time
 }
 
-// Per attempt: time from dispatch to start (wait_time) and from start to finish (run_time).
 type ReportAttemptDuration struct {
 	TaskID          int64
 	Attempt         int32
@@ -128,11 +127,11 @@ type Task struct {
 	Payload json.RawMessage
 	// Higher runs first (-1000..1000).
 	Priority int32
-	// queued -> dispatched -> running -> succeeded | failed | timed_out | canceled; a retry or failover returns it to queued or dispatched.
+	// queued -> (dispatched ->) running -> succeeded | failed | timed_out | canceled; a retry, snooze or failover returns it to queued (or dispatched, when a failover picks a worker).
 	State string
 	// Fencing epoch, bumped on every dispatch. A worker write must carry (id, attempt, worker_session_id) or it changes nothing.
 	Attempt int32
-	// The session the current attempt is dispatched to / running on; NULL unless dispatched or running.
+	// The session the current attempt is dispatched to / running on; NULL unless dispatched or running. No foreign key (a claim would check it per task); retention keeps a session while a task names it.
 	WorkerSessionID *int64
 	// How many times a failed or timed-out task is retried (failovers do not count).
 	MaxRetries int32
@@ -156,10 +155,38 @@ type Task struct {
 	LastError string
 	// How many of the failovers took the task away while it was running (its worker died under it). A task found running on a dead worker once more after --max-failovers of these fails instead (a poison task).
 	RunningFailovers int32
+	// A queued task is not claimed before this time (retry backoff, snooze).
+	AvailableAt time.Time
+	// Why the task is (or last was) queued: submit, retry, failover or snooze; it becomes the next attempt's reason.
+	QueuedReason string
+	// Why the current (or last) attempt exists: submit, retry, failover or snooze.
+	AttemptReason string
+	// The worker session of the current (or last) attempt, kept after it ends (history; the session row may have been pruned).
+	AttemptSessionID *int64
+	// Retry backoff: retry n waits retry_base_ms·2^(n-1), capped at retry_max_ms, ±20%. Set at submit (default: the group's).
+	RetryBaseMs int64
+	// Cap of the retry backoff.
+	RetryMaxMs int64
 }
 
-// History: one row per dispatch of a task. Dashboards read this.
+// History: one row per dispatch of a task (closed attempts from task_attempt_log, the current or final one from the task row). Dashboards read this.
 type TaskAttempt struct {
+	TaskID          int64
+	Attempt         int32
+	WorkerSessionID int64
+	Reason          string
+	DispatchedAt    time.Time
+	StartedAt       *time.Time
+	FinishedAt      *time.Time
+	Outcome         *string
+	ExitCode        *int32
+	Error           string
+	RefusedOutcome  *string
+	RefusedAt       *time.Time
+}
+
+// Storage of closed attempts: every attempt except the one the task row describes (its current attempt, or its final attempt when its own result ended the task). Read the view task_attempts.
+type TaskAttemptLog struct {
 	TaskID          int64
 	Attempt         int32
 	WorkerSessionID int64
@@ -185,6 +212,10 @@ type WorkerGroup struct {
 	Name        string
 	Description string
 	CreatedAt   time.Time
+	// Default retry backoff base of tasks submitted to the group (see tasks.retry_base_ms).
+	RetryBaseMs int64
+	// Default retry backoff cap of tasks submitted to the group.
+	RetryMaxMs int64
 }
 
 // One row per worker process incarnation; a restart is a new row. Heartbeat = one UPDATE of last_heartbeat_at.

@@ -54,7 +54,7 @@ SELECT g.name, g.description, g.created_at,
         WHERE s.group_name = g.name AND s.state IN ('alive', 'draining')
           AND s.last_heartbeat_at > coalesce($1::timestamptz, now()) - $2::bigint * interval '1 millisecond'
        )::bigint AS live_workers,
-       (SELECT count(*) FROM dispatch_queue d WHERE d.group_name = g.name AND d.target_session_id IS NULL)::bigint AS waiting_tasks
+       (SELECT count(*) FROM tasks t WHERE t.group_name = g.name AND t.state = 'queued')::bigint AS waiting_tasks
 FROM worker_groups g
 ORDER BY g.name
 `
@@ -97,4 +97,24 @@ func (q *Queries) GroupHealth(ctx context.Context, arg GroupHealthParams) ([]Gro
 		return nil, err
 	}
 	return items, nil
+}
+
+const groupSetRetryBackoff = `-- name: GroupSetRetryBackoff :execrows
+UPDATE worker_groups SET retry_base_ms = $1, retry_max_ms = $2 WHERE name = $3
+`
+
+type GroupSetRetryBackoffParams struct {
+	RetryBaseMs int64
+	RetryMaxMs  int64
+	Name        string
+}
+
+// Client.SetGroupRetryBackoff: the default backoff of tasks submitted to the group
+// from now on (tasks already submitted keep theirs).
+func (q *Queries) GroupSetRetryBackoff(ctx context.Context, arg GroupSetRetryBackoffParams) (int64, error) {
+	result, err := q.db.Exec(ctx, groupSetRetryBackoff, arg.RetryBaseMs, arg.RetryMaxMs, arg.Name)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
 }

@@ -1,25 +1,36 @@
 -- Batch submit: one statement (one round trip, its own transaction) for many
--- tasks. Payloads travel as text and are cast to jsonb so a malformed one fails the
--- whole batch. One NOTIFY per group wakes its workers (payload "g:<group>", as
--- NotifyQueued), which claim the new tasks directly; an unknown group fails the
--- foreign key.
+-- tasks: each is a task row in state queued — the queue is the index tasks_queue.
+-- Payloads travel as text and are cast to jsonb so a malformed one fails the whole
+-- batch. A retry backoff of -1 takes the group's. One NOTIFY per group wakes its
+-- workers (payload "g:<group>", as NotifyQueued), which claim the new tasks
+-- directly; an unknown group fails the foreign key. Ids come back in submission
+-- order (identity values follow the insert order).
 -- name: TaskSubmitMany :many
-WITH t AS (
-    INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms)
-    SELECT unnest(@group_names::text[]), unnest(@kinds::text[]), unnest(@payloads::text[])::jsonb,
-           unnest(@priorities::int[]), unnest(@max_retries::int[]), unnest(@timeouts_ms::bigint[])
-    RETURNING id, group_name, priority
+WITH s AS (
+    SELECT unnest(@group_names::text[]) AS group_name, unnest(@kinds::text[]) AS kind,
+           unnest(@payloads::text[]) AS payload, unnest(@priorities::int[]) AS priority,
+           unnest(@max_retries::int[]) AS max_retries, unnest(@timeouts_ms::bigint[]) AS timeout_ms,
+           unnest(@retry_bases_ms::bigint[]) AS retry_base_ms, unnest(@retry_maxes_ms::bigint[]) AS retry_max_ms
+), t AS (
+    INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms, retry_base_ms, retry_max_ms)
+    SELECT s.group_name, s.kind, s.payload::jsonb, s.priority, s.max_retries, s.timeout_ms,
+           CASE WHEN s.retry_base_ms >= 0 THEN s.retry_base_ms
+                ELSE coalesce((SELECT g.retry_base_ms FROM worker_groups g WHERE g.name = s.group_name), 1000) END,
+           CASE WHEN s.retry_max_ms >= 0 THEN s.retry_max_ms
+                ELSE coalesce((SELECT g.retry_max_ms FROM worker_groups g WHERE g.name = s.group_name), 300000) END
+    FROM s
+    RETURNING id, group_name
 ), notified AS (
     SELECT pg_notify('baton_claim', 'g:' || g) FROM (SELECT DISTINCT group_name AS g FROM t) AS s
 )
-INSERT INTO dispatch_queue (task_id, attempt, group_name, priority, reason)
-SELECT t.id, 0, t.group_name, t.priority, 'submit' FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n
-RETURNING task_id;
+SELECT t.id FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n
+ORDER BY t.id;
 
--- A worker claims what was dispatched to it: delete its dispatch rows and move the
--- matching attempts to running. Dispatch row and task row are locked together with
--- SKIP LOCKED, so a claim never waits on a task a failover holds (no lock cycle);
--- the task update re-checks the fencing token and that the session is still alive.
+-- A worker claims what a master dispatched to it (failover places tasks on a
+-- chosen worker this way): delete its dispatch rows and start the matching
+-- attempts. Dispatch row and task row are locked together with SKIP LOCKED, so a
+-- claim never waits on a task a failover holds (no lock cycle); the task update
+-- re-checks the fencing token and that the session is still alive.
 -- name: TaskClaim :many
 WITH q AS (
     SELECT d.id
@@ -43,76 +54,80 @@ WITH q AS (
       AND (tasks.attempt = del.attempt AND tasks.worker_session_id = @session_id AND tasks.state = 'dispatched') IS TRUE
     RETURNING tasks.id, tasks.kind, tasks.payload, tasks.attempt, tasks.timeout_ms,
               tasks.retries, tasks.max_retries, tasks.priority
-), a AS (
-    UPDATE task_attempts
-    SET started_at = now()
-    FROM t
-    WHERE task_attempts.task_id = t.id AND task_attempts.attempt = t.attempt
 )
 SELECT t.id, t.kind, t.payload, t.attempt, t.timeout_ms, t.retries, t.max_retries, t.priority
 FROM t ORDER BY t.priority DESC, t.id;
 
--- A worker claims waiting tasks of its group directly from the queue, in queue
--- order (index dispatch_queue_waiting), without a master's hop: deletes their
--- untargeted dispatch rows, bumps each task's attempt (the fencing epoch) and starts
--- it, and opens the attempt's history row. The session row is locked FOR SHARE
--- first: a failover or drain marking it dead or draining (an UPDATE of that row)
--- waits for the claim to commit and then sees its tasks, and a claim that comes
--- after such an UPDATE re-reads the row and claims nothing. Dispatch and task rows
--- are locked together with SKIP LOCKED (a master's dispatcher or a cancel holding
--- either is skipped; no lock cycle), and the task update re-checks that the task is
--- still queued.
+-- A worker claims queued tasks of its group directly, in queue order (index
+-- tasks_queue), without a master's hop: one update per task bumps its attempt (the
+-- fencing epoch) and starts it; the attempt lives in the task row until it is
+-- closed. The session row is locked FOR SHARE first: a failover or drain marking
+-- it dead or draining (an UPDATE of that row) waits for the claim to commit and
+-- then sees its tasks, and a claim that comes after such an UPDATE re-reads the
+-- row and claims nothing. Task rows are locked with SKIP LOCKED (a master's
+-- dispatcher or a cancel holding one is skipped), and the update re-checks that
+-- the task is still queued.
 -- name: TaskClaimQueued :many
 WITH s AS MATERIALIZED (
     SELECT id FROM worker_sessions WHERE id = @session_id::bigint AND state = 'alive' FOR SHARE
 ), q AS MATERIALIZED (
-    SELECT d.id
-    FROM dispatch_queue d
-    JOIN tasks tk ON tk.id = d.task_id AND tk.state = 'queued'
-    WHERE d.group_name = @group_name
-      AND d.target_session_id IS NULL
-      AND d.available_at <= now()
+    SELECT tk.id
+    FROM tasks tk
+    WHERE tk.group_name = @group_name
+      AND tk.state = 'queued'
+      AND tk.available_at <= now()
       AND EXISTS (SELECT 1 FROM s)
-    ORDER BY d.priority DESC, d.task_id
+    ORDER BY tk.priority DESC, tk.id
     LIMIT @max_tasks
-    FOR UPDATE OF d, tk SKIP LOCKED
-), del AS (
-    DELETE FROM dispatch_queue d USING q WHERE d.id = q.id AND d.target_session_id IS NULL
-    RETURNING d.task_id, d.reason
+    FOR UPDATE SKIP LOCKED
 ), t AS (
     UPDATE tasks
-    SET state = 'running', attempt = tasks.attempt + 1, worker_session_id = (SELECT id FROM s),
-        dispatched_at = now(), started_at = now()
-    FROM del
-    WHERE tasks.id = del.task_id
+    SET state = 'running', attempt = tasks.attempt + 1,
+        worker_session_id = (SELECT id FROM s), attempt_session_id = (SELECT id FROM s),
+        attempt_reason = tasks.queued_reason, dispatched_at = now(), started_at = now()
+    FROM q
+    WHERE tasks.id = q.id
       AND tasks.state = 'queued'
     RETURNING tasks.id, tasks.kind, tasks.payload, tasks.attempt, tasks.timeout_ms,
-              tasks.retries, tasks.max_retries, tasks.priority, del.reason
-), a AS (
-    INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, started_at)
-    SELECT t.id, t.attempt, @session_id, t.reason, now() FROM t
+              tasks.retries, tasks.max_retries, tasks.priority
 )
 SELECT t.id, t.kind, t.payload, t.attempt, t.timeout_ms, t.retries, t.max_retries, t.priority
 FROM t ORDER BY t.priority DESC, t.id;
 
--- Fenced batch completion, one statement (its own transaction). A row changes only if (id, attempt, session) still
--- names the running attempt; rows not returned were superseded. A failed or timed-out
--- task with retries left goes back to the queue with the given delay.
+-- Fenced batch completion, one statement (its own transaction). A row changes only
+-- if (id, attempt, session) still names the running attempt; rows not returned
+-- were superseded. A failed or timed-out task with retries left goes back to the
+-- queue after its backoff (retry_base_ms·2^retries capped at retry_max_ms, ±20%);
+-- a snoozed one after its snooze, without using a retry. An attempt that ends
+-- the task stays described by the task row alone (one write per task); one that
+-- requeues it is closed in task_attempt_log, as is every attempt when log_all
+-- (a master recording a timeout: a late write of the worker is then recorded
+-- against that row). One NOTIFY lists the tasks that ended (Client.Wait).
 -- name: TaskFinish :many
 WITH r AS (
     SELECT unnest(@ids::bigint[]) AS id, unnest(@attempts::int[]) AS attempt,
            unnest(@session_ids::bigint[]) AS session_id, unnest(@outcomes::text[]) AS outcome,
            unnest(@exit_codes::int[]) AS exit_code, unnest(@errors::text[]) AS error,
-           unnest(@outputs::text[]) AS output, unnest(@retry_delays_ms::bigint[]) AS retry_delay_ms
+           unnest(@outputs::text[]) AS output, unnest(@snoozes_ms::bigint[]) AS snooze_ms
 ), t AS (
     UPDATE tasks
-    SET state = CASE WHEN r.outcome IN ('failed', 'timed_out') AND tasks.retries < tasks.max_retries
-                     THEN 'queued' ELSE r.outcome END,
+    SET state = CASE WHEN r.outcome = 'snoozed' THEN 'queued'
+                     WHEN r.outcome IN ('failed', 'timed_out') AND tasks.retries < tasks.max_retries THEN 'queued'
+                     ELSE r.outcome END,
         retries = tasks.retries + CASE WHEN r.outcome IN ('failed', 'timed_out') AND tasks.retries < tasks.max_retries
                                        THEN 1 ELSE 0 END,
         worker_session_id = NULL,
-        finished_at = CASE WHEN r.outcome IN ('failed', 'timed_out') AND tasks.retries < tasks.max_retries
-                           THEN NULL ELSE now() END,
+        finished_at = CASE WHEN r.outcome = 'snoozed' THEN NULL
+                           WHEN r.outcome IN ('failed', 'timed_out') AND tasks.retries < tasks.max_retries THEN NULL
+                           ELSE now() END,
+        available_at = CASE WHEN r.outcome = 'snoozed' THEN now() + r.snooze_ms * interval '1 millisecond'
+                            WHEN r.outcome IN ('failed', 'timed_out') AND tasks.retries < tasks.max_retries
+                            THEN now() + least(tasks.retry_max_ms::float8, tasks.retry_base_ms * power(2::float8, tasks.retries))
+                                         * (0.8 + 0.4 * random()) * interval '1 millisecond'
+                            ELSE tasks.available_at END,
+        queued_reason = CASE WHEN r.outcome = 'snoozed' THEN 'snooze'
+                             WHEN r.outcome IN ('failed', 'timed_out') AND tasks.retries < tasks.max_retries THEN 'retry'
+                             ELSE tasks.queued_reason END,
         exit_code = nullif(r.exit_code, @no_exit_code::int),
         output = r.output,
         last_error = r.error
@@ -123,42 +138,40 @@ WITH r AS (
       -- estimate of one running task made the planner scan every running task per
       -- result: quadratic in the batch.)
       AND (tasks.attempt = r.attempt AND tasks.worker_session_id = r.session_id AND tasks.state = 'running') IS TRUE
-    RETURNING tasks.id, tasks.attempt, tasks.state, tasks.group_name, tasks.priority
+    RETURNING tasks.id, tasks.attempt, tasks.state, tasks.attempt_session_id, tasks.attempt_reason,
+              tasks.dispatched_at, tasks.started_at, tasks.exit_code, tasks.last_error
 ), a AS (
-    UPDATE task_attempts
-    SET outcome = r.outcome, finished_at = now(), exit_code = nullif(r.exit_code, @no_exit_code::int), error = r.error
-    FROM r JOIN t ON t.id = r.id AND t.attempt = r.attempt
-    WHERE task_attempts.task_id = r.id AND task_attempts.attempt = r.attempt
-), q AS (
-    INSERT INTO dispatch_queue (task_id, attempt, group_name, priority, available_at, reason)
-    SELECT t.id, t.attempt, t.group_name, t.priority,
-           now() + r.retry_delay_ms * interval '1 millisecond', 'retry'
+    INSERT INTO task_attempt_log (task_id, attempt, worker_session_id, reason, dispatched_at, started_at,
+                                  finished_at, outcome, exit_code, error)
+    SELECT t.id, t.attempt, t.attempt_session_id, t.attempt_reason, coalesce(t.dispatched_at, now()), t.started_at,
+           now(), r.outcome, t.exit_code, t.last_error
     FROM t JOIN r ON r.id = t.id AND r.attempt = t.attempt
-    WHERE t.state = 'queued'
+    WHERE t.state = 'queued' OR @log_all::bool
+    ON CONFLICT (task_id, attempt) DO NOTHING
+), notified AS (
+    SELECT pg_notify('baton_finished', CASE WHEN length(ids) > @notify_payload_max::int THEN '*' ELSE ids END)
+    FROM (SELECT string_agg(t.id::text, ',') AS ids FROM t WHERE t.state <> 'queued') AS s
+    WHERE ids IS NOT NULL
 )
--- No NOTIFY: the worker that freed the slots claims again itself, and a retry is
--- claimed by its group's workers once available (their poll).
-SELECT t.id, t.attempt, t.state FROM t;
+-- No NOTIFY to claim: the worker that freed the slots claims again itself, and a
+-- retry is claimed by its group's workers once available (their poll).
+SELECT t.id, t.attempt, t.state FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n;
 
--- Records refused results: the attempt was superseded (failover, timeout) before its
--- worker wrote. History is never rewritten: an attempt a master already closed
--- (timed_out, failed_over) keeps its outcome and error, and the refusal goes to
--- refused_outcome/refused_at; an attempt still open is closed as fenced. A second
--- refusal of the same attempt keeps the first.
+-- Records refused results: the attempt was superseded (failover, timeout, cancel)
+-- before its worker wrote, and whatever superseded it closed it in
+-- task_attempt_log. History is never rewritten: the attempt keeps its outcome,
+-- and the refusal goes to refused_outcome/refused_at. A second refusal of the same
+-- attempt keeps the first.
 -- name: TaskAttemptMarkFenced :execrows
-UPDATE task_attempts a
-SET outcome = coalesce(a.outcome, 'fenced'),
-    finished_at = coalesce(a.finished_at, now()),
-    error = CASE WHEN a.outcome IS NULL THEN 'result refused (' || r.outcome || '): attempt superseded' ELSE a.error END,
-    refused_outcome = r.outcome,
+UPDATE task_attempt_log a
+SET refused_outcome = r.outcome,
     refused_at = now()
 FROM (SELECT unnest(@ids::bigint[]) AS id, unnest(@attempts::int[]) AS attempt,
              unnest(@session_ids::bigint[]) AS session_id, unnest(@outcomes::text[]) AS outcome) AS r
 WHERE a.task_id = r.id
   AND a.attempt = r.attempt
   AND a.worker_session_id = r.session_id
-  AND a.refused_at IS NULL
-  AND (a.outcome IS NULL OR a.outcome IN ('failed_over', 'timed_out'));
+  AND a.refused_at IS NULL;
 
 -- Running attempts past their timeout plus a grace period (Postgres time): the
 -- worker should have killed and reported them; the master records them.
@@ -215,25 +228,30 @@ LIMIT @max_rows;
 SELECT id FROM dispatch_queue WHERE task_id = @id FOR UPDATE;
 
 -- Client.Cancel: a task that is not finished becomes canceled at once. Its open
--- attempt is closed canceled and its dispatch row deleted, in one statement that
--- re-checks the state; a worker still running the attempt is fenced when it
--- reports (TaskFinish requires state running), and its result is dropped.
+-- attempt (if any) is closed canceled in task_attempt_log and its dispatch row
+-- deleted, in one statement that re-checks the state; a worker still running the
+-- attempt is fenced when it reports (TaskFinish requires state running), and its
+-- refused result is recorded against that row. A queued task's last attempt was
+-- already closed there (retry, snooze, failover): the insert does nothing.
 -- name: TaskCancel :one
 WITH t AS (
     UPDATE tasks
     SET state = 'canceled', worker_session_id = NULL, finished_at = now(), last_error = @reason::text
     WHERE tasks.id = @id AND tasks.state IN ('queued', 'dispatched', 'running')
-    RETURNING tasks.id, tasks.attempt
+    RETURNING tasks.id, tasks.attempt, tasks.attempt_session_id, tasks.attempt_reason, tasks.dispatched_at, tasks.started_at
 ), a AS (
-    UPDATE task_attempts
-    SET outcome = 'canceled', finished_at = now(), error = @reason::text
-    FROM t
-    WHERE task_attempts.task_id = t.id AND task_attempts.attempt = t.attempt AND task_attempts.outcome IS NULL
+    INSERT INTO task_attempt_log (task_id, attempt, worker_session_id, reason, dispatched_at, started_at,
+                                  finished_at, outcome, error)
+    SELECT t.id, t.attempt, t.attempt_session_id, t.attempt_reason, coalesce(t.dispatched_at, now()), t.started_at,
+           now(), 'canceled', @reason::text
+    FROM t WHERE t.attempt > 0 AND t.attempt_session_id IS NOT NULL
+    ON CONFLICT (task_id, attempt) DO NOTHING
 ), d AS (
     DELETE FROM dispatch_queue USING t WHERE dispatch_queue.task_id = t.id
 ), notified AS (
-    -- A slot may be free: wake the dispatchers (joined below so it runs only on a cancel).
-    SELECT pg_notify('baton_dispatch', '') FROM (SELECT 1 FROM t LIMIT 1) AS any_row
+    -- A slot may be free: wake the dispatchers; and the task ended (Client.Wait).
+    -- Joined below so they run only on a cancel.
+    SELECT pg_notify('baton_dispatch', ''), pg_notify('baton_finished', t.id::text) FROM t
 )
 SELECT t.id, t.attempt FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n;
 

@@ -15,6 +15,11 @@ SELECT g.name, g.description, g.created_at,
         WHERE s.group_name = g.name AND s.state IN ('alive', 'draining')
           AND s.last_heartbeat_at > coalesce(sqlc.narg('now')::timestamptz, now()) - sqlc.arg('worker_timeout_ms')::bigint * interval '1 millisecond'
        )::bigint AS live_workers,
-       (SELECT count(*) FROM dispatch_queue d WHERE d.group_name = g.name AND d.target_session_id IS NULL)::bigint AS waiting_tasks
+       (SELECT count(*) FROM tasks t WHERE t.group_name = g.name AND t.state = 'queued')::bigint AS waiting_tasks
 FROM worker_groups g
 ORDER BY g.name;
+
+-- Client.SetGroupRetryBackoff: the default backoff of tasks submitted to the group
+-- from now on (tasks already submitted keep theirs).
+-- name: GroupSetRetryBackoff :execrows
+UPDATE worker_groups SET retry_base_ms = @retry_base_ms, retry_max_ms = @retry_max_ms WHERE name = @name;

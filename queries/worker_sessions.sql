@@ -97,7 +97,7 @@ WHERE id = ANY (ARRAY(
     SELECT s.id FROM worker_sessions s
     WHERE s.ended_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => @retention_s::float8)
       AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.worker_session_id = s.id)
-      AND NOT EXISTS (SELECT 1 FROM task_attempts a WHERE a.worker_session_id = s.id)
+      AND NOT EXISTS (SELECT 1 FROM task_attempt_log a WHERE a.worker_session_id = s.id)
       AND NOT EXISTS (SELECT 1 FROM dispatch_queue d WHERE d.target_session_id = s.id)
     ORDER BY s.ended_at
     LIMIT @max_rows

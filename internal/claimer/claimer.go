@@ -30,7 +30,6 @@ import (
 	"github.com/baton-scheduler/baton/internal/logfield"
 	"github.com/baton-scheduler/baton/internal/notify"
 	"github.com/baton-scheduler/baton/internal/report"
-	"github.com/baton-scheduler/baton/internal/retrypolicy"
 	"github.com/baton-scheduler/baton/internal/service"
 )
 
@@ -62,7 +61,6 @@ type Config struct {
 	// to return before its slot is freed without it.
 	KillGrace   time.Duration
 	CallTimeout time.Duration // bounds each claim and reconcile query
-	Retry       retrypolicy.Policy
 	Exec        *executor.Executor
 	Results     Results
 	Wake        notify.Signal // NOTIFY wake-ups; nil: poll only
@@ -395,7 +393,7 @@ func (c *Claimer) run(ctx context.Context, cancel context.CancelCauseFunc, key r
 	ok := c.cfg.Results.Add(c.tasksCtx, report.Result{
 		TaskID: r.ID, Attempt: r.Attempt, SessionID: c.cfg.SessionID, Outcome: res.Outcome,
 		ExitCode: res.ExitCode, Output: res.Output, Error: res.Error,
-		RetryDelay: c.cfg.Retry.Delay(int(r.Retries), nil),
+		Snooze: res.Snooze,
 	})
 	if !ok {
 		log.Info("result dropped: the session was lost while the result writer was backed up")

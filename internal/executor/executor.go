@@ -27,6 +27,7 @@ const (
 	OutcomeFailed    = "failed"
 	OutcomeTimedOut  = "timed_out"
 	OutcomeCanceled  = "canceled"
+	OutcomeSnoozed   = "snoozed"
 )
 
 // KindShell is the task kind of shell commands.
@@ -69,7 +70,14 @@ type Result struct {
 	ExitCode int32
 	Output   string
 	Error    string
+	Snooze   time.Duration // OutcomeSnoozed: run again after this long
 }
+
+// SnoozeError, returned by a handler (or wrapped in its error), ends the attempt
+// as snoozed: the task runs again after For, without using a retry.
+type SnoozeError struct{ For time.Duration }
+
+func (e *SnoozeError) Error() string { return fmt.Sprintf("snoozed for %s", e.For) }
 
 // ShellPayload is the payload of a shell task.
 type ShellPayload struct {
@@ -178,7 +186,7 @@ func (e *Executor) Run(ctx context.Context, task Task, timeout time.Duration) Re
 	// Text columns take valid UTF-8 without NULs only; binary output or a cut
 	// inside a multi-byte character must not make the result unstorable.
 	res.Output, res.Error = Clean(res.Output), Clean(res.Error)
-	if res.Outcome != OutcomeSucceeded {
+	if res.Outcome != OutcomeSucceeded && res.Outcome != OutcomeSnoozed {
 		switch {
 		case ctx.Err() != nil:
 			res.Outcome, res.Error = OutcomeCanceled, "canceled by worker: "+context.Cause(ctx).Error()
@@ -204,6 +212,11 @@ func (e *Executor) runHandler(ctx context.Context, task Task) (res Result) {
 	out, err := h(ctx, task)
 	res.Output = truncate(out, e.maxOutput())
 	if err != nil {
+		var snooze *SnoozeError
+		if errors.As(err, &snooze) && ctx.Err() == nil {
+			res.Outcome, res.Snooze = OutcomeSnoozed, max(snooze.For, 0)
+			return res
+		}
 		res.Outcome, res.Error = OutcomeFailed, err.Error()
 		return res
 	}

@@ -25,7 +25,6 @@ import (
 	"github.com/baton-scheduler/baton/internal/logfield"
 	"github.com/baton-scheduler/baton/internal/notify"
 	"github.com/baton-scheduler/baton/internal/retention"
-	"github.com/baton-scheduler/baton/internal/retrypolicy"
 	"github.com/baton-scheduler/baton/internal/service"
 	"github.com/baton-scheduler/baton/internal/store"
 )
@@ -84,7 +83,6 @@ type Config struct {
 	Retention     time.Duration
 	PruneInterval time.Duration // how often the pruner runs (default 1 minute)
 	TxTimeout     time.Duration // deadline of each sweep transaction (default 10 s)
-	Retry         retrypolicy.Policy
 	Logger        *zap.Logger
 	Version       string
 }
@@ -127,9 +125,6 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.TxTimeout == 0 {
 		c.TxTimeout = TxTimeoutDefault
-	}
-	if c.Retry == (retrypolicy.Policy{}) {
-		c.Retry = retrypolicy.Default
 	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()

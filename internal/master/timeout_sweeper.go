@@ -43,7 +43,7 @@ func (s *timeoutSweeper) Start(ctx context.Context) error {
 func (s *timeoutSweeper) runOnce(ctx context.Context) (int, error) {
 	m := s.m
 	n, err := service.WithTimeout(ctx, m.cfg.TxTimeout, func(ctx context.Context) (int, error) {
-		return report.TimeOutOverdue(ctx, m.pool, m.cfg.TimeoutGrace, m.cfg.Retry, s.Clock.NowOrNil())
+		return report.TimeOutOverdue(ctx, m.pool, m.cfg.TimeoutGrace, s.Clock.NowOrNil())
 	})
 	if n > 0 && err == nil {
 		s.Logger.Info("recorded overdue attempts as timed out", logfield.Count("tasks", n))

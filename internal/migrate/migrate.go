@@ -318,6 +318,7 @@ func CheckSchema(ctx context.Context, dsn string) error {
 var (
 	createTableRE = regexp.MustCompile(`(?im)^\s*CREATE\s+(?:UNLOGGED\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?([a-z_][a-z0-9_]*)`)
 	createViewRE  = regexp.MustCompile(`(?im)^\s*CREATE\s+(?:OR\s+REPLACE\s+)?(?:MATERIALIZED\s+)?VIEW\s+([a-z_][a-z0-9_]*)`)
+	renameRE      = regexp.MustCompile(`(?im)^\s*ALTER\s+TABLE\s+[a-z_][a-z0-9_]*\s+RENAME\s+TO\s+([a-z_][a-z0-9_]*)`)
 )
 
 func migrationRelations() (tables, views []string, err error) {
@@ -332,7 +333,7 @@ func migrationRelations() (tables, views []string, err error) {
 			return nil, nil, err
 		}
 		up, _, _ := strings.Cut(string(b), "-- +goose Down")
-		for _, m := range createTableRE.FindAllStringSubmatch(up, -1) {
+		for _, m := range append(createTableRE.FindAllStringSubmatch(up, -1), renameRE.FindAllStringSubmatch(up, -1)...) {
 			if !seen[m[1]] {
 				seen[m[1]] = true
 				tables = append(tables, m[1])
@@ -393,21 +394,21 @@ func (m *Migrator) MoveFromPublic(ctx context.Context) (int, error) {
 		if err := run("CREATE SCHEMA IF NOT EXISTS " + target); err != nil {
 			return err
 		}
-		for i, names := range [][]string{tables, views} {
-			kind := [...]string{"TABLE", "VIEW"}[i]
-			for _, name := range names {
-				var exists bool
-				if err := tx.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", "public."+name).Scan(&exists); err != nil {
-					return fmt.Errorf("move from public: look up %s: %w", name, err)
-				}
-				if !exists {
-					continue
-				}
-				if err := run("ALTER " + kind + " public." + pgx.Identifier{name}.Sanitize() + " SET SCHEMA " + target); err != nil {
-					return err
-				}
-				moved++
+		for _, name := range append(tables, views...) {
+			// A table of one version may be a view of another (task_attempts):
+			// move each by what it is now.
+			var kind string
+			if err := tx.QueryRow(ctx, "SELECT coalesce((SELECT CASE relkind WHEN 'v' THEN 'VIEW' ELSE 'TABLE' END FROM pg_class WHERE oid = to_regclass($1)), '')",
+				"public."+name).Scan(&kind); err != nil {
+				return fmt.Errorf("move from public: look up %s: %w", name, err)
 			}
+			if kind == "" {
+				continue
+			}
+			if err := run("ALTER " + kind + " public." + pgx.Identifier{name}.Sanitize() + " SET SCHEMA " + target); err != nil {
+				return err
+			}
+			moved++
 		}
 		// Only baton's own versions: public.goose_db_version may be shared with
 		// the application (the very collision baton's schema ends).

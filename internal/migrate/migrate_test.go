@@ -67,7 +67,7 @@ func TestUpDownUp(t *testing.T) {
 		t.Fatalf("up applied %d, %v; want %d", n, err, m.Latest())
 	}
 	want := []string{"dispatch_queue", "failover_events", "master_sessions", "report_attempt_durations",
-		"report_failover_history", "report_tasks_by_state", "report_worker_health", "task_attempts", "tasks",
+		"report_failover_history", "report_tasks_by_state", "report_worker_health", "task_attempt_log", "task_attempts", "tasks",
 		"worker_groups", "worker_sessions"}
 	if got := tables(t, dsn); strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Fatalf("tables after up = %v, want %v", got, want)

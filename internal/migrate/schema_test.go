@@ -122,7 +122,7 @@ func TestLegacyPublicInstall(t *testing.T) {
 		t.Fatalf("keeping public: %v", err)
 	}
 	n, err := m.MoveFromPublic(ctx)
-	if err != nil || n != 11 {
+	if err != nil || n != 12 {
 		t.Fatalf("move = %d, %v", n, err)
 	}
 	if err := migrate.CheckSchema(ctx, dsn); err != nil {

@@ -22,12 +22,19 @@ const (
 	ChannelSweep = "baton_sweep"
 	// ChannelClaim wakes workers; the payload lists target session ids ("*" = all).
 	ChannelClaim = "baton_claim" // also spelled in queries/dispatch_queue.sql (DispatchAssign)
+	// ChannelFinished tells waiters (Client.Wait) that tasks ended; the payload
+	// lists their ids ("*" = any may have). Spelled in queries/tasks.sql
+	// (TaskFinish, TaskCancel) and queries/failover_events.sql (FailoverMoveTasks).
+	ChannelFinished = "baton_finished"
 )
 
 // ClaimPayloadMax is the longest list of session ids a claim NOTIFY carries; a
 // longer one becomes "*" (everyone). Passed to DispatchAssign, which builds the
 // payload in SQL, so the cap is spelled only here.
 const ClaimPayloadMax = 7000
+
+// PayloadMax is the same cap for the lists of task ids ChannelFinished carries.
+const PayloadMax = ClaimPayloadMax
 
 // Listener holds one connection that LISTENs and calls OnNotify per notification.
 type Listener struct {

@@ -12,21 +12,21 @@ import (
 
 	"github.com/baton-scheduler/baton/db"
 	"github.com/baton-scheduler/baton/internal/executor"
-	"github.com/baton-scheduler/baton/internal/retrypolicy"
+	"github.com/baton-scheduler/baton/internal/notify"
 	"github.com/baton-scheduler/baton/internal/state"
 	"github.com/baton-scheduler/baton/internal/store"
 )
 
 // Result is one attempt's outcome as its worker (or a master, for timeouts) reports it.
 type Result struct {
-	TaskID     int64
-	Attempt    int32
-	SessionID  int64
-	Outcome    string // succeeded, failed, timed_out
-	ExitCode   int32  // executor.NoExitCode when none
-	Output     string
-	Error      string
-	RetryDelay time.Duration // used only if the task is retried
+	TaskID    int64
+	Attempt   int32
+	SessionID int64
+	Outcome   string // succeeded, failed, timed_out, snoozed
+	ExitCode  int32  // executor.NoExitCode when none
+	Output    string
+	Error     string
+	Snooze    time.Duration // snoozed: run again after this long
 }
 
 // Summary says what happened to a batch.
@@ -82,10 +82,12 @@ func Finish(ctx context.Context, pool *pgxpool.Pool, results []Result) (Summary,
 const TimeOutBatchSize = 500
 
 // TimeOutOverdue records running attempts past their timeout plus grace as
-// timed_out (retrying them if allowed). The worker normally kills and reports them
-// itself; this catches handlers that ignore cancellation and workers that hang.
-// now replaces Postgres now() (tests only; nil in production).
-func TimeOutOverdue(ctx context.Context, pool *pgxpool.Pool, grace time.Duration, policy retrypolicy.Policy, now *time.Time) (int, error) {
+// timed_out (retrying them, after each task's own backoff, if allowed). The worker
+// normally kills and reports them itself; this catches handlers that ignore
+// cancellation and workers that hang. Each attempt is closed in task_attempt_log,
+// so a late result of the worker is recorded there as refused. now replaces
+// Postgres now() (tests only; nil in production).
+func TimeOutOverdue(ctx context.Context, pool *pgxpool.Pool, grace time.Duration, now *time.Time) (int, error) {
 	var results []Result
 	err := store.WithTx(ctx, pool, func(q *db.Queries, _ pgx.Tx) error {
 		results = results[:0]
@@ -103,10 +105,11 @@ func TimeOutOverdue(ctx context.Context, pool *pgxpool.Pool, grace time.Duration
 		}
 		for _, r := range rows {
 			results = append(results, Result{TaskID: r.ID, Attempt: r.Attempt, SessionID: r.WorkerSessionID, Outcome: state.OutcomeTimedOut,
-				ExitCode: executor.NoExitCode, Error: "timed out: no result from the worker within timeout + grace",
-				RetryDelay: policy.Delay(int(r.Retries), nil)})
+				ExitCode: executor.NoExitCode, Error: "timed out: no result from the worker within timeout + grace"})
 		}
-		if _, err := q.TaskFinish(ctx, finishParams(results)); err != nil {
+		p := finishParams(results)
+		p.LogAll = true
+		if _, err := q.TaskFinish(ctx, p); err != nil {
 			return fmt.Errorf("time out %d tasks: %w", len(rows), err)
 		}
 		return nil
@@ -116,7 +119,7 @@ func TimeOutOverdue(ctx context.Context, pool *pgxpool.Pool, grace time.Duration
 
 // finishParams lays results out as the column arrays TaskFinish unnests.
 func finishParams(results []Result) db.TaskFinishParams {
-	p := db.TaskFinishParams{NoExitCode: executor.NoExitCode}
+	p := db.TaskFinishParams{NoExitCode: executor.NoExitCode, NotifyPayloadMax: notify.PayloadMax}
 	for _, r := range results {
 		p.Ids = append(p.Ids, r.TaskID)
 		p.Attempts = append(p.Attempts, r.Attempt)
@@ -125,7 +128,7 @@ func finishParams(results []Result) db.TaskFinishParams {
 		p.ExitCodes = append(p.ExitCodes, r.ExitCode)
 		p.Errors = append(p.Errors, r.Error)
 		p.Outputs = append(p.Outputs, r.Output)
-		p.RetryDelaysMs = append(p.RetryDelaysMs, r.RetryDelay.Milliseconds())
+		p.SnoozesMs = append(p.SnoozesMs, r.Snooze.Milliseconds())
 	}
 	return p
 }

@@ -7,9 +7,9 @@ import (
 	"time"
 
 	"github.com/baton-scheduler/baton/batontest"
+	"github.com/baton-scheduler/baton/db"
 	"github.com/baton-scheduler/baton/internal/failover"
 	"github.com/baton-scheduler/baton/internal/report"
-	"github.com/baton-scheduler/baton/internal/retrypolicy"
 )
 
 var srv *batontest.Server
@@ -83,17 +83,28 @@ func TestRetryAndTimeout(t *testing.T) {
 			MaxRetries: &maxRetries, Timeout: &timeout, StartedAgo: &startedAgo}).ID
 	}
 	retry := mk(1, 0, 0)
+	q("UPDATE tasks SET retry_base_ms = 3600000, retry_max_ms = 7200000 WHERE id = $1 RETURNING 1", retry)
 	final := mk(0, 0, 0)
 	sum, err := report.Finish(ctx, pool, []report.Result{
-		{TaskID: retry, Attempt: 1, SessionID: s, Outcome: "failed", ExitCode: 1, Error: "boom", RetryDelay: time.Hour},
+		{TaskID: retry, Attempt: 1, SessionID: s, Outcome: "failed", ExitCode: 1, Error: "boom"},
 		{TaskID: final, Attempt: 1, SessionID: s, Outcome: "failed", ExitCode: 1, Error: "boom"},
 	})
 	if err != nil || sum.Applied[retry] != "queued" || sum.Applied[final] != "failed" {
 		t.Fatalf("finish: %+v, %v", sum, err)
 	}
-	if n := q(`SELECT count(*) FROM dispatch_queue WHERE task_id = $1 AND reason = 'retry' AND target_session_id IS NULL
-		AND available_at > now() + interval '59 minutes'`, retry); n != 1 {
+	// The task's own backoff (1 h base): retry 1 waits 1 h ±20%, computed by Postgres.
+	if n := q(`SELECT count(*) FROM tasks WHERE id = $1 AND state = 'queued' AND queued_reason = 'retry'
+		AND available_at BETWEEN now() + interval '47 minutes' AND now() + interval '73 minutes'`, retry); n != 1 {
 		t.Fatal("retry not queued with its backoff")
+	}
+	if n := q(`SELECT count(*) FROM task_attempts WHERE task_id = $1 AND attempt = 1 AND outcome = 'failed' AND error = 'boom'`, retry); n != 1 {
+		t.Fatal("retried attempt not closed in the history")
+	}
+	if n := q(`SELECT count(*) FROM task_attempt_log WHERE task_id = $1`, final); n != 0 {
+		t.Fatal("an attempt that ended its task wrote a history row (the task row holds it)")
+	}
+	if n := q(`SELECT count(*) FROM task_attempts WHERE task_id = $1 AND attempt = 1 AND outcome = 'failed' AND error = 'boom'`, final); n != 1 {
+		t.Fatal("final attempt missing from the task_attempts view")
 	}
 	if n := q("SELECT count(*) FROM tasks WHERE id = $1 AND retries = 1 AND worker_session_id IS NULL AND finished_at IS NULL", retry); n != 1 {
 		t.Fatal("retried task state wrong")
@@ -101,7 +112,7 @@ func TestRetryAndTimeout(t *testing.T) {
 
 	overdue := mk(0, time.Second, time.Hour)
 	notYet := mk(0, time.Hour, time.Second)
-	n, err := report.TimeOutOverdue(ctx, pool, time.Second, retrypolicy.Default, nil)
+	n, err := report.TimeOutOverdue(ctx, pool, time.Second, nil)
 	if err != nil || n != 1 {
 		t.Fatalf("TimeOutOverdue = %d, %v; want 1", n, err)
 	}
@@ -117,8 +128,8 @@ func TestRetryAndTimeout(t *testing.T) {
 }
 
 // A late write to an attempt the master already timed out keeps timed_out (and its
-// error) and records the refusal beside it; a late write to an attempt still open
-// closes it as fenced.
+// error) and records the refusal beside it; so does a late write to an attempt a
+// cancel closed.
 func TestFencedWriteKeepsHistory(t *testing.T) {
 	t.Parallel()
 	pool, _ := srv.NewPool(t)
@@ -126,10 +137,9 @@ func TestFencedWriteKeepsHistory(t *testing.T) {
 	q := func(sql string, args ...any) int64 { t.Helper(); return batontest.Int64(t, pool, sql, args...) }
 	q("INSERT INTO worker_groups (name) VALUES ('g') RETURNING 1")
 	s := q("INSERT INTO worker_sessions (name, group_name, slots) VALUES ('w', 'g', 2) RETURNING id")
-	overdue := q(`INSERT INTO tasks (group_name, kind, state, attempt, worker_session_id, dispatched_at, started_at, timeout_ms)
-		VALUES ('g', 'shell', 'running', 1, $1, now(), now() - interval '1 hour', 1000) RETURNING id`, s)
-	q("INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, started_at) VALUES ($1, 1, $2, 'submit', now()) RETURNING 1", overdue, s)
-	if n, err := report.TimeOutOverdue(ctx, pool, time.Second, retrypolicy.Default, nil); err != nil || n != 1 {
+	overdue := q(`INSERT INTO tasks (group_name, kind, state, attempt, worker_session_id, attempt_session_id, dispatched_at, started_at, timeout_ms)
+		VALUES ('g', 'shell', 'running', 1, $1, $1, now(), now() - interval '1 hour', 1000) RETURNING id`, s)
+	if n, err := report.TimeOutOverdue(ctx, pool, time.Second, nil); err != nil || n != 1 {
 		t.Fatalf("TimeOutOverdue = %d, %v", n, err)
 	}
 	late := report.Result{TaskID: overdue, Attempt: 1, SessionID: s, Outcome: "succeeded", ExitCode: 0, Output: "late"}
@@ -146,15 +156,18 @@ func TestFencedWriteKeepsHistory(t *testing.T) {
 		t.Fatal("late write changed the task")
 	}
 
-	// An attempt superseded while still open (no outcome yet) is closed as fenced.
-	open := q(`INSERT INTO tasks (group_name, kind, state, attempt, worker_session_id, dispatched_at, started_at)
-		VALUES ('g', 'shell', 'running', 2, $1, now(), now()) RETURNING id`, s)
-	q("INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, started_at) VALUES ($1, 1, $2, 'submit', now()) RETURNING 1", open, s)
-	if sum, err := report.Finish(ctx, pool, []report.Result{{TaskID: open, Attempt: 1, SessionID: s, Outcome: "failed", ExitCode: 3}}); err != nil || len(sum.Fenced) != 1 {
-		t.Fatalf("superseded open attempt: %+v, %v", sum, err)
+	// A running attempt canceled: the cancel closes it; the worker's late result
+	// is refused and recorded beside "canceled".
+	running := q(`INSERT INTO tasks (group_name, kind, state, attempt, worker_session_id, attempt_session_id, dispatched_at, started_at)
+		VALUES ('g', 'shell', 'running', 1, $1, $1, now(), now()) RETURNING id`, s)
+	if _, err := db.New(pool).TaskCancel(ctx, db.TaskCancelParams{ID: running, Reason: "canceled by test"}); err != nil {
+		t.Fatal(err)
 	}
-	if n := q(`SELECT count(*) FROM task_attempts WHERE task_id = $1 AND attempt = 1 AND outcome = 'fenced'
-		AND error = 'result refused (failed): attempt superseded' AND refused_outcome = 'failed'`, open); n != 1 {
-		t.Fatal("open superseded attempt not closed as fenced")
+	if sum, err := report.Finish(ctx, pool, []report.Result{{TaskID: running, Attempt: 1, SessionID: s, Outcome: "failed", ExitCode: 3}}); err != nil || len(sum.Fenced) != 1 {
+		t.Fatalf("late result of a canceled attempt: %+v, %v", sum, err)
+	}
+	if n := q(`SELECT count(*) FROM task_attempts WHERE task_id = $1 AND attempt = 1 AND outcome = 'canceled'
+		AND error = 'canceled by test' AND refused_outcome = 'failed'`, running); n != 1 {
+		t.Fatal("canceled attempt rewritten by a late write, or refusal not recorded")
 	}
 }

@@ -127,7 +127,7 @@ func TestExplainAtScale(t *testing.T) {
 		finish.ExitCodes = append(finish.ExitCodes, 0)
 		finish.Errors = append(finish.Errors, "")
 		finish.Outputs = append(finish.Outputs, "")
-		finish.RetryDelaysMs = append(finish.RetryDelaysMs, 0)
+		finish.SnoozesMs = append(finish.SnoozesMs, 0)
 	}
 	finish.NoExitCode = -1
 	cases := []struct {

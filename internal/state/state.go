@@ -23,6 +23,9 @@ const (
 	OutcomeFailedOver = "failed_over"
 	OutcomeFenced     = "fenced"
 	OutcomeCanceled   = "canceled"
+	// OutcomeSnoozed: the handler asked to run again later (baton.Snooze); it
+	// uses no retry.
+	OutcomeSnoozed = "snoozed"
 )
 
 // Session states (worker_sessions.state; master_sessions.state has all but draining).
@@ -33,11 +36,13 @@ const (
 	SessionStopped  = "stopped"
 )
 
-// Why an attempt or dispatch row exists (task_attempts.reason, dispatch_queue.reason).
+// Why an attempt or dispatch row exists (task_attempts.reason, dispatch_queue.reason,
+// tasks.attempt_reason and tasks.queued_reason).
 const (
 	ReasonSubmit   = "submit"
 	ReasonRetry    = "retry"
 	ReasonFailover = "failover"
+	ReasonSnooze   = "snooze"
 )
 
 // Failover event kinds (failover_events.kind).
@@ -49,10 +54,10 @@ const (
 // The sets, by the CHECK constraint that allows them.
 var (
 	TaskStates     = []string{TaskQueued, TaskDispatched, TaskRunning, TaskSucceeded, TaskFailed, TaskTimedOut, TaskCanceled}
-	Outcomes       = []string{OutcomeSucceeded, OutcomeFailed, OutcomeTimedOut, OutcomeFailedOver, OutcomeFenced, OutcomeCanceled}
+	Outcomes       = []string{OutcomeSucceeded, OutcomeFailed, OutcomeTimedOut, OutcomeFailedOver, OutcomeFenced, OutcomeCanceled, OutcomeSnoozed}
 	WorkerSessions = []string{SessionAlive, SessionDraining, SessionDead, SessionStopped}
 	MasterSessions = []string{SessionAlive, SessionDead, SessionStopped}
-	Reasons        = []string{ReasonSubmit, ReasonRetry, ReasonFailover}
+	Reasons        = []string{ReasonSubmit, ReasonRetry, ReasonFailover, ReasonSnooze}
 	Kinds          = []string{KindWorker, KindMaster}
 )
 

@@ -29,6 +29,8 @@ func TestNamesMatchSchema(t *testing.T) {
 		"master_sessions_state": state.MasterSessions,
 		"task_attempts_reason":  state.Reasons,
 		"dispatch_queue_reason": state.Reasons,
+		"tasks_attempt_reason":  state.Reasons,
+		"tasks_queued_reason":   state.Reasons,
 		"failover_events_kind":  state.Kinds,
 		"tasks_finished":        {state.TaskSucceeded, state.TaskFailed, state.TaskTimedOut, state.TaskCanceled},
 		"tasks_owner":           {state.TaskDispatched, state.TaskRunning},

@@ -50,6 +50,31 @@ type Spec struct {
 	Priority   int
 	MaxRetries int
 	Timeout    time.Duration
+	// Backoff is the task's retry backoff; nil takes its group's.
+	Backoff *Backoff
+}
+
+// Backoff is a retry policy: retry n waits Base·2^(n-1), capped at Max, ±20%.
+// Postgres computes it when the failure is recorded (TaskFinish).
+type Backoff struct {
+	Base, Max time.Duration
+}
+
+// Backoff limits (the schema's tasks_retry_backoff).
+const (
+	MaxBackoffBase = 24 * time.Hour
+	MaxBackoffMax  = 7 * 24 * time.Hour
+)
+
+// Validate checks a backoff.
+func (b Backoff) Validate() error {
+	switch {
+	case b.Base < 0 || b.Base > MaxBackoffBase:
+		return fmt.Errorf("%w: retry backoff base %s is outside 0..%s", ErrInvalid, b.Base, MaxBackoffBase)
+	case b.Max < b.Base || b.Max > MaxBackoffMax:
+		return fmt.Errorf("%w: retry backoff max %s is outside base (%s)..%s", ErrInvalid, b.Max, b.Base, MaxBackoffMax)
+	}
+	return nil
 }
 
 // Validate checks a spec without touching the database.
@@ -72,6 +97,11 @@ func (s Spec) Validate() error {
 		return bad("max retries %d is outside 0..%d", s.MaxRetries, MaxRetries)
 	case s.Timeout < 0:
 		return bad("timeout %s is negative", s.Timeout)
+	}
+	if s.Backoff != nil {
+		if err := s.Backoff.Validate(); err != nil {
+			return err
+		}
 	}
 	payload := s.payload()
 	if !json.Valid(payload) {
@@ -198,6 +228,36 @@ func (s Spec) payload() []byte {
 	return s.Payload
 }
 
+// Params validates every spec and lays them out as the columns TaskSubmitMany
+// unnests (a backoff of -1 takes the group's).
+func Params(specs []Spec) (db.TaskSubmitManyParams, error) {
+	var p db.TaskSubmitManyParams
+	if len(specs) == 0 {
+		return p, fmt.Errorf("%w: no tasks to submit", ErrInvalid)
+	}
+	for i, s := range specs {
+		if err := s.Validate(); err != nil {
+			if len(specs) > 1 {
+				return p, fmt.Errorf("task %d: %w", i, err)
+			}
+			return p, err
+		}
+		base, maxDelay := int64(-1), int64(-1)
+		if s.Backoff != nil {
+			base, maxDelay = s.Backoff.Base.Milliseconds(), s.Backoff.Max.Milliseconds()
+		}
+		p.GroupNames = append(p.GroupNames, s.Group)
+		p.Kinds = append(p.Kinds, s.Kind)
+		p.Payloads = append(p.Payloads, string(s.payload()))
+		p.Priorities = append(p.Priorities, int32(s.Priority))
+		p.MaxRetries = append(p.MaxRetries, int32(s.MaxRetries))
+		p.TimeoutsMs = append(p.TimeoutsMs, s.Timeout.Milliseconds())
+		p.RetryBasesMs = append(p.RetryBasesMs, base)
+		p.RetryMaxesMs = append(p.RetryMaxesMs, maxDelay)
+	}
+	return p, nil
+}
+
 // Submit validates and stores one task; it returns the new task id.
 func Submit(ctx context.Context, pool *pgxpool.Pool, s Spec) (int64, error) {
 	ids, err := Many(ctx, pool, []Spec{s})
@@ -210,22 +270,13 @@ func Submit(ctx context.Context, pool *pgxpool.Pool, s Spec) (int64, error) {
 // Many validates every spec, then stores all of them in one statement (all or
 // nothing; one round trip) with one NOTIFY per group.
 func Many(ctx context.Context, pool *pgxpool.Pool, specs []Spec) ([]int64, error) {
-	p := db.TaskSubmitManyParams{}
+	p, err := Params(specs)
+	if err != nil {
+		return nil, err
+	}
 	groups := map[string]bool{}
-	for i, s := range specs {
-		if err := s.Validate(); err != nil {
-			if len(specs) > 1 {
-				return nil, fmt.Errorf("task %d: %w", i, err)
-			}
-			return nil, err
-		}
+	for _, s := range specs {
 		groups[s.Group] = true
-		p.GroupNames = append(p.GroupNames, s.Group)
-		p.Kinds = append(p.Kinds, s.Kind)
-		p.Payloads = append(p.Payloads, string(s.payload()))
-		p.Priorities = append(p.Priorities, int32(s.Priority))
-		p.MaxRetries = append(p.MaxRetries, int32(s.MaxRetries))
-		p.TimeoutsMs = append(p.TimeoutsMs, s.Timeout.Milliseconds())
 	}
 	q := db.New(pool)
 	ids, err := q.TaskSubmitMany(ctx, p)

@@ -10,7 +10,6 @@ import (
 
 	"github.com/baton-scheduler/baton/internal/claimer"
 	"github.com/baton-scheduler/baton/internal/executor"
-	"github.com/baton-scheduler/baton/internal/retrypolicy"
 	"github.com/baton-scheduler/baton/internal/service"
 )
 
@@ -74,7 +73,6 @@ type Config struct {
 	KillGrace time.Duration
 	MaxOutput int // bytes of stdout+stderr kept per attempt
 	Handlers  map[string]executor.Handler
-	Retry     retrypolicy.Policy
 	Logger    *zap.Logger
 	Version   string
 	// Clock is the services' process clock (log timestamps; never a liveness
@@ -129,9 +127,6 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.MaxOutput == 0 {
 		c.MaxOutput = executor.DefaultMaxOutput
-	}
-	if c.Retry == (retrypolicy.Policy{}) {
-		c.Retry = retrypolicy.Default
 	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()

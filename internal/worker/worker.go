@@ -173,7 +173,7 @@ func (w *Worker) runSession(ctx context.Context, reg session.Registered) error {
 	cl := claimer.New(w.base("claimer"), w.pool, claimer.Config{
 		Lease:     func() error { return hb.LeaseErr() },
 		SessionID: reg.ID, Group: w.cfg.Group, Worker: w.cfg.Name, Slots: w.cfg.Slots, PollInterval: w.cfg.PollInterval,
-		KillGrace: w.cfg.KillGrace, Retry: w.cfg.Retry, Exec: w.exec, Results: w.completer, Wake: w.wake, Targeted: &w.targeted,
+		KillGrace: w.cfg.KillGrace, Exec: w.exec, Results: w.completer, Wake: w.wake, Targeted: &w.targeted,
 		OnOrphans: func(err error) {
 			select {
 			case orphaned <- err:
