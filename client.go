@@ -308,8 +308,11 @@ func (c *Client) Cancel(ctx context.Context, id int64) (TaskInfo, error) {
 	var info TaskInfo
 	var finished bool
 	err := c.inTx(ctx, func(q *db.Queries) error {
-		// Dispatch row before task row: the lock order of a master's dispatch.
-		if _, err := q.TaskCancelLockDispatch(ctx, id); err != nil {
+		// Lock the task row first (the order dispatch and failover take: task,
+		// then its dispatch row). Once it is held nobody can give the task a new
+		// dispatch row, and TaskCancel's own snapshot, taken after the lock, sees
+		// any row committed before it.
+		if _, err := q.TaskCancelLockTask(ctx, id); err != nil {
 			return fmt.Errorf("cancel task %d: %w", id, err)
 		}
 		_, err := q.TaskCancel(ctx, db.TaskCancelParams{ID: id, Reason: "canceled by client"})

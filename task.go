@@ -171,14 +171,16 @@ type RetryBackoff struct {
 
 // TaskState is where a task is in its life:
 //
-//	queued -> dispatched -> running -> succeeded | failed | timed_out | canceled
+//	queued -> running -> succeeded | failed | timed_out | canceled
 //
-// A retry or failover returns a task to queued or dispatched.
+// A worker claims a queued task and runs it. A failover may instead place it on
+// a chosen worker (dispatched) before it runs. A retry, a snooze or a failover
+// returns a task to queued (or dispatched).
 type TaskState string
 
 // Task states.
 const (
-	TaskQueued     TaskState = "queued"     // waiting for a master to pick a worker
+	TaskQueued     TaskState = "queued"     // waiting for a worker of its group to claim it
 	TaskDispatched TaskState = "dispatched" // assigned to a worker session, not yet claimed
 	TaskRunning    TaskState = "running"    // claimed and running on that session
 	TaskSucceeded  TaskState = "succeeded"
@@ -211,7 +213,8 @@ type TaskInfo struct {
 	// unless dispatched or running).
 	WorkerSessionID int64
 	MaxRetries      int
-	Retries         int // retries used so far
+	Retries         int          // retries used so far
+	RetryBackoff    RetryBackoff // the task's retry policy (its own, or its group's at submit)
 	Timeout         time.Duration
 	FailoverCount   int // times moved off a dead or stopped worker
 	SubmittedAt     time.Time
@@ -227,7 +230,9 @@ func taskInfoFromRow(r db.Task) TaskInfo {
 	return TaskInfo{
 		ID: r.ID, Group: r.GroupName, Kind: r.Kind, Payload: r.Payload, Priority: int(r.Priority),
 		State: TaskState(r.State), Attempt: int(r.Attempt), WorkerSessionID: deref(r.WorkerSessionID),
-		MaxRetries: int(r.MaxRetries), Retries: int(r.Retries), Timeout: time.Duration(r.TimeoutMs) * time.Millisecond,
+		MaxRetries: int(r.MaxRetries), Retries: int(r.Retries),
+		RetryBackoff:  RetryBackoff{Base: time.Duration(r.RetryBaseMs) * time.Millisecond, Max: time.Duration(r.RetryMaxMs) * time.Millisecond},
+		Timeout:       time.Duration(r.TimeoutMs) * time.Millisecond,
 		FailoverCount: int(r.FailoverCount), SubmittedAt: r.SubmittedAt, DispatchedAt: r.DispatchedAt,
 		StartedAt: r.StartedAt, FinishedAt: r.FinishedAt, ExitCode: intPtr(r.ExitCode), Output: r.Output, LastError: r.LastError,
 	}
@@ -238,14 +243,15 @@ type Attempt struct {
 	TaskID          int64
 	Attempt         int
 	WorkerSessionID int64
-	// Reason is why the attempt exists: submit, retry or failover.
+	// Reason is why the attempt exists: submit, retry, failover or snooze.
 	Reason       string
 	DispatchedAt time.Time
 	StartedAt    *time.Time
 	FinishedAt   *time.Time
 	// Outcome is empty while in flight; else succeeded, failed, timed_out,
-	// canceled, failed_over (its worker died) or fenced (its worker reported
-	// after the attempt was superseded; the result was refused).
+	// canceled, snoozed (the handler returned Snooze), failed_over (its worker
+	// died) or fenced (recorded by versions before schema v3: its worker reported
+	// after the attempt was superseded).
 	Outcome  string
 	ExitCode *int
 	Error    string

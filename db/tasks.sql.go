@@ -94,14 +94,16 @@ func (q *Queries) TaskCancel(ctx context.Context, arg TaskCancelParams) (TaskCan
 	return i, err
 }
 
-const taskCancelLockDispatch = `-- name: TaskCancelLockDispatch :many
-SELECT id FROM dispatch_queue WHERE task_id = $1 FOR UPDATE
+const taskCancelLockTask = `-- name: TaskCancelLockTask :many
+SELECT id FROM tasks WHERE id = $1 FOR UPDATE
 `
 
-// Client.Cancel, first statement: lock the task's dispatch row before the task row
-// (the order a master's dispatch takes), so cancel and dispatch cannot deadlock.
-func (q *Queries) TaskCancelLockDispatch(ctx context.Context, id int64) ([]int64, error) {
-	rows, err := q.db.Query(ctx, taskCancelLockDispatch, id)
+// Client.Cancel, first statement: lock the task row before its dispatch row (the
+// order a master's dispatch and a failover take), so they cannot deadlock, and so
+// no dispatch row is created for it before TaskCancel, whose snapshot is taken
+// once this lock is held, deletes them.
+func (q *Queries) TaskCancelLockTask(ctx context.Context, id int64) ([]int64, error) {
+	rows, err := q.db.Query(ctx, taskCancelLockTask, id)
 	if err != nil {
 		return nil, err
 	}

@@ -222,10 +222,12 @@ WHERE (sqlc.narg('state')::text IS NULL OR state = sqlc.narg('state'))
 ORDER BY id DESC
 LIMIT @max_rows;
 
--- Client.Cancel, first statement: lock the task's dispatch row before the task row
--- (the order a master's dispatch takes), so cancel and dispatch cannot deadlock.
--- name: TaskCancelLockDispatch :many
-SELECT id FROM dispatch_queue WHERE task_id = @id FOR UPDATE;
+-- Client.Cancel, first statement: lock the task row before its dispatch row (the
+-- order a master's dispatch and a failover take), so they cannot deadlock, and so
+-- no dispatch row is created for it before TaskCancel, whose snapshot is taken
+-- once this lock is held, deletes them.
+-- name: TaskCancelLockTask :many
+SELECT id FROM tasks WHERE id = @id FOR UPDATE;
 
 -- Client.Cancel: a task that is not finished becomes canceled at once. Its open
 -- attempt (if any) is closed canceled in task_attempt_log and its dispatch row

@@ -568,15 +568,29 @@ func TestConfigValidation(t *testing.T) {
 	}
 }
 
-// A handler reads its retries and can fail a task for good.
+// A handler reads its retries, can fail a task for good, and can snooze it; the
+// retry policy is stated once, on the group or the task, not on any process.
 func TestHandlerControl(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	a := newApp(t)
-	fast := baton.RetryPolicy{Base: 10 * time.Millisecond, Max: 20 * time.Millisecond}
+	if _, err := a.client.CreateGroup(ctx, "ctl", "handler control"); err != nil {
+		t.Fatal(err)
+	}
+	// The group's policy: the tasks below that state none wait 10-20 ms.
+	if err := a.client.SetGroupRetryBackoff(ctx, "ctl", baton.RetryBackoff{Base: 10 * time.Millisecond, Max: 20 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.client.SetGroupRetryBackoff(ctx, "ctl", baton.RetryBackoff{Base: time.Second, Max: time.Millisecond}); !errors.Is(err, baton.ErrInvalidTask) {
+		t.Fatalf("cap below base: %v", err)
+	}
+	if err := a.client.SetGroupRetryBackoff(ctx, "nope", baton.RetryBackoff{}); !errors.Is(err, baton.ErrUnknownGroup) {
+		t.Fatalf("unknown group: %v", err)
+	}
 	seen := make(chan [2]int, 10)
-	apptest.StartWorker(t, baton.WorkerConfig{DatabaseURL: a.dsn, Group: "ctl", Retry: fast,
-		Master: &baton.MasterConfig{Retry: fast},
+	snoozed := make(chan time.Time, 2)
+	apptest.StartWorker(t, baton.WorkerConfig{DatabaseURL: a.dsn, Group: "ctl",
+		Master: &baton.MasterConfig{},
 		Handlers: map[string]baton.Handler{
 			"flaky": func(ctx context.Context, task baton.Task) (string, error) {
 				used, limit, err := task.Retries(ctx)
@@ -592,12 +606,23 @@ func TestHandlerControl(t *testing.T) {
 			"strict": func(context.Context, baton.Task) (string, error) {
 				return "", baton.Permanent(errors.New("payload can never work"))
 			},
+			"fail": func(context.Context, baton.Task) (string, error) {
+				return "", errors.New("always fails")
+			},
+			"later": func(ctx context.Context, task baton.Task) (string, error) {
+				snoozed <- time.Now()
+				if task.Attempt == 1 {
+					return "", baton.Snooze(300 * time.Millisecond)
+				}
+				return "ready now", nil
+			},
 		}})
 	flaky, err := a.client.Submit(ctx, baton.TaskSpec{Group: "ctl", Kind: "flaky", MaxRetries: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info := apptest.Wait(t, a.client, flaky, 30*time.Second); info.State != baton.TaskSucceeded || info.Retries != 2 {
+	if info := apptest.Wait(t, a.client, flaky, 30*time.Second); info.State != baton.TaskSucceeded || info.Retries != 2 ||
+		info.RetryBackoff != (baton.RetryBackoff{Base: 10 * time.Millisecond, Max: 20 * time.Millisecond}) {
 		t.Fatalf("flaky = %+v", info)
 	}
 	for want := 0; want <= 2; want++ {
@@ -605,6 +630,26 @@ func TestHandlerControl(t *testing.T) {
 			t.Fatalf("attempt %d saw retries %v, want [%d 2]", want+1, got, want)
 		}
 	}
+	attempts, err := a.client.Attempts(ctx, flaky)
+	if err != nil || len(attempts) != 3 || attempts[0].Outcome != "failed" || attempts[1].Reason != "retry" ||
+		attempts[2].Outcome != "succeeded" || attempts[2].Reason != "retry" {
+		t.Fatalf("flaky attempts = %+v, %v", attempts, err)
+	}
+
+	// A task's own policy beats its group's: a one-hour backoff keeps its retry
+	// queued.
+	slow, err := a.client.Submit(ctx, baton.TaskSpec{Group: "ctl", Kind: "fail", MaxRetries: 1,
+		RetryBackoff: &baton.RetryBackoff{Base: time.Hour, Max: time.Hour}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := a.client.Get(ctx, slow); err != nil || info.RetryBackoff.Base != time.Hour {
+		t.Fatalf("slow = %+v, %v", info, err)
+	}
+	if _, err := a.client.Submit(ctx, baton.TaskSpec{Group: "ctl", Kind: "strict", RetryBackoff: &baton.RetryBackoff{Base: -time.Second}}); !errors.Is(err, baton.ErrInvalidTask) {
+		t.Fatalf("negative backoff: %v", err)
+	}
+
 	strict, err := a.client.Submit(ctx, baton.TaskSpec{Group: "ctl", Kind: "strict", MaxRetries: 5})
 	if err != nil {
 		t.Fatal(err)
@@ -615,6 +660,88 @@ func TestHandlerControl(t *testing.T) {
 	}
 	if attempts, err := a.client.Attempts(ctx, strict); err != nil || len(attempts) != 1 {
 		t.Fatalf("a permanent failure was retried: %+v, %v", attempts, err)
+	}
+
+	// Snooze: the task runs again after the snooze, without using a retry.
+	later, err := a.client.Submit(ctx, baton.TaskSpec{Group: "ctl", Kind: "later"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info = apptest.Wait(t, a.client, later, 30*time.Second)
+	if info.State != baton.TaskSucceeded || info.Retries != 0 || info.Attempt != 2 || info.Output != "ready now" {
+		t.Fatalf("later = %+v", info)
+	}
+	first, second := <-snoozed, <-snoozed
+	if gap := second.Sub(first); gap < 300*time.Millisecond {
+		t.Fatalf("snoozed task ran again after %s, before its 300ms snooze", gap)
+	}
+	attempts, err = a.client.Attempts(ctx, later)
+	if err != nil || len(attempts) != 2 || attempts[0].Outcome != "snoozed" || attempts[1].Reason != "snooze" || attempts[1].Outcome != "succeeded" {
+		t.Fatalf("later attempts = %+v, %v", attempts, err)
+	}
+	if info, err := a.client.Get(ctx, slow); err != nil || info.State != baton.TaskQueued || info.Retries != 1 {
+		t.Fatalf("slow = %+v, %v (its one-hour backoff should hold its retry)", info, err)
+	}
+}
+
+// Wait is woken by the task's notification: with polling set to an hour it still
+// returns as soon as the task ends.
+func TestWaitWokenByNotification(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a := newApp(t)
+	client, err := baton.NewClient(a.pool, &baton.ClientConfig{WaitPollInterval: time.Hour, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	apptest.StartWorker(t, baton.WorkerConfig{DatabaseURL: a.dsn, Group: "w", Master: &baton.MasterConfig{},
+		Handlers: map[string]baton.Handler{"gate": func(ctx context.Context, _ baton.Task) (string, error) {
+			select {
+			case <-release:
+				return "released", nil
+			case <-ctx.Done():
+				return "", ctx.Err()
+			}
+		}}})
+	var ids []int64
+	for range 3 {
+		id, err := client.Submit(ctx, baton.TaskSpec{Group: "w", Kind: "gate"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	// The third is canceled: a cancel notifies too.
+	type result struct {
+		info baton.TaskInfo
+		err  error
+	}
+	results := make(chan result, len(ids))
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for _, id := range ids {
+		go func() { info, err := client.Wait(wctx, id); results <- result{info, err} }()
+	}
+	waitFor(t, func() bool {
+		info, err := client.Get(ctx, ids[0])
+		return err == nil && info.State == baton.TaskRunning
+	})
+	time.Sleep(100 * time.Millisecond) // let the waiters read the task once and block
+	if _, err := client.Cancel(ctx, ids[2]); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	states := map[baton.TaskState]int{}
+	for range ids {
+		r := <-results
+		if r.err != nil {
+			t.Fatalf("wait (polling every hour, so only a notification can end it): %v", r.err)
+		}
+		states[r.info.State]++
+	}
+	if states[baton.TaskSucceeded] != 2 || states[baton.TaskCanceled] != 1 {
+		t.Fatalf("states = %v", states)
 	}
 }
 

@@ -32,10 +32,10 @@ func TestCLI(t *testing.T) {
 	t.Parallel()
 	dsn := srv.NewEmptyDatabase(t)
 	env := map[string]string{"BATON_DATABASE_URL": dsn}
-	if out, e, code := baton(t, env, "migrate", "up"); code != 0 || !strings.Contains(out, "schema at version 2") {
+	if out, e, code := baton(t, env, "migrate", "up"); code != 0 || !strings.Contains(out, "schema at version 3") {
 		t.Fatalf("migrate up: %q %q %d", out, e, code)
 	}
-	if out, _, code := baton(t, env, "migrate", "version"); code != 0 || !strings.HasPrefix(out, "2 ") {
+	if out, _, code := baton(t, env, "migrate", "version"); code != 0 || !strings.HasPrefix(out, "3 ") {
 		t.Fatalf("migrate version: %q", out)
 	}
 	if _, _, code := baton(t, env, "task", "--help"); code != 0 {
