@@ -67,7 +67,7 @@ func cluster(b *testing.B, dsn string, workers, slots int) func() {
 // work being measured.
 func unfinished(b *testing.B, pool *pgxpool.Pool) int64 {
 	var n int64
-	if err := pool.QueryRow(context.Background(), `SELECT (EXISTS (SELECT 1 FROM dispatch_queue)
+	if err := pool.QueryRow(context.Background(), `SELECT (EXISTS (SELECT 1 FROM tasks WHERE state = 'queued')
 		OR EXISTS (SELECT 1 FROM tasks WHERE worker_session_id IS NOT NULL))::int`).Scan(&n); err != nil {
 		b.Fatal(err)
 	}
