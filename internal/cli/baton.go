@@ -28,7 +28,7 @@ const usage = `baton — operator CLI of the baton scheduler
 
   baton migrate up|down|status|version     apply/roll back the embedded schema
   baton migrate move-from-public           move a pre-schema install (tables in public) into baton's schema
-  baton task submit --group G (--shell CMD | --type T [--payload JSON]) [--priority N] [--max-retries N] [--timeout D]
+  baton task submit --group G (--shell CMD | --type T [--payload JSON]) [--priority N] [--max-retries N] [--retry-base D] [--retry-max D] [--timeout D]
   baton task list [--state S] [--group G] [--limit N]
   baton task show ID
   baton worker list [--group G] [--all]
@@ -189,10 +189,21 @@ func taskCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writ
 		priority := fs.Int("priority", 0, "higher runs first (-1000..1000)")
 		retries := fs.Int("max-retries", 0, "retries after a failure or timeout (0..100)")
 		timeout := fs.Duration("timeout", 0, "run time limit of one attempt (0 = none)")
+		retryBase := fs.Duration("retry-base", 0, "this task's retry backoff: retry n waits base·2^(n-1), ±20% (default: the group's, 1s unless set)")
+		retryMax := fs.Duration("retry-max", 0, "cap of this task's retry backoff (default: the group's, 5m unless set)")
 		if err := parseNoArgs(fs, rest); err != nil {
 			return err
 		}
 		spec := submit.Spec{Group: *group, Priority: *priority, MaxRetries: *retries, Timeout: *timeout}
+		if flagGiven(fs, "retry-base") || flagGiven(fs, "retry-max") {
+			spec.Backoff = &submit.Backoff{Base: *retryBase, Max: *retryMax}
+			if !flagGiven(fs, "retry-base") {
+				spec.Backoff.Base = min(time.Second, *retryMax)
+			}
+			if !flagGiven(fs, "retry-max") {
+				spec.Backoff.Max = max(5*time.Minute, *retryBase)
+			}
+		}
 		switch {
 		case *shell != "" && *kind != "":
 			return errors.New("give either --shell or --type, not both")
@@ -449,4 +460,11 @@ func printRows[T any](stdout io.Writer, asJSON bool, rows []T, header string, li
 		line(tw, r)
 	}
 	return tw.Flush()
+}
+
+// flagGiven reports whether flag name was set on the command line.
+func flagGiven(fs *flag.FlagSet, name string) bool {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == name })
+	return given
 }
