@@ -12,8 +12,8 @@ import (
 // Row factories. Each takes an *Opts whose fields are pointers: a nil field (or a
 // nil *Opts) takes a default consistent with the rest of the row, so a test spells
 // only what it is about. The rows satisfy every constraint of the schema and the
-// invariants the code relies on (a dispatched task has its attempt row and a
-// targeted dispatch row, a queued one an untargeted dispatch row, and so on).
+// invariants the code relies on (a dispatched task has its attempt open in the
+// task row and a targeted dispatch row, a queued one no dispatch row, and so on).
 // Tests may use ad-hoc SQL; these keep the same INSERTs from being written out in
 // every package.
 
@@ -89,7 +89,7 @@ func NewWorkerSession(t testing.TB, pool *pgxpool.Pool, opts *WorkerSessionOpts)
 	return id
 }
 
-// TaskOpts describes a task row, with the attempt and dispatch rows its state implies.
+// TaskOpts describes a task row, with the attempt and dispatch row its state implies.
 type TaskOpts struct {
 	Group      *string        // default FactoryGroup, created if missing
 	Kind       *string        // default FactoryKind
@@ -118,7 +118,7 @@ type TaskRow struct {
 }
 
 // NewTask creates a task in the requested state, consistently with its attempt
-// and dispatch rows, in one transaction.
+// and dispatch row, in one transaction.
 func NewTask(t testing.TB, pool *pgxpool.Pool, opts *TaskOpts) TaskRow {
 	t.Helper()
 	if opts == nil {

@@ -35,7 +35,8 @@ func TestFactories(t *testing.T) {
 		dispatch, target int64 // dispatch rows, of which targeted
 		outcome          string
 	}{
-		{"queued", 0, false, 1, 0, ""},
+		// A queued task is the queue itself: no dispatch row.
+		{"queued", 0, false, 0, 0, ""},
 		{"dispatched", 1, true, 1, 1, ""},
 		{"running", 1, true, 0, 0, ""},
 		{"succeeded", 1, true, 0, 0, "succeeded"},
@@ -58,9 +59,27 @@ func TestFactories(t *testing.T) {
 			if n := q("SELECT count(*) FROM dispatch_queue WHERE task_id = $1 AND target_session_id = $2", r.ID, r.SessionID); n != tc.target {
 				t.Fatalf("targeted dispatch rows = %d, want %d", n, tc.target)
 			}
+			if tc.state == "queued" {
+				// In the queue: claimable now (index tasks_queue), as submitted.
+				if n := q("SELECT count(*) FROM tasks WHERE id = $1 AND available_at <= now() AND queued_reason = 'submit' AND worker_session_id IS NULL", r.ID); n != 1 {
+					t.Fatal("queued task not claimable")
+				}
+			}
+			// The attempt (open or final) is described by the task row alone; the
+			// view task_attempts shows it, and the log holds nothing.
 			wantAttempts := int64(tc.attempt)
 			if n := q("SELECT count(*) FROM task_attempts WHERE task_id = $1 AND worker_session_id = $2 AND coalesce(outcome, '') = $3", r.ID, r.SessionID, tc.outcome); n != wantAttempts {
 				t.Fatalf("attempt rows = %d, want %d", n, wantAttempts)
+			}
+			if n := q("SELECT count(*) FROM task_attempt_log WHERE task_id = $1", r.ID); n != 0 {
+				t.Fatalf("attempt log rows = %d, want 0", n)
+			}
+			var owner int64
+			if tc.state == "dispatched" || tc.state == "running" {
+				owner = r.SessionID
+			}
+			if n := q("SELECT count(*) FROM tasks WHERE id = $1 AND coalesce(attempt_session_id, 0) = $2 AND coalesce(worker_session_id, 0) = $3", r.ID, r.SessionID, owner); n != 1 {
+				t.Fatal("task row's attempt/owner session not as asked")
 			}
 			if tc.state == "running" {
 				if n := q("SELECT count(*) FROM tasks WHERE id = $1 AND started_at < now() - interval '59 seconds'", r.ID); n != 1 {

@@ -21,6 +21,7 @@ WHERE a.task_id = r.id
   AND a.attempt = r.attempt
   AND a.worker_session_id = r.session_id
   AND a.refused_at IS NULL
+  AND a.outcome IN ('failed_over', 'timed_out', 'canceled')
 `
 
 type TaskAttemptMarkFencedParams struct {
@@ -34,7 +35,9 @@ type TaskAttemptMarkFencedParams struct {
 // before its worker wrote, and whatever superseded it closed it in
 // task_attempt_log. History is never rewritten: the attempt keeps its outcome,
 // and the refusal goes to refused_outcome/refused_at. A second refusal of the same
-// attempt keeps the first.
+// attempt keeps the first. An attempt its own result closed (a retry or snooze
+// logs it as failed, timed_out or snoozed) records nothing: a refused write
+// there is the same batch delivered again (its commit reply was lost).
 func (q *Queries) TaskAttemptMarkFenced(ctx context.Context, arg TaskAttemptMarkFencedParams) (int64, error) {
 	result, err := q.db.Exec(ctx, taskAttemptMarkFenced,
 		arg.Ids,

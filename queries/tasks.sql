@@ -161,7 +161,9 @@ SELECT t.id, t.attempt, t.state FROM t CROSS JOIN (SELECT count(*) FROM notified
 -- before its worker wrote, and whatever superseded it closed it in
 -- task_attempt_log. History is never rewritten: the attempt keeps its outcome,
 -- and the refusal goes to refused_outcome/refused_at. A second refusal of the same
--- attempt keeps the first.
+-- attempt keeps the first. An attempt its own result closed (a retry or snooze
+-- logs it as failed, timed_out or snoozed) records nothing: a refused write
+-- there is the same batch delivered again (its commit reply was lost).
 -- name: TaskAttemptMarkFenced :execrows
 UPDATE task_attempt_log a
 SET refused_outcome = r.outcome,
@@ -171,7 +173,8 @@ FROM (SELECT unnest(@ids::bigint[]) AS id, unnest(@attempts::int[]) AS attempt,
 WHERE a.task_id = r.id
   AND a.attempt = r.attempt
   AND a.worker_session_id = r.session_id
-  AND a.refused_at IS NULL;
+  AND a.refused_at IS NULL
+  AND a.outcome IN ('failed_over', 'timed_out', 'canceled');
 
 -- Running attempts past their timeout plus a grace period (Postgres time): the
 -- worker should have killed and reported them; the master records them.

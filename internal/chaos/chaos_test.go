@@ -20,19 +20,20 @@ func TestMain(m *testing.M) {
 // history is a clean run on synthetic rows (t0 = 2026-01-01 00:00:00 UTC):
 // session 1 died at t0+1.5s and was failed over; task 1's attempt 1 ran on it from
 // t0+0.1s to t0+0.5s, attempt 2 on session 2 from t0+2s to t0+3s and succeeded;
-// task 2 ran once on session 2 and succeeded.
+// task 2 ran once on session 2 and succeeded. As baton writes them: a task's final
+// attempt (ended by its own worker's result) is held by the task row, the attempt
+// a failover closed is a row of task_attempt_log; the view task_attempts, which
+// the checker reads, shows all three.
 const history = `
 INSERT INTO worker_groups (name) VALUES ('g');
 INSERT INTO worker_sessions (name, group_name, slots, state, started_at, last_heartbeat_at, ended_at)
 VALUES ('w1', 'g', 2, 'dead', '2026-01-01 00:00:00+00', '2026-01-01 00:00:00+00', '2026-01-01 00:00:01.5+00');
 INSERT INTO worker_sessions (name, group_name, slots, state) VALUES ('w2', 'g', 2, 'alive');
-INSERT INTO tasks (group_name, kind, state, attempt, finished_at) VALUES
-  ('g', 'shell', 'succeeded', 2, '2026-01-01 00:00:03+00'),
-  ('g', 'shell', 'succeeded', 1, '2026-01-01 00:00:03+00');
-INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, dispatched_at, started_at, finished_at, outcome) VALUES
-  (1, 1, 1, 'submit',   '2026-01-01 00:00:00+00',   '2026-01-01 00:00:00.1+00', '2026-01-01 00:00:01.5+00', 'failed_over'),
-  (1, 2, 2, 'failover', '2026-01-01 00:00:01.6+00', '2026-01-01 00:00:02+00',   '2026-01-01 00:00:03+00',   'succeeded'),
-  (2, 1, 2, 'submit',   '2026-01-01 00:00:00+00',   '2026-01-01 00:00:00.1+00', '2026-01-01 00:00:03+00',   'succeeded');
+INSERT INTO tasks (group_name, kind, state, attempt, attempt_session_id, attempt_reason, dispatched_at, started_at, finished_at) VALUES
+  ('g', 'shell', 'succeeded', 2, 2, 'failover', '2026-01-01 00:00:01.6+00', '2026-01-01 00:00:02+00',   '2026-01-01 00:00:03+00'),
+  ('g', 'shell', 'succeeded', 1, 2, 'submit',   '2026-01-01 00:00:00+00',   '2026-01-01 00:00:00.1+00', '2026-01-01 00:00:03+00');
+INSERT INTO task_attempt_log (task_id, attempt, worker_session_id, reason, dispatched_at, started_at, finished_at, outcome) VALUES
+  (1, 1, 1, 'submit',   '2026-01-01 00:00:00+00',   '2026-01-01 00:00:00.1+00', '2026-01-01 00:00:01.5+00', 'failed_over');
 INSERT INTO failover_events (kind, session_id, group_name, deadline, started_at, finished_at, tasks_reassigned)
 VALUES ('worker', 1, 'g', '2026-01-01 00:00:01.5+00', '2026-01-01 00:00:01.5+00', '2026-01-01 00:00:01.6+00', 1);
 INSERT INTO ledger (task_id, attempt, session_id, kind, at) VALUES
@@ -113,7 +114,7 @@ func TestCheckFindsInjectedFaults(t *testing.T) {
 		},
 		{
 			name:    "two succeeded attempts",
-			sql:     `UPDATE task_attempts SET outcome = 'succeeded' WHERE task_id = 1 AND attempt = 1`,
+			sql:     `UPDATE task_attempt_log SET outcome = 'succeeded' WHERE task_id = 1 AND attempt = 1`,
 			count:   func(f Findings) int64 { return f.MultiWins },
 			mention: "task 1: attempts 1,2 all succeeded",
 		},
@@ -150,7 +151,7 @@ func TestCheckFindsInjectedFaults(t *testing.T) {
 		},
 		{
 			name:    "attempt dispatched after its session ended",
-			sql:     `UPDATE task_attempts SET dispatched_at = '2026-01-01 00:00:01.7+00' WHERE task_id = 1 AND attempt = 1`,
+			sql:     `UPDATE task_attempt_log SET dispatched_at = '2026-01-01 00:00:01.7+00' WHERE task_id = 1 AND attempt = 1`,
 			count:   func(f Findings) int64 { return f.ToDead },
 			mention: "after it ended (dead)",
 		},
@@ -184,7 +185,7 @@ func TestCheckFindsInjectedFaults(t *testing.T) {
 // TestCheckNilSubmitted: without a list every task in the database counts.
 func TestCheckNilSubmitted(t *testing.T) {
 	pool := newHistory(t)
-	if _, err := pool.Exec(context.Background(), `UPDATE tasks SET state = 'queued', attempt = 0, finished_at = NULL WHERE id = 2`); err != nil {
+	if _, err := pool.Exec(context.Background(), `UPDATE tasks SET state = 'queued', attempt = 0, attempt_session_id = NULL, dispatched_at = NULL, started_at = NULL, finished_at = NULL WHERE id = 2`); err != nil {
 		t.Fatal(err)
 	}
 	f, err := Check(context.Background(), pool, nil)

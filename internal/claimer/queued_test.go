@@ -10,10 +10,10 @@ import (
 	"github.com/baton-scheduler/baton/internal/submit"
 )
 
-// A worker claims waiting tasks of its group straight from the queue, in queue
-// order (priority, then submission), one attempt each with its history row — and
-// nothing of another group, nothing not yet available, nothing targeted at
-// another session.
+// A worker claims waiting tasks of its group straight from the queue (queued task
+// rows), in queue order (priority, then submission), one attempt each, held by its
+// task row alone (the view task_attempts shows it) — and nothing of another group,
+// nothing not yet available, nothing dispatched to another session.
 func TestClaimQueuedInQueueOrder(t *testing.T) {
 	t.Parallel()
 	pool, _ := srv.NewPool(t)
@@ -27,7 +27,8 @@ func TestClaimQueuedInQueueOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pool.Exec(ctx, "UPDATE dispatch_queue SET available_at = now() + interval '1 hour' WHERE task_id = $1", ids[4]); err != nil {
+	other := batontest.NewTask(t, pool, &batontest.TaskOpts{Group: batontest.Ptr("a"), State: batontest.Ptr("dispatched")})
+	if _, err := pool.Exec(ctx, "UPDATE tasks SET available_at = now() + interval '1 hour' WHERE id = $1", ids[4]); err != nil {
 		t.Fatal(err)
 	}
 	rows, err := db.New(pool).TaskClaimQueued(ctx, db.TaskClaimQueuedParams{SessionID: s, GroupName: "a", MaxTasks: 10})
@@ -49,8 +50,21 @@ func TestClaimQueuedInQueueOrder(t *testing.T) {
 		  AND a.started_at IS NOT NULL AND t.started_at IS NOT NULL`, s); n != 3 {
 		t.Fatalf("running with an open attempt = %d, want 3", n)
 	}
-	if n := batontest.Int64(t, pool, "SELECT count(*) FROM dispatch_queue"); n != 2 {
-		t.Fatalf("dispatch rows left = %d, want 2 (group b, not yet available)", n)
+	// The open attempts live in the task rows alone (one write per claimed task).
+	if n := batontest.Int64(t, pool, "SELECT count(*) FROM task_attempt_log"); n != 0 {
+		t.Fatalf("attempt log rows = %d, want 0", n)
+	}
+	if n := batontest.Int64(t, pool, "SELECT count(*) FROM tasks WHERE state = 'queued' AND attempt = 0 AND id = ANY($1)", []int64{ids[2], ids[4]}); n != 2 {
+		t.Fatalf("tasks left queued = %d, want 2 (group b, not yet available)", n)
+	}
+	if n := batontest.Int64(t, pool, "SELECT count(*) FROM tasks WHERE state = 'queued'"); n != 2 {
+		t.Fatalf("queued tasks = %d, want 2", n)
+	}
+	if n := batontest.Int64(t, pool, "SELECT count(*) FROM dispatch_queue WHERE task_id = $1 AND target_session_id = $2", other.ID, other.SessionID); n != 1 {
+		t.Fatal("the task dispatched to another session lost its dispatch row")
+	}
+	if n := batontest.Int64(t, pool, "SELECT count(*) FROM dispatch_queue"); n != 1 {
+		t.Fatalf("dispatch rows = %d, want 1 (a claim from the queue writes none)", n)
 	}
 }
 

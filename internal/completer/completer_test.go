@@ -46,10 +46,8 @@ func setup(t *testing.T, cfg completer.Config) (*completer.Completer, *testBundl
 // successful result.
 func (b *testBundle) running(t *testing.T) report.Result {
 	t.Helper()
-	id := batontest.Int64(t, b.pool, `WITH t AS (INSERT INTO tasks (group_name, kind, state, attempt, worker_session_id, dispatched_at, started_at)
-		VALUES ('g', 'echo', 'running', 1, $1, now(), now()) RETURNING id)
-		INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, started_at) SELECT id, 1, $1, 'submit', now() FROM t
-		RETURNING task_id`, b.session)
+	id := batontest.Int64(t, b.pool, `INSERT INTO tasks (group_name, kind, state, attempt, worker_session_id, attempt_session_id, dispatched_at, started_at)
+		VALUES ('g', 'echo', 'running', 1, $1, $1, now(), now()) RETURNING id`, b.session)
 	return report.Result{TaskID: id, Attempt: 1, SessionID: b.session, Outcome: executor.OutcomeSucceeded, ExitCode: executor.NoExitCode, Output: "ok"}
 }
 

@@ -26,7 +26,7 @@ const (
 	DefaultGroupTimeout = 10 * time.Second
 )
 
-// Dispatcher assigns waiting dispatch rows.
+// Dispatcher places queued tasks on chosen sessions (targeted dispatch rows).
 type Dispatcher struct {
 	Pool          *pgxpool.Pool
 	WorkerTimeout time.Duration

@@ -168,35 +168,57 @@ func TestFailedOverTasksKeepTheirPlace(t *testing.T) {
 	}
 }
 
-// The dispatch queries stay index-backed: the waiting-task scan follows the queue
-// order index and never sorts the backlog.
+// The dispatch queries stay index-backed: the waiting-task scan (the query
+// DispatchLockWaiting) follows the queue order index tasks_queue and never sorts
+// the backlog, and the waiting-groups probe (DispatchListWaitingGroups) reads that
+// index, not the tasks table.
 func TestDispatchPlanUsesQueueIndex(t *testing.T) {
 	t.Parallel()
 	pool, _ := srv.NewPool(t)
 	ctx := context.Background()
 	q := func(sql string, args ...any) int64 { t.Helper(); return batontest.Int64(t, pool, sql, args...) }
 	q("INSERT INTO worker_groups (name) VALUES ('a') RETURNING 1")
-	q(`WITH t AS (INSERT INTO tasks (group_name, kind) SELECT 'a', 'noop' FROM generate_series(1, 20000) RETURNING id)
-		INSERT INTO dispatch_queue (task_id, attempt, group_name, reason) SELECT id, 0, 'a', 'submit' FROM t RETURNING 1`)
-	if _, err := pool.Exec(ctx, "ANALYZE dispatch_queue"); err != nil {
+	// A backlog of queued tasks next to as many finished ones (the index is partial).
+	q("INSERT INTO tasks (group_name, kind) SELECT 'a', 'noop' FROM generate_series(1, 20000) RETURNING 1")
+	q(`INSERT INTO tasks (group_name, kind, state, finished_at) SELECT 'a', 'noop', 'succeeded', now()
+		FROM generate_series(1, 20000) RETURNING 1`)
+	if _, err := pool.Exec(ctx, "ANALYZE tasks"); err != nil {
 		t.Fatal(err)
 	}
-	rows, err := pool.Query(ctx, `EXPLAIN SELECT task_id FROM dispatch_queue
-		WHERE group_name = 'a' AND target_session_id IS NULL AND available_at <= now()
-		ORDER BY priority DESC, task_id LIMIT 100 FOR UPDATE SKIP LOCKED`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var plan []string
-	for rows.Next() {
-		var line string
-		if err := rows.Scan(&line); err != nil {
+	explain := func(sql string) string {
+		t.Helper()
+		rows, err := pool.Query(ctx, "EXPLAIN "+sql)
+		if err != nil {
 			t.Fatal(err)
 		}
-		plan = append(plan, line)
+		var plan []string
+		for rows.Next() {
+			var line string
+			if err := rows.Scan(&line); err != nil {
+				t.Fatal(err)
+			}
+			plan = append(plan, line)
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return strings.Join(plan, "\n")
 	}
-	text := strings.Join(plan, "\n")
-	if !strings.Contains(text, "dispatch_queue_waiting") || strings.Contains(text, "Sort") {
-		t.Fatalf("waiting-task scan does not follow dispatch_queue_waiting:\n%s", text)
+	// queries/dispatch_queue.sql, DispatchLockWaiting.
+	text := explain(`SELECT id AS task_id FROM tasks
+		WHERE group_name = 'a' AND state = 'queued' AND available_at <= now()
+		ORDER BY priority DESC, id
+		LIMIT 100
+		FOR UPDATE SKIP LOCKED`)
+	if !strings.Contains(text, "tasks_queue") || strings.Contains(text, "Sort") || strings.Contains(text, "Seq Scan") {
+		t.Fatalf("waiting-task scan does not follow tasks_queue:\n%s", text)
+	}
+	// queries/dispatch_queue.sql, DispatchListWaitingGroups.
+	text = explain(`SELECT g.name FROM worker_groups g
+		WHERE EXISTS (SELECT 1 FROM tasks t
+		              WHERE t.group_name = g.name AND t.state = 'queued' AND t.available_at <= now())
+		ORDER BY g.name`)
+	if !strings.Contains(text, "tasks_queue") || strings.Contains(text, "Seq Scan on tasks") {
+		t.Fatalf("waiting-groups probe does not use tasks_queue:\n%s", text)
 	}
 }

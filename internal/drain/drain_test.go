@@ -74,10 +74,8 @@ func setup(t *testing.T, grace time.Duration, release <-chan struct{}) *testBund
 func (b *testBundle) dispatch(t *testing.T, kind string) int64 {
 	t.Helper()
 	return batontest.Int64(t, b.pool, `WITH t AS (
-		INSERT INTO tasks (group_name, kind, state, attempt, worker_session_id, dispatched_at)
-		VALUES ('g', $2, 'dispatched', 1, $1, now()) RETURNING id
-	), a AS (
-		INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason) SELECT id, 1, $1, 'submit' FROM t
+		INSERT INTO tasks (group_name, kind, state, attempt, worker_session_id, attempt_session_id, dispatched_at)
+		VALUES ('g', $2, 'dispatched', 1, $1, $1, now()) RETURNING id
 	)
 	INSERT INTO dispatch_queue (task_id, attempt, group_name, target_session_id, reason)
 	SELECT id, 1, 'g', $1, 'submit' FROM t RETURNING task_id`, b.session, kind)

@@ -30,17 +30,14 @@ func BenchmarkWorkerFailover(b *testing.B) {
 			var total time.Duration
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
-				exec("DELETE FROM dispatch_queue; DELETE FROM task_attempts; DELETE FROM tasks")
+				exec("DELETE FROM dispatch_queue; DELETE FROM task_attempt_log; DELETE FROM tasks")
 				var dead int64
 				if err := pool.QueryRow(ctx, `INSERT INTO worker_sessions (name, group_name, slots, last_heartbeat_at)
 					VALUES ('dead', 'g', $1, now() - interval '1 hour') RETURNING id`, min(n, 10000)).Scan(&dead); err != nil {
 					b.Fatal(err)
 				}
-				exec(`WITH t AS (
-					INSERT INTO tasks (group_name, kind, state, attempt, worker_session_id, dispatched_at, started_at)
-					SELECT 'g', 'shell', 'running', 1, $1, now(), now() FROM generate_series(1, $2) RETURNING id)
-					INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, started_at)
-					SELECT id, 1, $1, 'submit', now() FROM t`, dead, n)
+				exec(`INSERT INTO tasks (group_name, kind, state, attempt, worker_session_id, attempt_session_id, dispatched_at, started_at)
+					SELECT 'g', 'shell', 'running', 1, $1, $1, now(), now() FROM generate_series(1, $2)`, dead, n)
 				exec("ANALYZE tasks")
 				b.StartTimer()
 				start := time.Now()

@@ -62,13 +62,11 @@ func (b *bundle) session(group, state string, slots int, stale bool) int64 {
 }
 
 // task inserts a task in state dispatched (with its undelivered dispatch row) or
-// running on session, at attempt 1, with its attempt history row.
+// running on session, at attempt 1, the open attempt held by the task row.
 func (b *bundle) task(group string, session int64, state string) int64 {
 	b.t.Helper()
-	id := b.int64(`INSERT INTO tasks (group_name, kind, state, attempt, worker_session_id, dispatched_at, started_at)
-		VALUES ($1, 'shell', $2, 1, $3, now() - interval '1 minute', CASE WHEN $2 = 'running' THEN now() END) RETURNING id`, group, state, session)
-	b.exec(`INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, dispatched_at, started_at)
-		VALUES ($1, 1, $2, 'submit', now(), CASE WHEN $3 = 'running' THEN now() END)`, id, session, state)
+	id := b.int64(`INSERT INTO tasks (group_name, kind, state, attempt, worker_session_id, attempt_session_id, dispatched_at, started_at)
+		VALUES ($1, 'shell', $2, 1, $3, $3, now() - interval '1 minute', CASE WHEN $2 = 'running' THEN now() END) RETURNING id`, group, state, session)
 	if state == "dispatched" {
 		b.exec(`INSERT INTO dispatch_queue (task_id, attempt, group_name, target_session_id, reason) VALUES ($1, 1, $2, $3, 'submit')`, id, group, session)
 	}
@@ -133,11 +131,19 @@ func TestReassignsOnlyToHealthySameGroup(t *testing.T) {
 		if n := b.int64("SELECT count(*) FROM dispatch_queue WHERE task_id = $1 AND target_session_id = $2 AND attempt = 2 AND reason = 'failover'", id, target); n != 1 {
 			t.Fatalf("task %d: dispatch row for new attempt missing", id)
 		}
-		if o := b.int64("SELECT count(*) FROM task_attempts WHERE task_id = $1 AND attempt = 1 AND outcome = 'failed_over'", id); o != 1 {
+		// The old attempt is closed in the log; the new one is the task row's.
+		if o := b.int64(`SELECT count(*) FROM task_attempt_log WHERE task_id = $1 AND attempt = 1 AND outcome = 'failed_over'
+			AND worker_session_id = $2 AND reason = 'submit' AND finished_at IS NOT NULL`, id, dead); o != 1 {
 			t.Fatalf("task %d: old attempt not recorded failed_over", id)
 		}
+		if o := b.int64("SELECT count(*) FROM tasks WHERE id = $1 AND attempt_session_id = $2 AND attempt_reason = 'failover' AND dispatched_at IS NOT NULL AND started_at IS NULL", id, target); o != 1 {
+			t.Fatalf("task %d: new attempt not opened in the task row", id)
+		}
 		if o := b.int64("SELECT count(*) FROM task_attempts WHERE task_id = $1 AND attempt = 2 AND reason = 'failover' AND worker_session_id = $2 AND outcome IS NULL", id, target); o != 1 {
-			t.Fatalf("task %d: new attempt row missing", id)
+			t.Fatalf("task %d: new attempt missing from the view task_attempts", id)
+		}
+		if o := b.int64("SELECT count(*) FROM task_attempts WHERE task_id = $1", id); o != 2 {
+			t.Fatalf("task %d: %d attempts in the view, want 2", id, o)
 		}
 	}
 	if perTarget[small] > 1 {
@@ -169,9 +175,20 @@ func TestNoHealthyWorkerQueues(t *testing.T) {
 		t.Fatalf("result = %+v, want 3 queued", res)
 	}
 	for _, id := range tasks {
-		if n := b.int64(`SELECT count(*) FROM tasks t JOIN dispatch_queue d ON d.task_id = t.id
-			WHERE t.id = $1 AND t.state = 'queued' AND t.worker_session_id IS NULL AND d.target_session_id IS NULL AND d.group_name = 'g1'`, id); n != 1 {
-			t.Fatalf("task %d is not queued with an untargeted dispatch row in its group", id)
+		// Back in its group's queue (the task row), claimable at once, no dispatch row.
+		if n := b.int64(`SELECT count(*) FROM tasks
+			WHERE id = $1 AND state = 'queued' AND worker_session_id IS NULL AND group_name = 'g1' AND attempt = 1
+			  AND queued_reason = 'failover' AND available_at <= now() AND failover_count = 1`, id); n != 1 {
+			t.Fatalf("task %d is not queued in its group for failover", id)
+		}
+		if n := b.int64("SELECT count(*) FROM dispatch_queue WHERE task_id = $1", id); n != 0 {
+			t.Fatalf("task %d: queued with a dispatch row", id)
+		}
+		if n := b.int64("SELECT count(*) FROM task_attempt_log WHERE task_id = $1 AND attempt = 1 AND outcome = 'failed_over' AND worker_session_id = $2", id, dead); n != 1 {
+			t.Fatalf("task %d: its attempt not closed failed_over", id)
+		}
+		if n := b.int64("SELECT count(*) FROM task_attempts WHERE task_id = $1", id); n != 1 {
+			t.Fatalf("task %d: %d attempts in the view, want 1 (the closed one)", id, n)
 		}
 	}
 }
@@ -525,7 +542,7 @@ func TestCrashDetectionByLivenessLock(t *testing.T) {
 	}
 	// The backend exits (and frees the lock) a moment after the client closes.
 	batontest.WaitFor(t, 10*time.Second, func() (bool, string) {
-		n := b.int64("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1650524164")
+		n := b.int64("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1650524164 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
 		return n == 0, "liveness lock still held after the connection closed"
 	})
 	restarted := time.Now().Add(-time.Second)
@@ -576,7 +593,7 @@ func TestGroupLockWaitedForBriefly(t *testing.T) {
 		done <- res
 	}()
 	batontest.WaitFor(t, 10*time.Second, func() (bool, string) {
-		n := b.int64("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1650524163 AND NOT granted")
+		n := b.int64("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1650524163 AND NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
 		return n == 1, "failover not waiting on the group lock"
 	})
 	if err := tx.Rollback(b.ctx); err != nil {

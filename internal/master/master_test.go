@@ -73,14 +73,13 @@ func (b *testBundle) session(group string, slots int, ago time.Duration) int64 {
 		VALUES ('w', $1, $2, now() - make_interval(secs => $3::float8)) RETURNING id`, group, slots, ago.Seconds())
 }
 
-// running inserts a task running on session since startedAgo, with its attempt row.
+// running inserts a task running on session since startedAgo, its open attempt
+// held by the task row.
 func (b *testBundle) running(group string, session int64, timeout, startedAgo time.Duration) int64 {
 	b.t.Helper()
-	id := b.int64(`INSERT INTO tasks (group_name, kind, state, attempt, worker_session_id, dispatched_at, started_at, timeout_ms)
-		VALUES ($1, 'noop', 'running', 1, $2, now() - interval '1 hour', now() - make_interval(secs => $3::float8), $4) RETURNING id`,
+	return b.int64(`INSERT INTO tasks (group_name, kind, state, attempt, worker_session_id, attempt_session_id, dispatched_at, started_at, timeout_ms)
+		VALUES ($1, 'noop', 'running', 1, $2, $2, now() - interval '1 hour', now() - make_interval(secs => $3::float8), $4) RETURNING id`,
 		group, session, startedAgo.Seconds(), timeout.Milliseconds())
-	b.exec(`INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, started_at) VALUES ($1, 1, $2, 'submit', now())`, id, session)
-	return id
 }
 
 // within bounds a runOnce call: a sweep that waited on a held lock would fail the

@@ -1,5 +1,6 @@
 // Package report writes attempt results fenced by (task, attempt, session): a
-// superseded attempt's write changes nothing and is recorded as fenced.
+// superseded attempt's write changes nothing, and the refusal is recorded beside
+// the outcome its attempt was closed with (refused_outcome).
 package report
 
 import (
@@ -32,7 +33,7 @@ type Result struct {
 // Summary says what happened to a batch.
 type Summary struct {
 	Applied map[int64]string // task id -> new task state (of the applied attempt)
-	Fenced  []Result         // superseded: refused and recorded as fenced
+	Fenced  []Result         // superseded: refused (recorded as refused_outcome)
 }
 
 // Finish writes a batch of results in one transaction.

@@ -92,6 +92,14 @@ func TestRetryAndTimeout(t *testing.T) {
 	if err != nil || sum.Applied[retry] != "queued" || sum.Applied[final] != "failed" {
 		t.Fatalf("finish: %+v, %v", sum, err)
 	}
+	// The same batch again (its commit reply was lost): refused, and nothing is
+	// recorded as refused — it is the attempt's own result.
+	if sum, err := report.Finish(ctx, pool, []report.Result{{TaskID: retry, Attempt: 1, SessionID: s, Outcome: "failed", ExitCode: 1, Error: "boom"}}); err != nil || len(sum.Fenced) != 1 {
+		t.Fatalf("redelivery: %+v, %v", sum, err)
+	}
+	if n := q("SELECT count(*) FROM task_attempt_log WHERE task_id = $1 AND refused_at IS NOT NULL", retry); n != 0 {
+		t.Fatal("a redelivered own result was recorded as a refused write")
+	}
 	// The task's own backoff (1 h base): retry 1 waits 1 h ±20%, computed by Postgres.
 	if n := q(`SELECT count(*) FROM tasks WHERE id = $1 AND state = 'queued' AND queued_reason = 'retry'
 		AND available_at BETWEEN now() + interval '47 minutes' AND now() + interval '73 minutes'`, retry); n != 1 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -61,29 +62,38 @@ func TestExplainAtScale(t *testing.T) {
 		`INSERT INTO master_sessions (name) VALUES ('live1'), ('live2')`,
 		// 900,000 finished tasks: the steady state of a 30-day retention (finished
 		// 0..31 days ago, the oldest day past the cutoff, waiting for this pass). Each
-		// has one attempt on a session that ended the day before the task finished.
-		`INSERT INTO tasks (group_name, kind, state, attempt, submitted_at, finished_at)
-		 SELECT 'g' || (i % 10), 'noop', 'succeeded', 1, now() - make_interval(days => 1 + i % 31),
-		        now() - make_interval(days => i % 31, hours => 12)
+		// ran its final attempt on a session that ended the day before the task
+		// finished; that attempt is held by the task row. One task in ten was retried:
+		// its first attempt, on the same session, is closed in task_attempt_log.
+		`INSERT INTO tasks (group_name, kind, state, attempt, attempt_session_id, attempt_reason, retries, max_retries,
+		                   submitted_at, dispatched_at, started_at, finished_at)
+		 SELECT 'g' || (i % 10), 'noop', 'succeeded', 1 + (i % 10 = 0)::int, 100 * (i % 999 + 1) + (i % 31),
+		        CASE WHEN i % 10 = 0 THEN 'retry' ELSE 'submit' END, (i % 10 = 0)::int, 1,
+		        now() - make_interval(days => 1 + i % 31), now() - make_interval(days => i % 31, hours => 13),
+		        now() - make_interval(days => i % 31, hours => 13), now() - make_interval(days => i % 31, hours => 12)
 		 FROM generate_series(1, 900000) i`,
-		`INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, outcome, dispatched_at, finished_at)
-		 SELECT t.id, 1, 100 * (t.id % 999 + 1) + (t.id % 31), 'submit', 'succeeded', t.finished_at, t.finished_at
-		 FROM tasks t`,
-		// 90,000 queued tasks waiting in the dispatch queue.
-		`WITH t AS (INSERT INTO tasks (group_name, kind, priority) SELECT 'g' || (i % 10), 'noop', i % 3 FROM generate_series(1, 90000) i RETURNING id, group_name, priority)
-		 INSERT INTO dispatch_queue (task_id, attempt, group_name, priority, reason) SELECT id, 0, group_name, priority, 'submit' FROM t`,
-		// 10,000 running tasks on the live sessions, half with a timeout.
+		`INSERT INTO task_attempt_log (task_id, attempt, worker_session_id, reason, outcome, dispatched_at, finished_at)
+		 SELECT t.id, 1, t.attempt_session_id, 'submit', 'failed', t.submitted_at, t.submitted_at
+		 FROM tasks t WHERE t.attempt = 2`,
+		// 90,000 queued tasks: the queue is the task rows (index tasks_queue).
+		`INSERT INTO tasks (group_name, kind, priority) SELECT 'g' || (i % 10), 'noop', i % 3 FROM generate_series(1, 90000) i`,
+		// 10,000 running tasks on the live sessions, half with a timeout, and 2,000
+		// dispatched to them (targeted dispatch rows, as a failover leaves them).
+		`WITH s AS (SELECT array_agg(id) AS ids FROM worker_sessions WHERE state = 'alive')
+		 INSERT INTO tasks (group_name, kind, state, attempt, worker_session_id, attempt_session_id, dispatched_at, started_at, timeout_ms)
+		 SELECT 'g0', 'noop', 'running', 1, s.ids[1 + i % 20], s.ids[1 + i % 20], now(), now(), CASE WHEN i % 2 = 0 THEN 60000 ELSE 0 END
+		 FROM generate_series(1, 10000) i, s`,
 		`WITH s AS (SELECT array_agg(id) AS ids FROM worker_sessions WHERE state = 'alive'),
-		 t AS (INSERT INTO tasks (group_name, kind, state, attempt, worker_session_id, dispatched_at, started_at, timeout_ms)
-		       SELECT 'g0', 'noop', 'running', 1, s.ids[1 + i % 20], now(), now(), CASE WHEN i % 2 = 0 THEN 60000 ELSE 0 END
-		       FROM generate_series(1, 10000) i, s RETURNING id, worker_session_id)
-		 INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, started_at) SELECT id, 1, worker_session_id, 'submit', now() FROM t`,
+		 t AS (INSERT INTO tasks (group_name, kind, priority, state, attempt, worker_session_id, attempt_session_id, attempt_reason, dispatched_at)
+		       SELECT 'g0', 'noop', i % 3, 'dispatched', 2, s.ids[1 + i % 20], s.ids[1 + i % 20], 'failover', now()
+		       FROM generate_series(1, 2000) i, s RETURNING id, attempt, group_name, worker_session_id, priority)
+		 INSERT INTO dispatch_queue (task_id, attempt, group_name, target_session_id, priority, reason)
+		 SELECT id, attempt, group_name, worker_session_id, priority, 'failover' FROM t`,
 		// 1,000,000 queued tasks in one group, with one live worker session of it:
 		// a worker's direct claim must read O(batch) rows, not the backlog.
 		`INSERT INTO worker_groups (name) VALUES ('big')`,
 		`INSERT INTO worker_sessions (name, group_name, slots) VALUES ('big-worker', 'big', 1000)`,
-		`WITH t AS (INSERT INTO tasks (group_name, kind, priority) SELECT 'big', 'noop', i % 3 FROM generate_series(1, 1000000) i RETURNING id, group_name, priority)
-		 INSERT INTO dispatch_queue (task_id, attempt, group_name, priority, reason) SELECT id, 0, group_name, priority, 'submit' FROM t`,
+		`INSERT INTO tasks (group_name, kind, priority) SELECT 'big', 'noop', i % 3 FROM generate_series(1, 1000000) i`,
 		// One failover event per dead session, finished.
 		`INSERT INTO failover_events (kind, session_id, group_name, detected_by, deadline, started_at, finished_at, passes)
 		 SELECT 'worker', id, group_name, (SELECT min(id) FROM master_sessions), ended_at, ended_at, ended_at, 1 FROM worker_sessions WHERE state = 'dead'`,
@@ -93,8 +103,8 @@ func TestExplainAtScale(t *testing.T) {
 	}
 	t.Logf("loaded in %s", time.Since(start).Round(time.Second))
 	var counts string
-	if err := conn.QueryRow(ctx, `SELECT format('tasks %s, task_attempts %s, worker_sessions %s (ended %s), master_sessions %s, failover_events %s, dispatch_queue %s',
-		(SELECT count(*) FROM tasks), (SELECT count(*) FROM task_attempts), (SELECT count(*) FROM worker_sessions),
+	if err := conn.QueryRow(ctx, `SELECT format('tasks %s (queued %s), task_attempt_log %s, worker_sessions %s (ended %s), master_sessions %s, failover_events %s, dispatch_queue %s',
+		(SELECT count(*) FROM tasks), (SELECT count(*) FROM tasks WHERE state = 'queued'), (SELECT count(*) FROM task_attempt_log), (SELECT count(*) FROM worker_sessions),
 		(SELECT count(*) FROM worker_sessions WHERE ended_at IS NOT NULL), (SELECT count(*) FROM master_sessions),
 		(SELECT count(*) FROM failover_events), (SELECT count(*) FROM dispatch_queue))`).Scan(&counts); err != nil {
 		t.Fatal(err)
@@ -107,11 +117,14 @@ func TestExplainAtScale(t *testing.T) {
 	}
 	now := time.Now()
 	month := (30 * 24 * time.Hour).Seconds()
-	var bigWorker, liveWorker int64
+	var bigWorker, liveWorker, retriedTask int64
 	if err := conn.QueryRow(ctx, "SELECT id FROM worker_sessions WHERE name = 'big-worker'").Scan(&bigWorker); err != nil {
 		t.Fatal(err)
 	}
 	if err := conn.QueryRow(ctx, "SELECT min(worker_session_id) FROM tasks WHERE state = 'running'").Scan(&liveWorker); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.QueryRow(ctx, "SELECT max(task_id) FROM task_attempt_log").Scan(&retriedTask); err != nil {
 		t.Fatal(err)
 	}
 	// A result batch of 500 running attempts of one live session.
@@ -173,6 +186,13 @@ func TestExplainAtScale(t *testing.T) {
 			_, err := q.TaskClaim(ctx, db.TaskClaimParams{SessionID: liveWorker, MaxTasks: 512})
 			return err
 		}},
+		{"TaskAttemptList (the view task_attempts)", func(q *db.Queries) error {
+			rows, err := q.TaskAttemptList(ctx, retriedTask)
+			if err == nil && len(rows) != 2 {
+				err = fmt.Errorf("listed %d attempts, want 2", len(rows))
+			}
+			return err
+		}},
 		{"TaskFinish (500 results)", func(q *db.Queries) error {
 			rows, err := q.TaskFinish(ctx, finish)
 			if err == nil && len(rows) != len(finish.Ids) {
@@ -198,12 +218,30 @@ func TestExplainAtScale(t *testing.T) {
 		}},
 	}
 	// The foreign-key checks a session delete runs per row (Postgres' own RI
-	// queries, run with generic plans): each must be an index probe too.
-	for i, fk := range []struct{ name, sql string }{
-		{"FK check tasks.worker_session_id", "SELECT 1 FROM ONLY tasks x WHERE worker_session_id = $1 FOR KEY SHARE OF x"},
-		{"FK check task_attempts.worker_session_id", "SELECT 1 FROM ONLY task_attempts x WHERE worker_session_id = $1 FOR KEY SHARE OF x"},
+	// queries, run with generic plans): each must be an index probe too. (tasks.
+	// worker_session_id has no foreign key since schema v3.)
+	fks := []struct{ name, sql string }{
+		{"FK check task_attempt_log.worker_session_id", "SELECT 1 FROM ONLY task_attempt_log x WHERE worker_session_id = $1 FOR KEY SHARE OF x"},
 		{"FK check dispatch_queue.target_session_id", "SELECT 1 FROM ONLY dispatch_queue x WHERE target_session_id = $1 FOR KEY SHARE OF x"},
-	} {
+	}
+	// These are all the foreign keys to worker_sessions the schema has.
+	var schemaFKs []string
+	if err := conn.QueryRow(ctx, `SELECT coalesce(array_agg(x.name ORDER BY x.name), '{}') FROM (
+		SELECT 'FK check ' || cl.relname || '.' || a.attname AS name
+		FROM pg_constraint c JOIN pg_class cl ON cl.oid = c.conrelid
+		JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
+		WHERE c.contype = 'f' AND c.confrelid = 'worker_sessions'::regclass) AS x`).Scan(&schemaFKs); err != nil {
+		t.Fatal(err)
+	}
+	var covered []string
+	for _, fk := range fks {
+		covered = append(covered, fk.name)
+	}
+	slices.Sort(covered)
+	if !slices.Equal(schemaFKs, covered) {
+		t.Fatalf("foreign keys to worker_sessions %v, the checks below cover %v", schemaFKs, covered)
+	}
+	for i, fk := range fks {
 		name := fmt.Sprintf("fk%d", i)
 		exec(fmt.Sprintf("PREPARE %s(bigint) AS %s", name, fk.sql))
 		cases = append(cases, struct {
@@ -214,7 +252,7 @@ func TestExplainAtScale(t *testing.T) {
 			return nil
 		}})
 	}
-	big := []string{"tasks", "task_attempts", "worker_sessions", "master_sessions", "failover_events", "dispatch_queue"}
+	big := []string{"tasks", "task_attempt_log", "worker_sessions", "master_sessions", "failover_events", "dispatch_queue"}
 	for _, c := range cases {
 		// Capture the generated statement and its arguments, then explain it with
 		// ANALYZE inside a transaction that is rolled back (DELETEs included).

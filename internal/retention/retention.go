@@ -3,8 +3,12 @@
 // attempts go with them), finished failover events, and ended worker and master
 // sessions nothing references any more. Ages are judged by Postgres time.
 //
-// Unfinished tasks, unfinished failover events and sessions still named by a task,
-// an attempt or a dispatch row are never pruned, whatever their age.
+// Unfinished tasks, unfinished failover events and sessions still named by an
+// active task (dispatched or running), a logged attempt (task_attempt_log) or a
+// dispatch row are never pruned, whatever their age. A finished task's own last
+// attempt (tasks.attempt_session_id) does not keep its session: like
+// failover_events.detected_by, history keeps the id of a session that may have
+// been pruned (sessions end after their tasks, so both age out together).
 package retention
 
 import (

@@ -30,14 +30,23 @@ func TestPrune(t *testing.T) {
 	usedSession := q("INSERT INTO worker_sessions (name, group_name, slots, state, ended_at) VALUES ('used', 'g', 1, 'stopped', now() - interval '3 days') RETURNING id")
 	recentSession := q("INSERT INTO worker_sessions (name, group_name, slots, state, ended_at) VALUES ('recent', 'g', 1, 'dead', now() - interval '1 hour') RETURNING id")
 	alive := q("INSERT INTO worker_sessions (name, group_name, slots) VALUES ('alive', 'g', 1) RETURNING id")
-	// Tasks: 25 finished long ago with attempts on oldSession (go), one finished
-	// recently with an attempt on usedSession (stays), one queued for days (stays).
-	q(`WITH t AS (INSERT INTO tasks (group_name, kind, state, attempt, submitted_at, finished_at)
-		SELECT 'g', 'noop', 'succeeded', 1, now() - interval '5 days', now() - interval '3 days' FROM generate_series(1, 25) RETURNING id)
-		INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, outcome, finished_at)
-		SELECT id, 1, $1, 'submit', 'succeeded', now() - interval '3 days' FROM t RETURNING 1`, oldSession)
-	recentTask := q(`INSERT INTO tasks (group_name, kind, state, attempt, finished_at) VALUES ('g', 'noop', 'failed', 1, now() - interval '1 hour') RETURNING id`)
-	q("INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, outcome, finished_at) VALUES ($1, 1, $2, 'submit', 'failed', now()) RETURNING 1", recentTask, usedSession)
+	// Tasks: 25 finished long ago on oldSession (go), each with a closed attempt in
+	// task_attempt_log (a retry) and its final one in the task row; one finished
+	// recently whose closed first attempt (failed over) names usedSession (stays);
+	// one queued for days (stays).
+	q(`WITH t AS (INSERT INTO tasks (group_name, kind, state, attempt, attempt_session_id, attempt_reason, retries, max_retries,
+		                          submitted_at, dispatched_at, started_at, finished_at)
+		SELECT 'g', 'noop', 'succeeded', 2, $1, 'retry', 1, 1, now() - interval '5 days', now() - interval '4 days',
+		       now() - interval '4 days', now() - interval '3 days' FROM generate_series(1, 25) RETURNING id)
+		INSERT INTO task_attempt_log (task_id, attempt, worker_session_id, reason, outcome, dispatched_at, finished_at)
+		SELECT id, 1, $1, 'submit', 'failed', now() - interval '5 days', now() - interval '5 days' FROM t RETURNING 1`, oldSession)
+	recentTask := q(`INSERT INTO tasks (group_name, kind, state, attempt, attempt_session_id, attempt_reason, dispatched_at, started_at, finished_at)
+		VALUES ('g', 'noop', 'failed', 2, $1, 'failover', now() - interval '2 hours', now() - interval '2 hours', now() - interval '1 hour') RETURNING id`, alive)
+	q(`INSERT INTO task_attempt_log (task_id, attempt, worker_session_id, reason, outcome, dispatched_at, finished_at)
+		VALUES ($1, 1, $2, 'submit', 'failed_over', now() - interval '4 days', now() - interval '3 days') RETURNING 1`, recentTask, usedSession)
+	if n := q("SELECT count(*) FROM task_attempts WHERE worker_session_id = $1", oldSession); n != 50 {
+		t.Fatalf("attempts on oldSession = %d, want 50 (log and task rows)", n)
+	}
 	queued := q(`INSERT INTO tasks (group_name, kind, submitted_at) VALUES ('g', 'noop', now() - interval '10 days') RETURNING id`)
 	// Masters and failover events.
 	oldMaster := q("INSERT INTO master_sessions (name, state, ended_at) VALUES ('m', 'stopped', now() - interval '3 days') RETURNING id")
@@ -59,6 +68,9 @@ func TestPrune(t *testing.T) {
 	}
 	if n := q("SELECT count(*) FROM task_attempts WHERE worker_session_id = $1", oldSession); n != 0 {
 		t.Fatalf("%d attempts of pruned tasks left", n)
+	}
+	if n := q("SELECT count(*) FROM task_attempts WHERE task_id = $1", recentTask); n != 2 {
+		t.Fatalf("kept task has %d attempts, want 2", n)
 	}
 	if n := q("SELECT count(*) FROM tasks WHERE id IN ($1, $2)", recentTask, queued); n != 2 {
 		t.Fatal("a recent or unfinished task was pruned")

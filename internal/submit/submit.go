@@ -1,4 +1,4 @@
-// Package submit validates and stores new tasks with their dispatch rows.
+// Package submit validates and stores new tasks (queued task rows).
 package submit
 
 import (

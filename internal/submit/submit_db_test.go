@@ -50,10 +50,19 @@ func submitCase(t *testing.T, pool *pgxpool.Pool, s Spec) error {
 	if verr := s.Validate(); verr != nil {
 		t.Fatalf("stored a spec Validate refuses: %v", verr)
 	}
-	n := batontest.Int64(t, pool, `SELECT count(*) FROM tasks t JOIN dispatch_queue d ON d.task_id = t.id
+	// Stored as given, queued (the task row is the queue: claimable now, no
+	// dispatch row), with the spec's retry backoff or else its group's.
+	var base, maxMs *int64
+	if s.Backoff != nil {
+		base, maxMs = batontest.Ptr(s.Backoff.Base.Milliseconds()), batontest.Ptr(s.Backoff.Max.Milliseconds())
+	}
+	n := batontest.Int64(t, pool, `SELECT count(*) FROM tasks t JOIN worker_groups g ON g.name = t.group_name
 		WHERE t.id = $1 AND t.state = 'queued' AND t.group_name = $2 AND t.kind = $3 AND t.payload = $4::jsonb
-		  AND t.priority = $5 AND t.max_retries = $6 AND t.timeout_ms = $7 AND d.target_session_id IS NULL`,
-		id, s.Group, s.Kind, string(s.payload()), s.Priority, s.MaxRetries, s.Timeout.Milliseconds())
+		  AND t.priority = $5 AND t.max_retries = $6 AND t.timeout_ms = $7
+		  AND t.attempt = 0 AND t.worker_session_id IS NULL AND t.queued_reason = 'submit' AND t.available_at <= now()
+		  AND t.retry_base_ms = coalesce($8, g.retry_base_ms) AND t.retry_max_ms = coalesce($9, g.retry_max_ms)
+		  AND NOT EXISTS (SELECT 1 FROM dispatch_queue d WHERE d.task_id = t.id)`,
+		id, s.Group, s.Kind, string(s.payload()), s.Priority, s.MaxRetries, s.Timeout.Milliseconds(), base, maxMs)
 	if n != 1 {
 		t.Fatalf("task %d not stored as given: %s", id, describe(s))
 	}
@@ -98,6 +107,7 @@ func TestSubmitRefusalStoresNothing(t *testing.T) {
 		{"bad_kind", func(s *Spec) { s.Kind = "a b" }, `kind "a b"`},
 		{"priority", func(s *Spec) { s.Priority = 5000 }, "priority 5000"},
 		{"negative_timeout", func(s *Spec) { s.Timeout = -time.Second }, "timeout -1s is negative"},
+		{"backoff_max_below_base", func(s *Spec) { s.Backoff = &Backoff{Base: time.Second, Max: time.Millisecond} }, "retry backoff max 1ms"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -108,6 +118,10 @@ func TestSubmitRefusalStoresNothing(t *testing.T) {
 				t.Fatalf("Submit = %v, want an error containing %q", err, tc.want)
 			}
 		})
+	}
+	// A retry backoff given with the spec is stored with it (else the group's).
+	if err := submitCase(t, pool, Spec{Group: batontest.FactoryGroup, Kind: "noop", Backoff: &Backoff{Base: 0, Max: time.Minute}}); err != nil {
+		t.Fatal(err)
 	}
 	// A batch with one bad spec stores none of them.
 	before := batontest.TakeSnapshot(t, pool)

@@ -354,10 +354,8 @@ func TestLostClaimReplyIsReconciled(t *testing.T) {
 	batontest.WaitFor(t, 10*time.Second, func() (bool, string) {
 		return b.int64("SELECT count(*) FROM tasks WHERE id = $1 AND state = 'succeeded'", id) == 1, "warm-up task done"
 	})
-	orphan := b.int64(`WITH t AS (INSERT INTO tasks (group_name, kind, payload, state, attempt, worker_session_id, dispatched_at, started_at)
-		VALUES ('g', 'shell', '{"command": "echo recovered"}', 'running', 1, $1, now(), now()) RETURNING id)
-		INSERT INTO task_attempts (task_id, attempt, worker_session_id, reason, started_at) SELECT id, 1, $1, 'submit', now() FROM t
-		RETURNING task_id`, first)
+	orphan := b.int64(`INSERT INTO tasks (group_name, kind, payload, state, attempt, worker_session_id, attempt_session_id, dispatched_at, started_at)
+		VALUES ('g', 'shell', '{"command": "echo recovered"}', 'running', 1, $1, $1, now(), now()) RETURNING id`, first)
 	// Make claims fail for a moment (shorter than the self-fence).
 	proxy.Cut()
 	w.TestSignals.Claimer.ClaimFailed.WaitOrTimeout(t)
