@@ -97,6 +97,9 @@ func TestExplainAtScale(t *testing.T) {
 		// One failover event per dead session, finished.
 		`INSERT INTO failover_events (kind, session_id, group_name, detected_by, deadline, started_at, finished_at, passes)
 		 SELECT 'worker', id, group_name, (SELECT min(id) FROM master_sessions), ended_at, ended_at, ended_at, 1 FROM worker_sessions WHERE state = 'dead'`,
+		// No parallel vacuum workers: their shared memory segment would not fit a
+		// container's default 64 MB /dev/shm.
+		`SET max_parallel_maintenance_workers = 0`,
 		`VACUUM ANALYZE`,
 	} {
 		exec(sql)
