@@ -44,8 +44,10 @@ WITH m AS (
     SELECT unnest(@task_ids::bigint[]) AS task_id, unnest(@old_attempts::int[]) AS old_attempt,
            unnest(@targets::bigint[]) AS target
 ), prev AS (
+    -- By primary key (= ANY): a join with the unnest could be planned as a scan
+    -- of every task per batch, quadratic in a large failover.
     SELECT tk.id, tk.attempt, tk.attempt_reason, tk.dispatched_at, tk.started_at
-    FROM tasks tk JOIN m ON m.task_id = tk.id
+    FROM tasks tk WHERE tk.id = ANY (@task_ids::bigint[])
 ), t AS (
     UPDATE tasks
     SET state = CASE WHEN m.target = -1 THEN 'failed' WHEN m.target = 0 THEN 'queued' ELSE 'dispatched' END,
