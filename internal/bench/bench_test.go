@@ -10,7 +10,9 @@ import (
 	"os"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,6 +21,7 @@ import (
 	"github.com/baton-scheduler/baton/batontest"
 	"github.com/baton-scheduler/baton/internal/executor"
 	"github.com/baton-scheduler/baton/internal/master"
+	"github.com/baton-scheduler/baton/internal/store"
 	"github.com/baton-scheduler/baton/internal/submit"
 	"github.com/baton-scheduler/baton/internal/worker"
 )
@@ -159,46 +162,66 @@ func BenchmarkBurnDown(b *testing.B) {
 	}
 }
 
-// BenchmarkDispatchLatency: tasks submitted one per call at a fixed rate (100/s
-// for 20 s, 2,000/s for 5 s; each submit on its own goroutine, so a slow one does
-// not hold back the next; submitted/s reports the rate reached — on a 2-core
-// machine with a durable Postgres the single-task submits themselves top out below
-// 2,000/s) to 4 idle workers of 64 slots; latency = started_at − submitted_at (both
-// Postgres time).
+// Offered load of BenchmarkDispatchLatency: rate tasks/s for dur, in submit calls
+// of batch tasks each. batch 1 is the realistic case (an application submits a
+// task per request); batch > 1 is reported as its own row, never in place of it.
+type latencyCase struct {
+	rate, batch int
+	dur         time.Duration
+}
+
+func (c latencyCase) name() string {
+	if c.batch == 1 {
+		return fmt.Sprintf("rate=%d", c.rate)
+	}
+	return fmt.Sprintf("rate=%d,batch=%d", c.rate, c.batch)
+}
+
+// latencySubmitters is how many callers submit concurrently, each on its own
+// connection, as an application's request handlers would: enough that one slow
+// commit does not hold back the schedule (2,000/s at a few ms per durable submit
+// needs several in flight), few enough to fit max_connections=100 beside the
+// workers' and master's pools. BATON_BENCH_SUBMITTERS overrides it.
+func latencySubmitters() int {
+	if v, err := strconv.Atoi(os.Getenv("BATON_BENCH_SUBMITTERS")); err == nil && v > 0 {
+		return v
+	}
+	return 16
+}
+
+// BenchmarkDispatchLatency: tasks offered at a fixed rate (100/s for 20 s, 2,000/s
+// for 5 s) by latencySubmitters() concurrent callers to 4 idle workers of 64
+// slots; latency = started_at − submitted_at (both Postgres time). The schedule is
+// open-loop: call i is due at start + i·batch/rate and a free submitter makes it
+// then, or at once if late, so the offered rate does not depend on how fast
+// submits return. Calls not made by 2×dur are dropped: the run is bounded in time.
+// Metrics: submitted/s, the rate reached; late_p99_ms, how late calls were made
+// against the schedule — a wait before submitted_at, so the latency cannot show
+// it; well above a millisecond means the offered rate was not sustained;
+// host_cpu_% and bench_cpu_%, the machine's busy CPU and this process's (master,
+// workers, submitters) while submitting, in % of all cores.
 func BenchmarkDispatchLatency(b *testing.B) {
-	for _, c := range []struct{ rate, n int }{{100, 2000}, {2000, 10000}} {
-		b.Run(fmt.Sprintf("rate=%d", c.rate), func(b *testing.B) {
+	for _, c := range []latencyCase{{100, 1, 20 * time.Second}, {2000, 1, 5 * time.Second}, {2000, 10, 5 * time.Second}} {
+		b.Run(c.name(), func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
 				pool, dsn := srv.NewPool(b)
-				stop := cluster(b, dsn, 4, 64)
-				b.StartTimer()
-				tick := time.NewTicker(time.Second / time.Duration(c.rate))
-				var wg sync.WaitGroup
-				errs := make(chan error, 1)
-				for range c.n {
-					<-tick.C
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						if _, err := submit.Many(context.Background(), pool, specs(1)); err != nil {
-							select {
-							case errs <- err:
-							default:
-							}
-						}
-					}()
-				}
-				tick.Stop()
-				wg.Wait()
-				elapsed := b.Elapsed()
-				select {
-				case err := <-errs:
+				n := latencySubmitters()
+				subPool, err := store.Open(context.Background(), dsn, int32(n))
+				if err != nil {
 					b.Fatal(err)
-				default:
+				}
+				stop := cluster(b, dsn, 4, 64)
+				cpu0 := readCPU()
+				b.StartTimer()
+				res, err := offer(subPool, c, n)
+				cpu1 := readCPU()
+				if err != nil {
+					b.Fatal(err)
 				}
 				batontest.WaitFor(b, time.Minute, func() (bool, string) { return unfinished(b, pool) == 0, "tasks left" })
 				b.StopTimer()
+				subPool.Close()
 				rows, err := pool.Query(context.Background(), "SELECT extract(epoch FROM started_at - submitted_at)::float8 FROM tasks")
 				if err != nil {
 					b.Fatal(err)
@@ -210,12 +233,145 @@ func BenchmarkDispatchLatency(b *testing.B) {
 					lat = append(lat, v*1000)
 				}
 				rows.Close()
+				if len(lat) != res.tasks {
+					b.Fatalf("%d tasks submitted, %d in the table", res.tasks, len(lat))
+				}
 				sort.Float64s(lat)
+				sort.Float64s(res.lateMs)
 				b.ReportMetric(lat[len(lat)/2], "p50_ms")
 				b.ReportMetric(lat[len(lat)*99/100], "p99_ms")
-				b.ReportMetric(float64(c.n)/elapsed.Seconds(), "submitted/s")
+				b.ReportMetric(float64(res.tasks)/res.elapsed.Seconds(), "submitted/s")
+				b.ReportMetric(res.lateMs[len(res.lateMs)*99/100], "late_p99_ms")
+				if cpu0.ok && cpu1.ok {
+					host, self := cpu1.pcts(cpu0)
+					b.ReportMetric(host, "host_cpu_%")
+					b.ReportMetric(self, "bench_cpu_%")
+				}
 				stop()
 			}
 		})
 	}
+}
+
+type offered struct {
+	tasks   int           // tasks stored
+	elapsed time.Duration // from the schedule's start to the last submit's return
+	lateMs  []float64     // per call: how long after its due time it was made
+}
+
+// offer runs c's schedule with n concurrent submitters on pool (n connections).
+func offer(pool *pgxpool.Pool, c latencyCase, n int) (offered, error) {
+	calls := int64(c.rate) * int64(c.dur) / int64(time.Second) / int64(c.batch)
+	interval := time.Second * time.Duration(c.batch) / time.Duration(c.rate)
+	start := time.Now()
+	cutoff := start.Add(2 * c.dur)
+	ctx, cancel := context.WithDeadline(context.Background(), cutoff.Add(30*time.Second))
+	defer cancel()
+	var (
+		next atomic.Int64
+		mu   sync.Mutex
+		res  offered
+		errs []error
+		wg   sync.WaitGroup
+	)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1) - 1
+				if i >= calls {
+					return
+				}
+				due := start.Add(time.Duration(i) * interval)
+				time.Sleep(time.Until(due))
+				made := time.Now()
+				if made.After(cutoff) {
+					return
+				}
+				_, err := submit.Many(ctx, pool, specs(c.batch))
+				end := time.Since(start)
+				mu.Lock()
+				if err != nil {
+					errs = append(errs, err)
+				} else {
+					res.tasks += c.batch
+					res.elapsed = max(res.elapsed, end)
+					res.lateMs = append(res.lateMs, float64(made.Sub(due))/float64(time.Millisecond))
+				}
+				mu.Unlock()
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		return res, errs[0]
+	}
+	return res, nil
+}
+
+// cpuSample is the CPU time, in clock ticks over all cores, the host has spent
+// busy and in all (from /proc/stat) and this process has used (/proc/self/stat).
+// Linux only: ok is false elsewhere.
+type cpuSample struct {
+	ok                bool
+	busy, total, self uint64
+}
+
+func readCPU() cpuSample {
+	var s cpuSample
+	host, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return s
+	}
+	self, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return s
+	}
+	line, _, _ := strings.Cut(string(host), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return s
+	}
+	// user nice system idle iowait irq softirq steal (guest time, after these,
+	// is already counted in user and nice).
+	for i, v := range f[1:9] {
+		x, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return s
+		}
+		s.total += x
+		if i != 3 && i != 4 {
+			s.busy += x
+		}
+	}
+	// After "pid (comm) " (comm may hold ") " itself): state is field 3; utime and
+	// stime are fields 14 and 15.
+	i := strings.LastIndex(string(self), ") ")
+	if i < 0 {
+		return s
+	}
+	g := strings.Fields(string(self[i+2:]))
+	if len(g) < 13 {
+		return s
+	}
+	for _, v := range g[11:13] {
+		x, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return s
+		}
+		s.self += x
+	}
+	s.ok = true
+	return s
+}
+
+// pcts returns the host's busy CPU and this process's since before, in % of all
+// cores.
+func (s cpuSample) pcts(before cpuSample) (host, self float64) {
+	total := float64(max(s.total-before.total, 1))
+	return 100 * float64(s.busy-before.busy) / total, 100 * float64(s.self-before.self) / total
 }
