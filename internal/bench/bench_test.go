@@ -253,6 +253,61 @@ func BenchmarkDispatchLatency(b *testing.B) {
 	}
 }
 
+// BenchmarkSubmitOnly: the submit path alone — latencySubmitters() callers
+// submitting single tasks back to back for 5 s with no worker or master running.
+// Beside BenchmarkDispatchLatency it separates what the submits cost from what
+// dispatching them costs on the same server.
+func BenchmarkSubmitOnly(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		_, dsn := srv.NewPool(b)
+		n := latencySubmitters()
+		pool, err := store.Open(context.Background(), dsn, int32(n))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := pool.Exec(context.Background(), "INSERT INTO worker_groups (name) VALUES ('bench')"); err != nil {
+			b.Fatal(err)
+		}
+		const dur = 5 * time.Second
+		cpu0 := readCPU()
+		start := time.Now()
+		b.StartTimer()
+		end := start.Add(dur)
+		var done atomic.Int64
+		var wg sync.WaitGroup
+		errs := make(chan error, n)
+		for range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for time.Now().Before(end) {
+					if _, err := submit.Many(context.Background(), pool, specs(1)); err != nil {
+						errs <- err
+						return
+					}
+					done.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		b.StopTimer()
+		cpu1 := readCPU()
+		secs := time.Since(start).Seconds()
+		pool.Close()
+		select {
+		case err := <-errs:
+			b.Fatal(err)
+		default:
+		}
+		b.ReportMetric(float64(done.Load())/secs, "submits/s")
+		if cpu0.ok && cpu1.ok {
+			host, _ := cpu1.pcts(cpu0)
+			b.ReportMetric(host, "host_cpu_%")
+		}
+	}
+}
+
 type offered struct {
 	tasks   int           // tasks stored
 	elapsed time.Duration // from the schedule's start to the last submit's return
