@@ -91,9 +91,16 @@ print("| figure (durable Postgres) | baton | River | ratio or target |")
 print("|---|---|---|---|")
 print(f"| burn-down of no-op tasks, tasks/s (BenchmarkBurnDown vs bench/river, alternating) | {med(b, '{:,.0f}')} | {med(r, '{:,.0f}')} | {med(ratios, '{:.2f}x')} (target ≥ 1.0x) |")
 print(f"| SIGKILL of a worker → its tasks running elsewhere, p50 / p99 s (BenchmarkFailoverAfterSIGKILL) | {fig('BenchmarkFailoverAfterSIGKILL', 'p50_s')} / {fig('BenchmarkFailoverAfterSIGKILL', 'p99_s')} | — | p99 < 2 s |")
-for rate, target in ((100, 10), (2000, 50)):
-    n = f"BenchmarkDispatchLatency/rate={rate}"
-    print(f"| submit → running at {rate}/s, p50 / p99 ms (BenchmarkDispatchLatency; submits reached {fig(n, 'submitted/s', '{:,.0f}')}/s) | {fig(n, 'p50_ms')} / {fig(n, 'p99_ms')} | — | p99 < {target} ms |")
+# Single-task submits from 16 callers are the figure; the batch row is labelled
+# as such. "reached" and "late" say whether the offered rate was sustained: a
+# latency at a rate not reached does not meet the target at the rate offered.
+for case, rate, what, target in (("rate=100", 100, "100 tasks/s", 10), ("rate=2000", 2000, "2,000 tasks/s", 50),
+                                 ("rate=2000,batch=10", 2000, "2,000 tasks/s as submits of 10 tasks", 50)):
+    n = f"BenchmarkDispatchLatency/{case}"
+    reached = m.get(n, {}).get("submitted/s")
+    short = " — offered rate NOT reached" if reached and statistics.median(reached) < 0.95 * rate else ""
+    print(f"| submit → running, {what} offered, p50 / p99 ms (BenchmarkDispatchLatency/{case}; reached {fig(n, 'submitted/s', '{:,.0f}')}/s, calls late p99 {fig(n, 'late_p99_ms', '{:,.0f}')} ms, host CPU {fig(n, 'host_cpu_%', '{:.0f}')} %) | {fig(n, 'p50_ms')} / {fig(n, 'p99_ms')} | — | p99 < {target} ms{short} |")
+print(f"| single-task submits alone, 16 callers, no workers, submits/s (BenchmarkSubmitOnly) | {fig('BenchmarkSubmitOnly', 'submits/s', '{:,.0f}')} | — | |")
 for n, target in ((1000, ""), (10000, ""), (100000, " (target < 10,000)")):
     print(f"| failover of one dead session with {n:,} tasks, ms (BenchmarkWorkerFailover) | {fig(f'BenchmarkWorkerFailover/tasks={n}', 'ms/failover', '{:,.0f}')} | — | proportional{target} |")
 print(f"| no-op throughput, 4 workers, 20,000 tasks, tasks/s (BenchmarkThroughputNoop) | {fig('BenchmarkThroughputNoop', 'tasks/s', '{:,.0f}')} | — | |")
