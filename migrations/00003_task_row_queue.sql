@@ -51,12 +51,24 @@ CREATE INDEX tasks_queue ON tasks (group_name, priority DESC, id) WHERE state = 
 
 -- A claim would check this foreign key for every task it takes.
 ALTER TABLE tasks DROP CONSTRAINT tasks_worker_session_id_fkey;
+-- A session's active tasks in id order (state is implied: tasks_owner), so a
+-- failover takes each batch from the index in order; on (worker_session_id,
+-- state) the planner walked the primary key instead, past every task already
+-- moved: quadratic in a large failover.
+DROP INDEX tasks_active_by_session;
+CREATE INDEX tasks_active_by_session ON tasks (worker_session_id, id) WHERE worker_session_id IS NOT NULL;
+-- A failover writes a dispatch row and a history row per task it moves; these keys
+-- were checked per row (one query each). Retention checks that no dispatch or
+-- history row names a session before it prunes it; the task's group is the task's.
+ALTER TABLE dispatch_queue DROP CONSTRAINT dispatch_queue_group_name_fkey,
+    DROP CONSTRAINT dispatch_queue_target_session_id_fkey;
 
 -- 2. Attempt history: closed attempts are rows of task_attempt_log; the current
 -- (or final) attempt is described by the task row until something other than its
 -- own result closes it. The view task_attempts joins both: one row per attempt.
 ALTER TABLE task_attempts RENAME TO task_attempt_log;
 ALTER TABLE task_attempt_log
+    DROP CONSTRAINT task_attempts_worker_session_id_fkey,
     DROP CONSTRAINT task_attempts_reason,
     ADD CONSTRAINT task_attempts_reason CHECK (reason IN ('submit', 'retry', 'failover', 'snooze')),
     DROP CONSTRAINT task_attempts_outcome,
@@ -117,10 +129,17 @@ ALTER TABLE task_attempt_log
     DROP CONSTRAINT task_attempts_reason,
     ADD CONSTRAINT task_attempts_reason CHECK (reason IN ('submit', 'retry', 'failover'));
 ALTER TABLE task_attempt_log RENAME TO task_attempts;
+DELETE FROM task_attempts a WHERE NOT EXISTS (SELECT 1 FROM worker_sessions s WHERE s.id = a.worker_session_id);
+ALTER TABLE task_attempts ADD CONSTRAINT task_attempts_worker_session_id_fkey FOREIGN KEY (worker_session_id) REFERENCES worker_sessions (id);
+DELETE FROM dispatch_queue d WHERE NOT EXISTS (SELECT 1 FROM worker_sessions s WHERE s.id = d.target_session_id);
+ALTER TABLE dispatch_queue ADD CONSTRAINT dispatch_queue_group_name_fkey FOREIGN KEY (group_name) REFERENCES worker_groups (name),
+    ADD CONSTRAINT dispatch_queue_target_session_id_fkey FOREIGN KEY (target_session_id) REFERENCES worker_sessions (id);
 
 UPDATE tasks t SET worker_session_id = NULL, state = 'queued', dispatched_at = NULL, started_at = NULL
 WHERE t.worker_session_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM worker_sessions s WHERE s.id = t.worker_session_id);
 ALTER TABLE tasks ADD CONSTRAINT tasks_worker_session_id_fkey FOREIGN KEY (worker_session_id) REFERENCES worker_sessions (id);
+DROP INDEX tasks_active_by_session;
+CREATE INDEX tasks_active_by_session ON tasks (worker_session_id, state) WHERE worker_session_id IS NOT NULL;
 DROP INDEX tasks_queue;
 UPDATE dispatch_queue SET reason = 'retry' WHERE reason = 'snooze';
 ALTER TABLE dispatch_queue ALTER COLUMN target_session_id DROP NOT NULL,

@@ -36,18 +36,17 @@ FOR UPDATE SKIP LOCKED;
 -- was running and @max_failovers failovers already took it away while running) to
 -- failed.
 -- Re-checks the dead session, the old attempt and the poison rule; closes the old
--- attempt as failed_over in task_attempt_log (from the task row as it was: prev);
+-- attempt as failed_over in task_attempt_log (from the task row as it was: prev,
+-- read by primary key per task before the update);
 -- replaces any undelivered dispatch row with one for the new attempt. A queued
 -- task keeps its place: the queue is ordered by task id.
 -- name: FailoverMoveTasks :many
 WITH m AS (
     SELECT unnest(@task_ids::bigint[]) AS task_id, unnest(@old_attempts::int[]) AS old_attempt,
            unnest(@targets::bigint[]) AS target
-), prev AS (
-    -- By primary key (= ANY): a join with the unnest could be planned as a scan
-    -- of every task per batch, quadratic in a large failover.
-    SELECT tk.id, tk.attempt, tk.attempt_reason, tk.dispatched_at, tk.started_at
-    FROM tasks tk WHERE tk.id = ANY (@task_ids::bigint[])
+), prev AS MATERIALIZED (
+    SELECT tk.id, tk.attempt_reason, tk.dispatched_at, tk.started_at
+    FROM m JOIN tasks tk ON tk.id = m.task_id
 ), t AS (
     UPDATE tasks
     SET state = CASE WHEN m.target = -1 THEN 'failed' WHEN m.target = 0 THEN 'queued' ELSE 'dispatched' END,
@@ -76,12 +75,12 @@ WITH m AS (
       AND tasks.state IN ('dispatched', 'running')
       AND (m.target <> -1 OR (tasks.state = 'running' AND tasks.running_failovers >= @max_failovers::int))
     RETURNING tasks.id, tasks.attempt, tasks.worker_session_id, tasks.group_name, tasks.priority, tasks.state
-), old AS (
+), closed AS (
     INSERT INTO task_attempt_log (task_id, attempt, worker_session_id, reason, dispatched_at, started_at,
                                   finished_at, outcome, error)
-    SELECT p.id, p.attempt, @dead_session_id::bigint, p.attempt_reason, coalesce(p.dispatched_at, now()), p.started_at,
+    SELECT t.id, m.old_attempt, @dead_session_id::bigint, p.attempt_reason, coalesce(p.dispatched_at, now()), p.started_at,
            now(), 'failed_over', 'worker session ' || @dead_session_id::bigint || ' is ' || @dead_state::text
-    FROM prev p JOIN t ON t.id = p.id
+    FROM t JOIN m ON m.task_id = t.id JOIN prev p ON p.id = t.id
     ON CONFLICT (task_id, attempt) DO NOTHING
 ), gone AS (
     DELETE FROM dispatch_queue USING t WHERE dispatch_queue.task_id = t.id AND t.state <> 'dispatched'

@@ -121,6 +121,9 @@ func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64
 		if err := q.LockTimeoutLocal(ctx, cfg.LockTimeout.Milliseconds()); err != nil {
 			return fmt.Errorf("set lock timeout: %w", err)
 		}
+		if err := q.PlanIndexProbesLocal(ctx); err != nil {
+			return fmt.Errorf("set planner cost: %w", err)
+		}
 		lockFree := false
 		if cfg.CrashAfter > 0 {
 			// Free means no connection of the worker holds it any more; taking it
