@@ -261,13 +261,20 @@ func (c *Client) Attempts(ctx context.Context, id int64) ([]Attempt, error) {
 
 // Wait returns the task once it is in a terminal state (succeeded, failed,
 // timed_out, canceled), or ctx's error. It is woken by a notification when the
-// task ends: the client LISTENs on one connection of its pool, held only while
-// some Wait is in progress and shared by all of them. It also re-reads the task
+// task ends (Wait marks the task watched, one small write; tasks nobody waits for
+// end without one): the client LISTENs on one connection of its pool, held only
+// while some Wait is in progress and shared by all of them. It also re-reads the task
 // every WaitPollInterval, so a lost notification (the listener reconnecting)
 // delays it at most that long.
 func (c *Client) Wait(ctx context.Context, id int64) (TaskInfo, error) {
 	woken, done := c.waits.add(id)
 	defer done()
+	// Ask for the notification (tasks nobody waits for are finished without one).
+	// Set before the first read: a task that ends after it is announced, one that
+	// ended before it is seen ended by the read.
+	if err := c.inTx(ctx, func(q *db.Queries) error { return q.TaskWatch(ctx, id) }); err != nil {
+		return TaskInfo{}, fmt.Errorf("wait for task %d: %w", id, err)
+	}
 	timer := time.NewTimer(c.cfg.WaitPollInterval)
 	defer timer.Stop()
 	for {

@@ -280,7 +280,8 @@ WITH m AS (
       AND tasks.worker_session_id = $6
       AND tasks.state IN ('dispatched', 'running')
       AND (m.target <> -1 OR (tasks.state = 'running' AND tasks.running_failovers >= $5::int))
-    RETURNING tasks.id, tasks.attempt, tasks.worker_session_id, tasks.group_name, tasks.priority, tasks.state
+    RETURNING tasks.id, tasks.attempt, tasks.worker_session_id, tasks.group_name, tasks.priority, tasks.state,
+              tasks.notify_finish
 ), closed AS (
     INSERT INTO task_attempt_log (task_id, attempt, worker_session_id, reason, dispatched_at, started_at,
                                   finished_at, outcome, error)
@@ -299,7 +300,7 @@ WITH m AS (
 ), notified AS (
     -- Poison tasks ended (Client.Wait).
     SELECT pg_notify('baton_finished', CASE WHEN count(*) > 500 THEN '*' ELSE string_agg(t.id::text, ',') END)
-    FROM t WHERE t.state = 'failed' HAVING count(*) > 0
+    FROM t WHERE t.state = 'failed' AND t.notify_finish HAVING count(*) > 0
 )
 SELECT t.id, t.attempt, t.worker_session_id, t.state FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n
 `

@@ -167,6 +167,8 @@ type Task struct {
 	RetryBaseMs int64
 	// Cap of the retry backoff.
 	RetryMaxMs int64
+	// A Client.Wait watches the task: its end is announced with NOTIFY baton_finished (otherwise not: notifying commits are serialized by Postgres).
+	NotifyFinish bool
 }
 
 // History: one row per dispatch of a task (closed attempts from task_attempt_log, the current or final one from the task row). Dashboards read this.

@@ -204,18 +204,19 @@ func (q *Queries) TaskClaim(ctx context.Context, arg TaskClaimParams) ([]TaskCla
 }
 
 const taskClaimQueued = `-- name: TaskClaimQueued :many
-WITH s AS MATERIALIZED (
-    SELECT id FROM worker_sessions WHERE id = $1::bigint AND state = 'alive' FOR SHARE
-), q AS MATERIALIZED (
+WITH q AS MATERIALIZED (
     SELECT tk.id
     FROM tasks tk
-    WHERE tk.group_name = $2
+    WHERE tk.group_name = $1
       AND tk.state = 'queued'
       AND tk.available_at <= now()
-      AND EXISTS (SELECT 1 FROM s)
     ORDER BY tk.priority DESC, tk.id
-    LIMIT $3
+    LIMIT $2
     FOR UPDATE SKIP LOCKED
+), s AS MATERIALIZED (
+    SELECT id FROM worker_sessions
+    WHERE id = $3::bigint AND state = 'alive' AND EXISTS (SELECT 1 FROM q)
+    FOR SHARE
 ), t AS (
     UPDATE tasks
     SET state = 'running', attempt = tasks.attempt + 1,
@@ -224,6 +225,7 @@ WITH s AS MATERIALIZED (
     FROM q
     WHERE tasks.id = q.id
       AND tasks.state = 'queued'
+      AND EXISTS (SELECT 1 FROM s)
     RETURNING tasks.id, tasks.kind, tasks.payload, tasks.attempt, tasks.timeout_ms,
               tasks.retries, tasks.max_retries, tasks.priority
 )
@@ -232,9 +234,9 @@ FROM t ORDER BY t.priority DESC, t.id
 `
 
 type TaskClaimQueuedParams struct {
-	SessionID int64
 	GroupName string
 	MaxTasks  int32
+	SessionID int64
 }
 
 type TaskClaimQueuedRow struct {
@@ -251,14 +253,15 @@ type TaskClaimQueuedRow struct {
 // A worker claims queued tasks of its group directly, in queue order (index
 // tasks_queue), without a master's hop: one update per task bumps its attempt (the
 // fencing epoch) and starts it; the attempt lives in the task row until it is
-// closed. The session row is locked FOR SHARE first: a failover or drain marking
-// it dead or draining (an UPDATE of that row) waits for the claim to commit and
-// then sees its tasks, and a claim that comes after such an UPDATE re-reads the
-// row and claims nothing. Task rows are locked with SKIP LOCKED (a master's
-// dispatcher or a cancel holding one is skipped), and the update re-checks that
-// the task is still queued.
+// closed. Task rows are locked first, with SKIP LOCKED (a master's dispatcher or
+// a cancel holding one is skipped); only if there are any is the session row
+// locked FOR SHARE, so a claim that finds nothing writes nothing (no transaction
+// id, no WAL, no commit to flush). A failover or drain marking the session dead
+// or draining (an UPDATE of that row) waits for a claim holding it to commit and
+// then sees its tasks; a claim that comes after such an UPDATE re-reads the row
+// and claims nothing. The update re-checks that each task is still queued.
 func (q *Queries) TaskClaimQueued(ctx context.Context, arg TaskClaimQueuedParams) ([]TaskClaimQueuedRow, error) {
-	rows, err := q.db.Query(ctx, taskClaimQueued, arg.SessionID, arg.GroupName, arg.MaxTasks)
+	rows, err := q.db.Query(ctx, taskClaimQueued, arg.GroupName, arg.MaxTasks, arg.SessionID)
 	if err != nil {
 		return nil, err
 	}
@@ -343,7 +346,7 @@ WITH r AS (
       -- result: quadratic in the batch.)
       AND (tasks.attempt = r.attempt AND tasks.worker_session_id = r.session_id AND tasks.state = 'running') IS TRUE
     RETURNING tasks.id, tasks.attempt, tasks.state, tasks.attempt_session_id, tasks.attempt_reason,
-              tasks.dispatched_at, tasks.started_at, tasks.exit_code, tasks.last_error
+              tasks.dispatched_at, tasks.started_at, tasks.exit_code, tasks.last_error, tasks.notify_finish
 ), a AS (
     INSERT INTO task_attempt_log (task_id, attempt, worker_session_id, reason, dispatched_at, started_at,
                                   finished_at, outcome, exit_code, error)
@@ -354,7 +357,7 @@ WITH r AS (
     ON CONFLICT (task_id, attempt) DO NOTHING
 ), notified AS (
     SELECT pg_notify('baton_finished', CASE WHEN length(ids) > $11::int THEN '*' ELSE ids END)
-    FROM (SELECT string_agg(t.id::text, ',') AS ids FROM t WHERE t.state <> 'queued') AS s
+    FROM (SELECT string_agg(t.id::text, ',') AS ids FROM t WHERE t.state <> 'queued' AND t.notify_finish) AS s
     WHERE ids IS NOT NULL
 )
 SELECT t.id, t.attempt, t.state FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n
@@ -388,7 +391,9 @@ type TaskFinishRow struct {
 // the task stays described by the task row alone (one write per task); one that
 // requeues it is closed in task_attempt_log, as is every attempt when log_all
 // (a master recording a timeout: a late write of the worker is then recorded
-// against that row). One NOTIFY lists the tasks that ended (Client.Wait).
+// against that row). One NOTIFY lists the ended tasks a Client.Wait watches
+// (notify_finish); none is sent otherwise, since Postgres commits notifying
+// transactions one at a time.
 // No NOTIFY to claim: the worker that freed the slots claims again itself, and a
 // retry is claimed by its group's workers once available (their poll).
 func (q *Queries) TaskFinish(ctx context.Context, arg TaskFinishParams) ([]TaskFinishRow, error) {
@@ -424,7 +429,7 @@ func (q *Queries) TaskFinish(ctx context.Context, arg TaskFinishParams) ([]TaskF
 }
 
 const taskGet = `-- name: TaskGet :one
-SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms FROM tasks WHERE id = $1
+SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish FROM tasks WHERE id = $1
 `
 
 func (q *Queries) TaskGet(ctx context.Context, id int64) (Task, error) {
@@ -458,12 +463,13 @@ func (q *Queries) TaskGet(ctx context.Context, id int64) (Task, error) {
 		&i.AttemptSessionID,
 		&i.RetryBaseMs,
 		&i.RetryMaxMs,
+		&i.NotifyFinish,
 	)
 	return i, err
 }
 
 const taskList = `-- name: TaskList :many
-SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms FROM tasks
+SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish FROM tasks
 WHERE ($1::text IS NULL OR state = $1)
   AND ($2::text IS NULL OR group_name = $2)
 ORDER BY id DESC
@@ -513,6 +519,7 @@ func (q *Queries) TaskList(ctx context.Context, arg TaskListParams) ([]Task, err
 			&i.AttemptSessionID,
 			&i.RetryBaseMs,
 			&i.RetryMaxMs,
+			&i.NotifyFinish,
 		); err != nil {
 			return nil, err
 		}
@@ -525,7 +532,7 @@ func (q *Queries) TaskList(ctx context.Context, arg TaskListParams) ([]Task, err
 }
 
 const taskListPage = `-- name: TaskListPage :many
-SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms FROM tasks
+SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish FROM tasks
 WHERE ($1::text IS NULL OR state = $1)
   AND ($2::text IS NULL OR group_name = $2)
   AND ($3::text IS NULL OR kind = $3)
@@ -586,6 +593,7 @@ func (q *Queries) TaskListPage(ctx context.Context, arg TaskListPageParams) ([]T
 			&i.AttemptSessionID,
 			&i.RetryBaseMs,
 			&i.RetryMaxMs,
+			&i.NotifyFinish,
 		); err != nil {
 			return nil, err
 		}
@@ -789,4 +797,15 @@ func (q *Queries) TaskSubmitMany(ctx context.Context, arg TaskSubmitManyParams) 
 		return nil, err
 	}
 	return items, nil
+}
+
+const taskWatch = `-- name: TaskWatch :exec
+UPDATE tasks SET notify_finish = true WHERE id = $1 AND NOT notify_finish AND finished_at IS NULL
+`
+
+// Client.Wait: ask for a NOTIFY when the task ends (TaskFinish sends one only for
+// watched tasks). Once set it stays set.
+func (q *Queries) TaskWatch(ctx context.Context, id int64) error {
+	_, err := q.db.Exec(ctx, taskWatch, id)
+	return err
 }

@@ -14,6 +14,7 @@ ALTER TABLE tasks
     ADD COLUMN attempt_session_id bigint,
     ADD COLUMN retry_base_ms      bigint NOT NULL DEFAULT 1000,
     ADD COLUMN retry_max_ms       bigint NOT NULL DEFAULT 300000,
+    ADD COLUMN notify_finish      boolean NOT NULL DEFAULT false,
     ADD CONSTRAINT tasks_queued_reason CHECK (queued_reason IN ('submit', 'retry', 'failover', 'snooze')),
     ADD CONSTRAINT tasks_attempt_reason CHECK (attempt_reason IN ('submit', 'retry', 'failover', 'snooze')),
     ADD CONSTRAINT tasks_retry_backoff CHECK (retry_base_ms BETWEEN 0 AND 86400000 AND retry_max_ms BETWEEN retry_base_ms AND 604800000);
@@ -23,6 +24,7 @@ COMMENT ON COLUMN tasks.attempt_reason IS 'Why the current (or last) attempt exi
 COMMENT ON COLUMN tasks.attempt_session_id IS 'The worker session of the current (or last) attempt, kept after it ends (history; the session row may have been pruned).';
 COMMENT ON COLUMN tasks.retry_base_ms IS 'Retry backoff: retry n waits retry_base_ms·2^(n-1), capped at retry_max_ms, ±20%. Set at submit (default: the group''s).';
 COMMENT ON COLUMN tasks.retry_max_ms IS 'Cap of the retry backoff.';
+COMMENT ON COLUMN tasks.notify_finish IS 'A Client.Wait watches the task: its end is announced with NOTIFY baton_finished (otherwise not: notifying commits are serialized by Postgres).';
 COMMENT ON COLUMN tasks.state IS 'queued -> (dispatched ->) running -> succeeded | failed | timed_out | canceled; a retry, snooze or failover returns it to queued (or dispatched, when a failover picks a worker).';
 COMMENT ON COLUMN tasks.worker_session_id IS 'The session the current attempt is dispatched to / running on; NULL unless dispatched or running. No foreign key (a claim would check it per task); retention keeps a session while a task names it.';
 
@@ -159,6 +161,7 @@ ALTER TABLE tasks
     DROP CONSTRAINT tasks_retry_backoff,
     DROP CONSTRAINT tasks_attempt_reason,
     DROP CONSTRAINT tasks_queued_reason,
+    DROP COLUMN notify_finish,
     DROP COLUMN retry_max_ms,
     DROP COLUMN retry_base_ms,
     DROP COLUMN attempt_session_id,

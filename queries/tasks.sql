@@ -61,25 +61,27 @@ FROM t ORDER BY t.priority DESC, t.id;
 -- A worker claims queued tasks of its group directly, in queue order (index
 -- tasks_queue), without a master's hop: one update per task bumps its attempt (the
 -- fencing epoch) and starts it; the attempt lives in the task row until it is
--- closed. The session row is locked FOR SHARE first: a failover or drain marking
--- it dead or draining (an UPDATE of that row) waits for the claim to commit and
--- then sees its tasks, and a claim that comes after such an UPDATE re-reads the
--- row and claims nothing. Task rows are locked with SKIP LOCKED (a master's
--- dispatcher or a cancel holding one is skipped), and the update re-checks that
--- the task is still queued.
+-- closed. Task rows are locked first, with SKIP LOCKED (a master's dispatcher or
+-- a cancel holding one is skipped); only if there are any is the session row
+-- locked FOR SHARE, so a claim that finds nothing writes nothing (no transaction
+-- id, no WAL, no commit to flush). A failover or drain marking the session dead
+-- or draining (an UPDATE of that row) waits for a claim holding it to commit and
+-- then sees its tasks; a claim that comes after such an UPDATE re-reads the row
+-- and claims nothing. The update re-checks that each task is still queued.
 -- name: TaskClaimQueued :many
-WITH s AS MATERIALIZED (
-    SELECT id FROM worker_sessions WHERE id = @session_id::bigint AND state = 'alive' FOR SHARE
-), q AS MATERIALIZED (
+WITH q AS MATERIALIZED (
     SELECT tk.id
     FROM tasks tk
     WHERE tk.group_name = @group_name
       AND tk.state = 'queued'
       AND tk.available_at <= now()
-      AND EXISTS (SELECT 1 FROM s)
     ORDER BY tk.priority DESC, tk.id
     LIMIT @max_tasks
     FOR UPDATE SKIP LOCKED
+), s AS MATERIALIZED (
+    SELECT id FROM worker_sessions
+    WHERE id = @session_id::bigint AND state = 'alive' AND EXISTS (SELECT 1 FROM q)
+    FOR SHARE
 ), t AS (
     UPDATE tasks
     SET state = 'running', attempt = tasks.attempt + 1,
@@ -88,6 +90,7 @@ WITH s AS MATERIALIZED (
     FROM q
     WHERE tasks.id = q.id
       AND tasks.state = 'queued'
+      AND EXISTS (SELECT 1 FROM s)
     RETURNING tasks.id, tasks.kind, tasks.payload, tasks.attempt, tasks.timeout_ms,
               tasks.retries, tasks.max_retries, tasks.priority
 )
@@ -102,7 +105,9 @@ FROM t ORDER BY t.priority DESC, t.id;
 -- the task stays described by the task row alone (one write per task); one that
 -- requeues it is closed in task_attempt_log, as is every attempt when log_all
 -- (a master recording a timeout: a late write of the worker is then recorded
--- against that row). One NOTIFY lists the tasks that ended (Client.Wait).
+-- against that row). One NOTIFY lists the ended tasks a Client.Wait watches
+-- (notify_finish); none is sent otherwise, since Postgres commits notifying
+-- transactions one at a time.
 -- name: TaskFinish :many
 WITH r AS (
     SELECT unnest(@ids::bigint[]) AS id, unnest(@attempts::int[]) AS attempt,
@@ -139,7 +144,7 @@ WITH r AS (
       -- result: quadratic in the batch.)
       AND (tasks.attempt = r.attempt AND tasks.worker_session_id = r.session_id AND tasks.state = 'running') IS TRUE
     RETURNING tasks.id, tasks.attempt, tasks.state, tasks.attempt_session_id, tasks.attempt_reason,
-              tasks.dispatched_at, tasks.started_at, tasks.exit_code, tasks.last_error
+              tasks.dispatched_at, tasks.started_at, tasks.exit_code, tasks.last_error, tasks.notify_finish
 ), a AS (
     INSERT INTO task_attempt_log (task_id, attempt, worker_session_id, reason, dispatched_at, started_at,
                                   finished_at, outcome, exit_code, error)
@@ -150,7 +155,7 @@ WITH r AS (
     ON CONFLICT (task_id, attempt) DO NOTHING
 ), notified AS (
     SELECT pg_notify('baton_finished', CASE WHEN length(ids) > @notify_payload_max::int THEN '*' ELSE ids END)
-    FROM (SELECT string_agg(t.id::text, ',') AS ids FROM t WHERE t.state <> 'queued') AS s
+    FROM (SELECT string_agg(t.id::text, ',') AS ids FROM t WHERE t.state <> 'queued' AND t.notify_finish) AS s
     WHERE ids IS NOT NULL
 )
 -- No NOTIFY to claim: the worker that freed the slots claims again itself, and a
@@ -268,3 +273,8 @@ WHERE id = @id AND attempt = @attempt AND worker_session_id = @session_id::bigin
 
 -- name: TaskRetryState :one
 SELECT retries, max_retries FROM tasks WHERE id = @id;
+
+-- Client.Wait: ask for a NOTIFY when the task ends (TaskFinish sends one only for
+-- watched tasks). Once set it stays set.
+-- name: TaskWatch :exec
+UPDATE tasks SET notify_finish = true WHERE id = @id AND NOT notify_finish AND finished_at IS NULL;

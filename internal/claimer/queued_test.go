@@ -113,3 +113,39 @@ func TestClaimQueuedWaitsForSessionChange(t *testing.T) {
 		})
 	}
 }
+
+// A claim that finds nothing writes nothing: no transaction id, so no commit record
+// to flush (idle workers polling, and every worker a submit wakes, cost no fsync).
+// One that finds tasks locks its session row (and so takes an id).
+func TestEmptyClaimWritesNothing(t *testing.T) {
+	t.Parallel()
+	pool, _ := srv.NewPool(t)
+	ctx := context.Background()
+	s := batontest.NewWorkerSession(t, pool, &batontest.WorkerSessionOpts{Group: batontest.Ptr("e")})
+	claim := func() (int, bool) {
+		t.Helper()
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback(ctx) //nolint:errcheck
+		rows, err := db.New(tx).TaskClaimQueued(ctx, db.TaskClaimQueuedParams{SessionID: s, GroupName: "e", MaxTasks: 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var assigned bool
+		if err := tx.QueryRow(ctx, "SELECT txid_current_if_assigned() IS NOT NULL").Scan(&assigned); err != nil {
+			t.Fatal(err)
+		}
+		return len(rows), assigned
+	}
+	if n, assigned := claim(); n != 0 || assigned {
+		t.Fatalf("empty claim: %d tasks, transaction id assigned %v; want 0, false", n, assigned)
+	}
+	if _, err := submit.Many(ctx, pool, []submit.Spec{{Group: "e", Kind: "noop"}}); err != nil {
+		t.Fatal(err)
+	}
+	if n, assigned := claim(); n != 1 || !assigned {
+		t.Fatalf("claim of one task: %d tasks, transaction id assigned %v; want 1, true", n, assigned)
+	}
+}
