@@ -128,6 +128,9 @@ func (c *Client) SubmitMany(ctx context.Context, specs []TaskSpec) ([]int64, err
 		ids, err = insertTasks(ctx, q, specs, p)
 		return err
 	})
+	if err == nil {
+		submit.Wake(ctx, db.New(c.pool), groupsOf(specs)) // after the commit: see submit.Wake
+	}
 	return ids, err
 }
 
@@ -170,6 +173,10 @@ func (c *Client) SubmitManyTx(ctx context.Context, tx pgx.Tx, specs []TaskSpec) 
 	}
 	if err := q.SchemaSetLocalSearchPath(ctx, prev); err != nil {
 		return nil, fmt.Errorf("submit: restore search_path: %w", err)
+	}
+	// In the caller's transaction: delivered when (and only if) it commits.
+	if err := q.NotifyQueued(ctx, groupsOf(specs)); err != nil {
+		return nil, fmt.Errorf("submit: notify workers: %w", err)
 	}
 	return ids, nil
 }
@@ -219,10 +226,20 @@ func insertTasks(ctx context.Context, q *db.Queries, specs []TaskSpec, p db.Task
 		}
 		return nil, fmt.Errorf("store tasks: %w", err)
 	}
-	if err := q.NotifyDispatch(ctx); err != nil {
-		return nil, fmt.Errorf("notify dispatch: %w", err)
-	}
 	return ids, nil
+}
+
+// groupsOf lists the distinct groups of specs.
+func groupsOf(specs []TaskSpec) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, s := range specs {
+		if !seen[s.Group] {
+			seen[s.Group] = true
+			out = append(out, s.Group)
+		}
+	}
+	return out
 }
 
 // Get returns a task's row, or ErrNotFound.

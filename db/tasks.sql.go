@@ -744,12 +744,9 @@ WITH s AS (
            CASE WHEN s.retry_max_ms >= 0 THEN s.retry_max_ms
                 ELSE coalesce((SELECT g.retry_max_ms FROM worker_groups g WHERE g.name = s.group_name), 300000) END
     FROM s
-    RETURNING id, group_name
-), notified AS (
-    SELECT pg_notify('baton_claim', 'g:' || g) FROM (SELECT DISTINCT group_name AS g FROM t) AS s
+    RETURNING id
 )
-SELECT t.id FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n
-ORDER BY t.id
+SELECT t.id FROM t ORDER BY t.id
 `
 
 type TaskSubmitManyParams struct {
@@ -766,10 +763,10 @@ type TaskSubmitManyParams struct {
 // Batch submit: one statement (one round trip, its own transaction) for many
 // tasks: each is a task row in state queued — the queue is the index tasks_queue.
 // Payloads travel as text and are cast to jsonb so a malformed one fails the whole
-// batch. A retry backoff of -1 takes the group's. One NOTIFY per group wakes its
-// workers (payload "g:<group>", as NotifyQueued), which claim the new tasks
-// directly; an unknown group fails the foreign key. Ids come back in submission
-// order (identity values follow the insert order).
+// batch. A retry backoff of -1 takes the group's. The caller then wakes the
+// group's workers with NotifyQueued, after the commit and in a transaction of its
+// own (see submit.Many); an unknown group fails the foreign key. Ids come back in
+// submission order (identity values follow the insert order).
 func (q *Queries) TaskSubmitMany(ctx context.Context, arg TaskSubmitManyParams) ([]int64, error) {
 	rows, err := q.db.Query(ctx, taskSubmitMany,
 		arg.GroupNames,

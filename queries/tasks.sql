@@ -1,10 +1,10 @@
 -- Batch submit: one statement (one round trip, its own transaction) for many
 -- tasks: each is a task row in state queued — the queue is the index tasks_queue.
 -- Payloads travel as text and are cast to jsonb so a malformed one fails the whole
--- batch. A retry backoff of -1 takes the group's. One NOTIFY per group wakes its
--- workers (payload "g:<group>", as NotifyQueued), which claim the new tasks
--- directly; an unknown group fails the foreign key. Ids come back in submission
--- order (identity values follow the insert order).
+-- batch. A retry backoff of -1 takes the group's. The caller then wakes the
+-- group's workers with NotifyQueued, after the commit and in a transaction of its
+-- own (see submit.Many); an unknown group fails the foreign key. Ids come back in
+-- submission order (identity values follow the insert order).
 -- name: TaskSubmitMany :many
 WITH s AS (
     SELECT unnest(@group_names::text[]) AS group_name, unnest(@kinds::text[]) AS kind,
@@ -19,12 +19,9 @@ WITH s AS (
            CASE WHEN s.retry_max_ms >= 0 THEN s.retry_max_ms
                 ELSE coalesce((SELECT g.retry_max_ms FROM worker_groups g WHERE g.name = s.group_name), 300000) END
     FROM s
-    RETURNING id, group_name
-), notified AS (
-    SELECT pg_notify('baton_claim', 'g:' || g) FROM (SELECT DISTINCT group_name AS g FROM t) AS s
+    RETURNING id
 )
-SELECT t.id FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n
-ORDER BY t.id;
+SELECT t.id FROM t ORDER BY t.id;
 
 -- A worker claims what a master dispatched to it (failover places tasks on a
 -- chosen worker this way): delete its dispatch rows and start the matching

@@ -80,6 +80,13 @@ type Config struct {
 // after a wake-up before it claims, so freed slots are claimed in batches.
 const claimCooldown = 20 * time.Millisecond
 
+// lostRaceDelay: how long a worker whose last claim found nothing waits after a
+// wake-up before it claims. A submit wakes every worker of the group and one
+// claim takes the task: the others would each run a claim that finds nothing.
+// After such a miss a worker lets a few wake-ups gather into one claim, while
+// the worker that got the last tasks claims at once.
+const lostRaceDelay = 3 * time.Millisecond
+
 // Claimed is what one runOnce did.
 type Claimed struct {
 	Claimed    int  // tasks started
@@ -122,6 +129,10 @@ type Claimer struct {
 	reconcile bool
 	// checkTargeted: run the claim for dispatched tasks next time (start, poll).
 	checkTargeted atomic.Bool
+	// backlog: the last claim filled every free slot, so tasks may be waiting
+	// and a freed slot wakes the loop; false once a claim found fewer than it
+	// asked for.
+	backlog atomic.Bool
 }
 
 // New returns a Claimer for one session.
@@ -194,6 +205,7 @@ func (c *Claimer) loop(ctx context.Context) {
 	poll := time.NewTicker(c.cfg.PollInterval)
 	defer poll.Stop()
 	c.wake.Wake()
+	missed := false // the last claim found nothing
 	for {
 		select {
 		case <-ctx.Done():
@@ -204,14 +216,20 @@ func (c *Claimer) loop(ctx context.Context) {
 		case <-poll.C:
 			c.checkTargeted.Store(true)
 		}
-		if c.Running() > c.cfg.Slots/2 {
+		switch {
+		case c.Running() > c.cfg.Slots/2:
 			// Busy: let more slots free up so one claim takes several tasks
 			// (fewer statements per task); an idle worker claims at once.
 			if !service.Sleep(ctx, claimCooldown) {
 				return
 			}
+		case missed:
+			if !service.Sleep(ctx, lostRaceDelay) {
+				return
+			}
 		}
 		res, err := c.runOnce(ctx)
+		missed = err == nil && res.Claimed == 0
 		if err != nil {
 			if ctx.Err() != nil || c.tasksCtx.Err() != nil {
 				return
@@ -252,6 +270,8 @@ func (c *Claimer) runOnce(ctx context.Context) (Claimed, error) {
 	for ctx.Err() == nil && c.tasksCtx.Err() == nil {
 		free := c.cfg.Slots - c.Running()
 		if free <= 0 {
+			// Full: tasks may be waiting, so a freed slot claims again.
+			c.backlog.Store(true)
 			return res, nil
 		}
 		// Not canceled by Stop (a drain): a claim that commits must be received,
@@ -275,6 +295,9 @@ func (c *Claimer) runOnce(ctx context.Context) (Claimed, error) {
 			return res, fmt.Errorf("claim tasks: %w", err)
 		}
 		if len(rows) < free {
+			// The queue ran dry: a freed slot has nothing to claim. New tasks
+			// wake the worker (NOTIFY), retries due later are found by the poll.
+			c.backlog.Store(false)
 			return res, nil
 		}
 	}
@@ -347,7 +370,9 @@ func (c *Claimer) run(ctx context.Context, cancel context.CancelCauseFunc, key r
 		c.mu.Unlock()
 		cancel(nil)
 		c.TestSignals.Settled.Signal(key)
-		c.wake.Wake() // a slot is free
+		if c.backlog.Load() {
+			c.wake.Wake() // a slot is free and tasks may be waiting
+		}
 	}()
 	log.Debug("task started", logfield.Kind(r.Kind))
 	timeout := time.Duration(r.TimeoutMs) * time.Millisecond

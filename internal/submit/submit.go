@@ -281,6 +281,7 @@ func Many(ctx context.Context, pool *pgxpool.Pool, specs []Spec) ([]int64, error
 	q := db.New(pool)
 	ids, err := q.TaskSubmitMany(ctx, p)
 	if err == nil {
+		Wake(ctx, q, slices.Sorted(maps.Keys(groups)))
 		return ids, nil
 	}
 	switch store.Constraint(err) {
@@ -304,4 +305,15 @@ func Many(ctx context.Context, pool *pgxpool.Pool, specs []Spec) ([]int64, error
 		return nil, fmt.Errorf("%w: a payload was refused by Postgres: %s", ErrInvalid, msg)
 	}
 	return nil, fmt.Errorf("store tasks: %w", err)
+}
+
+// Wake tells the groups' workers that tasks were queued (NOTIFY baton_claim
+// "g:<group>"), after the submit committed and as a statement of its own. Postgres
+// commits notifying transactions one at a time, holding a cluster-wide lock
+// through the commit; a NOTIFY-only statement has nothing to flush, so it holds
+// that lock briefly, and the submits themselves keep sharing WAL flushes (group
+// commit). Best effort: the tasks are stored, and a worker that misses the wake-up
+// claims them on its poll.
+func Wake(ctx context.Context, q *db.Queries, groups []string) {
+	_ = q.NotifyQueued(ctx, groups)
 }
