@@ -213,7 +213,7 @@ func insertTasks(ctx context.Context, q *db.Queries, specs []TaskSpec, p db.Task
 			return nil, fmt.Errorf("%w %q: create it (Client.CreateGroup or TaskSpec.CreateGroup) or start a worker of that group first", ErrUnknownGroup, s.Group)
 		}
 	}
-	ids, err := q.TaskSubmitMany(ctx, p)
+	ids, err := submit.Insert(ctx, q, p)
 	if err != nil {
 		switch store.Constraint(err) {
 		case "tasks_group_name_fkey":

@@ -796,6 +796,49 @@ func (q *Queries) TaskSubmitMany(ctx context.Context, arg TaskSubmitManyParams) 
 	return items, nil
 }
 
+const taskSubmitOne = `-- name: TaskSubmitOne :one
+INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms, retry_base_ms, retry_max_ms)
+SELECT x.group_name, x.kind, x.payload::jsonb, x.priority, x.max_retries, x.timeout_ms,
+       CASE WHEN x.retry_base_ms >= 0 THEN x.retry_base_ms
+            ELSE coalesce((SELECT g.retry_base_ms FROM worker_groups g WHERE g.name = x.group_name), 1000) END,
+       CASE WHEN x.retry_max_ms >= 0 THEN x.retry_max_ms
+            ELSE coalesce((SELECT g.retry_max_ms FROM worker_groups g WHERE g.name = x.group_name), 300000) END
+FROM (SELECT $1::text AS group_name, $2::text AS kind, $3::text AS payload, $4::int AS priority,
+             $5::int AS max_retries, $6::bigint AS timeout_ms,
+             $7::bigint AS retry_base_ms, $8::bigint AS retry_max_ms) AS x
+RETURNING id
+`
+
+type TaskSubmitOneParams struct {
+	GroupName   string
+	Kind        string
+	Payload     string
+	Priority    int32
+	MaxRetries  int32
+	TimeoutMs   int64
+	RetryBaseMs int64
+	RetryMaxMs  int64
+}
+
+// TaskSubmitMany for one task, with scalar parameters: Postgres plans it once
+// (generic plan) where the array form is planned on every call, which costs
+// more than the insert.
+func (q *Queries) TaskSubmitOne(ctx context.Context, arg TaskSubmitOneParams) (int64, error) {
+	row := q.db.QueryRow(ctx, taskSubmitOne,
+		arg.GroupName,
+		arg.Kind,
+		arg.Payload,
+		arg.Priority,
+		arg.MaxRetries,
+		arg.TimeoutMs,
+		arg.RetryBaseMs,
+		arg.RetryMaxMs,
+	)
+	var id int64
+	err := row.Scan(&id)
+	return id, err
+}
+
 const taskWatch = `-- name: TaskWatch :exec
 UPDATE tasks SET notify_finish = true WHERE id = $1 AND NOT notify_finish AND finished_at IS NULL
 `

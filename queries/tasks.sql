@@ -23,6 +23,21 @@ WITH s AS (
 )
 SELECT t.id FROM t ORDER BY t.id;
 
+-- TaskSubmitMany for one task, with scalar parameters: Postgres plans it once
+-- (generic plan) where the array form is planned on every call, which costs
+-- more than the insert.
+-- name: TaskSubmitOne :one
+INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms, retry_base_ms, retry_max_ms)
+SELECT x.group_name, x.kind, x.payload::jsonb, x.priority, x.max_retries, x.timeout_ms,
+       CASE WHEN x.retry_base_ms >= 0 THEN x.retry_base_ms
+            ELSE coalesce((SELECT g.retry_base_ms FROM worker_groups g WHERE g.name = x.group_name), 1000) END,
+       CASE WHEN x.retry_max_ms >= 0 THEN x.retry_max_ms
+            ELSE coalesce((SELECT g.retry_max_ms FROM worker_groups g WHERE g.name = x.group_name), 300000) END
+FROM (SELECT @group_name::text AS group_name, @kind::text AS kind, @payload::text AS payload, @priority::int AS priority,
+             @max_retries::int AS max_retries, @timeout_ms::bigint AS timeout_ms,
+             @retry_base_ms::bigint AS retry_base_ms, @retry_max_ms::bigint AS retry_max_ms) AS x
+RETURNING id;
+
 -- A worker claims what a master dispatched to it (failover places tasks on a
 -- chosen worker this way): delete its dispatch rows and start the matching
 -- attempts. Dispatch row and task row are locked together with SKIP LOCKED, so a

@@ -279,7 +279,7 @@ func Many(ctx context.Context, pool *pgxpool.Pool, specs []Spec) ([]int64, error
 		groups[s.Group] = true
 	}
 	q := db.New(pool)
-	ids, err := q.TaskSubmitMany(ctx, p)
+	ids, err := Insert(ctx, q, p)
 	if err == nil {
 		Wake(ctx, q, slices.Sorted(maps.Keys(groups)))
 		return ids, nil
@@ -316,4 +316,20 @@ func Many(ctx context.Context, pool *pgxpool.Pool, specs []Spec) ([]int64, error
 // claims them on its poll.
 func Wake(ctx context.Context, q *db.Queries, groups []string) {
 	_ = q.NotifyQueued(ctx, groups)
+}
+
+// Insert stores validated specs (Params) with one statement: TaskSubmitOne for a
+// single task, TaskSubmitMany for a batch.
+func Insert(ctx context.Context, q *db.Queries, p db.TaskSubmitManyParams) ([]int64, error) {
+	if len(p.GroupNames) != 1 {
+		return q.TaskSubmitMany(ctx, p)
+	}
+	id, err := q.TaskSubmitOne(ctx, db.TaskSubmitOneParams{
+		GroupName: p.GroupNames[0], Kind: p.Kinds[0], Payload: p.Payloads[0], Priority: p.Priorities[0],
+		MaxRetries: p.MaxRetries[0], TimeoutMs: p.TimeoutsMs[0], RetryBaseMs: p.RetryBasesMs[0], RetryMaxMs: p.RetryMaxesMs[0],
+	})
+	if err != nil {
+		return nil, err
+	}
+	return []int64{id}, nil
 }
