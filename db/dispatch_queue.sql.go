@@ -76,14 +76,15 @@ func (q *Queries) DispatchAssign(ctx context.Context, arg DispatchAssignParams) 
 const dispatchListWaitingGroups = `-- name: DispatchListWaitingGroups :many
 SELECT g.name FROM worker_groups g
 WHERE EXISTS (SELECT 1 FROM tasks t
-              WHERE t.group_name = g.name AND t.state = 'queued' AND t.available_at <= now())
+              WHERE t.group_name = g.name AND t.state = 'queued'
+                AND t.available_at <= now() - make_interval(secs => $1::float8))
 ORDER BY g.name
 `
 
-// Groups with a task waiting for a worker: one index probe per group (worker_groups
-// is small), never a scan of the backlog.
-func (q *Queries) DispatchListWaitingGroups(ctx context.Context) ([]string, error) {
-	rows, err := q.db.Query(ctx, dispatchListWaitingGroups)
+// Groups with a task that has waited at least min_wait_s for a worker: one index
+// probe per group (worker_groups is small), never a scan of the backlog.
+func (q *Queries) DispatchListWaitingGroups(ctx context.Context, minWaitS float64) ([]string, error) {
+	rows, err := q.db.Query(ctx, dispatchListWaitingGroups, minWaitS)
 	if err != nil {
 		return nil, err
 	}
@@ -104,14 +105,16 @@ func (q *Queries) DispatchListWaitingGroups(ctx context.Context) ([]string, erro
 
 const dispatchLockWaiting = `-- name: DispatchLockWaiting :many
 SELECT id AS task_id FROM tasks
-WHERE group_name = $1 AND state = 'queued' AND available_at <= now()
+WHERE group_name = $1 AND state = 'queued'
+  AND available_at <= now() - make_interval(secs => $2::float8)
 ORDER BY priority DESC, id
-LIMIT $2
+LIMIT $3
 FOR UPDATE SKIP LOCKED
 `
 
 type DispatchLockWaitingParams struct {
 	GroupName string
+	MinWaitS  float64
 	MaxTasks  int32
 }
 
@@ -119,7 +122,7 @@ type DispatchLockWaitingParams struct {
 // task is failed over or retried, so failed-over work keeps its place in the
 // backlog. Index tasks_queue (group_name, priority DESC, id) WHERE state = 'queued'.
 func (q *Queries) DispatchLockWaiting(ctx context.Context, arg DispatchLockWaitingParams) ([]int64, error) {
-	rows, err := q.db.Query(ctx, dispatchLockWaiting, arg.GroupName, arg.MaxTasks)
+	rows, err := q.db.Query(ctx, dispatchLockWaiting, arg.GroupName, arg.MinWaitS, arg.MaxTasks)
 	if err != nil {
 		return nil, err
 	}

@@ -1,9 +1,10 @@
--- Groups with a task waiting for a worker: one index probe per group (worker_groups
--- is small), never a scan of the backlog.
+-- Groups with a task that has waited at least min_wait_s for a worker: one index
+-- probe per group (worker_groups is small), never a scan of the backlog.
 -- name: DispatchListWaitingGroups :many
 SELECT g.name FROM worker_groups g
 WHERE EXISTS (SELECT 1 FROM tasks t
-              WHERE t.group_name = g.name AND t.state = 'queued' AND t.available_at <= now())
+              WHERE t.group_name = g.name AND t.state = 'queued'
+                AND t.available_at <= now() - make_interval(secs => @min_wait_s::float8))
 ORDER BY g.name;
 
 -- Queue order: priority, then task id (submission order). Neither changes when a
@@ -11,7 +12,8 @@ ORDER BY g.name;
 -- backlog. Index tasks_queue (group_name, priority DESC, id) WHERE state = 'queued'.
 -- name: DispatchLockWaiting :many
 SELECT id AS task_id FROM tasks
-WHERE group_name = @group_name AND state = 'queued' AND available_at <= now()
+WHERE group_name = @group_name AND state = 'queued'
+  AND available_at <= now() - make_interval(secs => @min_wait_s::float8)
 ORDER BY priority DESC, id
 LIMIT @max_tasks
 FOR UPDATE SKIP LOCKED;

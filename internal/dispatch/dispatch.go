@@ -34,6 +34,12 @@ type Dispatcher struct {
 	GroupTimeout  time.Duration // deadline of one group's transaction (default DefaultGroupTimeout)
 	// Now replaces Postgres now() in liveness checks (tests only; nil in production).
 	Now *time.Time
+	// MinWait: only tasks that have been claimable this long are dispatched.
+	// Workers claim queued tasks of their group themselves within milliseconds;
+	// a master placing the same tasks races those claims and counts slots a
+	// claim is filling, so it would put tasks on a worker that is already full.
+	// The dispatcher is the fallback for tasks no worker took.
+	MinWait time.Duration
 }
 
 // RunOnce dispatches what it can in every group with waiting tasks and returns
@@ -42,7 +48,7 @@ type Dispatcher struct {
 // error in one group does not keep the others from being dispatched.
 func (d *Dispatcher) RunOnce(ctx context.Context) (int, error) {
 	groups, err := service.WithTimeout(ctx, d.groupTimeout(), func(ctx context.Context) ([]string, error) {
-		return db.New(d.Pool).DispatchListWaitingGroups(ctx)
+		return db.New(d.Pool).DispatchListWaitingGroups(ctx, d.MinWait.Seconds())
 	})
 	if err != nil {
 		return 0, fmt.Errorf("list waiting groups: %w", err)
@@ -98,7 +104,7 @@ func (d *Dispatcher) Group(ctx context.Context, group string) (int, error) {
 		if free == 0 {
 			return nil
 		}
-		ids, err := q.DispatchLockWaiting(ctx, db.DispatchLockWaitingParams{GroupName: group, MaxTasks: int32(free)})
+		ids, err := q.DispatchLockWaiting(ctx, db.DispatchLockWaitingParams{GroupName: group, MinWaitS: d.MinWait.Seconds(), MaxTasks: int32(free)})
 		if err != nil {
 			return fmt.Errorf("lock waiting tasks of %s: %w", group, err)
 		}

@@ -42,7 +42,8 @@ func (d *dispatcher) Start(ctx context.Context) error {
 
 // runOnce dispatches what it can in every group; it returns how many tasks.
 func (d *dispatcher) runOnce(ctx context.Context) (int, error) {
-	disp := dispatch.Dispatcher{Pool: d.m.pool, WorkerTimeout: d.m.cfg.WorkerTimeout, GroupTimeout: d.m.cfg.TxTimeout, Now: d.Clock.NowOrNil()}
+	disp := dispatch.Dispatcher{Pool: d.m.pool, WorkerTimeout: d.m.cfg.WorkerTimeout, GroupTimeout: d.m.cfg.TxTimeout, Now: d.Clock.NowOrNil(),
+		MinWait: d.m.cfg.DispatchMinWait}
 	n, err := disp.RunOnce(ctx)
 	if n > 0 {
 		d.Logger.Debug("dispatched", logfield.Count("tasks", n))

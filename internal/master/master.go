@@ -36,6 +36,7 @@ const (
 	MasterTimeoutDefault     = 10 * time.Second
 	SweepIntervalDefault     = time.Second
 	DispatchIntervalDefault  = 250 * time.Millisecond
+	DispatchMinWaitDefault   = 2 * time.Second
 	TimeoutGraceDefault      = 5 * time.Second
 	MaxFailoversDefault      = failover.MaxFailoversDefault
 	RetentionDefault         = retention.RetentionDefault
@@ -66,7 +67,11 @@ type Config struct {
 	MasterTimeout     time.Duration // the same for masters
 	SweepInterval     time.Duration // liveness + timeout sweep period
 	DispatchInterval  time.Duration // dispatch polling fallback when no NOTIFY arrives
-	TimeoutGrace      time.Duration // extra time past a task's timeout before the master records it
+	// DispatchMinWait: the dispatcher places only tasks no worker claimed for this
+	// long (workers claim their group's tasks themselves; see dispatch.MinWait).
+	// Default DispatchMinWaitDefault; negative means 0.
+	DispatchMinWait time.Duration
+	TimeoutGrace    time.Duration // extra time past a task's timeout before the master records it
 	// CrashDetectAfter: a worker that holds a liveness lock (worker_sessions.
 	// liveness_lock) is dead once that lock is free and its heartbeat is this old,
 	// without waiting WorkerTimeout; never within WorkerTimeout of a Postgres
@@ -108,6 +113,10 @@ func (c Config) WithDefaults() Config {
 	if c.DispatchInterval == 0 {
 		c.DispatchInterval = DispatchIntervalDefault
 	}
+	if c.DispatchMinWait == 0 {
+		c.DispatchMinWait = DispatchMinWaitDefault
+	}
+	c.DispatchMinWait = max(c.DispatchMinWait, 0)
 	if c.TimeoutGrace == 0 {
 		c.TimeoutGrace = TimeoutGraceDefault
 	}

@@ -250,7 +250,10 @@ func TestHeartbeatReregisters(t *testing.T) {
 // submitted task is dispatched, and Run marks the session stopped on cancel.
 func TestRun(t *testing.T) {
 	t.Parallel()
-	b := setup(t, Config{SweepInterval: time.Hour, DispatchInterval: time.Hour, HeartbeatInterval: time.Hour, MasterTimeout: 3 * time.Hour, WorkerTimeout: 3 * time.Hour})
+	// No minimum wait: the task below is dispatched as soon as it is queued (no
+	// worker claims it here).
+	b := setup(t, Config{SweepInterval: time.Hour, DispatchInterval: time.Hour, HeartbeatInterval: time.Hour, MasterTimeout: 3 * time.Hour, WorkerTimeout: 3 * time.Hour,
+		DispatchMinWait: -1})
 	b.exec("INSERT INTO worker_groups (name) VALUES ('g')")
 	s := b.session("g", 2, 0)
 	ctx, cancel := context.WithCancel(b.ctx)
@@ -367,5 +370,32 @@ func TestWorkerSweepIntervalFollowsCrashDetection(t *testing.T) {
 		if got := b.m.workerSweeper.interval(); got != c.want {
 			t.Errorf("crash detect %s: sweep every %s, want %s", c.after, got, c.want)
 		}
+	}
+}
+
+// The dispatcher leaves tasks to the workers that claim them for DispatchMinWait:
+// a task queued just now is not placed; one that waited is.
+func TestDispatcherWaitsForWorkersFirst(t *testing.T) {
+	t.Parallel()
+	b := setup(t, Config{DispatchMinWait: time.Hour})
+	b.exec("INSERT INTO worker_groups (name) VALUES ('g')")
+	s := b.session("g", 2, 0)
+	fresh, err := submit.Submit(b.ctx, b.pool, submit.Spec{Group: "g", Kind: "noop"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := submit.Submit(b.ctx, b.pool, submit.Spec{Group: "g", Kind: "noop"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.exec("UPDATE tasks SET available_at = now() - interval '2 hours' WHERE id = $1", old)
+	if n, err := b.m.dispatcher.runOnce(b.within()); err != nil || n != 1 {
+		t.Fatalf("dispatched %d, %v; want 1 (the task that waited)", n, err)
+	}
+	if n := b.int64("SELECT count(*) FROM tasks WHERE id = $1 AND state = 'dispatched' AND worker_session_id = $2", old, s); n != 1 {
+		t.Fatal("the task that waited was not dispatched")
+	}
+	if n := b.int64("SELECT count(*) FROM tasks WHERE id = $1 AND state = 'queued'", fresh); n != 1 {
+		t.Fatal("a fresh task was dispatched: the master raced the workers' own claims")
 	}
 }

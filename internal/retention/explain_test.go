@@ -171,7 +171,7 @@ func TestExplainAtScale(t *testing.T) {
 			return err
 		}},
 		{"DispatchListWaitingGroups", func(q *db.Queries) error {
-			_, err := q.DispatchListWaitingGroups(ctx)
+			_, err := q.DispatchListWaitingGroups(ctx, 0)
 			return err
 		}},
 		{"DispatchLockWaiting", func(q *db.Queries) error {
