@@ -129,7 +129,7 @@ func (c *Client) SubmitMany(ctx context.Context, specs []TaskSpec) ([]int64, err
 		return err
 	})
 	if err == nil {
-		submit.Wake(ctx, db.New(c.pool), groupsOf(specs)) // after the commit: see submit.Wake
+		submit.Wake(ctx, db.New(c.pool), submit.Groups(p)) // after the commit: see submit.Wake
 	}
 	return ids, err
 }
@@ -175,7 +175,7 @@ func (c *Client) SubmitManyTx(ctx context.Context, tx pgx.Tx, specs []TaskSpec) 
 		return nil, fmt.Errorf("submit: restore search_path: %w", err)
 	}
 	// In the caller's transaction: delivered when (and only if) it commits.
-	if err := q.NotifyQueued(ctx, groupsOf(specs)); err != nil {
+	if err := q.NotifyQueued(ctx, submit.Groups(p)); err != nil {
 		return nil, fmt.Errorf("submit: notify workers: %w", err)
 	}
 	return ids, nil
@@ -227,19 +227,6 @@ func insertTasks(ctx context.Context, q *db.Queries, specs []TaskSpec, p db.Task
 		return nil, fmt.Errorf("store tasks: %w", err)
 	}
 	return ids, nil
-}
-
-// groupsOf lists the distinct groups of specs.
-func groupsOf(specs []TaskSpec) []string {
-	seen := map[string]bool{}
-	var out []string
-	for _, s := range specs {
-		if !seen[s.Group] {
-			seen[s.Group] = true
-			out = append(out, s.Group)
-		}
-	}
-	return out
 }
 
 // Get returns a task's row, or ErrNotFound.

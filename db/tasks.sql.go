@@ -637,7 +637,7 @@ func (q *Queries) TaskListRunningOnSession(ctx context.Context, sessionID int64)
 }
 
 const taskListTimedOut = `-- name: TaskListTimedOut :many
-SELECT id, attempt, worker_session_id::bigint AS worker_session_id, retries
+SELECT id, attempt, worker_session_id::bigint AS worker_session_id
 FROM tasks
 WHERE state = 'running'
   AND timeout_ms > 0
@@ -657,7 +657,6 @@ type TaskListTimedOutRow struct {
 	ID              int64
 	Attempt         int32
 	WorkerSessionID int64
-	Retries         int32
 }
 
 // Running attempts past their timeout plus a grace period (Postgres time): the
@@ -671,12 +670,7 @@ func (q *Queries) TaskListTimedOut(ctx context.Context, arg TaskListTimedOutPara
 	items := []TaskListTimedOutRow{}
 	for rows.Next() {
 		var i TaskListTimedOutRow
-		if err := rows.Scan(
-			&i.ID,
-			&i.Attempt,
-			&i.WorkerSessionID,
-			&i.Retries,
-		); err != nil {
+		if err := rows.Scan(&i.ID, &i.Attempt, &i.WorkerSessionID); err != nil {
 			return nil, err
 		}
 		items = append(items, i)

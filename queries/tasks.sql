@@ -196,7 +196,7 @@ WHERE a.task_id = r.id
 -- Running attempts past their timeout plus a grace period (Postgres time): the
 -- worker should have killed and reported them; the master records them.
 -- name: TaskListTimedOut :many
-SELECT id, attempt, worker_session_id::bigint AS worker_session_id, retries
+SELECT id, attempt, worker_session_id::bigint AS worker_session_id
 FROM tasks
 WHERE state = 'running'
   AND timeout_ms > 0

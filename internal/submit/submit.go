@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"regexp"
 	"slices"
 	"strconv"
@@ -274,20 +273,16 @@ func Many(ctx context.Context, pool *pgxpool.Pool, specs []Spec) ([]int64, error
 	if err != nil {
 		return nil, err
 	}
-	groups := map[string]bool{}
-	for _, s := range specs {
-		groups[s.Group] = true
-	}
 	q := db.New(pool)
 	ids, err := Insert(ctx, q, p)
 	if err == nil {
-		Wake(ctx, q, slices.Sorted(maps.Keys(groups)))
+		Wake(ctx, q, Groups(p))
 		return ids, nil
 	}
 	switch store.Constraint(err) {
 	case "tasks_group_name_fkey":
 		// Name the group that is missing (the error path only).
-		for _, g := range slices.Sorted(maps.Keys(groups)) {
+		for _, g := range Groups(p) {
 			if ok, gerr := q.GroupExists(ctx, g); gerr == nil && !ok {
 				return nil, fmt.Errorf("%w %q: start a worker with --group %s first, or check the name", ErrUnknownGroup, g, g)
 			}
@@ -316,6 +311,11 @@ func Many(ctx context.Context, pool *pgxpool.Pool, specs []Spec) ([]int64, error
 // claims them on its poll.
 func Wake(ctx context.Context, q *db.Queries, groups []string) {
 	_ = q.NotifyQueued(ctx, groups)
+}
+
+// Groups lists the distinct groups of submit parameters, sorted.
+func Groups(p db.TaskSubmitManyParams) []string {
+	return slices.Compact(slices.Sorted(slices.Values(p.GroupNames)))
 }
 
 // Insert stores validated specs (Params) with one statement: TaskSubmitOne for a
