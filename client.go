@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -26,6 +27,10 @@ type Client struct {
 	schema string
 	cfg    ClientConfig
 	waits  *waitHub
+	// scoped runs single statements in baton's schema in one round trip;
+	// waker coalesces the NOTIFYs of concurrent submits.
+	scoped *store.Scoped
+	waker  *submit.Waker
 }
 
 // ClientConfig configures a Client; zero fields take defaults.
@@ -76,7 +81,8 @@ func NewClient(pool *pgxpool.Pool, cfg *ClientConfig) (*Client, error) {
 	if c.Logger == nil {
 		c.Logger = defaultLogger()
 	}
-	return &Client{pool: pool, schema: c.Schema, cfg: c, waits: &waitHub{pool: pool, log: c.Logger}}, nil
+	return &Client{pool: pool, schema: c.Schema, cfg: c, waits: &waitHub{pool: pool, log: c.Logger},
+		scoped: store.NewScoped(pool, c.Schema), waker: submit.NewWaker(db.New(pool))}, nil
 }
 
 // inTx runs fn in a transaction of the pool with baton's schema as search_path;
@@ -116,20 +122,27 @@ func (c *Client) Submit(ctx context.Context, spec TaskSpec) (int64, error) {
 	return ids[0], nil
 }
 
-// SubmitMany validates every spec and stores all of them in one transaction
-// (all or none). Ids are returned in the order of specs.
+// SubmitMany validates every spec and stores all of them in one statement (all
+// or none). Ids are returned in the order of specs.
 func (c *Client) SubmitMany(ctx context.Context, specs []TaskSpec) ([]int64, error) {
 	p, err := submitParams(specs)
 	if err != nil {
 		return nil, err
 	}
 	var ids []int64
-	err = c.inTx(ctx, func(q *db.Queries) error {
-		ids, err = insertTasks(ctx, q, specs, p)
-		return err
-	})
+	if slices.ContainsFunc(specs, func(s TaskSpec) bool { return s.CreateGroup }) {
+		err = c.inTx(ctx, func(q *db.Queries) error {
+			ids, err = insertTasks(ctx, q, specs, p)
+			return err
+		})
+	} else {
+		// One statement, one round trip: an unknown group fails its foreign key.
+		q := db.New(c.scoped)
+		ids, err = submit.Insert(ctx, q, p)
+		err = c.describe(insertError(ctx, q, p, err))
+	}
 	if err == nil {
-		submit.Wake(ctx, db.New(c.pool), submit.Groups(p)) // after the commit: see submit.Wake
+		c.waker.Wake(ctx, submit.Groups(p)) // after the commit: see submit.Wake
 	}
 	return ids, err
 }
@@ -192,6 +205,9 @@ func submitParams(specs []TaskSpec) (db.TaskSubmitManyParams, error) {
 	return submit.Params(is)
 }
 
+// insertTasks stores the tasks in a transaction: it creates the groups of specs
+// that ask for it and checks the others exist first, so an unknown group fails
+// without aborting the caller's transaction (SubmitTx).
 func insertTasks(ctx context.Context, q *db.Queries, specs []TaskSpec, p db.TaskSubmitManyParams) ([]int64, error) {
 	seen := map[string]bool{}
 	for _, s := range specs {
@@ -210,23 +226,38 @@ func insertTasks(ctx context.Context, q *db.Queries, specs []TaskSpec, p db.Task
 			return nil, fmt.Errorf("look up group: %w", err)
 		}
 		if !ok {
-			return nil, fmt.Errorf("%w %q: create it (Client.CreateGroup or TaskSpec.CreateGroup) or start a worker of that group first", ErrUnknownGroup, s.Group)
+			return nil, unknownGroup(s.Group)
 		}
 	}
 	ids, err := submit.Insert(ctx, q, p)
-	if err != nil {
-		switch store.Constraint(err) {
-		case "tasks_group_name_fkey":
-			return nil, fmt.Errorf("%w: a group was deleted concurrently: %v", ErrUnknownGroup, err)
-		case "tasks_payload_size":
-			return nil, fmt.Errorf("%w: a payload exceeds 1 MiB once stored as jsonb (jsonb adds spaces)", ErrInvalidTask)
-		case "":
-		default:
-			return nil, fmt.Errorf("%w: rejected by constraint %s", ErrInvalidTask, store.Constraint(err))
-		}
-		return nil, fmt.Errorf("store tasks: %w", err)
+	return ids, insertError(ctx, q, p, err)
+}
+
+func unknownGroup(g string) error {
+	return fmt.Errorf("%w %q: create it (Client.CreateGroup or TaskSpec.CreateGroup) or start a worker of that group first", ErrUnknownGroup, g)
+}
+
+// insertError turns a failed insert of p into the error a caller can act on.
+func insertError(ctx context.Context, q *db.Queries, p db.TaskSubmitManyParams, err error) error {
+	if err == nil {
+		return nil
 	}
-	return ids, nil
+	switch store.Constraint(err) {
+	case "tasks_group_name_fkey":
+		// Name the group that is missing (the error path only).
+		for _, g := range submit.Groups(p) {
+			if ok, gerr := q.GroupExists(ctx, g); gerr == nil && !ok {
+				return unknownGroup(g)
+			}
+		}
+		return fmt.Errorf("%w: %v", ErrUnknownGroup, err)
+	case "tasks_payload_size":
+		return fmt.Errorf("%w: a payload exceeds 1 MiB once stored as jsonb (jsonb adds spaces)", ErrInvalidTask)
+	case "":
+	default:
+		return fmt.Errorf("%w: rejected by constraint %s", ErrInvalidTask, store.Constraint(err))
+	}
+	return fmt.Errorf("store tasks: %w", err)
 }
 
 // Get returns a task's row, or ErrNotFound.

@@ -9,7 +9,7 @@ import (
 	"context"
 )
 
-const dispatchAssign = `-- name: DispatchAssign :many
+const DispatchAssign = `-- name: DispatchAssign :many
 WITH m AS (
     SELECT unnest($1::bigint[]) AS task_id, unnest($2::bigint[]) AS session_id
 ), t AS (
@@ -54,7 +54,7 @@ type DispatchAssignRow struct {
 // opens it in the task row and writes the targeted dispatch row the session
 // claims. The task update re-checks that the task is still queued.
 func (q *Queries) DispatchAssign(ctx context.Context, arg DispatchAssignParams) ([]DispatchAssignRow, error) {
-	rows, err := q.db.Query(ctx, dispatchAssign, arg.TaskIds, arg.SessionIds, arg.ClaimPayloadMax)
+	rows, err := q.db.Query(ctx, DispatchAssign, arg.TaskIds, arg.SessionIds, arg.ClaimPayloadMax)
 	if err != nil {
 		return nil, err
 	}
@@ -73,7 +73,7 @@ func (q *Queries) DispatchAssign(ctx context.Context, arg DispatchAssignParams) 
 	return items, nil
 }
 
-const dispatchListWaitingGroups = `-- name: DispatchListWaitingGroups :many
+const DispatchListWaitingGroups = `-- name: DispatchListWaitingGroups :many
 SELECT g.name FROM worker_groups g
 WHERE EXISTS (SELECT 1 FROM tasks t
               WHERE t.group_name = g.name AND t.state = 'queued'
@@ -84,7 +84,7 @@ ORDER BY g.name
 // Groups with a task that has waited at least min_wait_s for a worker: one index
 // probe per group (worker_groups is small), never a scan of the backlog.
 func (q *Queries) DispatchListWaitingGroups(ctx context.Context, minWaitS float64) ([]string, error) {
-	rows, err := q.db.Query(ctx, dispatchListWaitingGroups, minWaitS)
+	rows, err := q.db.Query(ctx, DispatchListWaitingGroups, minWaitS)
 	if err != nil {
 		return nil, err
 	}
@@ -103,7 +103,7 @@ func (q *Queries) DispatchListWaitingGroups(ctx context.Context, minWaitS float6
 	return items, nil
 }
 
-const dispatchLockWaiting = `-- name: DispatchLockWaiting :many
+const DispatchLockWaiting = `-- name: DispatchLockWaiting :many
 SELECT id AS task_id FROM tasks
 WHERE group_name = $1 AND state = 'queued'
   AND available_at <= now() - make_interval(secs => $2::float8)
@@ -122,7 +122,7 @@ type DispatchLockWaitingParams struct {
 // task is failed over or retried, so failed-over work keeps its place in the
 // backlog. Index tasks_queue (group_name, priority DESC, id) WHERE state = 'queued'.
 func (q *Queries) DispatchLockWaiting(ctx context.Context, arg DispatchLockWaitingParams) ([]int64, error) {
-	rows, err := q.db.Query(ctx, dispatchLockWaiting, arg.GroupName, arg.MinWaitS, arg.MaxTasks)
+	rows, err := q.db.Query(ctx, DispatchLockWaiting, arg.GroupName, arg.MinWaitS, arg.MaxTasks)
 	if err != nil {
 		return nil, err
 	}

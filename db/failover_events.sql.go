@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-const failoverCountRemaining = `-- name: FailoverCountRemaining :one
+const FailoverCountRemaining = `-- name: FailoverCountRemaining :one
 SELECT count(*) FROM tasks
 WHERE worker_session_id = $1
   AND state IN ('dispatched', 'running')
@@ -23,27 +23,27 @@ type FailoverCountRemainingParams struct {
 }
 
 func (q *Queries) FailoverCountRemaining(ctx context.Context, arg FailoverCountRemainingParams) (int64, error) {
-	row := q.db.QueryRow(ctx, failoverCountRemaining, arg.SessionID, arg.Deadline)
+	row := q.db.QueryRow(ctx, FailoverCountRemaining, arg.SessionID, arg.Deadline)
 	var count int64
 	err := row.Scan(&count)
 	return count, err
 }
 
-const failoverEventFinishMaster = `-- name: FailoverEventFinishMaster :execrows
+const FailoverEventFinishMaster = `-- name: FailoverEventFinishMaster :execrows
 UPDATE failover_events SET finished_at = clock_timestamp(), passes = 1
 WHERE kind = 'master' AND session_id = $1 AND finished_at IS NULL
 `
 
 // A dead master's marker is finished at once: masters own no tasks (yet).
 func (q *Queries) FailoverEventFinishMaster(ctx context.Context, sessionID int64) (int64, error) {
-	result, err := q.db.Exec(ctx, failoverEventFinishMaster, sessionID)
+	result, err := q.db.Exec(ctx, FailoverEventFinishMaster, sessionID)
 	if err != nil {
 		return 0, err
 	}
 	return result.RowsAffected(), nil
 }
 
-const failoverEventGet = `-- name: FailoverEventGet :one
+const FailoverEventGet = `-- name: FailoverEventGet :one
 SELECT id, kind, session_id, group_name, detected_by, deadline, started_at, finished_at, tasks_reassigned, tasks_queued, passes FROM failover_events WHERE kind = $1 AND session_id = $2
 `
 
@@ -53,7 +53,7 @@ type FailoverEventGetParams struct {
 }
 
 func (q *Queries) FailoverEventGet(ctx context.Context, arg FailoverEventGetParams) (FailoverEvent, error) {
-	row := q.db.QueryRow(ctx, failoverEventGet, arg.Kind, arg.SessionID)
+	row := q.db.QueryRow(ctx, FailoverEventGet, arg.Kind, arg.SessionID)
 	var i FailoverEvent
 	err := row.Scan(
 		&i.ID,
@@ -71,7 +71,7 @@ func (q *Queries) FailoverEventGet(ctx context.Context, arg FailoverEventGetPara
 	return i, err
 }
 
-const failoverEventInsert = `-- name: FailoverEventInsert :exec
+const FailoverEventInsert = `-- name: FailoverEventInsert :exec
 INSERT INTO failover_events (kind, session_id, group_name, detected_by, deadline)
 VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (kind, session_id) DO NOTHING
@@ -86,7 +86,7 @@ type FailoverEventInsertParams struct {
 }
 
 func (q *Queries) FailoverEventInsert(ctx context.Context, arg FailoverEventInsertParams) error {
-	_, err := q.db.Exec(ctx, failoverEventInsert,
+	_, err := q.db.Exec(ctx, FailoverEventInsert,
 		arg.Kind,
 		arg.SessionID,
 		arg.GroupName,
@@ -96,7 +96,7 @@ func (q *Queries) FailoverEventInsert(ctx context.Context, arg FailoverEventInse
 	return err
 }
 
-const failoverEventList = `-- name: FailoverEventList :many
+const FailoverEventList = `-- name: FailoverEventList :many
 SELECT id, kind, session_id, group_name, detected_by, deadline, started_at, finished_at, tasks_reassigned, tasks_queued, passes FROM failover_events
 WHERE ($1::text IS NULL OR kind = $1)
 ORDER BY id DESC
@@ -109,7 +109,7 @@ type FailoverEventListParams struct {
 }
 
 func (q *Queries) FailoverEventList(ctx context.Context, arg FailoverEventListParams) ([]FailoverEvent, error) {
-	rows, err := q.db.Query(ctx, failoverEventList, arg.Kind, arg.MaxRows)
+	rows, err := q.db.Query(ctx, FailoverEventList, arg.Kind, arg.MaxRows)
 	if err != nil {
 		return nil, err
 	}
@@ -140,7 +140,7 @@ func (q *Queries) FailoverEventList(ctx context.Context, arg FailoverEventListPa
 	return items, nil
 }
 
-const failoverEventPrune = `-- name: FailoverEventPrune :execrows
+const FailoverEventPrune = `-- name: FailoverEventPrune :execrows
 DELETE FROM failover_events
 WHERE id = ANY (ARRAY(
     SELECT f.id FROM failover_events f
@@ -160,14 +160,14 @@ type FailoverEventPruneParams struct {
 // Retention: finished failover events older than the cutoff, oldest first, in batches
 // (index failover_events_finished). Unfinished events are never pruned.
 func (q *Queries) FailoverEventPrune(ctx context.Context, arg FailoverEventPruneParams) (int64, error) {
-	result, err := q.db.Exec(ctx, failoverEventPrune, arg.Now, arg.RetentionS, arg.MaxRows)
+	result, err := q.db.Exec(ctx, FailoverEventPrune, arg.Now, arg.RetentionS, arg.MaxRows)
 	if err != nil {
 		return 0, err
 	}
 	return result.RowsAffected(), nil
 }
 
-const failoverEventRecordPass = `-- name: FailoverEventRecordPass :execrows
+const FailoverEventRecordPass = `-- name: FailoverEventRecordPass :execrows
 UPDATE failover_events
 SET tasks_reassigned = tasks_reassigned + $1,
     tasks_queued = tasks_queued + $2,
@@ -184,7 +184,7 @@ type FailoverEventRecordPassParams struct {
 }
 
 func (q *Queries) FailoverEventRecordPass(ctx context.Context, arg FailoverEventRecordPassParams) (int64, error) {
-	result, err := q.db.Exec(ctx, failoverEventRecordPass,
+	result, err := q.db.Exec(ctx, FailoverEventRecordPass,
 		arg.Reassigned,
 		arg.Queued,
 		arg.Finished,
@@ -196,7 +196,7 @@ func (q *Queries) FailoverEventRecordPass(ctx context.Context, arg FailoverEvent
 	return result.RowsAffected(), nil
 }
 
-const failoverLockTasks = `-- name: FailoverLockTasks :many
+const FailoverLockTasks = `-- name: FailoverLockTasks :many
 SELECT id, attempt, state, running_failovers FROM tasks
 WHERE worker_session_id = $1
   AND state IN ('dispatched', 'running')
@@ -222,7 +222,7 @@ type FailoverLockTasksRow struct {
 // A dead session's active tasks dispatched before the deadline, one batch at a time;
 // rows a concurrent completion holds are skipped and left to the next pass.
 func (q *Queries) FailoverLockTasks(ctx context.Context, arg FailoverLockTasksParams) ([]FailoverLockTasksRow, error) {
-	rows, err := q.db.Query(ctx, failoverLockTasks, arg.SessionID, arg.Deadline, arg.MaxTasks)
+	rows, err := q.db.Query(ctx, FailoverLockTasks, arg.SessionID, arg.Deadline, arg.MaxTasks)
 	if err != nil {
 		return nil, err
 	}
@@ -246,7 +246,7 @@ func (q *Queries) FailoverLockTasks(ctx context.Context, arg FailoverLockTasksPa
 	return items, nil
 }
 
-const failoverMoveTasks = `-- name: FailoverMoveTasks :many
+const FailoverMoveTasks = `-- name: FailoverMoveTasks :many
 WITH m AS (
     SELECT unnest($1::bigint[]) AS task_id, unnest($2::int[]) AS old_attempt,
            unnest($3::bigint[]) AS target
@@ -331,7 +331,7 @@ type FailoverMoveTasksRow struct {
 // replaces any undelivered dispatch row with one for the new attempt. A queued
 // task keeps its place: the queue is ordered by task id.
 func (q *Queries) FailoverMoveTasks(ctx context.Context, arg FailoverMoveTasksParams) ([]FailoverMoveTasksRow, error) {
-	rows, err := q.db.Query(ctx, failoverMoveTasks,
+	rows, err := q.db.Query(ctx, FailoverMoveTasks,
 		arg.TaskIds,
 		arg.OldAttempts,
 		arg.Targets,

@@ -9,50 +9,50 @@ import (
 	"context"
 )
 
-const lockDispatchGroup = `-- name: LockDispatchGroup :exec
+const LockDispatchGroup = `-- name: LockDispatchGroup :exec
 SELECT pg_advisory_xact_lock(1650524163, hashtext($1::text))
 `
 
 // Waits for the group's dispatch lock (bounded by the session's lock_timeout).
 func (q *Queries) LockDispatchGroup(ctx context.Context, groupName string) error {
-	_, err := q.db.Exec(ctx, lockDispatchGroup, groupName)
+	_, err := q.db.Exec(ctx, LockDispatchGroup, groupName)
 	return err
 }
 
-const lockTimeoutLocal = `-- name: LockTimeoutLocal :exec
+const LockTimeoutLocal = `-- name: LockTimeoutLocal :exec
 SELECT set_config('lock_timeout', format('%sms', $1::bigint), true)
 `
 
 // Bounds every lock wait of the current transaction (SET LOCAL), so one candidate a
 // hung session holds cannot stall a sweep: the wait fails with 55P03 instead.
 func (q *Queries) LockTimeoutLocal(ctx context.Context, timeoutMs int64) error {
-	_, err := q.db.Exec(ctx, lockTimeoutLocal, timeoutMs)
+	_, err := q.db.Exec(ctx, LockTimeoutLocal, timeoutMs)
 	return err
 }
 
-const lockTryDispatchGroup = `-- name: LockTryDispatchGroup :one
+const LockTryDispatchGroup = `-- name: LockTryDispatchGroup :one
 SELECT pg_try_advisory_xact_lock(1650524163, hashtext($1::text))::boolean AS locked
 `
 
 func (q *Queries) LockTryDispatchGroup(ctx context.Context, groupName string) (bool, error) {
-	row := q.db.QueryRow(ctx, lockTryDispatchGroup, groupName)
+	row := q.db.QueryRow(ctx, LockTryDispatchGroup, groupName)
 	var locked bool
 	err := row.Scan(&locked)
 	return locked, err
 }
 
-const lockTryMasterFailover = `-- name: LockTryMasterFailover :one
+const LockTryMasterFailover = `-- name: LockTryMasterFailover :one
 SELECT pg_try_advisory_xact_lock(1650524162, hashtext(format('%s', $1::bigint)))::boolean AS locked
 `
 
 func (q *Queries) LockTryMasterFailover(ctx context.Context, masterID int64) (bool, error) {
-	row := q.db.QueryRow(ctx, lockTryMasterFailover, masterID)
+	row := q.db.QueryRow(ctx, LockTryMasterFailover, masterID)
 	var locked bool
 	err := row.Scan(&locked)
 	return locked, err
 }
 
-const lockTryWorkerFailover = `-- name: LockTryWorkerFailover :one
+const LockTryWorkerFailover = `-- name: LockTryWorkerFailover :one
 
 SELECT pg_try_advisory_xact_lock(1650524161, hashtext(format('%s', $1::bigint)))::boolean AS locked
 `
@@ -67,26 +67,26 @@ SELECT pg_try_advisory_xact_lock(1650524161, hashtext(format('%s', $1::bigint)))
 //
 // Channel names are spelled only here and in internal/notify (which LISTENs).
 func (q *Queries) LockTryWorkerFailover(ctx context.Context, sessionID int64) (bool, error) {
-	row := q.db.QueryRow(ctx, lockTryWorkerFailover, sessionID)
+	row := q.db.QueryRow(ctx, LockTryWorkerFailover, sessionID)
 	var locked bool
 	err := row.Scan(&locked)
 	return locked, err
 }
 
-const lockTryWorkerLivenessProbe = `-- name: LockTryWorkerLivenessProbe :one
+const LockTryWorkerLivenessProbe = `-- name: LockTryWorkerLivenessProbe :one
 SELECT pg_try_advisory_xact_lock(1650524164, hashtext(format('%s', $1::bigint)))::boolean AS locked
 `
 
 // A master's probe of a worker's liveness lock: true means no connection holds it.
 // Held until the transaction ends, so the worker cannot take it back meanwhile.
 func (q *Queries) LockTryWorkerLivenessProbe(ctx context.Context, sessionID int64) (bool, error) {
-	row := q.db.QueryRow(ctx, lockTryWorkerLivenessProbe, sessionID)
+	row := q.db.QueryRow(ctx, LockTryWorkerLivenessProbe, sessionID)
 	var locked bool
 	err := row.Scan(&locked)
 	return locked, err
 }
 
-const lockWorkerLiveness = `-- name: LockWorkerLiveness :one
+const LockWorkerLiveness = `-- name: LockWorkerLiveness :one
 SELECT pg_try_advisory_lock(1650524164, hashtext(format('%s', $1::bigint)))::boolean AS locked
 `
 
@@ -94,54 +94,54 @@ SELECT pg_try_advisory_lock(1650524164, hashtext(format('%s', $1::bigint)))::boo
 // session's life: the lock is free exactly when no connection of that process
 // holds it any more (crashed process, closed connection). See liveness_lock.
 func (q *Queries) LockWorkerLiveness(ctx context.Context, sessionID int64) (bool, error) {
-	row := q.db.QueryRow(ctx, lockWorkerLiveness, sessionID)
+	row := q.db.QueryRow(ctx, LockWorkerLiveness, sessionID)
 	var locked bool
 	err := row.Scan(&locked)
 	return locked, err
 }
 
-const notifyClaim = `-- name: NotifyClaim :exec
+const NotifyClaim = `-- name: NotifyClaim :exec
 SELECT pg_notify('baton_claim', $1::text)
 `
 
 // Wakes the workers named in the payload (comma-separated session ids, "*" = all).
 func (q *Queries) NotifyClaim(ctx context.Context, payload string) error {
-	_, err := q.db.Exec(ctx, notifyClaim, payload)
+	_, err := q.db.Exec(ctx, NotifyClaim, payload)
 	return err
 }
 
-const notifyDispatch = `-- name: NotifyDispatch :exec
+const NotifyDispatch = `-- name: NotifyDispatch :exec
 SELECT pg_notify('baton_dispatch', '')
 `
 
 // Wakes masters' dispatchers (tasks are waiting or slots were freed).
 func (q *Queries) NotifyDispatch(ctx context.Context) error {
-	_, err := q.db.Exec(ctx, notifyDispatch)
+	_, err := q.db.Exec(ctx, NotifyDispatch)
 	return err
 }
 
-const notifyQueued = `-- name: NotifyQueued :exec
+const NotifyQueued = `-- name: NotifyQueued :exec
 SELECT pg_notify('baton_claim', 'g:' || g) FROM (SELECT DISTINCT unnest($1::text[]) AS g) AS s
 `
 
 // Wakes the workers of the given groups (payload "g:<group>", one NOTIFY per
 // group): tasks are waiting in their queue, which they claim directly.
 func (q *Queries) NotifyQueued(ctx context.Context, groups []string) error {
-	_, err := q.db.Exec(ctx, notifyQueued, groups)
+	_, err := q.db.Exec(ctx, NotifyQueued, groups)
 	return err
 }
 
-const notifySweep = `-- name: NotifySweep :exec
+const NotifySweep = `-- name: NotifySweep :exec
 SELECT pg_notify('baton_sweep', $1::text)
 `
 
 // Wakes masters' liveness sweep (a session stopped and may have left tasks).
 func (q *Queries) NotifySweep(ctx context.Context, payload string) error {
-	_, err := q.db.Exec(ctx, notifySweep, payload)
+	_, err := q.db.Exec(ctx, NotifySweep, payload)
 	return err
 }
 
-const planIndexProbesLocal = `-- name: PlanIndexProbesLocal :exec
+const PlanIndexProbesLocal = `-- name: PlanIndexProbesLocal :exec
 SELECT set_config('random_page_cost', '1.1', true)
 `
 
@@ -150,6 +150,6 @@ SELECT set_config('random_page_cost', '1.1', true)
 // failover batch of 1,000 ids hash-joined a sequential scan of every task instead
 // of 1,000 probes — proportional to the table, not the batch.
 func (q *Queries) PlanIndexProbesLocal(ctx context.Context) error {
-	_, err := q.db.Exec(ctx, planIndexProbesLocal)
+	_, err := q.db.Exec(ctx, PlanIndexProbesLocal)
 	return err
 }

@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-const masterSessionCountLive = `-- name: MasterSessionCountLive :one
+const MasterSessionCountLive = `-- name: MasterSessionCountLive :one
 SELECT count(*) FROM master_sessions
 WHERE state = 'alive'
   AND last_heartbeat_at > coalesce($1::timestamptz, now()) - $2::bigint * interval '1 millisecond'
@@ -23,13 +23,13 @@ type MasterSessionCountLiveParams struct {
 
 // Masters alive by heartbeat (Postgres time): with none, queued tasks wait.
 func (q *Queries) MasterSessionCountLive(ctx context.Context, arg MasterSessionCountLiveParams) (int64, error) {
-	row := q.db.QueryRow(ctx, masterSessionCountLive, arg.Now, arg.MasterTimeoutMs)
+	row := q.db.QueryRow(ctx, MasterSessionCountLive, arg.Now, arg.MasterTimeoutMs)
 	var count int64
 	err := row.Scan(&count)
 	return count, err
 }
 
-const masterSessionHeartbeat = `-- name: MasterSessionHeartbeat :one
+const MasterSessionHeartbeat = `-- name: MasterSessionHeartbeat :one
 UPDATE master_sessions
 SET last_heartbeat_at = CASE WHEN state = 'alive' THEN now() ELSE last_heartbeat_at END
 WHERE id = $1
@@ -37,13 +37,13 @@ RETURNING state
 `
 
 func (q *Queries) MasterSessionHeartbeat(ctx context.Context, id int64) (string, error) {
-	row := q.db.QueryRow(ctx, masterSessionHeartbeat, id)
+	row := q.db.QueryRow(ctx, MasterSessionHeartbeat, id)
 	var state string
 	err := row.Scan(&state)
 	return state, err
 }
 
-const masterSessionListStale = `-- name: MasterSessionListStale :many
+const MasterSessionListStale = `-- name: MasterSessionListStale :many
 SELECT id FROM master_sessions
 WHERE state = 'alive'
   AND last_heartbeat_at < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8 / 1000)
@@ -58,7 +58,7 @@ type MasterSessionListStaleParams struct {
 // Live masters whose heartbeat is older than the timeout (Postgres time, or the
 // test's "now").
 func (q *Queries) MasterSessionListStale(ctx context.Context, arg MasterSessionListStaleParams) ([]int64, error) {
-	rows, err := q.db.Query(ctx, masterSessionListStale, arg.Now, arg.TimeoutMs)
+	rows, err := q.db.Query(ctx, MasterSessionListStale, arg.Now, arg.TimeoutMs)
 	if err != nil {
 		return nil, err
 	}
@@ -77,7 +77,7 @@ func (q *Queries) MasterSessionListStale(ctx context.Context, arg MasterSessionL
 	return items, nil
 }
 
-const masterSessionMarkDead = `-- name: MasterSessionMarkDead :one
+const MasterSessionMarkDead = `-- name: MasterSessionMarkDead :one
 UPDATE master_sessions
 SET state = 'dead', ended_at = clock_timestamp()
 WHERE id = $1
@@ -93,13 +93,13 @@ type MasterSessionMarkDeadParams struct {
 }
 
 func (q *Queries) MasterSessionMarkDead(ctx context.Context, arg MasterSessionMarkDeadParams) (time.Time, error) {
-	row := q.db.QueryRow(ctx, masterSessionMarkDead, arg.ID, arg.Now, arg.TimeoutMs)
+	row := q.db.QueryRow(ctx, MasterSessionMarkDead, arg.ID, arg.Now, arg.TimeoutMs)
 	var deadline time.Time
 	err := row.Scan(&deadline)
 	return deadline, err
 }
 
-const masterSessionPruneEnded = `-- name: MasterSessionPruneEnded :execrows
+const MasterSessionPruneEnded = `-- name: MasterSessionPruneEnded :execrows
 DELETE FROM master_sessions
 WHERE id = ANY (ARRAY(
     SELECT s.id FROM master_sessions s
@@ -119,14 +119,14 @@ type MasterSessionPruneEndedParams struct {
 // Retention: ended master sessions older than the cutoff, in batches (index
 // master_sessions_ended). Their failover events keep the id in detected_by.
 func (q *Queries) MasterSessionPruneEnded(ctx context.Context, arg MasterSessionPruneEndedParams) (int64, error) {
-	result, err := q.db.Exec(ctx, masterSessionPruneEnded, arg.Now, arg.RetentionS, arg.MaxRows)
+	result, err := q.db.Exec(ctx, MasterSessionPruneEnded, arg.Now, arg.RetentionS, arg.MaxRows)
 	if err != nil {
 		return 0, err
 	}
 	return result.RowsAffected(), nil
 }
 
-const masterSessionRegister = `-- name: MasterSessionRegister :one
+const MasterSessionRegister = `-- name: MasterSessionRegister :one
 INSERT INTO master_sessions (name, host, pid, version)
 VALUES ($1, $2, $3, $4)
 RETURNING id, name, host, pid, version, state, started_at, last_heartbeat_at, ended_at
@@ -140,7 +140,7 @@ type MasterSessionRegisterParams struct {
 }
 
 func (q *Queries) MasterSessionRegister(ctx context.Context, arg MasterSessionRegisterParams) (MasterSession, error) {
-	row := q.db.QueryRow(ctx, masterSessionRegister,
+	row := q.db.QueryRow(ctx, MasterSessionRegister,
 		arg.Name,
 		arg.Host,
 		arg.Pid,
@@ -161,13 +161,13 @@ func (q *Queries) MasterSessionRegister(ctx context.Context, arg MasterSessionRe
 	return i, err
 }
 
-const masterSessionStop = `-- name: MasterSessionStop :execrows
+const MasterSessionStop = `-- name: MasterSessionStop :execrows
 UPDATE master_sessions SET state = 'stopped', ended_at = now()
 WHERE id = $1 AND state = 'alive'
 `
 
 func (q *Queries) MasterSessionStop(ctx context.Context, id int64) (int64, error) {
-	result, err := q.db.Exec(ctx, masterSessionStop, id)
+	result, err := q.db.Exec(ctx, MasterSessionStop, id)
 	if err != nil {
 		return 0, err
 	}

@@ -9,41 +9,41 @@ import (
 	"context"
 )
 
-const schemaLegacyPublicInstall = `-- name: SchemaLegacyPublicInstall :one
+const SchemaLegacyPublicInstall = `-- name: SchemaLegacyPublicInstall :one
 SELECT (to_regclass('public.dispatch_queue') IS NOT NULL
     AND to_regclass('public.failover_events') IS NOT NULL)::boolean AS found
 `
 
 // An install from before baton had its own schema: its tables are in public.
 func (q *Queries) SchemaLegacyPublicInstall(ctx context.Context) (bool, error) {
-	row := q.db.QueryRow(ctx, schemaLegacyPublicInstall)
+	row := q.db.QueryRow(ctx, SchemaLegacyPublicInstall)
 	var found bool
 	err := row.Scan(&found)
 	return found, err
 }
 
-const schemaSearchPath = `-- name: SchemaSearchPath :one
+const SchemaSearchPath = `-- name: SchemaSearchPath :one
 SELECT current_setting('search_path')::text AS search_path
 `
 
 func (q *Queries) SchemaSearchPath(ctx context.Context) (string, error) {
-	row := q.db.QueryRow(ctx, schemaSearchPath)
+	row := q.db.QueryRow(ctx, SchemaSearchPath)
 	var search_path string
 	err := row.Scan(&search_path)
 	return search_path, err
 }
 
-const schemaSetLocalSearchPath = `-- name: SchemaSetLocalSearchPath :exec
+const SchemaSetLocalSearchPath = `-- name: SchemaSetLocalSearchPath :exec
 SELECT set_config('search_path', $1::text, true)
 `
 
 // Sets search_path until the end of the current transaction.
 func (q *Queries) SchemaSetLocalSearchPath(ctx context.Context, searchPath string) error {
-	_, err := q.db.Exec(ctx, schemaSetLocalSearchPath, searchPath)
+	_, err := q.db.Exec(ctx, SchemaSetLocalSearchPath, searchPath)
 	return err
 }
 
-const schemaVersionTableExists = `-- name: SchemaVersionTableExists :one
+const SchemaVersionTableExists = `-- name: SchemaVersionTableExists :one
 
 SELECT (to_regclass($1::text) IS NOT NULL)::boolean AS found
 `
@@ -51,7 +51,7 @@ SELECT (to_regclass($1::text) IS NOT NULL)::boolean AS found
 // baton's own schema (internal/migrate) and the search_path of client transactions
 // (the root package's Client runs on the application's pool).
 func (q *Queries) SchemaVersionTableExists(ctx context.Context, qualifiedName string) (bool, error) {
-	row := q.db.QueryRow(ctx, schemaVersionTableExists, qualifiedName)
+	row := q.db.QueryRow(ctx, SchemaVersionTableExists, qualifiedName)
 	var found bool
 	err := row.Scan(&found)
 	return found, err

@@ -9,12 +9,12 @@ import (
 	"context"
 )
 
-const taskAttemptList = `-- name: TaskAttemptList :many
+const TaskAttemptList = `-- name: TaskAttemptList :many
 SELECT task_id, attempt, worker_session_id, reason, dispatched_at, started_at, finished_at, outcome, exit_code, error, refused_outcome, refused_at FROM task_attempts WHERE task_id = $1 ORDER BY attempt
 `
 
 func (q *Queries) TaskAttemptList(ctx context.Context, taskID int64) ([]TaskAttempt, error) {
-	rows, err := q.db.Query(ctx, taskAttemptList, taskID)
+	rows, err := q.db.Query(ctx, TaskAttemptList, taskID)
 	if err != nil {
 		return nil, err
 	}

@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-const taskAttemptMarkFenced = `-- name: TaskAttemptMarkFenced :execrows
+const TaskAttemptMarkFenced = `-- name: TaskAttemptMarkFenced :execrows
 UPDATE task_attempt_log a
 SET refused_outcome = r.outcome,
     refused_at = now()
@@ -39,7 +39,7 @@ type TaskAttemptMarkFencedParams struct {
 // logs it as failed, timed_out or snoozed) records nothing: a refused write
 // there is the same batch delivered again (its commit reply was lost).
 func (q *Queries) TaskAttemptMarkFenced(ctx context.Context, arg TaskAttemptMarkFencedParams) (int64, error) {
-	result, err := q.db.Exec(ctx, taskAttemptMarkFenced,
+	result, err := q.db.Exec(ctx, TaskAttemptMarkFenced,
 		arg.Ids,
 		arg.Attempts,
 		arg.SessionIds,
@@ -51,7 +51,7 @@ func (q *Queries) TaskAttemptMarkFenced(ctx context.Context, arg TaskAttemptMark
 	return result.RowsAffected(), nil
 }
 
-const taskCancel = `-- name: TaskCancel :one
+const TaskCancel = `-- name: TaskCancel :one
 WITH t AS (
     UPDATE tasks
     SET state = 'canceled', worker_session_id = NULL, finished_at = now(), last_error = $1::text
@@ -91,13 +91,13 @@ type TaskCancelRow struct {
 // refused result is recorded against that row. A queued task's last attempt was
 // already closed there (retry, snooze, failover): the insert does nothing.
 func (q *Queries) TaskCancel(ctx context.Context, arg TaskCancelParams) (TaskCancelRow, error) {
-	row := q.db.QueryRow(ctx, taskCancel, arg.Reason, arg.ID)
+	row := q.db.QueryRow(ctx, TaskCancel, arg.Reason, arg.ID)
 	var i TaskCancelRow
 	err := row.Scan(&i.ID, &i.Attempt)
 	return i, err
 }
 
-const taskCancelLockTask = `-- name: TaskCancelLockTask :many
+const TaskCancelLockTask = `-- name: TaskCancelLockTask :many
 SELECT id FROM tasks WHERE id = $1 FOR UPDATE
 `
 
@@ -106,7 +106,7 @@ SELECT id FROM tasks WHERE id = $1 FOR UPDATE
 // no dispatch row is created for it before TaskCancel, whose snapshot is taken
 // once this lock is held, deletes them.
 func (q *Queries) TaskCancelLockTask(ctx context.Context, id int64) ([]int64, error) {
-	rows, err := q.db.Query(ctx, taskCancelLockTask, id)
+	rows, err := q.db.Query(ctx, TaskCancelLockTask, id)
 	if err != nil {
 		return nil, err
 	}
@@ -125,7 +125,7 @@ func (q *Queries) TaskCancelLockTask(ctx context.Context, id int64) ([]int64, er
 	return items, nil
 }
 
-const taskClaim = `-- name: TaskClaim :many
+const TaskClaim = `-- name: TaskClaim :many
 WITH q AS (
     SELECT d.id
     FROM dispatch_queue d
@@ -175,7 +175,7 @@ type TaskClaimRow struct {
 // claim never waits on a task a failover holds (no lock cycle); the task update
 // re-checks the fencing token and that the session is still alive.
 func (q *Queries) TaskClaim(ctx context.Context, arg TaskClaimParams) ([]TaskClaimRow, error) {
-	rows, err := q.db.Query(ctx, taskClaim, arg.SessionID, arg.MaxTasks)
+	rows, err := q.db.Query(ctx, TaskClaim, arg.SessionID, arg.MaxTasks)
 	if err != nil {
 		return nil, err
 	}
@@ -203,7 +203,7 @@ func (q *Queries) TaskClaim(ctx context.Context, arg TaskClaimParams) ([]TaskCla
 	return items, nil
 }
 
-const taskClaimQueued = `-- name: TaskClaimQueued :many
+const TaskClaimQueued = `-- name: TaskClaimQueued :many
 WITH q AS MATERIALIZED (
     SELECT tk.id
     FROM tasks tk
@@ -261,7 +261,7 @@ type TaskClaimQueuedRow struct {
 // then sees its tasks; a claim that comes after such an UPDATE re-reads the row
 // and claims nothing. The update re-checks that each task is still queued.
 func (q *Queries) TaskClaimQueued(ctx context.Context, arg TaskClaimQueuedParams) ([]TaskClaimQueuedRow, error) {
-	rows, err := q.db.Query(ctx, taskClaimQueued, arg.GroupName, arg.MaxTasks, arg.SessionID)
+	rows, err := q.db.Query(ctx, TaskClaimQueued, arg.GroupName, arg.MaxTasks, arg.SessionID)
 	if err != nil {
 		return nil, err
 	}
@@ -289,7 +289,7 @@ func (q *Queries) TaskClaimQueued(ctx context.Context, arg TaskClaimQueuedParams
 	return items, nil
 }
 
-const taskExhaustRetries = `-- name: TaskExhaustRetries :execrows
+const TaskExhaustRetries = `-- name: TaskExhaustRetries :execrows
 UPDATE tasks SET max_retries = retries
 WHERE id = $1 AND attempt = $2 AND worker_session_id = $3::bigint AND state = 'running'
 `
@@ -303,14 +303,14 @@ type TaskExhaustRetriesParams struct {
 // A handler's permanent failure (baton.Permanent): the running attempt's failure
 // becomes final by leaving no retry. Fenced like every worker write.
 func (q *Queries) TaskExhaustRetries(ctx context.Context, arg TaskExhaustRetriesParams) (int64, error) {
-	result, err := q.db.Exec(ctx, taskExhaustRetries, arg.ID, arg.Attempt, arg.SessionID)
+	result, err := q.db.Exec(ctx, TaskExhaustRetries, arg.ID, arg.Attempt, arg.SessionID)
 	if err != nil {
 		return 0, err
 	}
 	return result.RowsAffected(), nil
 }
 
-const taskFinish = `-- name: TaskFinish :many
+const TaskFinish = `-- name: TaskFinish :many
 WITH r AS (
     SELECT unnest($1::bigint[]) AS id, unnest($2::int[]) AS attempt,
            unnest($3::bigint[]) AS session_id, unnest($4::text[]) AS outcome,
@@ -397,7 +397,7 @@ type TaskFinishRow struct {
 // No NOTIFY to claim: the worker that freed the slots claims again itself, and a
 // retry is claimed by its group's workers once available (their poll).
 func (q *Queries) TaskFinish(ctx context.Context, arg TaskFinishParams) ([]TaskFinishRow, error) {
-	rows, err := q.db.Query(ctx, taskFinish,
+	rows, err := q.db.Query(ctx, TaskFinish,
 		arg.Ids,
 		arg.Attempts,
 		arg.SessionIds,
@@ -428,12 +428,12 @@ func (q *Queries) TaskFinish(ctx context.Context, arg TaskFinishParams) ([]TaskF
 	return items, nil
 }
 
-const taskGet = `-- name: TaskGet :one
+const TaskGet = `-- name: TaskGet :one
 SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish FROM tasks WHERE id = $1
 `
 
 func (q *Queries) TaskGet(ctx context.Context, id int64) (Task, error) {
-	row := q.db.QueryRow(ctx, taskGet, id)
+	row := q.db.QueryRow(ctx, TaskGet, id)
 	var i Task
 	err := row.Scan(
 		&i.ID,
@@ -468,7 +468,7 @@ func (q *Queries) TaskGet(ctx context.Context, id int64) (Task, error) {
 	return i, err
 }
 
-const taskList = `-- name: TaskList :many
+const TaskList = `-- name: TaskList :many
 SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish FROM tasks
 WHERE ($1::text IS NULL OR state = $1)
   AND ($2::text IS NULL OR group_name = $2)
@@ -483,7 +483,7 @@ type TaskListParams struct {
 }
 
 func (q *Queries) TaskList(ctx context.Context, arg TaskListParams) ([]Task, error) {
-	rows, err := q.db.Query(ctx, taskList, arg.State, arg.GroupName, arg.MaxRows)
+	rows, err := q.db.Query(ctx, TaskList, arg.State, arg.GroupName, arg.MaxRows)
 	if err != nil {
 		return nil, err
 	}
@@ -531,7 +531,7 @@ func (q *Queries) TaskList(ctx context.Context, arg TaskListParams) ([]Task, err
 	return items, nil
 }
 
-const taskListPage = `-- name: TaskListPage :many
+const TaskListPage = `-- name: TaskListPage :many
 SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish FROM tasks
 WHERE ($1::text IS NULL OR state = $1)
   AND ($2::text IS NULL OR group_name = $2)
@@ -551,7 +551,7 @@ type TaskListPageParams struct {
 
 // Client.List: newest first, optional filters, keyset paging on id.
 func (q *Queries) TaskListPage(ctx context.Context, arg TaskListPageParams) ([]Task, error) {
-	rows, err := q.db.Query(ctx, taskListPage,
+	rows, err := q.db.Query(ctx, TaskListPage,
 		arg.State,
 		arg.GroupName,
 		arg.Kind,
@@ -605,7 +605,7 @@ func (q *Queries) TaskListPage(ctx context.Context, arg TaskListPageParams) ([]T
 	return items, nil
 }
 
-const taskListRunningOnSession = `-- name: TaskListRunningOnSession :many
+const TaskListRunningOnSession = `-- name: TaskListRunningOnSession :many
 SELECT id, attempt FROM tasks
 WHERE worker_session_id = $1::bigint AND state = 'running'
 ORDER BY id
@@ -617,7 +617,7 @@ type TaskListRunningOnSessionRow struct {
 }
 
 func (q *Queries) TaskListRunningOnSession(ctx context.Context, sessionID int64) ([]TaskListRunningOnSessionRow, error) {
-	rows, err := q.db.Query(ctx, taskListRunningOnSession, sessionID)
+	rows, err := q.db.Query(ctx, TaskListRunningOnSession, sessionID)
 	if err != nil {
 		return nil, err
 	}
@@ -636,7 +636,7 @@ func (q *Queries) TaskListRunningOnSession(ctx context.Context, sessionID int64)
 	return items, nil
 }
 
-const taskListTimedOut = `-- name: TaskListTimedOut :many
+const TaskListTimedOut = `-- name: TaskListTimedOut :many
 SELECT id, attempt, worker_session_id::bigint AS worker_session_id
 FROM tasks
 WHERE state = 'running'
@@ -662,7 +662,7 @@ type TaskListTimedOutRow struct {
 // Running attempts past their timeout plus a grace period (Postgres time): the
 // worker should have killed and reported them; the master records them.
 func (q *Queries) TaskListTimedOut(ctx context.Context, arg TaskListTimedOutParams) ([]TaskListTimedOutRow, error) {
-	rows, err := q.db.Query(ctx, taskListTimedOut, arg.GraceMs, arg.Now, arg.MaxTasks)
+	rows, err := q.db.Query(ctx, TaskListTimedOut, arg.GraceMs, arg.Now, arg.MaxTasks)
 	if err != nil {
 		return nil, err
 	}
@@ -681,7 +681,7 @@ func (q *Queries) TaskListTimedOut(ctx context.Context, arg TaskListTimedOutPara
 	return items, nil
 }
 
-const taskPruneFinished = `-- name: TaskPruneFinished :execrows
+const TaskPruneFinished = `-- name: TaskPruneFinished :execrows
 DELETE FROM tasks
 WHERE id = ANY (ARRAY(
     SELECT t.id FROM tasks t
@@ -701,14 +701,14 @@ type TaskPruneFinishedParams struct {
 // Retention: finished tasks older than the cutoff, oldest first, in batches (index
 // tasks_finished); their attempts go with them (ON DELETE CASCADE).
 func (q *Queries) TaskPruneFinished(ctx context.Context, arg TaskPruneFinishedParams) (int64, error) {
-	result, err := q.db.Exec(ctx, taskPruneFinished, arg.Now, arg.RetentionS, arg.MaxRows)
+	result, err := q.db.Exec(ctx, TaskPruneFinished, arg.Now, arg.RetentionS, arg.MaxRows)
 	if err != nil {
 		return 0, err
 	}
 	return result.RowsAffected(), nil
 }
 
-const taskRetryState = `-- name: TaskRetryState :one
+const TaskRetryState = `-- name: TaskRetryState :one
 SELECT retries, max_retries FROM tasks WHERE id = $1
 `
 
@@ -718,13 +718,13 @@ type TaskRetryStateRow struct {
 }
 
 func (q *Queries) TaskRetryState(ctx context.Context, id int64) (TaskRetryStateRow, error) {
-	row := q.db.QueryRow(ctx, taskRetryState, id)
+	row := q.db.QueryRow(ctx, TaskRetryState, id)
 	var i TaskRetryStateRow
 	err := row.Scan(&i.Retries, &i.MaxRetries)
 	return i, err
 }
 
-const taskSubmitMany = `-- name: TaskSubmitMany :many
+const TaskSubmitMany = `-- name: TaskSubmitMany :many
 WITH s AS (
     SELECT unnest($1::text[]) AS group_name, unnest($2::text[]) AS kind,
            unnest($3::text[]) AS payload, unnest($4::int[]) AS priority,
@@ -762,7 +762,7 @@ type TaskSubmitManyParams struct {
 // own (see submit.Many); an unknown group fails the foreign key. Ids come back in
 // submission order (identity values follow the insert order).
 func (q *Queries) TaskSubmitMany(ctx context.Context, arg TaskSubmitManyParams) ([]int64, error) {
-	rows, err := q.db.Query(ctx, taskSubmitMany,
+	rows, err := q.db.Query(ctx, TaskSubmitMany,
 		arg.GroupNames,
 		arg.Kinds,
 		arg.Payloads,
@@ -790,7 +790,7 @@ func (q *Queries) TaskSubmitMany(ctx context.Context, arg TaskSubmitManyParams) 
 	return items, nil
 }
 
-const taskSubmitOne = `-- name: TaskSubmitOne :one
+const TaskSubmitOne = `-- name: TaskSubmitOne :one
 INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms, retry_base_ms, retry_max_ms)
 SELECT x.group_name, x.kind, x.payload::jsonb, x.priority, x.max_retries, x.timeout_ms,
        CASE WHEN x.retry_base_ms >= 0 THEN x.retry_base_ms
@@ -818,7 +818,7 @@ type TaskSubmitOneParams struct {
 // (generic plan) where the array form is planned on every call, which costs
 // more than the insert.
 func (q *Queries) TaskSubmitOne(ctx context.Context, arg TaskSubmitOneParams) (int64, error) {
-	row := q.db.QueryRow(ctx, taskSubmitOne,
+	row := q.db.QueryRow(ctx, TaskSubmitOne,
 		arg.GroupName,
 		arg.Kind,
 		arg.Payload,
@@ -833,13 +833,13 @@ func (q *Queries) TaskSubmitOne(ctx context.Context, arg TaskSubmitOneParams) (i
 	return id, err
 }
 
-const taskWatch = `-- name: TaskWatch :exec
+const TaskWatch = `-- name: TaskWatch :exec
 UPDATE tasks SET notify_finish = true WHERE id = $1 AND NOT notify_finish AND finished_at IS NULL
 `
 
 // Client.Wait: ask for a NOTIFY when the task ends (TaskFinish sends one only for
 // watched tasks). Once set it stays set.
 func (q *Queries) TaskWatch(ctx context.Context, id int64) error {
-	_, err := q.db.Exec(ctx, taskWatch, id)
+	_, err := q.db.Exec(ctx, TaskWatch, id)
 	return err
 }

@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-const groupCreate = `-- name: GroupCreate :execrows
+const GroupCreate = `-- name: GroupCreate :execrows
 INSERT INTO worker_groups (name, description) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING
 `
 
@@ -21,34 +21,34 @@ type GroupCreateParams struct {
 
 // Client.CreateGroup: 1 when created, 0 when it existed.
 func (q *Queries) GroupCreate(ctx context.Context, arg GroupCreateParams) (int64, error) {
-	result, err := q.db.Exec(ctx, groupCreate, arg.Name, arg.Description)
+	result, err := q.db.Exec(ctx, GroupCreate, arg.Name, arg.Description)
 	if err != nil {
 		return 0, err
 	}
 	return result.RowsAffected(), nil
 }
 
-const groupEnsure = `-- name: GroupEnsure :exec
+const GroupEnsure = `-- name: GroupEnsure :exec
 INSERT INTO worker_groups (name) VALUES ($1) ON CONFLICT (name) DO NOTHING
 `
 
 func (q *Queries) GroupEnsure(ctx context.Context, name string) error {
-	_, err := q.db.Exec(ctx, groupEnsure, name)
+	_, err := q.db.Exec(ctx, GroupEnsure, name)
 	return err
 }
 
-const groupExists = `-- name: GroupExists :one
+const GroupExists = `-- name: GroupExists :one
 SELECT EXISTS (SELECT 1 FROM worker_groups WHERE name = $1)
 `
 
 func (q *Queries) GroupExists(ctx context.Context, name string) (bool, error) {
-	row := q.db.QueryRow(ctx, groupExists, name)
+	row := q.db.QueryRow(ctx, GroupExists, name)
 	var exists bool
 	err := row.Scan(&exists)
 	return exists, err
 }
 
-const groupHealth = `-- name: GroupHealth :many
+const GroupHealth = `-- name: GroupHealth :many
 SELECT g.name, g.description, g.created_at,
        (SELECT count(*) FROM worker_sessions s
         WHERE s.group_name = g.name AND s.state IN ('alive', 'draining')
@@ -74,7 +74,7 @@ type GroupHealthRow struct {
 
 // Client.Groups: live workers (Postgres time) and waiting tasks per group.
 func (q *Queries) GroupHealth(ctx context.Context, arg GroupHealthParams) ([]GroupHealthRow, error) {
-	rows, err := q.db.Query(ctx, groupHealth, arg.Now, arg.WorkerTimeoutMs)
+	rows, err := q.db.Query(ctx, GroupHealth, arg.Now, arg.WorkerTimeoutMs)
 	if err != nil {
 		return nil, err
 	}
@@ -99,7 +99,7 @@ func (q *Queries) GroupHealth(ctx context.Context, arg GroupHealthParams) ([]Gro
 	return items, nil
 }
 
-const groupSetRetryBackoff = `-- name: GroupSetRetryBackoff :execrows
+const GroupSetRetryBackoff = `-- name: GroupSetRetryBackoff :execrows
 UPDATE worker_groups SET retry_base_ms = $1, retry_max_ms = $2 WHERE name = $3
 `
 
@@ -112,7 +112,7 @@ type GroupSetRetryBackoffParams struct {
 // Client.SetGroupRetryBackoff: the default backoff of tasks submitted to the group
 // from now on (tasks already submitted keep theirs).
 func (q *Queries) GroupSetRetryBackoff(ctx context.Context, arg GroupSetRetryBackoffParams) (int64, error) {
-	result, err := q.db.Exec(ctx, groupSetRetryBackoff, arg.RetryBaseMs, arg.RetryMaxMs, arg.Name)
+	result, err := q.db.Exec(ctx, GroupSetRetryBackoff, arg.RetryBaseMs, arg.RetryMaxMs, arg.Name)
 	if err != nil {
 		return 0, err
 	}

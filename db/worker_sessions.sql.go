@@ -10,25 +10,25 @@ import (
 	"time"
 )
 
-const workerSessionDrain = `-- name: WorkerSessionDrain :execrows
+const WorkerSessionDrain = `-- name: WorkerSessionDrain :execrows
 UPDATE worker_sessions SET state = 'draining'
 WHERE id = $1 AND state = 'alive'
 `
 
 func (q *Queries) WorkerSessionDrain(ctx context.Context, id int64) (int64, error) {
-	result, err := q.db.Exec(ctx, workerSessionDrain, id)
+	result, err := q.db.Exec(ctx, WorkerSessionDrain, id)
 	if err != nil {
 		return 0, err
 	}
 	return result.RowsAffected(), nil
 }
 
-const workerSessionGet = `-- name: WorkerSessionGet :one
+const WorkerSessionGet = `-- name: WorkerSessionGet :one
 SELECT id, name, group_name, slots, host, pid, version, state, started_at, last_heartbeat_at, ended_at, liveness_lock FROM worker_sessions WHERE id = $1
 `
 
 func (q *Queries) WorkerSessionGet(ctx context.Context, id int64) (WorkerSession, error) {
-	row := q.db.QueryRow(ctx, workerSessionGet, id)
+	row := q.db.QueryRow(ctx, WorkerSessionGet, id)
 	var i WorkerSession
 	err := row.Scan(
 		&i.ID,
@@ -47,7 +47,7 @@ func (q *Queries) WorkerSessionGet(ctx context.Context, id int64) (WorkerSession
 	return i, err
 }
 
-const workerSessionHeartbeat = `-- name: WorkerSessionHeartbeat :one
+const WorkerSessionHeartbeat = `-- name: WorkerSessionHeartbeat :one
 UPDATE worker_sessions
 SET last_heartbeat_at = CASE WHEN state IN ('alive', 'draining') THEN now() ELSE last_heartbeat_at END
 WHERE id = $1
@@ -57,13 +57,13 @@ RETURNING state
 // Heartbeat touches only last_heartbeat_at (not indexed: a HOT update) and only while
 // the session may still work; it returns the state so a worker learns it was declared dead.
 func (q *Queries) WorkerSessionHeartbeat(ctx context.Context, id int64) (string, error) {
-	row := q.db.QueryRow(ctx, workerSessionHeartbeat, id)
+	row := q.db.QueryRow(ctx, WorkerSessionHeartbeat, id)
 	var state string
 	err := row.Scan(&state)
 	return state, err
 }
 
-const workerSessionList = `-- name: WorkerSessionList :many
+const WorkerSessionList = `-- name: WorkerSessionList :many
 SELECT s.id, s.name, s.group_name, s.slots, s.host, s.pid, s.version, s.state, s.started_at, s.last_heartbeat_at, s.ended_at, s.liveness_lock,
        extract(epoch FROM now() - s.last_heartbeat_at)::float8 AS heartbeat_age_seconds,
        (SELECT count(*) FROM tasks t WHERE t.worker_session_id = s.id AND t.state IN ('dispatched', 'running'))::int AS active_tasks
@@ -98,7 +98,7 @@ type WorkerSessionListRow struct {
 }
 
 func (q *Queries) WorkerSessionList(ctx context.Context, arg WorkerSessionListParams) ([]WorkerSessionListRow, error) {
-	rows, err := q.db.Query(ctx, workerSessionList, arg.GroupName, arg.IncludeEnded, arg.MaxRows)
+	rows, err := q.db.Query(ctx, WorkerSessionList, arg.GroupName, arg.IncludeEnded, arg.MaxRows)
 	if err != nil {
 		return nil, err
 	}
@@ -132,7 +132,7 @@ func (q *Queries) WorkerSessionList(ctx context.Context, arg WorkerSessionListPa
 	return items, nil
 }
 
-const workerSessionListFailoverCandidates = `-- name: WorkerSessionListFailoverCandidates :many
+const WorkerSessionListFailoverCandidates = `-- name: WorkerSessionListFailoverCandidates :many
 SELECT s.id, s.group_name, s.state
 FROM worker_sessions s
 WHERE s.state IN ('alive', 'draining')
@@ -170,7 +170,7 @@ type WorkerSessionListFailoverCandidatesRow struct {
 // (worker_sessions_live_by_group, tasks_active_by_session), however many ended
 // sessions and finished tasks are kept.
 func (q *Queries) WorkerSessionListFailoverCandidates(ctx context.Context, arg WorkerSessionListFailoverCandidatesParams) ([]WorkerSessionListFailoverCandidatesRow, error) {
-	rows, err := q.db.Query(ctx, workerSessionListFailoverCandidates,
+	rows, err := q.db.Query(ctx, WorkerSessionListFailoverCandidates,
 		arg.Now,
 		arg.TimeoutMs,
 		arg.CrashMs,
@@ -194,7 +194,7 @@ func (q *Queries) WorkerSessionListFailoverCandidates(ctx context.Context, arg W
 	return items, nil
 }
 
-const workerSessionListHealthy = `-- name: WorkerSessionListHealthy :many
+const WorkerSessionListHealthy = `-- name: WorkerSessionListHealthy :many
 SELECT s.id, s.slots,
        (s.slots - (SELECT count(*) FROM tasks t
                    WHERE t.worker_session_id = s.id AND t.state IN ('dispatched', 'running')))::int AS free_slots
@@ -219,7 +219,7 @@ type WorkerSessionListHealthyRow struct {
 
 // Healthy sessions of a group with their free slots, least loaded first.
 func (q *Queries) WorkerSessionListHealthy(ctx context.Context, arg WorkerSessionListHealthyParams) ([]WorkerSessionListHealthyRow, error) {
-	rows, err := q.db.Query(ctx, workerSessionListHealthy, arg.GroupName, arg.Now, arg.TimeoutMs)
+	rows, err := q.db.Query(ctx, WorkerSessionListHealthy, arg.GroupName, arg.Now, arg.TimeoutMs)
 	if err != nil {
 		return nil, err
 	}
@@ -238,7 +238,7 @@ func (q *Queries) WorkerSessionListHealthy(ctx context.Context, arg WorkerSessio
 	return items, nil
 }
 
-const workerSessionMarkDead = `-- name: WorkerSessionMarkDead :one
+const WorkerSessionMarkDead = `-- name: WorkerSessionMarkDead :one
 UPDATE worker_sessions
 SET state = 'dead', ended_at = clock_timestamp()
 WHERE id = $1
@@ -274,7 +274,7 @@ type WorkerSessionMarkDeadRow struct {
 // deadline is clock_timestamp(): taken after any lock wait, so it is later than
 // every dispatch that committed before this statement could proceed.
 func (q *Queries) WorkerSessionMarkDead(ctx context.Context, arg WorkerSessionMarkDeadParams) (WorkerSessionMarkDeadRow, error) {
-	row := q.db.QueryRow(ctx, workerSessionMarkDead,
+	row := q.db.QueryRow(ctx, WorkerSessionMarkDead,
 		arg.ID,
 		arg.Now,
 		arg.TimeoutMs,
@@ -287,7 +287,7 @@ func (q *Queries) WorkerSessionMarkDead(ctx context.Context, arg WorkerSessionMa
 	return i, err
 }
 
-const workerSessionPruneEnded = `-- name: WorkerSessionPruneEnded :execrows
+const WorkerSessionPruneEnded = `-- name: WorkerSessionPruneEnded :execrows
 DELETE FROM worker_sessions
 WHERE id = ANY (ARRAY(
     SELECT s.id FROM worker_sessions s
@@ -311,14 +311,14 @@ type WorkerSessionPruneEndedParams struct {
 // (no task, attempt or dispatch row names them), oldest first, in batches (index
 // worker_sessions_ended; each reference check is an index probe).
 func (q *Queries) WorkerSessionPruneEnded(ctx context.Context, arg WorkerSessionPruneEndedParams) (int64, error) {
-	result, err := q.db.Exec(ctx, workerSessionPruneEnded, arg.Now, arg.RetentionS, arg.MaxRows)
+	result, err := q.db.Exec(ctx, WorkerSessionPruneEnded, arg.Now, arg.RetentionS, arg.MaxRows)
 	if err != nil {
 		return 0, err
 	}
 	return result.RowsAffected(), nil
 }
 
-const workerSessionRegister = `-- name: WorkerSessionRegister :one
+const WorkerSessionRegister = `-- name: WorkerSessionRegister :one
 INSERT INTO worker_sessions (name, group_name, slots, host, pid, version)
 VALUES ($1, $2, $3, $4, $5, $6)
 RETURNING id, name, group_name, slots, host, pid, version, state, started_at, last_heartbeat_at, ended_at, liveness_lock
@@ -334,7 +334,7 @@ type WorkerSessionRegisterParams struct {
 }
 
 func (q *Queries) WorkerSessionRegister(ctx context.Context, arg WorkerSessionRegisterParams) (WorkerSession, error) {
-	row := q.db.QueryRow(ctx, workerSessionRegister,
+	row := q.db.QueryRow(ctx, WorkerSessionRegister,
 		arg.Name,
 		arg.GroupName,
 		arg.Slots,
@@ -360,7 +360,7 @@ func (q *Queries) WorkerSessionRegister(ctx context.Context, arg WorkerSessionRe
 	return i, err
 }
 
-const workerSessionSetLivenessLock = `-- name: WorkerSessionSetLivenessLock :execrows
+const WorkerSessionSetLivenessLock = `-- name: WorkerSessionSetLivenessLock :execrows
 UPDATE worker_sessions SET liveness_lock = true
 WHERE id = $1 AND state IN ('alive', 'draining')
 `
@@ -368,14 +368,14 @@ WHERE id = $1 AND state IN ('alive', 'draining')
 // The worker holds its liveness lock (LockWorkerLiveness) on a dedicated connection
 // and will fence itself if that connection is lost: masters may use the lock.
 func (q *Queries) WorkerSessionSetLivenessLock(ctx context.Context, id int64) (int64, error) {
-	result, err := q.db.Exec(ctx, workerSessionSetLivenessLock, id)
+	result, err := q.db.Exec(ctx, WorkerSessionSetLivenessLock, id)
 	if err != nil {
 		return 0, err
 	}
 	return result.RowsAffected(), nil
 }
 
-const workerSessionStop = `-- name: WorkerSessionStop :execrows
+const WorkerSessionStop = `-- name: WorkerSessionStop :execrows
 UPDATE worker_sessions SET state = 'stopped', ended_at = clock_timestamp()
 WHERE id = $1 AND state IN ('alive', 'draining')
 `
@@ -384,7 +384,7 @@ WHERE id = $1 AND state IN ('alive', 'draining')
 // commit after ended_at (clock_timestamp(), taken after the lock wait): failover's
 // deadline then covers every task the session was ever given.
 func (q *Queries) WorkerSessionStop(ctx context.Context, id int64) (int64, error) {
-	result, err := q.db.Exec(ctx, workerSessionStop, id)
+	result, err := q.db.Exec(ctx, WorkerSessionStop, id)
 	if err != nil {
 		return 0, err
 	}

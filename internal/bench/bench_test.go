@@ -17,7 +17,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
 
+	"github.com/baton-scheduler/baton"
 	"github.com/baton-scheduler/baton/batontest"
 	"github.com/baton-scheduler/baton/internal/executor"
 	"github.com/baton-scheduler/baton/internal/master"
@@ -254,58 +256,114 @@ func BenchmarkDispatchLatency(b *testing.B) {
 }
 
 // BenchmarkSubmitOnly: the submit path alone — latencySubmitters() callers
-// submitting single tasks back to back for 5 s with no worker or master running.
+// submitting single tasks back to back for 5 s with no worker or master running,
+// through the public Client (path=client, what an application calls) and through
+// the CLI's internal submit (path=internal: one statement on baton's own pool).
 // Beside BenchmarkDispatchLatency it separates what the submits cost from what
 // dispatching them costs on the same server.
 func BenchmarkSubmitOnly(b *testing.B) {
-	for i := 0; i < b.N; i++ {
-		b.StopTimer()
-		_, dsn := srv.NewPool(b)
-		n := latencySubmitters()
+	for _, path := range []string{"client", "internal"} {
+		b.Run("path="+path, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				_, dsn := srv.NewPool(b)
+				n := latencySubmitters()
+				sub, closeSub := newSubmitter(b, path, dsn, n)
+				if err := sub(context.Background(), 0); err != nil {
+					b.Fatal(err)
+				}
+				const dur = 5 * time.Second
+				cpu0 := readCPU()
+				start := time.Now()
+				b.StartTimer()
+				end := start.Add(dur)
+				var done atomic.Int64
+				var wg sync.WaitGroup
+				errs := make(chan error, n)
+				for range n {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for time.Now().Before(end) {
+							if err := sub(context.Background(), 1); err != nil {
+								errs <- err
+								return
+							}
+							done.Add(1)
+						}
+					}()
+				}
+				wg.Wait()
+				b.StopTimer()
+				cpu1 := readCPU()
+				secs := time.Since(start).Seconds()
+				closeSub()
+				select {
+				case err := <-errs:
+					b.Fatal(err)
+				default:
+				}
+				b.ReportMetric(float64(done.Load())/secs, "submits/s")
+				if cpu0.ok && cpu1.ok {
+					host, _ := cpu1.pcts(cpu0)
+					b.ReportMetric(host, "host_cpu_%")
+				}
+			}
+		})
+	}
+}
+
+// submitFunc submits n no-op tasks of group "bench" in one call; n = 0 only
+// creates the group.
+type submitFunc func(ctx context.Context, n int) error
+
+// newSubmitter returns a submitFunc on a pool of n connections: path "client" is
+// baton.Client on an application's pool (no baton search_path), "internal" is
+// submit.Many on baton's own pool.
+func newSubmitter(b *testing.B, path, dsn string, n int) (submitFunc, func()) {
+	switch path {
+	case "client":
+		cfg, err := pgxpool.ParseConfig(dsn)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cfg.MaxConns = int32(n)
+		pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c, err := baton.NewClient(pool, &baton.ClientConfig{Logger: zap.NewNop()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return func(ctx context.Context, n int) error {
+			if n == 0 {
+				_, err := c.CreateGroup(ctx, "bench", "")
+				return err
+			}
+			ts := make([]baton.TaskSpec, n)
+			for i := range ts {
+				ts[i] = baton.TaskSpec{Group: "bench", Kind: "noop", Payload: json.RawMessage(`{}`)}
+			}
+			_, err := c.SubmitMany(ctx, ts)
+			return err
+		}, pool.Close
+	case "internal":
 		pool, err := store.Open(context.Background(), dsn, int32(n))
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, err := pool.Exec(context.Background(), "INSERT INTO worker_groups (name) VALUES ('bench')"); err != nil {
-			b.Fatal(err)
-		}
-		const dur = 5 * time.Second
-		cpu0 := readCPU()
-		start := time.Now()
-		b.StartTimer()
-		end := start.Add(dur)
-		var done atomic.Int64
-		var wg sync.WaitGroup
-		errs := make(chan error, n)
-		for range n {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for time.Now().Before(end) {
-					if _, err := submit.Many(context.Background(), pool, specs(1)); err != nil {
-						errs <- err
-						return
-					}
-					done.Add(1)
-				}
-			}()
-		}
-		wg.Wait()
-		b.StopTimer()
-		cpu1 := readCPU()
-		secs := time.Since(start).Seconds()
-		pool.Close()
-		select {
-		case err := <-errs:
-			b.Fatal(err)
-		default:
-		}
-		b.ReportMetric(float64(done.Load())/secs, "submits/s")
-		if cpu0.ok && cpu1.ok {
-			host, _ := cpu1.pcts(cpu0)
-			b.ReportMetric(host, "host_cpu_%")
-		}
+		return func(ctx context.Context, n int) error {
+			if n == 0 {
+				_, err := pool.Exec(ctx, "INSERT INTO worker_groups (name) VALUES ('bench') ON CONFLICT DO NOTHING")
+				return err
+			}
+			_, err := submit.Many(ctx, pool, specs(n))
+			return err
+		}, pool.Close
 	}
+	b.Fatalf("unknown submit path %q", path)
+	return nil, nil
 }
 
 type offered struct {
