@@ -142,7 +142,7 @@ func (c *Client) SubmitMany(ctx context.Context, specs []TaskSpec) ([]int64, err
 		err = c.describe(insertError(ctx, q, p, err))
 	}
 	if err == nil {
-		c.waker.Wake(ctx, submit.Groups(p)) // after the commit: see submit.Wake
+		c.waker.Wake(submit.Groups(p)) // after the commit: see submit.Wake
 	}
 	return ids, err
 }
