@@ -25,7 +25,9 @@ import (
 // The statement is a named prepared statement on each connection, prepared the
 // first time inside a transaction with the same local search_path, so its tables
 // resolve in the schema (preparing it under the application's search_path would
-// fail, or find the application's own tables). Statements of a Scoped must not
+// fail, or find the application's own tables); on a pool whose connections do
+// not prepare (QueryExecModeSimpleProtocol or QueryExecModeExec) its text is
+// sent instead. Statements of a Scoped must not
 // depend on the transaction beyond the one statement: each is its own.
 type Scoped struct {
 	pool   *pgxpool.Pool
@@ -110,14 +112,24 @@ func (s *Scoped) run(ctx context.Context, sql string, args []any, read func(pgx.
 		return err
 	}
 	defer conn.Release()
+	// Pools that never prepare (simple protocol, or exec mode, as behind a
+	// transaction-mode pooler) send the statement's text: Postgres resolves its
+	// tables when it reaches it, after set_config ran.
+	raw := false
+	switch conn.Conn().Config().DefaultQueryExecMode {
+	case pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec:
+		raw = true
+	}
 	for try := 0; ; try++ {
-		name, err := s.prepare(ctx, conn.Conn(), sql)
-		if err != nil {
-			return err
+		stmt := sql
+		if !raw {
+			if stmt, err = s.prepare(ctx, conn.Conn(), sql); err != nil {
+				return err
+			}
 		}
 		b := &pgx.Batch{}
 		b.Queue(db.SchemaSetLocalSearchPath, s.schema)
-		b.Queue(name, args...)
+		b.Queue(stmt, args...)
 		br := conn.SendBatch(ctx, b)
 		_, err = br.Exec()
 		if err == nil {
@@ -128,7 +140,7 @@ func (s *Scoped) run(ctx context.Context, sql string, args []any, read func(pgx.
 		}
 		// The prepared statement was dropped behind pgx's back (DEALLOCATE ALL,
 		// DISCARD ALL by a pooler): prepare it again, once.
-		if Code(err) == codeInvalidStatementName && try == 0 {
+		if !raw && Code(err) == codeInvalidStatementName && try == 0 {
 			s.forget(conn.Conn())
 			continue
 		}

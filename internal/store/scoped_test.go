@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/baton-scheduler/baton/db"
@@ -16,6 +17,16 @@ import (
 // pooler's DEALLOCATE ALL is recovered from.
 func TestScopedStatements(t *testing.T) {
 	t.Parallel()
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeCacheDescribe,
+		pgx.QueryExecModeDescribeExec, pgx.QueryExecModeExec, pgx.QueryExecModeSimpleProtocol} {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			testScoped(t, mode)
+		})
+	}
+}
+
+func testScoped(t *testing.T, mode pgx.QueryExecMode) {
 	ctx := context.Background()
 	_, dsn := srv.NewPool(t)
 	cfg, err := pgxpool.ParseConfig(dsn) // the application's pool: no baton search_path
@@ -24,6 +35,7 @@ func TestScopedStatements(t *testing.T) {
 	}
 	cfg.MaxConns = 2
 	cfg.ConnConfig.RuntimeParams["search_path"] = "public"
+	cfg.ConnConfig.DefaultQueryExecMode = mode
 	app, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
