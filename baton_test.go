@@ -87,8 +87,9 @@ func TestEmbeddedWorker(t *testing.T) {
 	}
 }
 
-// One Submit through the Client: a transaction of set_config (baton's schema),
-// group check, insert and NOTIFY on the application's pool.
+// One Submit through the Client: one round trip on the application's pool
+// (set_config of baton's schema and the insert, pipelined in one implicit
+// transaction); the wake-up NOTIFY follows in the background.
 func BenchmarkClientSubmit(b *testing.B) {
 	pool, _ := srv.NewPool(b)
 	ctx := context.Background()

@@ -30,6 +30,17 @@ func (q *Queries) LockTimeoutLocal(ctx context.Context, timeoutMs int64) error {
 	return err
 }
 
+const LockTryAnalyze = `-- name: LockTryAnalyze :one
+SELECT pg_try_advisory_xact_lock(1650524165, 0)::boolean AS locked
+`
+
+func (q *Queries) LockTryAnalyze(ctx context.Context) (bool, error) {
+	row := q.db.QueryRow(ctx, LockTryAnalyze)
+	var locked bool
+	err := row.Scan(&locked)
+	return locked, err
+}
+
 const LockTryDispatchGroup = `-- name: LockTryDispatchGroup :one
 SELECT pg_try_advisory_xact_lock(1650524163, hashtext($1::text))::boolean AS locked
 `
@@ -64,6 +75,7 @@ SELECT pg_try_advisory_xact_lock(1650524161, hashtext(format('%s', $1::bigint)))
 //	1650524162 = 0x62610002 master failover (per master session)
 //	1650524163 = 0x62610003 dispatch (per worker group)
 //	1650524164 = 0x62610004 worker liveness (per worker session; session-level)
+//	1650524165 = 0x62610005 analyzing tasks (one master at a time)
 //
 // Channel names are spelled only here and in internal/notify (which LISTENs).
 func (q *Queries) LockTryWorkerFailover(ctx context.Context, sessionID int64) (bool, error) {

@@ -4,6 +4,7 @@
 --   1650524162 = 0x62610002 master failover (per master session)
 --   1650524163 = 0x62610003 dispatch (per worker group)
 --   1650524164 = 0x62610004 worker liveness (per worker session; session-level)
+--   1650524165 = 0x62610005 analyzing tasks (one master at a time)
 -- Channel names are spelled only here and in internal/notify (which LISTENs).
 
 -- name: LockTryWorkerFailover :one
@@ -15,6 +16,9 @@ SELECT pg_try_advisory_xact_lock(1650524162, hashtext(format('%s', @master_id::b
 -- Waits for the group's dispatch lock (bounded by the session's lock_timeout).
 -- name: LockDispatchGroup :exec
 SELECT pg_advisory_xact_lock(1650524163, hashtext(@group_name::text));
+
+-- name: LockTryAnalyze :one
+SELECT pg_try_advisory_xact_lock(1650524165, 0)::boolean AS locked;
 
 -- name: LockTryDispatchGroup :one
 SELECT pg_try_advisory_xact_lock(1650524163, hashtext(@group_name::text))::boolean AS locked;

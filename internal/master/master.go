@@ -196,6 +196,7 @@ type Master struct {
 	timeouts      *timeoutSweeper
 	dispatcher    *dispatcher
 	listener      *listener
+	analyzer      *analyzer
 	pruner        *pruner // nil with RetentionForever
 }
 
@@ -221,6 +222,7 @@ func newMaster(ctx context.Context, cfg Config, clock *service.Clock) (*Master, 
 	m.timeouts = &timeoutSweeper{Base: base("timeout_sweeper"), m: m}
 	m.heartbeat = &heartbeater{Base: base("heartbeat"), m: m}
 	m.listener = &listener{Base: base("listener"), m: m}
+	m.analyzer = &analyzer{Base: base("analyzer"), m: m}
 	if cfg.Retention != RetentionForever {
 		m.pruner = &pruner{Base: base("pruner"), m: m}
 	}
@@ -254,7 +256,7 @@ type startStopper interface {
 }
 
 func (m *Master) services() []startStopper {
-	s := []startStopper{m.heartbeat, m.listener, m.dispatcher, m.workerSweeper, m.masterSweeper, m.timeouts}
+	s := []startStopper{m.heartbeat, m.listener, m.dispatcher, m.workerSweeper, m.masterSweeper, m.timeouts, m.analyzer}
 	if m.pruner != nil {
 		s = append(s, m.pruner)
 	}
