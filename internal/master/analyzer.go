@@ -69,9 +69,9 @@ func (a *analyzer) runOnce(ctx context.Context) (bool, error) {
 	_, err = service.WithTimeout(ctx, m.cfg.TxTimeout, func(ctx context.Context) (struct{}, error) {
 		return struct{}{}, store.WithTx(ctx, m.pool, func(q *db.Queries, _ pgx.Tx) error {
 			locked, err := q.LockTryAnalyze(ctx)
-		if err != nil || !locked {
-			return err
-		}
+			if err != nil || !locked {
+				return err
+			}
 			analyzed = true
 			return q.StatsAnalyzeTasks(ctx)
 		})
