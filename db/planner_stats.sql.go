@@ -10,9 +10,11 @@ import (
 )
 
 const StatsAnalyzeTasks = `-- name: StatsAnalyzeTasks :exec
-ANALYZE tasks
+ANALYZE (SKIP_LOCKED) tasks
 `
 
+// SKIP_LOCKED: a VACUUM of tasks in progress (autovacuum's, or an operator's)
+// is neither waited for nor canceled; the next round tries again.
 func (q *Queries) StatsAnalyzeTasks(ctx context.Context) error {
 	_, err := q.db.Exec(ctx, StatsAnalyzeTasks)
 	return err

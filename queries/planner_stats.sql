@@ -11,4 +11,6 @@ FROM pg_catalog.pg_class c
 WHERE c.oid = 'tasks'::regclass;
 
 -- name: StatsAnalyzeTasks :exec
-ANALYZE tasks;
+-- SKIP_LOCKED: a VACUUM of tasks in progress (autovacuum's, or an operator's)
+-- is neither waited for nor canceled; the next round tries again.
+ANALYZE (SKIP_LOCKED) tasks;
