@@ -23,7 +23,8 @@ func (q *Queries) StatsAnalyzeTasks(ctx context.Context) error {
 const StatsTasksStale = `-- name: StatsTasksStale :one
 
 SELECT (CASE WHEN c.reltuples < 0 THEN pg_stat_get_live_tuples(c.oid) >= $1::bigint
-             ELSE pg_stat_get_mod_since_analyze(c.oid) >= greatest($1::bigint, c.reltuples::bigint) END)::boolean AS stale
+             ELSE pg_stat_get_mod_since_analyze(c.oid) >= greatest($1::bigint, c.reltuples::bigint) END
+        AND pg_has_role(c.relowner, 'USAGE'))::boolean AS stale
 FROM pg_catalog.pg_class c
 WHERE c.oid = 'tasks'::regclass
 `
@@ -32,7 +33,7 @@ WHERE c.oid = 'tasks'::regclass
 // Whether tasks changed by at least its own size since the planner last sampled
 // it (or was never sampled and holds at least @min_rows rows): its plans are then
 // made from a size off by 2x or more. Read from the statistics counters: no lock,
-// no scan.
+// no scan. False when this role may not analyze tasks (ANALYZE would only warn).
 func (q *Queries) StatsTasksStale(ctx context.Context, minRows int64) (bool, error) {
 	row := q.db.QueryRow(ctx, StatsTasksStale, minRows)
 	var stale bool
