@@ -99,8 +99,9 @@ for case, rate, what, target in (("rate=100", 100, "100 tasks/s", 10), ("rate=20
     n = f"BenchmarkDispatchLatency/{case}"
     reached = m.get(n, {}).get("submitted/s")
     short = " — offered rate NOT reached" if reached and statistics.median(reached) < 0.95 * rate else ""
-    print(f"| submit → running, {what} offered, p50 / p99 ms (BenchmarkDispatchLatency/{case}; reached {fig(n, 'submitted/s', '{:,.0f}')}/s, calls late p99 {fig(n, 'late_p99_ms', '{:,.0f}')} ms, host CPU {fig(n, 'host_cpu_%', '{:.0f}')} %) | {fig(n, 'p50_ms')} / {fig(n, 'p99_ms')} | — | p99 < {target} ms{short} |")
-print(f"| single-task submits alone, 16 callers, no workers, submits/s (BenchmarkSubmitOnly) | {fig('BenchmarkSubmitOnly', 'submits/s', '{:,.0f}')} | — | |")
+    print(f"| submit → running, {what} offered, p50 / p99 ms (BenchmarkDispatchLatency/{case}; reached {fig(n, 'submitted/s', '{:,.0f}')}/s, calls late p99 {fig(n, 'late_p99_ms', '{:,.0f}')} ms, Submit call p99 {fig(n, 'call_p99_ms', '{:,.1f}')} ms, host CPU {fig(n, 'host_cpu_%', '{:.0f}')} %) | {fig(n, 'p50_ms')} / {fig(n, 'p99_ms')} | — | p99 < {target} ms{short} |")
+for path, what in (("client", "baton.Client"), ("internal", "the CLI's submit.Many")):
+    print(f"| single-task submits alone through {what}, 16 callers, no workers, submits/s (BenchmarkSubmitOnly/path={path}) | {fig(f'BenchmarkSubmitOnly/path={path}', 'submits/s', '{:,.0f}')} | — | |")
 for n, target in ((1000, ""), (10000, ""), (100000, " (target < 10,000)")):
     print(f"| failover of one dead session with {n:,} tasks, ms (BenchmarkWorkerFailover) | {fig(f'BenchmarkWorkerFailover/tasks={n}', 'ms/failover', '{:,.0f}')} | — | proportional{target} |")
 print(f"| no-op throughput, 4 workers, 20,000 tasks, tasks/s (BenchmarkThroughputNoop) | {fig('BenchmarkThroughputNoop', 'tasks/s', '{:,.0f}')} | — | |")
