@@ -21,7 +21,10 @@ import (
 // pool. It is safe for concurrent use. Every call runs in a transaction whose
 // search_path is baton's schema (set with SET LOCAL semantics, so the pool's
 // connections are left as they were); SubmitTx runs in the caller's transaction
-// and restores its search_path before returning.
+// and restores its search_path before returning. Submit and SubmitMany are one
+// round trip each (the search_path and the insert are pipelined as one implicit
+// transaction), and the NOTIFY that wakes the group's workers follows in the
+// background, shared by concurrent submits.
 type Client struct {
 	pool   *pgxpool.Pool
 	schema string
@@ -113,7 +116,7 @@ func (c *Client) describe(err error) error {
 }
 
 // Submit validates and stores one task; it returns its id. The task is queued
-// at once (a master dispatches it to a worker of its group).
+// at once; a worker of its group claims it.
 func (c *Client) Submit(ctx context.Context, spec TaskSpec) (int64, error) {
 	ids, err := c.SubmitMany(ctx, []TaskSpec{spec})
 	if err != nil {
@@ -142,7 +145,7 @@ func (c *Client) SubmitMany(ctx context.Context, specs []TaskSpec) ([]int64, err
 		err = c.describe(insertError(ctx, q, p, err))
 	}
 	if err == nil {
-		c.waker.Wake(submit.Groups(p)) // after the commit: see submit.Wake
+		c.waker.Wake(submit.Groups(p)) // after the commit, in the background: see submit.Waker
 	}
 	return ids, err
 }
