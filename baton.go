@@ -198,7 +198,7 @@ func (w *Worker) watch(ctx context.Context) {
 			}
 		case n == 0 && !warned:
 			warned = true
-			w.log.Warn("no live master: tasks of this group stay queued until a master runs (WorkerConfig.Master, baton.NewMaster or baton-master)",
+			w.log.Warn("no live master: tasks still run, but a dead worker's tasks are not failed over and overdue attempts are not swept until a master runs (WorkerConfig.Master, baton.NewMaster or baton-master)",
 				logfield.Group(w.group))
 		case n > 0 && warned:
 			warned = false

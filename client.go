@@ -478,13 +478,15 @@ type GroupStatus struct {
 	CreatedAt   time.Time
 	// LiveWorkers counts sessions that heartbeat within WorkerTimeout.
 	LiveWorkers int
-	// WaitingTasks counts tasks waiting for a master to dispatch them.
+	// WaitingTasks counts queued tasks (waiting for a worker, or for a retry's
+	// or snooze's time).
 	WaitingTasks int
 	// LiveMasters counts masters (of the whole installation) that heartbeat
 	// within MasterTimeout.
 	LiveMasters int
-	// NoMaster: the group has workers but no master is alive, so its queued
-	// tasks wait (run a master: WorkerConfig.Master, NewMaster or baton-master).
+	// NoMaster: the group has workers but no master is alive: its tasks run,
+	// but a dead worker's tasks are not failed over and overdue attempts are not
+	// swept (run a master: WorkerConfig.Master, NewMaster or baton-master).
 	NoMaster bool
 }
 

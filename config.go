@@ -81,7 +81,8 @@ type WorkerConfig struct {
 	// Its zero fields take DatabaseURL, Schema and Logger from this config.
 	Master *MasterConfig
 	// MasterCheckInterval is how often the worker checks that some master is
-	// alive, and logs a warning when none is (its tasks would stay queued).
+	// alive, and logs a warning when none is (a dead worker's tasks would not be
+	// failed over).
 	MasterCheckInterval time.Duration
 	// Test holds hooks for tests.
 	Test WorkerTestConfig
