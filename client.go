@@ -21,10 +21,11 @@ import (
 // pool. It is safe for concurrent use. Every call runs in a transaction whose
 // search_path is baton's schema (set with SET LOCAL semantics, so the pool's
 // connections are left as they were); SubmitTx runs in the caller's transaction
-// and restores its search_path before returning. Submit and SubmitMany are one
-// round trip each (the search_path and the insert are pipelined as one implicit
-// transaction), and the NOTIFY that wakes the group's workers follows in the
-// background, shared by concurrent submits.
+// and restores its search_path before returning. Submit, SubmitMany, Get,
+// Attempts and List are one round trip each (the search_path and the statement
+// are pipelined as one implicit transaction); after a submit, the NOTIFY that
+// wakes the group's workers follows in the background, shared by concurrent
+// submits.
 type Client struct {
 	pool   *pgxpool.Pool
 	schema string
@@ -104,6 +105,12 @@ func (c *Client) inTx(ctx context.Context, fn func(q *db.Queries) error) error {
 		}
 		return c.describe(err)
 	}
+}
+
+// single runs fn, which runs one statement, in baton's schema in one round trip
+// (store.Scoped): no transaction of its own to begin and commit.
+func (c *Client) single(ctx context.Context, fn func(q *db.Queries) error) error {
+	return c.describe(fn(db.New(c.scoped)))
 }
 
 // describe turns "relation does not exist" into the error an adopter can act on.
@@ -266,7 +273,7 @@ func insertError(ctx context.Context, q *db.Queries, p db.TaskSubmitManyParams, 
 // Get returns a task's row, or ErrNotFound.
 func (c *Client) Get(ctx context.Context, id int64) (TaskInfo, error) {
 	var info TaskInfo
-	err := c.inTx(ctx, func(q *db.Queries) error {
+	err := c.single(ctx, func(q *db.Queries) error {
 		row, err := q.TaskGet(ctx, id)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("%w: id %d", ErrNotFound, id)
@@ -283,7 +290,7 @@ func (c *Client) Get(ctx context.Context, id int64) (TaskInfo, error) {
 // Attempts returns a task's attempts, oldest first.
 func (c *Client) Attempts(ctx context.Context, id int64) ([]Attempt, error) {
 	var out []Attempt
-	err := c.inTx(ctx, func(q *db.Queries) error {
+	err := c.single(ctx, func(q *db.Queries) error {
 		rows, err := q.TaskAttemptList(ctx, id)
 		if err != nil {
 			return fmt.Errorf("list attempts of task %d: %w", id, err)
@@ -418,7 +425,7 @@ func (c *Client) List(ctx context.Context, p ListParams) ([]TaskInfo, error) {
 		arg.BeforeID = &p.BeforeID
 	}
 	var out []TaskInfo
-	err := c.inTx(ctx, func(q *db.Queries) error {
+	err := c.single(ctx, func(q *db.Queries) error {
 		rows, err := q.TaskListPage(ctx, arg)
 		if err != nil {
 			return fmt.Errorf("list tasks: %w", err)
