@@ -319,18 +319,21 @@ var (
 	createTableRE = regexp.MustCompile(`(?im)^\s*CREATE\s+(?:UNLOGGED\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?([a-z_][a-z0-9_]*)`)
 	createViewRE  = regexp.MustCompile(`(?im)^\s*CREATE\s+(?:OR\s+REPLACE\s+)?(?:MATERIALIZED\s+)?VIEW\s+([a-z_][a-z0-9_]*)`)
 	renameRE      = regexp.MustCompile(`(?im)^\s*ALTER\s+TABLE\s+[a-z_][a-z0-9_]*\s+RENAME\s+TO\s+([a-z_][a-z0-9_]*)`)
+	// Functions (trigger functions, no arguments): moved too, so a public install
+	// kept with baton_schema=public and upgraded leaves nothing of baton's behind.
+	createFunctionRE = regexp.MustCompile(`(?im)^\s*CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+([a-z_][a-z0-9_]*)\(\)`)
 )
 
-func migrationRelations() (tables, views []string, err error) {
+func migrationRelations() (tables, views, functions []string, err error) {
 	entries, err := migrations.FS.ReadDir(".")
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	seen := map[string]bool{}
 	for _, e := range entries {
 		b, err := migrations.FS.ReadFile(e.Name())
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		up, _, _ := strings.Cut(string(b), "-- +goose Down")
 		for _, m := range append(createTableRE.FindAllStringSubmatch(up, -1), renameRE.FindAllStringSubmatch(up, -1)...) {
@@ -345,14 +348,20 @@ func migrationRelations() (tables, views []string, err error) {
 				views = append(views, m[1])
 			}
 		}
+		for _, m := range createFunctionRE.FindAllStringSubmatch(up, -1) {
+			if !seen["f:"+m[1]] {
+				seen["f:"+m[1]] = true
+				functions = append(functions, m[1])
+			}
+		}
 	}
-	return tables, views, nil
+	return tables, views, functions, nil
 }
 
 // MoveFromPublic moves an install from before baton had its own schema (schema v1
 // in public) into this migrator's schema, in one transaction: tables (with their
-// indexes, constraints and identity sequences) and views are moved with ALTER ...
-// SET SCHEMA, and baton's rows of public.goose_db_version (versions 0 and 1) are
+// indexes, constraints, triggers and identity sequences), views and functions are
+// moved with ALTER ... SET SCHEMA, and baton's rows of public.goose_db_version (versions 0 and 1) are
 // copied into <schema>.goose_db_version. public.goose_db_version itself is left
 // alone, since an application may share it; drop it if it was baton's only.
 // Stop baton's workers and masters first. It returns how many relations moved.
@@ -372,7 +381,7 @@ func (m *Migrator) MoveFromPublic(ctx context.Context) (int, error) {
 	if !legacy {
 		return 0, errors.New("move from public: no baton install found in schema public")
 	}
-	tables, views, err := migrationRelations()
+	tables, views, functions, err := migrationRelations()
 	if err != nil {
 		return 0, fmt.Errorf("move from public: read migrations: %w", err)
 	}
@@ -406,6 +415,19 @@ func (m *Migrator) MoveFromPublic(ctx context.Context) (int, error) {
 				continue
 			}
 			if err := run("ALTER " + kind + " public." + pgx.Identifier{name}.Sanitize() + " SET SCHEMA " + target); err != nil {
+				return err
+			}
+			moved++
+		}
+		for _, name := range functions {
+			var found bool
+			if err := tx.QueryRow(ctx, "SELECT to_regprocedure($1) IS NOT NULL", "public."+name+"()").Scan(&found); err != nil {
+				return fmt.Errorf("move from public: look up %s(): %w", name, err)
+			}
+			if !found {
+				continue
+			}
+			if err := run("ALTER FUNCTION public." + pgx.Identifier{name}.Sanitize() + "() SET SCHEMA " + target); err != nil {
 				return err
 			}
 			moved++

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/baton-scheduler/baton/internal/migrate"
+	"github.com/baton-scheduler/baton/internal/store"
 )
 
 // withParam returns dsn (a URL) with key=value added.
@@ -122,7 +123,7 @@ func TestLegacyPublicInstall(t *testing.T) {
 		t.Fatalf("keeping public: %v", err)
 	}
 	n, err := m.MoveFromPublic(ctx)
-	if err != nil || n != 12 {
+	if err != nil || n != 13 { // 10 tables, 2 views, 1 function
 		t.Fatalf("move = %d, %v", n, err)
 	}
 	if err := migrate.CheckSchema(ctx, dsn); err != nil {
@@ -139,6 +140,14 @@ func TestLegacyPublicInstall(t *testing.T) {
 	var name string
 	if err := conn.QueryRow(ctx, "SELECT name FROM worker_groups").Scan(&name); err != nil || name != "kept" {
 		t.Fatalf("moved rows: %q, %v", name, err)
+	}
+	var left bool
+	if err := conn.QueryRow(ctx, "SELECT to_regprocedure('public.tasks_payload_size()') IS NOT NULL").Scan(&left); err != nil || left {
+		t.Fatalf("baton's trigger function left in public: %v, %v", left, err)
+	}
+	_, err = conn.Exec(ctx, "INSERT INTO tasks (group_name, kind, payload) VALUES ('kept', 'k', jsonb_build_object('p', repeat('a', 1100000)))")
+	if store.Constraint(err) != "tasks_payload_size" {
+		t.Fatalf("payload limit after the move: %v", err)
 	}
 	// The moved schema keeps migrating (identity sequences moved with their tables).
 	if _, err := m.Up(ctx); err != nil {

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -102,6 +103,29 @@ func TestConstraints(t *testing.T) {
 	}
 	if state != "queued" || attempt != 0 {
 		t.Fatalf("fixture task changed: %s/%d", state, attempt)
+	}
+}
+
+// The payload limit is checked where a payload is written (insert, or an update
+// that sets it), not on the claims and results that update its task: a row with
+// an oversized payload (stored with the check disabled) can still change state,
+// and only writing its payload again is refused.
+func TestPayloadSizeCheckedOnWrite(t *testing.T) {
+	t.Parallel()
+	pool, _, _ := fixture(t)
+	big := "jsonb_build_object('p', repeat('a', 1100000))"
+	mustExec(t, pool, "ALTER TABLE tasks DISABLE TRIGGER tasks_payload_size")
+	var id int64
+	if err := pool.QueryRow(context.Background(), "INSERT INTO tasks (group_name, kind, payload) VALUES ('g1', 'x', "+big+") RETURNING id").Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, pool, "ALTER TABLE tasks ENABLE TRIGGER tasks_payload_size")
+	mustExec(t, pool, "UPDATE tasks SET queued_reason = 'retry', priority = 5 WHERE id = $1", id)
+	for _, stmt := range []string{"UPDATE tasks SET payload = payload WHERE id = $1", "INSERT INTO tasks (group_name, kind, payload) SELECT 'g1', 'x', payload FROM tasks WHERE id = $1"} {
+		_, err := pool.Exec(context.Background(), stmt, id)
+		if store.Code(err) != store.CodeCheckViolation || store.Constraint(err) != "tasks_payload_size" || !strings.Contains(err.Error(), "tasks_payload_size") {
+			t.Fatalf("%s: %v, want the tasks_payload_size check violation", stmt, err)
+		}
 	}
 }
 
