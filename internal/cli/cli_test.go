@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"io/fs"
 	"os"
 	"strconv"
 	"strings"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/baton-scheduler/baton/batontest"
 	"github.com/baton-scheduler/baton/internal/store"
+	"github.com/baton-scheduler/baton/migrations"
 )
 
 var srv *batontest.Server
@@ -28,15 +31,26 @@ func baton(t *testing.T, env map[string]string, args ...string) (string, string,
 	return out.String(), errb.String(), code
 }
 
+// batonMigrations lists the embedded migration files (numbered from 1).
+func batonMigrations(t *testing.T) []string {
+	t.Helper()
+	names, err := fs.Glob(migrations.FS, "*.sql")
+	if err != nil || len(names) == 0 {
+		t.Fatalf("embedded migrations: %v, %v", names, err)
+	}
+	return names
+}
+
 func TestCLI(t *testing.T) {
 	t.Parallel()
 	dsn := srv.NewEmptyDatabase(t)
 	env := map[string]string{"BATON_DATABASE_URL": dsn}
-	if out, e, code := baton(t, env, "migrate", "up"); code != 0 || !strings.Contains(out, "schema at version 3") {
-		t.Fatalf("migrate up: %q %q %d", out, e, code)
+	latest := fmt.Sprint(len(batonMigrations(t)))
+	if out, e, code := baton(t, env, "migrate", "up"); code != 0 || !strings.Contains(out, "schema at version "+latest+"\n") {
+		t.Fatalf("migrate up: %q %q %d, want version %s", out, e, code, latest)
 	}
-	if out, _, code := baton(t, env, "migrate", "version"); code != 0 || !strings.HasPrefix(out, "3 ") {
-		t.Fatalf("migrate version: %q", out)
+	if out, _, code := baton(t, env, "migrate", "version"); code != 0 || !strings.HasPrefix(out, latest+" ") {
+		t.Fatalf("migrate version: %q, want %s", out, latest)
 	}
 	if _, _, code := baton(t, env, "task", "--help"); code != 0 {
 		t.Fatal("task --help failed")
