@@ -27,8 +27,8 @@ import (
 // resolve in the schema (preparing it under the application's search_path would
 // fail, or find the application's own tables); on a pool whose connections do
 // not prepare (QueryExecModeSimpleProtocol or QueryExecModeExec) its text is
-// sent instead. Statements of a Scoped must not
-// depend on the transaction beyond the one statement: each is its own.
+// sent instead. Each statement is its own transaction: use Scoped only for
+// work that is one statement.
 type Scoped struct {
 	pool   *pgxpool.Pool
 	schema string
