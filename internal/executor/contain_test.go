@@ -236,12 +236,17 @@ func TestRestartRemovesLeftoverCgroups(t *testing.T) {
 	worker := startHelperWorker(t, dir, opts)
 	ids := waitTree(t, dir, treeProcs)
 	supervisor := ids[1]
-	// Stop the supervisor so it cannot react, then kill both.
-	_ = syscall.Kill(supervisor.pid, syscall.SIGSTOP)
-	waitStopped(t, supervisor.pid)
+	// Kill both without either reacting: stop the worker (which would clean up
+	// after a dead supervisor), kill the supervisor, then the worker. Stopping
+	// the supervisor instead does not hold it: once the worker dies, the
+	// supervisor's process group is orphaned with a stopped member, and the
+	// kernel sends it SIGHUP and SIGCONT, so it killed the tree before the test's
+	// SIGKILL arrived (about one run in ten).
+	_ = worker.Process.Signal(syscall.SIGSTOP)
+	waitStopped(t, worker.Process.Pid)
+	_ = syscall.Kill(supervisor.pid, syscall.SIGKILL)
 	_ = worker.Process.Signal(syscall.SIGKILL)
 	_ = worker.Wait()
-	_ = syscall.Kill(supervisor.pid, syscall.SIGKILL)
 	// The shell runs in <base>/<worker>/<attempt>/tree: find the dead worker's directory.
 	cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", ids[0].pid))
 	if err != nil {
@@ -281,19 +286,38 @@ func TestRestartRemovesLeftoverCgroups(t *testing.T) {
 }
 
 // waitStopped waits until every thread of pid is stopped, not just signalled.
+// /proc/<pid>/stat shows the main thread only: a Go process's other threads stop
+// a moment later, and one still running when the worker dies lets the
+// supervisor see the life pipe's EOF and kill the tree the test needs.
 func waitStopped(t *testing.T, pid int) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
-	for procState(pid) != "T" {
+	for {
+		threads, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil {
+			t.Fatalf("process %d: %v", pid, err)
+		}
+		running := ""
+		for _, th := range threads {
+			if st := procState(fmt.Sprintf("%d/task/%s", pid, th.Name())); st != "T" {
+				running = fmt.Sprintf("thread %s in state %q", th.Name(), st)
+				break
+			}
+		}
+		if running == "" {
+			return
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("process %d did not stop: state %q", pid, procState(pid))
+			t.Fatalf("process %d did not stop: %s", pid, running)
 		}
 		time.Sleep(time.Millisecond)
 	}
 }
 
-func procState(pid int) string {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+// procState is the state letter of /proc/<path>/stat (path: a pid, or
+// <pid>/task/<tid>).
+func procState(path string) string {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%s/stat", path))
 	if err != nil {
 		return ""
 	}
