@@ -212,7 +212,9 @@ func BenchmarkDispatchLatency(b *testing.B) {
 				n := latencySubmitters()
 				sub, closeSub := newSubmitter(b, "client", dsn, n)
 				stop := cluster(b, dsn, 4, 64)
-				steadyState(b, pool)
+				if os.Getenv("BATON_BENCH_COLD") == "" {
+					steadyState(b, pool)
+				}
 				// Warm up: every submitter's connection opened and its statements
 				// prepared, as in a running application; these tasks are not measured.
 				var wg sync.WaitGroup
@@ -382,13 +384,14 @@ func newSubmitter(b *testing.B, path, dsn string, n int) (submitFunc, func()) {
 	return nil, nil
 }
 
-// steadyState gives a fresh database what a running install has: finished tasks
+// steadyState gives a fresh database what a running install has (skipped with
+// BATON_BENCH_COLD=1, to measure a fresh install's first seconds): finished tasks
 // (20,000, kind "history") and planner statistics on them, as autovacuum takes
 // within its first minute. Without statistics Postgres plans from empty-table
 // estimates, and a statement prepared early on a connection keeps that plan
 // (e.g. a hash join over a sequential scan of tasks for each result) until
-// the first ANALYZE: a cold-start state that lasts about a minute on a real
-// install, and for the whole of a 5-second benchmark.
+// the first ANALYZE: the masters' analyzer's, a second or two into a burst, or
+// autovacuum's, within a minute.
 func steadyState(b *testing.B, pool *pgxpool.Pool) {
 	ctx := context.Background()
 	if _, err := pool.Exec(ctx, `INSERT INTO tasks (group_name, kind, state, finished_at)
