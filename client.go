@@ -236,15 +236,16 @@ func insertTasks(ctx context.Context, q *db.Queries, specs []TaskSpec, p db.Task
 			return nil, fmt.Errorf("look up group: %w", err)
 		}
 		if !ok {
-			return nil, unknownGroup(s.Group)
+			return nil, fmt.Errorf("%w %q: %s", ErrUnknownGroup, s.Group, unknownGroup(s.Group))
 		}
 	}
 	ids, err := submit.Insert(ctx, q, p)
 	return ids, insertError(ctx, q, p, err)
 }
 
-func unknownGroup(g string) error {
-	return fmt.Errorf("%w %q: create it (Client.CreateGroup or TaskSpec.CreateGroup) or start a worker of that group first", ErrUnknownGroup, g)
+// unknownGroup says what to do about a missing group, from the Client.
+func unknownGroup(string) string {
+	return "create it (Client.CreateGroup or TaskSpec.CreateGroup) or start a worker of that group first"
 }
 
 // insertError turns a failed insert of p into the error a caller can act on.
@@ -252,22 +253,7 @@ func insertError(ctx context.Context, q *db.Queries, p db.TaskSubmitManyParams, 
 	if err == nil {
 		return nil
 	}
-	switch store.Constraint(err) {
-	case "tasks_group_name_fkey":
-		// Name the group that is missing (the error path only).
-		for _, g := range submit.Groups(p) {
-			if ok, gerr := q.GroupExists(ctx, g); gerr == nil && !ok {
-				return unknownGroup(g)
-			}
-		}
-		return fmt.Errorf("%w: %v", ErrUnknownGroup, err)
-	case "tasks_payload_size":
-		return fmt.Errorf("%w: a payload exceeds 1 MiB once stored as jsonb (jsonb adds spaces)", ErrInvalidTask)
-	case "":
-	default:
-		return fmt.Errorf("%w: rejected by constraint %s", ErrInvalidTask, store.Constraint(err))
-	}
-	return fmt.Errorf("store tasks: %w", err)
+	return submit.InsertError(ctx, q, p, err, unknownGroup)
 }
 
 // Get returns a task's row, or ErrNotFound.

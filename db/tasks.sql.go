@@ -759,7 +759,8 @@ type TaskSubmitManyParams struct {
 // Payloads travel as text and are cast to jsonb so a malformed one fails the whole
 // batch. A retry backoff of -1 takes the group's. The caller then wakes the
 // group's workers with NotifyQueued, after the commit and in a transaction of its
-// own (see submit.Many); an unknown group fails the foreign key. Ids come back in
+// own (submit.Wake, or a client's submit.Waker); an unknown group fails the
+// foreign key. Ids come back in
 // submission order (identity values follow the insert order).
 func (q *Queries) TaskSubmitMany(ctx context.Context, arg TaskSubmitManyParams) ([]int64, error) {
 	rows, err := q.db.Query(ctx, TaskSubmitMany,

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/baton-scheduler/baton/batontest"
 	"github.com/baton-scheduler/baton/db"
 )
@@ -35,19 +37,9 @@ func TestAnalyzerReplansGrownTasks(t *testing.T) {
 	}
 	plan := func() string {
 		t.Helper()
-		var lines []string
-		rows, err := conn.Query(ctx, `EXPLAIN EXECUTE finish('{1}', '{1}', '{1}', '{succeeded}', '{0}', '{""}', '{""}', '{0}', -1, false, 7000)`)
+		rows, _ := conn.Query(ctx, `EXPLAIN EXECUTE finish('{1}', '{1}', '{1}', '{succeeded}', '{0}', '{""}', '{""}', '{0}', -1, false, 7000)`)
+		lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
 		if err != nil {
-			t.Fatal(err)
-		}
-		for rows.Next() {
-			var l string
-			if err := rows.Scan(&l); err != nil {
-				t.Fatal(err)
-			}
-			lines = append(lines, l)
-		}
-		if err := rows.Err(); err != nil {
 			t.Fatal(err)
 		}
 		return strings.Join(lines, "\n")

@@ -275,31 +275,40 @@ func Many(ctx context.Context, pool *pgxpool.Pool, specs []Spec) ([]int64, error
 	}
 	q := db.New(pool)
 	ids, err := Insert(ctx, q, p)
-	if err == nil {
-		Wake(ctx, q, Groups(p))
-		return ids, nil
+	if err != nil {
+		return nil, InsertError(ctx, q, p, err, func(g string) string {
+			return fmt.Sprintf("start a worker with --group %s first, or check the name", g)
+		})
 	}
+	Wake(ctx, q, Groups(p))
+	return ids, nil
+}
+
+// InsertError turns a failed Insert of p into the error a caller can act on:
+// ErrUnknownGroup naming the missing group (looked up on the error path only)
+// with todo(group) saying what to do, or ErrInvalid for a value the schema
+// refuses; any other error is returned wrapped.
+func InsertError(ctx context.Context, q *db.Queries, p db.TaskSubmitManyParams, err error, todo func(group string) string) error {
 	switch store.Constraint(err) {
 	case "tasks_group_name_fkey":
-		// Name the group that is missing (the error path only).
 		for _, g := range Groups(p) {
 			if ok, gerr := q.GroupExists(ctx, g); gerr == nil && !ok {
-				return nil, fmt.Errorf("%w %q: start a worker with --group %s first, or check the name", ErrUnknownGroup, g, g)
+				return fmt.Errorf("%w %q: %s", ErrUnknownGroup, g, todo(g))
 			}
 		}
-		return nil, fmt.Errorf("%w: %v", ErrUnknownGroup, err)
+		return fmt.Errorf("%w: %v", ErrUnknownGroup, err)
 	case "tasks_payload_size":
-		return nil, fmt.Errorf("%w: a payload exceeds 1 MiB once stored as jsonb (jsonb adds spaces)", ErrInvalid)
+		return fmt.Errorf("%w: a payload exceeds 1 MiB once stored as jsonb (jsonb adds spaces)", ErrInvalid)
 	case "":
 	default:
-		return nil, fmt.Errorf("%w: rejected by constraint %s", ErrInvalid, store.Constraint(err))
+		return fmt.Errorf("%w: rejected by constraint %s", ErrInvalid, store.Constraint(err))
 	}
 	// SQLSTATE class 22 (data exception): Postgres refuses a value, e.g. a
 	// number beyond jsonb's numeric range. The data is at fault, not the server.
 	if msg, ok := store.DataException(err); ok {
-		return nil, fmt.Errorf("%w: a payload was refused by Postgres: %s", ErrInvalid, msg)
+		return fmt.Errorf("%w: a payload was refused by Postgres: %s", ErrInvalid, msg)
 	}
-	return nil, fmt.Errorf("store tasks: %w", err)
+	return fmt.Errorf("store tasks: %w", err)
 }
 
 // Wake tells the groups' workers that tasks were queued (NOTIFY baton_claim
