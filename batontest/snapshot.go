@@ -70,7 +70,7 @@ func TakeSnapshot(t testing.TB, q Querier, schemas ...string) Snapshot {
 	// relation that holds rows. Columns with their types, so that a table altered
 	// in between differs even while empty.
 	rows, err = q.Query(ctx, `SELECT n.nspname, c.relname,
-			(SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum)
+			(SELECT md5(string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum))
 			   FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
 		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname = ANY($1) AND c.relkind IN ('r', 'p', 'f', 'm')
@@ -99,7 +99,7 @@ func TakeSnapshot(t testing.TB, q Querier, schemas ...string) Snapshot {
 		if err := q.QueryRow(ctx, qs).Scan(&n, &digest); err != nil {
 			t.Fatalf("batontest: snapshot %s: %v", ident, err)
 		}
-		s[tb.schema+"."+tb.name] = fmt.Sprintf("%d rows, md5 %s; columns %s", n, digest, tb.columns)
+		s[tb.schema+"."+tb.name] = fmt.Sprintf("%d rows, md5 %s, columns md5 %s", n, digest, tb.columns)
 	}
 	return s
 }

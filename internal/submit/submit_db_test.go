@@ -123,13 +123,22 @@ func TestSubmitRefusalStoresNothing(t *testing.T) {
 	if err := submitCase(t, pool, Spec{Group: batontest.FactoryGroup, Kind: "noop", Backoff: &Backoff{Base: 0, Max: time.Minute}}); err != nil {
 		t.Fatal(err)
 	}
-	// A batch with one bad spec stores none of them.
-	before := batontest.TakeSnapshot(t, pool)
-	if _, err := Many(context.Background(), pool, []Spec{ok, {Group: "g", Kind: "noop", Payload: json.RawMessage(`{"n":1e1000000}`)}}); err == nil {
-		t.Fatal("batch with a bad spec stored")
-	}
-	if diff := before.Diff(batontest.TakeSnapshot(t, pool)); diff != "" {
-		t.Fatalf("refused batch changed stored rows: %s", diff)
+	// A batch with one bad spec, last, stores none of them: one Validate refuses,
+	// and ones only Postgres can refuse (the good specs before it reach the
+	// database in the same statement).
+	grows := json.RawMessage("[" + strings.Repeat("1,", MaxPayloadBytes/2-2) + "1]")
+	for _, bad := range []Spec{
+		{Group: "g", Kind: "noop", Payload: json.RawMessage(`{"n":1e1000000}`)},
+		{Group: "nope", Kind: "noop"},
+		{Group: "g", Kind: "noop", Payload: grows},
+	} {
+		before := batontest.TakeSnapshot(t, pool)
+		if _, err := Many(context.Background(), pool, []Spec{ok, ok, bad}); err == nil {
+			t.Fatalf("batch with a bad spec (%s) stored", describe(bad))
+		}
+		if diff := before.Diff(batontest.TakeSnapshot(t, pool)); diff != "" {
+			t.Fatalf("refused batch (bad spec %s) changed stored rows: %s", describe(bad), diff)
+		}
 	}
 }
 
