@@ -132,6 +132,24 @@ func parseSearchPath(sp string) []string {
 	return out
 }
 
+// Changed lists the keys ("schema.table", or "schema name" for a schema created
+// or dropped) whose state differs between s and other, sorted.
+func (s Snapshot) Changed(other Snapshot) []string {
+	var keys []string
+	for k, v := range s {
+		if w, ok := other[k]; !ok || w != v {
+			keys = append(keys, k)
+		}
+	}
+	for k := range other {
+		if _, ok := s[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	return keys
+}
+
 // Diff names the tables whose rows differ between s and other ("" if none).
 func (s Snapshot) Diff(other Snapshot) string {
 	var diffs []string

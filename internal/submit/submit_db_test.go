@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/baton-scheduler/baton/batontest"
+	"github.com/baton-scheduler/baton/internal/store"
 )
 
 var srv *batontest.Server
@@ -49,6 +51,14 @@ func submitCase(t *testing.T, pool *pgxpool.Pool, s Spec) error {
 	}
 	if verr := s.Validate(); verr != nil {
 		t.Fatalf("stored a spec Validate refuses: %v", verr)
+	}
+	// One task added, nothing else touched (the task row is the queue).
+	after := batontest.TakeSnapshot(t, pool)
+	if changed := before.Changed(after); !slices.Equal(changed, []string{store.SchemaDefault + ".tasks"}) {
+		t.Fatalf("submit changed %v, want only the tasks table: %s", changed, before.Diff(after))
+	}
+	if n := batontest.Int64(t, pool, "SELECT count(*) FROM tasks WHERE id >= $1", id); n != 1 {
+		t.Fatalf("submit stored %d tasks from id %d on, want 1", n, id)
 	}
 	// Stored as given, queued (the task row is the queue: claimable now, no
 	// dispatch row), with the spec's retry backoff or else its group's.
