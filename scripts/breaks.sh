@@ -34,7 +34,7 @@ for name in "${names[@]}"; do
     echo "PASSED $name: $pkg $test passes with the code broken: the test proves nothing"
     failed=1
   elif grep -q -- '--- FAIL' <<<"$out"; then
-    why=$(grep -m1 -E '^\s+[A-Za-z0-9_.]+\.go:[0-9]+: ' <<<"$out" | sed 's/^ *//' | cut -c1-160 || true)
+    why=$(grep -m1 -E '^\s+[A-Za-z0-9_]+_test\.go:[0-9]+: ' <<<"$out" | sed 's/^ *//' | cut -c1-160 || true)
     echo "ok     $name: $pkg $test fails: ${why:-$(grep -m1 -- '--- FAIL' <<<"$out")}"
   else
     echo "BUILD  $name: $pkg did not build or run with the break:"; tail -5 <<<"$out"
