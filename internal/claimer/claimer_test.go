@@ -114,11 +114,28 @@ func TestKilledTaskIgnoringCancellationFreesSlot(t *testing.T) {
 	}
 }
 
+// The claimer survives many starts and stops (batontest.StartStopStress checks
+// each) and then still claims and runs a task, its slot freed after.
 func TestStartStopStress(t *testing.T) {
 	t.Parallel()
-	c, _ := setup(t, 1, nil)
-	for range 50 {
-		_ = c.Start(context.Background())
-		c.Stop()
+	c, b := setup(t, 1, map[string]executor.Handler{"echo": func(context.Context, executor.Task) (string, error) { return "ok", nil }})
+	batontest.StartStopStress(t, c, func(int) {
+		if c.Running() != 0 {
+			t.Fatalf("%d slots occupied with no task in the database", c.Running())
+		}
+	})
+	if err := c.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	id := b.dispatched(t, "echo", 0)
+	if k := c.TestSignals.Started.WaitOrTimeout(t); k.TaskID != id {
+		t.Fatalf("started %+v, want task %d", k, id)
+	}
+	if k := c.TestSignals.Settled.WaitOrTimeout(t); k.TaskID != id {
+		t.Fatalf("settled %+v, want task %d", k, id)
+	}
+	c.Stop()
+	if c.Running() != 0 {
+		t.Fatalf("%d slots occupied after Stop", c.Running())
 	}
 }

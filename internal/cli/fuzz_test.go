@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -47,6 +48,10 @@ func FuzzBatonArgs(f *testing.F) {
 	for _, seed := range [][]string{
 		{"task", "submit", "--group", "g", "--shell", "echo hi"},
 		{"task", "submit", "--group", "g", "--type", "x", "--payload", "{bad"},
+		// Refused by validation although Postgres would store it: the refusal
+		// must come before anything is written.
+		{"task", "submit", "--group", "g", "--type", "shell", "--payload", `{"command":"true","env":5}`},
+		{"task", "submit", "--group", "g", "--type", "shell", "--payload", `{"cmd":"true"}`},
 		{"task", "submit", "--group", "nope", "--shell", "true"},
 		{"task", "submit", "--group", "g", "--shell", "echo", "hi"},
 		{"task", "submit", "--group", "g", "--type", "noop", "--payload", `{"a":"\u0000"}`, "--priority", "5", "--timeout", "-3s"},
@@ -104,8 +109,9 @@ func FuzzBatonArgs(f *testing.F) {
 			return // a read, or -h
 		}
 		submitted := len(args) >= 2 && args[0] == "task" && args[1] == "submit"
-		if n := batontest.Int64(t, pool, "SELECT count(*) FROM tasks"); !submitted || n != tasks+1 {
-			t.Fatalf("baton %q succeeded, changed stored rows (%s) and added %d tasks; only task submit may, with 1", args, diff, n-tasks)
+		n := batontest.Int64(t, pool, "SELECT count(*) FROM tasks")
+		if changed := before.Changed(after); !submitted || n != tasks+1 || !slices.Equal(changed, []string{"baton.tasks"}) {
+			t.Fatalf("baton %q succeeded, changed stored rows (%s) and added %d tasks; only task submit may, adding 1 task and changing no other table", args, diff, n-tasks)
 		}
 	})
 }

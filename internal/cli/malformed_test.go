@@ -84,11 +84,16 @@ var malformedCases = []malformedCase{
 	{name: "master_unreachable", input: "unreachable database", bin: "baton-master", args: []string{"--database-url", "postgres://baton:secret@127.0.0.1:1/baton"}, fuzzed: "FuzzDaemonConfig"},
 }
 
-// buildBinaries builds baton, baton-master and baton-worker into a directory.
+// buildBinaries builds baton, baton-master and baton-worker into a directory,
+// with -race when the test binary has it (make test).
 func buildBinaries(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator), "./cmd/baton", "./cmd/baton-master", "./cmd/baton-worker")
+	args := []string{"build", "-o", dir + string(filepath.Separator)}
+	if raceBuild {
+		args = append(args, "-race")
+	}
+	cmd := exec.Command("go", append(args, "./cmd/baton", "./cmd/baton-master", "./cmd/baton-worker")...)
 	cmd.Dir = "../.."
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)

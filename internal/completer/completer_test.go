@@ -169,11 +169,26 @@ func TestRetriesAfterConnectionLoss(t *testing.T) {
 	}
 }
 
+// Many starts and stops (batontest.StartStopStress checks each), with a result
+// added in every cycle that no flush is due for: each Stop writes it (the final
+// flush), so none is left pending or lost, and the completer still works after.
 func TestStartStopStress(t *testing.T) {
 	t.Parallel()
-	c, _ := setup(t, completer.Config{})
-	for range 50 {
-		_ = c.Start(context.Background())
-		c.Stop()
+	c, b := setup(t, completer.Config{MaxBatch: 1000, FlushInterval: time.Hour})
+	added := 0
+	batontest.StartStopStress(t, c, func(int) {
+		c.Add(context.Background(), b.running(t))
+		added++
+	})
+	if n := b.succeeded(t); n != int64(added) || c.PendingCount() != 0 {
+		t.Fatalf("%d of %d results written, %d pending: Stop did not flush", n, added, c.PendingCount())
+	}
+	if err := c.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c.Add(context.Background(), b.running(t))
+	c.Stop()
+	if n := b.succeeded(t); n != int64(added+1) {
+		t.Fatalf("%d results written after a restart, want %d", n, added+1)
 	}
 }

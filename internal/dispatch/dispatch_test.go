@@ -10,9 +10,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/baton-scheduler/baton/batontest"
+	"github.com/baton-scheduler/baton/db"
 	"github.com/baton-scheduler/baton/internal/dispatch"
 	"github.com/baton-scheduler/baton/internal/failover"
+	"github.com/baton-scheduler/baton/internal/master"
 	"github.com/baton-scheduler/baton/internal/submit"
 )
 
@@ -185,39 +189,26 @@ func TestDispatchPlanUsesQueueIndex(t *testing.T) {
 	if _, err := pool.Exec(ctx, "ANALYZE tasks"); err != nil {
 		t.Fatal(err)
 	}
-	explain := func(sql string) string {
+	// The statements the dispatcher runs (the sqlc-generated constants), with the
+	// arguments it passes: a hand copy would drift from them.
+	explain := func(sql string, args ...any) string {
 		t.Helper()
-		rows, err := pool.Query(ctx, "EXPLAIN "+sql)
+		rows, err := pool.Query(ctx, "EXPLAIN "+sql, args...)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var plan []string
-		for rows.Next() {
-			var line string
-			if err := rows.Scan(&line); err != nil {
-				t.Fatal(err)
-			}
-			plan = append(plan, line)
-		}
-		if err := rows.Err(); err != nil {
+		plan, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
 			t.Fatal(err)
 		}
 		return strings.Join(plan, "\n")
 	}
-	// queries/dispatch_queue.sql, DispatchLockWaiting.
-	text := explain(`SELECT id AS task_id FROM tasks
-		WHERE group_name = 'a' AND state = 'queued' AND available_at <= now()
-		ORDER BY priority DESC, id
-		LIMIT 100
-		FOR UPDATE SKIP LOCKED`)
+	minWait := master.DispatchMinWaitDefault.Seconds()
+	text := explain(db.DispatchLockWaiting, "a", minWait, int32(100))
 	if !strings.Contains(text, "tasks_queue") || strings.Contains(text, "Sort") || strings.Contains(text, "Seq Scan") {
 		t.Fatalf("waiting-task scan does not follow tasks_queue:\n%s", text)
 	}
-	// queries/dispatch_queue.sql, DispatchListWaitingGroups.
-	text = explain(`SELECT g.name FROM worker_groups g
-		WHERE EXISTS (SELECT 1 FROM tasks t
-		              WHERE t.group_name = g.name AND t.state = 'queued' AND t.available_at <= now())
-		ORDER BY g.name`)
+	text = explain(db.DispatchListWaitingGroups, minWait)
 	if !strings.Contains(text, "tasks_queue") || strings.Contains(text, "Seq Scan on tasks") {
 		t.Fatalf("waiting-groups probe does not use tasks_queue:\n%s", text)
 	}

@@ -47,7 +47,8 @@ var (
 )
 
 // Build compiles baton-master, baton-worker and the ledger program once per test
-// binary into a temporary directory (removed by RemoveBinaries).
+// binary into a temporary directory (removed by RemoveBinaries), with -race when
+// the test binary has it.
 func Build(t testing.TB) Binaries {
 	t.Helper()
 	buildOnce.Do(func() { built, buildErr = build() })
@@ -81,14 +82,25 @@ func build() (Binaries, error) {
 			return Binaries{}, fmt.Errorf("go command not found in PATH: %w", err)
 		}
 	}
-	cmd := exec.Command(goBin, "build", "-o", dir+string(filepath.Separator),
-		"./cmd/baton-master", "./cmd/baton-worker", "./internal/e2e/ledger", "./internal/e2e/chaosworker")
-	cmd.Dir = root
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		_ = os.RemoveAll(dir)
-		return Binaries{}, fmt.Errorf("go build in %s: %w\n%s", root, err, out.String())
+	// Under `go test -race` (make test) the daemons get the race detector too; a
+	// report in a log fails the test (Proc.stop). The ledger program, a test
+	// tool that every ledger task starts, stays plain: hundreds of race-enabled
+	// process starts per test would measure the detector, not baton. Benchmarks,
+	// built without -race, measure plain binaries.
+	daemons := []string{"build", "-o", dir + string(filepath.Separator)}
+	if raceBuild {
+		daemons = append(daemons, "-race")
+	}
+	daemons = append(daemons, "./cmd/baton-master", "./cmd/baton-worker", "./internal/e2e/chaosworker")
+	for _, args := range [][]string{daemons, {"build", "-o", dir + string(filepath.Separator), "./internal/e2e/ledger"}} {
+		cmd := exec.Command(goBin, args...)
+		cmd.Dir = root
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Run(); err != nil {
+			_ = os.RemoveAll(dir)
+			return Binaries{}, fmt.Errorf("go %s in %s: %w\n%s", strings.Join(args, " "), root, err, out.String())
+		}
 	}
 	return Binaries{
 		Dir:         dir,
@@ -179,7 +191,8 @@ func startProc(t testing.TB, logDir, name, bin string, args []string, env ...str
 	return p, nil
 }
 
-// stop kills the process if it still runs and, if failed, logs the tail of its log.
+// stop kills the process if it still runs, fails the test if the race detector
+// reported a data race in its log and, if failed, logs the tail of its log.
 func (p *Proc) stop(failed bool) {
 	if !p.Exited() {
 		_ = p.cmd.Process.Kill()
@@ -189,9 +202,32 @@ func (p *Proc) stop(failed bool) {
 			p.t.Logf("e2e: %s (pid %d) did not exit after SIGKILL", p.Name, p.Pid())
 		}
 	}
+	if race := p.raceReport(); race != "" {
+		p.t.Errorf("e2e: the race detector reported a data race in %s (pid %d):\n%s", p.Name, p.Pid(), race)
+	}
 	if failed {
 		p.t.Logf("e2e: last lines of %s (pid %d, %s):\n%s", p.Name, p.Pid(), p.describeExit(), p.Tail(60))
 	}
+}
+
+// raceReport is the first data race report in the process's log ("" if none).
+// A race-enabled binary prints it when the race happens, so it is there even
+// when the process is SIGKILLed afterwards.
+func (p *Proc) raceReport() string {
+	b, err := os.ReadFile(p.LogPath)
+	if err != nil {
+		return ""
+	}
+	const marker = "WARNING: DATA RACE"
+	i := bytes.Index(b, []byte(marker))
+	if i < 0 {
+		return ""
+	}
+	rest := b[i:]
+	if j := bytes.Index(rest, []byte("\n==================")); j >= 0 {
+		rest = rest[:j]
+	}
+	return string(rest)
 }
 
 func cleanEnv() []string {

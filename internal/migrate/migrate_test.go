@@ -251,22 +251,26 @@ func TestStockGooseReadsDirectory(t *testing.T) {
 }
 
 // Checking an unmigrated database (what a daemon does at start without
-// --migrate) reads only: goose's version table is not created behind its back.
+// --migrate) reads only: neither baton's schema nor goose's version table is
+// created behind its back, nor anything in public.
 func TestCheckSchemaOfEmptyDatabaseWritesNothing(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	dsn := srv.NewEmptyDatabase(t)
-	err := migrate.CheckSchema(ctx, dsn)
-	if err == nil || !strings.Contains(err.Error(), "run `baton migrate up`") {
-		t.Fatalf("CheckSchema of an empty database = %v", err)
-	}
 	conn, err := pgx.Connect(ctx, dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	var n int
-	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").Scan(&n); err != nil || n != 0 {
-		t.Fatalf("tables after CheckSchema: %d, %v; want none", n, err)
+	before := batontest.TakeSnapshot(t, conn, "public")
+	if before["schema baton"] != "absent" {
+		t.Fatalf("an empty database has schema baton: %v", before)
+	}
+	err = migrate.CheckSchema(ctx, dsn)
+	if err == nil || !strings.Contains(err.Error(), "run `baton migrate up`") {
+		t.Fatalf("CheckSchema of an empty database = %v", err)
+	}
+	if diff := before.Diff(batontest.TakeSnapshot(t, conn, "public")); diff != "" {
+		t.Fatalf("CheckSchema of an empty database wrote: %s", diff)
 	}
 }

@@ -51,7 +51,10 @@ func TestSupersededAttemptIsFenced(t *testing.T) {
 	}
 
 	// The same write with the right attempt but the wrong session is fenced too.
-	pool.Exec(ctx, "UPDATE tasks SET state = 'running', started_at = now() WHERE id = $1", task) //nolint:errcheck
+	// (The healthy worker claims attempt 2 first; the setup must take effect.)
+	if n := q("WITH u AS (UPDATE tasks SET state = 'running', started_at = now() WHERE id = $1 AND state = 'dispatched' AND attempt = 2 RETURNING 1) SELECT count(*) FROM u", task); n != 1 {
+		t.Fatalf("setup: %d tasks set running, want 1", n)
+	}
 	wrongSession := report.Result{TaskID: task, Attempt: 2, SessionID: zombie, Outcome: "succeeded"}
 	if sum, err := report.Finish(ctx, pool, []report.Result{wrongSession}); err != nil || len(sum.Fenced) != 1 {
 		t.Fatalf("attempt 2 from the wrong session: %+v, %v", sum, err)

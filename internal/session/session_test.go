@@ -178,10 +178,19 @@ func TestHeartbeatStartStopStress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, _ := heartbeater(t, pool, session.HeartbeatConfig{SessionID: reg.ID, Interval: time.Millisecond, FenceAfter: time.Minute})
-	for range 50 {
-		_ = h.Start(context.Background())
-		h.Stop()
+	h, lost := heartbeater(t, pool, session.HeartbeatConfig{SessionID: reg.ID, Interval: time.Millisecond, FenceAfter: time.Minute, Since: reg.Sent})
+	batontest.StartStopStress(t, h, nil)
+	// Still heartbeats after all that, and nothing fenced or lost the session.
+	if err := h.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	h.TestSignals.Beat.WaitOrTimeout(t)
+	h.Stop()
+	h.TestSignals.Fenced.RequireEmpty(t)
+	select {
+	case err := <-lost:
+		t.Fatalf("session lost during starts and stops: %v", err)
+	default:
 	}
 }
 

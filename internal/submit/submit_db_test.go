@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/baton-scheduler/baton/batontest"
+	"github.com/baton-scheduler/baton/internal/store"
 )
 
 var srv *batontest.Server
@@ -49,6 +51,14 @@ func submitCase(t *testing.T, pool *pgxpool.Pool, s Spec) error {
 	}
 	if verr := s.Validate(); verr != nil {
 		t.Fatalf("stored a spec Validate refuses: %v", verr)
+	}
+	// One task added, nothing else touched (the task row is the queue).
+	after := batontest.TakeSnapshot(t, pool)
+	if changed := before.Changed(after); !slices.Equal(changed, []string{store.SchemaDefault + ".tasks"}) {
+		t.Fatalf("submit changed %v, want only the tasks table: %s", changed, before.Diff(after))
+	}
+	if n := batontest.Int64(t, pool, "SELECT count(*) FROM tasks WHERE id >= $1", id); n != 1 {
+		t.Fatalf("submit stored %d tasks from id %d on, want 1", n, id)
 	}
 	// Stored as given, queued (the task row is the queue: claimable now, no
 	// dispatch row), with the spec's retry backoff or else its group's.
@@ -123,13 +133,22 @@ func TestSubmitRefusalStoresNothing(t *testing.T) {
 	if err := submitCase(t, pool, Spec{Group: batontest.FactoryGroup, Kind: "noop", Backoff: &Backoff{Base: 0, Max: time.Minute}}); err != nil {
 		t.Fatal(err)
 	}
-	// A batch with one bad spec stores none of them.
-	before := batontest.TakeSnapshot(t, pool)
-	if _, err := Many(context.Background(), pool, []Spec{ok, {Group: "g", Kind: "noop", Payload: json.RawMessage(`{"n":1e1000000}`)}}); err == nil {
-		t.Fatal("batch with a bad spec stored")
-	}
-	if diff := before.Diff(batontest.TakeSnapshot(t, pool)); diff != "" {
-		t.Fatalf("refused batch changed stored rows: %s", diff)
+	// A batch with one bad spec, last, stores none of them: one Validate refuses,
+	// and ones only Postgres can refuse (the good specs before it reach the
+	// database in the same statement).
+	grows := json.RawMessage("[" + strings.Repeat("1,", MaxPayloadBytes/2-2) + "1]")
+	for _, bad := range []Spec{
+		{Group: "g", Kind: "noop", Payload: json.RawMessage(`{"n":1e1000000}`)},
+		{Group: "nope", Kind: "noop"},
+		{Group: "g", Kind: "noop", Payload: grows},
+	} {
+		before := batontest.TakeSnapshot(t, pool)
+		if _, err := Many(context.Background(), pool, []Spec{ok, ok, bad}); err == nil {
+			t.Fatalf("batch with a bad spec (%s) stored", describe(bad))
+		}
+		if diff := before.Diff(batontest.TakeSnapshot(t, pool)); diff != "" {
+			t.Fatalf("refused batch (bad spec %s) changed stored rows: %s", describe(bad), diff)
+		}
 	}
 }
 
