@@ -244,8 +244,10 @@ func firstLine(sql string) string {
 // poison rule of --max-failovers (maxFailovers): each must have ended failed because
 // it was failed over maxFailovers times while running — state failed,
 // running_failovers = maxFailovers, last_error naming the count and the limit —
-// after killing maxFailovers+1 workers: maxFailovers+1 attempts that started (a
-// ledger start row each) and were closed failed_over on a session declared dead.
+// after killing maxFailovers+1 workers: maxFailovers+1 attempts that were running
+// and were closed failed_over on a session declared dead, and 1..maxFailovers+1
+// ledger start rows (at least one attempt ran; one that another poison task's kill
+// of the same worker cut short may have written none).
 // It records the tasks that did not in f.Poison and f.PoisonRows.
 func (f *Findings) CheckPoison(ctx context.Context, q Querier, ids []int64, maxFailovers int) error {
 	n, rows, err := collect(ctx, q, `
@@ -263,7 +265,7 @@ func (f *Findings) CheckPoison(ctx context.Context, q Querier, ids []int64, maxF
 		FROM p LEFT JOIN tasks t ON t.id = p.id LEFT JOIN a ON a.task_id = p.id LEFT JOIN l ON l.task_id = p.id
 		WHERE t.id IS NULL OR t.state <> 'failed' OR t.running_failovers <> $2::int
 		   OR t.last_error NOT LIKE 'failed over ' || $2::int || ' times (its workers died while running it), the limit is ' || $2::int || ';%'
-		   OR coalesce(a.killed, 0) <> $2::int + 1 OR coalesce(l.starts, 0) <> $2::int + 1
+		   OR coalesce(a.killed, 0) <> $2::int + 1 OR coalesce(l.starts, 0) NOT BETWEEN 1 AND $2::int + 1
 		ORDER BY p.id`, ids, maxFailovers)
 	if err != nil {
 		return err

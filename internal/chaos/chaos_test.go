@@ -228,7 +228,7 @@ func TestCheckPoison(t *testing.T) {
 			last_error = 'exit status 137' WHERE id = 3`, "0 running failovers"},
 		{"failed over fewer times than the limit", `UPDATE tasks SET running_failovers = 0 WHERE id = 3`, "0 running failovers"},
 		{"did not kill its worker", `UPDATE worker_sessions SET state = 'stopped' WHERE id = 3`, "1 attempts failed over off dead sessions"},
-		{"never started on a worker", `DELETE FROM ledger WHERE task_id = 3 AND attempt = 2`, "1 ledger starts"},
+		{"never ran", `DELETE FROM ledger WHERE task_id = 3`, "0 ledger starts"},
 		{"still running", `UPDATE tasks SET state = 'running', worker_session_id = 2, finished_at = NULL WHERE id = 3`, "poison task 3: running"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -365,11 +365,12 @@ type taskKind int
 const (
 	shellTask  taskKind = iota // sh -> sh -> setsid ledger ticks (child and grandchild)
 	goTask                     // the chaosworker "ledger" Go handler
-	poisonTask                 // kills its worker: kill -9 $PPID
+	poisonTask                 // a shell task that kills its worker: kill -9 $BATON_WORKER_PID
+	crashTask                  // a Go handler (chaosworker "crash") that crashes its worker
 )
 
 func (k taskKind) String() string {
-	return [...]string{"shell", "go", "poison"}[k]
+	return [...]string{"shell", "go", "poison", "crash"}[k]
 }
 
 // shellScript: the task shell records its start, runs a child shell that runs the
@@ -377,8 +378,9 @@ func (k taskKind) String() string {
 // group, as a daemonizing program would be), then records its end.
 const shellScript = `"$LEDGER" start && sh -c 'setsid -w "$LEDGER" ticks "$TICKS" "$EVERY" & wait $!' && "$LEDGER" end`
 
-// poisonScript records a start, then kills the worker running it.
-const poisonScript = `"$LEDGER" start && kill -9 $PPID`
+// poisonScript records a start, then kills the worker running it (the worker
+// process, not the task's supervisor, which is its $PPID).
+const poisonScript = `"$LEDGER" start && kill -9 "$BATON_WORKER_PID"`
 
 // tickEvery is the interval of ledger ticks.
 const tickEvery = 250 * time.Millisecond
@@ -397,15 +399,18 @@ func (r *rig) spec(kind taskKind, group string, ticks int) submit.Spec {
 			"LEDGER": r.bins.Ledger, "BATON_LEDGER_DSN": r.dsn,
 			"TICKS": fmt.Sprint(ticks), "EVERY": tickEvery.String(),
 		}})
-	case goTask:
+	case goTask, crashTask:
 		payload, err = json.Marshal(map[string]any{"dsn": r.dsn, "ticks": ticks, "tick_ms": tickEvery.Milliseconds()})
 	}
 	if err != nil {
 		r.t.Fatal(err)
 	}
 	s := submit.Spec{Group: group, Kind: submit.KindShell, Payload: payload, MaxRetries: 3}
-	if kind == goTask {
+	switch kind {
+	case goTask:
 		s.Kind = "ledger"
+	case crashTask:
+		s.Kind = "crash"
 	}
 	return s
 }
