@@ -520,12 +520,25 @@ func (r *rig) signal(m *member, sig syscall.Signal) error {
 	return p.SignalErr(sig)
 }
 
-// sessionOf is the newest session id of a member (0 if none).
-func (r *rig) sessionOf(m *member) int64 {
+// currentSession is the alive session of m's running process (by its pid),
+// waiting up to 30 s for one (a process just restarted registers first).
+func (r *rig) currentSession(m *member) (int64, error) {
 	table := "worker_sessions"
 	if m.master {
 		table = "master_sessions"
 	}
-	id, _ := r.tryInt(`SELECT coalesce(max(id), 0) FROM `+table+` WHERE name = $1`, m.name)
-	return id
+	var id int64
+	ok, desc := r.waitFor(30*time.Second, func() (bool, string, error) {
+		p := r.proc(m)
+		if p == nil || p.Exited() {
+			return false, m.name + " is not running", nil
+		}
+		var err error
+		id, err = r.tryInt(`SELECT coalesce(max(id), 0) FROM `+table+` WHERE name = $1 AND pid = $2 AND state = 'alive'`, m.name, p.Pid())
+		return err == nil && id > 0, m.name + " has no alive session of its process", err
+	})
+	if !ok {
+		return 0, fmt.Errorf("session of %s: %s", m.name, desc)
+	}
+	return id, nil
 }
