@@ -243,8 +243,9 @@ func (c *campaign) miss(format string, args ...any) {
 }
 
 // requireWork fails a campaign that did too little to prove anything: tasks of
-// both kinds submitted and succeeded, and ledger rows written. The figures are a
-// fraction of what the short form does on the 2-core machine (about 250 tasks).
+// both kinds submitted and succeeded, and ledger rows written. The figures are
+// about half of what the short form did on the loaded 2-core machine (seed 42:
+// 77 shell and 57 Go tasks, 131 succeeded).
 func (c *campaign) requireWork(f chaos.Findings) {
 	c.sub.mu.Lock()
 	shell, gotasks := c.sub.byKind[shellTask], c.sub.byKind[goTask]
@@ -260,7 +261,7 @@ func (c *campaign) requireWork(f chaos.Findings) {
 		c.t.Errorf("chaos: count the work done: %v", err)
 		return
 	}
-	const minTasks, minSucceeded, minRows = 50, 25, 1000
+	const minTasks, minSucceeded, minRows = 30, 20, 500
 	if shell < minTasks || gotasks < minTasks || okShell < minSucceeded || okGo < minSucceeded || rows < minRows {
 		c.t.Errorf("chaos: too little work to prove anything: submitted %d shell and %d Go tasks (want >= %d each), "+
 			"%d and %d succeeded (want >= %d each), %d ledger rows (want >= %d)",
@@ -847,6 +848,11 @@ func (c *campaign) table(f chaos.Findings) string {
 	c.sub.mu.Unlock()
 	tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "tasks\t%d (%s); succeeded %d, failed %d\t\n", f.Submitted, byKind, f.Succeeded, f.Failed)
+	if n, err := r.tryInt(`SELECT count(*) FROM ledger`); err != nil {
+		c.t.Errorf("chaos: table: ledger rows: %v", err)
+	} else {
+		fmt.Fprintf(tw, "ledger rows\t%d\t\n", n)
+	}
 	fmt.Fprintf(tw, "lost\t%d\t\n", f.Lost)
 	fmt.Fprintf(tw, "overlapping attempts\t%d\t\n", f.Overlaps)
 	fmt.Fprintf(tw, "tasks with >1 succeeded attempt\t%d\t\n", f.MultiWins)
