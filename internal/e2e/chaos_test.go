@@ -54,7 +54,7 @@ const (
 	// target is declared dead (at most effectBound more) and its effects are
 	// checked. The short form holds every such fault exactly pastThreshold.
 	workerTimeout  = 5 * time.Second
-	pastThreshold  = 6 * time.Second
+	pastThreshold  = workerTimeout + time.Second
 	effectBound    = 30 * time.Second
 	chaosMaxFailed = 3 // --max-failovers of the campaign's masters
 )
