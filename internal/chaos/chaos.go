@@ -103,6 +103,12 @@ type Findings struct {
 	ToDead     int64
 	ToDeadRows []string
 
+	// Poison tasks (tasks that kill the worker running them) that did not end
+	// failed by the poison rule after exactly MaxFailovers running failovers
+	// (CheckPoison).
+	Poison     int64
+	PoisonRows []string
+
 	Fenced int64 // attempts whose late result was refused (outcome fenced, or refused_at recorded)
 }
 
@@ -234,6 +240,40 @@ func firstLine(sql string) string {
 	return ""
 }
 
+// CheckPoison checks tasks that kill every worker that runs them (ids) against the
+// poison rule of --max-failovers (maxFailovers): each must have ended failed because
+// it was failed over maxFailovers times while running — state failed,
+// running_failovers = maxFailovers, last_error naming the count and the limit —
+// after killing maxFailovers+1 workers: maxFailovers+1 attempts that were running
+// and were closed failed_over on a session declared dead, and 1..maxFailovers+1
+// ledger start rows (at least one attempt ran; one that another poison task's kill
+// of the same worker cut short may have written none).
+// It records the tasks that did not in f.Poison and f.PoisonRows.
+func (f *Findings) CheckPoison(ctx context.Context, q Querier, ids []int64, maxFailovers int) error {
+	n, rows, err := collect(ctx, q, `
+		WITH p AS (SELECT id FROM unnest($1::bigint[]) AS id),
+		     a AS (SELECT a.task_id,
+		                  count(*) FILTER (WHERE a.outcome = 'failed_over' AND a.started_at IS NOT NULL AND s.state = 'dead') AS killed
+		           FROM task_attempts a JOIN p ON p.id = a.task_id
+		           LEFT JOIN worker_sessions s ON s.id = a.worker_session_id GROUP BY a.task_id),
+		     l AS (SELECT task_id, count(*) AS starts FROM ledger JOIN p ON p.id = ledger.task_id
+		           WHERE kind = 'start' GROUP BY task_id)
+		SELECT 'poison task ' || p.id || ': ' || coalesce(t.state || ', ' || t.running_failovers || ' running failovers ('
+		       || t.failover_count || ' in all), ' || coalesce(a.killed, 0) || ' attempts failed over off dead sessions, '
+		       || coalesce(l.starts, 0) || ' ledger starts, last error "' || left(t.last_error, 160) || '"', 'missing')
+		       || '; want failed after ' || $2::int || ' running failovers, ' || $2::int + 1 || ' workers killed'
+		FROM p LEFT JOIN tasks t ON t.id = p.id LEFT JOIN a ON a.task_id = p.id LEFT JOIN l ON l.task_id = p.id
+		WHERE t.id IS NULL OR t.state <> 'failed' OR t.running_failovers <> $2::int
+		   OR t.last_error NOT LIKE 'failed over ' || $2::int || ' times (its workers died while running it), the limit is ' || $2::int || ';%'
+		   OR coalesce(a.killed, 0) <> $2::int + 1 OR coalesce(l.starts, 0) NOT BETWEEN 1 AND $2::int + 1
+		ORDER BY p.id`, ids, maxFailovers)
+	if err != nil {
+		return err
+	}
+	f.Poison, f.PoisonRows = n, rows
+	return nil
+}
+
 // Problem is one violated invariant with its examples.
 type Problem struct {
 	What  string
@@ -257,6 +297,7 @@ func (f Findings) Problems() []Problem {
 	add("succeeded attempts whose work never completed", f.Unfinished, f.UnfinishedRows)
 	add("failover events not finished", f.OpenFailovers, f.OpenRows)
 	add("work dispatched to (or left on) a dead or stopped session", f.ToDead, f.ToDeadRows)
+	add("poison tasks not failed by the --max-failovers rule", f.Poison, f.PoisonRows)
 	return out
 }
 

@@ -196,3 +196,65 @@ func TestCheckNilSubmitted(t *testing.T) {
 		t.Errorf("submitted %d lost %d, want 2 and 1:\n%s", f.Submitted, f.Lost, f.String())
 	}
 }
+
+// poison adds task 3, a poison task (limit 1) as baton leaves it: it killed the
+// workers of sessions 1 and 3 while running (a ledger start on each), the first
+// failover moved it, the second failed it. The task row holds the final attempt;
+// the failover closed it failed_over in task_attempt_log too.
+const poison = `
+INSERT INTO worker_sessions (name, group_name, slots, state, started_at, last_heartbeat_at, ended_at)
+VALUES ('w3', 'g', 2, 'dead', '2026-01-01 00:00:00+00', '2026-01-01 00:00:02+00', '2026-01-01 00:00:04+00');
+INSERT INTO tasks (group_name, kind, state, attempt, attempt_session_id, attempt_reason, dispatched_at, started_at, finished_at,
+                   failover_count, running_failovers, last_error) VALUES
+  ('g', 'shell', 'failed', 2, 3, 'failover', '2026-01-01 00:00:01.6+00', '2026-01-01 00:00:02+00', '2026-01-01 00:00:04+00', 1, 1,
+   'failed over 1 times (its workers died while running it), the limit is 1; worker session 3 is dead too: not failed over again');
+INSERT INTO task_attempt_log (task_id, attempt, worker_session_id, reason, dispatched_at, started_at, finished_at, outcome) VALUES
+  (3, 1, 1, 'submit',   '2026-01-01 00:00:00+00',   '2026-01-01 00:00:00.1+00', '2026-01-01 00:00:01.5+00', 'failed_over'),
+  (3, 2, 3, 'failover', '2026-01-01 00:00:01.6+00', '2026-01-01 00:00:02+00',   '2026-01-01 00:00:04+00',   'failed_over');
+INSERT INTO ledger (task_id, attempt, session_id, kind, at) VALUES
+  (3, 1, 1, 'start', '2026-01-01 00:00:00.1+00'),
+  (3, 2, 3, 'start', '2026-01-01 00:00:02+00');
+`
+
+// TestCheckPoison: a poison task failed by the rule passes; each way of ending
+// otherwise (retried to failure, failed over past or short of the limit, never
+// killing its worker) is found and named.
+func TestCheckPoison(t *testing.T) {
+	for _, tc := range []struct {
+		name, sql, mention string
+	}{
+		{"failed by the rule", "", ""},
+		{"failed by its retries, not by failovers", `UPDATE tasks SET running_failovers = 0, failover_count = 0,
+			last_error = 'exit status 137' WHERE id = 3`, "0 running failovers"},
+		{"failed over fewer times than the limit", `UPDATE tasks SET running_failovers = 0 WHERE id = 3`, "0 running failovers"},
+		{"did not kill its worker", `UPDATE worker_sessions SET state = 'stopped' WHERE id = 3`, "1 attempts failed over off dead sessions"},
+		{"never ran", `DELETE FROM ledger WHERE task_id = 3`, "0 ledger starts"},
+		{"still running", `UPDATE tasks SET state = 'running', worker_session_id = 2, finished_at = NULL WHERE id = 3`, "poison task 3: running"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pool := newHistory(t)
+			ctx := context.Background()
+			if _, err := pool.Exec(ctx, poison); err != nil {
+				t.Fatal(err)
+			}
+			if tc.sql != "" {
+				if _, err := pool.Exec(ctx, tc.sql); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var f Findings
+			if err := f.CheckPoison(ctx, pool, []int64{3}, 1); err != nil {
+				t.Fatal(err)
+			}
+			if tc.mention == "" {
+				if s := f.String(); s != "" {
+					t.Fatalf("poison task failed by the rule reported:\n%s", s)
+				}
+				return
+			}
+			if f.Poison != 1 || !strings.Contains(f.String(), tc.mention) {
+				t.Errorf("finding count %d, want 1 mentioning %q; report:\n%s", f.Poison, tc.mention, f.String())
+			}
+		})
+	}
+}

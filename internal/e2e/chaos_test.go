@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -41,11 +42,21 @@ const (
 	fPGRestart    = "postgres restart"
 	fSwitchover   = "postgres switchover"
 	fRollingTerm  = "rolling SIGTERM of workers"
-	fPoison       = "poison task (kill -9 $PPID)"
+	fPoison       = "poison tasks (shell kill, Go crash)"
 	fGroupLock    = "held group dispatch lock"
 	chaosGroupA   = "chaos-a"
 	chaosGroupB   = "chaos-b"
 	chaosMaxTicks = 48 // tasks run 0.5..12 s: some outlive the worker timeout
+
+	// The binaries' default timing (docs/chaos.md): a worker is declared dead
+	// after workerTimeout without a heartbeat. A hold of pastThreshold or longer
+	// is past it by a heartbeat and a sweep: the fault is then held until its
+	// target is declared dead (at most effectBound more) and its effects are
+	// checked. The short form holds every such fault exactly pastThreshold.
+	workerTimeout  = 5 * time.Second
+	pastThreshold  = workerTimeout + time.Second
+	effectBound    = 30 * time.Second
+	chaosMaxFailed = 3 // --max-failovers of the campaign's masters
 )
 
 // noFault labels overlaps whose earlier attempt ran on a session that no injected
@@ -71,6 +82,7 @@ type campaign struct {
 	maxFailover bool              // baton-master has --max-failovers
 	poisonIDs   []int64
 	mu          sync.Mutex
+	missed      []string // faults without their effect, or whose injection failed
 }
 
 // TestChaos is the fault campaign: real processes (2 masters, 2 groups of 2 workers
@@ -90,7 +102,7 @@ func TestChaos(t *testing.T) {
 	masterArgs := []string{}
 	if flagSupported(bins.Master, "max-failovers") {
 		c.maxFailover = true
-		masterArgs = append(masterArgs, "--max-failovers", "3")
+		masterArgs = append(masterArgs, "--max-failovers", fmt.Sprint(chaosMaxFailed))
 	} else {
 		c.notes = append(c.notes, "baton-master has no --max-failovers flag (issue #6.6 not merged): poison tasks are not limited")
 	}
@@ -119,12 +131,15 @@ func TestChaos(t *testing.T) {
 	if c.start, err = r.pgNow(); err != nil {
 		t.Fatal(err)
 	}
-	// Rounds of every available fault in a random order; the first round always
-	// completes (the short form is one round), later ones stop at the deadline.
+	// Rounds of every available fault; the first round always completes (the
+	// short form is one round, in the fixed order of the table), later ones come
+	// in a random order and stop at the deadline.
 	deadline := time.Now().Add(*chaosDuration)
 	for round := 0; round == 0 || time.Now().Before(deadline); round++ {
 		kinds := c.available()
-		c.rng.Shuffle(len(kinds), func(i, j int) { kinds[i], kinds[j] = kinds[j], kinds[i] })
+		if c.long {
+			c.rng.Shuffle(len(kinds), func(i, j int) { kinds[i], kinds[j] = kinds[j], kinds[i] })
+		}
 		for _, k := range kinds {
 			if round > 0 && !time.Now().Before(deadline) {
 				break
@@ -151,6 +166,16 @@ func TestChaos(t *testing.T) {
 		t.Logf("chaos: ledger still written to: %s", desc)
 	}
 	f := r.check(&c.sub)
+	if c.maxFailover {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		if err := chaos.Retry(ctx, func(ctx context.Context) error {
+			return f.CheckPoison(ctx, r.pool, c.poisonList(), chaosMaxFailed)
+		}); err != nil {
+			t.Errorf("chaos: poison check: %v", err)
+		}
+		cancel()
+	}
+	c.requireWork(f)
 	table := c.table(f)
 	t.Log("\n" + table)
 	if *chaosReport != "" {
@@ -164,8 +189,11 @@ func TestChaos(t *testing.T) {
 	if len(c.stalled) > 0 {
 		t.Errorf("chaos: a held group dispatch lock stalled another group's failover:\n  %s", strings.Join(c.stalled, "\n  "))
 	}
-	if n := c.unrecovered(); n > 0 {
-		t.Errorf("chaos: %d faults after which the cluster was not whole again within the bound (see the table)", n)
+	if n, err := c.unrecovered(); err != nil || n > 0 {
+		t.Errorf("chaos: %d faults after which the cluster was not whole again within the bound (see the table); query: %v", n, err)
+	}
+	if len(c.missed) > 0 {
+		t.Errorf("chaos: faults that failed or did not have their effect:\n  %s", strings.Join(c.missed, "\n  "))
 	}
 	if batontest.InCI() {
 		for k, why := range c.unavailable {
@@ -195,14 +223,50 @@ func (c *campaign) pause(lo, hi time.Duration) {
 	time.Sleep(lo + time.Duration(c.rng.Int64N(int64(hi-lo))))
 }
 
-// hold is how long a fault lasts: sometimes shorter than the self-fence (4 s) and
-// the worker timeout (5 s), sometimes well past both.
+// hold is how long a fault lasts. make chaos: 2..14 s, sometimes shorter than the
+// self-fence (4 s) and the worker timeout (5 s), often past both. The short form:
+// always pastThreshold, so every hold fault has its effect in every run.
 func (c *campaign) hold() time.Duration {
-	hi := 6 * time.Second
-	if c.long {
-		hi = 14 * time.Second
+	if !c.long {
+		return pastThreshold
 	}
-	return 2*time.Second + time.Duration(c.rng.Int64N(int64(hi-2*time.Second)))
+	return 2*time.Second + time.Duration(c.rng.Int64N(int64(12*time.Second)))
+}
+
+// miss records a fault that failed or did not have its effect (a test failure).
+func (c *campaign) miss(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	c.t.Logf("chaos: MISSED: %s", msg)
+	c.mu.Lock()
+	c.missed = append(c.missed, msg)
+	c.mu.Unlock()
+}
+
+// requireWork fails a campaign that did too little to prove anything: tasks of
+// both kinds submitted and succeeded, and ledger rows written. The figures are
+// about half of what the short form did on the loaded 2-core machine (seed 42:
+// 77 shell and 57 Go tasks, 131 succeeded).
+func (c *campaign) requireWork(f chaos.Findings) {
+	c.sub.mu.Lock()
+	shell, gotasks := c.sub.byKind[shellTask], c.sub.byKind[goTask]
+	c.sub.mu.Unlock()
+	var okShell, okGo, rows int64
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := chaos.Retry(ctx, func(ctx context.Context) error {
+		return c.r.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE kind = 'shell' AND state = 'succeeded'),
+			count(*) FILTER (WHERE kind = 'ledger' AND state = 'succeeded'), (SELECT count(*) FROM ledger) FROM tasks`).
+			Scan(&okShell, &okGo, &rows)
+	}); err != nil {
+		c.t.Errorf("chaos: count the work done: %v", err)
+		return
+	}
+	const minTasks, minSucceeded, minRows = 30, 20, 500
+	if shell < minTasks || gotasks < minTasks || okShell < minSucceeded || okGo < minSucceeded || rows < minRows {
+		c.t.Errorf("chaos: too little work to prove anything: submitted %d shell and %d Go tasks (want >= %d each), "+
+			"%d and %d succeeded (want >= %d each), %d ledger rows (want >= %d)",
+			shell, gotasks, minTasks, okShell, okGo, minSucceeded, rows, minRows)
+	}
 }
 
 // load keeps about two tasks per slot queued or running, half shell, half Go.
@@ -239,11 +303,11 @@ func (c *campaign) inject(kind string) {
 		t.Errorf("chaos: record fault %s: %v", kind, err)
 		return
 	}
-	target, session, extra, err := c.run(kind)
-	note := extra
+	fr := c.run(kind)
+	target, session, note, err := fr.target, fr.session, fr.note, fr.err
 	if err != nil {
 		note = strings.TrimSpace(note + " error: " + err.Error())
-		t.Logf("chaos: fault %s on %s: %v", kind, target, err)
+		c.miss("fault %s on %s: %v", kind, target, err)
 	}
 	var healed time.Time
 	if err := chaos.Retry(ctx, func(ctx context.Context) error {
@@ -268,27 +332,51 @@ func (c *campaign) inject(kind string) {
 	ok, desc := r.waitFor(bound, func() (bool, string, error) {
 		if kind == fPoison {
 			// Recovered once the poison task is terminal (limited) and the cluster whole.
-			n, err := r.tryInt(`SELECT count(*) FROM tasks WHERE id = (SELECT max(x) FROM unnest($1::bigint[]) x)
-				AND state NOT IN ('succeeded', 'failed', 'timed_out', 'canceled')`, c.poisonList())
+			n, err := r.tryInt(`SELECT count(*) FROM tasks WHERE id = ANY($1::bigint[])
+				AND state NOT IN ('succeeded', 'failed', 'timed_out', 'canceled')`, fr.poison)
 			if err != nil || n > 0 {
 				return false, "poison task still active", err
 			}
 		}
 		return r.whole(healed)
 	})
+	rctx, rcancel := context.WithTimeout(context.Background(), time.Minute)
+	defer rcancel()
+	var rerr error
 	if ok {
-		_ = chaos.Retry(ctx, func(ctx context.Context) error {
+		rerr = chaos.Retry(rctx, func(ctx context.Context) error {
 			_, err := r.pool.Exec(ctx, `UPDATE chaos_faults SET recovered_at = clock_timestamp() WHERE id = $1`, id)
 			return err
 		})
 	} else {
-		_ = chaos.Retry(ctx, func(ctx context.Context) error {
+		rerr = chaos.Retry(rctx, func(ctx context.Context) error {
 			_, err := r.pool.Exec(ctx, `UPDATE chaos_faults SET note = trim(note || ' not whole within ' || $2 || ': ' || $3) WHERE id = $1`,
 				id, bound.String(), desc)
 			return err
 		})
 	}
+	if rerr != nil {
+		t.Errorf("chaos: record recovery of fault %s: %v", kind, rerr)
+	}
 	t.Logf("chaos: %s on %s %s; whole again: %v (%s)", kind, target, note, ok, desc)
+	// Its effect, once the cluster is whole (the failovers it caused are finished).
+	if ok && fr.effect != nil {
+		if err := fr.effect(); err != nil {
+			c.miss("%s on %s %s: %v", kind, target, note, err)
+		}
+	}
+}
+
+// faultRun is one injected fault: its target, the target's session (0 for
+// none), a note, the injection's error, the poison tasks it submitted, and the
+// check of its effect (run once the cluster is whole again).
+type faultRun struct {
+	target  string
+	session int64
+	note    string
+	err     error
+	poison  []int64
+	effect  func() error
 }
 
 func (c *campaign) poisonList() []int64 {
@@ -318,89 +406,270 @@ func (c *campaign) pickMaster() *member {
 	return ms[c.rng.IntN(len(ms))]
 }
 
-// run injects one fault and heals it; it returns the target, the target's session
-// (0 for none) and a note.
-func (c *campaign) run(kind string) (target string, session int64, note string, err error) {
+// run injects one fault and heals it.
+func (c *campaign) run(kind string) faultRun {
 	r := c.r
 	switch kind {
 	case fWorkerKill:
-		m := c.pick("")
-		session = r.sessionOf(m)
-		return m.name, session, "", r.signal(m, syscall.SIGKILL) // the supervisor restarts it
-	case fWorkerStop:
-		m := c.pick("")
-		session = r.sessionOf(m)
-		d := c.hold()
-		if err := r.signal(m, syscall.SIGSTOP); err != nil {
-			return m.name, session, "", err
+		m, session, err := c.pickBusy()
+		if err != nil {
+			return faultRun{target: m.name, err: err}
 		}
-		time.Sleep(d)
-		return m.name, session, "for " + d.String(), r.signal(m, syscall.SIGCONT)
-	case fStall, fCut:
-		m := c.pick("")
-		session = r.sessionOf(m)
+		// The supervisor restarts it; its session must be declared dead and its
+		// running tasks failed over.
+		return faultRun{target: m.name, session: session, err: r.signal(m, syscall.SIGKILL),
+			effect: func() error { return c.failedOver(session, false) }}
+	case fWorkerStop, fStall, fCut:
+		m, session, err := c.pickBusy()
+		if err != nil {
+			return faultRun{target: m.name, err: err}
+		}
 		d := c.hold()
-		for _, p := range m.proxies {
-			if kind == fStall {
+		switch kind {
+		case fWorkerStop:
+			err = r.signal(m, syscall.SIGSTOP)
+		case fStall:
+			for _, p := range m.proxies {
 				p.Stall()
-			} else {
+			}
+		case fCut:
+			for _, p := range m.proxies {
 				p.Cut()
 			}
 		}
-		time.Sleep(d)
-		for _, p := range m.proxies {
-			p.Restore()
+		if err != nil {
+			return faultRun{target: m.name, session: session, err: err}
 		}
-		return m.name, session, "for " + d.String(), nil
+		start := time.Now()
+		time.Sleep(d)
+		past := d >= pastThreshold
+		var deadErr error
+		if past {
+			// Held until its effect: the session declared dead.
+			deadErr = c.waitDead("worker_sessions", session, effectBound)
+		}
+		held := time.Since(start).Round(100 * time.Millisecond)
+		if kind == fWorkerStop {
+			err = r.signal(m, syscall.SIGCONT)
+		} else {
+			for _, p := range m.proxies {
+				p.Restore()
+			}
+		}
+		fr := faultRun{target: m.name, session: session, note: "for " + held.String(), err: errors.Join(err, deadErr)}
+		if past {
+			fr.effect = func() error { return c.failedOver(session, true) }
+		}
+		return fr
 	case fMasterKill:
 		m := c.pickMaster()
-		return m.name, 0, "", r.signal(m, syscall.SIGKILL)
+		session, err := r.currentSession(m)
+		if err != nil {
+			return faultRun{target: m.name, err: err}
+		}
+		return faultRun{target: m.name, session: session, err: r.signal(m, syscall.SIGKILL), effect: func() error {
+			// Another master declares it dead and records its failover.
+			if err := c.waitDead("master_sessions", session, effectBound); err != nil {
+				return err
+			}
+			n, err := r.tryInt(`SELECT count(*) FROM failover_events WHERE kind = 'master' AND session_id = $1 AND finished_at IS NOT NULL`, session)
+			if err == nil && n != 1 {
+				err = fmt.Errorf("master session %d is dead but has %d finished master failover events", session, n)
+			}
+			return err
+		}}
 	case fPGRestart:
 		mode := []string{"fast", "immediate"}[c.rng.IntN(2)]
 		n := r.nodes[r.primary]
-		return n.Name, 0, "-m " + mode, n.Restart(mode)
+		before, err := c.pgStart()
+		if err != nil {
+			return faultRun{target: n.Name, err: err}
+		}
+		return faultRun{target: n.Name, note: "-m " + mode, err: n.Restart(mode), effect: func() error {
+			after, err := c.pgStart()
+			if err == nil && !after.After(before) {
+				err = fmt.Errorf("postmaster start time %s not after the restart (was %s)", after, before)
+			}
+			return err
+		}}
 	case fSwitchover:
-		from := r.nodes[r.primary].Name
+		from := r.nodes[r.primary]
 		err := r.switchover()
-		return from, 0, "to " + r.nodes[r.primary].Name, err
+		return faultRun{target: from.Name, note: "to " + r.nodes[r.primary].Name, err: err, effect: func() error {
+			var port int64
+			var inRecovery bool
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := r.pool.QueryRow(ctx, `SELECT inet_server_port(), pg_is_in_recovery()`).Scan(&port, &inRecovery); err != nil {
+				return err
+			}
+			if port == int64(from.Port) || inRecovery {
+				return fmt.Errorf("the cluster writes to port %d (in recovery %v); the old primary was %d", port, inRecovery, from.Port)
+			}
+			return nil
+		}}
 	case fRollingTerm:
+		var olds []int64
 		for _, m := range r.all() {
 			if m.master {
 				continue
 			}
-			if err := c.termOne(m); err != nil {
-				return "all workers", 0, "", err
+			old, err := r.currentSession(m)
+			if err != nil {
+				return faultRun{target: "all workers", err: err}
+			}
+			olds = append(olds, old)
+			if err := c.termOne(m, old); err != nil {
+				return faultRun{target: "all workers", err: err}
 			}
 		}
-		return "all workers", 0, "", nil
+		return faultRun{target: "all workers", effect: func() error {
+			// Each drained and ended its session itself: stopped, never dead.
+			n, err := r.tryInt(`SELECT count(*) FROM worker_sessions WHERE id = ANY($1::bigint[]) AND state = 'stopped'`, olds)
+			if err == nil && n != int64(len(olds)) {
+				err = fmt.Errorf("%d of the %d SIGTERMed sessions %v are stopped", n, len(olds), olds)
+			}
+			return err
+		}}
 	case fPoison:
-		g := []string{chaosGroupA, chaosGroupB}[c.rng.IntN(2)]
-		var sub submitted
-		if err := r.submitMany(&sub, poisonTask, []submit.Spec{r.spec(poisonTask, g, 0)}); err != nil {
-			return g, 0, "", err
+		// A shell task that SIGKILLs its worker in one group, a Go handler that
+		// crashes its worker in the other (which group gets which: seeded).
+		gs := []string{chaosGroupA, chaosGroupB}
+		if c.rng.IntN(2) == 1 {
+			gs[0], gs[1] = gs[1], gs[0]
 		}
-		c.sub.add(poisonTask, sub.ids)
+		var ids []int64
+		for i, kind := range []taskKind{poisonTask, crashTask} {
+			var sub submitted
+			if err := r.submitMany(&sub, kind, []submit.Spec{r.spec(kind, gs[i], 0)}); err != nil {
+				return faultRun{target: gs[i], err: err}
+			}
+			c.sub.add(kind, sub.ids)
+			ids = append(ids, sub.ids...)
+		}
 		c.mu.Lock()
-		c.poisonIDs = append(c.poisonIDs, sub.ids...)
+		c.poisonIDs = append(c.poisonIDs, ids...)
 		c.mu.Unlock()
-		return g, 0, fmt.Sprintf("task %d", sub.ids[0]), nil
+		return faultRun{target: "both groups", note: fmt.Sprintf("shell task %d in %s, Go task %d in %s", ids[0], gs[0], ids[1], gs[1]),
+			poison: ids}
 	case fGroupLock:
 		return c.groupLock()
 	}
-	return "", 0, "", fmt.Errorf("unknown fault %q", kind)
+	return faultRun{err: fmt.Errorf("unknown fault %q", kind)}
+}
+
+// pickBusy is a random worker running a task (waiting up to a minute for one:
+// the load keeps every slot busy), and its session.
+func (c *campaign) pickBusy() (*member, int64, error) {
+	r := c.r
+	var ws []*member
+	for _, m := range r.all() {
+		if !m.master {
+			ws = append(ws, m)
+		}
+	}
+	c.rng.Shuffle(len(ws), func(i, j int) { ws[i], ws[j] = ws[j], ws[i] })
+	var picked *member
+	var session int64
+	ok, desc := r.waitFor(time.Minute, func() (bool, string, error) {
+		for _, m := range ws {
+			s, err := r.currentSession(m)
+			if err != nil {
+				return false, "", err
+			}
+			n, err := r.tryInt(`SELECT count(*) FROM tasks WHERE worker_session_id = $1 AND state = 'running'`, s)
+			if err != nil {
+				return false, "", err
+			}
+			if n > 0 {
+				picked, session = m, s
+				return true, "", nil
+			}
+		}
+		return false, "no worker runs a task", nil
+	})
+	if !ok {
+		return ws[0], 0, fmt.Errorf("no busy worker to target: %s", desc)
+	}
+	return picked, session, nil
+}
+
+// waitDead waits until session (of table worker_sessions or master_sessions) is
+// declared dead.
+func (c *campaign) waitDead(table string, session int64, bound time.Duration) error {
+	if ok, desc := c.r.waitFor(bound, func() (bool, string, error) {
+		var state string
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		err := c.r.pool.QueryRow(ctx, `SELECT state FROM `+table+` WHERE id = $1`, session).Scan(&state)
+		return state == "dead", fmt.Sprintf("session %d is %s", session, state), err
+	}); !ok {
+		return fmt.Errorf("%s: not declared dead within %s: %s", table, bound, desc)
+	}
+	return nil
+}
+
+// failedOver checks the effect of a fault that took a busy worker away past the
+// worker timeout: its session was declared dead, its one failover event finished
+// and took at least one attempt away (failed_over, or fenced when the worker
+// reported it late), and no write of that session after its end was accepted
+// (late results are refused: no attempt of the session got an outcome of the
+// worker's own after the session ended). late: it also came back (SIGCONT,
+// healed partition) and must have re-registered.
+func (c *campaign) failedOver(session int64, late bool) error {
+	r := c.r
+	var state string
+	var events, takenAway, acceptedLate, refused, newer int64
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.pool.QueryRow(ctx, `SELECT s.state,
+		(SELECT count(*) FROM failover_events WHERE kind = 'worker' AND session_id = s.id AND finished_at IS NOT NULL),
+		(SELECT count(*) FROM task_attempts WHERE worker_session_id = s.id AND outcome IN ('failed_over', 'fenced')),
+		(SELECT count(*) FROM task_attempts WHERE worker_session_id = s.id AND refused_at IS NULL
+		   AND outcome IN ('succeeded', 'failed', 'timed_out', 'canceled') AND finished_at > s.ended_at),
+		(SELECT count(*) FROM task_attempts WHERE worker_session_id = s.id AND refused_at IS NOT NULL),
+		(SELECT count(*) FROM worker_sessions n WHERE n.name = s.name AND n.id > s.id)
+		FROM worker_sessions s WHERE s.id = $1`, session).Scan(&state, &events, &takenAway, &acceptedLate, &refused, &newer); err != nil {
+		return fmt.Errorf("read the effect on session %d: %w", session, err)
+	}
+	var errs []error
+	if state != "dead" || events != 1 {
+		errs = append(errs, fmt.Errorf("session %d is %s with %d finished failover events, want dead with 1", session, state, events))
+	}
+	if takenAway == 0 {
+		errs = append(errs, fmt.Errorf("session %d ran a task when the fault began, but no attempt of it was failed over", session))
+	}
+	if acceptedLate > 0 {
+		errs = append(errs, fmt.Errorf("session %d: %d results written after it was declared dead were accepted", session, acceptedLate))
+	}
+	if late && newer == 0 {
+		errs = append(errs, fmt.Errorf("session %d: the worker came back but registered no new session", session))
+	}
+	c.t.Logf("chaos: effect on session %d: %s, %d attempts failed over or fenced, %d late results refused", session, state, takenAway, refused)
+	return errors.Join(errs...)
+}
+
+// pgStart is the primary's postmaster start time.
+func (c *campaign) pgStart() (time.Time, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var ts time.Time
+	err := chaos.Retry(ctx, func(ctx context.Context) error {
+		return c.r.pool.QueryRow(ctx, `SELECT pg_postmaster_start_time()`).Scan(&ts)
+	})
+	return ts, err
 }
 
 // termOne sends SIGTERM to one worker, waits for it to exit, and lets the
 // supervisor start it again; it returns once the new process has a session.
-func (c *campaign) termOne(m *member) error {
+func (c *campaign) termOne(m *member, before int64) error {
 	r := c.r
 	r.hold(m, true)
 	defer r.hold(m, false)
 	p := r.proc(m)
 	if p == nil || p.Exited() {
-		return nil
+		return fmt.Errorf("%s is not running", m.name)
 	}
-	before := r.sessionOf(m)
 	if err := p.SignalErr(syscall.SIGTERM); err != nil {
 		return err
 	}
@@ -422,48 +691,59 @@ func (c *campaign) termOne(m *member) error {
 // groupLock holds group A's dispatch lock in an open transaction, as a hung session
 // would, and kills one worker of each group meanwhile: group B's failover must
 // finish while A's lock is held.
-func (c *campaign) groupLock() (string, int64, string, error) {
+func (c *campaign) groupLock() faultRun {
 	r := c.r
+	fail := func(err error) faultRun { return faultRun{target: chaosGroupA, err: err} }
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
-		return chaosGroupA, 0, "", err
+		return fail(err)
 	}
 	defer conn.Release()
 	tx, err := conn.Begin(ctx)
 	if err != nil {
-		return chaosGroupA, 0, "", err
+		return fail(err)
 	}
 	defer tx.Rollback(context.Background()) //nolint:errcheck
 	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(1650524163, hashtext($1))`, chaosGroupA); err != nil {
-		return chaosGroupA, 0, "", err
+		return fail(err)
 	}
 	a, b := c.pick(chaosGroupA), c.pick(chaosGroupB)
-	sa, sb := r.sessionOf(a), r.sessionOf(b)
-	_ = r.signal(a, syscall.SIGKILL)
-	_ = r.signal(b, syscall.SIGKILL)
+	sa, err := r.currentSession(a)
+	if err != nil {
+		return fail(err)
+	}
+	sb, err := r.currentSession(b)
+	if err != nil {
+		return fail(err)
+	}
+	if err := errors.Join(r.signal(a, syscall.SIGKILL), r.signal(b, syscall.SIGKILL)); err != nil {
+		return fail(err)
+	}
 	hold := 15 * time.Second
-	ok, _ := r.waitFor(hold, func() (bool, string, error) {
+	ok, desc := r.waitFor(hold, func() (bool, string, error) {
 		n, err := r.tryInt(`SELECT count(*) FROM failover_events WHERE kind = 'worker' AND session_id = $1 AND finished_at IS NOT NULL`, sb)
-		return n > 0, "", err
+		return n > 0, "not finished", err
 	})
 	note := fmt.Sprintf("killed %s (session %d) and %s (session %d)", a.name, sa, b.name, sb)
 	if !ok {
-		c.stalled = append(c.stalled, fmt.Sprintf("failover of %s session %d (group %s) not finished within %s while %s's lock was held",
-			b.name, sb, chaosGroupB, hold, chaosGroupA))
+		c.stalled = append(c.stalled, fmt.Sprintf("failover of %s session %d (group %s) not finished within %s while %s's lock was held: %s",
+			b.name, sb, chaosGroupB, hold, chaosGroupA, desc))
 		note += "; group B failover stalled"
 	} else {
 		note += "; group B failover finished under the lock"
 	}
 	time.Sleep(time.Duration(c.rng.Int64N(int64(3 * time.Second))))
-	return chaosGroupA, sa, note, tx.Rollback(ctx)
+	return faultRun{target: chaosGroupA, session: sa, note: note, err: tx.Rollback(ctx), effect: func() error {
+		// Once the lock is gone, group A's failover finishes too.
+		return errors.Join(c.waitDead("worker_sessions", sa, effectBound), c.waitDead("worker_sessions", sb, effectBound))
+	}}
 }
 
 // unrecovered counts faults after which the cluster did not become whole in time.
-func (c *campaign) unrecovered() int64 {
-	n, _ := c.r.tryInt(`SELECT count(*) FROM chaos_faults WHERE recovered_at IS NULL`)
-	return n
+func (c *campaign) unrecovered() (int64, error) {
+	return c.r.tryInt(`SELECT count(*) FROM chaos_faults WHERE recovered_at IS NULL`)
 }
 
 // table renders the campaign's result.
@@ -480,7 +760,9 @@ func (c *campaign) table(f chaos.Findings) string {
 		SELECT kind, count(*), count(*) FILTER (WHERE recovered_at IS NULL),
 		       coalesce(max(extract(epoch FROM recovered_at - started_at)), -1)
 		FROM chaos_faults GROUP BY kind`)
-	if err == nil {
+	if err != nil {
+		c.t.Errorf("chaos: table: faults: %v", err)
+	} else {
 		for q.Next() {
 			var k string
 			var x row
@@ -502,7 +784,9 @@ func (c *campaign) table(f chaos.Findings) string {
 		                (SELECT $2::text FROM task_attempts pa WHERE pa.worker_session_id = ov.session_id
 		                 AND pa.task_id = ANY($3::bigint[]) LIMIT 1), $1), count(*)
 		FROM ov GROUP BY 1`, noFault, fPoison, c.poisonList())
-	if err == nil {
+	if err != nil {
+		c.t.Errorf("chaos: table: overlaps: %v", err)
+	} else {
 		for q.Next() {
 			var k string
 			var n int64
@@ -559,10 +843,16 @@ func (c *campaign) table(f chaos.Findings) string {
 	}
 	_ = tw.Flush()
 	c.sub.mu.Lock()
-	byKind := fmt.Sprintf("shell %d, go %d, poison %d", c.sub.byKind[shellTask], c.sub.byKind[goTask], c.sub.byKind[poisonTask])
+	byKind := fmt.Sprintf("shell %d, go %d, poison %d shell + %d go", c.sub.byKind[shellTask], c.sub.byKind[goTask],
+		c.sub.byKind[poisonTask], c.sub.byKind[crashTask])
 	c.sub.mu.Unlock()
 	tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "tasks\t%d (%s); succeeded %d, failed %d\t\n", f.Submitted, byKind, f.Succeeded, f.Failed)
+	if n, err := r.tryInt(`SELECT count(*) FROM ledger`); err != nil {
+		c.t.Errorf("chaos: table: ledger rows: %v", err)
+	} else {
+		fmt.Fprintf(tw, "ledger rows\t%d\t\n", n)
+	}
 	fmt.Fprintf(tw, "lost\t%d\t\n", f.Lost)
 	fmt.Fprintf(tw, "overlapping attempts\t%d\t\n", f.Overlaps)
 	fmt.Fprintf(tw, "tasks with >1 succeeded attempt\t%d\t\n", f.MultiWins)
@@ -570,6 +860,8 @@ func (c *campaign) table(f chaos.Findings) string {
 	fmt.Fprintf(tw, "failover events not finished\t%d\t\n", f.OpenFailovers)
 	fmt.Fprintf(tw, "dispatched to a dead session\t%d\t\n", f.ToDead)
 	fmt.Fprintf(tw, "fenced writes refused\t%d\t\n", f.Fenced)
+	fmt.Fprintf(tw, "poison tasks not failed by the rule\t%d\t\n", f.Poison)
+	fmt.Fprintf(tw, "faults failed or without their effect\t%d\t\n", len(c.missed))
 	fmt.Fprintf(tw, "group failover stalled by a held lock\t%d\t\n", len(c.stalled))
 	fmt.Fprintf(tw, "longest recovery\t%.1fs (%s)\t\n", longest, longestKind)
 	fmt.Fprintf(tw, "process restarts (supervisor)\t%d\t\n", r.restarts())
@@ -578,7 +870,9 @@ func (c *campaign) table(f chaos.Findings) string {
 	// task (they shared its worker every time it was killed) or retries used up.
 	if q, err := r.pool.Query(ctx, `SELECT 'task ' || id || ' ' || kind || ' ' || state || ': ' || left(last_error, 160)
 		FROM tasks WHERE state IN ('failed', 'timed_out', 'canceled') AND NOT id = ANY($1::bigint[]) ORDER BY id LIMIT 10`,
-		c.poisonList()); err == nil {
+		c.poisonList()); err != nil {
+		c.t.Errorf("chaos: table: failed tasks: %v", err)
+	} else {
 		for q.Next() {
 			var s string
 			if q.Scan(&s) == nil {
@@ -598,8 +892,11 @@ func (c *campaign) table(f chaos.Findings) string {
 	if len(c.stalled) > 0 {
 		why = append(why, fmt.Sprintf("group failover stalled: %d", len(c.stalled)))
 	}
-	if n := c.unrecovered(); n > 0 {
-		why = append(why, fmt.Sprintf("faults not recovered from: %d", n))
+	if n, err := c.unrecovered(); err != nil || n > 0 {
+		why = append(why, fmt.Sprintf("faults not recovered from: %d (query: %v)", n, err))
+	}
+	if len(c.missed) > 0 {
+		why = append(why, fmt.Sprintf("faults failed or without their effect: %d", len(c.missed)))
 	}
 	if len(why) > 0 {
 		verdict = "FAIL (" + strings.Join(why, "; ") + ")"

@@ -365,11 +365,12 @@ type taskKind int
 const (
 	shellTask  taskKind = iota // sh -> sh -> setsid ledger ticks (child and grandchild)
 	goTask                     // the chaosworker "ledger" Go handler
-	poisonTask                 // kills its worker: kill -9 $PPID
+	poisonTask                 // a shell task that kills its worker: kill -9 $BATON_WORKER_PID
+	crashTask                  // a Go handler (chaosworker "crash") that crashes its worker
 )
 
 func (k taskKind) String() string {
-	return [...]string{"shell", "go", "poison"}[k]
+	return [...]string{"shell", "go", "poison", "crash"}[k]
 }
 
 // shellScript: the task shell records its start, runs a child shell that runs the
@@ -377,8 +378,9 @@ func (k taskKind) String() string {
 // group, as a daemonizing program would be), then records its end.
 const shellScript = `"$LEDGER" start && sh -c 'setsid -w "$LEDGER" ticks "$TICKS" "$EVERY" & wait $!' && "$LEDGER" end`
 
-// poisonScript records a start, then kills the worker running it.
-const poisonScript = `"$LEDGER" start && kill -9 $PPID`
+// poisonScript records a start, then kills the worker running it (the worker
+// process, not the task's supervisor, which is its $PPID).
+const poisonScript = `"$LEDGER" start && kill -9 "$BATON_WORKER_PID"`
 
 // tickEvery is the interval of ledger ticks.
 const tickEvery = 250 * time.Millisecond
@@ -397,15 +399,18 @@ func (r *rig) spec(kind taskKind, group string, ticks int) submit.Spec {
 			"LEDGER": r.bins.Ledger, "BATON_LEDGER_DSN": r.dsn,
 			"TICKS": fmt.Sprint(ticks), "EVERY": tickEvery.String(),
 		}})
-	case goTask:
+	case goTask, crashTask:
 		payload, err = json.Marshal(map[string]any{"dsn": r.dsn, "ticks": ticks, "tick_ms": tickEvery.Milliseconds()})
 	}
 	if err != nil {
 		r.t.Fatal(err)
 	}
 	s := submit.Spec{Group: group, Kind: submit.KindShell, Payload: payload, MaxRetries: 3}
-	if kind == goTask {
+	switch kind {
+	case goTask:
 		s.Kind = "ledger"
+	case crashTask:
+		s.Kind = "crash"
 	}
 	return s
 }
@@ -515,12 +520,25 @@ func (r *rig) signal(m *member, sig syscall.Signal) error {
 	return p.SignalErr(sig)
 }
 
-// sessionOf is the newest session id of a member (0 if none).
-func (r *rig) sessionOf(m *member) int64 {
+// currentSession is the alive session of m's running process (by its pid),
+// waiting up to 30 s for one (a process just restarted registers first).
+func (r *rig) currentSession(m *member) (int64, error) {
 	table := "worker_sessions"
 	if m.master {
 		table = "master_sessions"
 	}
-	id, _ := r.tryInt(`SELECT coalesce(max(id), 0) FROM `+table+` WHERE name = $1`, m.name)
-	return id
+	var id int64
+	ok, desc := r.waitFor(30*time.Second, func() (bool, string, error) {
+		p := r.proc(m)
+		if p == nil || p.Exited() {
+			return false, m.name + " is not running", nil
+		}
+		var err error
+		id, err = r.tryInt(`SELECT coalesce(max(id), 0) FROM `+table+` WHERE name = $1 AND pid = $2 AND state = 'alive'`, m.name, p.Pid())
+		return err == nil && id > 0, m.name + " has no alive session of its process", err
+	})
+	if !ok {
+		return 0, fmt.Errorf("session of %s: %s", m.name, desc)
+	}
+	return id, nil
 }

@@ -119,7 +119,8 @@ type Executor struct {
 	AllowShell bool
 	// ShellEnvAllow lists the variables of the worker's environment a shell task
 	// inherits (nil: DefaultShellEnvAllow). The task's own env and BATON_TASK_ID,
-	// BATON_ATTEMPT, BATON_WORKER, BATON_SESSION_ID are added to them.
+	// BATON_ATTEMPT, BATON_WORKER, BATON_SESSION_ID, BATON_WORKER_PID are added to
+	// them.
 	ShellEnvAllow []string
 	// Contain chooses how shell task trees are contained (zero value: a cgroup per
 	// attempt when usable, else the supervisor alone).
@@ -310,6 +311,9 @@ func (e *Executor) shellEnv(task Task, own map[string]string) []string {
 		"BATON_ATTEMPT="+strconv.FormatInt(int64(task.Attempt), 10),
 		"BATON_WORKER="+task.Worker,
 		"BATON_SESSION_ID="+strconv.FormatInt(task.SessionID, 10),
+		// The worker process itself (not the task's supervisor, its parent): a
+		// task that must signal its worker, or a test's poison task that kills it.
+		"BATON_WORKER_PID="+strconv.Itoa(os.Getpid()),
 	)
 }
 

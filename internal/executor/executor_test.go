@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -29,6 +30,9 @@ func TestShellOutcomes(t *testing.T) {
 		code                       int32
 	}{
 		{"succeeds", `echo "$BATON_TASK_ID/$BATON_ATTEMPT/$BATON_WORKER/$BATON_SESSION_ID"`, OutcomeSucceeded, "7/2/w/3\n", 0},
+		// The worker's own pid, not the supervisor's ($PPID): what a task that
+		// must signal its worker (the e2e poison task) uses.
+		{"worker pid", `echo "$BATON_WORKER_PID"; [ "$BATON_WORKER_PID" != "$PPID" ]`, OutcomeSucceeded, fmt.Sprintf("%d\n", os.Getpid()), 0},
 		{"fails", "echo no >&2; exit 4", OutcomeFailed, "no\n", 4},
 	}
 	for _, tc := range cases {

@@ -500,15 +500,25 @@ func TestBusyGroupIsSkipped(t *testing.T) {
 func TestCrashDetectionByLivenessLock(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	b.session("g1", "alive", 10, false)
-	// The test server may have started seconds ago (a fresh container), and crash
-	// detection stays off within a worker timeout of a Postgres start: pin it.
-	longAgo := time.Now().Add(-time.Hour)
-	crashCfg := failover.Config{WorkerTimeout: 5 * time.Second, CrashAfter: 2 * time.Second, PostmasterStart: &longAgo}
-	// heartbeat 3 s old: past the crash age, within the 5 s timeout.
+	healthy := b.session("g1", "alive", 10, false)
+	// Liveness is judged at an injected "now", so however long the steps below
+	// take on a loaded machine, every heartbeat keeps the age it was given: hb is
+	// the last heartbeat, now 3 s later (past the 2 s crash age, within the 5 s
+	// timeout). Both lie a minute ahead of the real clock, after the tasks'
+	// dispatch. The test server may have started seconds ago (a fresh container),
+	// and crash detection stays off within a worker timeout of a Postgres start:
+	// pin that too.
+	var hb time.Time
+	if err := b.pool.QueryRow(b.ctx, "SELECT now() + interval '1 minute'").Scan(&hb); err != nil {
+		t.Fatal(err)
+	}
+	now := hb.Add(3 * time.Second)
+	b.exec("UPDATE worker_sessions SET last_heartbeat_at = $1 WHERE id = $2", now, healthy)
+	longAgo := now.Add(-time.Hour)
+	crashCfg := failover.Config{WorkerTimeout: 5 * time.Second, CrashAfter: 2 * time.Second, PostmasterStart: &longAgo, Now: &now}
 	newSession := func(promised bool) (int64, int64) {
 		id := b.int64(`INSERT INTO worker_sessions (name, group_name, slots, last_heartbeat_at, liveness_lock)
-			VALUES ('w', 'g1', 4, now() - interval '3 seconds', $1) RETURNING id`, promised)
+			VALUES ('w', 'g1', 4, $1, $2) RETURNING id`, hb, promised)
 		return id, b.task("g1", id, "running")
 	}
 	holder, err := b.pool.Acquire(b.ctx) // the worker's dedicated liveness connection
@@ -533,7 +543,7 @@ func TestCrashDetectionByLivenessLock(t *testing.T) {
 	if res := run(crashed, crashCfg); res.Ran {
 		t.Fatalf("failed over while its connection holds the lock: %+v", res)
 	}
-	if res := run(crashed, failover.Config{WorkerTimeout: 5 * time.Second}); res.Ran {
+	if res := run(crashed, failover.Config{WorkerTimeout: 5 * time.Second, Now: &now}); res.Ran {
 		t.Fatalf("failed over before the timeout without crash detection: %+v", res)
 	}
 	// The process dies: its connection closes and Postgres frees the lock.
@@ -545,8 +555,8 @@ func TestCrashDetectionByLivenessLock(t *testing.T) {
 		n := b.int64("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1650524164 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
 		return n == 0, "liveness lock still held after the connection closed"
 	})
-	restarted := time.Now().Add(-time.Second)
-	if res := run(crashed, failover.Config{WorkerTimeout: 5 * time.Second, CrashAfter: 2 * time.Second, PostmasterStart: &restarted}); res.Ran {
+	restarted := now.Add(-time.Second)
+	if res := run(crashed, failover.Config{WorkerTimeout: 5 * time.Second, CrashAfter: 2 * time.Second, PostmasterStart: &restarted, Now: &now}); res.Ran {
 		t.Fatalf("failed over by a free lock right after a Postgres restart: %+v", res)
 	}
 	res := run(crashed, crashCfg)
@@ -562,7 +572,7 @@ func TestCrashDetectionByLivenessLock(t *testing.T) {
 		t.Fatalf("session without a liveness lock failed over before the timeout: %+v", res)
 	}
 	fresh := b.int64(`INSERT INTO worker_sessions (name, group_name, slots, last_heartbeat_at, liveness_lock)
-		VALUES ('w', 'g1', 4, now() - interval '1 second', true) RETURNING id`)
+		VALUES ('w', 'g1', 4, $1, true) RETURNING id`, now.Add(-time.Second))
 	if res := run(fresh, crashCfg); res.Ran {
 		t.Fatalf("session with a 1 s old heartbeat failed over: %+v", res)
 	}

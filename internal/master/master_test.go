@@ -322,12 +322,21 @@ func TestSweeperCrashDetection(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t, Config{CrashDetectAfter: c.after})
-			long := time.Now().Add(-time.Hour)
+			// The sweep judges liveness at the injected clock: the crashed
+			// session's heartbeat (hb) is 3 s old at it, the healthy one's fresh,
+			// however long the steps take on a loaded machine.
+			var hb time.Time
+			if err := b.pool.QueryRow(b.ctx, "SELECT now()").Scan(&hb); err != nil {
+				t.Fatal(err)
+			}
+			now := hb.Add(3 * time.Second)
+			b.clock.StubNow(now)
+			long := now.Add(-time.Hour)
 			b.m.postmasterStart = &long // the shared test server may have restarted recently
 			b.exec("INSERT INTO worker_groups (name) VALUES ('g')")
-			b.session("g", 2, 0)
+			b.exec("UPDATE worker_sessions SET last_heartbeat_at = $1 WHERE id = $2", now, b.session("g", 2, 0))
 			s := b.int64(`INSERT INTO worker_sessions (name, group_name, slots, last_heartbeat_at, liveness_lock)
-				VALUES ('w', 'g', 2, now() - interval '3 seconds', true) RETURNING id`)
+				VALUES ('w', 'g', 2, $1, true) RETURNING id`, hb)
 			b.running("g", s, 0, time.Minute)
 			res, err := b.m.workerSweeper.runOnce(b.within())
 			if err != nil || res.Crashes != c.want || res.FailedOver != c.want || res.Reassigned != c.want {

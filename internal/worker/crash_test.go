@@ -81,11 +81,10 @@ func TestResetPartitionFencesBeforeFastDeclaration(t *testing.T) {
 	proxy.Cut()
 	w.TestSignals.Liveness.Lost.WaitOrTimeout(t)
 	fence := w.TestSignals.Heartbeat.Fenced.WaitOrTimeout(t)
-	if !fence.LockLost {
-		t.Fatalf("fence %+v: not the crash fence", fence)
-	}
-	if fence.SinceLastOK >= crashDetect {
-		t.Fatalf("crash fence fired %s after the last heartbeat, want below %s", fence.SinceLastOK, crashDetect)
+	// The crash fence, never early; that it came in time is the recorded order
+	// below (the kill before the fast deadline), not a wall-clock budget.
+	if !fence.LockLost || fence.SinceLastOK < crashFence {
+		t.Fatalf("fence %+v: not the crash fence after %s", fence, crashFence)
 	}
 	var canceledAt time.Time
 	select {

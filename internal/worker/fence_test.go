@@ -61,8 +61,10 @@ func TestSelfFenceUnderSilentPartition(t *testing.T) {
 	if !fence.HeartbeatInFlight {
 		t.Fatalf("fence fired with no heartbeat in flight (%+v): the test did not hang a heartbeat", fence)
 	}
-	if fence.SinceLastOK < selfFence || fence.SinceLastOK > workerTimeout {
-		t.Fatalf("fence fired %s after the last heartbeat, want within [%s, %s)", fence.SinceLastOK, selfFence, workerTimeout)
+	// Never early (a monotonic timer); how late it may be is not a wall-clock
+	// budget but the recorded order below: the kill before the deadline.
+	if fence.SinceLastOK < selfFence {
+		t.Fatalf("fence fired %s after the last heartbeat, before the self-fence time %s", fence.SinceLastOK, selfFence)
 	}
 	var canceledAt time.Time
 	select {
@@ -70,11 +72,9 @@ func TestSelfFenceUnderSilentPartition(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("task not canceled after the fence")
 	}
-	// The kill must precede the masters' deadline: the session is not dead yet.
-	if n := b.int64("SELECT count(*) FROM worker_sessions WHERE id = $1 AND state = 'dead'", first); n != 0 {
-		t.Fatal("session already declared dead when its task was canceled")
-	}
-	// ...and the deadline, when it comes, is after the kill (same host clock).
+	// The kill must precede the masters' deadline: compare the recorded moments
+	// (the handler's cancellation, the row's ended_at; same host clock), not a
+	// budget of how fast either happened.
 	batontest.WaitFor(t, 30*time.Second, func() (bool, string) {
 		return b.int64("SELECT count(*) FROM worker_sessions WHERE id = $1 AND state = 'dead'", first) == 1, "session declared dead"
 	})

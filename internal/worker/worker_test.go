@@ -200,7 +200,13 @@ func TestSelfFenceOnPartition(t *testing.T) {
 	cut, _ := b.worker(viaProxy, "partitioned", nil)
 	first := cut.SessionID()
 
-	cmd := fmt.Sprintf(`if [ "$BATON_ATTEMPT" = 1 ]; then echo $$ > %s/pid; exec sleep 60; fi; echo ran on $BATON_SESSION_ID`, dir)
+	// Attempt 1 records, every 20 ms, that it is still alive (its side effect: a
+	// line of host time in ns); the check compares the last line with the
+	// declared deadline (the row's ended_at, same host clock) — the recorded
+	// events, not a sample of both taken every so often.
+	ticks := filepath.Join(dir, "ticks")
+	cmd := fmt.Sprintf(`if [ "$BATON_ATTEMPT" = 1 ]; then echo $$ > %s/pid; while :; do date +%%s%%N >> %s; sleep 0.02; done; fi; echo ran on $BATON_SESSION_ID`,
+		dir, ticks)
 	id := b.submit("shell", map[string]string{"command": cmd}, 1)[0]
 	var pid int
 	batontest.WaitFor(t, 20*time.Second, func() (bool, string) {
@@ -216,15 +222,37 @@ func TestSelfFenceOnPartition(t *testing.T) {
 	healthy, _ := b.worker(b.dsn, "healthy", nil)
 	proxy.Cut()
 
-	// The task's process must die (self-fence) before the session is declared dead.
+	// The task's process must die (self-fence) before the session is declared
+	// dead: its last tick precedes the deadline.
 	batontest.WaitFor(t, 30*time.Second, func() (bool, string) {
-		alive := syscall.Kill(pid, 0) == nil
 		dead := b.int64("SELECT count(*) FROM worker_sessions WHERE id = $1 AND state = 'dead'", first) == 1
-		if dead && alive {
-			t.Fatalf("session %d declared dead while its task process %d still runs: no self-fence", first, pid)
-		}
-		return dead, fmt.Sprintf("session dead=%v, task process alive=%v", dead, alive)
+		return dead, "session not declared dead"
 	})
+	var deadline time.Time
+	if err := b.pool.QueryRow(b.ctx, "SELECT ended_at FROM worker_sessions WHERE id = $1", first).Scan(&deadline); err != nil {
+		t.Fatal(err)
+	}
+	batontest.WaitFor(t, 30*time.Second, func() (bool, string) {
+		return syscall.Kill(pid, 0) != nil, fmt.Sprintf("task process %d still runs", pid)
+	})
+	raw, err := os.ReadFile(ticks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Fields(string(raw))
+	if len(lines) == 0 {
+		t.Fatal("the task recorded no tick")
+	}
+	ns, err := strconv.ParseInt(lines[len(lines)-1], 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last := time.Unix(0, ns); !last.Before(deadline) {
+		t.Fatalf("session %d declared dead at %s, but its task was still running at %s: no self-fence before the deadline",
+			first, deadline.Format("15:04:05.000"), last.Format("15:04:05.000"))
+	} else {
+		t.Logf("last tick of the partitioned attempt %s before the deadline", deadline.Sub(last).Round(time.Millisecond))
+	}
 	b.waitAllFinished(30 * time.Second)
 	var out string
 	if err := b.pool.QueryRow(b.ctx, "SELECT output FROM tasks WHERE id = $1 AND state = 'succeeded' AND attempt = 2", id).Scan(&out); err != nil {

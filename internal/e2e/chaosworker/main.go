@@ -6,6 +6,11 @@
 // side effects would: a worker cut off from baton's database does not stop them.
 //
 // Payload: {"dsn": "...", "ticks": N, "tick_ms": M}.
+//
+// A second handler, "crash", is a Go poison task: it records its attempt's start
+// in the ledger and then crashes the whole worker process with an unrecovered
+// panic in a goroutine of its own (a fatal error no recover in the executor can
+// catch, as a handler's bug would), so it kills every worker that runs it.
 package main
 
 import (
@@ -29,6 +34,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	handlers := cli.BuiltinHandlers()
 	handlers["ledger"] = ledgerHandler
+	handlers["crash"] = crashHandler
 	code := cli.WorkerMain(ctx, os.Args[1:], cli.OSEnv, handlers, os.Stderr)
 	stop()
 	os.Exit(code)
@@ -107,4 +113,28 @@ func ledgerHandler(ctx context.Context, t executor.Task) (string, error) {
 		return "", err
 	}
 	return fmt.Sprintf("%d ticks", p.Ticks), nil
+}
+
+// crashHandler records the attempt's start, then crashes the process.
+func crashHandler(ctx context.Context, t executor.Task) (string, error) {
+	var p payload
+	if err := json.Unmarshal(t.Payload, &p); err != nil {
+		return "", fmt.Errorf("crash payload: %w", err)
+	}
+	pl, err := pool(p.DSN)
+	if err != nil {
+		return "", err
+	}
+	token := chaos.NewToken()
+	if err := chaos.Retry(ctx, func(ctx context.Context) error {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		_, err := pl.Exec(wctx, chaos.InsertSQL, t.ID, t.Attempt, t.SessionID, chaos.KindStart, token)
+		return err
+	}); err != nil {
+		return "", err
+	}
+	go func() { panic(fmt.Sprintf("poison task %d attempt %d crashes its worker", t.ID, t.Attempt)) }()
+	<-ctx.Done()
+	return "", ctx.Err()
 }
