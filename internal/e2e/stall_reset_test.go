@@ -35,7 +35,7 @@ func TestStalledWorkerLosingConnectionsRunsNothingTwice(t *testing.T) {
 			WHERE locktype = 'advisory' AND classid = 1650524164 AND objid = hashtext($1::bigint::text)::oid AND granted
 			  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`},
 		{"all connections", `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-			WHERE application_name = 'baton-victim' AND $1::bigint IS NOT NULL`},
+			WHERE application_name = 'baton-victim' AND datname = current_database() AND $1::bigint IS NOT NULL`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"sort"
 	"strconv"
@@ -129,6 +130,8 @@ type Executor struct {
 	openOnce sync.Once
 	contain  *contain.Manager
 	openErr  error
+	mgrMu    sync.Mutex
+	mgr      *contain.Manager // contain, once opened (readable at any time)
 }
 
 // Open prepares shell containment (detection, cleanup of a previous worker's
@@ -148,6 +151,9 @@ func (e *Executor) Open() error {
 			log.Error("shell task containment unavailable; shell tasks will fail", zap.Error(e.openErr))
 			return
 		}
+		e.mgrMu.Lock()
+		e.mgr = e.contain
+		e.mgrMu.Unlock()
 		if err := e.contain.StaleError(); err != nil {
 			log.Warn("leftover task cgroups of a dead worker not removed; retried at next start", zap.Error(err))
 		}
@@ -166,6 +172,39 @@ func (e *Executor) Close() error {
 		return nil
 	}
 	return e.contain.Close()
+}
+
+// SetLease passes the worker's lease to the supervisors of its shell tasks
+// (contain.Manager.SetLease); no effect before Open or without shell tasks.
+func (e *Executor) SetLease(l contain.Lease) {
+	if m := e.manager(); m != nil {
+		m.SetLease(l)
+	}
+}
+
+// SetLockConn shares the liveness lock connection's socket with the supervisors
+// of shell tasks started from now on (contain.Manager.SetLockConn).
+func (e *Executor) SetLockConn(conn net.Conn) error {
+	if m := e.manager(); m != nil {
+		return m.SetLockConn(conn)
+	}
+	return nil
+}
+
+// StaleLock: a shell task's supervisor enforces the short deadline without the
+// current lock connection (contain.Manager.StaleLock).
+func (e *Executor) StaleLock() bool {
+	if m := e.manager(); m != nil {
+		return m.StaleLock()
+	}
+	return false
+}
+
+// manager is the containment manager once Open succeeded, else nil.
+func (e *Executor) manager() *contain.Manager {
+	e.mgrMu.Lock()
+	defer e.mgrMu.Unlock()
+	return e.mgr
 }
 
 // Run executes task until it finishes, its timeout passes or ctx is canceled (the
