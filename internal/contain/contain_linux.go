@@ -585,6 +585,9 @@ func (p *Process) exit(waitErr error) Exit {
 	if rest, ok := strings.CutPrefix(p.exitLine, "error "); ok {
 		return Exit{Code: -1, Err: errors.New(rest)}
 	}
+	if rest, ok := strings.CutPrefix(p.exitLine, "lease "); ok {
+		return Exit{Code: -1, Err: fmt.Errorf("%w: %s", ErrLeaseExpired, rest)}
+	}
 	if waitErr == nil {
 		waitErr = errors.New("exited without a status")
 	}

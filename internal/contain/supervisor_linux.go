@@ -87,6 +87,13 @@ func (l *lease) update(long, short int64) {
 	l.short = max(l.short, short)
 }
 
+// unread reports whether fd has data waiting to be read.
+func unread(fd int) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n > 0 && fds[0].Revents&unix.POLLIN != 0
+}
+
 func parseLease(s string) (long, short int64) {
 	a, b, _ := strings.Cut(s, ",")
 	long, _ = strconv.ParseInt(a, 10, 64)
@@ -312,17 +319,26 @@ func supervise() int {
 			l.hungUp = true
 			arm()
 		case <-expired.C:
+			recvMu.Lock()
+			l.update(recv.long, recv.short)
+			recvMu.Unlock()
 			if d := l.deadline(); d == 0 || monoNow() < d {
 				arm()
+				continue
+			}
+			if unread(fdLife) {
+				// Leases the worker sent before now are not read yet (this
+				// process was slow to start or scheduled late): read them first.
+				expired.Reset(time.Millisecond)
 				continue
 			}
 			// The worker's lease ran out: it did not heartbeat in time, and it
 			// is frozen (SIGSTOP, a stall) or cut off; masters may move this
 			// attempt from now on (sooner once its lock connection is gone).
 			if l.hungUp && l.short > 0 && l.short <= l.long {
-				fmt.Fprintf(status, "error the worker's liveness lock connection closed and it did not heartbeat within its crash fence (frozen?); the task was killed so that it cannot run alongside its failover\n")
+				fmt.Fprintf(status, "lease the worker's liveness lock connection closed and it did not heartbeat within its crash fence (frozen?); the task was killed so that it cannot run alongside its failover\n")
 			} else {
-				fmt.Fprintf(status, "error the worker did not renew its lease with its task supervisor (frozen?); the task was killed so that it cannot run alongside its failover\n")
+				fmt.Fprintf(status, "lease the worker did not renew its lease with its task supervisor (frozen?); the task was killed so that it cannot run alongside its failover\n")
 			}
 			killTree()
 			return 137

@@ -72,6 +72,9 @@ type Result struct {
 	Output   string
 	Error    string
 	Snooze   time.Duration // OutcomeSnoozed: run again after this long
+	// LeaseExpired: OutcomeCanceled because the task's supervisor killed it at
+	// the worker's lease expiry (contain.ErrLeaseExpired), not by the worker.
+	LeaseExpired bool
 }
 
 // SnoozeError, returned by a handler (or wrapped in its error), ends the attempt
@@ -309,6 +312,11 @@ func (e *Executor) runShell(ctx context.Context, task Task) Result {
 	}
 	res.Output = out.String()
 	res.ExitCode = int32(exit.Code)
+	if errors.Is(exit.Err, contain.ErrLeaseExpired) {
+		// Killed at the worker's lease expiry, like a self-fence: left to failover.
+		res.Outcome, res.Error, res.LeaseExpired = OutcomeCanceled, exit.Err.Error(), true
+		return res
+	}
 	if exit.Err != nil {
 		res.Outcome, res.Error = OutcomeFailed, exit.Err.Error()
 		return res
