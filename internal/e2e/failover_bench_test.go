@@ -36,6 +36,11 @@ func BenchmarkFailoverAfterSIGKILL(b *testing.B) {
 				return c.Int(`SELECT count(*) FROM worker_sessions WHERE name = $1 AND state = 'alive'`, victim) == 1, "victim registered"
 			})
 			session := c.WorkerSession(victim, true)
+			// Crash detection needs the lock taken and promised; on a loaded
+			// machine the victim may otherwise claim before it has it.
+			WaitFor(b, 30*time.Second, func() (bool, string) {
+				return c.Int(`SELECT count(*) FROM worker_sessions WHERE id = $1 AND liveness_lock`, session) == 1, "victim promised its liveness lock"
+			})
 			// Long only on the victim: tasks that land on survivors finish at once.
 			// 40 tasks in one batch fill every slot (least loaded first), so the
 			// victim gets its 4.
