@@ -409,6 +409,12 @@ func (c *Claimer) run(ctx context.Context, cancel context.CancelCauseFunc, key r
 			res = c.abandon(ctx, log, key, done, timeout)
 		}
 	}
+	if res.LeaseExpired && c.cfg.Lease != nil && c.cfg.Lease() == nil {
+		// Its supervisor killed it at the lease's deadline a moment before a
+		// late heartbeat renewed the lease: the session still owns the attempt,
+		// so nobody would hand it back — report the kill.
+		res.Outcome = executor.OutcomeFailed
+	}
 	if res.Outcome == executor.OutcomeCanceled {
 		// Killed by self-fencing, a lost session or shutdown: the attempt is
 		// handed back by failover, so there is nothing to report.

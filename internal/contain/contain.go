@@ -12,9 +12,15 @@
 package contain
 
 import (
+	"errors"
 	"io"
 	"time"
 )
+
+// ErrLeaseExpired is the error of an Exit whose tree the supervisor killed
+// because the worker's lease ran out (Manager.SetLease): the worker is frozen or
+// cut off, and its attempt belongs to the failover.
+var ErrLeaseExpired = errors.New("killed by its supervisor: the worker's lease expired")
 
 // Mechanism is how task trees are contained.
 type Mechanism string

@@ -4,8 +4,10 @@ package contain
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -35,6 +37,15 @@ type Manager struct {
 
 	frozenAfter time.Duration
 	stopPing    chan struct{}
+
+	leaseMu sync.Mutex
+	lease   Lease // zero: none set (pings then extend a FrozenAfter timer)
+
+	// lockMu is held for reading while a process is started, so the lock socket
+	// passed to it stays open until it has its own copy.
+	lockMu   sync.RWMutex
+	lockFile *os.File // the liveness lock connection's socket (nil: none held)
+	lockGen  int64    // bumped by each SetLockConn with a connection
 
 	mu     sync.Mutex
 	live   map[*Process]struct{}
@@ -81,8 +92,9 @@ func Open(opts Options) (*Manager, error) {
 	return m, nil
 }
 
-// startPinging writes a byte to every live supervisor's life pipe every
-// FrozenAfter/8, until Close: the supervisors' proof that the worker still runs.
+// startPinging sends the lease to every live supervisor every FrozenAfter/8,
+// until Close: without a lease (SetLease), each ping is the supervisors' proof
+// that the worker still runs; with one, it repeats what SetLease sent.
 func (m *Manager) startPinging() {
 	if m.frozenAfter <= 0 {
 		return
@@ -90,20 +102,114 @@ func (m *Manager) startPinging() {
 	go func() {
 		tick := time.NewTicker(m.frozenAfter / 8)
 		defer tick.Stop()
-		ping := []byte{0}
 		for {
 			select {
 			case <-m.stopPing:
 				return
 			case <-tick.C:
 			}
-			m.mu.Lock()
-			for p := range m.live {
-				p.ping(ping)
-			}
-			m.mu.Unlock()
+			m.pingAll()
 		}
 	}()
+}
+
+// pingAll sends the current lease to every live supervisor.
+func (m *Manager) pingAll() {
+	msg := m.leaseMsg()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for p := range m.live {
+		p.ping(msg)
+	}
+}
+
+// Lease is the worker's lease as its supervisors enforce it: every tree is
+// killed at Long, and at Short once the supervisor saw its liveness lock socket
+// hang up (or at once if it started without one). Both are monotonic readings of
+// this process's clock (time.Now() plus durations); zero means none.
+type Lease struct {
+	Long, Short time.Time
+}
+
+// SetLease sends the worker's new lease to every supervisor at once (and to those
+// started later). The worker calls it on each successful heartbeat: Long = sent
+// + self-fence, Short = sent + crash fence (zero when crash detection is off).
+func (m *Manager) SetLease(l Lease) {
+	m.leaseMu.Lock()
+	m.lease = l
+	m.leaseMu.Unlock()
+	m.pingAll()
+}
+
+// monoOf converts a time of this process's monotonic clock to CLOCK_MONOTONIC
+// nanoseconds (0 for the zero time). The clock is read first, so the result errs
+// early, never late.
+func monoOf(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	now := monoNow()
+	return now + int64(time.Until(t))
+}
+
+// leaseMsg is the current lease as a life pipe message; without a lease, long
+// is 0 and the supervisor extends its FrozenAfter deadline from now.
+func (m *Manager) leaseMsg() []byte {
+	m.leaseMu.Lock()
+	l := m.lease
+	m.leaseMu.Unlock()
+	msg := make([]byte, leaseLen)
+	binary.LittleEndian.PutUint64(msg, uint64(monoOf(l.Long)))
+	binary.LittleEndian.PutUint64(msg[8:], uint64(monoOf(l.Short)))
+	return msg
+}
+
+// SetLockConn shares conn's socket — the connection that holds the worker's
+// liveness lock — with every supervisor started from now on (nil: the lock is
+// not held; supervisors started meanwhile apply the short deadline at once).
+// A supervisor never reads or writes it: holding it keeps the lock held after a
+// crash of the worker until the supervisor killed its tree and exited, and it
+// watches it for a hangup (Postgres closed the session: the lock is free).
+func (m *Manager) SetLockConn(conn net.Conn) error {
+	var f *os.File
+	if conn != nil {
+		var err error
+		if f, err = DupConn(conn); err != nil {
+			return err
+		}
+	}
+	m.lockMu.Lock()
+	old := m.lockFile
+	m.lockFile = f
+	if f != nil {
+		m.lockGen++
+	}
+	m.lockMu.Unlock()
+	if old != nil {
+		_ = old.Close()
+	}
+	return nil
+}
+
+// StaleLock reports whether a live supervisor enforces the short deadline
+// without holding the current lock connection (it started while the lock was not
+// held, or holds a connection since lost): its tree dies at Short unless the
+// lease is renewed, so the worker must heartbeat as often as while the lock is lost.
+func (m *Manager) StaleLock() bool {
+	m.lockMu.RLock()
+	gen := m.lockGen
+	if m.lockFile == nil {
+		gen = -1
+	}
+	m.lockMu.RUnlock()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for p := range m.live {
+		if p.crash && p.lockGen != gen {
+			return true
+		}
+	}
+	return false
 }
 
 func (m *Manager) openCgroup(dirName string) error {
@@ -239,6 +345,9 @@ type Process struct {
 	shellPid   atomic.Int64
 	exitLine   string // "exit <ws>" or "error <text>", set before statusDone closes
 
+	crash   bool  // the short deadline applies to it (crash detection is on)
+	lockGen int64 // the lock connection it holds (0: none)
+
 	killOnce   sync.Once
 	killed     chan struct{}
 	lifeClose  sync.Once
@@ -271,20 +380,41 @@ func (m *Manager) Start(c Command) (*Process, error) {
 	if m.frozenAfter > 0 {
 		env = append(env, fmt.Sprintf("%s=%d", envFrozen, max(m.frozenAfter.Milliseconds(), 1)))
 	}
+	m.leaseMu.Lock()
+	l := m.lease
+	m.leaseMu.Unlock()
+	extra := []*os.File{lifeR, statW}
+	crash, gen := false, int64(0)
+	if !l.Long.IsZero() {
+		env = append(env, fmt.Sprintf("%s=%d,%d", envLease, monoOf(l.Long), monoOf(l.Short)))
+	}
+	// Until cmd.Start has copied it, the lock socket must stay open.
+	m.lockMu.RLock()
+	defer m.lockMu.RUnlock()
+	if !l.Short.IsZero() {
+		crash = true
+		if m.lockFile != nil {
+			env = append(env, envLock+"="+lockFD)
+			extra = append(extra, m.lockFile)
+			gen = m.lockGen
+		} else {
+			env = append(env, envLock+"="+lockLost)
+		}
+	}
 	cmd := &exec.Cmd{
 		Path:       m.exe,
 		Args:       append([]string{supervisorArg0}, c.Args...),
 		Dir:        c.Dir,
 		Stdout:     c.Stdout,
 		Stderr:     c.Stderr,
-		ExtraFiles: []*os.File{lifeR, statW},
+		ExtraFiles: extra,
 		WaitDelay:  OutputGrace,
 		SysProcAttr: &syscall.SysProcAttr{
 			Setpgid:   true,
 			Pdeathsig: syscall.SIGHUP,
 		},
 	}
-	p := &Process{m: m, cmd: cmd, life: lifeW, statusDone: make(chan struct{}), killed: make(chan struct{})}
+	p := &Process{m: m, cmd: cmd, life: lifeW, statusDone: make(chan struct{}), killed: make(chan struct{}), crash: crash, lockGen: gen}
 	var cgFD *os.File
 	if m.mech == Cgroup {
 		p.cgroup = filepath.Join(m.dir, fmt.Sprintf("%s-%d", sanitize(c.Name), m.seq.Add(1)))
@@ -324,6 +454,7 @@ func (m *Manager) Start(c Command) (*Process, error) {
 	m.mu.Lock()
 	m.live[p] = struct{}{}
 	m.mu.Unlock()
+	p.ping(m.leaseMsg()) // a lease set since env was built
 	go p.readStatus(statR)
 	return p, nil
 }
@@ -385,7 +516,7 @@ func (p *Process) closeLife() {
 	})
 }
 
-// ping writes to the life pipe unless it is closed. The supervisor reads all the
+// ping writes a lease message to the life pipe unless it is closed. The supervisor reads all the
 // time, so the write does not block (a stopped supervisor would fill the 64 KiB
 // pipe only after hours of pings; the write is then dropped).
 func (p *Process) ping(b []byte) {
@@ -454,6 +585,9 @@ func (p *Process) exit(waitErr error) Exit {
 	if rest, ok := strings.CutPrefix(p.exitLine, "error "); ok {
 		return Exit{Code: -1, Err: errors.New(rest)}
 	}
+	if rest, ok := strings.CutPrefix(p.exitLine, "lease "); ok {
+		return Exit{Code: -1, Err: fmt.Errorf("%w: %s", ErrLeaseExpired, rest)}
+	}
 	if waitErr == nil {
 		waitErr = errors.New("exited without a status")
 	}
@@ -476,6 +610,7 @@ func (m *Manager) Close() error {
 	for _, p := range live {
 		p.Kill()
 	}
+	_ = m.SetLockConn(nil)
 	if m.dir == "" {
 		return nil
 	}

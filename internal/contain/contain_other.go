@@ -4,7 +4,10 @@ package contain
 
 import (
 	"errors"
+	"net"
+	"os"
 	"runtime"
+	"time"
 )
 
 var errNotLinux = errors.New("shell task containment needs Linux (a cgroup or a child-subreaper supervisor); this is " + runtime.GOOS)
@@ -27,3 +30,18 @@ func (*Manager) Start(Command) (*Process, error) { return nil, errNotLinux }
 func (*Manager) Close() error                    { return nil }
 func (*Process) Kill()                           {}
 func (*Process) Wait() Exit                      { return Exit{Code: -1, Err: errNotLinux} }
+
+// Lease is the worker's lease as its supervisors enforce it (see the Linux build).
+type Lease struct {
+	Long, Short time.Time
+}
+
+func (*Manager) SetLease(Lease)             {}
+func (*Manager) SetLockConn(net.Conn) error { return nil }
+func (*Manager) StaleLock() bool            { return false }
+
+// DupConn is unavailable off Linux.
+func DupConn(net.Conn) (*os.File, error) { return nil, errNotLinux }
+
+// HungUp reports false off Linux (no supervisor shares the lock socket there).
+func HungUp(net.Conn) bool { return false }

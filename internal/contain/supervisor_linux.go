@@ -3,13 +3,18 @@
 package contain
 
 import (
+	"encoding/binary"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The supervisor is the worker's own executable run again (/proc/self/exe) with
@@ -23,6 +28,8 @@ const (
 	envMarker = "BATON_CONTAIN_SUPERVISOR" // "task": supervise argv[1:]; "probe": see probe
 	envCgroup = "BATON_CONTAIN_CGROUP"     // the cgroup the task's tree runs in (below the supervisor's), if any
 	envFrozen = "BATON_CONTAIN_FROZEN_MS"  // Options.FrozenAfter in milliseconds; "" or 0: off
+	envLease  = "BATON_CONTAIN_LEASE"      // "<long>,<short>": the lease at start (see leaseMsg); "": none
+	envLock   = "BATON_CONTAIN_LOCK"       // lockFD: fdLock is the liveness lock's socket; lockLost: none, the short deadline applies; "": crash detection off
 
 	supervisorArg0 = "baton-supervise" // what ps shows
 	probeArg0      = "baton-contain-probe"
@@ -33,7 +40,84 @@ const (
 const (
 	fdLife   = 3 // read end of a pipe only the worker writes to: EOF means the worker is gone or kills the task
 	fdStatus = 4 // the supervisor reports "pid N", then "exit <wait status>" or "error <text>"
+	fdLock   = 5 // with envLock=lockFD: the worker's liveness lock connection (never read or written)
 )
+
+// Values of envLock.
+const (
+	lockFD   = "fd"
+	lockLost = "lost"
+)
+
+// leaseLen is the size of one lease message on the life pipe: two int64 CLOCK_MONOTONIC
+// readings in nanoseconds, little endian — long (0: none) and short (0: none).
+// Writes of this size are atomic on a pipe, so messages never interleave.
+const leaseLen = 16
+
+// monoNow is CLOCK_MONOTONIC in nanoseconds: one clock for every process of the
+// machine (Go's own monotonic readings cannot be passed between processes).
+func monoNow() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		panic("contain: clock_gettime(CLOCK_MONOTONIC): " + err.Error())
+	}
+	return ts.Nano()
+}
+
+// lease is what a supervisor knows of its worker's lease: it kills the tree at
+// long, or at short once the worker's liveness lock connection hung up.
+type lease struct {
+	long, short int64 // CLOCK_MONOTONIC ns; 0: none
+	hungUp      bool
+}
+
+// deadline is the moment the tree must be dead (0: none).
+func (l lease) deadline() int64 {
+	d := l.long
+	if l.hungUp && l.short > 0 && (d == 0 || l.short < d) {
+		d = l.short
+	}
+	return d
+}
+
+// update takes the later of each deadline: the worker's lease only moves forward
+// (each successful heartbeat), so an older message that arrives late changes nothing.
+func (l *lease) update(long, short int64) {
+	l.long = max(l.long, long)
+	l.short = max(l.short, short)
+}
+
+// unread reports whether fd has data waiting to be read.
+func unread(fd int) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n > 0 && fds[0].Revents&unix.POLLIN != 0
+}
+
+func parseLease(s string) (long, short int64) {
+	a, b, _ := strings.Cut(s, ",")
+	long, _ = strconv.ParseInt(a, 10, 64)
+	short, _ = strconv.ParseInt(b, 10, 64)
+	return long, short
+}
+
+// watchHangup closes hung once the socket fd reports a hangup (the peer closed
+// it, it was reset, or it failed). It polls without reading: the bytes belong to
+// the worker.
+func watchHangup(fd int, hung chan<- struct{}) {
+	const gone = unix.POLLRDHUP | unix.POLLHUP | unix.POLLERR | unix.POLLNVAL
+	for {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+		n, err := unix.Poll(fds, -1)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || (n > 0 && fds[0].Revents&gone != 0) {
+			close(hung)
+			return
+		}
+	}
+}
 
 // prSetChildSubreaper is PR_SET_CHILD_SUBREAPER from linux/prctl.h.
 const prSetChildSubreaper = 36
@@ -73,22 +157,43 @@ func probe() int {
 //   - the worker starts it with Pdeathsig SIGHUP; SIGHUP kills the tree when the
 //     parent process is gone (SIGHUP alone can also mean only the forking thread
 //     ended, so the parent pid is checked); SIGTERM and SIGINT kill the tree;
-//   - with FrozenAfter set, the worker pings it over the life pipe; without a
-//     ping for that long the worker is frozen (SIGSTOP, a stall), and the tree is
-//     killed before masters move the attempt elsewhere;
+//   - it holds the worker's lease: the worker sends it over the life pipe (and
+//     in its environment at start) as absolute CLOCK_MONOTONIC deadlines, long =
+//     last successful heartbeat sent + self-fence, short = the same + crash fence.
+//     It kills the tree at long, and at short once the socket of the worker's
+//     liveness lock connection, which it shares (fd 5) but never uses, hangs up —
+//     Postgres freed the lock, and a master may declare the session dead at
+//     last heartbeat + crash-detect-after, later than short. It runs in its own
+//     process, so a worker that is frozen (SIGSTOP, a stall) delays none of this.
+//     Without a lease (FrozenAfter only), a ping extends long to now + FrozenAfter;
+//   - holding the lock socket, it also keeps the lock held after a worker crash
+//     until it has killed its tree and exited: a freed lock means its tree is gone;
 //   - when the shell exits, its status is reported and the descendants it left
 //     behind are killed: nothing of an attempt runs after the attempt ended.
 func supervise() int {
 	cgroup := os.Getenv(envCgroup)
 	frozenMs, _ := strconv.Atoi(os.Getenv(envFrozen))
 	frozenAfter := time.Duration(frozenMs) * time.Millisecond
-	_ = os.Unsetenv(envMarker)
-	_ = os.Unsetenv(envCgroup)
-	_ = os.Unsetenv(envFrozen)
+	var l lease
+	l.long, l.short = parseLease(os.Getenv(envLease))
+	if l.long == 0 && frozenAfter > 0 {
+		l.long = monoNow() + int64(frozenAfter)
+	}
+	lockMode := os.Getenv(envLock)
+	l.hungUp = lockMode == lockLost
+	for _, k := range []string{envMarker, envCgroup, envFrozen, envLease, envLock} {
+		_ = os.Unsetenv(k)
+	}
 	// The task must not inherit the worker's pipes: a descendant holding the
-	// status pipe would hide the supervisor's exit from the worker.
+	// status pipe would hide the supervisor's exit from the worker. Nor the lock
+	// socket, which is the worker's alone.
 	syscall.CloseOnExec(fdLife)
 	syscall.CloseOnExec(fdStatus)
+	hung := make(chan struct{})
+	if lockMode == lockFD {
+		syscall.CloseOnExec(fdLock)
+		go watchHangup(fdLock, hung)
+	}
 	life := os.NewFile(fdLife, "life")
 	status := os.NewFile(fdStatus, "status")
 	ppid := os.Getppid()
@@ -157,29 +262,43 @@ func supervise() int {
 			<-sigchld
 		}
 	}()
-	// The worker writes a byte to the life pipe every FrozenAfter/8 (if set);
-	// EOF means it is gone or kills the attempt.
+	// The worker writes its lease to the life pipe (leaseLen bytes) when it
+	// changes and every FrozenAfter/8; EOF means it is gone or kills the attempt.
 	lifeEnded := make(chan struct{})
 	pinged := make(chan struct{}, 1)
+	var recvMu sync.Mutex
+	var recv lease
 	go func() {
-		buf := make([]byte, 64)
+		buf := make([]byte, leaseLen)
 		for {
-			if _, err := life.Read(buf); err != nil {
+			if _, err := io.ReadFull(life, buf); err != nil {
 				close(lifeEnded)
 				return
 			}
+			long, short := int64(binary.LittleEndian.Uint64(buf)), int64(binary.LittleEndian.Uint64(buf[8:]))
+			if long == 0 && frozenAfter > 0 {
+				long = monoNow() + int64(frozenAfter) // a ping without a lease
+			}
+			recvMu.Lock()
+			recv.update(long, short)
+			recvMu.Unlock()
 			select {
 			case pinged <- struct{}{}:
 			default:
 			}
 		}
 	}()
-	var frozen <-chan time.Time
-	var frozenTimer *time.Timer
-	if frozenAfter > 0 {
-		frozenTimer = time.NewTimer(frozenAfter)
-		frozen = frozenTimer.C
+	// One timer, at the lease's deadline; re-checked against the clock when it fires.
+	expired := time.NewTimer(time.Hour)
+	expired.Stop()
+	arm := func() {
+		if d := l.deadline(); d != 0 {
+			expired.Reset(time.Duration(max(d-monoNow(), 0)))
+		} else {
+			expired.Stop()
+		}
 	}
+	arm()
 
 	for {
 		select {
@@ -191,13 +310,36 @@ func supervise() int {
 			killTree()
 			return 137
 		case <-pinged:
-			if frozenTimer != nil {
-				frozenTimer.Reset(frozenAfter)
+			recvMu.Lock()
+			l.update(recv.long, recv.short)
+			recvMu.Unlock()
+			arm()
+		case <-hung:
+			hung = nil
+			l.hungUp = true
+			arm()
+		case <-expired.C:
+			recvMu.Lock()
+			l.update(recv.long, recv.short)
+			recvMu.Unlock()
+			if d := l.deadline(); d == 0 || monoNow() < d {
+				arm()
+				continue
 			}
-		case <-frozen:
-			// The worker is frozen (SIGSTOP, a stall): it can neither heartbeat
-			// nor fence itself, and masters are about to move this attempt.
-			fmt.Fprintf(status, "error the worker did not answer its task supervisor for %s (frozen?); the task was killed so that it cannot run alongside its failover\n", frozenAfter)
+			if unread(fdLife) {
+				// Leases the worker sent before now are not read yet (this
+				// process was slow to start or scheduled late): read them first.
+				expired.Reset(time.Millisecond)
+				continue
+			}
+			// The worker's lease ran out: it did not heartbeat in time, and it
+			// is frozen (SIGSTOP, a stall) or cut off; masters may move this
+			// attempt from now on (sooner once its lock connection is gone).
+			if l.hungUp && l.short > 0 && l.short <= l.long {
+				fmt.Fprintf(status, "lease the worker's liveness lock connection closed and it did not heartbeat within its crash fence (frozen?); the task was killed so that it cannot run alongside its failover\n")
+			} else {
+				fmt.Fprintf(status, "lease the worker did not renew its lease with its task supervisor (frozen?); the task was killed so that it cannot run alongside its failover\n")
+			}
 			killTree()
 			return 137
 		case sig := <-sigs:

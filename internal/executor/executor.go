@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"sort"
 	"strconv"
@@ -71,6 +72,9 @@ type Result struct {
 	Output   string
 	Error    string
 	Snooze   time.Duration // OutcomeSnoozed: run again after this long
+	// LeaseExpired: OutcomeCanceled because the task's supervisor killed it at
+	// the worker's lease expiry (contain.ErrLeaseExpired), not by the worker.
+	LeaseExpired bool
 }
 
 // SnoozeError, returned by a handler (or wrapped in its error), ends the attempt
@@ -130,6 +134,8 @@ type Executor struct {
 	openOnce sync.Once
 	contain  *contain.Manager
 	openErr  error
+	mgrMu    sync.Mutex
+	mgr      *contain.Manager // contain, once opened (readable at any time)
 }
 
 // Open prepares shell containment (detection, cleanup of a previous worker's
@@ -149,6 +155,9 @@ func (e *Executor) Open() error {
 			log.Error("shell task containment unavailable; shell tasks will fail", zap.Error(e.openErr))
 			return
 		}
+		e.mgrMu.Lock()
+		e.mgr = e.contain
+		e.mgrMu.Unlock()
 		if err := e.contain.StaleError(); err != nil {
 			log.Warn("leftover task cgroups of a dead worker not removed; retried at next start", zap.Error(err))
 		}
@@ -167,6 +176,39 @@ func (e *Executor) Close() error {
 		return nil
 	}
 	return e.contain.Close()
+}
+
+// SetLease passes the worker's lease to the supervisors of its shell tasks
+// (contain.Manager.SetLease); no effect before Open or without shell tasks.
+func (e *Executor) SetLease(l contain.Lease) {
+	if m := e.manager(); m != nil {
+		m.SetLease(l)
+	}
+}
+
+// SetLockConn shares the liveness lock connection's socket with the supervisors
+// of shell tasks started from now on (contain.Manager.SetLockConn).
+func (e *Executor) SetLockConn(conn net.Conn) error {
+	if m := e.manager(); m != nil {
+		return m.SetLockConn(conn)
+	}
+	return nil
+}
+
+// StaleLock: a shell task's supervisor enforces the short deadline without the
+// current lock connection (contain.Manager.StaleLock).
+func (e *Executor) StaleLock() bool {
+	if m := e.manager(); m != nil {
+		return m.StaleLock()
+	}
+	return false
+}
+
+// manager is the containment manager once Open succeeded, else nil.
+func (e *Executor) manager() *contain.Manager {
+	e.mgrMu.Lock()
+	defer e.mgrMu.Unlock()
+	return e.mgr
 }
 
 // Run executes task until it finishes, its timeout passes or ctx is canceled (the
@@ -271,6 +313,11 @@ func (e *Executor) runShell(ctx context.Context, task Task) Result {
 	}
 	res.Output = out.String()
 	res.ExitCode = int32(exit.Code)
+	if errors.Is(exit.Err, contain.ErrLeaseExpired) {
+		// Killed at the worker's lease expiry, like a self-fence: left to failover.
+		res.Outcome, res.Error, res.LeaseExpired = OutcomeCanceled, exit.Err.Error(), true
+		return res
+	}
 	if exit.Err != nil {
 		res.Outcome, res.Error = OutcomeFailed, exit.Err.Error()
 		return res

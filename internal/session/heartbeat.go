@@ -39,6 +39,21 @@ type HeartbeatConfig struct {
 	// CallTimeout bounds one heartbeat statement; default FenceAfter/2. A hung
 	// call never delays the fence, which is a timer of its own.
 	CallTimeout time.Duration
+	// OnLease, if set, is told the lease after Start and after each successful
+	// heartbeat sent at S: long = S + FenceAfter, short = S + CrashFenceAfter (zero
+	// when CrashFenceAfter is). The worker passes it to its shell tasks'
+	// supervisors, which kill their trees at long, or at short once the liveness
+	// lock connection hung up. Called from one goroutine at a time, in order.
+	OnLease func(long, short time.Time)
+	// LockHungUp, if set, reports whether the liveness lock connection has hung
+	// up (a local poll, no round trip). While it has, the lease is short — last
+	// successful send + CrashFenceAfter — even before the Liveness notices and
+	// calls SetLockHeld(false): a worker resuming from a stall sees it at once.
+	LockHungUp func() bool
+	// FastBeat, if set, reports whether some task still enforces the short
+	// deadline unconditionally (its supervisor holds a lost lock connection, or
+	// none): the worker then heartbeats as often as while the lock is lost.
+	FastBeat func() bool
 	// OnLost is called once, from the goroutine that detected it, when the session
 	// is lost (self-fenced or declared dead). It must not block: the worker kills
 	// its tasks here, before anything else.
@@ -108,7 +123,8 @@ var ErrLeaseExpired = errors.New("lease expired: this worker may have been decla
 
 // LeaseErr is nil while the session still owns its attempts: it was not lost and
 // its last successful heartbeat was sent less than the (current) fence time ago,
-// the deadline before which no master can declare it dead. It reads the
+// the deadline before which no master can declare it dead — the crash fence if
+// the liveness lock connection hung up (LockHungUp, checked by this call). It reads the
 // monotonic clock itself, so a process that was frozen (SIGSTOP, a stall) and
 // wakes up past the deadline sees the expiry at once — before the fence timer's
 // goroutine has had a chance to run and cancel anything.
@@ -134,6 +150,7 @@ func (h *Heartbeater) Start(ctx context.Context) error {
 	h.done = false
 	h.fence = time.AfterFunc(h.fenceAfterLocked()-time.Since(h.cfg.Since), h.fire)
 	h.mu.Unlock()
+	h.tellLease(h.cfg.Since)
 	h.StartLoop(ctx, h.loop)
 	return nil
 }
@@ -191,13 +208,30 @@ func (h *Heartbeater) runOnce(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("heartbeat session %d: %w", h.cfg.SessionID, err)
 	}
 	h.mu.Lock()
+	renewed := false
 	if !h.done && sent.After(h.lastOKSent) {
 		h.lastOKSent = sent
 		// A success that arrives after the deadline changes nothing: done is set.
 		h.fence.Reset(h.fenceAfterLocked() - time.Since(sent))
+		renewed = true
 	}
 	h.mu.Unlock()
+	if renewed {
+		h.tellLease(sent)
+	}
 	return state, nil
+}
+
+// tellLease passes the lease renewed by a heartbeat sent at sent to OnLease.
+func (h *Heartbeater) tellLease(sent time.Time) {
+	if h.cfg.OnLease == nil {
+		return
+	}
+	var short time.Time
+	if h.cfg.CrashFenceAfter > 0 {
+		short = sent.Add(min(h.cfg.CrashFenceAfter, h.cfg.FenceAfter))
+	}
+	h.cfg.OnLease(sent.Add(h.cfg.FenceAfter), short)
 }
 
 // fire is the fence timer: it runs on its own goroutine, never waiting for a
@@ -234,15 +268,16 @@ func (h *Heartbeater) fire() {
 func (h *Heartbeater) interval() time.Duration {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.lockLost && h.cfg.CrashFenceAfter > 0 {
+	if h.cfg.CrashFenceAfter > 0 && (h.lockLost || (h.cfg.FastBeat != nil && h.cfg.FastBeat())) {
 		return min(h.cfg.Interval, max(h.cfg.CrashFenceAfter/4, time.Millisecond))
 	}
 	return h.cfg.Interval
 }
 
-// fenceAfterLocked is the fence's current distance from the last successful send.
+// fenceAfterLocked is the fence's current distance from the last successful send:
+// the crash fence while the promised lock is not held or its connection hung up.
 func (h *Heartbeater) fenceAfterLocked() time.Duration {
-	if h.lockLost && h.cfg.CrashFenceAfter > 0 {
+	if h.cfg.CrashFenceAfter > 0 && (h.lockLost || (h.cfg.LockHungUp != nil && h.cfg.LockHungUp())) {
 		return min(h.cfg.CrashFenceAfter, h.cfg.FenceAfter)
 	}
 	return h.cfg.FenceAfter

@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
 
 	"github.com/baton-scheduler/baton/db"
+	"github.com/baton-scheduler/baton/internal/contain"
 	"github.com/baton-scheduler/baton/internal/logfield"
 	"github.com/baton-scheduler/baton/internal/service"
 )
@@ -38,6 +41,11 @@ type LivenessConfig struct {
 	// fence before returning: the connection is closed only after OnHeld(false)
 	// returned (Heartbeater.SetLockHeld).
 	OnHeld func(held bool)
+	// OnConn, if set, is given the connection that holds the lock once it is
+	// taken (before OnHeld(true)), and nil once it is lost (after OnHeld(false))
+	// or let go; the worker shares its socket with its tasks' supervisors. An
+	// error is logged: those tasks then enforce the short deadline at once.
+	OnConn func(conn net.Conn) error
 }
 
 // LivenessTestSignals are sent after meaningful steps (tests only).
@@ -67,7 +75,33 @@ type Liveness struct {
 	service.StartStop
 	TestSignals LivenessTestSignals
 
-	cfg LivenessConfig
+	cfg  LivenessConfig
+	conn atomic.Pointer[net.Conn] // the socket of the connection that holds the lock
+}
+
+// HungUp reports whether the connection that holds the lock has hung up — the
+// peer closed it, it was reset or failed — by a zero-timeout poll of its socket:
+// no round trip, no read. Postgres may already have freed the lock. False while
+// no connection holds the lock (the Heartbeater then knows from SetLockHeld).
+func (l *Liveness) HungUp() bool {
+	c := l.conn.Load()
+	return c != nil && contain.HungUp(*c)
+}
+
+func (l *Liveness) setConn(conn *pgx.Conn) {
+	var nc net.Conn
+	if conn != nil {
+		nc = conn.PgConn().Conn()
+		l.conn.Store(&nc)
+	} else {
+		l.conn.Store(nil)
+	}
+	if l.cfg.OnConn != nil {
+		if err := l.cfg.OnConn(nc); err != nil {
+			l.Logger.Error("liveness lock socket not shared with task supervisors; they apply the crash fence",
+				logfield.SessionID(l.cfg.SessionID), zap.Error(err))
+		}
+	}
 }
 
 // NewLiveness returns a Liveness for one session.
@@ -112,16 +146,20 @@ func (l *Liveness) loop(ctx context.Context) {
 		}
 		backoff.Reset()
 		promised = true
+		l.setConn(conn)
 		l.cfg.OnHeld(true)
 		l.TestSignals.Held.Signal(int64(conn.PgConn().PID()))
 		err = l.keep(ctx, conn)
 		if ctx.Err() != nil {
-			// Stop: the caller has fenced or drained; the lock may go.
+			// Stop: the caller has fenced or drained; the lock may go (closing
+			// sends Terminate: Postgres ends the session whoever else holds the socket).
+			l.setConn(nil)
 			closeConn(conn)
 			return
 		}
 		// The connection failed: the fence moves first, then the connection goes.
 		l.cfg.OnHeld(false)
+		l.setConn(nil)
 		closeConn(conn)
 		l.Logger.Warn("liveness lock connection lost; crash fence applies until it is taken again",
 			logfield.SessionID(l.cfg.SessionID), zap.Error(err))

@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -182,14 +183,32 @@ func (w *Worker) runSession(ctx context.Context, reg session.Registered) error {
 		},
 	})
 	cl.TestSignals = w.TestSignals.Claimer
+	var lv *session.Liveness // set below, before the heartbeater starts
+	crashFence := time.Duration(0)
+	if w.liveConn != nil {
+		crashFence = w.cfg.CrashFenceAfter
+	}
 	hb = session.NewHeartbeater(w.base("heartbeat"), w.pool, session.HeartbeatConfig{
 		SessionID: reg.ID, Interval: w.cfg.HeartbeatInterval, FenceAfter: w.cfg.SelfFenceAfter,
-		Since: reg.Sent, CallTimeout: w.cfg.Test.HeartbeatCallTimeout, CrashFenceAfter: w.cfg.CrashFenceAfter,
+		Since: reg.Sent, CallTimeout: w.cfg.Test.HeartbeatCallTimeout, CrashFenceAfter: crashFence,
 		// The fence kills the tasks first, from its own goroutine: nothing it
 		// could wait for (a hung query, the claim loop) can delay the kill.
 		OnLost: cl.Kill,
+		// The shell tasks' supervisors enforce the same lease from their own
+		// processes, so a frozen worker cannot keep them running past it.
+		OnLease: func(long, short time.Time) {
+			w.exec.SetLease(contain.Lease{Long: long, Short: short})
+		},
+		LockHungUp: func() bool { return lv != nil && lv.HungUp() },
+		FastBeat:   w.exec.StaleLock,
 	})
 	hb.TestSignals = w.TestSignals.Heartbeat
+	if w.liveConn != nil {
+		lv = session.NewLiveness(w.base("liveness"), session.LivenessConfig{
+			SessionID: reg.ID, ConnConfig: w.liveConn, OnHeld: hb.SetLockHeld, OnConn: w.exec.SetLockConn,
+		})
+		lv.TestSignals = w.TestSignals.Liveness
+	}
 	d := drain.New(w.base("drain"), drain.Config{
 		SessionID: reg.ID, Grace: w.cfg.ShutdownGrace, TasksWait: w.cfg.KillGrace + drain.TasksWaitDefault,
 		Tasks: cl, Results: w.completer, Session: w.rows, StopHeartbeat: hb.Stop,
@@ -198,13 +217,9 @@ func (w *Worker) runSession(ctx context.Context, reg session.Registered) error {
 
 	// Neither runs under ctx: a SIGTERM drains the session, it does not cut it off.
 	_ = hb.Start(context.Background())
-	if w.liveConn != nil {
+	if lv != nil {
 		// Stopped (the lock let go) only once the session's tasks were killed or
 		// drained: from then on the session may be declared dead at once.
-		lv := session.NewLiveness(w.base("liveness"), session.LivenessConfig{
-			SessionID: reg.ID, ConnConfig: w.liveConn, OnHeld: hb.SetLockHeld,
-		})
-		lv.TestSignals = w.TestSignals.Liveness
 		_ = lv.Start(context.Background())
 		defer lv.Stop()
 	}
