@@ -289,5 +289,22 @@ SELECT retries, max_retries FROM tasks WHERE id = @id;
 
 -- Client.Wait: ask for a NOTIFY when the task ends (TaskFinish sends one only for
 -- watched tasks). Once set it stays set.
+--
+-- The update holds the task's row lock until its commit, and a worker's claim
+-- skips locked rows (SKIP LOCKED): a claim woken by the submit's NOTIFY that runs
+-- meanwhile finds nothing, and no other wake-up would follow, so the task would
+-- wait for the poll. The watch therefore wakes, at its commit (after the lock is
+-- released), whoever claims the task: its group's workers for a queued task
+-- ("g:<group>", as NotifyQueued), the target session for a dispatched one (as
+-- DispatchAssign). Channel notify.ChannelClaim.
 -- name: TaskWatch :exec
-UPDATE tasks SET notify_finish = true WHERE id = @id AND NOT notify_finish AND finished_at IS NULL;
+WITH w AS (
+    UPDATE tasks SET notify_finish = true
+    WHERE id = @id AND NOT notify_finish AND finished_at IS NULL
+    RETURNING state, group_name, worker_session_id, available_at
+)
+SELECT pg_notify('baton_claim', CASE WHEN w.state = 'queued' THEN 'g:' || w.group_name
+                                     ELSE w.worker_session_id::text END)
+FROM w
+WHERE (w.state = 'queued' AND w.available_at <= now())
+   OR (w.state = 'dispatched' AND w.worker_session_id IS NOT NULL);
