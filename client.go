@@ -334,11 +334,14 @@ func (c *Client) Wait(ctx context.Context, id int64) (TaskInfo, error) {
 //   - queued or dispatched (not yet claimed): it becomes canceled at once and
 //     never runs; its dispatch row is deleted.
 //   - running: it becomes canceled at once and its attempt is closed as
-//     canceled. The handler (or shell command) is not interrupted: it runs to
-//     its end or its timeout, and the worker's result is then refused by
-//     fencing (nothing it reports changes the task) and logged as fenced.
-//     Handlers with side effects that must not happen after a cancel should
-//     check the task's state themselves.
+//     canceled; the worker running it is told (a NOTIFY, and its poll of its
+//     running attempts every WorkerConfig.PollInterval as the fallback) and
+//     stops the attempt as it stops a timed-out one: a Go handler's ctx is
+//     canceled with ErrTaskCanceled as its cause (context.Cause; Task.CheckLease
+//     reports it too), a shell task's whole process tree is killed, and the
+//     slot is freed once the attempt returns, or KillGrace later if it does
+//     not. A result the attempt still reports is refused by fencing (nothing
+//     it reports changes the task) and recorded against the canceled attempt.
 //
 // A canceled task is never retried. Cancel of a finished task returns its row
 // and ErrTaskFinished; of an unknown id, ErrNotFound.

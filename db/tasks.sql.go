@@ -55,8 +55,10 @@ const TaskCancel = `-- name: TaskCancel :one
 WITH t AS (
     UPDATE tasks
     SET state = 'canceled', worker_session_id = NULL, finished_at = now(), last_error = $1::text
+    FROM (SELECT o.state AS old_state, o.worker_session_id AS old_session_id FROM tasks o WHERE o.id = $2) AS old
     WHERE tasks.id = $2 AND tasks.state IN ('queued', 'dispatched', 'running')
-    RETURNING tasks.id, tasks.attempt, tasks.attempt_session_id, tasks.attempt_reason, tasks.dispatched_at, tasks.started_at
+    RETURNING tasks.id, tasks.attempt, tasks.attempt_session_id, tasks.attempt_reason, tasks.dispatched_at, tasks.started_at,
+              old.old_state, old.old_session_id
 ), a AS (
     INSERT INTO task_attempt_log (task_id, attempt, worker_session_id, reason, dispatched_at, started_at,
                                   finished_at, outcome, error)
@@ -70,8 +72,11 @@ WITH t AS (
     -- A slot may be free: wake the dispatchers; and the task ended (Client.Wait).
     -- Joined below so they run only on a cancel.
     SELECT pg_notify('baton_dispatch', ''), pg_notify('baton_finished', t.id::text) FROM t
+), stopped AS (
+    SELECT pg_notify('baton_cancel', t.old_session_id::text) FROM t
+    WHERE t.old_state = 'running' AND t.old_session_id IS NOT NULL
 )
-SELECT t.id, t.attempt FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n
+SELECT t.id, t.attempt FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n CROSS JOIN (SELECT count(*) FROM stopped) AS st
 `
 
 type TaskCancelParams struct {
@@ -90,6 +95,11 @@ type TaskCancelRow struct {
 // attempt is fenced when it reports (TaskFinish requires state running), and its
 // refused result is recorded against that row. A queued task's last attempt was
 // already closed there (retry, snooze, failover): the insert does nothing.
+// The session that was running it is told (NOTIFY baton_cancel, its id;
+// notify.ChannelCancel) so it stops the attempt at once; it also finds it on its
+// poll (TaskListSuperseded), so the NOTIFY only shortens the wait. The old state
+// is read from the statement's snapshot, taken once TaskCancelLockTask holds the
+// row.
 func (q *Queries) TaskCancel(ctx context.Context, arg TaskCancelParams) (TaskCancelRow, error) {
 	row := q.db.QueryRow(ctx, TaskCancel, arg.Reason, arg.ID)
 	var i TaskCancelRow
@@ -626,6 +636,52 @@ func (q *Queries) TaskListRunningOnSession(ctx context.Context, sessionID int64)
 	for rows.Next() {
 		var i TaskListRunningOnSessionRow
 		if err := rows.Scan(&i.ID, &i.Attempt); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const TaskListSuperseded = `-- name: TaskListSuperseded :many
+SELECT r.id::bigint AS id, r.attempt::int AS attempt, coalesce(t.state, '')::text AS state
+FROM (SELECT unnest($1::bigint[]) AS id, unnest($2::int[]) AS attempt) AS r
+LEFT JOIN tasks t ON t.id = r.id
+WHERE (t.state = 'running' AND t.attempt = r.attempt AND t.worker_session_id = $3::bigint) IS NOT TRUE
+ORDER BY r.id
+`
+
+type TaskListSupersededParams struct {
+	Ids       []int64
+	Attempts  []int32
+	SessionID int64
+}
+
+type TaskListSupersededRow struct {
+	ID      int64
+	Attempt int32
+	State   string
+}
+
+// Of the attempts a worker runs (ids[i], attempts[i]), those whose task row no
+// longer names them running on its session: the task was canceled (state
+// canceled), or the attempt was superseded — timed out by a master, failed over,
+// or (rarely) already ended by this worker's own result. The worker stops them:
+// their work must not go on (claimer.Claimer polls this; NOTIFY baton_cancel
+// only wakes the poll early).
+func (q *Queries) TaskListSuperseded(ctx context.Context, arg TaskListSupersededParams) ([]TaskListSupersededRow, error) {
+	rows, err := q.db.Query(ctx, TaskListSuperseded, arg.Ids, arg.Attempts, arg.SessionID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []TaskListSupersededRow{}
+	for rows.Next() {
+		var i TaskListSupersededRow
+		if err := rows.Scan(&i.ID, &i.Attempt, &i.State); err != nil {
 			return nil, err
 		}
 		items = append(items, i)

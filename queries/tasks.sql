@@ -216,6 +216,19 @@ WHERE (sqlc.narg('state')::text IS NULL OR state = sqlc.narg('state'))
 ORDER BY id DESC
 LIMIT @max_rows;
 
+-- Of the attempts a worker runs (ids[i], attempts[i]), those whose task row no
+-- longer names them running on its session: the task was canceled (state
+-- canceled), or the attempt was superseded — timed out by a master, failed over,
+-- or (rarely) already ended by this worker's own result. The worker stops them:
+-- their work must not go on (claimer.Claimer polls this; NOTIFY baton_cancel
+-- only wakes the poll early).
+-- name: TaskListSuperseded :many
+SELECT r.id::bigint AS id, r.attempt::int AS attempt, coalesce(t.state, '')::text AS state
+FROM (SELECT unnest(@ids::bigint[]) AS id, unnest(@attempts::int[]) AS attempt) AS r
+LEFT JOIN tasks t ON t.id = r.id
+WHERE (t.state = 'running' AND t.attempt = r.attempt AND t.worker_session_id = @session_id::bigint) IS NOT TRUE
+ORDER BY r.id;
+
 -- name: TaskListRunningOnSession :many
 SELECT id, attempt FROM tasks
 WHERE worker_session_id = @session_id::bigint AND state = 'running'
@@ -256,12 +269,19 @@ SELECT id FROM tasks WHERE id = @id FOR UPDATE;
 -- attempt is fenced when it reports (TaskFinish requires state running), and its
 -- refused result is recorded against that row. A queued task's last attempt was
 -- already closed there (retry, snooze, failover): the insert does nothing.
+-- The session that was running it is told (NOTIFY baton_cancel, its id;
+-- notify.ChannelCancel) so it stops the attempt at once; it also finds it on its
+-- poll (TaskListSuperseded), so the NOTIFY only shortens the wait. The old state
+-- is read from the statement's snapshot, taken once TaskCancelLockTask holds the
+-- row.
 -- name: TaskCancel :one
 WITH t AS (
     UPDATE tasks
     SET state = 'canceled', worker_session_id = NULL, finished_at = now(), last_error = @reason::text
+    FROM (SELECT o.state AS old_state, o.worker_session_id AS old_session_id FROM tasks o WHERE o.id = @id) AS old
     WHERE tasks.id = @id AND tasks.state IN ('queued', 'dispatched', 'running')
-    RETURNING tasks.id, tasks.attempt, tasks.attempt_session_id, tasks.attempt_reason, tasks.dispatched_at, tasks.started_at
+    RETURNING tasks.id, tasks.attempt, tasks.attempt_session_id, tasks.attempt_reason, tasks.dispatched_at, tasks.started_at,
+              old.old_state, old.old_session_id
 ), a AS (
     INSERT INTO task_attempt_log (task_id, attempt, worker_session_id, reason, dispatched_at, started_at,
                                   finished_at, outcome, error)
@@ -275,8 +295,11 @@ WITH t AS (
     -- A slot may be free: wake the dispatchers; and the task ended (Client.Wait).
     -- Joined below so they run only on a cancel.
     SELECT pg_notify('baton_dispatch', ''), pg_notify('baton_finished', t.id::text) FROM t
+), stopped AS (
+    SELECT pg_notify('baton_cancel', t.old_session_id::text) FROM t
+    WHERE t.old_state = 'running' AND t.old_session_id IS NOT NULL
 )
-SELECT t.id, t.attempt FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n;
+SELECT t.id, t.attempt FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n CROSS JOIN (SELECT count(*) FROM stopped) AS st;
 
 -- A handler's permanent failure (baton.Permanent): the running attempt's failure
 -- becomes final by leaving no retry. Fenced like every worker write.
