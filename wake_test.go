@@ -107,7 +107,7 @@ func TestWatchWakesClaimItBlocked(t *testing.T) {
 	}
 	claim := func() int {
 		t.Helper()
-		rows, err := db.New(pool).TaskClaimQueued(ctx, db.TaskClaimQueuedParams{SessionID: s, GroupName: "a", MaxTasks: 4})
+		rows, err := db.New(pool).TaskClaimNext(ctx, db.TaskClaimNextParams{SessionID: s, GroupName: "a", MaxTasks: 4})
 		if err != nil {
 			t.Fatal(err)
 		}

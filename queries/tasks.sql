@@ -39,26 +39,64 @@ FROM (SELECT @group_name::text AS group_name, @kind::text AS kind, @payload::tex
              @retry_base_ms::bigint AS retry_base_ms, @retry_max_ms::bigint AS retry_max_ms) AS x
 RETURNING id;
 
--- A worker claims what a master dispatched to it (failover places tasks on a
--- chosen worker this way): delete its dispatch rows and start the matching
--- attempts. Dispatch row and task row are locked together with SKIP LOCKED, so a
--- claim never waits on a task a failover holds (no lock cycle); the task update
--- re-checks the fencing token and that the session is still alive.
--- name: TaskClaim :many
-WITH q AS (
-    SELECT d.id
+-- A worker's claim, one statement (its own transaction): the tasks a master
+-- placed on this session (dispatched: failover, or the dispatcher's fallback) and
+-- the waiting tasks of its group (queued), together, in one order — priority, then
+-- task id (submission order) — so claim order and dispatch order agree: a task a
+-- master placed here never starts before an older task of the same priority that
+-- waits in the queue or was placed here later (a failover's), and vice versa.
+--
+-- Dispatched: its dispatch row and task row are locked together with SKIP LOCKED,
+-- so a claim never waits on a task a failover holds (no lock cycle); the row is
+-- deleted and the attempt the master opened starts (the update re-checks the
+-- fencing token). Queued: one update per task bumps its attempt (the fencing
+-- epoch) and starts it; the attempt lives in the task row until it is closed; the
+-- update re-checks that the task is still queued. Index tasks_queue.
+--
+-- Rows are locked first, with SKIP LOCKED (a master's dispatcher or a cancel
+-- holding one is skipped), up to max_tasks of each kind; the best max_tasks of
+-- them are claimed. Only if there are any is the session row locked FOR SHARE, so
+-- a claim that finds nothing writes nothing (no transaction id, no WAL, no commit
+-- to flush). A failover or drain marking the session dead or draining (an UPDATE
+-- of that row) waits for a claim holding it to commit and then sees its tasks; a
+-- claim that comes after such an UPDATE re-reads the row and claims nothing.
+-- Queued rows locked but not claimed (only when dispatched ones were claimed
+-- instead) are skipped by other workers' claims for the statement's duration:
+-- this worker's slots are full then and it claims again when one frees, and the
+-- masters' dispatcher places what still waits after its MinWait.
+-- name: TaskClaimNext :many
+WITH dq AS MATERIALIZED (
+    SELECT d.id AS dispatch_id, tk.id, tk.priority
     FROM dispatch_queue d
     JOIN tasks tk ON tk.id = d.task_id AND tk.attempt = d.attempt
                  AND tk.worker_session_id = @session_id::bigint AND tk.state = 'dispatched'
     WHERE d.target_session_id = @session_id::bigint
-      AND EXISTS (SELECT 1 FROM worker_sessions s WHERE s.id = @session_id AND s.state = 'alive')
-    ORDER BY d.priority DESC, d.id
+    ORDER BY tk.priority DESC, tk.id
     LIMIT @max_tasks
     FOR UPDATE OF d, tk SKIP LOCKED
+), qq AS MATERIALIZED (
+    SELECT NULL::bigint AS dispatch_id, tk.id, tk.priority
+    FROM tasks tk
+    WHERE tk.group_name = @group_name
+      AND tk.state = 'queued'
+      AND tk.available_at <= now()
+    ORDER BY tk.priority DESC, tk.id
+    LIMIT @max_tasks
+    FOR UPDATE SKIP LOCKED
+), pick AS MATERIALIZED (
+    SELECT u.dispatch_id, u.id, u.priority
+    FROM (SELECT * FROM dq UNION ALL SELECT * FROM qq) AS u
+    ORDER BY u.priority DESC, u.id
+    LIMIT @max_tasks
+), s AS MATERIALIZED (
+    SELECT id FROM worker_sessions
+    WHERE id = @session_id::bigint AND state = 'alive' AND EXISTS (SELECT 1 FROM pick)
+    FOR SHARE
 ), del AS (
-    DELETE FROM dispatch_queue d USING q WHERE d.id = q.id
+    DELETE FROM dispatch_queue d USING pick
+    WHERE d.id = pick.dispatch_id AND EXISTS (SELECT 1 FROM s)
     RETURNING d.task_id, d.attempt
-), t AS (
+), td AS (
     UPDATE tasks
     SET state = 'running', started_at = now()
     FROM del
@@ -67,48 +105,22 @@ WITH q AS (
       AND (tasks.attempt = del.attempt AND tasks.worker_session_id = @session_id AND tasks.state = 'dispatched') IS TRUE
     RETURNING tasks.id, tasks.kind, tasks.payload, tasks.attempt, tasks.timeout_ms,
               tasks.retries, tasks.max_retries, tasks.priority
-)
-SELECT t.id, t.kind, t.payload, t.attempt, t.timeout_ms, t.retries, t.max_retries, t.priority
-FROM t ORDER BY t.priority DESC, t.id;
-
--- A worker claims queued tasks of its group directly, in queue order (index
--- tasks_queue), without a master's hop: one update per task bumps its attempt (the
--- fencing epoch) and starts it; the attempt lives in the task row until it is
--- closed. Task rows are locked first, with SKIP LOCKED (a master's dispatcher or
--- a cancel holding one is skipped); only if there are any is the session row
--- locked FOR SHARE, so a claim that finds nothing writes nothing (no transaction
--- id, no WAL, no commit to flush). A failover or drain marking the session dead
--- or draining (an UPDATE of that row) waits for a claim holding it to commit and
--- then sees its tasks; a claim that comes after such an UPDATE re-reads the row
--- and claims nothing. The update re-checks that each task is still queued.
--- name: TaskClaimQueued :many
-WITH q AS MATERIALIZED (
-    SELECT tk.id
-    FROM tasks tk
-    WHERE tk.group_name = @group_name
-      AND tk.state = 'queued'
-      AND tk.available_at <= now()
-    ORDER BY tk.priority DESC, tk.id
-    LIMIT @max_tasks
-    FOR UPDATE SKIP LOCKED
-), s AS MATERIALIZED (
-    SELECT id FROM worker_sessions
-    WHERE id = @session_id::bigint AND state = 'alive' AND EXISTS (SELECT 1 FROM q)
-    FOR SHARE
-), t AS (
+), tq AS (
     UPDATE tasks
     SET state = 'running', attempt = tasks.attempt + 1,
         worker_session_id = (SELECT id FROM s), attempt_session_id = (SELECT id FROM s),
         attempt_reason = tasks.queued_reason, dispatched_at = now(), started_at = now()
-    FROM q
-    WHERE tasks.id = q.id
+    FROM pick
+    WHERE pick.dispatch_id IS NULL
+      AND tasks.id = pick.id
       AND tasks.state = 'queued'
       AND EXISTS (SELECT 1 FROM s)
     RETURNING tasks.id, tasks.kind, tasks.payload, tasks.attempt, tasks.timeout_ms,
               tasks.retries, tasks.max_retries, tasks.priority
 )
 SELECT t.id, t.kind, t.payload, t.attempt, t.timeout_ms, t.retries, t.max_retries, t.priority
-FROM t ORDER BY t.priority DESC, t.id;
+FROM (SELECT * FROM td UNION ALL SELECT * FROM tq) AS t
+ORDER BY t.priority DESC, t.id;
 
 -- Fenced batch completion, one statement (its own transaction). A row changes only
 -- if (id, attempt, session) still names the running attempt; rows not returned

@@ -61,7 +61,7 @@ type Results interface {
 type Config struct {
 	SessionID int64
 	// Group: when set, the claimer also claims waiting tasks of this group directly
-	// from the queue (TaskClaimQueued), after the tasks dispatched to it.
+	// from the queue, in one order with the tasks dispatched to it (TaskClaimNext).
 	Group        string
 	Worker       string // the worker's name, shown to tasks
 	Slots        int
@@ -77,10 +77,6 @@ type Config struct {
 	// a task it runs was canceled. Nil: running attempts are checked on the
 	// poll only.
 	Cancels notify.Signal
-	// Targeted, when set, is raised (before Wake) by a NOTIFY naming this session:
-	// tasks were dispatched to it. The claim for dispatched tasks then runs; it
-	// also runs at start and on every poll. Nil: it runs on every claim.
-	Targeted *atomic.Bool
 	// OnOrphans is called when reconcile finds orphaned claims; the worker
 	// abandons the session.
 	OnOrphans func(error)
@@ -154,8 +150,6 @@ type Claimer struct {
 	running   map[report.Key]attempt
 	settled   *sync.Cond
 	reconcile bool
-	// checkTargeted: run the claim for dispatched tasks next time (start, poll).
-	checkTargeted atomic.Bool
 	// backlog: the last claim filled every free slot, so tasks may be waiting
 	// and a freed slot wakes the loop; false once a claim found fewer than it
 	// asked for.
@@ -187,7 +181,6 @@ func New(base service.Base, pool *pgxpool.Pool, cfg Config) *Claimer {
 	c := &Claimer{Base: base, cfg: cfg, pool: pool, wake: wake, tasksCtx: tasksCtx, killTasks: kill,
 		running: map[report.Key]attempt{}, watchWake: notify.NewSignal()}
 	c.settled = sync.NewCond(&c.mu)
-	c.checkTargeted.Store(true)
 	return c
 }
 
@@ -254,7 +247,6 @@ func (c *Claimer) loop(ctx context.Context) {
 			return
 		case <-c.wake:
 		case <-poll.C:
-			c.checkTargeted.Store(true)
 		}
 		switch {
 		case c.Running() > c.cfg.Slots/2:
@@ -320,7 +312,7 @@ func (c *Claimer) runOnce(ctx context.Context) (Claimed, error) {
 		// waits for the loop, then for the tasks it started.
 		claimCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		stopOnKill := context.AfterFunc(c.tasksCtx, cancel)
-		rows, err := service.WithTimeout(claimCtx, c.cfg.CallTimeout, func(ctx context.Context) ([]db.TaskClaimRow, error) {
+		rows, err := service.WithTimeout(claimCtx, c.cfg.CallTimeout, func(ctx context.Context) ([]db.TaskClaimNextRow, error) {
 			return c.claim(ctx, free)
 		})
 		stopOnKill()
@@ -344,25 +336,11 @@ func (c *Claimer) runOnce(ctx context.Context) (Claimed, error) {
 	return res, nil
 }
 
-// claim takes up to free tasks: first those a master dispatched to this session
-// (failover places tasks that way), then, with a Group, waiting tasks of the group
-// straight from the queue. Each statement is its own transaction; an error after
-// the first committed loses nothing (the reconcile finds what was claimed).
-func (c *Claimer) claim(ctx context.Context, free int) ([]db.TaskClaimRow, error) {
-	q := db.New(c.pool)
-	var rows []db.TaskClaimRow
-	if c.checkTargeted.Swap(false) || c.cfg.Targeted == nil || c.cfg.Group == "" || c.cfg.Targeted.Swap(false) {
-		var err error
-		rows, err = q.TaskClaim(ctx, db.TaskClaimParams{SessionID: c.cfg.SessionID, MaxTasks: int32(free)})
-		if err != nil || c.cfg.Group == "" || len(rows) >= free {
-			return rows, err
-		}
-	}
-	queued, err := q.TaskClaimQueued(ctx, db.TaskClaimQueuedParams{SessionID: c.cfg.SessionID, GroupName: c.cfg.Group, MaxTasks: int32(free - len(rows))})
-	for _, r := range queued {
-		rows = append(rows, db.TaskClaimRow(r))
-	}
-	return rows, err
+// claim takes up to free tasks in one statement (TaskClaimNext): those a master
+// dispatched to this session and, with a Group, waiting tasks of the group straight
+// from the queue, the best by priority then submission whichever way they came.
+func (c *Claimer) claim(ctx context.Context, free int) ([]db.TaskClaimNextRow, error) {
+	return db.New(c.pool).TaskClaimNext(ctx, db.TaskClaimNextParams{SessionID: c.cfg.SessionID, GroupName: c.cfg.Group, MaxTasks: int32(free)})
 }
 
 // orphans counts attempts running on this session in Postgres that this process
@@ -390,7 +368,7 @@ func (c *Claimer) orphans(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-func (c *Claimer) start(r db.TaskClaimRow) {
+func (c *Claimer) start(r db.TaskClaimNextRow) {
 	key := report.Key{TaskID: r.ID, Attempt: r.Attempt}
 	attemptCtx, cancel := context.WithCancelCause(c.tasksCtx)
 	c.mu.Lock()
@@ -401,7 +379,7 @@ func (c *Claimer) start(r db.TaskClaimRow) {
 }
 
 // run executes one attempt and settles its slot.
-func (c *Claimer) run(ctx context.Context, cancel context.CancelCauseFunc, key report.Key, r db.TaskClaimRow) {
+func (c *Claimer) run(ctx context.Context, cancel context.CancelCauseFunc, key report.Key, r db.TaskClaimNextRow) {
 	log := c.Logger.With(logfield.SessionID(c.cfg.SessionID), logfield.TaskID(r.ID), logfield.Attempt(r.Attempt))
 	defer func() {
 		c.mu.Lock()

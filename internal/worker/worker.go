@@ -61,7 +61,6 @@ type Worker struct {
 	exec      *executor.Executor
 	wake      notify.Signal
 	cancels   notify.Signal // a task this worker runs was canceled (NOTIFY)
-	targeted  atomic.Bool   // a NOTIFY named our session: claim dispatched tasks
 	rows      *session.Rows
 	liveConn  *pgx.ConnConfig // the liveness lock's connection (nil: crash detection off)
 	completer *completer.Completer
@@ -140,7 +139,6 @@ func (w *Worker) Run(ctx context.Context) error {
 			case payload == "g:"+w.cfg.Group: // tasks queued in our group
 				w.wake.Wake()
 			case notify.ClaimFor(payload, strconv.FormatInt(w.session.Load(), 10)): // tasks dispatched to us
-				w.targeted.Store(true)
 				w.wake.Wake()
 			}
 		}}).Run(bg)
@@ -179,7 +177,7 @@ func (w *Worker) runSession(ctx context.Context, reg session.Registered) error {
 	cl := claimer.New(w.base("claimer"), w.pool, claimer.Config{
 		Lease:     func() error { return hb.LeaseErr() },
 		SessionID: reg.ID, Group: w.cfg.Group, Worker: w.cfg.Name, Slots: w.cfg.Slots, PollInterval: w.cfg.PollInterval,
-		KillGrace: w.cfg.KillGrace, Exec: w.exec, Results: w.completer, Wake: w.wake, Targeted: &w.targeted, Cancels: w.cancels,
+		KillGrace: w.cfg.KillGrace, Exec: w.exec, Results: w.completer, Wake: w.wake, Cancels: w.cancels,
 		OnOrphans: func(err error) {
 			select {
 			case orphaned <- err:
