@@ -293,8 +293,9 @@ func (c *Client) Attempts(ctx context.Context, id int64) ([]Attempt, error) {
 // Wait returns the task once it is in a terminal state (succeeded, failed,
 // timed_out, canceled), or ctx's error. It is woken by a notification when the
 // task ends (Wait marks the task watched, one small write; tasks nobody waits for
-// end without one): the client LISTENs on one connection of its pool, held only
-// while some Wait is in progress and shared by all of them. It also re-reads the task
+// end without one): the client LISTENs on one connection of its pool, held
+// while some Wait is in progress (and a second after the last) and shared by
+// all of them. It also re-reads the task
 // every WaitPollInterval, so a lost notification (the listener reconnecting)
 // delays it at most that long.
 func (c *Client) Wait(ctx context.Context, id int64) (TaskInfo, error) {
