@@ -93,8 +93,10 @@ WITH dq AS MATERIALIZED (
     WHERE id = @session_id::bigint AND state = 'alive' AND EXISTS (SELECT 1 FROM pick)
     FOR SHARE
 ), del AS (
-    DELETE FROM dispatch_queue d USING pick
-    WHERE d.id = pick.dispatch_id AND EXISTS (SELECT 1 FROM s)
+    -- By primary key (an array, so the planner cannot hash-join the whole table).
+    DELETE FROM dispatch_queue d
+    WHERE d.id = ANY (ARRAY(SELECT pick.dispatch_id FROM pick WHERE pick.dispatch_id IS NOT NULL))
+      AND EXISTS (SELECT 1 FROM s)
     RETURNING d.task_id, d.attempt
 ), td AS (
     UPDATE tasks
