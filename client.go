@@ -293,8 +293,9 @@ func (c *Client) Attempts(ctx context.Context, id int64) ([]Attempt, error) {
 // Wait returns the task once it is in a terminal state (succeeded, failed,
 // timed_out, canceled), or ctx's error. It is woken by a notification when the
 // task ends (Wait marks the task watched, one small write; tasks nobody waits for
-// end without one): the client LISTENs on one connection of its pool, held only
-// while some Wait is in progress and shared by all of them. It also re-reads the task
+// end without one): the client LISTENs on one connection of its pool, held
+// while some Wait is in progress (and a second after the last) and shared by
+// all of them. It also re-reads the task
 // every WaitPollInterval, so a lost notification (the listener reconnecting)
 // delays it at most that long.
 func (c *Client) Wait(ctx context.Context, id int64) (TaskInfo, error) {
@@ -334,11 +335,14 @@ func (c *Client) Wait(ctx context.Context, id int64) (TaskInfo, error) {
 //   - queued or dispatched (not yet claimed): it becomes canceled at once and
 //     never runs; its dispatch row is deleted.
 //   - running: it becomes canceled at once and its attempt is closed as
-//     canceled. The handler (or shell command) is not interrupted: it runs to
-//     its end or its timeout, and the worker's result is then refused by
-//     fencing (nothing it reports changes the task) and logged as fenced.
-//     Handlers with side effects that must not happen after a cancel should
-//     check the task's state themselves.
+//     canceled; the worker running it is told (a NOTIFY, and its poll of its
+//     running attempts every WorkerConfig.PollInterval as the fallback) and
+//     stops the attempt as it stops a timed-out one: a Go handler's ctx is
+//     canceled with ErrTaskCanceled as its cause (context.Cause; Task.CheckLease
+//     reports it too), a shell task's whole process tree is killed, and the
+//     slot is freed once the attempt returns, or KillGrace later if it does
+//     not. A result the attempt still reports is refused by fencing (nothing
+//     it reports changes the task) and recorded against the canceled attempt.
 //
 // A canceled task is never retried. Cancel of a finished task returns its row
 // and ErrTaskFinished; of an unknown id, ErrNotFound.

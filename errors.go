@@ -3,6 +3,7 @@ package baton
 import (
 	"errors"
 
+	"github.com/baton-scheduler/baton/internal/executor"
 	"github.com/baton-scheduler/baton/internal/migrate"
 	"github.com/baton-scheduler/baton/internal/submit"
 )
@@ -18,6 +19,14 @@ var (
 	ErrNotFound = errors.New("task not found")
 	// ErrTaskFinished: Cancel of a task already in a terminal state.
 	ErrTaskFinished = errors.New("task already finished")
+	// ErrTaskCanceled is the cause (context.Cause) of a running handler's ctx
+	// when its task is canceled (Client.Cancel), and what Task.CheckLease then
+	// wraps: the handler should stop and may return any error.
+	ErrTaskCanceled = executor.ErrCanceled
+	// ErrAttemptSuperseded is the cause of a running handler's ctx when its
+	// attempt no longer owns the task for another reason: a master recorded its
+	// timeout or moved the task to another worker.
+	ErrAttemptSuperseded = executor.ErrSuperseded
 	// ErrSchemaOutdated: baton's schema is missing or older than this build
 	// (call Migrate or run `baton migrate up`).
 	ErrSchemaOutdated = migrate.ErrDatabaseOlder

@@ -38,9 +38,10 @@ type Task struct {
 }
 
 // CheckLease returns nil while this attempt still owns the task, and an error once
-// it may not: the attempt was killed (timeout, shutdown past its grace), or the
-// worker has not heartbeated within its self-fence time, after which a master may
-// declare it dead and run the task elsewhere. Call it right before each side
+// it may not: the task was canceled (the error wraps ErrTaskCanceled), the
+// attempt was stopped (timeout, shutdown past its grace, ErrAttemptSuperseded),
+// or the worker has not heartbeated within its self-fence time, after which a
+// master may declare it dead and run the task elsewhere. Call it right before each side
 // effect outside baton's database (an e-mail, a payment, a file): a Go handler
 // cannot be killed like a process, and a worker that was frozen (SIGSTOP, a VM
 // stall) resumes its handlers before it learns it was fenced — its context is
@@ -106,7 +107,8 @@ type handlerEnv struct {
 }
 
 // Handler runs one attempt of a task kind inside the worker process. It must
-// return when ctx is done (the task timed out, the worker fenced itself or is
+// return when ctx is done (the task timed out or was canceled — then
+// context.Cause(ctx) is ErrTaskCanceled —, the worker fenced itself or is
 // shutting down). The returned string is stored as the task's output; an error
 // fails the attempt (retried while the task has retries left; wrap it with
 // Permanent to fail the task for good), and a panic is recovered and recorded

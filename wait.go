@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
@@ -13,7 +14,10 @@ import (
 )
 
 // waitHub shares one LISTEN connection among a client's Wait calls: it holds a
-// connection of the pool only while at least one Wait is in progress, and wakes
+// connection of the pool while at least one Wait is in progress and for
+// waitListenLinger after the last one returned (an application that submits and
+// waits in a loop keeps one listener instead of opening a connection per Wait:
+// the listener's connection is never handed back to the pool), and wakes
 // the waiters of the tasks a notification names (all of them for "*", and when
 // the listener (re)connects, since it may have missed some).
 type waitHub struct {
@@ -23,8 +27,12 @@ type waitHub struct {
 	mu      sync.Mutex
 	waiters map[int64]map[notify.Signal]bool
 	count   int
-	stop    context.CancelFunc
+	stop    context.CancelFunc // the listener's; nil when none runs
+	linger  *time.Timer        // stops the listener once idle for waitListenLinger
 }
+
+// waitListenLinger is how long the listener stays after the last Wait returned.
+const waitListenLinger = time.Second
 
 // add registers a waiter for task id; the returned func unregisters it.
 func (h *waitHub) add(id int64) (notify.Signal, func()) {
@@ -39,7 +47,11 @@ func (h *waitHub) add(id int64) (notify.Signal, func()) {
 	}
 	h.waiters[id][sig] = true
 	h.count++
-	if h.count == 1 {
+	if h.linger != nil {
+		h.linger.Stop()
+		h.linger = nil
+	}
+	if h.stop == nil {
 		ctx, cancel := context.WithCancel(context.Background())
 		h.stop = cancel
 		l := &notify.Listener{Pool: h.pool, Channels: []string{notify.ChannelFinished}, Logger: h.log, OnNotify: h.wake}
@@ -54,7 +66,16 @@ func (h *waitHub) add(id int64) (notify.Signal, func()) {
 		}
 		h.count--
 		if h.count == 0 {
-			h.stop()
+			var t *time.Timer
+			t = time.AfterFunc(waitListenLinger, func() {
+				h.mu.Lock()
+				defer h.mu.Unlock()
+				if h.linger == t && h.count == 0 {
+					h.stop()
+					h.stop, h.linger = nil, nil
+				}
+			})
+			h.linger = t
 		}
 	}
 }

@@ -55,8 +55,10 @@ const TaskCancel = `-- name: TaskCancel :one
 WITH t AS (
     UPDATE tasks
     SET state = 'canceled', worker_session_id = NULL, finished_at = now(), last_error = $1::text
+    FROM (SELECT o.state AS old_state, o.worker_session_id AS old_session_id FROM tasks o WHERE o.id = $2) AS old
     WHERE tasks.id = $2 AND tasks.state IN ('queued', 'dispatched', 'running')
-    RETURNING tasks.id, tasks.attempt, tasks.attempt_session_id, tasks.attempt_reason, tasks.dispatched_at, tasks.started_at
+    RETURNING tasks.id, tasks.attempt, tasks.attempt_session_id, tasks.attempt_reason, tasks.dispatched_at, tasks.started_at,
+              old.old_state, old.old_session_id
 ), a AS (
     INSERT INTO task_attempt_log (task_id, attempt, worker_session_id, reason, dispatched_at, started_at,
                                   finished_at, outcome, error)
@@ -70,8 +72,11 @@ WITH t AS (
     -- A slot may be free: wake the dispatchers; and the task ended (Client.Wait).
     -- Joined below so they run only on a cancel.
     SELECT pg_notify('baton_dispatch', ''), pg_notify('baton_finished', t.id::text) FROM t
+), stopped AS (
+    SELECT pg_notify('baton_cancel', t.old_session_id::text) FROM t
+    WHERE t.old_state = 'running' AND t.old_session_id IS NOT NULL
 )
-SELECT t.id, t.attempt FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n
+SELECT t.id, t.attempt FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n CROSS JOIN (SELECT count(*) FROM stopped) AS st
 `
 
 type TaskCancelParams struct {
@@ -90,6 +95,11 @@ type TaskCancelRow struct {
 // attempt is fenced when it reports (TaskFinish requires state running), and its
 // refused result is recorded against that row. A queued task's last attempt was
 // already closed there (retry, snooze, failover): the insert does nothing.
+// The session that was running it is told (NOTIFY baton_cancel, its id;
+// notify.ChannelCancel) so it stops the attempt at once; it also finds it on its
+// poll (TaskListSuperseded), so the NOTIFY only shortens the wait. The old state
+// is read from the statement's snapshot, taken once TaskCancelLockTask holds the
+// row.
 func (q *Queries) TaskCancel(ctx context.Context, arg TaskCancelParams) (TaskCancelRow, error) {
 	row := q.db.QueryRow(ctx, TaskCancel, arg.Reason, arg.ID)
 	var i TaskCancelRow
@@ -125,21 +135,41 @@ func (q *Queries) TaskCancelLockTask(ctx context.Context, id int64) ([]int64, er
 	return items, nil
 }
 
-const TaskClaim = `-- name: TaskClaim :many
-WITH q AS (
-    SELECT d.id
+const TaskClaimNext = `-- name: TaskClaimNext :many
+WITH dq AS MATERIALIZED (
+    SELECT d.id AS dispatch_id, tk.id, tk.priority
     FROM dispatch_queue d
     JOIN tasks tk ON tk.id = d.task_id AND tk.attempt = d.attempt
                  AND tk.worker_session_id = $1::bigint AND tk.state = 'dispatched'
     WHERE d.target_session_id = $1::bigint
-      AND EXISTS (SELECT 1 FROM worker_sessions s WHERE s.id = $1 AND s.state = 'alive')
-    ORDER BY d.priority DESC, d.id
+    ORDER BY tk.priority DESC, tk.id
     LIMIT $2
     FOR UPDATE OF d, tk SKIP LOCKED
+), qq AS MATERIALIZED (
+    SELECT NULL::bigint AS dispatch_id, tk.id, tk.priority
+    FROM tasks tk
+    WHERE tk.group_name = $3
+      AND tk.state = 'queued'
+      AND tk.available_at <= now()
+    ORDER BY tk.priority DESC, tk.id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), pick AS MATERIALIZED (
+    SELECT u.dispatch_id, u.id, u.priority
+    FROM (SELECT dispatch_id, id, priority FROM dq UNION ALL SELECT dispatch_id, id, priority FROM qq) AS u
+    ORDER BY u.priority DESC, u.id
+    LIMIT $2
+), s AS MATERIALIZED (
+    SELECT id FROM worker_sessions
+    WHERE id = $1::bigint AND state = 'alive' AND EXISTS (SELECT 1 FROM pick)
+    FOR SHARE
 ), del AS (
-    DELETE FROM dispatch_queue d USING q WHERE d.id = q.id
+    -- By primary key (an array, so the planner cannot hash-join the whole table).
+    DELETE FROM dispatch_queue d
+    WHERE d.id = ANY (ARRAY(SELECT pick.dispatch_id FROM pick WHERE pick.dispatch_id IS NOT NULL))
+      AND EXISTS (SELECT 1 FROM s)
     RETURNING d.task_id, d.attempt
-), t AS (
+), td AS (
     UPDATE tasks
     SET state = 'running', started_at = now()
     FROM del
@@ -148,98 +178,31 @@ WITH q AS (
       AND (tasks.attempt = del.attempt AND tasks.worker_session_id = $1 AND tasks.state = 'dispatched') IS TRUE
     RETURNING tasks.id, tasks.kind, tasks.payload, tasks.attempt, tasks.timeout_ms,
               tasks.retries, tasks.max_retries, tasks.priority
-)
-SELECT t.id, t.kind, t.payload, t.attempt, t.timeout_ms, t.retries, t.max_retries, t.priority
-FROM t ORDER BY t.priority DESC, t.id
-`
-
-type TaskClaimParams struct {
-	SessionID int64
-	MaxTasks  int32
-}
-
-type TaskClaimRow struct {
-	ID         int64
-	Kind       string
-	Payload    json.RawMessage
-	Attempt    int32
-	TimeoutMs  int64
-	Retries    int32
-	MaxRetries int32
-	Priority   int32
-}
-
-// A worker claims what a master dispatched to it (failover places tasks on a
-// chosen worker this way): delete its dispatch rows and start the matching
-// attempts. Dispatch row and task row are locked together with SKIP LOCKED, so a
-// claim never waits on a task a failover holds (no lock cycle); the task update
-// re-checks the fencing token and that the session is still alive.
-func (q *Queries) TaskClaim(ctx context.Context, arg TaskClaimParams) ([]TaskClaimRow, error) {
-	rows, err := q.db.Query(ctx, TaskClaim, arg.SessionID, arg.MaxTasks)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []TaskClaimRow{}
-	for rows.Next() {
-		var i TaskClaimRow
-		if err := rows.Scan(
-			&i.ID,
-			&i.Kind,
-			&i.Payload,
-			&i.Attempt,
-			&i.TimeoutMs,
-			&i.Retries,
-			&i.MaxRetries,
-			&i.Priority,
-		); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
-const TaskClaimQueued = `-- name: TaskClaimQueued :many
-WITH q AS MATERIALIZED (
-    SELECT tk.id
-    FROM tasks tk
-    WHERE tk.group_name = $1
-      AND tk.state = 'queued'
-      AND tk.available_at <= now()
-    ORDER BY tk.priority DESC, tk.id
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-), s AS MATERIALIZED (
-    SELECT id FROM worker_sessions
-    WHERE id = $3::bigint AND state = 'alive' AND EXISTS (SELECT 1 FROM q)
-    FOR SHARE
-), t AS (
+), tq AS (
     UPDATE tasks
     SET state = 'running', attempt = tasks.attempt + 1,
         worker_session_id = (SELECT id FROM s), attempt_session_id = (SELECT id FROM s),
         attempt_reason = tasks.queued_reason, dispatched_at = now(), started_at = now()
-    FROM q
-    WHERE tasks.id = q.id
+    FROM pick
+    WHERE pick.dispatch_id IS NULL
+      AND tasks.id = pick.id
       AND tasks.state = 'queued'
       AND EXISTS (SELECT 1 FROM s)
     RETURNING tasks.id, tasks.kind, tasks.payload, tasks.attempt, tasks.timeout_ms,
               tasks.retries, tasks.max_retries, tasks.priority
 )
 SELECT t.id, t.kind, t.payload, t.attempt, t.timeout_ms, t.retries, t.max_retries, t.priority
-FROM t ORDER BY t.priority DESC, t.id
+FROM (SELECT id, kind, payload, attempt, timeout_ms, retries, max_retries, priority FROM td UNION ALL SELECT id, kind, payload, attempt, timeout_ms, retries, max_retries, priority FROM tq) AS t
+ORDER BY t.priority DESC, t.id
 `
 
-type TaskClaimQueuedParams struct {
-	GroupName string
-	MaxTasks  int32
+type TaskClaimNextParams struct {
 	SessionID int64
+	MaxTasks  int32
+	GroupName string
 }
 
-type TaskClaimQueuedRow struct {
+type TaskClaimNextRow struct {
 	ID         int64
 	Kind       string
 	Payload    json.RawMessage
@@ -250,25 +213,40 @@ type TaskClaimQueuedRow struct {
 	Priority   int32
 }
 
-// A worker claims queued tasks of its group directly, in queue order (index
-// tasks_queue), without a master's hop: one update per task bumps its attempt (the
-// fencing epoch) and starts it; the attempt lives in the task row until it is
-// closed. Task rows are locked first, with SKIP LOCKED (a master's dispatcher or
-// a cancel holding one is skipped); only if there are any is the session row
-// locked FOR SHARE, so a claim that finds nothing writes nothing (no transaction
-// id, no WAL, no commit to flush). A failover or drain marking the session dead
-// or draining (an UPDATE of that row) waits for a claim holding it to commit and
-// then sees its tasks; a claim that comes after such an UPDATE re-reads the row
-// and claims nothing. The update re-checks that each task is still queued.
-func (q *Queries) TaskClaimQueued(ctx context.Context, arg TaskClaimQueuedParams) ([]TaskClaimQueuedRow, error) {
-	rows, err := q.db.Query(ctx, TaskClaimQueued, arg.GroupName, arg.MaxTasks, arg.SessionID)
+// A worker's claim, one statement (its own transaction): the tasks a master
+// placed on this session (dispatched: failover, or the dispatcher's fallback) and
+// the waiting tasks of its group (queued), together, in one order — priority, then
+// task id (submission order) — so claim order and dispatch order agree: a task a
+// master placed here never starts before an older task of the same priority that
+// waits in the queue or was placed here later (a failover's), and vice versa.
+//
+// Dispatched: its dispatch row and task row are locked together with SKIP LOCKED,
+// so a claim never waits on a task a failover holds (no lock cycle); the row is
+// deleted and the attempt the master opened starts (the update re-checks the
+// fencing token). Queued: one update per task bumps its attempt (the fencing
+// epoch) and starts it; the attempt lives in the task row until it is closed; the
+// update re-checks that the task is still queued. Index tasks_queue.
+//
+// Rows are locked first, with SKIP LOCKED (a master's dispatcher or a cancel
+// holding one is skipped), up to max_tasks of each kind; the best max_tasks of
+// them are claimed. Only if there are any is the session row locked FOR SHARE, so
+// a claim that finds nothing writes nothing (no transaction id, no WAL, no commit
+// to flush). A failover or drain marking the session dead or draining (an UPDATE
+// of that row) waits for a claim holding it to commit and then sees its tasks; a
+// claim that comes after such an UPDATE re-reads the row and claims nothing.
+// Queued rows locked but not claimed (only when dispatched ones were claimed
+// instead) are skipped by other workers' claims for the statement's duration:
+// this worker's slots are full then and it claims again when one frees, and the
+// masters' dispatcher places what still waits after its MinWait.
+func (q *Queries) TaskClaimNext(ctx context.Context, arg TaskClaimNextParams) ([]TaskClaimNextRow, error) {
+	rows, err := q.db.Query(ctx, TaskClaimNext, arg.SessionID, arg.MaxTasks, arg.GroupName)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	items := []TaskClaimQueuedRow{}
+	items := []TaskClaimNextRow{}
 	for rows.Next() {
-		var i TaskClaimQueuedRow
+		var i TaskClaimNextRow
 		if err := rows.Scan(
 			&i.ID,
 			&i.Kind,
@@ -636,6 +614,52 @@ func (q *Queries) TaskListRunningOnSession(ctx context.Context, sessionID int64)
 	return items, nil
 }
 
+const TaskListSuperseded = `-- name: TaskListSuperseded :many
+SELECT r.id::bigint AS id, r.attempt::int AS attempt, coalesce(t.state, '')::text AS state
+FROM (SELECT unnest($1::bigint[]) AS id, unnest($2::int[]) AS attempt) AS r
+LEFT JOIN tasks t ON t.id = r.id
+WHERE (t.state = 'running' AND t.attempt = r.attempt AND t.worker_session_id = $3::bigint) IS NOT TRUE
+ORDER BY r.id
+`
+
+type TaskListSupersededParams struct {
+	Ids       []int64
+	Attempts  []int32
+	SessionID int64
+}
+
+type TaskListSupersededRow struct {
+	ID      int64
+	Attempt int32
+	State   string
+}
+
+// Of the attempts a worker runs (ids[i], attempts[i]), those whose task row no
+// longer names them running on its session: the task was canceled (state
+// canceled), or the attempt was superseded — timed out by a master, failed over,
+// or (rarely) already ended by this worker's own result. The worker stops them:
+// their work must not go on (claimer.Claimer polls this; NOTIFY baton_cancel
+// only wakes the poll early).
+func (q *Queries) TaskListSuperseded(ctx context.Context, arg TaskListSupersededParams) ([]TaskListSupersededRow, error) {
+	rows, err := q.db.Query(ctx, TaskListSuperseded, arg.Ids, arg.Attempts, arg.SessionID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []TaskListSupersededRow{}
+	for rows.Next() {
+		var i TaskListSupersededRow
+		if err := rows.Scan(&i.ID, &i.Attempt, &i.State); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const TaskListTimedOut = `-- name: TaskListTimedOut :many
 SELECT id, attempt, worker_session_id::bigint AS worker_session_id
 FROM tasks
@@ -835,11 +859,28 @@ func (q *Queries) TaskSubmitOne(ctx context.Context, arg TaskSubmitOneParams) (i
 }
 
 const TaskWatch = `-- name: TaskWatch :exec
-UPDATE tasks SET notify_finish = true WHERE id = $1 AND NOT notify_finish AND finished_at IS NULL
+WITH w AS (
+    UPDATE tasks SET notify_finish = true
+    WHERE id = $1 AND NOT notify_finish AND finished_at IS NULL
+    RETURNING state, group_name, worker_session_id, available_at
+)
+SELECT pg_notify('baton_claim', CASE WHEN w.state = 'queued' THEN 'g:' || w.group_name
+                                     ELSE w.worker_session_id::text END)
+FROM w
+WHERE (w.state = 'queued' AND w.available_at <= now())
+   OR (w.state = 'dispatched' AND w.worker_session_id IS NOT NULL)
 `
 
 // Client.Wait: ask for a NOTIFY when the task ends (TaskFinish sends one only for
 // watched tasks). Once set it stays set.
+//
+// The update holds the task's row lock until its commit, and a worker's claim
+// skips locked rows (SKIP LOCKED): a claim woken by the submit's NOTIFY that runs
+// meanwhile finds nothing, and no other wake-up would follow, so the task would
+// wait for the poll. The watch therefore wakes, at its commit (after the lock is
+// released), whoever claims the task: its group's workers for a queued task
+// ("g:<group>", as NotifyQueued), the target session for a dispatched one (as
+// DispatchAssign). Channel notify.ChannelClaim.
 func (q *Queries) TaskWatch(ctx context.Context, id int64) error {
 	_, err := q.db.Exec(ctx, TaskWatch, id)
 	return err

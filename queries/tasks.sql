@@ -39,26 +39,66 @@ FROM (SELECT @group_name::text AS group_name, @kind::text AS kind, @payload::tex
              @retry_base_ms::bigint AS retry_base_ms, @retry_max_ms::bigint AS retry_max_ms) AS x
 RETURNING id;
 
--- A worker claims what a master dispatched to it (failover places tasks on a
--- chosen worker this way): delete its dispatch rows and start the matching
--- attempts. Dispatch row and task row are locked together with SKIP LOCKED, so a
--- claim never waits on a task a failover holds (no lock cycle); the task update
--- re-checks the fencing token and that the session is still alive.
--- name: TaskClaim :many
-WITH q AS (
-    SELECT d.id
+-- A worker's claim, one statement (its own transaction): the tasks a master
+-- placed on this session (dispatched: failover, or the dispatcher's fallback) and
+-- the waiting tasks of its group (queued), together, in one order — priority, then
+-- task id (submission order) — so claim order and dispatch order agree: a task a
+-- master placed here never starts before an older task of the same priority that
+-- waits in the queue or was placed here later (a failover's), and vice versa.
+--
+-- Dispatched: its dispatch row and task row are locked together with SKIP LOCKED,
+-- so a claim never waits on a task a failover holds (no lock cycle); the row is
+-- deleted and the attempt the master opened starts (the update re-checks the
+-- fencing token). Queued: one update per task bumps its attempt (the fencing
+-- epoch) and starts it; the attempt lives in the task row until it is closed; the
+-- update re-checks that the task is still queued. Index tasks_queue.
+--
+-- Rows are locked first, with SKIP LOCKED (a master's dispatcher or a cancel
+-- holding one is skipped), up to max_tasks of each kind; the best max_tasks of
+-- them are claimed. Only if there are any is the session row locked FOR SHARE, so
+-- a claim that finds nothing writes nothing (no transaction id, no WAL, no commit
+-- to flush). A failover or drain marking the session dead or draining (an UPDATE
+-- of that row) waits for a claim holding it to commit and then sees its tasks; a
+-- claim that comes after such an UPDATE re-reads the row and claims nothing.
+-- Queued rows locked but not claimed (only when dispatched ones were claimed
+-- instead) are skipped by other workers' claims for the statement's duration:
+-- this worker's slots are full then and it claims again when one frees, and the
+-- masters' dispatcher places what still waits after its MinWait.
+-- name: TaskClaimNext :many
+WITH dq AS MATERIALIZED (
+    SELECT d.id AS dispatch_id, tk.id, tk.priority
     FROM dispatch_queue d
     JOIN tasks tk ON tk.id = d.task_id AND tk.attempt = d.attempt
                  AND tk.worker_session_id = @session_id::bigint AND tk.state = 'dispatched'
     WHERE d.target_session_id = @session_id::bigint
-      AND EXISTS (SELECT 1 FROM worker_sessions s WHERE s.id = @session_id AND s.state = 'alive')
-    ORDER BY d.priority DESC, d.id
+    ORDER BY tk.priority DESC, tk.id
     LIMIT @max_tasks
     FOR UPDATE OF d, tk SKIP LOCKED
+), qq AS MATERIALIZED (
+    SELECT NULL::bigint AS dispatch_id, tk.id, tk.priority
+    FROM tasks tk
+    WHERE tk.group_name = @group_name
+      AND tk.state = 'queued'
+      AND tk.available_at <= now()
+    ORDER BY tk.priority DESC, tk.id
+    LIMIT @max_tasks
+    FOR UPDATE SKIP LOCKED
+), pick AS MATERIALIZED (
+    SELECT u.dispatch_id, u.id, u.priority
+    FROM (SELECT * FROM dq UNION ALL SELECT * FROM qq) AS u
+    ORDER BY u.priority DESC, u.id
+    LIMIT @max_tasks
+), s AS MATERIALIZED (
+    SELECT id FROM worker_sessions
+    WHERE id = @session_id::bigint AND state = 'alive' AND EXISTS (SELECT 1 FROM pick)
+    FOR SHARE
 ), del AS (
-    DELETE FROM dispatch_queue d USING q WHERE d.id = q.id
+    -- By primary key (an array, so the planner cannot hash-join the whole table).
+    DELETE FROM dispatch_queue d
+    WHERE d.id = ANY (ARRAY(SELECT pick.dispatch_id FROM pick WHERE pick.dispatch_id IS NOT NULL))
+      AND EXISTS (SELECT 1 FROM s)
     RETURNING d.task_id, d.attempt
-), t AS (
+), td AS (
     UPDATE tasks
     SET state = 'running', started_at = now()
     FROM del
@@ -67,48 +107,22 @@ WITH q AS (
       AND (tasks.attempt = del.attempt AND tasks.worker_session_id = @session_id AND tasks.state = 'dispatched') IS TRUE
     RETURNING tasks.id, tasks.kind, tasks.payload, tasks.attempt, tasks.timeout_ms,
               tasks.retries, tasks.max_retries, tasks.priority
-)
-SELECT t.id, t.kind, t.payload, t.attempt, t.timeout_ms, t.retries, t.max_retries, t.priority
-FROM t ORDER BY t.priority DESC, t.id;
-
--- A worker claims queued tasks of its group directly, in queue order (index
--- tasks_queue), without a master's hop: one update per task bumps its attempt (the
--- fencing epoch) and starts it; the attempt lives in the task row until it is
--- closed. Task rows are locked first, with SKIP LOCKED (a master's dispatcher or
--- a cancel holding one is skipped); only if there are any is the session row
--- locked FOR SHARE, so a claim that finds nothing writes nothing (no transaction
--- id, no WAL, no commit to flush). A failover or drain marking the session dead
--- or draining (an UPDATE of that row) waits for a claim holding it to commit and
--- then sees its tasks; a claim that comes after such an UPDATE re-reads the row
--- and claims nothing. The update re-checks that each task is still queued.
--- name: TaskClaimQueued :many
-WITH q AS MATERIALIZED (
-    SELECT tk.id
-    FROM tasks tk
-    WHERE tk.group_name = @group_name
-      AND tk.state = 'queued'
-      AND tk.available_at <= now()
-    ORDER BY tk.priority DESC, tk.id
-    LIMIT @max_tasks
-    FOR UPDATE SKIP LOCKED
-), s AS MATERIALIZED (
-    SELECT id FROM worker_sessions
-    WHERE id = @session_id::bigint AND state = 'alive' AND EXISTS (SELECT 1 FROM q)
-    FOR SHARE
-), t AS (
+), tq AS (
     UPDATE tasks
     SET state = 'running', attempt = tasks.attempt + 1,
         worker_session_id = (SELECT id FROM s), attempt_session_id = (SELECT id FROM s),
         attempt_reason = tasks.queued_reason, dispatched_at = now(), started_at = now()
-    FROM q
-    WHERE tasks.id = q.id
+    FROM pick
+    WHERE pick.dispatch_id IS NULL
+      AND tasks.id = pick.id
       AND tasks.state = 'queued'
       AND EXISTS (SELECT 1 FROM s)
     RETURNING tasks.id, tasks.kind, tasks.payload, tasks.attempt, tasks.timeout_ms,
               tasks.retries, tasks.max_retries, tasks.priority
 )
 SELECT t.id, t.kind, t.payload, t.attempt, t.timeout_ms, t.retries, t.max_retries, t.priority
-FROM t ORDER BY t.priority DESC, t.id;
+FROM (SELECT * FROM td UNION ALL SELECT * FROM tq) AS t
+ORDER BY t.priority DESC, t.id;
 
 -- Fenced batch completion, one statement (its own transaction). A row changes only
 -- if (id, attempt, session) still names the running attempt; rows not returned
@@ -216,6 +230,19 @@ WHERE (sqlc.narg('state')::text IS NULL OR state = sqlc.narg('state'))
 ORDER BY id DESC
 LIMIT @max_rows;
 
+-- Of the attempts a worker runs (ids[i], attempts[i]), those whose task row no
+-- longer names them running on its session: the task was canceled (state
+-- canceled), or the attempt was superseded — timed out by a master, failed over,
+-- or (rarely) already ended by this worker's own result. The worker stops them:
+-- their work must not go on (claimer.Claimer polls this; NOTIFY baton_cancel
+-- only wakes the poll early).
+-- name: TaskListSuperseded :many
+SELECT r.id::bigint AS id, r.attempt::int AS attempt, coalesce(t.state, '')::text AS state
+FROM (SELECT unnest(@ids::bigint[]) AS id, unnest(@attempts::int[]) AS attempt) AS r
+LEFT JOIN tasks t ON t.id = r.id
+WHERE (t.state = 'running' AND t.attempt = r.attempt AND t.worker_session_id = @session_id::bigint) IS NOT TRUE
+ORDER BY r.id;
+
 -- name: TaskListRunningOnSession :many
 SELECT id, attempt FROM tasks
 WHERE worker_session_id = @session_id::bigint AND state = 'running'
@@ -256,12 +283,19 @@ SELECT id FROM tasks WHERE id = @id FOR UPDATE;
 -- attempt is fenced when it reports (TaskFinish requires state running), and its
 -- refused result is recorded against that row. A queued task's last attempt was
 -- already closed there (retry, snooze, failover): the insert does nothing.
+-- The session that was running it is told (NOTIFY baton_cancel, its id;
+-- notify.ChannelCancel) so it stops the attempt at once; it also finds it on its
+-- poll (TaskListSuperseded), so the NOTIFY only shortens the wait. The old state
+-- is read from the statement's snapshot, taken once TaskCancelLockTask holds the
+-- row.
 -- name: TaskCancel :one
 WITH t AS (
     UPDATE tasks
     SET state = 'canceled', worker_session_id = NULL, finished_at = now(), last_error = @reason::text
+    FROM (SELECT o.state AS old_state, o.worker_session_id AS old_session_id FROM tasks o WHERE o.id = @id) AS old
     WHERE tasks.id = @id AND tasks.state IN ('queued', 'dispatched', 'running')
-    RETURNING tasks.id, tasks.attempt, tasks.attempt_session_id, tasks.attempt_reason, tasks.dispatched_at, tasks.started_at
+    RETURNING tasks.id, tasks.attempt, tasks.attempt_session_id, tasks.attempt_reason, tasks.dispatched_at, tasks.started_at,
+              old.old_state, old.old_session_id
 ), a AS (
     INSERT INTO task_attempt_log (task_id, attempt, worker_session_id, reason, dispatched_at, started_at,
                                   finished_at, outcome, error)
@@ -275,8 +309,11 @@ WITH t AS (
     -- A slot may be free: wake the dispatchers; and the task ended (Client.Wait).
     -- Joined below so they run only on a cancel.
     SELECT pg_notify('baton_dispatch', ''), pg_notify('baton_finished', t.id::text) FROM t
+), stopped AS (
+    SELECT pg_notify('baton_cancel', t.old_session_id::text) FROM t
+    WHERE t.old_state = 'running' AND t.old_session_id IS NOT NULL
 )
-SELECT t.id, t.attempt FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n;
+SELECT t.id, t.attempt FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n CROSS JOIN (SELECT count(*) FROM stopped) AS st;
 
 -- A handler's permanent failure (baton.Permanent): the running attempt's failure
 -- becomes final by leaving no retry. Fenced like every worker write.
@@ -289,5 +326,22 @@ SELECT retries, max_retries FROM tasks WHERE id = @id;
 
 -- Client.Wait: ask for a NOTIFY when the task ends (TaskFinish sends one only for
 -- watched tasks). Once set it stays set.
+--
+-- The update holds the task's row lock until its commit, and a worker's claim
+-- skips locked rows (SKIP LOCKED): a claim woken by the submit's NOTIFY that runs
+-- meanwhile finds nothing, and no other wake-up would follow, so the task would
+-- wait for the poll. The watch therefore wakes, at its commit (after the lock is
+-- released), whoever claims the task: its group's workers for a queued task
+-- ("g:<group>", as NotifyQueued), the target session for a dispatched one (as
+-- DispatchAssign). Channel notify.ChannelClaim.
 -- name: TaskWatch :exec
-UPDATE tasks SET notify_finish = true WHERE id = @id AND NOT notify_finish AND finished_at IS NULL;
+WITH w AS (
+    UPDATE tasks SET notify_finish = true
+    WHERE id = @id AND NOT notify_finish AND finished_at IS NULL
+    RETURNING state, group_name, worker_session_id, available_at
+)
+SELECT pg_notify('baton_claim', CASE WHEN w.state = 'queued' THEN 'g:' || w.group_name
+                                     ELSE w.worker_session_id::text END)
+FROM w
+WHERE (w.state = 'queued' AND w.available_at <= now())
+   OR (w.state = 'dispatched' AND w.worker_session_id IS NOT NULL);

@@ -105,4 +105,7 @@ for path, what in (("client", "baton.Client"), ("internal", "the CLI's submit.Ma
 for n, target in ((1000, ""), (10000, ""), (100000, " (target < 10,000)")):
     print(f"| failover of one dead session with {n:,} tasks, ms (BenchmarkWorkerFailover) | {fig(f'BenchmarkWorkerFailover/tasks={n}', 'ms/failover', '{:,.0f}')} | — | proportional{target} |")
 print(f"| no-op throughput, 4 workers, 20,000 tasks, tasks/s (BenchmarkThroughputNoop) | {fig('BenchmarkThroughputNoop', 'tasks/s', '{:,.0f}')} | — | |")
+for gap in ("0s", "50ms"):
+    n = f"BenchmarkSubmitThenWait/gap={gap}"
+    print(f"| sequential Submit → Wait returned, one task at a time, {gap} between tasks (embedded worker + master, defaults), p50 / p99 ms ({n}; submit → started p99 {fig(n, 'start_p99_ms')} ms; round trips over 400 ms: {fig(n, 'over_400ms', '{:.0f}')}) | {fig(n, 'p50_ms')} / {fig(n, 'p99_ms')} | — | p99 < 10 ms |")
 PY

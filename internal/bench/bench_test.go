@@ -527,3 +527,96 @@ func (s cpuSample) pcts(before cpuSample) (host, self float64) {
 	total := float64(max(s.total-before.total, 1))
 	return 100 * float64(s.busy-before.busy) / total, 100 * float64(s.self-before.self) / total
 }
+
+// BenchmarkSubmitThenWait: an application's simplest loop, one task at a time —
+// Client.Submit, then Client.Wait until it ended, then the next — against one
+// embedded worker with an embedded master (baton.NewWorker, default settings,
+// Go no-op handler), after `gap` between tasks (0: back to back; 50ms: an idle
+// worker between tasks). Per task: the round trip the application sees (Submit
+// called → Wait returned) and submit → started (Postgres time). A lost wake-up
+// shows as a task that waited for a poll (claim poll 500 ms): over_400ms counts
+// the round trips that took that long. BATON_BENCH_SEQ_TASKS overrides the 200 tasks.
+func BenchmarkSubmitThenWait(b *testing.B) {
+	tasks := 200
+	if v, err := strconv.Atoi(os.Getenv("BATON_BENCH_SEQ_TASKS")); err == nil && v > 0 {
+		tasks = v
+	}
+	for _, gap := range []time.Duration{0, 50 * time.Millisecond} {
+		b.Run("gap="+gap.String(), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				pool, dsn := srv.NewPool(b)
+				ctx, cancel := context.WithCancel(context.Background())
+				w, err := baton.NewWorker(ctx, baton.WorkerConfig{
+					DatabaseURL: dsn, Group: "bench", Logger: zap.NewNop(), Master: &baton.MasterConfig{},
+					Handlers: map[string]baton.Handler{"noop": func(context.Context, baton.Task) (string, error) { return "", nil }},
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+				done := make(chan error, 1)
+				go func() { done <- w.Run(ctx) }()
+				<-w.Ready()
+				client, err := baton.NewClient(pool, &baton.ClientConfig{Logger: zap.NewNop()})
+				if err != nil {
+					b.Fatal(err)
+				}
+				one := func() time.Duration {
+					t0 := time.Now()
+					id, err := client.Submit(ctx, baton.TaskSpec{Group: "bench", Kind: "noop"})
+					if err != nil {
+						b.Fatal(err)
+					}
+					info, err := client.Wait(ctx, id)
+					if err != nil || info.State != baton.TaskSucceeded {
+						b.Fatalf("task %d: %s, %v", id, info.State, err)
+					}
+					return time.Since(t0)
+				}
+				for range 10 { // warm up: connections opened, statements prepared
+					one()
+				}
+				var warm int64
+				if err := pool.QueryRow(ctx, "SELECT coalesce(max(id), 0) FROM baton.tasks").Scan(&warm); err != nil {
+					b.Fatal(err)
+				}
+				rt := make([]float64, 0, tasks)
+				b.StartTimer()
+				for range tasks {
+					time.Sleep(gap)
+					rt = append(rt, float64(one().Microseconds())/1000)
+				}
+				b.StopTimer()
+				rows, err := pool.Query(ctx, "SELECT extract(epoch FROM started_at - submitted_at)::float8 FROM baton.tasks WHERE id > $1", warm)
+				if err != nil {
+					b.Fatal(err)
+				}
+				var start []float64
+				for rows.Next() {
+					var v float64
+					_ = rows.Scan(&v)
+					start = append(start, v*1000)
+				}
+				rows.Close()
+				cancel()
+				if err := <-done; err != nil {
+					b.Fatal(err)
+				}
+				sort.Float64s(rt)
+				sort.Float64s(start)
+				polls := 0
+				for _, v := range rt {
+					if v > 400 {
+						polls++
+					}
+				}
+				b.ReportMetric(rt[len(rt)/2], "p50_ms")
+				b.ReportMetric(rt[len(rt)*99/100], "p99_ms")
+				b.ReportMetric(rt[len(rt)-1], "max_ms")
+				b.ReportMetric(start[len(start)/2], "start_p50_ms")
+				b.ReportMetric(start[len(start)*99/100], "start_p99_ms")
+				b.ReportMetric(float64(polls), "over_400ms")
+			}
+		})
+	}
+}

@@ -8,6 +8,15 @@
 // attempt's context ended (timeout or kill). A timed-out attempt is then reported
 // timed_out by the worker itself; the lingering goroutine's late result is dropped.
 //
+// Stop: an attempt whose task row no longer names it running here — the task was
+// canceled, or a master timed the attempt out or moved it — is stopped as a
+// timeout is: its context is canceled with executor.ErrCanceled (or
+// ErrSuperseded) as the cause, a shell task's process tree is killed, and its slot
+// is freed when it returns or KillGrace later; nothing is reported for it. The
+// claimer checks its running attempts every PollInterval and when woken by a
+// NOTIFY on notify.ChannelCancel (Config.Cancels): the NOTIFY only shortens the
+// wait.
+//
 // Reconcile: a claim that fails may have committed without its reply reaching us.
 // Attempts running on the session in Postgres that are neither running here nor
 // pending in the completer (finished, result not yet written) are orphans: nobody
@@ -52,7 +61,7 @@ type Results interface {
 type Config struct {
 	SessionID int64
 	// Group: when set, the claimer also claims waiting tasks of this group directly
-	// from the queue (TaskClaimQueued), after the tasks dispatched to it.
+	// from the queue, in one order with the tasks dispatched to it (TaskClaimNext).
 	Group        string
 	Worker       string // the worker's name, shown to tasks
 	Slots        int
@@ -64,10 +73,10 @@ type Config struct {
 	Exec        *executor.Executor
 	Results     Results
 	Wake        notify.Signal // NOTIFY wake-ups; nil: poll only
-	// Targeted, when set, is raised (before Wake) by a NOTIFY naming this session:
-	// tasks were dispatched to it. The claim for dispatched tasks then runs; it
-	// also runs at start and on every poll. Nil: it runs on every claim.
-	Targeted *atomic.Bool
+	// Cancels is woken by a NOTIFY (notify.ChannelCancel) naming this session:
+	// a task it runs was canceled. Nil: running attempts are checked on the
+	// poll only.
+	Cancels notify.Signal
 	// OnOrphans is called when reconcile finds orphaned claims; the worker
 	// abandons the session.
 	OnOrphans func(error)
@@ -108,6 +117,20 @@ type TestSignals struct {
 	Settled     service.TestSignal[report.Key] // an attempt's slot was freed
 	Abandoned   service.TestSignal[Abandoned]
 	LateResult  service.TestSignal[report.Key] // an abandoned attempt returned; its result dropped
+	Stopped     service.TestSignal[Stopped]    // a running attempt was stopped: its task row no longer names it
+}
+
+// Stopped describes a running attempt stopped because its task row no longer
+// names it; Cause is executor.ErrCanceled or executor.ErrSuperseded.
+type Stopped struct {
+	Key   report.Key
+	Cause error
+}
+
+// attempt is a running attempt's context and its cancel.
+type attempt struct {
+	ctx    context.Context
+	cancel context.CancelCauseFunc
 }
 
 // Claimer runs one session's claims.
@@ -124,15 +147,17 @@ type Claimer struct {
 	killTasks context.CancelCauseFunc
 
 	mu        sync.Mutex
-	running   map[report.Key]context.CancelCauseFunc
+	running   map[report.Key]attempt
 	settled   *sync.Cond
 	reconcile bool
-	// checkTargeted: run the claim for dispatched tasks next time (start, poll).
-	checkTargeted atomic.Bool
 	// backlog: the last claim filled every free slot, so tasks may be waiting
 	// and a freed slot wakes the loop; false once a claim found fewer than it
 	// asked for.
 	backlog atomic.Bool
+	// claimsDone: the claim loop returned; the stop watch ends once no attempt
+	// runs. watchWake wakes it to check (a slot was freed, the loop returned).
+	claimsDone atomic.Bool
+	watchWake  notify.Signal
 }
 
 // New returns a Claimer for one session.
@@ -154,15 +179,23 @@ func New(base service.Base, pool *pgxpool.Pool, cfg Config) *Claimer {
 	// shutdown grace; only Kill does.
 	tasksCtx, kill := context.WithCancelCause(context.Background())
 	c := &Claimer{Base: base, cfg: cfg, pool: pool, wake: wake, tasksCtx: tasksCtx, killTasks: kill,
-		running: map[report.Key]context.CancelCauseFunc{}}
+		running: map[report.Key]attempt{}, watchWake: notify.NewSignal()}
 	c.settled = sync.NewCond(&c.mu)
-	c.checkTargeted.Store(true)
 	return c
 }
 
-// Start claims until Stop or until the tasks are killed.
+// Start claims until Stop or until the tasks are killed. Running attempts are
+// watched (and stopped when their task row no longer names them) until the last
+// one has ended, also after Stop: a canceled task must stop during a drain too.
 func (c *Claimer) Start(ctx context.Context) error {
-	c.StartLoop(ctx, c.loop)
+	c.StartLoop(ctx, func(ctx context.Context) {
+		go c.watch()
+		defer func() {
+			c.claimsDone.Store(true)
+			c.watchWake.Wake()
+		}()
+		c.loop(ctx)
+	})
 	return nil
 }
 
@@ -214,7 +247,6 @@ func (c *Claimer) loop(ctx context.Context) {
 			return
 		case <-c.wake:
 		case <-poll.C:
-			c.checkTargeted.Store(true)
 		}
 		switch {
 		case c.Running() > c.cfg.Slots/2:
@@ -280,7 +312,7 @@ func (c *Claimer) runOnce(ctx context.Context) (Claimed, error) {
 		// waits for the loop, then for the tasks it started.
 		claimCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		stopOnKill := context.AfterFunc(c.tasksCtx, cancel)
-		rows, err := service.WithTimeout(claimCtx, c.cfg.CallTimeout, func(ctx context.Context) ([]db.TaskClaimRow, error) {
+		rows, err := service.WithTimeout(claimCtx, c.cfg.CallTimeout, func(ctx context.Context) ([]db.TaskClaimNextRow, error) {
 			return c.claim(ctx, free)
 		})
 		stopOnKill()
@@ -304,25 +336,11 @@ func (c *Claimer) runOnce(ctx context.Context) (Claimed, error) {
 	return res, nil
 }
 
-// claim takes up to free tasks: first those a master dispatched to this session
-// (failover places tasks that way), then, with a Group, waiting tasks of the group
-// straight from the queue. Each statement is its own transaction; an error after
-// the first committed loses nothing (the reconcile finds what was claimed).
-func (c *Claimer) claim(ctx context.Context, free int) ([]db.TaskClaimRow, error) {
-	q := db.New(c.pool)
-	var rows []db.TaskClaimRow
-	if c.checkTargeted.Swap(false) || c.cfg.Targeted == nil || c.cfg.Group == "" || c.cfg.Targeted.Swap(false) {
-		var err error
-		rows, err = q.TaskClaim(ctx, db.TaskClaimParams{SessionID: c.cfg.SessionID, MaxTasks: int32(free)})
-		if err != nil || c.cfg.Group == "" || len(rows) >= free {
-			return rows, err
-		}
-	}
-	queued, err := q.TaskClaimQueued(ctx, db.TaskClaimQueuedParams{SessionID: c.cfg.SessionID, GroupName: c.cfg.Group, MaxTasks: int32(free - len(rows))})
-	for _, r := range queued {
-		rows = append(rows, db.TaskClaimRow(r))
-	}
-	return rows, err
+// claim takes up to free tasks in one statement (TaskClaimNext): those a master
+// dispatched to this session and, with a Group, waiting tasks of the group straight
+// from the queue, the best by priority then submission whichever way they came.
+func (c *Claimer) claim(ctx context.Context, free int) ([]db.TaskClaimNextRow, error) {
+	return db.New(c.pool).TaskClaimNext(ctx, db.TaskClaimNextParams{SessionID: c.cfg.SessionID, GroupName: c.cfg.Group, MaxTasks: int32(free)})
 }
 
 // orphans counts attempts running on this session in Postgres that this process
@@ -350,18 +368,18 @@ func (c *Claimer) orphans(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-func (c *Claimer) start(r db.TaskClaimRow) {
+func (c *Claimer) start(r db.TaskClaimNextRow) {
 	key := report.Key{TaskID: r.ID, Attempt: r.Attempt}
 	attemptCtx, cancel := context.WithCancelCause(c.tasksCtx)
 	c.mu.Lock()
-	c.running[key] = cancel
+	c.running[key] = attempt{ctx: attemptCtx, cancel: cancel}
 	c.mu.Unlock()
 	c.TestSignals.Started.Signal(key)
 	go c.run(attemptCtx, cancel, key, r)
 }
 
 // run executes one attempt and settles its slot.
-func (c *Claimer) run(ctx context.Context, cancel context.CancelCauseFunc, key report.Key, r db.TaskClaimRow) {
+func (c *Claimer) run(ctx context.Context, cancel context.CancelCauseFunc, key report.Key, r db.TaskClaimNextRow) {
 	log := c.Logger.With(logfield.SessionID(c.cfg.SessionID), logfield.TaskID(r.ID), logfield.Attempt(r.Attempt))
 	defer func() {
 		c.mu.Lock()
@@ -370,6 +388,7 @@ func (c *Claimer) run(ctx context.Context, cancel context.CancelCauseFunc, key r
 		c.mu.Unlock()
 		cancel(nil)
 		c.TestSignals.Settled.Signal(key)
+		c.watchWake.Wake()
 		if c.backlog.Load() {
 			c.wake.Wake() // a slot is free and tasks may be waiting
 		}
@@ -379,7 +398,7 @@ func (c *Claimer) run(ctx context.Context, cancel context.CancelCauseFunc, key r
 	task := executor.Task{ID: r.ID, Attempt: r.Attempt, Kind: r.Kind, Payload: r.Payload, SessionID: c.cfg.SessionID, Worker: c.cfg.Worker,
 		Lease: func() error {
 			if ctx.Err() != nil {
-				return fmt.Errorf("attempt killed: %w", context.Cause(ctx))
+				return fmt.Errorf("attempt stopped: %w", context.Cause(ctx))
 			}
 			if c.cfg.Lease != nil {
 				return c.cfg.Lease()
@@ -416,6 +435,13 @@ func (c *Claimer) run(ctx context.Context, cancel context.CancelCauseFunc, key r
 		res.Outcome = executor.OutcomeFailed
 	}
 	if res.Outcome == executor.OutcomeCanceled {
+		cause := context.Cause(ctx)
+		if errors.Is(cause, executor.ErrCanceled) || errors.Is(cause, executor.ErrSuperseded) {
+			// Stopped (stopSuperseded): the task row already says how the
+			// attempt ended; a report would be refused.
+			log.Info("task stopped; nothing to report", zap.String("reason", res.Error))
+			return
+		}
 		// Killed by self-fencing, a lost session or shutdown: the attempt is
 		// handed back by failover, so there is nothing to report.
 		log.Info("task killed; left to failover", zap.String("reason", res.Error))
@@ -451,4 +477,73 @@ func (c *Claimer) abandon(ctx context.Context, log *zap.Logger, key report.Key, 
 	log.Warn("timed-out task did not return; freeing its slot and reporting it timed out", zap.Duration("grace", c.cfg.KillGrace))
 	return executor.Result{Outcome: executor.OutcomeTimedOut, ExitCode: executor.NoExitCode,
 		Error: fmt.Sprintf("timed out after %s; the task did not stop within %s of cancellation and was abandoned", timeout, c.cfg.KillGrace)}
+}
+
+// watch stops running attempts whose task row no longer names them, checking on
+// every poll tick and when woken (Config.Cancels), until the tasks are killed or
+// the claim loop has returned and no attempt runs any more.
+func (c *Claimer) watch() {
+	poll := time.NewTicker(c.cfg.PollInterval)
+	defer poll.Stop()
+	cancels := c.cfg.Cancels // nil: never ready
+	for {
+		if c.claimsDone.Load() && c.Running() == 0 {
+			return
+		}
+		select {
+		case <-c.tasksCtx.Done():
+			return
+		case <-c.watchWake:
+			continue
+		case <-cancels:
+		case <-poll.C:
+		}
+		if _, err := c.stopSuperseded(c.tasksCtx); err != nil && c.tasksCtx.Err() == nil {
+			c.Logger.Warn("check of running tasks failed; retried on the next poll", logfield.SessionID(c.cfg.SessionID), zap.Error(err))
+		}
+	}
+}
+
+// stopSuperseded cancels the running attempts whose task row no longer names
+// them running on this session (TaskListSuperseded), with executor.ErrCanceled
+// as the cause for a canceled task, else executor.ErrSuperseded; it returns how
+// many it stopped. An attempt whose result awaits its write has ended already.
+func (c *Claimer) stopSuperseded(ctx context.Context) (int, error) {
+	keys := c.RunningKeys()
+	if len(keys) == 0 {
+		return 0, nil
+	}
+	p := db.TaskListSupersededParams{SessionID: c.cfg.SessionID}
+	for k := range keys {
+		p.Ids = append(p.Ids, k.TaskID)
+		p.Attempts = append(p.Attempts, k.Attempt)
+	}
+	rows, err := service.WithTimeout(ctx, c.cfg.CallTimeout, func(ctx context.Context) ([]db.TaskListSupersededRow, error) {
+		return db.New(c.pool).TaskListSuperseded(ctx, p)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("list superseded attempts: %w", err)
+	}
+	pending := c.cfg.Results.Pending()
+	n := 0
+	for _, r := range rows {
+		key := report.Key{TaskID: r.ID, Attempt: r.Attempt}
+		c.mu.Lock()
+		a, ok := c.running[key]
+		c.mu.Unlock()
+		if !ok || pending[key] || a.ctx.Err() != nil {
+			continue // ended meanwhile, or already stopped
+		}
+		cause := executor.ErrSuperseded
+		if r.State == "canceled" {
+			cause = executor.ErrCanceled
+		}
+		c.Logger.Info("stopping a running task: its task row no longer names this attempt",
+			logfield.SessionID(c.cfg.SessionID), logfield.TaskID(r.ID), logfield.Attempt(r.Attempt),
+			zap.String("task_state", r.State), zap.Error(cause))
+		a.cancel(cause)
+		n++
+		c.TestSignals.Stopped.Signal(Stopped{Key: key, Cause: cause})
+	}
+	return n, nil
 }

@@ -31,7 +31,7 @@ func TestClaimQueuedInQueueOrder(t *testing.T) {
 	if _, err := pool.Exec(ctx, "UPDATE tasks SET available_at = now() + interval '1 hour' WHERE id = $1", ids[4]); err != nil {
 		t.Fatal(err)
 	}
-	rows, err := db.New(pool).TaskClaimQueued(ctx, db.TaskClaimQueuedParams{SessionID: s, GroupName: "a", MaxTasks: 10})
+	rows, err := db.New(pool).TaskClaimNext(ctx, db.TaskClaimNextParams{SessionID: s, GroupName: "a", MaxTasks: 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,12 +96,12 @@ func TestClaimQueuedWaitsForSessionChange(t *testing.T) {
 			}
 			done := make(chan result, 1)
 			go func() {
-				rows, err := db.New(pool).TaskClaimQueued(ctx, db.TaskClaimQueuedParams{SessionID: s, GroupName: "a", MaxTasks: 10})
+				rows, err := db.New(pool).TaskClaimNext(ctx, db.TaskClaimNextParams{SessionID: s, GroupName: "a", MaxTasks: 10})
 				done <- result{len(rows), err}
 			}()
 			batontest.WaitFor(t, 10*time.Second, func() (bool, string) {
 				return batontest.Int64(t, pool, `SELECT count(*) FROM pg_stat_activity
-					WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%TaskClaimQueued%'`) == 1, "claim waiting for the session row"
+					WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%TaskClaimNext%'`) == 1, "claim waiting for the session row"
 			})
 			if err := tx.Commit(ctx); err != nil {
 				t.Fatal(err)
@@ -129,7 +129,7 @@ func TestEmptyClaimWritesNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer tx.Rollback(ctx) //nolint:errcheck
-		rows, err := db.New(tx).TaskClaimQueued(ctx, db.TaskClaimQueuedParams{SessionID: s, GroupName: "e", MaxTasks: 10})
+		rows, err := db.New(tx).TaskClaimNext(ctx, db.TaskClaimNextParams{SessionID: s, GroupName: "e", MaxTasks: 10})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -34,6 +34,16 @@ const (
 // KindShell is the task kind of shell commands.
 const KindShell = "shell"
 
+// Causes of a running attempt's context when the worker stops it because its
+// task row no longer names it (claimer.Claimer): errors.Is(context.Cause(ctx), …).
+var (
+	// ErrCanceled: the task was canceled while the attempt ran (Client.Cancel).
+	ErrCanceled = errors.New("task canceled")
+	// ErrSuperseded: the attempt no longer owns its task (a master recorded its
+	// timeout, or moved the task elsewhere).
+	ErrSuperseded = errors.New("attempt superseded")
+)
+
 // NoExitCode marks a result without an exit code (Go handlers, kills).
 const NoExitCode int32 = -2147483648
 
@@ -212,7 +222,8 @@ func (e *Executor) manager() *contain.Manager {
 }
 
 // Run executes task until it finishes, its timeout passes or ctx is canceled (the
-// worker fenced itself or is shutting down; then the outcome is canceled).
+// task was canceled, the worker fenced itself or is shutting down; then the
+// outcome is canceled). A shell task's whole process tree is killed then.
 func (e *Executor) Run(ctx context.Context, task Task, timeout time.Duration) Result {
 	runCtx := ctx
 	if timeout > 0 {

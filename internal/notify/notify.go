@@ -26,6 +26,14 @@ const (
 	// lists their ids ("*" = any may have). Spelled in queries/tasks.sql
 	// (TaskFinish, TaskCancel) and queries/failover_events.sql (FailoverMoveTasks).
 	ChannelFinished = "baton_finished"
+	// ChannelCancel tells workers that a task they run was canceled (or its run
+	// stopped): the payload lists the session ids concerned, as ChannelClaim's
+	// ("*" = all; ClaimFor reads it). Spelled in queries/tasks.sql (TaskCancel).
+	// Only a shortcut: a worker also polls its running attempts
+	// (TaskListSuperseded) and stops every one whose task row no longer names it,
+	// however that came about; whatever else ends a running task's attempt need
+	// only send this NOTIFY to have it stopped at once.
+	ChannelCancel = "baton_cancel"
 )
 
 // ClaimPayloadMax is the longest list of session ids a claim NOTIFY carries; a

@@ -178,15 +178,15 @@ func TestExplainAtScale(t *testing.T) {
 			_, err := q.DispatchLockWaiting(ctx, db.DispatchLockWaitingParams{GroupName: "g3", MaxTasks: 2000})
 			return err
 		}},
-		{"TaskClaimQueued (1,000,000 queued in the group, batch 512)", func(q *db.Queries) error {
-			rows, err := q.TaskClaimQueued(ctx, db.TaskClaimQueuedParams{SessionID: bigWorker, GroupName: "big", MaxTasks: 512})
+		{"TaskClaimNext (1,000,000 queued in the group, batch 512)", func(q *db.Queries) error {
+			rows, err := q.TaskClaimNext(ctx, db.TaskClaimNextParams{SessionID: bigWorker, GroupName: "big", MaxTasks: 512})
 			if err == nil && len(rows) != 512 {
 				err = fmt.Errorf("claimed %d, want 512", len(rows))
 			}
 			return err
 		}},
-		{"TaskClaim", func(q *db.Queries) error {
-			_, err := q.TaskClaim(ctx, db.TaskClaimParams{SessionID: liveWorker, MaxTasks: 512})
+		{"TaskClaimNext (dispatched to the session)", func(q *db.Queries) error {
+			_, err := q.TaskClaimNext(ctx, db.TaskClaimNextParams{SessionID: liveWorker, GroupName: "none", MaxTasks: 512})
 			return err
 		}},
 		{"TaskAttemptList (the view task_attempts)", func(q *db.Queries) error {

@@ -61,7 +61,7 @@ type Worker struct {
 	log       *zap.Logger
 	exec      *executor.Executor
 	wake      notify.Signal
-	targeted  atomic.Bool // a NOTIFY named our session: claim dispatched tasks
+	cancels   notify.Signal // a task this worker runs was canceled (NOTIFY)
 	rows      *session.Rows
 	liveConn  *pgx.ConnConfig // the liveness lock's connection (nil: crash detection off)
 	completer *completer.Completer
@@ -86,11 +86,12 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 		return nil, err
 	}
 	w := &Worker{
-		cfg:  cfg,
-		pool: pool,
-		log:  cfg.Logger.Named("worker"),
-		exec: &executor.Executor{Handlers: cfg.Handlers, MaxOutput: cfg.MaxOutput, AllowShell: cfg.AllowShell, ShellEnvAllow: cfg.ShellEnvAllow, Logger: cfg.Logger, Contain: contain.Options{FrozenAfter: cfg.SelfFenceAfter}},
-		wake: notify.NewSignal(),
+		cfg:     cfg,
+		pool:    pool,
+		log:     cfg.Logger.Named("worker"),
+		exec:    &executor.Executor{Handlers: cfg.Handlers, MaxOutput: cfg.MaxOutput, AllowShell: cfg.AllowShell, ShellEnvAllow: cfg.ShellEnvAllow, Logger: cfg.Logger, Contain: contain.Options{FrozenAfter: cfg.SelfFenceAfter}},
+		wake:    notify.NewSignal(),
+		cancels: notify.NewSignal(),
 	}
 	if cfg.CrashDetectAfter > 0 {
 		if w.liveConn, err = store.ConnConfig(cfg.DatabaseURL); err != nil {
@@ -130,12 +131,15 @@ func (w *Worker) Run(ctx context.Context) error {
 	bgWG.Add(1)
 	go func() {
 		defer bgWG.Done()
-		(&notify.Listener{Pool: w.pool, Channels: []string{notify.ChannelClaim}, Logger: w.log, OnNotify: func(_, payload string) {
+		(&notify.Listener{Pool: w.pool, Channels: []string{notify.ChannelClaim, notify.ChannelCancel}, Logger: w.log, OnNotify: func(channel, payload string) {
 			switch {
+			case channel == notify.ChannelCancel:
+				if notify.ClaimFor(payload, strconv.FormatInt(w.session.Load(), 10)) {
+					w.cancels.Wake() // a task we run was canceled
+				}
 			case payload == "g:"+w.cfg.Group: // tasks queued in our group
 				w.wake.Wake()
 			case notify.ClaimFor(payload, strconv.FormatInt(w.session.Load(), 10)): // tasks dispatched to us
-				w.targeted.Store(true)
 				w.wake.Wake()
 			}
 		}}).Run(bg)
@@ -174,7 +178,7 @@ func (w *Worker) runSession(ctx context.Context, reg session.Registered) error {
 	cl := claimer.New(w.base("claimer"), w.pool, claimer.Config{
 		Lease:     func() error { return hb.LeaseErr() },
 		SessionID: reg.ID, Group: w.cfg.Group, Worker: w.cfg.Name, Slots: w.cfg.Slots, PollInterval: w.cfg.PollInterval,
-		KillGrace: w.cfg.KillGrace, Exec: w.exec, Results: w.completer, Wake: w.wake, Targeted: &w.targeted,
+		KillGrace: w.cfg.KillGrace, Exec: w.exec, Results: w.completer, Wake: w.wake, Cancels: w.cancels,
 		OnOrphans: func(err error) {
 			select {
 			case orphaned <- err:
