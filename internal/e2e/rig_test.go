@@ -367,10 +367,27 @@ const (
 	goTask                     // the chaosworker "ledger" Go handler
 	poisonTask                 // a shell task that kills its worker: kill -9 $BATON_WORKER_PID
 	crashTask                  // a Go handler (chaosworker "crash") that crashes its worker
+	gateTask                   // a shell task that finishes once a file exists (gateScript)
 )
 
 func (k taskKind) String() string {
-	return [...]string{"shell", "go", "poison", "crash"}[k]
+	return [...]string{"shell", "go", "poison", "crash", "gate"}[k]
+}
+
+// gateScript records a start, waits until the file $GATE exists, and records its
+// end: the test decides when it finishes (e.g. while its worker is frozen, so the
+// worker has a late result to report).
+const gateScript = `"$LEDGER" start && while [ ! -e "$GATE" ]; do sleep 0.05; done && "$LEDGER" end`
+
+// gateSpec is a gateTask in group that finishes once gate exists.
+func (r *rig) gateSpec(group, gate string) submit.Spec {
+	payload, err := json.Marshal(map[string]any{"command": gateScript, "env": map[string]string{
+		"LEDGER": r.bins.Ledger, "BATON_LEDGER_DSN": r.dsn, "GATE": gate,
+	}})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return submit.Spec{Group: group, Kind: submit.KindShell, Payload: payload, MaxRetries: 3}
 }
 
 // shellScript: the task shell records its start, runs a child shell that runs the
