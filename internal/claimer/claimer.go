@@ -486,6 +486,7 @@ func (c *Claimer) watch() {
 	poll := time.NewTicker(c.cfg.PollInterval)
 	defer poll.Stop()
 	cancels := c.cfg.Cancels // nil: never ready
+	failing := false
 	for {
 		if c.claimsDone.Load() && c.Running() == 0 {
 			return
@@ -498,8 +499,15 @@ func (c *Claimer) watch() {
 		case <-cancels:
 		case <-poll.C:
 		}
-		if _, err := c.stopSuperseded(c.tasksCtx); err != nil && c.tasksCtx.Err() == nil {
-			c.Logger.Warn("check of running tasks failed; retried on the next poll", logfield.SessionID(c.cfg.SessionID), zap.Error(err))
+		_, err := c.stopSuperseded(c.tasksCtx)
+		switch {
+		case err == nil || c.tasksCtx.Err() != nil:
+			failing = false
+		case !failing: // once per outage: the heartbeat reports the rest
+			failing = true
+			c.Logger.Warn("check of running tasks failed; retried on every poll", logfield.SessionID(c.cfg.SessionID), zap.Error(err))
+		default:
+			c.Logger.Debug("check of running tasks failed", logfield.SessionID(c.cfg.SessionID), zap.Error(err))
 		}
 	}
 }
