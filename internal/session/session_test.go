@@ -112,16 +112,27 @@ func TestHeartbeatRearmsFence(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Heartbeats every 20 ms against a 1 s fence, for three fence periods: only a
+	// success re-arming the fence keeps it from firing. The fence is long next to
+	// the interval so that a loaded machine (one slow round trip) cannot fire it;
+	// without the re-arm it fires after the first second whatever the load.
+	const fence = time.Second
 	h, lost := heartbeater(t, pool, session.HeartbeatConfig{SessionID: reg.ID, Interval: 20 * time.Millisecond,
-		FenceAfter: 100 * time.Millisecond, Since: reg.Sent})
+		FenceAfter: fence, Since: reg.Sent})
 	_ = h.Start(context.Background())
-	for range 20 { // 20 × 20 ms: four fence periods
+	start, beats := time.Now(), 0
+	for time.Since(start) < 3*fence {
 		if st := h.TestSignals.Beat.WaitOrTimeout(t); st != "alive" {
 			t.Fatalf("state %q", st)
 		}
+		beats++
 	}
 	h.Stop()
-	h.TestSignals.Fenced.RequireEmpty(t)
+	select {
+	case f := <-h.TestSignals.Fenced.C():
+		t.Fatalf("fenced after %d heartbeats in %s: %+v", beats, time.Since(start), f)
+	default:
+	}
 	if len(lost) != 0 {
 		t.Fatal("session lost while heartbeating")
 	}
@@ -133,12 +144,14 @@ func TestFenceFiresWhileHeartbeatHangs(t *testing.T) {
 	t.Parallel()
 	_, proxy, proxied, reg := proxiedSession(t)
 	h, lost := heartbeater(t, proxied, session.HeartbeatConfig{SessionID: reg.ID, Interval: 20 * time.Millisecond,
-		FenceAfter: 150 * time.Millisecond, Since: reg.Sent, CallTimeout: time.Minute})
+		FenceAfter: time.Second, Since: reg.Sent, CallTimeout: time.Minute})
 	_ = h.Start(context.Background())
 	h.TestSignals.Beat.WaitOrTimeout(t)
 	proxy.Stall()
+	// Heartbeats are sent every 20 ms: within the 1 s fence one is surely hung in
+	// the stalled proxy when the fence fires.
 	f := h.TestSignals.Fenced.WaitOrTimeout(t)
-	if !f.HeartbeatInFlight || f.SinceLastOK < 150*time.Millisecond {
+	if !f.HeartbeatInFlight || f.SinceLastOK < time.Second {
 		t.Fatalf("fence %+v: want it to fire while the heartbeat hangs, after the fence period", f)
 	}
 	if err := <-lost; !errors.Is(err, session.ErrSelfFenced) {
