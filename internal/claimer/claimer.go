@@ -428,10 +428,11 @@ func (c *Claimer) run(ctx context.Context, cancel context.CancelCauseFunc, key r
 			res = c.abandon(ctx, log, key, done, timeout)
 		}
 	}
-	if res.LeaseExpired && c.cfg.Lease != nil && c.cfg.Lease() == nil {
-		// Its supervisor killed it at the lease's deadline a moment before a
-		// late heartbeat renewed the lease: the session still owns the attempt,
-		// so nobody would hand it back — report the kill.
+	if res.LeaseExpired && !c.sessionLost() {
+		// Its supervisor killed it at the lease's deadline. The attempt belongs
+		// to the failover only if the session is lost; if a late heartbeat
+		// renews the lease instead, the session keeps the attempt and nobody
+		// would hand it back — then the kill is reported.
 		res.Outcome = executor.OutcomeFailed
 	}
 	if res.Outcome == executor.OutcomeCanceled {
@@ -454,6 +455,35 @@ func (c *Claimer) run(ctx context.Context, cancel context.CancelCauseFunc, key r
 	})
 	if !ok {
 		log.Info("result dropped: the session was lost while the result writer was backed up")
+	}
+}
+
+// sessionLost waits until the session is lost (its tasks were killed: the
+// worker fenced itself or was declared dead) or its lease is valid again, and
+// reports which. An expired lease ends in one or the other: the self-fence fires
+// by the same deadline, unless a heartbeat renews the lease first.
+func (c *Claimer) sessionLost() bool {
+	if c.cfg.Lease == nil {
+		return c.tasksCtx.Err() != nil
+	}
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	bound := time.NewTimer(time.Minute) // a stuck heartbeater must not hold the slot forever
+	defer bound.Stop()
+	for {
+		if c.tasksCtx.Err() != nil {
+			return true
+		}
+		if c.cfg.Lease() == nil {
+			return false
+		}
+		select {
+		case <-c.tasksCtx.Done():
+			return true
+		case <-tick.C:
+		case <-bound.C:
+			return false
+		}
 	}
 }
 

@@ -153,7 +153,11 @@ func TestLeaseShortDeadlineAfterLockHangup(t *testing.T) {
 		t.Parallel()
 		m := openLeaseManager(t)
 		m.SetLease(Lease{Long: time.Now().Add(time.Minute), Short: time.Now().Add(300 * time.Millisecond)})
-		p, _ := startSleeper(t, m, t.TempDir())
+		p, err := m.Start(Command{Args: []string{"/bin/sleep", "600"}, Env: []string{"PATH=/usr/bin:/bin"},
+			Stdout: io.Discard, Stderr: io.Discard, Name: "lease-test"})
+		if err != nil {
+			t.Fatal(err)
+		}
 		if e, _ := waitExit(t, p); e.Err == nil || !strings.Contains(e.Err.Error(), "liveness lock connection closed") {
 			t.Fatalf("exit %+v", e)
 		}
@@ -161,16 +165,33 @@ func TestLeaseShortDeadlineAfterLockHangup(t *testing.T) {
 	t.Run("renewed lease keeps the task", func(t *testing.T) {
 		t.Parallel()
 		m := openLeaseManager(t)
-		m.SetLease(Lease{Long: time.Now().Add(time.Minute), Short: time.Now().Add(2 * time.Second)})
+		renew := func() { m.SetLease(Lease{Long: time.Now().Add(time.Minute), Short: time.Now().Add(2 * time.Second)}) }
+		renew()
+		stop := make(chan struct{})
+		renewed := make(chan struct{})
+		go func() { // heartbeats every 100 ms renew the short deadline
+			defer close(renewed)
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(100 * time.Millisecond):
+					renew()
+				}
+			}
+		}()
 		_, pid := startSleeper(t, m, t.TempDir())
 		if !m.StaleLock() {
 			t.Fatal("a supervisor without the lock socket is not reported stale")
 		}
-		for range 30 { // heartbeats every 100 ms renew the short deadline
+		until := monoNow() + int64(3*time.Second) // past several short deadlines
+		for monoNow() < until {
 			time.Sleep(100 * time.Millisecond)
-			m.SetLease(Lease{Long: time.Now().Add(time.Minute), Short: time.Now().Add(2 * time.Second)})
 		}
-		if !alive(pid) {
+		alive := alive(pid)
+		close(stop)
+		<-renewed
+		if !alive {
 			t.Fatal("killed although the lease was renewed")
 		}
 	})

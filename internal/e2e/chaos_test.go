@@ -36,6 +36,7 @@ var (
 const (
 	fWorkerKill   = "worker SIGKILL"
 	fWorkerStop   = "worker SIGSTOP/SIGCONT"
+	fStopLockKill = "worker SIGSTOP + lock connection terminated"
 	fStall        = "silent partition (stall)"
 	fCut          = "reset partition (cut)"
 	fMasterKill   = "master SIGKILL"
@@ -63,7 +64,7 @@ const (
 // fault targeted and no poison task ran on (a worker that left its session by itself).
 const noFault = "(no fault aimed at that session)"
 
-var faultOrder = []string{fWorkerKill, fWorkerStop, fStall, fCut, fMasterKill, fPGRestart, fSwitchover,
+var faultOrder = []string{fWorkerKill, fWorkerStop, fStopLockKill, fStall, fCut, fMasterKill, fPGRestart, fSwitchover,
 	fRollingTerm, fPoison, fGroupLock}
 
 // campaign is one run of the fault campaign.
@@ -421,7 +422,7 @@ func (c *campaign) run(kind string) faultRun {
 		// running tasks failed over.
 		return faultRun{target: m.name, session: session, err: r.signal(m, syscall.SIGKILL),
 			effect: func() error { return c.failedOver(session, false) }}
-	case fWorkerStop, fStall, fCut:
+	case fWorkerStop, fStopLockKill, fStall, fCut:
 		var m *member
 		var session, gateID int64
 		var gate string
@@ -446,6 +447,18 @@ func (c *campaign) run(kind string) faultRun {
 			if err == nil {
 				// Opened once the worker is frozen: the task finishes meanwhile.
 				gateErr = os.WriteFile(gate, nil, 0o644)
+			}
+		case fStopLockKill:
+			// Issue 15.1: Postgres closes the stalled worker's liveness-lock
+			// connection, so the lock is free while its tasks still run.
+			if err = r.signal(m, syscall.SIGSTOP); err == nil {
+				var n int64
+				n, err = r.tryInt(`SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_locks
+					WHERE locktype = 'advisory' AND classid = 1650524164 AND objid = hashtext($1::bigint::text)::oid AND granted
+					  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())) k`, session)
+				if err == nil && n == 0 {
+					err = fmt.Errorf("no liveness-lock connection of session %d to terminate", session)
+				}
 			}
 		case fStall:
 			for _, p := range m.proxies {
@@ -473,6 +486,8 @@ func (c *campaign) run(kind string) faultRun {
 			if _, serr := os.Stat(gate); serr != nil {
 				_ = os.WriteFile(gate, nil, 0o644) // never left waiting
 			}
+		} else if kind == fStopLockKill {
+			err = errors.Join(err, r.signal(m, syscall.SIGCONT))
 		} else {
 			for _, p := range m.proxies {
 				p.Restore()

@@ -51,10 +51,11 @@ func TestStalledWorkerLosingConnectionsRunsNothingTwice(t *testing.T) {
 				return c.Int(`SELECT count(*) FROM worker_sessions WHERE id = $1 AND liveness_lock`, session) == 1, "victim promised its liveness lock"
 			})
 
-			// On the victim: start, then tick every 50 ms for a long time. Anywhere
-			// else: start, a few ticks, end.
+			// A first attempt on the victim: start, then tick every 50 ms for a
+			// long time. Any other attempt (the victim, continued, may claim one
+			// too): start, a few ticks, end.
 			ledger := shellQuote(c.Bins.Ledger)
-			cmd := fmt.Sprintf(`%[1]s start && if [ "$BATON_WORKER" = victim ]; then exec %[1]s ticks 100000 50ms; fi; %[1]s ticks 3 50ms && %[1]s end`, ledger)
+			cmd := fmt.Sprintf(`%[1]s start && if [ "$BATON_WORKER" = victim ] && [ "$BATON_ATTEMPT" = 1 ]; then exec %[1]s ticks 100000 50ms; fi; %[1]s ticks 3 50ms && %[1]s end`, ledger)
 			payload, err := json.Marshal(map[string]any{"command": cmd, "env": map[string]string{"BATON_LEDGER_DSN": dsn}})
 			if err != nil {
 				t.Fatal(err)
