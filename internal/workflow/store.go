@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -328,28 +327,24 @@ func End(ctx context.Context, q *db.Queries, id int64, state string) error {
 	if state != "canceled" && state != "stopped" {
 		return fmt.Errorf("end run %d: state %q is not canceled or stopped", id, state)
 	}
-	reason := "run " + strings.TrimSuffix(state, "ed")
-	switch state {
-	case "canceled":
-		reason = "run canceled"
-	case "stopped":
+	reason := "run canceled"
+	if state == "stopped" {
 		reason = "run stopped"
 	}
-	tasks, err := q.WorkflowRunEnd(ctx, db.WorkflowRunEndParams{ID: id, State: state, Reason: reason})
+	r, err := q.WorkflowRunGet(ctx, id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("%w: run %d", ErrNotFound, id)
+	}
 	if err != nil {
 		return fmt.Errorf("end run %d: %w", id, err)
 	}
-	if len(tasks) == 0 {
-		r, err := q.WorkflowRunGet(ctx, id)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("%w: run %d", ErrNotFound, id)
-		}
-		if err != nil {
-			return fmt.Errorf("end run %d: %w", id, err)
-		}
-		if r.State != state {
-			return fmt.Errorf("%w: run %d is %s", ErrRunState, id, r.State)
-		}
+	if Terminal(r.State) {
+		return fmt.Errorf("%w: run %d is already %s", ErrRunState, id, r.State)
+	}
+	// workflow_end re-checks the state under the run's lock.
+	tasks, err := q.WorkflowRunEnd(ctx, db.WorkflowRunEndParams{ID: id, State: state, Reason: reason})
+	if err != nil {
+		return fmt.Errorf("end run %d: %w", id, err)
 	}
 	for _, t := range tasks {
 		if _, err := q.TaskCancelLockTask(ctx, t); err != nil {
