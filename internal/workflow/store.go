@@ -115,6 +115,10 @@ func Apply(ctx context.Context, q *db.Queries, d Definition) (Applied, error) {
 	return out, nil
 }
 
+// ChannelRunFinished is the NOTIFY channel on which a run's end is announced
+// (payload: the run id); spelled in migrations/00005_workflows.sql.
+const ChannelRunFinished = "baton_run_finished"
+
 // ErrNotFound: no such workflow, version or run.
 var ErrNotFound = errors.New("workflow not found")
 
