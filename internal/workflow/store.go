@@ -14,12 +14,12 @@ import (
 
 // Applied says what Apply stored.
 type Applied struct {
-	Name    string
-	Version int
+	Name    string `json:"name"`
+	Version int    `json:"version"`
 	// Created: a new version was stored (false: the content equals the latest
 	// version's, nothing was written).
-	Created bool
-	Hash    string
+	Created bool   `json:"created"`
+	Hash    string `json:"hash"`
 }
 
 // Apply validates d and, in the transaction of q, stores it as a new version of
@@ -136,9 +136,9 @@ type StartParams struct {
 
 // Started says which run a start returned.
 type Started struct {
-	RunID int64
+	RunID int64 `json:"run_id"`
 	// Created is false when the idempotency key named an existing run.
-	Created bool
+	Created bool `json:"created"`
 }
 
 // Start starts a run in the transaction of q: the run exists only if that
