@@ -17,6 +17,7 @@ import (
 	"github.com/baton-scheduler/baton/batontest"
 	"github.com/baton-scheduler/baton/db"
 	"github.com/baton-scheduler/baton/internal/executor"
+	"github.com/baton-scheduler/baton/internal/failover"
 	"github.com/baton-scheduler/baton/internal/report"
 	"github.com/baton-scheduler/baton/internal/workflow"
 )
@@ -821,5 +822,47 @@ func TestRandomDAGsMatchReferenceModel(t *testing.T) {
 		if r := e.run(id); !workflow.Terminal(r.State) {
 			t.Fatalf("dag %d: run %s", i, r.State)
 		}
+	}
+}
+
+// Failover: a step's task running on a dead worker moves to a healthy one (the
+// step stays live); found running on a dead worker again past MaxFailovers,
+// it fails (poison task) in the failover's transaction, which fails the step
+// and decides its successor.
+func TestFailoverPaths(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	e.apply(def("fo", step("a"), step("b", "a")))
+	id := e.start(workflow.StartParams{Workflow: "fo"})
+	cfg := failover.Config{WorkerTimeout: 5 * time.Second, MaxFailovers: 1}
+	for round := range 2 {
+		zombie := batontest.NewWorkerSession(t, e.pool, &batontest.WorkerSessionOpts{Group: batontest.Ptr("g"), HeartbeatAge: batontest.Ptr(time.Hour)})
+		if round == 1 {
+			// The healthy worker took the task on failover; let the (now
+			// stale) zombie hold it instead, running.
+			if _, err := e.pool.Exec(ctx, `UPDATE tasks SET worker_session_id = $1, attempt_session_id = $1, state = 'running', started_at = now()
+				WHERE workflow_step = 'a'`, zombie); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			rows, err := db.New(e.pool).TaskClaimQueued(ctx, db.TaskClaimQueuedParams{GroupName: "g", MaxTasks: 10, SessionID: zombie})
+			if err != nil || len(rows) != 1 {
+				t.Fatalf("zombie claim: %v, %v", rows, err)
+			}
+		}
+		if _, err := failover.Worker(ctx, e.pool, cfg, zombie, "g"); err != nil {
+			t.Fatal(err)
+		}
+		s := e.states(id)
+		if round == 0 && (s["a"] != "queued" || s["b"] != "pending") {
+			t.Fatalf("after a failover: %v; want a queued (moved), b pending", s)
+		}
+		if round == 1 && (s["a"] != "failed" || s["b"] != "upstream_failed") {
+			t.Fatalf("after a poison failover: %v; want a failed, b upstream_failed", s)
+		}
+	}
+	if r := e.run(id); r.State != "failed" {
+		t.Fatalf("run %s", r.State)
 	}
 }
