@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -863,6 +864,55 @@ func TestFailoverPaths(t *testing.T) {
 		}
 	}
 	if r := e.run(id); r.State != "failed" {
+		t.Fatalf("run %s", r.State)
+	}
+}
+
+// Upstreams finishing concurrently, each in its own transaction: the fan-in
+// step is readied exactly once (the run row lock serializes the decisions and
+// each sees the others' committed steps).
+func TestConcurrentFanIn(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	d := def("conc")
+	var ups []string
+	for i := range 40 {
+		name := fmt.Sprintf("u%02d", i)
+		d.Steps = append(d.Steps, step(name))
+		ups = append(ups, name)
+	}
+	d.Steps = append(d.Steps, step("join", ups...))
+	e.apply(d)
+	id := e.start(workflow.StartParams{Workflow: "conc"})
+	cs := e.claim()
+	if len(cs) != 40 {
+		t.Fatalf("claimed %d", len(cs))
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, len(cs))
+	for _, c := range cs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := report.Finish(context.Background(), e.pool, []report.Result{{TaskID: c.id, Attempt: c.attempt, SessionID: e.session,
+				Outcome: "succeeded", ExitCode: executor.NoExitCode}})
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := e.int("SELECT count(*) FROM tasks WHERE workflow_run_id = $1 AND workflow_step = 'join'", id); n != 1 {
+		t.Fatalf("join got %d tasks; want exactly 1", n)
+	}
+	if order := e.drive(nil); fmt.Sprint(order) != "[[join]]" {
+		t.Fatalf("then ran %v", order)
+	}
+	if r := e.run(id); r.State != "succeeded" {
 		t.Fatalf("run %s", r.State)
 	}
 }
