@@ -276,6 +276,21 @@ type WorkflowRun struct {
 	FinishedAt *time.Time
 }
 
+// The repair sweep's report: a run found not terminal with nothing live (or with steps_left disagreeing with its steps). The advancement makes this impossible; a row here is a bug to investigate.
+type WorkflowRunFinding struct {
+	ID    int64
+	RunID int64
+	// The master session that found it.
+	DetectedBy *int64
+	FoundAt    time.Time
+	RunState   string
+	StepsLeft  int32
+	// Steps queued or running when found.
+	LiveSteps int32
+	// Steps not terminal (pending, queued, running) when found.
+	OpenSteps int32
+}
+
 // A step of a run: pending until its trigger rule decides; queued/running mirror its task; then terminal.
 type WorkflowRunStep struct {
 	RunID int64

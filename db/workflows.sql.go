@@ -360,6 +360,58 @@ func (q *Queries) WorkflowRunSteps(ctx context.Context, runID int64) ([]Workflow
 	return items, nil
 }
 
+const WorkflowRunsRecordStuck = `-- name: WorkflowRunsRecordStuck :many
+WITH stuck AS (
+    SELECT r.id, r.state, r.steps_left,
+           (SELECT count(*) FROM workflow_run_steps s WHERE s.run_id = r.id AND s.state IN ('queued', 'running'))::int AS live_steps,
+           (SELECT count(*) FROM workflow_run_steps s WHERE s.run_id = r.id AND s.state IN ('pending', 'queued', 'running'))::int AS open_steps
+    FROM workflow_runs r
+    WHERE r.state IN ('running', 'paused')
+)
+INSERT INTO workflow_run_findings (run_id, detected_by, run_state, steps_left, live_steps, open_steps)
+SELECT stuck.id, $1::bigint, stuck.state, stuck.steps_left, stuck.live_steps, stuck.open_steps
+FROM stuck
+WHERE (stuck.state = 'running' AND stuck.live_steps = 0) OR stuck.steps_left <> stuck.open_steps
+ON CONFLICT (run_id) DO NOTHING
+RETURNING run_id, run_state, steps_left, live_steps, open_steps
+`
+
+type WorkflowRunsRecordStuckRow struct {
+	RunID     int64
+	RunState  string
+	StepsLeft int32
+	LiveSteps int32
+	OpenSteps int32
+}
+
+// The master's repair sweep: records each stuck run (WorkflowRunsStuck's
+// predicate) once in workflow_run_findings and returns the new findings.
+func (q *Queries) WorkflowRunsRecordStuck(ctx context.Context, detectedBy *int64) ([]WorkflowRunsRecordStuckRow, error) {
+	rows, err := q.db.Query(ctx, WorkflowRunsRecordStuck, detectedBy)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []WorkflowRunsRecordStuckRow{}
+	for rows.Next() {
+		var i WorkflowRunsRecordStuckRow
+		if err := rows.Scan(
+			&i.RunID,
+			&i.RunState,
+			&i.StepsLeft,
+			&i.LiveSteps,
+			&i.OpenSteps,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const WorkflowRunsStuck = `-- name: WorkflowRunsStuck :many
 SELECT r.id FROM workflow_runs r
 WHERE r.state IN ('running', 'paused')

@@ -126,6 +126,21 @@ COMMENT ON COLUMN workflow_run_steps.task_id IS 'The step''s current task (a rer
 COMMENT ON COLUMN workflow_run_steps.task_count IS 'How many tasks the step was given (1 + reruns).';
 COMMENT ON COLUMN workflow_run_steps.output IS 'The JSON object its succeeded task returned as output (NULL if the output was not a JSON object).';
 
+CREATE TABLE workflow_run_findings (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id      bigint NOT NULL UNIQUE REFERENCES workflow_runs (id) ON DELETE CASCADE,
+    detected_by bigint,
+    found_at    timestamptz NOT NULL DEFAULT now(),
+    run_state   text NOT NULL,
+    steps_left  integer NOT NULL,
+    live_steps  integer NOT NULL,
+    open_steps  integer NOT NULL
+);
+COMMENT ON TABLE workflow_run_findings IS 'The repair sweep''s report: a run found not terminal with nothing live (or with steps_left disagreeing with its steps). The advancement makes this impossible; a row here is a bug to investigate.';
+COMMENT ON COLUMN workflow_run_findings.detected_by IS 'The master session that found it.';
+COMMENT ON COLUMN workflow_run_findings.live_steps IS 'Steps queued or running when found.';
+COMMENT ON COLUMN workflow_run_findings.open_steps IS 'Steps not terminal (pending, queued, running) when found.';
+
 ALTER TABLE tasks ADD COLUMN workflow_step text,
     ADD CONSTRAINT tasks_workflow_run_id_fkey FOREIGN KEY (workflow_run_id) REFERENCES workflow_runs (id) ON DELETE CASCADE,
     ADD CONSTRAINT tasks_workflow_step CHECK ((workflow_run_id IS NULL) = (workflow_step IS NULL));
@@ -505,6 +520,7 @@ ALTER TABLE tasks DROP CONSTRAINT tasks_workflow_step,
     DROP CONSTRAINT tasks_workflow_run_id_fkey,
     DROP COLUMN workflow_step;
 UPDATE tasks SET workflow_run_id = NULL WHERE workflow_run_id IS NOT NULL;
+DROP TABLE workflow_run_findings;
 DROP TABLE workflow_run_steps;
 DROP TABLE workflow_runs;
 DROP TRIGGER workflow_version_steps_immutable ON workflow_version_steps;

@@ -115,3 +115,20 @@ WHERE r.state IN ('running', 'paused')
        OR r.steps_left <> (SELECT count(*) FROM workflow_run_steps s WHERE s.run_id = r.id
                            AND s.state IN ('pending', 'queued', 'running')))
 ORDER BY r.id;
+
+-- The master's repair sweep: records each stuck run (WorkflowRunsStuck's
+-- predicate) once in workflow_run_findings and returns the new findings.
+-- name: WorkflowRunsRecordStuck :many
+WITH stuck AS (
+    SELECT r.id, r.state, r.steps_left,
+           (SELECT count(*) FROM workflow_run_steps s WHERE s.run_id = r.id AND s.state IN ('queued', 'running'))::int AS live_steps,
+           (SELECT count(*) FROM workflow_run_steps s WHERE s.run_id = r.id AND s.state IN ('pending', 'queued', 'running'))::int AS open_steps
+    FROM workflow_runs r
+    WHERE r.state IN ('running', 'paused')
+)
+INSERT INTO workflow_run_findings (run_id, detected_by, run_state, steps_left, live_steps, open_steps)
+SELECT stuck.id, sqlc.narg('detected_by')::bigint, stuck.state, stuck.steps_left, stuck.live_steps, stuck.open_steps
+FROM stuck
+WHERE (stuck.state = 'running' AND stuck.live_steps = 0) OR stuck.steps_left <> stuck.open_steps
+ON CONFLICT (run_id) DO NOTHING
+RETURNING run_id, run_state, steps_left, live_steps, open_steps;
