@@ -272,6 +272,10 @@ type WorkflowRun struct {
 	StepsLeft int32
 	// A step failed (its task failed or timed out with no retry left).
 	StepFailed bool
+	// Run timeout: a master ends the run failed (its live tasks canceled) once Postgres now() passes it; NULL: none.
+	Deadline *time.Time
+	// Why the run was ended by a control or its timeout.
+	Error      string
 	CreatedAt  time.Time
 	FinishedAt *time.Time
 }

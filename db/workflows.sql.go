@@ -156,7 +156,7 @@ func (q *Queries) WorkflowRunFailedSteps(ctx context.Context, runID int64) ([]st
 
 const WorkflowRunGet = `-- name: WorkflowRunGet :one
 SELECT r.id, w.name AS workflow, v.version, r.params, r.state, r.failure_strategy, r.idempotency_key,
-       r.steps_left, r.created_at, r.finished_at
+       r.steps_left, r.created_at, r.finished_at, r.deadline, r.error
 FROM workflow_runs r
 JOIN workflows w ON w.id = r.workflow_id
 JOIN workflow_versions v ON v.id = r.version_id
@@ -174,6 +174,8 @@ type WorkflowRunGetRow struct {
 	StepsLeft       int32
 	CreatedAt       time.Time
 	FinishedAt      *time.Time
+	Deadline        *time.Time
+	Error           string
 }
 
 func (q *Queries) WorkflowRunGet(ctx context.Context, id int64) (WorkflowRunGetRow, error) {
@@ -190,13 +192,15 @@ func (q *Queries) WorkflowRunGet(ctx context.Context, id int64) (WorkflowRunGetR
 		&i.StepsLeft,
 		&i.CreatedAt,
 		&i.FinishedAt,
+		&i.Deadline,
+		&i.Error,
 	)
 	return i, err
 }
 
 const WorkflowRunList = `-- name: WorkflowRunList :many
 SELECT r.id, w.name AS workflow, v.version, r.params, r.state, r.failure_strategy, r.idempotency_key,
-       r.steps_left, r.created_at, r.finished_at
+       r.steps_left, r.created_at, r.finished_at, r.deadline, r.error
 FROM workflow_runs r
 JOIN workflows w ON w.id = r.workflow_id
 JOIN workflow_versions v ON v.id = r.version_id
@@ -225,6 +229,8 @@ type WorkflowRunListRow struct {
 	StepsLeft       int32
 	CreatedAt       time.Time
 	FinishedAt      *time.Time
+	Deadline        *time.Time
+	Error           string
 }
 
 // Newest first, keyset paging on id.
@@ -253,6 +259,8 @@ func (q *Queries) WorkflowRunList(ctx context.Context, arg WorkflowRunListParams
 			&i.StepsLeft,
 			&i.CreatedAt,
 			&i.FinishedAt,
+			&i.Deadline,
+			&i.Error,
 		); err != nil {
 			return nil, err
 		}
@@ -360,6 +368,41 @@ func (q *Queries) WorkflowRunSteps(ctx context.Context, runID int64) ([]Workflow
 	return items, nil
 }
 
+const WorkflowRunsOverdue = `-- name: WorkflowRunsOverdue :many
+SELECT id FROM workflow_runs
+WHERE state IN ('running', 'paused') AND deadline IS NOT NULL
+  AND deadline < coalesce($1::timestamptz, now())
+ORDER BY deadline
+LIMIT $2
+`
+
+type WorkflowRunsOverdueParams struct {
+	Now     *time.Time
+	MaxRuns int32
+}
+
+// Run timeout: runs past their deadline (Postgres time), oldest deadline first;
+// each is then ended in its own transaction (workflow_end re-checks the state).
+func (q *Queries) WorkflowRunsOverdue(ctx context.Context, arg WorkflowRunsOverdueParams) ([]int64, error) {
+	rows, err := q.db.Query(ctx, WorkflowRunsOverdue, arg.Now, arg.MaxRuns)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []int64{}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		items = append(items, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const WorkflowRunsRecordStuck = `-- name: WorkflowRunsRecordStuck :many
 WITH stuck AS (
     SELECT r.id, r.state, r.steps_left,
@@ -459,7 +502,7 @@ func (q *Queries) WorkflowSetLatest(ctx context.Context, arg WorkflowSetLatestPa
 
 const WorkflowStart = `-- name: WorkflowStart :one
 SELECT run_id::bigint AS run_id, created::bool AS created
-FROM workflow_start($1::bigint, $2::jsonb, $3::text, $4::text)
+FROM workflow_start($1::bigint, $2::jsonb, $3::text, $4::text, $5::bigint)
 `
 
 type WorkflowStartParams struct {
@@ -467,6 +510,7 @@ type WorkflowStartParams struct {
 	Params          json.RawMessage
 	FailureStrategy string
 	IdempotencyKey  *string
+	TimeoutMs       int64
 }
 
 type WorkflowStartRow struct {
@@ -480,6 +524,7 @@ func (q *Queries) WorkflowStart(ctx context.Context, arg WorkflowStartParams) (W
 		arg.Params,
 		arg.FailureStrategy,
 		arg.IdempotencyKey,
+		arg.TimeoutMs,
 	)
 	var i WorkflowStartRow
 	err := row.Scan(&i.RunID, &i.Created)

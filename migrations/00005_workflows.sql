@@ -90,6 +90,8 @@ CREATE TABLE workflow_runs (
     idempotency_key  text UNIQUE,
     steps_left       integer NOT NULL,
     step_failed      boolean NOT NULL DEFAULT false,
+    deadline         timestamptz,
+    error            text NOT NULL DEFAULT '',
     created_at       timestamptz NOT NULL DEFAULT now(),
     finished_at      timestamptz,
     CONSTRAINT workflow_runs_state CHECK (state IN ('running', 'paused', 'succeeded', 'failed', 'canceled', 'stopped')),
@@ -103,7 +105,10 @@ COMMENT ON COLUMN workflow_runs.failure_strategy IS 'end: after a step fails no 
 COMMENT ON COLUMN workflow_runs.idempotency_key IS 'A second start with the same key returns this run.';
 COMMENT ON COLUMN workflow_runs.steps_left IS 'Steps not yet terminal; the run finishes in the transaction that brings it to 0.';
 COMMENT ON COLUMN workflow_runs.step_failed IS 'A step failed (its task failed or timed out with no retry left).';
+COMMENT ON COLUMN workflow_runs.deadline IS 'Run timeout: a master ends the run failed (its live tasks canceled) once Postgres now() passes it; NULL: none.';
+COMMENT ON COLUMN workflow_runs.error IS 'Why the run was ended by a control or its timeout.';
 CREATE INDEX workflow_runs_active ON workflow_runs (id) WHERE state IN ('running', 'paused');
+CREATE INDEX workflow_runs_deadline ON workflow_runs (deadline) WHERE state IN ('running', 'paused') AND deadline IS NOT NULL;
 CREATE INDEX workflow_runs_by_workflow ON workflow_runs (workflow_id, id);
 
 CREATE TABLE workflow_run_steps (
@@ -376,15 +381,16 @@ $$;
 -- made ready, in the caller's transaction. With an idempotency key already
 -- used, nothing is written and the first run's id is returned (created false).
 -- +goose StatementBegin
-CREATE FUNCTION workflow_start(p_version bigint, p_params jsonb, p_strategy text, p_key text,
+CREATE FUNCTION workflow_start(p_version bigint, p_params jsonb, p_strategy text, p_key text, p_timeout_ms bigint,
                                OUT run_id bigint, OUT created boolean) LANGUAGE plpgsql AS $$
 DECLARE
     v_workflow bigint;
 BEGIN
     SELECT workflow_id INTO STRICT v_workflow FROM workflow_versions WHERE id = p_version;
-    INSERT INTO workflow_runs (workflow_id, version_id, params, failure_strategy, idempotency_key, steps_left)
+    INSERT INTO workflow_runs (workflow_id, version_id, params, failure_strategy, idempotency_key, steps_left, deadline)
     VALUES (v_workflow, p_version, p_params, p_strategy, p_key,
-            (SELECT count(*) FROM workflow_version_steps WHERE version_id = p_version))
+            (SELECT count(*) FROM workflow_version_steps WHERE version_id = p_version),
+            CASE WHEN p_timeout_ms > 0 THEN now() + p_timeout_ms * interval '1 millisecond' END)
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING id INTO run_id;
     IF run_id IS NULL THEN
@@ -440,7 +446,7 @@ END
 $$;
 -- +goose StatementEnd
 
--- Ends a running or paused run as canceled or stopped: its pending steps end
+-- Ends a running or paused run as canceled, stopped or (run timeout) failed: its pending steps end
 -- canceled at once; the ids of its live tasks are returned for the caller to
 -- cancel through the task cancel path (each cancel then ends its step through
 -- the trigger). Nothing if the run already ended.
@@ -449,7 +455,7 @@ CREATE FUNCTION workflow_end(p_run bigint, p_state text, p_reason text) RETURNS 
 DECLARE
     n int;
 BEGIN
-    UPDATE workflow_runs SET state = p_state, finished_at = now() WHERE id = p_run AND state IN ('running', 'paused');
+    UPDATE workflow_runs SET state = p_state, finished_at = now(), error = p_reason WHERE id = p_run AND state IN ('running', 'paused');
     IF NOT FOUND THEN
         RETURN;
     END IF;
@@ -490,7 +496,7 @@ BEGIN
     END IF;
     UPDATE workflow_run_steps SET state = 'pending', finished_at = NULL, error = '', output = NULL, ready_at = NULL
      WHERE run_id = p_run AND name = ANY (v_reset);
-    UPDATE workflow_runs r SET state = 'running', finished_at = NULL, steps_left = cardinality(v_reset),
+    UPDATE workflow_runs r SET state = 'running', finished_at = NULL, error = '', steps_left = cardinality(v_reset),
            step_failed = EXISTS (SELECT 1 FROM workflow_run_steps s WHERE s.run_id = r.id AND s.state = 'failed')
      WHERE r.id = p_run;
     PERFORM workflow_advance(p_run, v_reset);
@@ -510,7 +516,7 @@ DROP FUNCTION workflow_rerun(bigint, text[]);
 DROP FUNCTION workflow_end(bigint, text, text);
 DROP FUNCTION workflow_resume(bigint);
 DROP FUNCTION workflow_pause(bigint);
-DROP FUNCTION workflow_start(bigint, jsonb, text, text);
+DROP FUNCTION workflow_start(bigint, jsonb, text, text, bigint);
 DROP FUNCTION workflow_finish_if_done(bigint);
 DROP FUNCTION workflow_advance(bigint, text[]);
 DROP FUNCTION workflow_resolve(jsonb, bigint, jsonb);

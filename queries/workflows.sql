@@ -52,14 +52,14 @@ WHERE w.name = @name;
 
 -- name: WorkflowStart :one
 SELECT run_id::bigint AS run_id, created::bool AS created
-FROM workflow_start(@version_id::bigint, @params::jsonb, @failure_strategy::text, sqlc.narg('idempotency_key')::text);
+FROM workflow_start(@version_id::bigint, @params::jsonb, @failure_strategy::text, sqlc.narg('idempotency_key')::text, @timeout_ms::bigint);
 
 -- name: WorkflowList :many
 SELECT w.name, w.latest_version, w.created_at, w.updated_at FROM workflows w ORDER BY w.name;
 
 -- name: WorkflowRunGet :one
 SELECT r.id, w.name AS workflow, v.version, r.params, r.state, r.failure_strategy, r.idempotency_key,
-       r.steps_left, r.created_at, r.finished_at
+       r.steps_left, r.created_at, r.finished_at, r.deadline, r.error
 FROM workflow_runs r
 JOIN workflows w ON w.id = r.workflow_id
 JOIN workflow_versions v ON v.id = r.version_id
@@ -68,7 +68,7 @@ WHERE r.id = @id;
 -- Newest first, keyset paging on id.
 -- name: WorkflowRunList :many
 SELECT r.id, w.name AS workflow, v.version, r.params, r.state, r.failure_strategy, r.idempotency_key,
-       r.steps_left, r.created_at, r.finished_at
+       r.steps_left, r.created_at, r.finished_at, r.deadline, r.error
 FROM workflow_runs r
 JOIN workflows w ON w.id = r.workflow_id
 JOIN workflow_versions v ON v.id = r.version_id
@@ -132,3 +132,12 @@ FROM stuck
 WHERE (stuck.state = 'running' AND stuck.live_steps = 0) OR stuck.steps_left <> stuck.open_steps
 ON CONFLICT (run_id) DO NOTHING
 RETURNING run_id, run_state, steps_left, live_steps, open_steps;
+
+-- Run timeout: runs past their deadline (Postgres time), oldest deadline first;
+-- each is then ended in its own transaction (workflow_end re-checks the state).
+-- name: WorkflowRunsOverdue :many
+SELECT id FROM workflow_runs
+WHERE state IN ('running', 'paused') AND deadline IS NOT NULL
+  AND deadline < coalesce(sqlc.narg('now')::timestamptz, now())
+ORDER BY deadline
+LIMIT @max_runs;

@@ -254,6 +254,9 @@ func showRun(ctx context.Context, c *common, id int64, stdout io.Writer) error {
 		return json.NewEncoder(stdout).Encode(r)
 	}
 	fmt.Fprintf(stdout, "run %d  workflow %s v%d  state %s  strategy %s  params %s\n", r.ID, r.Workflow, r.Version, r.State, r.FailureStrategy, r.Params)
+	if r.Error != "" {
+		fmt.Fprintf(stdout, "error: %s\n", r.Error)
+	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "STEP\tSTATE\tRULE\tTASK\tATTEMPT\tTASKS\tFINISHED\tERROR")
 	for _, s := range r.Steps {

@@ -32,7 +32,10 @@ type Definition struct {
 	// FailureStrategy is the default of runs that do not choose one:
 	// "continue" (default) or "end".
 	FailureStrategy string `json:"failure_strategy,omitempty" yaml:"failure_strategy,omitempty"`
-	Steps           []Step `json:"steps" yaml:"steps"`
+	// Timeout bounds a whole run ("2h"; empty: none): past it a master ends
+	// the run failed and cancels its live tasks.
+	Timeout string `json:"timeout,omitempty" yaml:"timeout,omitempty"`
+	Steps   []Step `json:"steps" yaml:"steps"`
 }
 
 // Param is a run parameter.
@@ -187,6 +190,12 @@ func jsonable(v any) any {
 	return v
 }
 
+// RunTimeout is the run timeout (0: none); the definition must be valid.
+func (d Definition) RunTimeout() time.Duration {
+	t, _ := duration(d.Timeout)
+	return t
+}
+
 // Strategy returns the definition's failure strategy with its default.
 func (d Definition) Strategy() string {
 	if d.FailureStrategy == "" {
@@ -249,6 +258,9 @@ func (d Definition) Validate() error {
 	}
 	if d.FailureStrategy != "" && d.FailureStrategy != StrategyContinue && d.FailureStrategy != StrategyEnd {
 		add("failure_strategy", "unknown failure strategy %q (continue or end)", d.FailureStrategy)
+	}
+	if _, err := duration(d.Timeout); err != nil {
+		add("timeout", "%v", err)
 	}
 	params := map[string]Param{}
 	for i, p := range d.Params {

@@ -60,6 +60,7 @@ func TestValidateMessages(t *testing.T) {
 		{"shell and kind", def(func(d *Definition) { d.Steps[0].Shell = "true" }),
 			`steps[0] (a): set shell or kind, not both`},
 		{"no steps", Definition{Name: "wf"}, "steps: a workflow needs at least one step"},
+		{"bad run timeout", def(func(d *Definition) { d.Timeout = "forever" }), `timeout: bad duration "forever"`},
 		{"bad name", def(func(d *Definition) { d.Name = "a b" }), `name: "a b" must be`},
 		{"bad strategy", def(func(d *Definition) { d.FailureStrategy = "halt" }), `failure_strategy: unknown failure strategy "halt"`},
 		{"bad param default", def(func(d *Definition) { d.Params = []Param{{Name: "n", Type: "int", Default: ptr("x")}} }),

@@ -174,7 +174,8 @@ func Start(ctx context.Context, q *db.Queries, p StartParams) (Started, error) {
 	if p.IdempotencyKey != "" {
 		key = &p.IdempotencyKey
 	}
-	row, err := q.WorkflowStart(ctx, db.WorkflowStartParams{VersionID: v.ID, Params: params, FailureStrategy: strategy, IdempotencyKey: key})
+	row, err := q.WorkflowStart(ctx, db.WorkflowStartParams{VersionID: v.ID, Params: params, FailureStrategy: strategy, IdempotencyKey: key,
+		TimeoutMs: d.RunTimeout().Milliseconds()})
 	if err != nil {
 		return Started{}, fmt.Errorf("start %s: %w", p.Workflow, err)
 	}
@@ -193,7 +194,11 @@ type Run struct {
 	StepsLeft       int             `json:"steps_left"`
 	CreatedAt       time.Time       `json:"created_at"`
 	FinishedAt      *time.Time      `json:"finished_at,omitempty"`
-	Steps           []RunStep       `json:"steps,omitempty"`
+	// Deadline is when the run times out (nil: no run timeout).
+	Deadline *time.Time `json:"deadline,omitempty"`
+	// Error says why a control or the run timeout ended the run.
+	Error string    `json:"error,omitempty"`
+	Steps []RunStep `json:"steps,omitempty"`
 }
 
 // RunStep is one step of a run.
@@ -251,7 +256,8 @@ func GetRun(ctx context.Context, q *db.Queries, id int64) (Run, error) {
 
 func runFromRow(r db.WorkflowRunListRow) Run {
 	run := Run{ID: r.ID, Workflow: r.Workflow, Version: int(r.Version), Params: r.Params, State: r.State,
-		FailureStrategy: r.FailureStrategy, StepsLeft: int(r.StepsLeft), CreatedAt: r.CreatedAt, FinishedAt: r.FinishedAt}
+		FailureStrategy: r.FailureStrategy, StepsLeft: int(r.StepsLeft), CreatedAt: r.CreatedAt, FinishedAt: r.FinishedAt,
+		Deadline: r.Deadline, Error: r.Error}
 	if r.IdempotencyKey != nil {
 		run.IdempotencyKey = *r.IdempotencyKey
 	}
@@ -335,6 +341,17 @@ func End(ctx context.Context, q *db.Queries, id int64, state string) error {
 	if state == "stopped" {
 		reason = "run stopped"
 	}
+	return end(ctx, q, id, state, reason)
+}
+
+// TimeOut ends a run past its deadline as failed ("run timed out"), like End.
+// The caller found it overdue (WorkflowRunsOverdue); a run that ended
+// meanwhile is left alone (ErrRunState).
+func TimeOut(ctx context.Context, q *db.Queries, id int64) error {
+	return end(ctx, q, id, "failed", "run timed out")
+}
+
+func end(ctx context.Context, q *db.Queries, id int64, state, reason string) error {
 	r, err := q.WorkflowRunGet(ctx, id)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Errorf("%w: run %d", ErrNotFound, id)
