@@ -30,7 +30,7 @@ func TestMain(m *testing.M) {
 }
 
 // env is one test's database with a worker session of group "g" that the test
-// drives by hand: it claims with the workers' claim query and reports with the
+// drives by hand: it claims with the workers' claim query (TaskClaimNext) and reports with the
 // workers' result path (report.Finish), so every advancement goes through the
 // production statements.
 type env struct {
@@ -124,7 +124,7 @@ type claimed struct {
 func (e *env) claim() []claimed {
 	e.t.Helper()
 	ctx := context.Background()
-	rows, err := db.New(e.pool).TaskClaimQueued(ctx, db.TaskClaimQueuedParams{GroupName: "g", MaxTasks: 10000, SessionID: e.session})
+	rows, err := db.New(e.pool).TaskClaimNext(ctx, db.TaskClaimNextParams{GroupName: "g", MaxTasks: 10000, SessionID: e.session})
 	if err != nil {
 		e.t.Fatalf("claim: %v", err)
 	}
@@ -848,7 +848,7 @@ func TestFailoverPaths(t *testing.T) {
 				t.Fatal(err)
 			}
 		} else {
-			rows, err := db.New(e.pool).TaskClaimQueued(ctx, db.TaskClaimQueuedParams{GroupName: "g", MaxTasks: 10, SessionID: zombie})
+			rows, err := db.New(e.pool).TaskClaimNext(ctx, db.TaskClaimNextParams{GroupName: "g", MaxTasks: 10, SessionID: zombie})
 			if err != nil || len(rows) != 1 {
 				t.Fatalf("zombie claim: %v, %v", rows, err)
 			}
