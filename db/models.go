@@ -141,7 +141,7 @@ type Task struct {
 	TimeoutMs int64
 	// How many times the task was moved off a dead or stopped worker.
 	FailoverCount int32
-	// Reserved: the workflow run the task belongs to.
+	// The workflow run the task belongs to (NULL for a task submitted on its own).
 	WorkflowRunID *int64
 	SubmittedAt   time.Time
 	DispatchedAt  *time.Time
@@ -169,6 +169,8 @@ type Task struct {
 	RetryMaxMs int64
 	// A Client.Wait watches the task: its end is announced with NOTIFY baton_finished (otherwise not: notifying commits are serialized by Postgres).
 	NotifyFinish bool
+	// The step of that run the task executes.
+	WorkflowStep *string
 }
 
 // History: one row per dispatch of a task (closed attempts from task_attempt_log, the current or final one from the task row). Dashboards read this.
@@ -242,4 +244,105 @@ type WorkerSession struct {
 	EndedAt *time.Time
 	// The worker holds its liveness advisory lock on a dedicated connection and fences itself when that connection is lost: masters may then declare it dead once the lock is free and its heartbeat is older than the crash-detection age, without waiting the heartbeat timeout.
 	LivenessLock bool
+}
+
+// A named workflow; its content is in workflow_versions.
+type Workflow struct {
+	ID   int64
+	Name string
+	// The version new runs pin (0: none stored yet).
+	LatestVersion int32
+	CreatedAt     time.Time
+	UpdatedAt     time.Time
+}
+
+// One execution of a pinned workflow version. Its progress is its steps' rows; no process holds it.
+type WorkflowRun struct {
+	ID         int64
+	WorkflowID int64
+	VersionID  int64
+	Params     json.RawMessage
+	// running, paused (nothing new becomes claimable), or terminal: succeeded, failed (some step failed, upstream_failed or canceled), canceled, stopped.
+	State string
+	// end: after a step fails no step becomes ready (they end canceled); continue: run what does not depend on it.
+	FailureStrategy string
+	// A second start with the same key returns this run.
+	IdempotencyKey *string
+	// Steps not yet terminal; the run finishes in the transaction that brings it to 0.
+	StepsLeft int32
+	// A step failed (its task failed or timed out with no retry left).
+	StepFailed bool
+	// Run timeout: a master ends the run failed (its live tasks canceled) once Postgres now() passes it; NULL: none.
+	Deadline *time.Time
+	// Why the run was ended by a control or its timeout.
+	Error      string
+	CreatedAt  time.Time
+	FinishedAt *time.Time
+}
+
+// The repair sweep's report: a run found not terminal with nothing live (or with steps_left disagreeing with its steps). The advancement makes this impossible; a row here is a bug to investigate.
+type WorkflowRunFinding struct {
+	ID    int64
+	RunID int64
+	// The master session that found it.
+	DetectedBy *int64
+	FoundAt    time.Time
+	RunState   string
+	StepsLeft  int32
+	// Steps queued or running when found.
+	LiveSteps int32
+	// Steps not terminal (pending, queued, running) when found.
+	OpenSteps int32
+}
+
+// A step of a run: pending until its trigger rule decides; queued/running mirror its task; then terminal.
+type WorkflowRunStep struct {
+	RunID int64
+	Name  string
+	State string
+	// The step's current task (a rerun gives it a new one; older ones keep workflow_step for history). No foreign key: retention prunes tasks.
+	TaskID *int64
+	// How many tasks the step was given (1 + reruns).
+	TaskCount int32
+	// The JSON object its succeeded task returned as output (NULL if the output was not a JSON object).
+	Output     []byte
+	Error      string
+	ReadyAt    *time.Time
+	FinishedAt *time.Time
+}
+
+// Immutable versions of a workflow (an UPDATE is refused). Apply stores one only when the content hash differs from the latest.
+type WorkflowVersion struct {
+	ID         int64
+	WorkflowID int64
+	Version    int32
+	// sha256 of the canonical JSON of the definition.
+	ContentHash string
+	// The validated definition (canonical JSON of workflow.Definition).
+	Definition json.RawMessage
+	CreatedAt  time.Time
+}
+
+// depends_on: to_step waits for from_step.
+type WorkflowVersionEdge struct {
+	VersionID int64
+	FromStep  string
+	ToStep    string
+}
+
+// The steps of a version: what task each step runs (payload references resolved when it becomes ready).
+type WorkflowVersionStep struct {
+	VersionID   int64
+	Name        string
+	Position    int32
+	TriggerRule string
+	GroupName   string
+	Kind        string
+	Payload     json.RawMessage
+	Priority    int32
+	MaxRetries  int32
+	TimeoutMs   int64
+	// Retry backoff of the step's task; -1 takes its group's.
+	RetryBaseMs int64
+	RetryMaxMs  int64
 }

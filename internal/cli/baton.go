@@ -24,7 +24,7 @@ import (
 	"github.com/baton-scheduler/baton/internal/submit"
 )
 
-const usage = `baton — operator CLI of the baton scheduler
+const usageFormat = `baton — operator CLI of the baton scheduler
 
   baton migrate up|down|status|version     apply/roll back the embedded schema
   baton migrate move-from-public           move a pre-schema install (tables in public) into baton's schema
@@ -33,13 +33,16 @@ const usage = `baton — operator CLI of the baton scheduler
   baton task show ID
   baton worker list [--group G] [--all]
   baton failover list [--limit N]
-  baton prune [--retention 30d] [--batch N]   delete finished tasks, old failover events, ended sessions
+%s  baton prune [--retention 30d] [--batch N]   delete finished tasks, old failover events, ended sessions
   baton dev                                start Postgres (if needed), a master, two workers and demo tasks
 
 Every command takes --database-url (env BATON_DATABASE_URL); list/show/submit take --json.
 baton's tables live in the Postgres schema "baton"; add baton_schema=<schema> to the
 URL to use another (baton_schema=public for an install from before schemas).
 `
+
+// usage lists every command (the workflow commands are in workflow.go).
+var usage = fmt.Sprintf(usageFormat, workflowUsage)
 
 // BatonMain is the baton CLI; extra adds commands defined elsewhere (baton dev).
 func BatonMain(ctx context.Context, args []string, env Env, stdout, stderr io.Writer, extra ...Command) int {
@@ -59,6 +62,10 @@ func BatonMain(ctx context.Context, args []string, env Env, stdout, stderr io.Wr
 		err = failoverCmd(ctx, args[1:], env, stdout, stderr)
 	case "prune":
 		err = pruneCmd(ctx, args[1:], env, stdout, stderr)
+	case "workflow":
+		err = workflowCmd(ctx, args[1:], env, stdout, stderr)
+	case "run":
+		err = runCmd(ctx, args[1:], env, stdout, stderr)
 	default:
 		err = fmt.Errorf("unknown command %q\n\n%s", args[0], usage)
 		for _, c := range extra {

@@ -21,13 +21,17 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/testcontainers/testcontainers-go"
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
 
+	"github.com/baton-scheduler/baton/db"
 	"github.com/baton-scheduler/baton/internal/cli"
 	"github.com/baton-scheduler/baton/internal/migrate"
 	"github.com/baton-scheduler/baton/internal/store"
 	"github.com/baton-scheduler/baton/internal/submit"
+	"github.com/baton-scheduler/baton/internal/workflow"
 )
 
 // Command is `baton dev`, for cli.BatonMain.
@@ -112,9 +116,15 @@ func Run(ctx context.Context, args []string, env cli.Env, stdout, stderr io.Writ
 		specs = append(specs, submit.Spec{Group: "default", Kind: submit.KindShell, Payload: p, MaxRetries: 2, Timeout: time.Minute})
 	}
 	ids, err := submit.Many(ctx, pool, specs)
+	if err != nil {
+		pool.Close()
+		return err
+	}
+	run, err := demoRun(ctx, pool)
 	pool.Close()
 	if err != nil {
-		return err
+		// Not fatal: the demo workflow is read from the repository's root.
+		fmt.Fprintf(stdout, "no demo workflow run: %v\n", err)
 	}
 	fmt.Fprintf(stdout, `
 baton is running: 1 master, 2 workers (group "default"), %d demo tasks submitted.
@@ -125,9 +135,11 @@ baton is running: 1 master, 2 workers (group "default"), %d demo tasks submitted
   %[3]s/baton worker list
   %[3]s/baton task submit --group default --shell 'echo hi; sleep 1'
   %[3]s/baton failover list        # kill -9 a worker's pid (baton worker list) and watch
+  %[3]s/baton run show %[5]d             # the demo workflow (examples/workflows/nightly-report.yaml)
+  %[3]s/baton run start nightly-report --param day=2026-12-31 --wait
 
 Ctrl-C stops everything.
-`, len(ids), dsn, binDir, ids[0])
+`, len(ids), dsn, binDir, ids[0], run)
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "stopping...")
 	return nil
@@ -243,4 +255,33 @@ func envDefault(env cli.Env, key, def string) string {
 		return v
 	}
 	return def
+}
+
+// DemoWorkflow is the workflow `baton dev` applies and starts (run from the
+// repository's root, as make run does).
+const DemoWorkflow = "examples/workflows/nightly-report.yaml"
+
+// demoRun applies DemoWorkflow and starts one run of it.
+func demoRun(ctx context.Context, pool *pgxpool.Pool) (int64, error) {
+	data, err := os.ReadFile(DemoWorkflow)
+	if err != nil {
+		return 0, fmt.Errorf("demo workflow: %w", err)
+	}
+	d, err := workflow.Parse(data)
+	if err != nil {
+		return 0, fmt.Errorf("demo workflow: %w", err)
+	}
+	var s workflow.Started
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		q := db.New(tx)
+		if _, err := workflow.Apply(ctx, q, d); err != nil {
+			return err
+		}
+		s, err = workflow.Start(ctx, q, workflow.StartParams{Workflow: d.Name})
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("demo workflow: %w", err)
+	}
+	return s.RunID, nil
 }

@@ -15,3 +15,5 @@ func BatchSize(n int) zap.Field         { return zap.Int("batch_size", n) }
 func Kind(k string) zap.Field           { return zap.String("kind", k) }
 func Containment(m string) zap.Field    { return zap.String("containment", m) }
 func Reason(r string) zap.Field         { return zap.String("reason", r) }
+func RunID(id int64) zap.Field          { return zap.Int64("run_id", id) }
+func RunState(s string) zap.Field       { return zap.String("run_state", s) }

@@ -194,6 +194,7 @@ type Master struct {
 	workerSweeper *workerSweeper
 	masterSweeper *masterSweeper
 	timeouts      *timeoutSweeper
+	runRepair     *runRepairSweeper
 	dispatcher    *dispatcher
 	listener      *listener
 	analyzer      *analyzer
@@ -220,6 +221,7 @@ func newMaster(ctx context.Context, cfg Config, clock *service.Clock) (*Master, 
 	m.workerSweeper = &workerSweeper{Base: base("worker_sweeper"), m: m, wake: notify.NewSignal()}
 	m.masterSweeper = &masterSweeper{Base: base("master_sweeper"), m: m}
 	m.timeouts = &timeoutSweeper{Base: base("timeout_sweeper"), m: m}
+	m.runRepair = &runRepairSweeper{Base: base("run_repair_sweeper"), m: m}
 	m.heartbeat = &heartbeater{Base: base("heartbeat"), m: m}
 	m.listener = &listener{Base: base("listener"), m: m}
 	m.analyzer = &analyzer{Base: base("analyzer"), m: m}
@@ -256,7 +258,7 @@ type startStopper interface {
 }
 
 func (m *Master) services() []startStopper {
-	s := []startStopper{m.heartbeat, m.listener, m.dispatcher, m.workerSweeper, m.masterSweeper, m.timeouts, m.analyzer}
+	s := []startStopper{m.heartbeat, m.listener, m.dispatcher, m.workerSweeper, m.masterSweeper, m.timeouts, m.runRepair, m.analyzer}
 	if m.pruner != nil {
 		s = append(s, m.pruner)
 	}

@@ -47,6 +47,7 @@ func setup(t *testing.T, cfg Config) *testBundle {
 	m.workerSweeper.TestSignals.Swept.Init(t)
 	m.masterSweeper.TestSignals.Swept.Init(t)
 	m.timeouts.TestSignals.Swept.Init(t)
+	m.runRepair.TestSignals.Swept.Init(t)
 	m.dispatcher.TestSignals.Dispatched.Init(t)
 	if m.pruner != nil {
 		m.pruner.TestSignals.Pruned.Init(t)

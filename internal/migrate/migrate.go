@@ -319,9 +319,10 @@ var (
 	createTableRE = regexp.MustCompile(`(?im)^\s*CREATE\s+(?:UNLOGGED\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?([a-z_][a-z0-9_]*)`)
 	createViewRE  = regexp.MustCompile(`(?im)^\s*CREATE\s+(?:OR\s+REPLACE\s+)?(?:MATERIALIZED\s+)?VIEW\s+([a-z_][a-z0-9_]*)`)
 	renameRE      = regexp.MustCompile(`(?im)^\s*ALTER\s+TABLE\s+[a-z_][a-z0-9_]*\s+RENAME\s+TO\s+([a-z_][a-z0-9_]*)`)
-	// Functions (trigger functions, no arguments): moved too, so a public install
-	// kept with baton_schema=public and upgraded leaves nothing of baton's behind.
-	createFunctionRE = regexp.MustCompile(`(?im)^\s*CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+([a-z_][a-z0-9_]*)\(\)`)
+	// Functions (trigger functions, the workflow functions): moved too, so a
+	// public install kept with baton_schema=public and upgraded leaves nothing of
+	// baton's behind.
+	createFunctionRE = regexp.MustCompile(`(?im)^\s*CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+([a-z_][a-z0-9_]*)\(`)
 )
 
 func migrationRelations() (tables, views, functions []string, err error) {
@@ -420,17 +421,22 @@ func (m *Migrator) MoveFromPublic(ctx context.Context) (int, error) {
 			moved++
 		}
 		for _, name := range functions {
-			var found bool
-			if err := tx.QueryRow(ctx, "SELECT to_regprocedure($1) IS NOT NULL", "public."+name+"()").Scan(&found); err != nil {
-				return fmt.Errorf("move from public: look up %s(): %w", name, err)
+			// Every overload in public by that name, with its identity arguments.
+			rows, err := tx.Query(ctx, "SELECT pg_get_function_identity_arguments(p.oid) FROM pg_proc p "+
+				"WHERE p.pronamespace = 'public'::regnamespace AND p.proname = $1", name)
+			if err != nil {
+				return fmt.Errorf("move from public: look up %s: %w", name, err)
 			}
-			if !found {
-				continue
+			args, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			if err != nil {
+				return fmt.Errorf("move from public: look up %s: %w", name, err)
 			}
-			if err := run("ALTER FUNCTION public." + pgx.Identifier{name}.Sanitize() + "() SET SCHEMA " + target); err != nil {
-				return err
+			for _, a := range args {
+				if err := run("ALTER FUNCTION public." + pgx.Identifier{name}.Sanitize() + "(" + a + ") SET SCHEMA " + target); err != nil {
+					return err
+				}
+				moved++
 			}
-			moved++
 		}
 		// Only baton's own versions: public.goose_db_version may be shared with
 		// the application (the very collision baton's schema ends).
