@@ -265,6 +265,20 @@ func (q *Queries) ScheduleFireSetRun(ctx context.Context, arg ScheduleFireSetRun
 	return err
 }
 
+const ScheduleFireSetSkipped = `-- name: ScheduleFireSetSkipped :exec
+UPDATE schedule_fires SET outcome = 'skipped', reason = $1 WHERE id = $2 AND outcome <> 'started'
+`
+
+type ScheduleFireSetSkippedParams struct {
+	Reason *string
+	ID     int64
+}
+
+func (q *Queries) ScheduleFireSetSkipped(ctx context.Context, arg ScheduleFireSetSkippedParams) error {
+	_, err := q.db.Exec(ctx, ScheduleFireSetSkipped, arg.Reason, arg.ID)
+	return err
+}
+
 const ScheduleFireSkipMany = `-- name: ScheduleFireSkipMany :execrows
 
 INSERT INTO schedule_fires (schedule_id, workflow_id, nominal_time, source, outcome, reason, kind, recorded_at)

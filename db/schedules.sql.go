@@ -66,6 +66,26 @@ func (q *Queries) ScheduleAdvance(ctx context.Context, arg ScheduleAdvanceParams
 	return result.RowsAffected(), nil
 }
 
+const ScheduleAdvanceInit = `-- name: ScheduleAdvanceInit :execrows
+UPDATE schedules SET next_nominal_at = $1, next_fire_at = $2
+WHERE id = $3 AND next_nominal_at IS NULL
+`
+
+type ScheduleAdvanceInitParams struct {
+	NextNominalAt *time.Time
+	NextFireAt    *time.Time
+	ID            int64
+}
+
+// Sets a new schedule's first fire time (its id is part of the jitter).
+func (q *Queries) ScheduleAdvanceInit(ctx context.Context, arg ScheduleAdvanceInitParams) (int64, error) {
+	result, err := q.db.Exec(ctx, ScheduleAdvanceInit, arg.NextNominalAt, arg.NextFireAt, arg.ID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const ScheduleBufferedDelta = `-- name: ScheduleBufferedDelta :exec
 UPDATE schedules SET buffered = buffered + $1 WHERE id = $2
 `
@@ -240,6 +260,17 @@ func (q *Queries) ScheduleGetForUpdate(ctx context.Context, name string) (Schedu
 	return i, err
 }
 
+const ScheduleIDByName = `-- name: ScheduleIDByName :one
+SELECT id FROM schedules WHERE name = $1
+`
+
+func (q *Queries) ScheduleIDByName(ctx context.Context, name string) (int64, error) {
+	row := q.db.QueryRow(ctx, ScheduleIDByName, name)
+	var id int64
+	err := row.Scan(&id)
+	return id, err
+}
+
 const ScheduleInsert = `-- name: ScheduleInsert :one
 
 INSERT INTO schedules (name, workflow_id, params, cron, interval_ms, zone, start_at, end_at, anchor_at, jitter_ms,
@@ -408,7 +439,7 @@ func (q *Queries) ScheduleList(ctx context.Context, arg ScheduleListParams) ([]S
 
 const ScheduleLockBuffered = `-- name: ScheduleLockBuffered :many
 SELECT s.id, s.name, s.workflow_id, s.params, s.cron, s.interval_ms, s.zone, s.start_at, s.end_at, s.anchor_at, s.jitter_ms, s.overlap, s.buffer_max, s.max_active_runs, s.catchup, s.catchup_window_ms, s.catchup_max, s.pause_on_failure, s.dst_gap, s.dst_fold, s.paused, s.paused_reason, s.next_nominal_at, s.next_fire_at, s.buffered, s.created_at, s.updated_at, w.name AS workflow FROM schedules s JOIN workflows w ON w.id = s.workflow_id
-WHERE s.buffered > 0
+WHERE s.buffered > 0 AND NOT s.paused
   AND NOT EXISTS (SELECT 1 FROM schedule_fires f WHERE f.schedule_id = s.id AND f.run_active)
 ORDER BY s.id
 LIMIT $1
@@ -494,6 +525,19 @@ func (q *Queries) ScheduleLockBuffered(ctx context.Context, maxRows int32) ([]Sc
 		return nil, err
 	}
 	return items, nil
+}
+
+const ScheduleLockByID = `-- name: ScheduleLockByID :one
+SELECT id FROM schedules WHERE id = $1 FOR UPDATE SKIP LOCKED
+`
+
+// A schedule's row locked for a backfill's admission (skipped if the fire pass
+// holds it: the backfill tries again next pass).
+func (q *Queries) ScheduleLockByID(ctx context.Context, id int64) (int64, error) {
+	row := q.db.QueryRow(ctx, ScheduleLockByID, id)
+	var id_2 int64
+	err := row.Scan(&id_2)
+	return id_2, err
 }
 
 const ScheduleLockDue = `-- name: ScheduleLockDue :many
@@ -621,17 +665,31 @@ func (q *Queries) ScheduleLockFailed(ctx context.Context, maxRows int32) ([]int6
 	return items, nil
 }
 
-const ScheduleNextDueIn = `-- name: ScheduleNextDueIn :one
-SELECT extract(epoch FROM (min(next_fire_at) - coalesce($1::timestamptz, now())))::float8 AS seconds
-FROM schedules WHERE next_fire_at IS NOT NULL
+const ScheduleNextDueIn = `-- name: ScheduleNextDueIn :many
+SELECT extract(epoch FROM (s.next_fire_at - coalesce($1::timestamptz, now())))::float8 AS seconds
+FROM schedules s WHERE s.next_fire_at IS NOT NULL
+ORDER BY s.next_fire_at LIMIT 1
 `
 
-// How long until the earliest due schedule (NULL: none), in Postgres time.
-func (q *Queries) ScheduleNextDueIn(ctx context.Context, now *time.Time) (float64, error) {
-	row := q.db.QueryRow(ctx, ScheduleNextDueIn, now)
-	var seconds float64
-	err := row.Scan(&seconds)
-	return seconds, err
+// How long until the earliest due schedule, in Postgres time (no row: none).
+func (q *Queries) ScheduleNextDueIn(ctx context.Context, now *time.Time) ([]float64, error) {
+	rows, err := q.db.Query(ctx, ScheduleNextDueIn, now)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []float64{}
+	for rows.Next() {
+		var seconds float64
+		if err := rows.Scan(&seconds); err != nil {
+			return nil, err
+		}
+		items = append(items, seconds)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const ScheduleNow = `-- name: ScheduleNow :one
@@ -746,4 +804,24 @@ func (q *Queries) ScheduleUpdate(ctx context.Context, arg ScheduleUpdateParams) 
 		arg.ID,
 	)
 	return err
+}
+
+const ScheduleWorkflowLookup = `-- name: ScheduleWorkflowLookup :one
+SELECT w.id, v.definition FROM workflows w
+JOIN workflow_versions v ON v.workflow_id = w.id AND v.version = w.latest_version
+WHERE w.name = $1
+`
+
+type ScheduleWorkflowLookupRow struct {
+	ID         int64
+	Definition json.RawMessage
+}
+
+// The workflow a schedule or backfill starts, with its latest definition
+// (params are checked against it when the schedule is stored).
+func (q *Queries) ScheduleWorkflowLookup(ctx context.Context, name string) (ScheduleWorkflowLookupRow, error) {
+	row := q.db.QueryRow(ctx, ScheduleWorkflowLookup, name)
+	var i ScheduleWorkflowLookupRow
+	err := row.Scan(&i.ID, &i.Definition)
+	return i, err
 }

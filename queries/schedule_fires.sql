@@ -62,3 +62,6 @@ FROM schedule_fires f
 WHERE f.schedule_id = @schedule_id
 ORDER BY f.nominal_time DESC
 LIMIT @max_rows;
+
+-- name: ScheduleFireSetSkipped :exec
+UPDATE schedule_fires SET outcome = 'skipped', reason = @reason WHERE id = @id AND outcome <> 'started';

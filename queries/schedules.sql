@@ -61,7 +61,7 @@ FOR UPDATE OF s SKIP LOCKED;
 -- Schedules with buffered fires and no active run, locked.
 -- name: ScheduleLockBuffered :many
 SELECT s.*, w.name AS workflow FROM schedules s JOIN workflows w ON w.id = s.workflow_id
-WHERE s.buffered > 0
+WHERE s.buffered > 0 AND NOT s.paused
   AND NOT EXISTS (SELECT 1 FROM schedule_fires f WHERE f.schedule_id = s.id AND f.run_active)
 ORDER BY s.id
 LIMIT @max_rows
@@ -99,10 +99,11 @@ WHERE id = @id AND next_nominal_at = @from_nominal;
 -- name: ScheduleBufferedDelta :exec
 UPDATE schedules SET buffered = buffered + @delta WHERE id = @id;
 
--- How long until the earliest due schedule (NULL: none), in Postgres time.
--- name: ScheduleNextDueIn :one
-SELECT extract(epoch FROM (min(next_fire_at) - coalesce(sqlc.narg('now')::timestamptz, now())))::float8 AS seconds
-FROM schedules WHERE next_fire_at IS NOT NULL;
+-- How long until the earliest due schedule, in Postgres time (no row: none).
+-- name: ScheduleNextDueIn :many
+SELECT extract(epoch FROM (s.next_fire_at - coalesce(sqlc.narg('now')::timestamptz, now())))::float8 AS seconds
+FROM schedules s WHERE s.next_fire_at IS NOT NULL
+ORDER BY s.next_fire_at LIMIT 1;
 
 -- name: ScheduleNow :one
 SELECT coalesce(sqlc.narg('now')::timestamptz, clock_timestamp())::timestamptz AS now;
@@ -110,3 +111,23 @@ SELECT coalesce(sqlc.narg('now')::timestamptz, clock_timestamp())::timestamptz A
 -- Active runs of a schedule.
 -- name: ScheduleActiveRuns :many
 SELECT run_id::bigint AS run_id FROM schedule_fires WHERE schedule_id = @schedule_id AND run_active ORDER BY run_id;
+
+-- The workflow a schedule or backfill starts, with its latest definition
+-- (params are checked against it when the schedule is stored).
+-- name: ScheduleWorkflowLookup :one
+SELECT w.id, v.definition FROM workflows w
+JOIN workflow_versions v ON v.workflow_id = w.id AND v.version = w.latest_version
+WHERE w.name = @name;
+
+-- A schedule's row locked for a backfill's admission (skipped if the fire pass
+-- holds it: the backfill tries again next pass).
+-- name: ScheduleLockByID :one
+SELECT id FROM schedules WHERE id = @id FOR UPDATE SKIP LOCKED;
+
+-- name: ScheduleIDByName :one
+SELECT id FROM schedules WHERE name = @name;
+
+-- Sets a new schedule's first fire time (its id is part of the jitter).
+-- name: ScheduleAdvanceInit :execrows
+UPDATE schedules SET next_nominal_at = sqlc.narg('next_nominal_at'), next_fire_at = sqlc.narg('next_fire_at')
+WHERE id = @id AND next_nominal_at IS NULL;
