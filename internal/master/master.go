@@ -98,8 +98,8 @@ type Config struct {
 	ScheduleInterval time.Duration
 	// ScheduleFirers: fire passes run in parallel (default 2).
 	ScheduleFirers int
-	Logger        *zap.Logger
-	Version       string
+	Logger         *zap.Logger
+	Version        string
 }
 
 // WithDefaults returns a copy with every zero field set to its default.
