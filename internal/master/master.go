@@ -190,7 +190,7 @@ func (c Config) Validate() error {
 	if c.PruneInterval < 0 || c.TxTimeout < 0 {
 		errs = append(errs, errors.New("prune interval and transaction timeout must not be negative"))
 	}
-	if c.ScheduleInterval < 0 || c.ScheduleFirers < 1 || c.ScheduleFirers > 64 {
+	if c.ScheduleInterval < 0 || c.ScheduleFirers < 0 || c.ScheduleFirers > 64 {
 		errs = append(errs, fmt.Errorf("schedule interval %s must not be negative and schedule firers %d must be within 1..64", c.ScheduleInterval, c.ScheduleFirers))
 	}
 	return errors.Join(errs...)
