@@ -56,11 +56,17 @@ var ErrNotFound = errors.New("not found")
 // ErrExists: a schedule of that name exists.
 var ErrExists = errors.New("schedule already exists")
 
+// ErrInvalid is what every InvalidError matches with errors.Is.
+var ErrInvalid = errors.New("invalid schedule or backfill")
+
 // InvalidError lists what is wrong with a schedule or backfill, each problem
 // naming its field; nothing was stored.
 type InvalidError struct{ Problems []string }
 
 func (e *InvalidError) Error() string { return "invalid: " + strings.Join(e.Problems, "; ") }
+
+// Unwrap makes errors.Is(err, ErrInvalid) true.
+func (e *InvalidError) Unwrap() error { return ErrInvalid }
 
 // Spec is a schedule's definition (the JSON of the CLI and the Client).
 type Spec struct {
