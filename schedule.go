@@ -161,4 +161,3 @@ func (c *Client) ResumeBackfill(ctx context.Context, id int64) error {
 func (c *Client) CancelBackfill(ctx context.Context, id int64) error {
 	return c.inTx(ctx, func(q *db.Queries) error { return schedule.SetBackfillState(ctx, q, id, "canceled") })
 }
-
