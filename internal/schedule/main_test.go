@@ -2,9 +2,7 @@ package schedule_test
 
 import (
 	"context"
-	"fmt"
 	"os"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -199,16 +197,6 @@ func hm(base time.Time, s string) time.Time {
 	return time.Date(base.Year(), base.Month(), base.Day(), t.Hour(), t.Minute(), 0, 0, time.UTC)
 }
 
-func sortedKeys(m map[string]int) []string {
-	var out []string
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
-
-var _ = fmt.Sprintf
 
 func pgxBegin(e *env, fn func(q *db.Queries) error) error {
 	return pgx.BeginFunc(e.ctx, e.pool, func(tx pgx.Tx) error { return fn(db.New(tx)) })

@@ -146,9 +146,7 @@ func (s Spec) validate() []string {
 		probs = append(probs, "workflow: missing")
 	}
 	if _, err := s.calendar(time.Unix(0, 0)); err != nil {
-		for _, e := range strings.Split(err.Error(), "\n") {
-			probs = append(probs, e)
-		}
+		probs = append(probs, strings.Split(err.Error(), "\n")...)
 	}
 	switch s.Overlap {
 	case OverlapSkip, OverlapBufferOne, OverlapBufferAll, OverlapCancelOther, OverlapAllow:
