@@ -154,7 +154,7 @@ func (e *env) activeRuns(name string) []int64 {
 // reported with outcome.
 func (e *env) endRun(run int64, outcome string) {
 	e.t.Helper()
-	rows, err := db.New(e.pool).TaskClaimQueued(e.ctx, db.TaskClaimQueuedParams{GroupName: "g", MaxTasks: 100000, SessionID: e.session})
+	rows, err := db.New(e.pool).TaskClaimNext(e.ctx, db.TaskClaimNextParams{GroupName: "g", MaxTasks: 100000, SessionID: e.session})
 	if err != nil {
 		e.t.Fatal(err)
 	}
