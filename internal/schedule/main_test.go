@@ -197,7 +197,6 @@ func hm(base time.Time, s string) time.Time {
 	return time.Date(base.Year(), base.Month(), base.Day(), t.Hour(), t.Minute(), 0, 0, time.UTC)
 }
 
-
 func pgxBegin(e *env, fn func(q *db.Queries) error) error {
 	return pgx.BeginFunc(e.ctx, e.pool, func(tx pgx.Tx) error { return fn(db.New(tx)) })
 }
