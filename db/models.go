@@ -9,6 +9,36 @@ import (
 	"time"
 )
 
+// Runs of a workflow for the logical times of a calendar in [from_at, to_at], admitted lazily, at most parallel at once.
+type Backfill struct {
+	ID         int64
+	WorkflowID int64
+	ScheduleID *int64
+	Params     json.RawMessage
+	Cron       *string
+	IntervalMs *int64
+	Zone       string
+	AnchorAt   time.Time
+	DstGap     string
+	DstFold    string
+	FromAt     time.Time
+	ToAt       time.Time
+	Parallel   int32
+	Descending bool
+	Reprocess  string
+	State      string
+	// The last logical time materialized (in the backfill's order); NULL: none yet.
+	CursorAt *time.Time
+	// Every logical time was materialized; the backfill succeeds when its last run ends.
+	Exhausted  bool
+	Total      int32
+	Started    int32
+	Skipped    int32
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+	FinishedAt *time.Time
+}
+
 // Tasks a master placed on a chosen worker session (failover, dispatcher): the row waits until that session claims it. Waiting tasks are task rows in state queued.
 type DispatchQueue struct {
 	ID     int64
@@ -115,6 +145,71 @@ type ReportWorkerHealth struct {
 	LastHeartbeatAt time.Time
 	HeartbeatAge    int32
 	ActiveTasks     int64
+}
+
+// A workflow started on a calendar (cron in a zone, or an interval). Fires are recorded in schedule_fires.
+type Schedule struct {
+	ID         int64
+	Name       string
+	WorkflowID int64
+	Params     json.RawMessage
+	Cron       *string
+	IntervalMs *int64
+	Zone       string
+	StartAt    *time.Time
+	EndAt      *time.Time
+	// Interval schedules fire at anchor_at + k * interval (real elapsed time).
+	AnchorAt time.Time
+	// Each fire is delayed by a deterministic amount in [0, jitter) of its schedule and nominal time.
+	JitterMs  int64
+	Overlap   string
+	BufferMax int32
+	// 0: no cap beyond the overlap policy.
+	MaxActiveRuns   int32
+	Catchup         string
+	CatchupWindowMs int64
+	CatchupMax      int32
+	PauseOnFailure  bool
+	DstGap          string
+	DstFold         string
+	Paused          bool
+	PausedReason    string
+	// The next nominal fire time not yet in the ledger; NULL: none left (past end_at).
+	NextNominalAt *time.Time
+	// next_nominal_at plus its jitter: when it is due (index schedules_due).
+	NextFireAt *time.Time
+	// How many of its fires are buffered (outcome buffered), waiting for a run to end.
+	Buffered  int32
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+// The fire ledger: one row per due nominal time of a schedule (or logical time of a backfill without schedule), started or skipped with a reason.
+type ScheduleFire struct {
+	ID          int64
+	ScheduleID  *int64
+	WorkflowID  int64
+	NominalTime time.Time
+	Source      string
+	BackfillID  *int64
+	Outcome     string
+	// Why it was skipped: overlap, buffer_full, max_active_runs, paused, outside_catchup_window, catchup_none, catchup_superseded, catchup_bound, dst_gap, exists (backfill: already in the ledger), running (backfill: its run is still active).
+	Reason *string
+	// Daylight-saving kind of the nominal time: dst_gap_shifted, dst_gap, dst_fold_first, dst_fold_second, or empty.
+	Kind string
+	// The run it started (the latest one, after a backfill reprocessed it). No foreign key: retention prunes runs.
+	RunID *int64
+	// The run's state, kept by trigger workflow_runs_fire_state.
+	RunState *string
+	// The run is running or paused (counts toward overlap, max_active_runs and a backfill's parallel).
+	RunActive bool
+	// pause_on_failure has acted on this failed run.
+	FailureSeen bool
+	RecordedAt  time.Time
+	StartedAt   *time.Time
+	// started_at - nominal_time: how late the run started.
+	LagMs          *int64
+	PreviousRunIds []int64
 }
 
 // One unit of work and its current state. History per attempt is in task_attempts.

@@ -42,7 +42,7 @@ URL to use another (baton_schema=public for an install from before schemas).
 `
 
 // usage lists every command (the workflow commands are in workflow.go).
-var usage = fmt.Sprintf(usageFormat, workflowUsage)
+var usage = fmt.Sprintf(usageFormat, workflowUsage+scheduleUsage)
 
 // BatonMain is the baton CLI; extra adds commands defined elsewhere (baton dev).
 func BatonMain(ctx context.Context, args []string, env Env, stdout, stderr io.Writer, extra ...Command) int {
@@ -66,6 +66,10 @@ func BatonMain(ctx context.Context, args []string, env Env, stdout, stderr io.Wr
 		err = workflowCmd(ctx, args[1:], env, stdout, stderr)
 	case "run":
 		err = runCmd(ctx, args[1:], env, stdout, stderr)
+	case "schedule":
+		err = scheduleCmd(ctx, args[1:], env, stdout, stderr)
+	case "backfill":
+		err = backfillCmd(ctx, args[1:], env, stdout, stderr)
 	default:
 		err = fmt.Errorf("unknown command %q\n\n%s", args[0], usage)
 		for _, c := range extra {

@@ -50,6 +50,11 @@ const (
 	// one group's dispatch, one prune batch): a hung connection stalls one pass of
 	// one candidate, never the loop.
 	TxTimeoutDefault = 10 * time.Second
+	// ScheduleIntervalDefault: the longest the scheduler sleeps between
+	// passes (it wakes at the earliest due schedule sooner).
+	ScheduleIntervalDefault = time.Second
+	// ScheduleFirersDefault: fire passes run in parallel per master.
+	ScheduleFirersDefault = 2
 )
 
 // RetentionForever as Config.Retention keeps every row (no pruning).
@@ -88,8 +93,13 @@ type Config struct {
 	Retention     time.Duration
 	PruneInterval time.Duration // how often the pruner runs (default 1 minute)
 	TxTimeout     time.Duration // deadline of each sweep transaction (default 10 s)
-	Logger        *zap.Logger
-	Version       string
+	// ScheduleInterval: the scheduler's longest sleep (default 1 s); it wakes
+	// at the earliest due schedule (Postgres time) before that.
+	ScheduleInterval time.Duration
+	// ScheduleFirers: fire passes run in parallel (default 2).
+	ScheduleFirers int
+	Logger         *zap.Logger
+	Version        string
 }
 
 // WithDefaults returns a copy with every zero field set to its default.
@@ -135,6 +145,12 @@ func (c Config) WithDefaults() Config {
 	if c.TxTimeout == 0 {
 		c.TxTimeout = TxTimeoutDefault
 	}
+	if c.ScheduleInterval == 0 {
+		c.ScheduleInterval = ScheduleIntervalDefault
+	}
+	if c.ScheduleFirers == 0 {
+		c.ScheduleFirers = ScheduleFirersDefault
+	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
@@ -174,6 +190,9 @@ func (c Config) Validate() error {
 	if c.PruneInterval < 0 || c.TxTimeout < 0 {
 		errs = append(errs, errors.New("prune interval and transaction timeout must not be negative"))
 	}
+	if c.ScheduleInterval < 0 || c.ScheduleFirers < 0 || c.ScheduleFirers > 64 {
+		errs = append(errs, fmt.Errorf("schedule interval %s must not be negative and schedule firers %d must be within 1..64", c.ScheduleInterval, c.ScheduleFirers))
+	}
 	return errors.Join(errs...)
 }
 
@@ -195,6 +214,7 @@ type Master struct {
 	masterSweeper *masterSweeper
 	timeouts      *timeoutSweeper
 	runRepair     *runRepairSweeper
+	scheduler     *scheduler
 	dispatcher    *dispatcher
 	listener      *listener
 	analyzer      *analyzer
@@ -222,6 +242,7 @@ func newMaster(ctx context.Context, cfg Config, clock *service.Clock) (*Master, 
 	m.masterSweeper = &masterSweeper{Base: base("master_sweeper"), m: m}
 	m.timeouts = &timeoutSweeper{Base: base("timeout_sweeper"), m: m}
 	m.runRepair = &runRepairSweeper{Base: base("run_repair_sweeper"), m: m}
+	m.scheduler = &scheduler{Base: base("scheduler"), m: m}
 	m.heartbeat = &heartbeater{Base: base("heartbeat"), m: m}
 	m.listener = &listener{Base: base("listener"), m: m}
 	m.analyzer = &analyzer{Base: base("analyzer"), m: m}
@@ -258,7 +279,7 @@ type startStopper interface {
 }
 
 func (m *Master) services() []startStopper {
-	s := []startStopper{m.heartbeat, m.listener, m.dispatcher, m.workerSweeper, m.masterSweeper, m.timeouts, m.runRepair, m.analyzer}
+	s := []startStopper{m.heartbeat, m.listener, m.dispatcher, m.workerSweeper, m.masterSweeper, m.timeouts, m.runRepair, m.scheduler, m.analyzer}
 	if m.pruner != nil {
 		s = append(s, m.pruner)
 	}

@@ -1,0 +1,67 @@
+-- The fire ledger (migrations/00011_schedules.sql).
+
+-- Records skipped fire times in one statement; a time already in the ledger
+-- (another master, a backfill) keeps its row.
+-- name: ScheduleFireSkipMany :execrows
+INSERT INTO schedule_fires (schedule_id, workflow_id, nominal_time, source, outcome, reason, kind, recorded_at)
+SELECT @schedule_id, @workflow_id, unnest(@nominal_times::timestamptz[]), 'schedule', 'skipped',
+       unnest(@reasons::text[]), unnest(@kinds::text[]), coalesce(sqlc.narg('now')::timestamptz, clock_timestamp())
+ON CONFLICT DO NOTHING;
+
+-- Claims a fire time: inserted buffered or skipped, or as started with the run
+-- it started (ScheduleFireSetRun then records the run's state and lag). Returns
+-- nothing if the time is already in the ledger: whoever wrote it first owns it.
+-- name: ScheduleFireInsert :one
+INSERT INTO schedule_fires (schedule_id, workflow_id, nominal_time, source, backfill_id, outcome, reason, kind, recorded_at, run_id)
+VALUES (sqlc.narg('schedule_id'), @workflow_id, @nominal_time, @source, sqlc.narg('backfill_id'), @outcome, sqlc.narg('reason'),
+        @kind, coalesce(sqlc.narg('now')::timestamptz, clock_timestamp()), sqlc.narg('run_id'))
+ON CONFLICT DO NOTHING
+RETURNING id;
+
+-- Records the run a fire started (its row was inserted or re-claimed in this
+-- transaction).
+-- name: ScheduleFireSetRun :exec
+UPDATE schedule_fires f SET outcome = 'started', reason = NULL, run_id = @run_id,
+       previous_run_ids = CASE WHEN f.run_id IS NOT NULL AND f.run_id <> @run_id THEN f.previous_run_ids || f.run_id ELSE f.previous_run_ids END,
+       run_state = r.state, run_active = r.state IN ('running', 'paused'), failure_seen = false,
+       started_at = coalesce(sqlc.narg('now')::timestamptz, clock_timestamp()),
+       lag_ms = (extract(epoch FROM coalesce(sqlc.narg('now')::timestamptz, clock_timestamp()) - f.nominal_time) * 1000)::bigint,
+       backfill_id = coalesce(sqlc.narg('backfill_id'), f.backfill_id),
+       source = CASE WHEN sqlc.narg('backfill_id')::bigint IS NOT NULL THEN 'backfill' ELSE f.source END
+FROM workflow_runs r
+WHERE f.id = @id AND r.id = @run_id;
+
+-- The oldest buffered fire of a schedule.
+-- name: ScheduleFireOldestBuffered :one
+SELECT id, nominal_time FROM schedule_fires
+WHERE schedule_id = @schedule_id AND outcome = 'buffered'
+ORDER BY nominal_time LIMIT 1;
+
+-- name: ScheduleFireBufferedCount :one
+SELECT count(*)::int FROM schedule_fires WHERE schedule_id = @schedule_id AND outcome = 'buffered';
+
+-- A ledger row of a logical time, locked (backfill admission).
+-- name: ScheduleFireGetForUpdate :one
+SELECT id, outcome, run_id, run_state, run_active FROM schedule_fires
+WHERE ((sqlc.narg('schedule_id')::bigint IS NOT NULL AND schedule_id = sqlc.narg('schedule_id'))
+       OR (sqlc.narg('schedule_id')::bigint IS NULL AND schedule_id IS NULL AND workflow_id = @workflow_id))
+  AND nominal_time = @nominal_time
+FOR UPDATE;
+
+-- Ledger rows of times in a range (backfill dry run).
+-- name: ScheduleFireInRange :many
+SELECT nominal_time, outcome, run_id, run_state, run_active FROM schedule_fires
+WHERE ((sqlc.narg('schedule_id')::bigint IS NOT NULL AND schedule_id = sqlc.narg('schedule_id'))
+       OR (sqlc.narg('schedule_id')::bigint IS NULL AND schedule_id IS NULL AND workflow_id = @workflow_id))
+  AND nominal_time BETWEEN @from_at AND @to_at;
+
+-- name: ScheduleFireList :many
+SELECT f.id, f.nominal_time, f.source, f.backfill_id, f.outcome, f.reason, f.kind, f.run_id, f.run_state,
+       f.recorded_at, f.started_at, f.lag_ms
+FROM schedule_fires f
+WHERE f.schedule_id = @schedule_id
+ORDER BY f.nominal_time DESC
+LIMIT @max_rows;
+
+-- name: ScheduleFireSetSkipped :exec
+UPDATE schedule_fires SET outcome = 'skipped', reason = @reason WHERE id = @id AND outcome <> 'started';
