@@ -207,7 +207,8 @@ func (c *Client) SubmitManyTx(ctx context.Context, tx pgx.Tx, specs []TaskSpec) 
 func submitParams(specs []TaskSpec) (db.TaskSubmitManyParams, error) {
 	is := make([]submit.Spec, len(specs))
 	for i, s := range specs {
-		is[i] = submit.Spec{Group: s.Group, Kind: s.Kind, Payload: s.Payload, Priority: s.Priority, MaxRetries: s.MaxRetries, Timeout: s.Timeout}
+		is[i] = submit.Spec{Group: s.Group, Kind: s.Kind, Payload: s.Payload, Priority: s.Priority, MaxRetries: s.MaxRetries, Timeout: s.Timeout,
+			RunAt: s.RunAt, Delay: s.Delay}
 		if b := s.RetryBackoff; b != nil {
 			is[i].Backoff = &submit.Backoff{Base: b.Base, Max: b.Max}
 		}

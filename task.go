@@ -159,6 +159,16 @@ type TaskSpec struct {
 	// CreateGroup creates Group if it does not exist instead of failing with
 	// ErrUnknownGroup.
 	CreateGroup bool
+	// RunAt, when set, is the earliest time the task may run: until then it is
+	// in state scheduled and no worker claims it; a time in the past runs at
+	// once. Once due it runs within a worker's PollInterval, and takes its
+	// place among the queued tasks by priority, then submission order (tasks
+	// with the same RunAt and priority run in the order they were submitted).
+	RunAt time.Time
+	// Delay is RunAt relative to the database's clock (now() + Delay), for
+	// "in 7 days" without trusting the submitter's clock; at most 10 years.
+	// Set RunAt or Delay, not both.
+	Delay time.Duration
 }
 
 // RetryBackoff is a retry policy, stated once per task (TaskSpec.RetryBackoff)
@@ -173,8 +183,10 @@ type RetryBackoff struct {
 
 // TaskState is where a task is in its life:
 //
-//	queued -> running -> succeeded | failed | timed_out | canceled
+//	[scheduled ->] queued -> running -> succeeded | failed | timed_out | canceled
 //
+// A task submitted with TaskSpec.RunAt or Delay in the future is scheduled until
+// then.
 // A worker claims a queued task and runs it. A failover may instead place it on
 // a chosen worker (dispatched) before it runs. A retry, a snooze or a failover
 // returns a task to queued (or dispatched).
@@ -182,6 +194,7 @@ type TaskState string
 
 // Task states.
 const (
+	TaskScheduled  TaskState = "scheduled"  // submitted to run later (TaskSpec.RunAt, Delay): not claimed before TaskInfo.RunAt
 	TaskQueued     TaskState = "queued"     // waiting for a worker of its group to claim it
 	TaskDispatched TaskState = "dispatched" // assigned to a worker session, not yet claimed
 	TaskRunning    TaskState = "running"    // claimed and running on that session
@@ -218,7 +231,11 @@ type TaskInfo struct {
 	Retries         int          // retries used so far
 	RetryBackoff    RetryBackoff // the task's retry policy (its own, or its group's at submit)
 	Timeout         time.Duration
-	FailoverCount   int // times moved off a dead or stopped worker
+	// RunAt is when the task may next be claimed: its TaskSpec.RunAt, or the
+	// time a retry's backoff or a snooze ends (meaningful while scheduled or
+	// queued).
+	RunAt         time.Time
+	FailoverCount int // times moved off a dead or stopped worker
 	SubmittedAt     time.Time
 	DispatchedAt    *time.Time
 	StartedAt       *time.Time
@@ -234,7 +251,7 @@ func taskInfoFromRow(r db.Task) TaskInfo {
 		State: TaskState(r.State), Attempt: int(r.Attempt), WorkerSessionID: deref(r.WorkerSessionID),
 		MaxRetries: int(r.MaxRetries), Retries: int(r.Retries),
 		RetryBackoff:  RetryBackoff{Base: time.Duration(r.RetryBaseMs) * time.Millisecond, Max: time.Duration(r.RetryMaxMs) * time.Millisecond},
-		Timeout:       time.Duration(r.TimeoutMs) * time.Millisecond,
+		Timeout:       time.Duration(r.TimeoutMs) * time.Millisecond, RunAt: r.AvailableAt,
 		FailoverCount: int(r.FailoverCount), SubmittedAt: r.SubmittedAt, DispatchedAt: r.DispatchedAt,
 		StartedAt: r.StartedAt, FinishedAt: r.FinishedAt, ExitCode: intPtr(r.ExitCode), Output: r.Output, LastError: r.LastError,
 	}

@@ -222,7 +222,7 @@ type Task struct {
 	Payload json.RawMessage
 	// Higher runs first (-1000..1000).
 	Priority int32
-	// queued -> (dispatched ->) running -> succeeded | failed | timed_out | canceled; a retry, snooze or failover returns it to queued (or dispatched, when a failover picks a worker).
+	// scheduled (submitted to run later) | queued -> (dispatched ->) running -> succeeded | failed | timed_out | canceled; a retry, snooze or failover returns it to queued (or dispatched, when a failover picks a worker).
 	State string
 	// Fencing epoch, bumped on every dispatch. A worker write must carry (id, attempt, worker_session_id) or it changes nothing.
 	Attempt int32
@@ -250,7 +250,7 @@ type Task struct {
 	LastError string
 	// How many of the failovers took the task away while it was running (its worker died under it). A task found running on a dead worker once more after --max-failovers of these fails instead (a poison task).
 	RunningFailovers int32
-	// A queued task is not claimed before this time (retry backoff, snooze).
+	// A scheduled or queued task is not claimed before this time (run at, retry backoff, snooze).
 	AvailableAt time.Time
 	// Why the task is (or last was) queued: submit, retry, failover or snooze; it becomes the next attempt's reason.
 	QueuedReason string

@@ -29,6 +29,7 @@ const usageFormat = `baton — operator CLI of the baton scheduler
   baton migrate up|down|status|version     apply/roll back the embedded schema
   baton migrate move-from-public           move a pre-schema install (tables in public) into baton's schema
   baton task submit --group G (--shell CMD | --type T [--payload JSON]) [--priority N] [--max-retries N] [--retry-base D] [--retry-max D] [--timeout D]
+                    [--run-at RFC3339 | --delay D]
   baton task list [--state S] [--group G] [--limit N]
   baton task show ID
   baton worker list [--group G] [--all]
@@ -202,10 +203,22 @@ func taskCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writ
 		timeout := fs.Duration("timeout", 0, "run time limit of one attempt (0 = none)")
 		retryBase := fs.Duration("retry-base", 0, "this task's retry backoff: retry n waits base·2^(n-1), ±20% (default: the group's, 1s unless set)")
 		retryMax := fs.Duration("retry-max", 0, "cap of this task's retry backoff (default: the group's, 5m unless set)")
+		runAt := fs.String("run-at", "", "do not run before this time (RFC 3339, e.g. 2026-12-24T09:00:00Z)")
+		delay := fs.Duration("delay", 0, "do not run before now + this (the database's clock), e.g. 10m")
 		if err := parseNoArgs(fs, rest); err != nil {
 			return err
 		}
-		spec := submit.Spec{Group: *group, Priority: *priority, MaxRetries: *retries, Timeout: *timeout}
+		spec := submit.Spec{Group: *group, Priority: *priority, MaxRetries: *retries, Timeout: *timeout, Delay: *delay}
+		if *runAt != "" {
+			if flagGiven(fs, "delay") {
+				return errors.New("give either --run-at or --delay, not both")
+			}
+			t, err := time.Parse(time.RFC3339Nano, *runAt)
+			if err != nil {
+				return fmt.Errorf("%w: --run-at %q is not an RFC 3339 time (2026-12-24T09:00:00Z)", submit.ErrInvalid, *runAt)
+			}
+			spec.RunAt = t
+		}
 		if flagGiven(fs, "retry-base") || flagGiven(fs, "retry-max") {
 			spec.Backoff = &submit.Backoff{Base: *retryBase, Max: *retryMax}
 			if !flagGiven(fs, "retry-base") {
@@ -316,6 +329,9 @@ func taskCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writ
 		fmt.Fprintf(stdout, "task %d  group %s  kind %s  state %s  attempt %d  retries %d/%d  failovers %d\n",
 			t.ID, t.GroupName, t.Kind, t.State, t.Attempt, t.Retries, t.MaxRetries, t.FailoverCount)
 		fmt.Fprintf(stdout, "payload: %s\n", t.Payload)
+		if t.State == "scheduled" || t.State == "queued" {
+			fmt.Fprintf(stdout, "runs at: %s\n", t.AvailableAt.Format(time.RFC3339Nano))
+		}
 		if t.LastError != "" {
 			fmt.Fprintf(stdout, "last error: %s\n", t.LastError)
 		}
@@ -435,7 +451,7 @@ func optTime(t *time.Time) string {
 	return t.Format(time.RFC3339Nano)
 }
 
-var taskStates = map[string]bool{"queued": true, "dispatched": true, "running": true, "succeeded": true,
+var taskStates = map[string]bool{"scheduled": true, "queued": true, "dispatched": true, "running": true, "succeeded": true,
 	"failed": true, "timed_out": true, "canceled": true}
 
 // parseNoArgs parses flags and refuses leftover words (an unquoted shell command).

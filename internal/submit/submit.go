@@ -51,7 +51,15 @@ type Spec struct {
 	Timeout    time.Duration
 	// Backoff is the task's retry backoff; nil takes its group's.
 	Backoff *Backoff
+	// RunAt, when not zero, is the time before which the task is not claimed;
+	// Delay (Postgres time: now() + Delay) is used when RunAt is zero. A time in
+	// the past runs at once.
+	RunAt time.Time
+	Delay time.Duration
 }
+
+// MaxDelay bounds how far in the future a task may be submitted to run.
+const MaxDelay = 10 * 365 * 24 * time.Hour
 
 // Backoff is a retry policy: retry n waits Base·2^(n-1), capped at Max, ±20%.
 // Postgres computes it when the failure is recorded (TaskFinish).
@@ -96,6 +104,12 @@ func (s Spec) Validate() error {
 		return bad("max retries %d is outside 0..%d", s.MaxRetries, MaxRetries)
 	case s.Timeout < 0:
 		return bad("timeout %s is negative", s.Timeout)
+	case s.Delay < 0 || s.Delay > MaxDelay:
+		return bad("delay %s is outside 0..%s", s.Delay, MaxDelay)
+	case !s.RunAt.IsZero() && s.Delay != 0:
+		return bad("run at and delay are both set; give one")
+	case !s.RunAt.IsZero() && (s.RunAt.Year() < 1970 || time.Until(s.RunAt) > MaxDelay):
+		return bad("run at %s is outside 1970..now+%s", s.RunAt.Format(time.RFC3339), MaxDelay)
 	}
 	if s.Backoff != nil {
 		if err := s.Backoff.Validate(); err != nil {
@@ -253,6 +267,12 @@ func Params(specs []Spec) (db.TaskSubmitManyParams, error) {
 		p.TimeoutsMs = append(p.TimeoutsMs, s.Timeout.Milliseconds())
 		p.RetryBasesMs = append(p.RetryBasesMs, base)
 		p.RetryMaxesMs = append(p.RetryMaxesMs, maxDelay)
+		var runAt int64
+		if !s.RunAt.IsZero() {
+			runAt = max(s.RunAt.UnixMicro(), 1) // 0 means "not set"
+		}
+		p.RunAtsUs = append(p.RunAtsUs, runAt)
+		p.DelaysMs = append(p.DelaysMs, s.Delay.Milliseconds())
 	}
 	return p, nil
 }
@@ -336,6 +356,7 @@ func Insert(ctx context.Context, q *db.Queries, p db.TaskSubmitManyParams) ([]in
 	id, err := q.TaskSubmitOne(ctx, db.TaskSubmitOneParams{
 		GroupName: p.GroupNames[0], Kind: p.Kinds[0], Payload: p.Payloads[0], Priority: p.Priorities[0],
 		MaxRetries: p.MaxRetries[0], TimeoutMs: p.TimeoutsMs[0], RetryBaseMs: p.RetryBasesMs[0], RetryMaxMs: p.RetryMaxesMs[0],
+		RunAtUs: p.RunAtsUs[0], DelayMs: p.DelaysMs[0],
 	})
 	if err != nil {
 		return nil, err
