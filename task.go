@@ -236,13 +236,13 @@ type TaskInfo struct {
 	// queued).
 	RunAt         time.Time
 	FailoverCount int // times moved off a dead or stopped worker
-	SubmittedAt     time.Time
-	DispatchedAt    *time.Time
-	StartedAt       *time.Time
-	FinishedAt      *time.Time
-	ExitCode        *int   // shell tasks only
-	Output          string // handler result or captured output of the last finished attempt
-	LastError       string
+	SubmittedAt   time.Time
+	DispatchedAt  *time.Time
+	StartedAt     *time.Time
+	FinishedAt    *time.Time
+	ExitCode      *int   // shell tasks only
+	Output        string // handler result or captured output of the last finished attempt
+	LastError     string
 }
 
 func taskInfoFromRow(r db.Task) TaskInfo {
@@ -250,8 +250,8 @@ func taskInfoFromRow(r db.Task) TaskInfo {
 		ID: r.ID, Group: r.GroupName, Kind: r.Kind, Payload: r.Payload, Priority: int(r.Priority),
 		State: TaskState(r.State), Attempt: int(r.Attempt), WorkerSessionID: deref(r.WorkerSessionID),
 		MaxRetries: int(r.MaxRetries), Retries: int(r.Retries),
-		RetryBackoff:  RetryBackoff{Base: time.Duration(r.RetryBaseMs) * time.Millisecond, Max: time.Duration(r.RetryMaxMs) * time.Millisecond},
-		Timeout:       time.Duration(r.TimeoutMs) * time.Millisecond, RunAt: r.AvailableAt,
+		RetryBackoff: RetryBackoff{Base: time.Duration(r.RetryBaseMs) * time.Millisecond, Max: time.Duration(r.RetryMaxMs) * time.Millisecond},
+		Timeout:      time.Duration(r.TimeoutMs) * time.Millisecond, RunAt: r.AvailableAt,
 		FailoverCount: int(r.FailoverCount), SubmittedAt: r.SubmittedAt, DispatchedAt: r.DispatchedAt,
 		StartedAt: r.StartedAt, FinishedAt: r.FinishedAt, ExitCode: intPtr(r.ExitCode), Output: r.Output, LastError: r.LastError,
 	}

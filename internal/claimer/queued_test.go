@@ -161,9 +161,9 @@ func TestClaimScheduledWhenDue(t *testing.T) {
 	ctx := context.Background()
 	s := batontest.NewWorkerSession(t, pool, &batontest.WorkerSessionOpts{Group: batontest.Ptr("sch")})
 	ids, err := submit.Many(ctx, pool, []submit.Spec{
-		{Group: "sch", Kind: "noop", Delay: time.Hour},                       // 0: due later (made due below)
-		{Group: "sch", Kind: "noop"},                                         // 1: queued
-		{Group: "sch", Kind: "noop", Priority: 5, Delay: time.Hour},          // 2: due later (made due below)
+		{Group: "sch", Kind: "noop", Delay: time.Hour},                      // 0: due later (made due below)
+		{Group: "sch", Kind: "noop"},                                        // 1: queued
+		{Group: "sch", Kind: "noop", Priority: 5, Delay: time.Hour},         // 2: due later (made due below)
 		{Group: "sch", Kind: "noop", RunAt: time.Now().Add(24 * time.Hour)}, // 3: not due
 		{Group: "sch", Kind: "noop", RunAt: time.Now().Add(-time.Minute)},   // 4: in the past: queued at once
 	})
