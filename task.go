@@ -169,7 +169,43 @@ type TaskSpec struct {
 	// "in 7 days" without trusting the submitter's clock; at most 10 years.
 	// Set RunAt or Delay, not both.
 	Delay time.Duration
+	// Unique, when set, stores the task only if no task of the same kind holds
+	// Unique.Key in its scope; otherwise the submit returns the holder's id
+	// (Insert and InsertTx say it was a duplicate).
+	Unique *UniqueOpts
 }
+
+// UniqueOpts makes a task unique by key among tasks of its kind, within a
+// scope. A unique index enforces it in the submitting transaction, so it holds
+// for concurrent submits from any number of processes, and inside SubmitTx (a
+// concurrent submit of the same key waits for that transaction to end).
+type UniqueOpts struct {
+	// Key is 1-256 bytes of UTF-8 chosen by the application, e.g.
+	// "invoice-1234-reminder" or an HTTP request's idempotency key.
+	Key string
+	// Scope is how long the key is held: UniqueWhileActive (the default),
+	// UniqueForPeriod or UniqueUntilPruned.
+	Scope UniqueScope
+	// Period is the length of UniqueForPeriod's periods: a submit falls in the
+	// period (Postgres time, counted from the Unix epoch) that contains its
+	// now(), and the key is held once per period. Only for UniqueForPeriod.
+	Period time.Duration
+}
+
+// UniqueScope says how long a unique key is held.
+type UniqueScope string
+
+// Unique scopes.
+const (
+	// UniqueWhileActive: while the holder is scheduled, queued, dispatched or
+	// running; once it has finished, the key can be used again.
+	UniqueWhileActive UniqueScope = "active"
+	// UniqueForPeriod: once per UniqueOpts.Period, whatever the holder's state.
+	UniqueForPeriod UniqueScope = "period"
+	// UniqueUntilPruned: as long as the holder's row exists (retention prunes
+	// finished tasks: see baton prune).
+	UniqueUntilPruned UniqueScope = "forever"
+)
 
 // RetryBackoff is a retry policy, stated once per task (TaskSpec.RetryBackoff)
 // or per group (Client.SetGroupRetryBackoff), never per process: retry n waits
@@ -243,6 +279,9 @@ type TaskInfo struct {
 	ExitCode      *int   // shell tasks only
 	Output        string // handler result or captured output of the last finished attempt
 	LastError     string
+	// UniqueKey and UniqueScope are the task's TaskSpec.Unique ("" if none).
+	UniqueKey   string
+	UniqueScope UniqueScope
 }
 
 func taskInfoFromRow(r db.Task) TaskInfo {
@@ -254,6 +293,7 @@ func taskInfoFromRow(r db.Task) TaskInfo {
 		Timeout:      time.Duration(r.TimeoutMs) * time.Millisecond, RunAt: r.AvailableAt,
 		FailoverCount: int(r.FailoverCount), SubmittedAt: r.SubmittedAt, DispatchedAt: r.DispatchedAt,
 		StartedAt: r.StartedAt, FinishedAt: r.FinishedAt, ExitCode: intPtr(r.ExitCode), Output: r.Output, LastError: r.LastError,
+		UniqueKey: deref(r.UniqueKey), UniqueScope: UniqueScope(deref(r.UniqueScope)),
 	}
 }
 

@@ -266,6 +266,12 @@ type Task struct {
 	NotifyFinish bool
 	// The step of that run the task executes.
 	WorkflowStep *string
+	// Unique key (TaskSpec.Unique): no two tasks of one kind share it within unique_scope.
+	UniqueKey *string
+	// active: while scheduled, queued, dispatched or running; period: within unique_bucket; forever: until pruned.
+	UniqueScope *string
+	// Start of the period (Postgres time) the submit fell in (scope period), or 0001-01-01 00:00 UTC (scope forever).
+	UniqueBucket *time.Time
 }
 
 // History: one row per dispatch of a task (closed attempts from task_attempt_log, the current or final one from the task row). Dashboards read this.

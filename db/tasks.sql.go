@@ -300,6 +300,52 @@ func (q *Queries) TaskExhaustRetries(ctx context.Context, arg TaskExhaustRetries
 	return result.RowsAffected(), nil
 }
 
+const TaskFindUnique = `-- name: TaskFindUnique :many
+SELECT t.id FROM tasks t,
+     (SELECT $1::text AS kind, $2::text AS unique_key, $3::text AS scope,
+             $4::bigint AS period_ms) AS x
+WHERE t.kind = x.kind AND t.unique_key = x.unique_key
+  AND ((x.scope = 'active' AND t.unique_scope = 'active' AND t.state IN ('scheduled', 'queued', 'dispatched', 'running'))
+       OR (x.scope = 'forever' AND t.unique_bucket = '0001-01-01 00:00:00+00'::timestamptz)
+       OR (x.scope = 'period' AND t.unique_bucket = 'epoch'::timestamptz + floor(extract(epoch FROM now()) * 1000 / x.period_ms)
+                                                                         * x.period_ms * interval '1 millisecond'))
+LIMIT 1
+`
+
+type TaskFindUniqueParams struct {
+	Kind           string
+	UniqueKey      string
+	UniqueScope    string
+	UniquePeriodMs int64
+}
+
+// The task holding a unique key in its scope (after TaskSubmitOne found it
+// taken): for scope period, in the period now() falls in.
+func (q *Queries) TaskFindUnique(ctx context.Context, arg TaskFindUniqueParams) ([]int64, error) {
+	rows, err := q.db.Query(ctx, TaskFindUnique,
+		arg.Kind,
+		arg.UniqueKey,
+		arg.UniqueScope,
+		arg.UniquePeriodMs,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []int64{}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		items = append(items, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const TaskFinish = `-- name: TaskFinish :many
 WITH r AS (
     SELECT unnest($1::bigint[]) AS id, unnest($2::int[]) AS attempt,
@@ -419,7 +465,7 @@ func (q *Queries) TaskFinish(ctx context.Context, arg TaskFinishParams) ([]TaskF
 }
 
 const TaskGet = `-- name: TaskGet :one
-SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step FROM tasks WHERE id = $1
+SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket FROM tasks WHERE id = $1
 `
 
 func (q *Queries) TaskGet(ctx context.Context, id int64) (Task, error) {
@@ -455,12 +501,15 @@ func (q *Queries) TaskGet(ctx context.Context, id int64) (Task, error) {
 		&i.RetryMaxMs,
 		&i.NotifyFinish,
 		&i.WorkflowStep,
+		&i.UniqueKey,
+		&i.UniqueScope,
+		&i.UniqueBucket,
 	)
 	return i, err
 }
 
 const TaskList = `-- name: TaskList :many
-SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step FROM tasks
+SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket FROM tasks
 WHERE ($1::text IS NULL OR state = $1)
   AND ($2::text IS NULL OR group_name = $2)
 ORDER BY id DESC
@@ -512,6 +561,9 @@ func (q *Queries) TaskList(ctx context.Context, arg TaskListParams) ([]Task, err
 			&i.RetryMaxMs,
 			&i.NotifyFinish,
 			&i.WorkflowStep,
+			&i.UniqueKey,
+			&i.UniqueScope,
+			&i.UniqueBucket,
 		); err != nil {
 			return nil, err
 		}
@@ -524,7 +576,7 @@ func (q *Queries) TaskList(ctx context.Context, arg TaskListParams) ([]Task, err
 }
 
 const TaskListPage = `-- name: TaskListPage :many
-SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step FROM tasks
+SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket FROM tasks
 WHERE ($1::text IS NULL OR state = $1)
   AND ($2::text IS NULL OR group_name = $2)
   AND ($3::text IS NULL OR kind = $3)
@@ -587,6 +639,9 @@ func (q *Queries) TaskListPage(ctx context.Context, arg TaskListPageParams) ([]T
 			&i.RetryMaxMs,
 			&i.NotifyFinish,
 			&i.WorkflowStep,
+			&i.UniqueKey,
+			&i.UniqueScope,
+			&i.UniqueBucket,
 		); err != nil {
 			return nil, err
 		}
@@ -844,38 +899,50 @@ func (q *Queries) TaskSubmitMany(ctx context.Context, arg TaskSubmitManyParams) 
 
 const TaskSubmitOne = `-- name: TaskSubmitOne :one
 INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms, retry_base_ms, retry_max_ms,
-                   state, available_at)
+                   state, available_at, unique_key, unique_scope, unique_bucket)
 SELECT x.group_name, x.kind, x.payload::jsonb, x.priority, x.max_retries, x.timeout_ms,
        CASE WHEN x.retry_base_ms >= 0 THEN x.retry_base_ms
             ELSE coalesce((SELECT g.retry_base_ms FROM worker_groups g WHERE g.name = x.group_name), 1000) END,
        CASE WHEN x.retry_max_ms >= 0 THEN x.retry_max_ms
             ELSE coalesce((SELECT g.retry_max_ms FROM worker_groups g WHERE g.name = x.group_name), 300000) END,
-       CASE WHEN w.run_at > now() THEN 'scheduled' ELSE 'queued' END, w.run_at
+       CASE WHEN w.run_at > now() THEN 'scheduled' ELSE 'queued' END, w.run_at,
+       nullif(x.unique_key, ''), nullif(x.unique_scope, ''),
+       CASE x.unique_scope WHEN 'forever' THEN '0001-01-01 00:00:00+00'::timestamptz
+                           WHEN 'period' THEN 'epoch'::timestamptz + floor(extract(epoch FROM now()) * 1000 / x.unique_period_ms)
+                                                                   * x.unique_period_ms * interval '1 millisecond' END
 FROM (SELECT $1::text AS group_name, $2::text AS kind, $3::text AS payload, $4::int AS priority,
              $5::int AS max_retries, $6::bigint AS timeout_ms,
              $7::bigint AS retry_base_ms, $8::bigint AS retry_max_ms,
-             $9::bigint AS run_at_us, $10::bigint AS delay_ms) AS x
+             $9::bigint AS run_at_us, $10::bigint AS delay_ms,
+             $11::text AS unique_key, $12::text AS unique_scope, $13::bigint AS unique_period_ms) AS x
 CROSS JOIN LATERAL (SELECT CASE WHEN x.run_at_us > 0 THEN 'epoch'::timestamptz + x.run_at_us * interval '1 microsecond'
                                 ELSE now() + x.delay_ms * interval '1 millisecond' END AS run_at) AS w
+ON CONFLICT DO NOTHING
 RETURNING id
 `
 
 type TaskSubmitOneParams struct {
-	GroupName   string
-	Kind        string
-	Payload     string
-	Priority    int32
-	MaxRetries  int32
-	TimeoutMs   int64
-	RetryBaseMs int64
-	RetryMaxMs  int64
-	RunAtUs     int64
-	DelayMs     int64
+	GroupName      string
+	Kind           string
+	Payload        string
+	Priority       int32
+	MaxRetries     int32
+	TimeoutMs      int64
+	RetryBaseMs    int64
+	RetryMaxMs     int64
+	RunAtUs        int64
+	DelayMs        int64
+	UniqueKey      string
+	UniqueScope    string
+	UniquePeriodMs int64
 }
 
 // TaskSubmitMany for one task, with scalar parameters: Postgres plans it once
 // (generic plan) where the array form is planned on every call, which costs
-// more than the insert.
+// more than the insert. It also stores a unique key (TaskSpec.Unique): a task
+// whose key is taken in its scope is not inserted (no row returned; the unique
+// indexes decide, waiting for a concurrent insert of the same key to commit or
+// roll back), and TaskFindUnique finds the holder.
 func (q *Queries) TaskSubmitOne(ctx context.Context, arg TaskSubmitOneParams) (int64, error) {
 	row := q.db.QueryRow(ctx, TaskSubmitOne,
 		arg.GroupName,
@@ -888,6 +955,9 @@ func (q *Queries) TaskSubmitOne(ctx context.Context, arg TaskSubmitOneParams) (i
 		arg.RetryMaxMs,
 		arg.RunAtUs,
 		arg.DelayMs,
+		arg.UniqueKey,
+		arg.UniqueScope,
+		arg.UniquePeriodMs,
 	)
 	var id int64
 	err := row.Scan(&id)

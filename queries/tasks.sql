@@ -34,23 +34,45 @@ SELECT t.id FROM t ORDER BY t.id;
 
 -- TaskSubmitMany for one task, with scalar parameters: Postgres plans it once
 -- (generic plan) where the array form is planned on every call, which costs
--- more than the insert.
+-- more than the insert. It also stores a unique key (TaskSpec.Unique): a task
+-- whose key is taken in its scope is not inserted (no row returned; the unique
+-- indexes decide, waiting for a concurrent insert of the same key to commit or
+-- roll back), and TaskFindUnique finds the holder.
 -- name: TaskSubmitOne :one
 INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms, retry_base_ms, retry_max_ms,
-                   state, available_at)
+                   state, available_at, unique_key, unique_scope, unique_bucket)
 SELECT x.group_name, x.kind, x.payload::jsonb, x.priority, x.max_retries, x.timeout_ms,
        CASE WHEN x.retry_base_ms >= 0 THEN x.retry_base_ms
             ELSE coalesce((SELECT g.retry_base_ms FROM worker_groups g WHERE g.name = x.group_name), 1000) END,
        CASE WHEN x.retry_max_ms >= 0 THEN x.retry_max_ms
             ELSE coalesce((SELECT g.retry_max_ms FROM worker_groups g WHERE g.name = x.group_name), 300000) END,
-       CASE WHEN w.run_at > now() THEN 'scheduled' ELSE 'queued' END, w.run_at
+       CASE WHEN w.run_at > now() THEN 'scheduled' ELSE 'queued' END, w.run_at,
+       nullif(x.unique_key, ''), nullif(x.unique_scope, ''),
+       CASE x.unique_scope WHEN 'forever' THEN '0001-01-01 00:00:00+00'::timestamptz
+                           WHEN 'period' THEN 'epoch'::timestamptz + floor(extract(epoch FROM now()) * 1000 / x.unique_period_ms)
+                                                                   * x.unique_period_ms * interval '1 millisecond' END
 FROM (SELECT @group_name::text AS group_name, @kind::text AS kind, @payload::text AS payload, @priority::int AS priority,
              @max_retries::int AS max_retries, @timeout_ms::bigint AS timeout_ms,
              @retry_base_ms::bigint AS retry_base_ms, @retry_max_ms::bigint AS retry_max_ms,
-             @run_at_us::bigint AS run_at_us, @delay_ms::bigint AS delay_ms) AS x
+             @run_at_us::bigint AS run_at_us, @delay_ms::bigint AS delay_ms,
+             @unique_key::text AS unique_key, @unique_scope::text AS unique_scope, @unique_period_ms::bigint AS unique_period_ms) AS x
 CROSS JOIN LATERAL (SELECT CASE WHEN x.run_at_us > 0 THEN 'epoch'::timestamptz + x.run_at_us * interval '1 microsecond'
                                 ELSE now() + x.delay_ms * interval '1 millisecond' END AS run_at) AS w
+ON CONFLICT DO NOTHING
 RETURNING id;
+
+-- The task holding a unique key in its scope (after TaskSubmitOne found it
+-- taken): for scope period, in the period now() falls in.
+-- name: TaskFindUnique :many
+SELECT t.id FROM tasks t,
+     (SELECT @kind::text AS kind, @unique_key::text AS unique_key, @unique_scope::text AS scope,
+             @unique_period_ms::bigint AS period_ms) AS x
+WHERE t.kind = x.kind AND t.unique_key = x.unique_key
+  AND ((x.scope = 'active' AND t.unique_scope = 'active' AND t.state IN ('scheduled', 'queued', 'dispatched', 'running'))
+       OR (x.scope = 'forever' AND t.unique_bucket = '0001-01-01 00:00:00+00'::timestamptz)
+       OR (x.scope = 'period' AND t.unique_bucket = 'epoch'::timestamptz + floor(extract(epoch FROM now()) * 1000 / x.period_ms)
+                                                                         * x.period_ms * interval '1 millisecond'))
+LIMIT 1;
 
 -- A worker's claim, one statement (its own transaction): the tasks a master
 -- placed on this session (dispatched: failover, or the dispatcher's fallback) and

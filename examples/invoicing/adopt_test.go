@@ -8,7 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap/zaptest"
+
+	"example.com/invoicing"
 
 	"github.com/baton-scheduler/baton"
 	"github.com/baton-scheduler/baton/batontest/apptest"
@@ -83,3 +87,135 @@ func TestRunAtRunsThenNotBefore(t *testing.T) {
 }
 
 func errorsIs(err, target error) bool { return errors.Is(err, target) }
+
+// 50 processes' worth of clients (a pool each) submit the same unique key at
+// once, half of them inside their own transactions (InsertTx): one task is
+// stored, and every submit gets its id; all but one are told it was a duplicate.
+func TestUniqueKeyConcurrentSubmits(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a := newApp(t)
+	if _, err := a.client.CreateGroup(ctx, invoicing.Group, ""); err != nil {
+		t.Fatal(err)
+	}
+	spec := baton.TaskSpec{Group: invoicing.Group, Kind: invoicing.KindSend, Payload: json.RawMessage(`{"invoice": 7}`),
+		Unique: &baton.UniqueOpts{Key: "invoice-7-send"}}
+	const n = 50
+	clients := make([]*baton.Client, n)
+	for i := range clients {
+		cfg, err := pgxpool.ParseConfig(a.dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.MaxConns = 1
+		pool, err := pgxpool.NewWithConfig(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(pool.Close)
+		if err := pool.Ping(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if clients[i], err = baton.NewClient(pool, &baton.ClientConfig{Logger: zaptest.NewLogger(t)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	results := make([]baton.SubmitResult, n)
+	errs := make([]error, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			if i%2 == 0 {
+				results[i], errs[i] = clients[i].Insert(ctx, spec)
+				return
+			}
+			pool := clientPool(t, a.dsn)
+			errs[i] = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+				var err error
+				results[i], err = clients[i].InsertTx(ctx, tx, spec)
+				return err
+			})
+		})
+	}
+	close(start)
+	wg.Wait()
+	inserted := 0
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("submit %d: %v", i, errs[i])
+		}
+		if results[i].ID != results[0].ID {
+			t.Fatalf("submit %d got task %d, submit 0 got %d", i, results[i].ID, results[0].ID)
+		}
+		if !results[i].Duplicate {
+			inserted++
+		}
+	}
+	if inserted != 1 {
+		t.Fatalf("%d submits inserted, want 1", inserted)
+	}
+	if got := a.count(t, "SELECT count(*) FROM baton.tasks WHERE unique_key = 'invoice-7-send'"); got != 1 {
+		t.Fatalf("tasks with the key = %d, want 1", got)
+	}
+	info, err := a.client.Get(ctx, results[0].ID)
+	if err != nil || info.UniqueKey != "invoice-7-send" || info.UniqueScope != baton.UniqueWhileActive {
+		t.Fatalf("get = %+v, %v", info, err)
+	}
+
+	// While active only: once the holder has ended, the key is free again.
+	if _, err := a.client.Cancel(ctx, results[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	again, err := a.client.Insert(ctx, spec)
+	if err != nil || again.Duplicate || again.ID == results[0].ID {
+		t.Fatalf("submit after the holder ended = %+v, %v; want a new task", again, err)
+	}
+	// Until pruned: a finished holder still holds it. Per period: once per period.
+	forever := spec
+	forever.Unique = &baton.UniqueOpts{Key: "welcome-acme", Scope: baton.UniqueUntilPruned}
+	first, err := a.client.Insert(ctx, forever)
+	if err != nil || first.Duplicate {
+		t.Fatalf("first = %+v, %v", first, err)
+	}
+	if _, err := a.client.Cancel(ctx, first.ID); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := a.client.Insert(ctx, forever); err != nil || !r.Duplicate || r.ID != first.ID {
+		t.Fatalf("until pruned, after the holder ended = %+v, %v; want duplicate of %d", r, err, first.ID)
+	}
+	daily := spec
+	daily.Unique = &baton.UniqueOpts{Key: "digest", Scope: baton.UniqueForPeriod, Period: 24 * time.Hour}
+	ids, err := a.client.InsertMany(ctx, []baton.TaskSpec{daily, daily})
+	if err != nil || ids[0].Duplicate || !ids[1].Duplicate || ids[0].ID != ids[1].ID {
+		t.Fatalf("two daily submits = %+v, %v", ids, err)
+	}
+	// The same key under another kind is another key.
+	other := spec
+	other.Kind = "invoice.other"
+	if r, err := a.client.Insert(ctx, other); err != nil || r.Duplicate {
+		t.Fatalf("same key, other kind = %+v, %v", r, err)
+	}
+	bad := spec
+	bad.Unique = &baton.UniqueOpts{Key: "x", Scope: baton.UniqueForPeriod}
+	if _, err := a.client.Insert(ctx, bad); !errors.Is(err, baton.ErrInvalidTask) {
+		t.Fatalf("period scope without a period: %v", err)
+	}
+}
+
+// clientPool is a pool of its own for one test client (closed with the test).
+func clientPool(t *testing.T, dsn string) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 1
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}

@@ -14,6 +14,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/baton-scheduler/baton/db"
@@ -56,6 +57,59 @@ type Spec struct {
 	// the past runs at once.
 	RunAt time.Time
 	Delay time.Duration
+	// Unique, when set, makes the task unique by key among tasks of its kind
+	// within a scope (see InsertEach).
+	Unique *Unique
+}
+
+// Unique is a task's unique key and the scope it is unique in.
+type Unique struct {
+	Key   string
+	Scope string // ScopeActive (default when empty), ScopePeriod or ScopeForever
+	// Period is the length of the periods of ScopePeriod (Postgres time, from
+	// the Unix epoch): at most one task per key and period.
+	Period time.Duration
+}
+
+// Unique scopes (tasks.unique_scope).
+const (
+	ScopeActive  = "active"
+	ScopePeriod  = "period"
+	ScopeForever = "forever"
+	MaxUniqueKey = 256
+)
+
+func (u *Unique) scope() string {
+	if u.Scope == "" {
+		return ScopeActive
+	}
+	return u.Scope
+}
+
+// Validate checks a unique key and scope.
+func (u *Unique) Validate() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: unique: %s", ErrInvalid, fmt.Sprintf(format, a...))
+	}
+	switch {
+	case u.Key == "" || len(u.Key) > MaxUniqueKey:
+		return bad("key must be 1-%d bytes, got %d", MaxUniqueKey, len(u.Key))
+	case !utf8.ValidString(u.Key) || strings.ContainsRune(u.Key, 0):
+		return bad("key must be UTF-8 without NUL")
+	}
+	switch u.scope() {
+	case ScopeActive, ScopeForever:
+		if u.Period != 0 {
+			return bad("period is only for scope %q", ScopePeriod)
+		}
+	case ScopePeriod:
+		if u.Period < time.Millisecond || u.Period > MaxDelay {
+			return bad("period %s is outside 1ms..%s", u.Period, MaxDelay)
+		}
+	default:
+		return bad("scope %q is not one of %q, %q, %q", u.Scope, ScopeActive, ScopePeriod, ScopeForever)
+	}
+	return nil
 }
 
 // MaxDelay bounds how far in the future a task may be submitted to run.
@@ -113,6 +167,11 @@ func (s Spec) Validate() error {
 	}
 	if s.Backoff != nil {
 		if err := s.Backoff.Validate(); err != nil {
+			return err
+		}
+	}
+	if s.Unique != nil {
+		if err := s.Unique.Validate(); err != nil {
 			return err
 		}
 	}
@@ -362,4 +421,54 @@ func Insert(ctx context.Context, q *db.Queries, p db.TaskSubmitManyParams) ([]in
 		return nil, err
 	}
 	return []int64{id}, nil
+}
+
+// AnyUnique reports whether a spec has a unique key (InsertEach stores them).
+func AnyUnique(specs []Spec) bool {
+	return slices.ContainsFunc(specs, func(s Spec) bool { return s.Unique != nil })
+}
+
+// InsertEach stores validated specs (p = Params(specs)) one statement each, in
+// order, in q's transaction: what a batch with unique keys needs. A spec whose
+// unique key is taken in its scope is not inserted: its id is the holder's and
+// its dup flag is set. The unique indexes decide, in the inserting transaction:
+// an insert of a key another transaction is inserting waits for it to commit or
+// roll back, so concurrent submits of one key from any number of processes
+// store one task. If the holder ends (or its period passes) between the refused
+// insert and the look-up, the insert is tried again.
+func InsertEach(ctx context.Context, q *db.Queries, specs []Spec, p db.TaskSubmitManyParams) (ids []int64, dup []bool, err error) {
+	ids, dup = make([]int64, len(specs)), make([]bool, len(specs))
+	for i, s := range specs {
+		one := db.TaskSubmitOneParams{
+			GroupName: p.GroupNames[i], Kind: p.Kinds[i], Payload: p.Payloads[i], Priority: p.Priorities[i],
+			MaxRetries: p.MaxRetries[i], TimeoutMs: p.TimeoutsMs[i], RetryBaseMs: p.RetryBasesMs[i], RetryMaxMs: p.RetryMaxesMs[i],
+			RunAtUs: p.RunAtsUs[i], DelayMs: p.DelaysMs[i],
+		}
+		if s.Unique != nil {
+			one.UniqueKey, one.UniqueScope, one.UniquePeriodMs = s.Unique.Key, s.Unique.scope(), s.Unique.Period.Milliseconds()
+		}
+		for try := 0; ; try++ {
+			id, err := q.TaskSubmitOne(ctx, one)
+			if err == nil {
+				ids[i] = id
+				break
+			}
+			if !errors.Is(err, pgx.ErrNoRows) || s.Unique == nil {
+				return nil, nil, err
+			}
+			holder, err := q.TaskFindUnique(ctx, db.TaskFindUniqueParams{Kind: one.Kind, UniqueKey: one.UniqueKey,
+				UniqueScope: one.UniqueScope, UniquePeriodMs: one.UniquePeriodMs})
+			if err != nil {
+				return nil, nil, err
+			}
+			if len(holder) == 1 {
+				ids[i], dup[i] = holder[0], true
+				break
+			}
+			if try == 10 {
+				return nil, nil, fmt.Errorf("unique key %q of kind %q: taken, but its holder keeps changing", one.UniqueKey, one.Kind)
+			}
+		}
+	}
+	return ids, dup, nil
 }
