@@ -57,12 +57,16 @@ import (
 // Migrate creates baton's schema if needed and applies pending migrations. It is
 // safe to run from several processes at once (a Postgres session lock). The
 // schema is the URL's search_path, else "baton" (see WithSchema).
-func Migrate(ctx context.Context, dsn string) error { return migrate.EnsureLatest(ctx, dsn) }
+func Migrate(ctx context.Context, dsn string) error {
+	return ctxErr(ctx, migrate.EnsureLatest(ctx, dsn))
+}
 
 // CheckSchema returns nil when baton's schema is at exactly this build's
 // version, else ErrSchemaOutdated, ErrSchemaNewer or ErrLegacyPublicSchema with
 // what to do. NewWorker and NewMaster call it.
-func CheckSchema(ctx context.Context, dsn string) error { return migrate.CheckSchema(ctx, dsn) }
+func CheckSchema(ctx context.Context, dsn string) error {
+	return ctxErr(ctx, migrate.CheckSchema(ctx, dsn))
+}
 
 // Worker is an embedded worker (and, with WorkerConfig.Master, a master).
 type Worker struct {
@@ -79,6 +83,11 @@ type Worker struct {
 // NewWorker validates cfg, checks baton's schema version and connects (a wrong
 // DSN, an unmigrated database or a bad config fails here, with the reason).
 func NewWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
+	w, err := newWorker(ctx, cfg)
+	return w, ctxErr(ctx, err)
+}
+
+func newWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -214,6 +223,11 @@ type Master struct{ m *master.Master }
 // NewMaster validates cfg, checks baton's schema version, connects and
 // registers the master session.
 func NewMaster(ctx context.Context, cfg MasterConfig) (*Master, error) {
+	m, err := newMaster(ctx, cfg)
+	return m, ctxErr(ctx, err)
+}
+
+func newMaster(ctx context.Context, cfg MasterConfig) (*Master, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

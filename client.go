@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/baton-scheduler/baton/db"
 	"github.com/baton-scheduler/baton/internal/migrate"
+	"github.com/baton-scheduler/baton/internal/state"
 	"github.com/baton-scheduler/baton/internal/store"
 	"github.com/baton-scheduler/baton/internal/submit"
 )
@@ -103,14 +105,14 @@ func (c *Client) inTx(ctx context.Context, fn func(q *db.Queries) error) error {
 		if err != nil && store.Retryable(err) && try < 3 {
 			continue
 		}
-		return c.describe(err)
+		return ctxErr(ctx, c.describe(err))
 	}
 }
 
 // single runs fn, which runs one statement, in baton's schema in one round trip
 // (store.Scoped): no transaction of its own to begin and commit.
 func (c *Client) single(ctx context.Context, fn func(q *db.Queries) error) error {
-	return c.describe(fn(db.New(c.scoped)))
+	return ctxErr(ctx, c.describe(fn(db.New(c.scoped))))
 }
 
 // describe turns "relation does not exist" into the error an adopter can act on.
@@ -358,13 +360,21 @@ func (c *Client) Get(ctx context.Context, id int64) (TaskInfo, error) {
 	return info, err
 }
 
-// Attempts returns a task's attempts, oldest first.
+// Attempts returns a task's attempts, oldest first (none for a task that has
+// not run yet), or ErrNotFound.
 func (c *Client) Attempts(ctx context.Context, id int64) ([]Attempt, error) {
 	var out []Attempt
 	err := c.single(ctx, func(q *db.Queries) error {
 		rows, err := q.TaskAttemptList(ctx, id)
 		if err != nil {
 			return fmt.Errorf("list attempts of task %d: %w", id, err)
+		}
+		if len(rows) == 0 { // a task that never ran, or none at all
+			if _, err := q.TaskGet(ctx, id); errors.Is(err, pgx.ErrNoRows) {
+				return fmt.Errorf("%w: id %d", ErrNotFound, id)
+			} else if err != nil {
+				return fmt.Errorf("list attempts of task %d: %w", id, err)
+			}
 		}
 		out = make([]Attempt, 0, len(rows))
 		for _, r := range rows {
@@ -478,13 +488,21 @@ type ListParams struct {
 	Limit int
 }
 
-// List returns tasks newest first.
+// List returns tasks newest first. An unknown State, a negative Limit or
+// BeforeID, or a Limit over 10000 is refused with ErrInvalidArgument.
 func (c *Client) List(ctx context.Context, p ListParams) ([]TaskInfo, error) {
+	switch {
+	case p.State != "" && !slices.Contains(state.TaskStates, string(p.State)):
+		return nil, fmt.Errorf("%w: list: unknown state %q (one of %s)", ErrInvalidArgument, p.State, strings.Join(state.TaskStates, ", "))
+	case p.Limit < 0 || p.Limit > 10000:
+		return nil, fmt.Errorf("%w: list: limit %d is outside 0..10000 (0 means 100)", ErrInvalidArgument, p.Limit)
+	case p.BeforeID < 0:
+		return nil, fmt.Errorf("%w: list: before id %d is negative", ErrInvalidArgument, p.BeforeID)
+	}
 	limit := p.Limit
-	if limit <= 0 {
+	if limit == 0 {
 		limit = 100
 	}
-	limit = min(limit, 10000)
 	arg := db.TaskListPageParams{MaxRows: int32(limit)}
 	if p.State != "" {
 		s := string(p.State)

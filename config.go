@@ -243,6 +243,9 @@ func (c WorkerConfig) Validate() error {
 		return fmt.Errorf("%w: self-fence after %s must be below the masters' worker timeout %s, so a cut-off worker kills its tasks before they fail over",
 			ErrInvalidConfig, wc.SelfFenceAfter, workerTimeout)
 	}
+	if len(c.Handlers) == 0 && !c.AllowShell {
+		return fmt.Errorf("%w: the worker can run nothing: register Handlers (or set AllowShell for shell tasks)", ErrInvalidConfig)
+	}
 	return nil
 }
 

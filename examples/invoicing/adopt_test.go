@@ -219,3 +219,108 @@ func clientPool(t *testing.T, dsn string) *pgxpool.Pool {
 	t.Cleanup(pool.Close)
 	return pool
 }
+
+// Every public call reports a canceled context as context.Canceled, and each
+// documented error (docs/errors.md) matches with errors.Is.
+func TestErrorsIs(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a := newApp(t)
+	canceled, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := a.client.CreateGroup(ctx, "g", ""); err != nil {
+		t.Fatal(err)
+	}
+	handlers := map[string]baton.Handler{"k": func(context.Context, baton.Task) (string, error) { return "", nil }}
+	calls := map[string]func(context.Context) error{
+		"Migrate":     func(ctx context.Context) error { return baton.Migrate(ctx, a.dsn) },
+		"CheckSchema": func(ctx context.Context) error { return baton.CheckSchema(ctx, a.dsn) },
+		"NewWorker": func(ctx context.Context) error {
+			_, err := baton.NewWorker(ctx, baton.WorkerConfig{DatabaseURL: a.dsn, Group: "g", Handlers: handlers})
+			return err
+		},
+		"NewMaster": func(ctx context.Context) error {
+			_, err := baton.NewMaster(ctx, baton.MasterConfig{DatabaseURL: a.dsn})
+			return err
+		},
+		"Submit": func(ctx context.Context) error {
+			_, err := a.client.Submit(ctx, baton.TaskSpec{Group: "g", Kind: "k"})
+			return err
+		},
+		"Insert unique": func(ctx context.Context) error {
+			_, err := a.client.Insert(ctx, baton.TaskSpec{Group: "g", Kind: "k", Unique: &baton.UniqueOpts{Key: "u"}})
+			return err
+		},
+		"Get":      func(ctx context.Context) error { _, err := a.client.Get(ctx, 1); return err },
+		"Attempts": func(ctx context.Context) error { _, err := a.client.Attempts(ctx, 1); return err },
+		"List":     func(ctx context.Context) error { _, err := a.client.List(ctx, baton.ListParams{}); return err },
+		"Cancel":   func(ctx context.Context) error { _, err := a.client.Cancel(ctx, 1); return err },
+		"Wait":     func(ctx context.Context) error { _, err := a.client.Wait(ctx, 1); return err },
+		"Groups":   func(ctx context.Context) error { _, err := a.client.Groups(ctx); return err },
+		"CreateGroup": func(ctx context.Context) error {
+			_, err := a.client.CreateGroup(ctx, "h", "")
+			return err
+		},
+		"SetGroupRetryBackoff": func(ctx context.Context) error {
+			return a.client.SetGroupRetryBackoff(ctx, "g", baton.RetryBackoff{Base: time.Second, Max: time.Minute})
+		},
+	}
+	for name, call := range calls {
+		if err := call(canceled); !errors.Is(err, context.Canceled) {
+			t.Errorf("%s with a canceled context: %v, want context.Canceled", name, err)
+		}
+	}
+	if _, err := a.client.Attempts(ctx, 987654); !errors.Is(err, baton.ErrNotFound) {
+		t.Errorf("Attempts of a missing task: %v, want ErrNotFound", err)
+	}
+	id, err := a.client.Submit(ctx, baton.TaskSpec{Group: "g", Kind: "k"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := a.client.Attempts(ctx, id); err != nil || len(got) != 0 {
+		t.Errorf("Attempts of a task not yet run = %v, %v; want none, nil", got, err)
+	}
+	for _, p := range []baton.ListParams{{State: "done"}, {Limit: -1}, {Limit: 10001}, {BeforeID: -5}} {
+		if _, err := a.client.List(ctx, p); !errors.Is(err, baton.ErrInvalidArgument) {
+			t.Errorf("List(%+v): %v, want ErrInvalidArgument", p, err)
+		}
+	}
+	if got, err := a.client.List(ctx, baton.ListParams{State: baton.TaskQueued}); err != nil || len(got) != 1 {
+		t.Errorf("List(queued) = %d tasks, %v", len(got), err)
+	}
+	if err := (baton.WorkerConfig{DatabaseURL: a.dsn}).Validate(); !errors.Is(err, baton.ErrInvalidConfig) {
+		t.Errorf("Validate of a worker that can run nothing: %v, want ErrInvalidConfig", err)
+	}
+	if err := (baton.WorkerConfig{DatabaseURL: a.dsn, AllowShell: true}).Validate(); err != nil {
+		t.Errorf("Validate of a shell-only worker: %v", err)
+	}
+	if _, err := a.client.Submit(ctx, baton.TaskSpec{Group: "nope", Kind: "k"}); !errors.Is(err, baton.ErrUnknownGroup) {
+		t.Errorf("unknown group: %v", err)
+	}
+	if _, err := a.client.Submit(ctx, baton.TaskSpec{Group: "g", Kind: "bad kind"}); !errors.Is(err, baton.ErrInvalidTask) {
+		t.Errorf("bad kind: %v", err)
+	}
+	if _, err := a.client.Get(ctx, 987654); !errors.Is(err, baton.ErrNotFound) {
+		t.Errorf("Get of a missing task: %v", err)
+	}
+	if _, err := a.client.Cancel(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.client.Cancel(ctx, id); !errors.Is(err, baton.ErrTaskFinished) {
+		t.Errorf("Cancel twice: %v", err)
+	}
+	if _, err := baton.NewClient(nil, nil); !errors.Is(err, baton.ErrInvalidConfig) {
+		t.Errorf("NewClient(nil): %v", err)
+	}
+	if _, err := a.client.SubmitTx(ctx, nil, baton.TaskSpec{Group: "g", Kind: "k"}); !errors.Is(err, baton.ErrInvalidTask) {
+		t.Errorf("SubmitTx(nil tx): %v", err)
+	}
+	empty := withQuery(t, apptest.NewEmptyDatabase(t), "search_path", "public")
+	if err := baton.CheckSchema(ctx, empty); !errors.Is(err, baton.ErrSchemaOutdated) {
+		t.Errorf("CheckSchema of an empty database: %v", err)
+	}
+}
+
+// noopHandlers is a worker's handler set for tests whose worker runs nothing in
+// particular (a worker that can run nothing is refused).
+var noopHandlers = map[string]baton.Handler{"noop": func(context.Context, baton.Task) (string, error) { return "", nil }}
