@@ -43,6 +43,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
@@ -106,6 +107,12 @@ func newWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
 		return nil, err
 	}
 	env.pool, env.log = pool, wc.Logger.Named("worker")
+	if cfg.DeclareKinds {
+		if err := declareKinds(ctx, pool, wc.Group, cfg); err != nil {
+			pool.Close()
+			return nil, err
+		}
+	}
 	w, err := worker.New(ctx, wc)
 	if err != nil {
 		pool.Close()
@@ -247,3 +254,27 @@ func newMaster(ctx context.Context, cfg MasterConfig) (*Master, error) {
 
 // Run works until ctx is canceled.
 func (m *Master) Run(ctx context.Context) error { return m.m.Run(ctx) }
+
+// declareKinds records the worker's kinds as its group's (WorkerConfig.DeclareKinds).
+func declareKinds(ctx context.Context, pool *pgxpool.Pool, group string, cfg WorkerConfig) error {
+	p := db.GroupDeclareKindsParams{GroupName: group}
+	for kind := range cfg.Handlers {
+		p.Kinds = append(p.Kinds, kind)
+		p.PayloadTypes = append(p.PayloadTypes, cfg.payloadTypes[kind])
+	}
+	if cfg.AllowShell {
+		p.Kinds = append(p.Kinds, KindShell)
+		p.PayloadTypes = append(p.PayloadTypes, "object")
+	}
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		q := db.New(tx)
+		if err := q.GroupEnsure(ctx, group); err != nil {
+			return err
+		}
+		return q.GroupDeclareKinds(ctx, p)
+	})
+	if err != nil {
+		return fmt.Errorf("declare the kinds of group %q: %w", group, err)
+	}
+	return nil
+}

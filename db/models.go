@@ -323,6 +323,15 @@ type WorkerGroup struct {
 	RetryMaxMs int64
 }
 
+// Task kinds a group runs: once a group has a row, submits of other kinds are refused.
+type WorkerGroupKind struct {
+	GroupName string
+	Kind      string
+	// JSON type the payload must have (jsonb_typeof), or NULL for any.
+	PayloadType *string
+	DeclaredAt  time.Time
+}
+
 // One row per worker process incarnation; a restart is a new row. Heartbeat = one UPDATE of last_heartbeat_at.
 type WorkerSession struct {
 	// Session id: part of the fencing token (task, attempt, session) of every worker write.

@@ -34,7 +34,55 @@ CREATE UNIQUE INDEX tasks_unique_active ON tasks (kind, unique_key)
     WHERE unique_scope = 'active' AND state IN ('scheduled', 'queued', 'dispatched', 'running');
 CREATE UNIQUE INDEX tasks_unique_bucket ON tasks (kind, unique_key, unique_bucket) WHERE unique_bucket IS NOT NULL;
 
+-- 3. Kinds a group declares (WorkerConfig.DeclareKinds, Client.DeclareKinds).
+--    A group with no row accepts any kind; once it has one, a task of a kind it
+--    has not declared, or whose payload is not of the declared JSON type, is
+--    refused when it is submitted (trigger tasks_kind_declared) instead of
+--    failing on a worker after its retries. Rows are only added (a rolling
+--    deploy's old and new workers both declare theirs); delete them by hand.
+CREATE TABLE worker_group_kinds (
+    group_name   text NOT NULL REFERENCES worker_groups (name) ON DELETE CASCADE,
+    kind         text NOT NULL,
+    payload_type text,
+    declared_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (group_name, kind),
+    CONSTRAINT worker_group_kinds_kind CHECK (kind ~ '^[a-zA-Z0-9][a-zA-Z0-9_.:/-]{0,127}$'),
+    CONSTRAINT worker_group_kinds_payload_type CHECK (payload_type IN ('object', 'array', 'string', 'number', 'boolean'))
+);
+COMMENT ON TABLE worker_group_kinds IS 'Task kinds a group runs: once a group has a row, submits of other kinds are refused.';
+COMMENT ON COLUMN worker_group_kinds.payload_type IS 'JSON type the payload must have (jsonb_typeof), or NULL for any.';
+
+-- +goose StatementBegin
+CREATE FUNCTION tasks_kind_declared() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    declared boolean;
+    want text;
+BEGIN
+    SELECT true, k.payload_type INTO declared, want
+    FROM worker_group_kinds k WHERE k.group_name = NEW.group_name AND k.kind = NEW.kind;
+    IF declared THEN
+        IF want IS NOT NULL AND jsonb_typeof(NEW.payload) <> want THEN
+            RAISE EXCEPTION 'payload of kind % must be a JSON %, not %', NEW.kind, want, jsonb_typeof(NEW.payload)
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'tasks_payload_type', TABLE = TG_TABLE_NAME, SCHEMA = TG_TABLE_SCHEMA;
+        END IF;
+        RETURN NEW;
+    END IF;
+    IF EXISTS (SELECT 1 FROM worker_group_kinds k WHERE k.group_name = NEW.group_name) THEN
+        RAISE EXCEPTION 'kind % is not declared by group % (declared: %)', NEW.kind, NEW.group_name,
+            (SELECT string_agg(k.kind, ', ' ORDER BY k.kind) FROM worker_group_kinds k WHERE k.group_name = NEW.group_name)
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'tasks_kind_declared', TABLE = TG_TABLE_NAME, SCHEMA = TG_TABLE_SCHEMA;
+    END IF;
+    RETURN NEW;
+END
+$$;
+-- +goose StatementEnd
+COMMENT ON FUNCTION tasks_kind_declared() IS 'Refuses a task of a kind its group has not declared (worker_group_kinds).';
+CREATE TRIGGER tasks_kind_declared BEFORE INSERT ON tasks FOR EACH ROW EXECUTE FUNCTION tasks_kind_declared();
+
 -- +goose Down
+DROP TRIGGER tasks_kind_declared ON tasks;
+DROP FUNCTION tasks_kind_declared();
+DROP TABLE worker_group_kinds;
 DROP INDEX tasks_unique_bucket;
 DROP INDEX tasks_unique_active;
 ALTER TABLE tasks DROP CONSTRAINT tasks_unique, DROP COLUMN unique_bucket, DROP COLUMN unique_scope, DROP COLUMN unique_key;

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -324,3 +326,96 @@ func TestErrorsIs(t *testing.T) {
 // noopHandlers is a worker's handler set for tests whose worker runs nothing in
 // particular (a worker that can run nothing is refused).
 var noopHandlers = map[string]baton.Handler{"noop": func(context.Context, baton.Task) (string, error) { return "", nil }}
+
+// reminder is a typed payload that checks itself.
+type reminder struct {
+	Invoice int64  `json:"invoice"`
+	Email   string `json:"email"`
+}
+
+func (r reminder) Validate() error {
+	if r.Invoice <= 0 {
+		return fmt.Errorf("invoice %d is not an invoice id", r.Invoice)
+	}
+	return nil
+}
+
+// A typed handler gets its payload decoded; its worker declares the group's
+// kinds with their payload types, so a submit of an unknown kind, or of a
+// payload of the wrong shape (null, an array), fails at submit, and nothing is
+// stored. The typed submit refuses what Validate refuses before any round trip.
+func TestTypedHandlersAndDeclaredKinds(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a := newApp(t)
+	got := make(chan reminder, 1)
+	cfg := baton.WorkerConfig{DatabaseURL: a.dsn, Group: "typed", Master: &baton.MasterConfig{}, DeclareKinds: true,
+		Logger: zaptest.NewLogger(t)}
+	baton.AddHandler(&cfg, "reminder.send", func(_ context.Context, _ baton.Task, r reminder) (string, error) {
+		got <- r
+		return r.Email, nil
+	})
+	apptest.StartWorker(t, cfg)
+
+	spec, err := baton.TaskSpecFor("typed", "reminder.send", reminder{Invoice: 7, Email: "a@example.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := a.client.Submit(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info := apptest.Wait(t, a.client, id, 10*time.Second); info.State != baton.TaskSucceeded || info.Output != "a@example.com" {
+		t.Fatalf("typed task = %+v", info)
+	}
+	if r := <-got; r.Invoice != 7 {
+		t.Fatalf("handler got %+v", r)
+	}
+	if _, err := baton.TaskSpecFor("typed", "reminder.send", reminder{}); !errors.Is(err, baton.ErrInvalidTask) {
+		t.Fatalf("typed submit of an invalid payload: %v", err)
+	}
+	if _, err := baton.TaskSpecFor[*reminder]("typed", "reminder.send", nil); !errors.Is(err, baton.ErrInvalidTask) {
+		t.Fatalf("typed submit of nil: %v", err)
+	}
+	before := a.count(t, "SELECT count(*) FROM baton.tasks")
+	for _, payload := range []string{`null`, `[1,2]`, `"x"`} {
+		_, err := a.client.Submit(ctx, baton.TaskSpec{Group: "typed", Kind: "reminder.send", Payload: json.RawMessage(payload)})
+		if !errors.Is(err, baton.ErrInvalidTask) || !strings.Contains(err.Error(), "must be a JSON object") {
+			t.Fatalf("payload %s: %v, want ErrInvalidTask at submit", payload, err)
+		}
+	}
+	_, err = a.client.Submit(ctx, baton.TaskSpec{Group: "typed", Kind: "reminder.new"})
+	if !errors.Is(err, baton.ErrUnknownKind) || !strings.Contains(err.Error(), "reminder.send") {
+		t.Fatalf("unknown kind: %v, want ErrUnknownKind naming the declared kinds", err)
+	}
+	// Inside the caller's transaction too (which the refusal aborts).
+	err = pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+		_, err := a.client.SubmitTx(ctx, tx, baton.TaskSpec{Group: "typed", Kind: "reminder.new"})
+		return err
+	})
+	if !errors.Is(err, baton.ErrUnknownKind) {
+		t.Fatalf("unknown kind in SubmitTx: %v", err)
+	}
+	if after := a.count(t, "SELECT count(*) FROM baton.tasks"); after != before {
+		t.Fatalf("tasks %d -> %d: a refused submit stored something", before, after)
+	}
+	// A client declares a new kind ahead of the workers that will run it.
+	if err := a.client.DeclareKinds(ctx, "typed", "reminder.new"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.client.Submit(ctx, baton.TaskSpec{Group: "typed", Kind: "reminder.new"}); err != nil {
+		t.Fatalf("declared kind: %v", err)
+	}
+	// A group that declares nothing takes any kind.
+	if _, err := a.client.Submit(ctx, baton.TaskSpec{Group: "open", Kind: "anything", CreateGroup: true}); err != nil {
+		t.Fatal(err)
+	}
+	// The handler itself refuses a payload of the wrong shape for good.
+	h := baton.HandlerFor(func(context.Context, baton.Task, reminder) (string, error) { return "", nil })
+	for _, payload := range []string{`null`, `[1,2]`, `{"invoice": 0}`, `{"invoice": "x"}`} {
+		_, err := apptest.RunTask(ctx, h, baton.TaskSpec{Kind: "reminder.send", Payload: json.RawMessage(payload)})
+		if !baton.IsPermanent(err) || !errors.Is(err, baton.ErrInvalidTask) {
+			t.Fatalf("handler on %s: %v, want a permanent ErrInvalidTask", payload, err)
+		}
+	}
+}

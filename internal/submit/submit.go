@@ -40,6 +40,8 @@ var groupRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 var (
 	ErrInvalid      = errors.New("invalid task")
 	ErrUnknownGroup = errors.New("unknown worker group")
+	// ErrUnknownKind: the group declares its kinds and this is not one of them.
+	ErrUnknownKind = errors.New("unknown task kind")
 )
 
 // Spec describes a task to submit.
@@ -378,6 +380,10 @@ func InsertError(ctx context.Context, q *db.Queries, p db.TaskSubmitManyParams, 
 		return fmt.Errorf("%w: %v", ErrUnknownGroup, err)
 	case "tasks_payload_size":
 		return fmt.Errorf("%w: a payload exceeds 1 MiB once stored as jsonb (jsonb adds spaces)", ErrInvalid)
+	case "tasks_kind_declared":
+		return fmt.Errorf("%w: %s", ErrUnknownKind, store.Message(err))
+	case "tasks_payload_type":
+		return fmt.Errorf("%w: %s", ErrInvalid, store.Message(err))
 	case "":
 	default:
 		return fmt.Errorf("%w: rejected by constraint %s", ErrInvalid, store.Constraint(err))
