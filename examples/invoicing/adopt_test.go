@@ -1,10 +1,15 @@
 package invoicing_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -417,5 +422,120 @@ func TestTypedHandlersAndDeclaredKinds(t *testing.T) {
 		if !baton.IsPermanent(err) || !errors.Is(err, baton.ErrInvalidTask) {
 			t.Fatalf("handler on %s: %v, want a permanent ErrInvalidTask", payload, err)
 		}
+	}
+}
+
+// baton's test harness (testcontainers, the Docker client) is not in an
+// adopter's module graph: no path from this module to testcontainers.
+func TestNoTestcontainersInModuleGraph(t *testing.T) {
+	t.Parallel()
+	cmd := exec.Command("go", "mod", "why", "-m", "github.com/testcontainers/testcontainers-go")
+	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("go mod why: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "main module does not need module github.com/testcontainers/testcontainers-go") {
+		t.Fatalf("testcontainers is reachable from the adopter module:\n%s", out)
+	}
+}
+
+// The README's quick start, compiled from README.md as an application of its
+// own: it migrates, runs a task, prints it, and on Ctrl-C (SIGINT) drains and
+// exits 0, its worker session closed as stopped (not left alive to be failed
+// over).
+func TestReadmeQuickStart(t *testing.T) {
+	t.Parallel()
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(readme), "Put this in `main.go`")
+	if !ok {
+		t.Fatal("README.md has no quick start (\"Put this in `main.go`\")")
+	}
+	_, rest, _ = strings.Cut(rest, "```go\n")
+	src, _, ok := strings.Cut(rest, "```\n")
+	if !ok {
+		t.Fatal("quick start code block not closed")
+	}
+	dir := t.TempDir()
+	repo, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gomod, err := os.ReadFile("go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mod := strings.Replace(string(gomod), "module example.com/invoicing", "module example.com/app", 1)
+	mod = strings.Replace(mod, "=> ../..", "=> "+repo, 1)
+	gosum, err := os.ReadFile("go.sum")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range map[string]string{"main.go": src, "go.mod": mod, "go.sum": string(gosum)} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bin := filepath.Join(dir, "app")
+	build := exec.Command("go", "build", "-mod=mod", "-o", bin, ".")
+	build.Dir = dir
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("the README quick start does not compile: %v\n%s", err, out)
+	}
+	dsn := withQuery(t, apptest.NewEmptyDatabase(t), "search_path", "public")
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+dsn)
+	r, w := io.Pipe()
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait(); w.Close() }()
+	var out strings.Builder
+	printed := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(r)
+		sc.Buffer(nil, 1<<20)
+		once := false
+		for sc.Scan() {
+			out.WriteString(sc.Text() + "\n")
+			if !once && strings.Contains(sc.Text(), `: succeeded "sent"`) {
+				once = true
+				close(printed)
+			}
+		}
+	}()
+	select {
+	case <-printed:
+	case err := <-exited:
+		t.Fatalf("quick start exited before printing its task: %v", err)
+	case <-time.After(60 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatal("quick start printed no succeeded task in 60 s")
+	}
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("quick start after Ctrl-C: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatal("quick start did not exit within 60 s of Ctrl-C")
+	}
+	pool := clientPool(t, dsn)
+	var alive, stopped int
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FILTER (WHERE state = 'alive'), count(*) FILTER (WHERE state = 'stopped')
+		FROM baton.worker_sessions`).Scan(&alive, &stopped); err != nil {
+		t.Fatal(err)
+	}
+	if alive != 0 || stopped != 1 {
+		t.Fatalf("after Ctrl-C: %d alive, %d stopped worker sessions; want 0, 1 (drained)", alive, stopped)
 	}
 }
