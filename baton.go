@@ -41,6 +41,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -79,6 +80,7 @@ type Worker struct {
 	ready         chan struct{}
 	group         string
 	masterTimeout time.Duration
+	used          atomic.Bool // Run or Close was called
 }
 
 // NewWorker validates cfg, checks baton's schema version and connects (a wrong
@@ -154,6 +156,9 @@ func (w *Worker) SessionID() int64 { return w.w.SessionID() }
 // ShutdownGrace to finish, the rest are handed back. With an embedded master,
 // the master runs until the worker has drained. Run may be called once.
 func (w *Worker) Run(ctx context.Context) error {
+	if !w.used.CompareAndSwap(false, true) {
+		return errors.New("baton: Worker.Run called twice, or after Close")
+	}
 	defer w.pool.Close()
 	bg, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -176,6 +181,27 @@ func (w *Worker) Run(ctx context.Context) error {
 	stop()
 	wg.Wait()
 	return errors.Join(err, masterErr)
+}
+
+// Close releases a worker that was never run (its connections, and its embedded
+// master's session): NewWorker connects, so a Worker dropped without Run holds
+// them. After Run has started, Close does nothing: Run ends when its context
+// does, and releases everything itself. Close may be called more than once.
+func (w *Worker) Close() error {
+	if !w.used.CompareAndSwap(false, true) {
+		return nil
+	}
+	defer w.pool.Close()
+	canceled, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := w.w.Run(canceled) // registers nothing; closes the worker's pool
+	if w.m != nil {
+		err = errors.Join(err, w.m.Run(canceled))
+	}
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
 }
 
 // watch closes Ready when the session registers, then checks now and then that
@@ -225,7 +251,10 @@ func (w *Worker) watch(ctx context.Context) {
 
 // Master is an in-process master (see WorkerConfig.Master for the simplest way to
 // run one beside workers).
-type Master struct{ m *master.Master }
+type Master struct {
+	m    *master.Master
+	used atomic.Bool
+}
 
 // NewMaster validates cfg, checks baton's schema version, connects and
 // registers the master session.
@@ -252,8 +281,27 @@ func newMaster(ctx context.Context, cfg MasterConfig) (*Master, error) {
 	return &Master{m: m}, nil
 }
 
-// Run works until ctx is canceled.
-func (m *Master) Run(ctx context.Context) error { return m.m.Run(ctx) }
+// Run works until ctx is canceled. Run may be called once.
+func (m *Master) Run(ctx context.Context) error {
+	if !m.used.CompareAndSwap(false, true) {
+		return errors.New("baton: Master.Run called twice, or after Close")
+	}
+	return m.m.Run(ctx)
+}
+
+// Close releases a master that was never run (its connections; its session is
+// marked stopped). After Run has started it does nothing.
+func (m *Master) Close() error {
+	if !m.used.CompareAndSwap(false, true) {
+		return nil
+	}
+	canceled, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := m.m.Run(canceled); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
 
 // declareKinds records the worker's kinds as its group's (WorkerConfig.DeclareKinds).
 func declareKinds(ctx context.Context, pool *pgxpool.Pool, group string, cfg WorkerConfig) error {

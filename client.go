@@ -280,7 +280,7 @@ func submitParams(specs []TaskSpec) (db.TaskSubmitManyParams, []submit.Spec, err
 	is := make([]submit.Spec, len(specs))
 	for i, s := range specs {
 		is[i] = submit.Spec{Group: s.Group, Kind: s.Kind, Payload: s.Payload, Priority: s.Priority, MaxRetries: s.MaxRetries, Timeout: s.Timeout,
-			RunAt: s.RunAt, Delay: s.Delay}
+			RunAt: s.RunAt, Delay: s.Delay, Tags: s.Tags}
 		if b := s.RetryBackoff; b != nil {
 			is[i].Backoff = &submit.Backoff{Base: b.Base, Max: b.Max}
 		}
@@ -486,6 +486,8 @@ type ListParams struct {
 	BeforeID int64
 	// Limit is the page size: default 100, at most 10000.
 	Limit int
+	// Tags: only tasks that have all of these tags (TaskSpec.Tags).
+	Tags []string
 }
 
 // List returns tasks newest first. An unknown State, a negative Limit or
@@ -516,6 +518,9 @@ func (c *Client) List(ctx context.Context, p ListParams) ([]TaskInfo, error) {
 	}
 	if p.BeforeID > 0 {
 		arg.BeforeID = &p.BeforeID
+	}
+	if len(p.Tags) > 0 {
+		arg.Tags = p.Tags
 	}
 	var out []TaskInfo
 	err := c.single(ctx, func(q *db.Queries) error {

@@ -1,6 +1,7 @@
 package baton
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -173,6 +174,10 @@ type TaskSpec struct {
 	// Unique.Key in its scope; otherwise the submit returns the holder's id
 	// (Insert and InsertTx say it was a duplicate).
 	Unique *UniqueOpts
+	// Tags label the task, to find it with ListParams.Tags (or baton task list
+	// --tag): at most 16, each 1-128 of letters, digits, _ . : / - = (e.g.
+	// "customer=acme").
+	Tags []string
 }
 
 // UniqueOpts makes a task unique by key among tasks of its kind, within a
@@ -263,10 +268,16 @@ type TaskInfo struct {
 	// WorkerSessionID is the session the task is dispatched to or running on (0
 	// unless dispatched or running).
 	WorkerSessionID int64
-	MaxRetries      int
-	Retries         int          // retries used so far
-	RetryBackoff    RetryBackoff // the task's retry policy (its own, or its group's at submit)
-	Timeout         time.Duration
+	// MaxRetries is the task's retry limit; a handler's Permanent lowers it to
+	// Retries (no retry left), and SubmittedMaxRetries keeps the submitted one.
+	MaxRetries          int
+	SubmittedMaxRetries int
+	// Retries counts the retries used: failed or timed-out attempts that were
+	// run again. Attempt counts every run (the first, retries, snoozes and
+	// failovers), so after a snooze Attempt is 2 and Retries 0.
+	Retries      int          // retries used so far
+	RetryBackoff RetryBackoff // the task's retry policy (its own, or its group's at submit)
+	Timeout      time.Duration
 	// RunAt is when the task may next be claimed: its TaskSpec.RunAt, or the
 	// time a retry's backoff or a snooze ends (meaningful while scheduled or
 	// queued).
@@ -282,6 +293,7 @@ type TaskInfo struct {
 	// UniqueKey and UniqueScope are the task's TaskSpec.Unique ("" if none).
 	UniqueKey   string
 	UniqueScope UniqueScope
+	Tags        []string
 }
 
 func taskInfoFromRow(r db.Task) TaskInfo {
@@ -293,7 +305,8 @@ func taskInfoFromRow(r db.Task) TaskInfo {
 		Timeout:      time.Duration(r.TimeoutMs) * time.Millisecond, RunAt: r.AvailableAt,
 		FailoverCount: int(r.FailoverCount), SubmittedAt: r.SubmittedAt, DispatchedAt: r.DispatchedAt,
 		StartedAt: r.StartedAt, FinishedAt: r.FinishedAt, ExitCode: intPtr(r.ExitCode), Output: r.Output, LastError: r.LastError,
-		UniqueKey: deref(r.UniqueKey), UniqueScope: UniqueScope(deref(r.UniqueScope)),
+		UniqueKey: deref(r.UniqueKey), UniqueScope: UniqueScope(deref(r.UniqueScope)), Tags: r.Tags,
+		SubmittedMaxRetries: int(cmp.Or(deref(r.SubmittedMaxRetries), r.MaxRetries)),
 	}
 }
 

@@ -272,6 +272,10 @@ type Task struct {
 	UniqueScope *string
 	// Start of the period (Postgres time) the submit fell in (scope period), or 0001-01-01 00:00 UTC (scope forever).
 	UniqueBucket *time.Time
+	// max_retries as submitted, kept when a permanent failure (baton.Permanent) lowered max_retries to the retries used; NULL otherwise.
+	SubmittedMaxRetries *int32
+	// Labels given at submit (TaskSpec.Tags), for finding tasks (Client.List, baton task list --tag).
+	Tags []string
 }
 
 // History: one row per dispatch of a task (closed attempts from task_attempt_log, the current or final one from the task row). Dashboards read this.

@@ -280,7 +280,7 @@ func (q *Queries) TaskClaimNext(ctx context.Context, arg TaskClaimNextParams) ([
 }
 
 const TaskExhaustRetries = `-- name: TaskExhaustRetries :execrows
-UPDATE tasks SET max_retries = retries
+UPDATE tasks SET submitted_max_retries = coalesce(submitted_max_retries, max_retries), max_retries = retries
 WHERE id = $1 AND attempt = $2 AND worker_session_id = $3::bigint AND state = 'running'
 `
 
@@ -465,7 +465,7 @@ func (q *Queries) TaskFinish(ctx context.Context, arg TaskFinishParams) ([]TaskF
 }
 
 const TaskGet = `-- name: TaskGet :one
-SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket FROM tasks WHERE id = $1
+SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags FROM tasks WHERE id = $1
 `
 
 func (q *Queries) TaskGet(ctx context.Context, id int64) (Task, error) {
@@ -504,12 +504,14 @@ func (q *Queries) TaskGet(ctx context.Context, id int64) (Task, error) {
 		&i.UniqueKey,
 		&i.UniqueScope,
 		&i.UniqueBucket,
+		&i.SubmittedMaxRetries,
+		&i.Tags,
 	)
 	return i, err
 }
 
 const TaskList = `-- name: TaskList :many
-SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket FROM tasks
+SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags FROM tasks
 WHERE ($1::text IS NULL OR state = $1)
   AND ($2::text IS NULL OR group_name = $2)
 ORDER BY id DESC
@@ -564,6 +566,8 @@ func (q *Queries) TaskList(ctx context.Context, arg TaskListParams) ([]Task, err
 			&i.UniqueKey,
 			&i.UniqueScope,
 			&i.UniqueBucket,
+			&i.SubmittedMaxRetries,
+			&i.Tags,
 		); err != nil {
 			return nil, err
 		}
@@ -576,13 +580,14 @@ func (q *Queries) TaskList(ctx context.Context, arg TaskListParams) ([]Task, err
 }
 
 const TaskListPage = `-- name: TaskListPage :many
-SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket FROM tasks
+SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags FROM tasks
 WHERE ($1::text IS NULL OR state = $1)
   AND ($2::text IS NULL OR group_name = $2)
   AND ($3::text IS NULL OR kind = $3)
   AND ($4::bigint IS NULL OR id < $4)
+  AND ($5::text[] IS NULL OR (tags @> $5 AND tags <> '{}'))
 ORDER BY id DESC
-LIMIT $5
+LIMIT $6
 `
 
 type TaskListPageParams struct {
@@ -590,6 +595,7 @@ type TaskListPageParams struct {
 	GroupName *string
 	Kind      *string
 	BeforeID  *int64
+	Tags      []string
 	MaxRows   int32
 }
 
@@ -600,6 +606,7 @@ func (q *Queries) TaskListPage(ctx context.Context, arg TaskListPageParams) ([]T
 		arg.GroupName,
 		arg.Kind,
 		arg.BeforeID,
+		arg.Tags,
 		arg.MaxRows,
 	)
 	if err != nil {
@@ -642,6 +649,8 @@ func (q *Queries) TaskListPage(ctx context.Context, arg TaskListPageParams) ([]T
 			&i.UniqueKey,
 			&i.UniqueScope,
 			&i.UniqueBucket,
+			&i.SubmittedMaxRetries,
+			&i.Tags,
 		); err != nil {
 			return nil, err
 		}
@@ -824,21 +833,23 @@ WITH s AS (
            unnest($3::text[]) AS payload, unnest($4::int[]) AS priority,
            unnest($5::int[]) AS max_retries, unnest($6::bigint[]) AS timeout_ms,
            unnest($7::bigint[]) AS retry_base_ms, unnest($8::bigint[]) AS retry_max_ms,
-           unnest($9::bigint[]) AS run_at_us, unnest($10::bigint[]) AS delay_ms
+           unnest($9::bigint[]) AS run_at_us, unnest($10::bigint[]) AS delay_ms,
+           unnest($11::text[]) AS tags_json
 ), a AS (
-    SELECT s.group_name, s.kind, s.payload, s.priority, s.max_retries, s.timeout_ms, s.retry_base_ms, s.retry_max_ms,
+    SELECT s.group_name, s.kind, s.payload, s.priority, s.max_retries, s.timeout_ms, s.retry_base_ms, s.retry_max_ms, s.tags_json,
            CASE WHEN s.run_at_us > 0 THEN 'epoch'::timestamptz + s.run_at_us * interval '1 microsecond'
                 ELSE now() + s.delay_ms * interval '1 millisecond' END AS available_at
     FROM s
 ), t AS (
     INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms, retry_base_ms, retry_max_ms,
-                       state, available_at)
+                       state, available_at, tags)
     SELECT a.group_name, a.kind, a.payload::jsonb, a.priority, a.max_retries, a.timeout_ms,
            CASE WHEN a.retry_base_ms >= 0 THEN a.retry_base_ms
                 ELSE coalesce((SELECT g.retry_base_ms FROM worker_groups g WHERE g.name = a.group_name), 1000) END,
            CASE WHEN a.retry_max_ms >= 0 THEN a.retry_max_ms
                 ELSE coalesce((SELECT g.retry_max_ms FROM worker_groups g WHERE g.name = a.group_name), 300000) END,
-           CASE WHEN a.available_at > now() THEN 'scheduled' ELSE 'queued' END, a.available_at
+           CASE WHEN a.available_at > now() THEN 'scheduled' ELSE 'queued' END, a.available_at,
+           ARRAY(SELECT jsonb_array_elements_text(a.tags_json::jsonb))
     FROM a
     RETURNING id
 )
@@ -856,6 +867,7 @@ type TaskSubmitManyParams struct {
 	RetryMaxesMs []int64
 	RunAtsUs     []int64
 	DelaysMs     []int64
+	TagsJson     []string
 }
 
 // Batch submit: one statement (one round trip, its own transaction) for many
@@ -878,6 +890,7 @@ func (q *Queries) TaskSubmitMany(ctx context.Context, arg TaskSubmitManyParams) 
 		arg.RetryMaxesMs,
 		arg.RunAtsUs,
 		arg.DelaysMs,
+		arg.TagsJson,
 	)
 	if err != nil {
 		return nil, err
@@ -899,7 +912,7 @@ func (q *Queries) TaskSubmitMany(ctx context.Context, arg TaskSubmitManyParams) 
 
 const TaskSubmitOne = `-- name: TaskSubmitOne :one
 INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms, retry_base_ms, retry_max_ms,
-                   state, available_at, unique_key, unique_scope, unique_bucket)
+                   state, available_at, unique_key, unique_scope, unique_bucket, tags)
 SELECT x.group_name, x.kind, x.payload::jsonb, x.priority, x.max_retries, x.timeout_ms,
        CASE WHEN x.retry_base_ms >= 0 THEN x.retry_base_ms
             ELSE coalesce((SELECT g.retry_base_ms FROM worker_groups g WHERE g.name = x.group_name), 1000) END,
@@ -909,12 +922,14 @@ SELECT x.group_name, x.kind, x.payload::jsonb, x.priority, x.max_retries, x.time
        nullif(x.unique_key, ''), nullif(x.unique_scope, ''),
        CASE x.unique_scope WHEN 'forever' THEN '0001-01-01 00:00:00+00'::timestamptz
                            WHEN 'period' THEN 'epoch'::timestamptz + floor(extract(epoch FROM now()) * 1000 / x.unique_period_ms)
-                                                                   * x.unique_period_ms * interval '1 millisecond' END
+                                                                   * x.unique_period_ms * interval '1 millisecond' END,
+       ARRAY(SELECT jsonb_array_elements_text(x.tags_json::jsonb))
 FROM (SELECT $1::text AS group_name, $2::text AS kind, $3::text AS payload, $4::int AS priority,
              $5::int AS max_retries, $6::bigint AS timeout_ms,
              $7::bigint AS retry_base_ms, $8::bigint AS retry_max_ms,
              $9::bigint AS run_at_us, $10::bigint AS delay_ms,
-             $11::text AS unique_key, $12::text AS unique_scope, $13::bigint AS unique_period_ms) AS x
+             $11::text AS unique_key, $12::text AS unique_scope, $13::bigint AS unique_period_ms,
+             $14::text AS tags_json) AS x
 CROSS JOIN LATERAL (SELECT CASE WHEN x.run_at_us > 0 THEN 'epoch'::timestamptz + x.run_at_us * interval '1 microsecond'
                                 ELSE now() + x.delay_ms * interval '1 millisecond' END AS run_at) AS w
 ON CONFLICT DO NOTHING
@@ -935,6 +950,7 @@ type TaskSubmitOneParams struct {
 	UniqueKey      string
 	UniqueScope    string
 	UniquePeriodMs int64
+	TagsJson       string
 }
 
 // TaskSubmitMany for one task, with scalar parameters: Postgres plans it once
@@ -958,6 +974,7 @@ func (q *Queries) TaskSubmitOne(ctx context.Context, arg TaskSubmitOneParams) (i
 		arg.UniqueKey,
 		arg.UniqueScope,
 		arg.UniquePeriodMs,
+		arg.TagsJson,
 	)
 	var id int64
 	err := row.Scan(&id)

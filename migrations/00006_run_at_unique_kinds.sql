@@ -79,7 +79,19 @@ $$;
 COMMENT ON FUNCTION tasks_kind_declared() IS 'Refuses a task of a kind its group has not declared (worker_group_kinds).';
 CREATE TRIGGER tasks_kind_declared BEFORE INSERT ON tasks FOR EACH ROW EXECUTE FUNCTION tasks_kind_declared();
 
+-- 4. Smaller: the retry limit a task was submitted with stays visible after a
+--    handler's Permanent lowered max_retries; tags find a customer's tasks.
+ALTER TABLE tasks
+    ADD COLUMN submitted_max_retries integer,
+    ADD COLUMN tags text[] NOT NULL DEFAULT '{}',
+    ADD CONSTRAINT tasks_tags CHECK (cardinality(tags) <= 16);
+COMMENT ON COLUMN tasks.submitted_max_retries IS 'max_retries as submitted, kept when a permanent failure (baton.Permanent) lowered max_retries to the retries used; NULL otherwise.';
+COMMENT ON COLUMN tasks.tags IS 'Labels given at submit (TaskSpec.Tags), for finding tasks (Client.List, baton task list --tag).';
+CREATE INDEX tasks_tags ON tasks USING gin (tags) WHERE tags <> '{}';
+
 -- +goose Down
+DROP INDEX tasks_tags;
+ALTER TABLE tasks DROP CONSTRAINT tasks_tags, DROP COLUMN tags, DROP COLUMN submitted_max_retries;
 DROP TRIGGER tasks_kind_declared ON tasks;
 DROP FUNCTION tasks_kind_declared();
 DROP TABLE worker_group_kinds;

@@ -12,21 +12,23 @@ WITH s AS (
            unnest(@payloads::text[]) AS payload, unnest(@priorities::int[]) AS priority,
            unnest(@max_retries::int[]) AS max_retries, unnest(@timeouts_ms::bigint[]) AS timeout_ms,
            unnest(@retry_bases_ms::bigint[]) AS retry_base_ms, unnest(@retry_maxes_ms::bigint[]) AS retry_max_ms,
-           unnest(@run_ats_us::bigint[]) AS run_at_us, unnest(@delays_ms::bigint[]) AS delay_ms
+           unnest(@run_ats_us::bigint[]) AS run_at_us, unnest(@delays_ms::bigint[]) AS delay_ms,
+           unnest(@tags_json::text[]) AS tags_json
 ), a AS (
-    SELECT s.group_name, s.kind, s.payload, s.priority, s.max_retries, s.timeout_ms, s.retry_base_ms, s.retry_max_ms,
+    SELECT s.group_name, s.kind, s.payload, s.priority, s.max_retries, s.timeout_ms, s.retry_base_ms, s.retry_max_ms, s.tags_json,
            CASE WHEN s.run_at_us > 0 THEN 'epoch'::timestamptz + s.run_at_us * interval '1 microsecond'
                 ELSE now() + s.delay_ms * interval '1 millisecond' END AS available_at
     FROM s
 ), t AS (
     INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms, retry_base_ms, retry_max_ms,
-                       state, available_at)
+                       state, available_at, tags)
     SELECT a.group_name, a.kind, a.payload::jsonb, a.priority, a.max_retries, a.timeout_ms,
            CASE WHEN a.retry_base_ms >= 0 THEN a.retry_base_ms
                 ELSE coalesce((SELECT g.retry_base_ms FROM worker_groups g WHERE g.name = a.group_name), 1000) END,
            CASE WHEN a.retry_max_ms >= 0 THEN a.retry_max_ms
                 ELSE coalesce((SELECT g.retry_max_ms FROM worker_groups g WHERE g.name = a.group_name), 300000) END,
-           CASE WHEN a.available_at > now() THEN 'scheduled' ELSE 'queued' END, a.available_at
+           CASE WHEN a.available_at > now() THEN 'scheduled' ELSE 'queued' END, a.available_at,
+           ARRAY(SELECT jsonb_array_elements_text(a.tags_json::jsonb))
     FROM a
     RETURNING id
 )
@@ -40,7 +42,7 @@ SELECT t.id FROM t ORDER BY t.id;
 -- roll back), and TaskFindUnique finds the holder.
 -- name: TaskSubmitOne :one
 INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms, retry_base_ms, retry_max_ms,
-                   state, available_at, unique_key, unique_scope, unique_bucket)
+                   state, available_at, unique_key, unique_scope, unique_bucket, tags)
 SELECT x.group_name, x.kind, x.payload::jsonb, x.priority, x.max_retries, x.timeout_ms,
        CASE WHEN x.retry_base_ms >= 0 THEN x.retry_base_ms
             ELSE coalesce((SELECT g.retry_base_ms FROM worker_groups g WHERE g.name = x.group_name), 1000) END,
@@ -50,12 +52,14 @@ SELECT x.group_name, x.kind, x.payload::jsonb, x.priority, x.max_retries, x.time
        nullif(x.unique_key, ''), nullif(x.unique_scope, ''),
        CASE x.unique_scope WHEN 'forever' THEN '0001-01-01 00:00:00+00'::timestamptz
                            WHEN 'period' THEN 'epoch'::timestamptz + floor(extract(epoch FROM now()) * 1000 / x.unique_period_ms)
-                                                                   * x.unique_period_ms * interval '1 millisecond' END
+                                                                   * x.unique_period_ms * interval '1 millisecond' END,
+       ARRAY(SELECT jsonb_array_elements_text(x.tags_json::jsonb))
 FROM (SELECT @group_name::text AS group_name, @kind::text AS kind, @payload::text AS payload, @priority::int AS priority,
              @max_retries::int AS max_retries, @timeout_ms::bigint AS timeout_ms,
              @retry_base_ms::bigint AS retry_base_ms, @retry_max_ms::bigint AS retry_max_ms,
              @run_at_us::bigint AS run_at_us, @delay_ms::bigint AS delay_ms,
-             @unique_key::text AS unique_key, @unique_scope::text AS unique_scope, @unique_period_ms::bigint AS unique_period_ms) AS x
+             @unique_key::text AS unique_key, @unique_scope::text AS unique_scope, @unique_period_ms::bigint AS unique_period_ms,
+             @tags_json::text AS tags_json) AS x
 CROSS JOIN LATERAL (SELECT CASE WHEN x.run_at_us > 0 THEN 'epoch'::timestamptz + x.run_at_us * interval '1 microsecond'
                                 ELSE now() + x.delay_ms * interval '1 millisecond' END AS run_at) AS w
 ON CONFLICT DO NOTHING
@@ -314,6 +318,7 @@ WHERE (sqlc.narg('state')::text IS NULL OR state = sqlc.narg('state'))
   AND (sqlc.narg('group_name')::text IS NULL OR group_name = sqlc.narg('group_name'))
   AND (sqlc.narg('kind')::text IS NULL OR kind = sqlc.narg('kind'))
   AND (sqlc.narg('before_id')::bigint IS NULL OR id < sqlc.narg('before_id'))
+  AND (sqlc.narg('tags')::text[] IS NULL OR (tags @> sqlc.narg('tags') AND tags <> '{}'))
 ORDER BY id DESC
 LIMIT @max_rows;
 
@@ -365,7 +370,7 @@ SELECT t.id, t.attempt FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n CR
 -- A handler's permanent failure (baton.Permanent): the running attempt's failure
 -- becomes final by leaving no retry. Fenced like every worker write.
 -- name: TaskExhaustRetries :execrows
-UPDATE tasks SET max_retries = retries
+UPDATE tasks SET submitted_max_retries = coalesce(submitted_max_retries, max_retries), max_retries = retries
 WHERE id = @id AND attempt = @attempt AND worker_session_id = @session_id::bigint AND state = 'running';
 
 -- name: TaskRetryState :one

@@ -539,3 +539,65 @@ func TestReadmeQuickStart(t *testing.T) {
 		t.Fatalf("after Ctrl-C: %d alive, %d stopped worker sessions; want 0, 1 (drained)", alive, stopped)
 	}
 }
+
+// Tags find a customer's tasks; after Permanent the submitted retry limit is
+// still visible; a Worker or Master that is never run is closed with Close.
+func TestTagsPermanentAndClose(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a := newApp(t)
+	cfg := baton.WorkerConfig{DatabaseURL: a.dsn, Group: "tags", Master: &baton.MasterConfig{}, Logger: zaptest.NewLogger(t),
+		Handlers: map[string]baton.Handler{"fail": func(context.Context, baton.Task) (string, error) {
+			return "", baton.Permanent(errors.New("no such customer"))
+		}}}
+	apptest.StartWorker(t, cfg)
+	ids, err := a.client.SubmitMany(ctx, []baton.TaskSpec{
+		{Group: "tags", Kind: "fail", MaxRetries: 3, Tags: []string{"customer=acme", "invoice"}},
+		{Group: "tags", Kind: "fail", Tags: []string{"customer=globex"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := a.client.List(ctx, baton.ListParams{Tags: []string{"customer=acme"}})
+	if err != nil || len(got) != 1 || got[0].ID != ids[0] || len(got[0].Tags) != 2 {
+		t.Fatalf("list by tag = %+v, %v", got, err)
+	}
+	if got, err := a.client.List(ctx, baton.ListParams{Tags: []string{"customer=acme", "customer=globex"}}); err != nil || len(got) != 0 {
+		t.Fatalf("list by two tags = %+v, %v; want none has both", got, err)
+	}
+	if _, err := a.client.Submit(ctx, baton.TaskSpec{Group: "tags", Kind: "fail", Tags: []string{"bad tag"}}); !errors.Is(err, baton.ErrInvalidTask) {
+		t.Fatalf("bad tag: %v", err)
+	}
+	info := apptest.Wait(t, a.client, ids[0], 10*time.Second)
+	if info.State != baton.TaskFailed || info.MaxRetries != 0 || info.SubmittedMaxRetries != 3 || info.Retries != 0 {
+		t.Fatalf("after Permanent = state %s, max retries %d, submitted %d, retries %d; want failed, 0, 3, 0",
+			info.State, info.MaxRetries, info.SubmittedMaxRetries, info.Retries)
+	}
+
+	w, err := baton.NewWorker(ctx, baton.WorkerConfig{DatabaseURL: a.dsn, Group: "idle", Handlers: noopHandlers,
+		Master: &baton.MasterConfig{}, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if err := w.Run(ctx); err == nil {
+		t.Fatal("Run after Close returned nil")
+	}
+	m, err := baton.NewMaster(ctx, baton.MasterConfig{DatabaseURL: a.dsn, Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing left open: goleak (TestMain) checks the goroutines; the
+	// sessions are not left alive.
+	if n := a.count(t, "SELECT count(*) FROM baton.master_sessions WHERE state = 'alive'"); n != 1 {
+		t.Fatalf("alive masters = %d, want 1 (the running worker's)", n)
+	}
+}

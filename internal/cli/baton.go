@@ -29,8 +29,8 @@ const usageFormat = `baton — operator CLI of the baton scheduler
   baton migrate up|down|status|version     apply/roll back the embedded schema
   baton migrate move-from-public           move a pre-schema install (tables in public) into baton's schema
   baton task submit --group G (--shell CMD | --type T [--payload JSON]) [--priority N] [--max-retries N] [--retry-base D] [--retry-max D] [--timeout D]
-                    [--run-at RFC3339 | --delay D]
-  baton task list [--state S] [--group G] [--limit N]
+                    [--run-at RFC3339 | --delay D] [--tag T1,T2]
+  baton task list [--state S] [--group G] [--tag T] [--limit N]
   baton task show ID
   baton worker list [--group G] [--all]
   baton failover list [--limit N]
@@ -205,10 +205,14 @@ func taskCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writ
 		retryMax := fs.Duration("retry-max", 0, "cap of this task's retry backoff (default: the group's, 5m unless set)")
 		runAt := fs.String("run-at", "", "do not run before this time (RFC 3339, e.g. 2026-12-24T09:00:00Z)")
 		delay := fs.Duration("delay", 0, "do not run before now + this (the database's clock), e.g. 10m")
+		tag := fs.String("tag", "", "comma-separated tags, e.g. customer=acme,invoice")
 		if err := parseNoArgs(fs, rest); err != nil {
 			return err
 		}
 		spec := submit.Spec{Group: *group, Priority: *priority, MaxRetries: *retries, Timeout: *timeout, Delay: *delay}
+		if *tag != "" {
+			spec.Tags = strings.Split(*tag, ",")
+		}
 		if *runAt != "" {
 			if flagGiven(fs, "delay") {
 				return errors.New("give either --run-at or --delay, not both")
@@ -271,18 +275,23 @@ func taskCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writ
 		state := fs.String("state", "", "filter by state")
 		group := fs.String("group", "", "filter by group")
 		limit := fs.Int("limit", 50, "rows (1..10000)")
+		tag := fs.String("tag", "", "only tasks with this tag (comma-separated: with all of them)")
 		if err := parseList(fs, rest, limit); err != nil {
 			return err
 		}
 		if *state != "" && !taskStates[*state] {
-			return fmt.Errorf("unknown state %q: use queued, dispatched, running, succeeded, failed, timed_out or canceled", *state)
+			return fmt.Errorf("unknown state %q: use scheduled, queued, dispatched, running, succeeded, failed, timed_out or canceled", *state)
+		}
+		var tags []string
+		if *tag != "" {
+			tags = strings.Split(*tag, ",")
 		}
 		pool, err := c.pool(ctx)
 		if err != nil {
 			return err
 		}
 		defer pool.Close()
-		rows, err := db.New(pool).TaskList(ctx, db.TaskListParams{State: nilIfEmpty(*state), GroupName: nilIfEmpty(*group), MaxRows: int32(*limit)})
+		rows, err := db.New(pool).TaskListPage(ctx, db.TaskListPageParams{State: nilIfEmpty(*state), GroupName: nilIfEmpty(*group), Tags: tags, MaxRows: int32(*limit)})
 		if err != nil {
 			return fmt.Errorf("list tasks: %w", err)
 		}
@@ -326,8 +335,15 @@ func taskCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writ
 		if c.json {
 			return json.NewEncoder(stdout).Encode(map[string]any{"task": t, "attempts": attempts})
 		}
-		fmt.Fprintf(stdout, "task %d  group %s  kind %s  state %s  attempt %d  retries %d/%d  failovers %d\n",
+		// attempt counts every run (retries, snoozes, failovers); retries only the retries used.
+		fmt.Fprintf(stdout, "task %d  group %s  kind %s  state %s  attempt %d  retries used %d of %d  failovers %d\n",
 			t.ID, t.GroupName, t.Kind, t.State, t.Attempt, t.Retries, t.MaxRetries, t.FailoverCount)
+		if t.SubmittedMaxRetries != nil {
+			fmt.Fprintf(stdout, "failed permanently (the handler said so): submitted with max retries %d\n", *t.SubmittedMaxRetries)
+		}
+		if len(t.Tags) > 0 {
+			fmt.Fprintf(stdout, "tags: %s\n", strings.Join(t.Tags, ","))
+		}
 		fmt.Fprintf(stdout, "payload: %s\n", t.Payload)
 		if t.State == "scheduled" || t.State == "queued" {
 			fmt.Fprintf(stdout, "runs at: %s\n", t.AvailableAt.Format(time.RFC3339Nano))

@@ -62,7 +62,17 @@ type Spec struct {
 	// Unique, when set, makes the task unique by key among tasks of its kind
 	// within a scope (see InsertEach).
 	Unique *Unique
+	// Tags label the task (at most MaxTags, each like a kind).
+	Tags []string
 }
+
+// MaxTags is the most tags a task may have.
+const MaxTags = 16
+
+// ValidTag reports whether t can be a tag: 1-128 of letters, digits, _ . : / - = starting with a letter or digit.
+func ValidTag(t string) bool { return tagRE.MatchString(t) }
+
+var tagRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.:/=-]{0,127}$`)
 
 // Unique is a task's unique key and the scope it is unique in.
 type Unique struct {
@@ -175,6 +185,14 @@ func (s Spec) Validate() error {
 	if s.Unique != nil {
 		if err := s.Unique.Validate(); err != nil {
 			return err
+		}
+	}
+	if len(s.Tags) > MaxTags {
+		return bad("%d tags, the limit is %d", len(s.Tags), MaxTags)
+	}
+	for _, t := range s.Tags {
+		if !ValidTag(t) {
+			return bad("tag %q must be 1-128 of letters, digits, _ . : / - = starting with a letter or digit", t)
 		}
 	}
 	payload := s.payload()
@@ -334,6 +352,11 @@ func Params(specs []Spec) (db.TaskSubmitManyParams, error) {
 		}
 		p.RunAtsUs = append(p.RunAtsUs, runAt)
 		p.DelaysMs = append(p.DelaysMs, s.Delay.Milliseconds())
+		tags, _ := json.Marshal(s.Tags) // strings: cannot fail
+		if s.Tags == nil {
+			tags = []byte("[]")
+		}
+		p.TagsJson = append(p.TagsJson, string(tags))
 	}
 	return p, nil
 }
@@ -421,7 +444,7 @@ func Insert(ctx context.Context, q *db.Queries, p db.TaskSubmitManyParams) ([]in
 	id, err := q.TaskSubmitOne(ctx, db.TaskSubmitOneParams{
 		GroupName: p.GroupNames[0], Kind: p.Kinds[0], Payload: p.Payloads[0], Priority: p.Priorities[0],
 		MaxRetries: p.MaxRetries[0], TimeoutMs: p.TimeoutsMs[0], RetryBaseMs: p.RetryBasesMs[0], RetryMaxMs: p.RetryMaxesMs[0],
-		RunAtUs: p.RunAtsUs[0], DelayMs: p.DelaysMs[0],
+		RunAtUs: p.RunAtsUs[0], DelayMs: p.DelaysMs[0], TagsJson: p.TagsJson[0],
 	})
 	if err != nil {
 		return nil, err
@@ -448,7 +471,7 @@ func InsertEach(ctx context.Context, q *db.Queries, specs []Spec, p db.TaskSubmi
 		one := db.TaskSubmitOneParams{
 			GroupName: p.GroupNames[i], Kind: p.Kinds[i], Payload: p.Payloads[i], Priority: p.Priorities[i],
 			MaxRetries: p.MaxRetries[i], TimeoutMs: p.TimeoutsMs[i], RetryBaseMs: p.RetryBasesMs[i], RetryMaxMs: p.RetryMaxesMs[i],
-			RunAtUs: p.RunAtsUs[i], DelayMs: p.DelaysMs[i],
+			RunAtUs: p.RunAtsUs[i], DelayMs: p.DelaysMs[i], TagsJson: p.TagsJson[i],
 		}
 		if s.Unique != nil {
 			one.UniqueKey, one.UniqueScope, one.UniquePeriodMs = s.Unique.Key, s.Unique.scope(), s.Unique.Period.Milliseconds()
