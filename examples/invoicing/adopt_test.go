@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -601,3 +602,31 @@ func TestTagsPermanentAndClose(t *testing.T) {
 		t.Fatalf("alive masters = %d, want 1 (the running worker's)", n)
 	}
 }
+
+// An application logging with log/slog gets baton's logs there.
+func TestSlogLogger(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a := newApp(t)
+	var mu sync.Mutex
+	var buf strings.Builder
+	h := slog.NewJSONHandler(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return buf.Write(p)
+	}), &slog.HandlerOptions{Level: slog.LevelInfo})
+	apptest.StartWorker(t, baton.WorkerConfig{DatabaseURL: a.dsn, Group: "slog", Handlers: noopHandlers,
+		Logger: baton.SlogLogger(h), MasterCheckInterval: 20 * time.Millisecond})
+	if _, err := a.client.Groups(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return strings.Contains(buf.String(), `"level":"WARN","msg":"no live master`) && strings.Contains(buf.String(), `"group":"slog"`)
+	})
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
