@@ -18,14 +18,26 @@
 //		},
 //		Master: &baton.MasterConfig{}, // omit when baton-master runs elsewhere
 //	})
-//	go w.Run(ctx) // until ctx is canceled, then drains
-//	<-w.Ready()   // session registered: the group exists
+//	ran := make(chan error, 1)
+//	go func() { ran <- w.Run(ctx) }() // until ctx is canceled (signal.NotifyContext), then drains
+//	<-w.Ready()                       // session registered: the group exists
 //
 //	// Submit from your code, here inside your own transaction.
 //	client, err := baton.NewClient(pool, nil)
 //	id, err := client.SubmitTx(ctx, tx, baton.TaskSpec{Group: "billing", Kind: "invoice.send", Payload: payload})
 //	// ... tx.Commit: the task exists only if your transaction commits.
 //	info, err := client.Wait(ctx, id)
+//	...
+//	<-ctx.Done() // Ctrl-C
+//	err = <-ran  // drained: running tasks finished or handed back
+//
+// # Beyond run-now
+//
+// TaskSpec.RunAt and Delay run a task later; TaskSpec.Unique submits it at most
+// once per key (Client.Insert says whether it was a duplicate); AddHandler,
+// HandlerFor and TaskSpecFor type payloads; WorkerConfig.DeclareKinds makes a
+// submit of a kind the group does not run fail at once (ErrUnknownKind). The
+// errors and when each is returned: docs/errors.md.
 //
 // # Safety
 //
