@@ -123,7 +123,7 @@ func TestLegacyPublicInstall(t *testing.T) {
 		t.Fatalf("keeping public: %v", err)
 	}
 	n, err := m.MoveFromPublic(ctx)
-	if err != nil || n != 31 { // 17 tables, 2 views, 12 functions
+	if err != nil || n != 33 { // 18 tables, 2 views, 13 functions
 		t.Fatalf("move = %d, %v", n, err)
 	}
 	if err := migrate.CheckSchema(ctx, dsn); err != nil {
