@@ -18,14 +18,26 @@
 //		},
 //		Master: &baton.MasterConfig{}, // omit when baton-master runs elsewhere
 //	})
-//	go w.Run(ctx) // until ctx is canceled, then drains
-//	<-w.Ready()   // session registered: the group exists
+//	ran := make(chan error, 1)
+//	go func() { ran <- w.Run(ctx) }() // until ctx is canceled (signal.NotifyContext), then drains
+//	<-w.Ready()                       // session registered: the group exists
 //
 //	// Submit from your code, here inside your own transaction.
 //	client, err := baton.NewClient(pool, nil)
 //	id, err := client.SubmitTx(ctx, tx, baton.TaskSpec{Group: "billing", Kind: "invoice.send", Payload: payload})
 //	// ... tx.Commit: the task exists only if your transaction commits.
 //	info, err := client.Wait(ctx, id)
+//	...
+//	<-ctx.Done() // Ctrl-C
+//	err = <-ran  // drained: running tasks finished or handed back
+//
+// # Beyond run-now
+//
+// TaskSpec.RunAt and Delay run a task later; TaskSpec.Unique submits it at most
+// once per key (Client.Insert says whether it was a duplicate); AddHandler,
+// HandlerFor and TaskSpecFor type payloads; WorkerConfig.DeclareKinds makes a
+// submit of a kind the group does not run fail at once (ErrUnknownKind). The
+// errors and when each is returned: docs/errors.md.
 //
 // # Safety
 //
@@ -41,8 +53,10 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
@@ -57,12 +71,16 @@ import (
 // Migrate creates baton's schema if needed and applies pending migrations. It is
 // safe to run from several processes at once (a Postgres session lock). The
 // schema is the URL's search_path, else "baton" (see WithSchema).
-func Migrate(ctx context.Context, dsn string) error { return migrate.EnsureLatest(ctx, dsn) }
+func Migrate(ctx context.Context, dsn string) error {
+	return ctxErr(ctx, migrate.EnsureLatest(ctx, dsn))
+}
 
 // CheckSchema returns nil when baton's schema is at exactly this build's
 // version, else ErrSchemaOutdated, ErrSchemaNewer or ErrLegacyPublicSchema with
 // what to do. NewWorker and NewMaster call it.
-func CheckSchema(ctx context.Context, dsn string) error { return migrate.CheckSchema(ctx, dsn) }
+func CheckSchema(ctx context.Context, dsn string) error {
+	return ctxErr(ctx, migrate.CheckSchema(ctx, dsn))
+}
 
 // Worker is an embedded worker (and, with WorkerConfig.Master, a master).
 type Worker struct {
@@ -74,11 +92,17 @@ type Worker struct {
 	ready         chan struct{}
 	group         string
 	masterTimeout time.Duration
+	used          atomic.Bool // Run or Close was called
 }
 
 // NewWorker validates cfg, checks baton's schema version and connects (a wrong
 // DSN, an unmigrated database or a bad config fails here, with the reason).
 func NewWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
+	w, err := newWorker(ctx, cfg)
+	return w, ctxErr(ctx, err)
+}
+
+func newWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -97,6 +121,12 @@ func NewWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
 		return nil, err
 	}
 	env.pool, env.log = pool, wc.Logger.Named("worker")
+	if cfg.DeclareKinds {
+		if err := declareKinds(ctx, pool, wc.Group, cfg); err != nil {
+			pool.Close()
+			return nil, err
+		}
+	}
 	w, err := worker.New(ctx, wc)
 	if err != nil {
 		pool.Close()
@@ -138,6 +168,9 @@ func (w *Worker) SessionID() int64 { return w.w.SessionID() }
 // ShutdownGrace to finish, the rest are handed back. With an embedded master,
 // the master runs until the worker has drained. Run may be called once.
 func (w *Worker) Run(ctx context.Context) error {
+	if !w.used.CompareAndSwap(false, true) {
+		return errors.New("baton: Worker.Run called twice, or after Close")
+	}
 	defer w.pool.Close()
 	bg, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -160,6 +193,27 @@ func (w *Worker) Run(ctx context.Context) error {
 	stop()
 	wg.Wait()
 	return errors.Join(err, masterErr)
+}
+
+// Close releases a worker that was never run (its connections, and its embedded
+// master's session): NewWorker connects, so a Worker dropped without Run holds
+// them. After Run has started, Close does nothing: Run ends when its context
+// does, and releases everything itself. Close may be called more than once.
+func (w *Worker) Close() error {
+	if !w.used.CompareAndSwap(false, true) {
+		return nil
+	}
+	defer w.pool.Close()
+	canceled, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := w.w.Run(canceled) // registers nothing; closes the worker's pool
+	if w.m != nil {
+		err = errors.Join(err, w.m.Run(canceled))
+	}
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
 }
 
 // watch closes Ready when the session registers, then checks now and then that
@@ -209,11 +263,19 @@ func (w *Worker) watch(ctx context.Context) {
 
 // Master is an in-process master (see WorkerConfig.Master for the simplest way to
 // run one beside workers).
-type Master struct{ m *master.Master }
+type Master struct {
+	m    *master.Master
+	used atomic.Bool
+}
 
 // NewMaster validates cfg, checks baton's schema version, connects and
 // registers the master session.
 func NewMaster(ctx context.Context, cfg MasterConfig) (*Master, error) {
+	m, err := newMaster(ctx, cfg)
+	return m, ctxErr(ctx, err)
+}
+
+func newMaster(ctx context.Context, cfg MasterConfig) (*Master, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -231,5 +293,48 @@ func NewMaster(ctx context.Context, cfg MasterConfig) (*Master, error) {
 	return &Master{m: m}, nil
 }
 
-// Run works until ctx is canceled.
-func (m *Master) Run(ctx context.Context) error { return m.m.Run(ctx) }
+// Run works until ctx is canceled. Run may be called once.
+func (m *Master) Run(ctx context.Context) error {
+	if !m.used.CompareAndSwap(false, true) {
+		return errors.New("baton: Master.Run called twice, or after Close")
+	}
+	return m.m.Run(ctx)
+}
+
+// Close releases a master that was never run (its connections; its session is
+// marked stopped). After Run has started it does nothing.
+func (m *Master) Close() error {
+	if !m.used.CompareAndSwap(false, true) {
+		return nil
+	}
+	canceled, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := m.m.Run(canceled); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// declareKinds records the worker's kinds as its group's (WorkerConfig.DeclareKinds).
+func declareKinds(ctx context.Context, pool *pgxpool.Pool, group string, cfg WorkerConfig) error {
+	p := db.GroupDeclareKindsParams{GroupName: group}
+	for kind := range cfg.Handlers {
+		p.Kinds = append(p.Kinds, kind)
+		p.PayloadTypes = append(p.PayloadTypes, cfg.payloadTypes[kind])
+	}
+	if cfg.AllowShell {
+		p.Kinds = append(p.Kinds, KindShell)
+		p.PayloadTypes = append(p.PayloadTypes, "object")
+	}
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		q := db.New(tx)
+		if err := q.GroupEnsure(ctx, group); err != nil {
+			return err
+		}
+		return q.GroupDeclareKinds(ctx, p)
+	})
+	if err != nil {
+		return fmt.Errorf("declare the kinds of group %q: %w", group, err)
+	}
+	return nil
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/baton-scheduler/baton/db"
 	"github.com/baton-scheduler/baton/internal/migrate"
+	"github.com/baton-scheduler/baton/internal/state"
 	"github.com/baton-scheduler/baton/internal/store"
 	"github.com/baton-scheduler/baton/internal/submit"
 )
@@ -103,14 +105,14 @@ func (c *Client) inTx(ctx context.Context, fn func(q *db.Queries) error) error {
 		if err != nil && store.Retryable(err) && try < 3 {
 			continue
 		}
-		return c.describe(err)
+		return ctxErr(ctx, c.describe(err))
 	}
 }
 
 // single runs fn, which runs one statement, in baton's schema in one round trip
 // (store.Scoped): no transaction of its own to begin and commit.
 func (c *Client) single(ctx context.Context, fn func(q *db.Queries) error) error {
-	return c.describe(fn(db.New(c.scoped)))
+	return ctxErr(ctx, c.describe(fn(db.New(c.scoped))))
 }
 
 // describe turns "relation does not exist" into the error an adopter can act on.
@@ -123,102 +125,177 @@ func (c *Client) describe(err error) error {
 }
 
 // Submit validates and stores one task; it returns its id. The task is queued
-// at once; a worker of its group claims it.
+// at once (or scheduled: TaskSpec.RunAt); a worker of its group claims it. A
+// task whose unique key (TaskSpec.Unique) is taken returns the holder's id and
+// no error: use Insert to learn it was a duplicate.
 func (c *Client) Submit(ctx context.Context, spec TaskSpec) (int64, error) {
-	ids, err := c.SubmitMany(ctx, []TaskSpec{spec})
-	if err != nil {
-		return 0, err
-	}
-	return ids[0], nil
+	r, err := c.Insert(ctx, spec)
+	return r.ID, err
 }
 
 // SubmitMany validates every spec and stores all of them in one statement (all
 // or none). Ids are returned in the order of specs.
 func (c *Client) SubmitMany(ctx context.Context, specs []TaskSpec) ([]int64, error) {
-	p, err := submitParams(specs)
+	return ids(c.InsertMany(ctx, specs))
+}
+
+// SubmitResult is what Insert stored: the task's id, and whether the task was
+// a duplicate (its unique key was taken, and ID is the task holding it: nothing
+// was inserted).
+type SubmitResult struct {
+	ID        int64
+	Duplicate bool
+}
+
+func ids(rs []SubmitResult, err error) ([]int64, error) {
 	if err != nil {
 		return nil, err
 	}
-	var ids []int64
-	if slices.ContainsFunc(specs, func(s TaskSpec) bool { return s.CreateGroup }) {
+	out := make([]int64, len(rs))
+	for i, r := range rs {
+		out[i] = r.ID
+	}
+	return out, nil
+}
+
+// Insert is Submit that says whether the task was a duplicate of one holding
+// its unique key (TaskSpec.Unique).
+func (c *Client) Insert(ctx context.Context, spec TaskSpec) (SubmitResult, error) {
+	rs, err := c.InsertMany(ctx, []TaskSpec{spec})
+	if err != nil {
+		return SubmitResult{}, err
+	}
+	return rs[0], nil
+}
+
+// InsertMany is SubmitMany that says which tasks were duplicates. Specs with
+// unique keys are stored one statement each, in one transaction (all or none).
+func (c *Client) InsertMany(ctx context.Context, specs []TaskSpec) ([]SubmitResult, error) {
+	p, is, err := submitParams(specs)
+	if err != nil {
+		return nil, err
+	}
+	var rs []SubmitResult
+	if slices.ContainsFunc(specs, func(s TaskSpec) bool { return s.CreateGroup }) || submit.AnyUnique(is) {
 		err = c.inTx(ctx, func(q *db.Queries) error {
-			ids, err = insertTasks(ctx, q, specs, p)
+			rs, err = insertTasks(ctx, q, specs, is, p)
 			return err
 		})
 	} else {
 		// One statement, one round trip: an unknown group fails its foreign key.
 		q := db.New(c.scoped)
+		var ids []int64
 		ids, err = submit.Insert(ctx, q, p)
 		err = c.describe(insertError(ctx, q, p, err))
+		rs = results(ids, nil)
 	}
-	if err == nil {
-		c.waker.Wake(submit.Groups(p)) // after the commit, in the background: see submit.Waker
+	if err != nil {
+		return nil, ctxErr(ctx, err)
 	}
-	return ids, err
+	c.waker.Wake(submit.Groups(p)) // after the commit, in the background: see submit.Waker
+	return rs, nil
+}
+
+func results(ids []int64, dup []bool) []SubmitResult {
+	rs := make([]SubmitResult, len(ids))
+	for i, id := range ids {
+		rs[i].ID = id
+		if dup != nil {
+			rs[i].Duplicate = dup[i]
+		}
+	}
+	return rs
 }
 
 // SubmitTx stores a task in the caller's transaction: it exists, and is
 // dispatched, only if that transaction commits; a rollback leaves nothing. The
 // transaction's search_path is switched to baton's schema for the inserts and
 // restored before SubmitTx returns. On a database error the transaction is
-// aborted, as with any failed statement, and must be rolled back.
+// aborted, as with any failed statement, and must be rolled back. A unique key
+// is checked in the transaction: a concurrent submit of the same key waits for
+// it to commit or roll back.
 func (c *Client) SubmitTx(ctx context.Context, tx pgx.Tx, spec TaskSpec) (int64, error) {
-	ids, err := c.SubmitManyTx(ctx, tx, []TaskSpec{spec})
-	if err != nil {
-		return 0, err
-	}
-	return ids[0], nil
+	r, err := c.InsertTx(ctx, tx, spec)
+	return r.ID, err
 }
 
 // SubmitManyTx is SubmitMany in the caller's transaction (see SubmitTx).
 func (c *Client) SubmitManyTx(ctx context.Context, tx pgx.Tx, specs []TaskSpec) ([]int64, error) {
-	if tx == nil {
-		return nil, errors.New("submit: transaction is nil")
+	return ids(c.InsertManyTx(ctx, tx, specs))
+}
+
+// InsertTx is SubmitTx that says whether the task was a duplicate.
+func (c *Client) InsertTx(ctx context.Context, tx pgx.Tx, spec TaskSpec) (SubmitResult, error) {
+	rs, err := c.InsertManyTx(ctx, tx, []TaskSpec{spec})
+	if err != nil {
+		return SubmitResult{}, err
 	}
-	p, err := submitParams(specs)
+	return rs[0], nil
+}
+
+// InsertManyTx is SubmitManyTx that says which tasks were duplicates.
+func (c *Client) InsertManyTx(ctx context.Context, tx pgx.Tx, specs []TaskSpec) ([]SubmitResult, error) {
+	if tx == nil {
+		return nil, fmt.Errorf("%w: submit: transaction is nil", ErrInvalidTask)
+	}
+	p, is, err := submitParams(specs)
 	if err != nil {
 		return nil, err
 	}
 	q := db.New(tx)
 	prev, err := q.SchemaSearchPath(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("submit: read search_path: %w", err)
+		return nil, ctxErr(ctx, fmt.Errorf("submit: read search_path: %w", err))
 	}
 	if err := q.SchemaSetLocalSearchPath(ctx, c.schema); err != nil {
-		return nil, fmt.Errorf("submit: set search_path: %w", err)
+		return nil, ctxErr(ctx, fmt.Errorf("submit: set search_path: %w", err))
 	}
-	ids, err := insertTasks(ctx, q, specs, p)
+	rs, err := insertTasks(ctx, q, specs, is, p)
 	if err != nil {
 		// Restore if the transaction is still usable (an unknown group is not a
 		// database error); after a failed statement it is aborted anyway.
 		_ = q.SchemaSetLocalSearchPath(ctx, prev)
-		return nil, c.describe(err)
+		return nil, ctxErr(ctx, c.describe(err))
 	}
 	if err := q.SchemaSetLocalSearchPath(ctx, prev); err != nil {
-		return nil, fmt.Errorf("submit: restore search_path: %w", err)
+		return nil, ctxErr(ctx, fmt.Errorf("submit: restore search_path: %w", err))
 	}
 	// In the caller's transaction: delivered when (and only if) it commits.
 	if err := q.NotifyQueued(ctx, submit.Groups(p)); err != nil {
-		return nil, fmt.Errorf("submit: notify workers: %w", err)
+		return nil, ctxErr(ctx, fmt.Errorf("submit: notify workers: %w", err))
 	}
-	return ids, nil
+	return rs, nil
 }
 
-func submitParams(specs []TaskSpec) (db.TaskSubmitManyParams, error) {
+// ctxErr makes a failure caused by ctx's end match errors.Is(err,
+// context.Canceled or DeadlineExceeded), whatever the driver wrapped it in.
+func ctxErr(ctx context.Context, err error) error {
+	if err == nil || ctx.Err() == nil || errors.Is(err, ctx.Err()) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", context.Cause(ctx), err)
+}
+
+func submitParams(specs []TaskSpec) (db.TaskSubmitManyParams, []submit.Spec, error) {
 	is := make([]submit.Spec, len(specs))
 	for i, s := range specs {
-		is[i] = submit.Spec{Group: s.Group, Kind: s.Kind, Payload: s.Payload, Priority: s.Priority, MaxRetries: s.MaxRetries, Timeout: s.Timeout}
+		is[i] = submit.Spec{Group: s.Group, Kind: s.Kind, Payload: s.Payload, Priority: s.Priority, MaxRetries: s.MaxRetries, Timeout: s.Timeout,
+			RunAt: s.RunAt, Delay: s.Delay, Tags: s.Tags}
 		if b := s.RetryBackoff; b != nil {
 			is[i].Backoff = &submit.Backoff{Base: b.Base, Max: b.Max}
 		}
+		if u := s.Unique; u != nil {
+			is[i].Unique = &submit.Unique{Key: u.Key, Scope: string(u.Scope), Period: u.Period}
+		}
 	}
-	return submit.Params(is)
+	p, err := submit.Params(is)
+	return p, is, err
 }
 
 // insertTasks stores the tasks in a transaction: it creates the groups of specs
 // that ask for it and checks the others exist first, so an unknown group fails
 // without aborting the caller's transaction (SubmitTx).
-func insertTasks(ctx context.Context, q *db.Queries, specs []TaskSpec, p db.TaskSubmitManyParams) ([]int64, error) {
+func insertTasks(ctx context.Context, q *db.Queries, specs []TaskSpec, is []submit.Spec, p db.TaskSubmitManyParams) ([]SubmitResult, error) {
 	seen := map[string]bool{}
 	for _, s := range specs {
 		if seen[s.Group] {
@@ -239,8 +316,18 @@ func insertTasks(ctx context.Context, q *db.Queries, specs []TaskSpec, p db.Task
 			return nil, fmt.Errorf("%w %q: %s", ErrUnknownGroup, s.Group, unknownGroup(s.Group))
 		}
 	}
+	if submit.AnyUnique(is) {
+		ids, dup, err := submit.InsertEach(ctx, q, is, p)
+		if err != nil {
+			return nil, insertError(ctx, q, p, err)
+		}
+		return results(ids, dup), nil
+	}
 	ids, err := submit.Insert(ctx, q, p)
-	return ids, insertError(ctx, q, p, err)
+	if err != nil {
+		return nil, insertError(ctx, q, p, err)
+	}
+	return results(ids, nil), nil
 }
 
 // unknownGroup says what to do about a missing group, from the Client.
@@ -273,13 +360,21 @@ func (c *Client) Get(ctx context.Context, id int64) (TaskInfo, error) {
 	return info, err
 }
 
-// Attempts returns a task's attempts, oldest first.
+// Attempts returns a task's attempts, oldest first (none for a task that has
+// not run yet), or ErrNotFound.
 func (c *Client) Attempts(ctx context.Context, id int64) ([]Attempt, error) {
 	var out []Attempt
 	err := c.single(ctx, func(q *db.Queries) error {
 		rows, err := q.TaskAttemptList(ctx, id)
 		if err != nil {
 			return fmt.Errorf("list attempts of task %d: %w", id, err)
+		}
+		if len(rows) == 0 { // a task that never ran, or none at all
+			if _, err := q.TaskGet(ctx, id); errors.Is(err, pgx.ErrNoRows) {
+				return fmt.Errorf("%w: id %d", ErrNotFound, id)
+			} else if err != nil {
+				return fmt.Errorf("list attempts of task %d: %w", id, err)
+			}
 		}
 		out = make([]Attempt, 0, len(rows))
 		for _, r := range rows {
@@ -391,15 +486,25 @@ type ListParams struct {
 	BeforeID int64
 	// Limit is the page size: default 100, at most 10000.
 	Limit int
+	// Tags: only tasks that have all of these tags (TaskSpec.Tags).
+	Tags []string
 }
 
-// List returns tasks newest first.
+// List returns tasks newest first. An unknown State, a negative Limit or
+// BeforeID, or a Limit over 10000 is refused with ErrInvalidArgument.
 func (c *Client) List(ctx context.Context, p ListParams) ([]TaskInfo, error) {
+	switch {
+	case p.State != "" && !slices.Contains(state.TaskStates, string(p.State)):
+		return nil, fmt.Errorf("%w: list: unknown state %q (one of %s)", ErrInvalidArgument, p.State, strings.Join(state.TaskStates, ", "))
+	case p.Limit < 0 || p.Limit > 10000:
+		return nil, fmt.Errorf("%w: list: limit %d is outside 0..10000 (0 means 100)", ErrInvalidArgument, p.Limit)
+	case p.BeforeID < 0:
+		return nil, fmt.Errorf("%w: list: before id %d is negative", ErrInvalidArgument, p.BeforeID)
+	}
 	limit := p.Limit
-	if limit <= 0 {
+	if limit == 0 {
 		limit = 100
 	}
-	limit = min(limit, 10000)
 	arg := db.TaskListPageParams{MaxRows: int32(limit)}
 	if p.State != "" {
 		s := string(p.State)
@@ -413,6 +518,9 @@ func (c *Client) List(ctx context.Context, p ListParams) ([]TaskInfo, error) {
 	}
 	if p.BeforeID > 0 {
 		arg.BeforeID = &p.BeforeID
+	}
+	if len(p.Tags) > 0 {
+		arg.Tags = p.Tags
 	}
 	var out []TaskInfo
 	err := c.single(ctx, func(q *db.Queries) error {

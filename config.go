@@ -46,8 +46,18 @@ type WorkerConfig struct {
 	Name string
 	// Slots is how many tasks run at once.
 	Slots int
-	// Handlers maps task kinds to Go handlers.
+	// Handlers maps task kinds to Go handlers (AddHandler adds typed ones).
 	Handlers map[string]Handler
+	// DeclareKinds makes the worker declare, when it starts, the kinds of its
+	// Handlers (and "shell" with AllowShell) as kinds of its group, with the
+	// payload type of each typed handler (AddHandler): from then on a submit
+	// to the group of another kind fails at once with ErrUnknownKind, and one
+	// whose payload has another JSON type with ErrInvalidTask. Declarations
+	// are only added, never removed, so old and new workers of a rolling
+	// deploy can run side by side (see Client.DeclareKinds).
+	DeclareKinds bool
+	// payloadTypes holds the JSON type of each typed handler's payload (AddHandler).
+	payloadTypes map[string]string
 	// AllowShell lets this worker run KindShell tasks (shell commands inside the
 	// application's process tree). Off by default: anyone who can submit to the
 	// group could otherwise run commands here. Shell tasks reaching a worker
@@ -242,6 +252,9 @@ func (c WorkerConfig) Validate() error {
 	if wc.SelfFenceAfter >= workerTimeout {
 		return fmt.Errorf("%w: self-fence after %s must be below the masters' worker timeout %s, so a cut-off worker kills its tasks before they fail over",
 			ErrInvalidConfig, wc.SelfFenceAfter, workerTimeout)
+	}
+	if len(c.Handlers) == 0 && !c.AllowShell {
+		return fmt.Errorf("%w: the worker can run nothing: register Handlers (or set AllowShell for shell tasks)", ErrInvalidConfig)
 	}
 	return nil
 }

@@ -38,4 +38,7 @@ var (
 	// ErrInvalidConfig wraps every configuration error of NewWorker, NewMaster
 	// and NewClient.
 	ErrInvalidConfig = errors.New("invalid baton config")
+	// ErrInvalidArgument: a call's parameters are out of range (List's state,
+	// limit or before id).
+	ErrInvalidArgument = errors.New("invalid argument")
 )

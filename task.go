@@ -1,6 +1,7 @@
 package baton
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -159,7 +160,57 @@ type TaskSpec struct {
 	// CreateGroup creates Group if it does not exist instead of failing with
 	// ErrUnknownGroup.
 	CreateGroup bool
+	// RunAt, when set, is the earliest time the task may run: until then it is
+	// in state scheduled and no worker claims it; a time in the past runs at
+	// once. Once due it runs within a worker's PollInterval, and takes its
+	// place among the queued tasks by priority, then submission order (tasks
+	// with the same RunAt and priority run in the order they were submitted).
+	RunAt time.Time
+	// Delay is RunAt relative to the database's clock (now() + Delay), for
+	// "in 7 days" without trusting the submitter's clock; at most 10 years.
+	// Set RunAt or Delay, not both.
+	Delay time.Duration
+	// Unique, when set, stores the task only if no task of the same kind holds
+	// Unique.Key in its scope; otherwise the submit returns the holder's id
+	// (Insert and InsertTx say it was a duplicate).
+	Unique *UniqueOpts
+	// Tags label the task, to find it with ListParams.Tags (or baton task list
+	// --tag): at most 16, each 1-128 of letters, digits, _ . : / - = (e.g.
+	// "customer=acme").
+	Tags []string
 }
+
+// UniqueOpts makes a task unique by key among tasks of its kind, within a
+// scope. A unique index enforces it in the submitting transaction, so it holds
+// for concurrent submits from any number of processes, and inside SubmitTx (a
+// concurrent submit of the same key waits for that transaction to end).
+type UniqueOpts struct {
+	// Key is 1-256 bytes of UTF-8 chosen by the application, e.g.
+	// "invoice-1234-reminder" or an HTTP request's idempotency key.
+	Key string
+	// Scope is how long the key is held: UniqueWhileActive (the default),
+	// UniqueForPeriod or UniqueUntilPruned.
+	Scope UniqueScope
+	// Period is the length of UniqueForPeriod's periods: a submit falls in the
+	// period (Postgres time, counted from the Unix epoch) that contains its
+	// now(), and the key is held once per period. Only for UniqueForPeriod.
+	Period time.Duration
+}
+
+// UniqueScope says how long a unique key is held.
+type UniqueScope string
+
+// Unique scopes.
+const (
+	// UniqueWhileActive: while the holder is scheduled, queued, dispatched or
+	// running; once it has finished, the key can be used again.
+	UniqueWhileActive UniqueScope = "active"
+	// UniqueForPeriod: once per UniqueOpts.Period, whatever the holder's state.
+	UniqueForPeriod UniqueScope = "period"
+	// UniqueUntilPruned: as long as the holder's row exists (retention prunes
+	// finished tasks: see baton prune).
+	UniqueUntilPruned UniqueScope = "forever"
+)
 
 // RetryBackoff is a retry policy, stated once per task (TaskSpec.RetryBackoff)
 // or per group (Client.SetGroupRetryBackoff), never per process: retry n waits
@@ -173,8 +224,10 @@ type RetryBackoff struct {
 
 // TaskState is where a task is in its life:
 //
-//	queued -> running -> succeeded | failed | timed_out | canceled
+//	[scheduled ->] queued -> running -> succeeded | failed | timed_out | canceled
 //
+// A task submitted with TaskSpec.RunAt or Delay in the future is scheduled until
+// then.
 // A worker claims a queued task and runs it. A failover may instead place it on
 // a chosen worker (dispatched) before it runs. A retry, a snooze or a failover
 // returns a task to queued (or dispatched).
@@ -182,6 +235,7 @@ type TaskState string
 
 // Task states.
 const (
+	TaskScheduled  TaskState = "scheduled"  // submitted to run later (TaskSpec.RunAt, Delay): not claimed before TaskInfo.RunAt
 	TaskQueued     TaskState = "queued"     // waiting for a worker of its group to claim it
 	TaskDispatched TaskState = "dispatched" // assigned to a worker session, not yet claimed
 	TaskRunning    TaskState = "running"    // claimed and running on that session
@@ -214,18 +268,32 @@ type TaskInfo struct {
 	// WorkerSessionID is the session the task is dispatched to or running on (0
 	// unless dispatched or running).
 	WorkerSessionID int64
-	MaxRetries      int
-	Retries         int          // retries used so far
-	RetryBackoff    RetryBackoff // the task's retry policy (its own, or its group's at submit)
-	Timeout         time.Duration
-	FailoverCount   int // times moved off a dead or stopped worker
-	SubmittedAt     time.Time
-	DispatchedAt    *time.Time
-	StartedAt       *time.Time
-	FinishedAt      *time.Time
-	ExitCode        *int   // shell tasks only
-	Output          string // handler result or captured output of the last finished attempt
-	LastError       string
+	// MaxRetries is the task's retry limit; a handler's Permanent lowers it to
+	// Retries (no retry left), and SubmittedMaxRetries keeps the submitted one.
+	MaxRetries          int
+	SubmittedMaxRetries int
+	// Retries counts the retries used: failed or timed-out attempts that were
+	// run again. Attempt counts every run (the first, retries, snoozes and
+	// failovers), so after a snooze Attempt is 2 and Retries 0.
+	Retries      int          // retries used so far
+	RetryBackoff RetryBackoff // the task's retry policy (its own, or its group's at submit)
+	Timeout      time.Duration
+	// RunAt is when the task may next be claimed: its TaskSpec.RunAt, or the
+	// time a retry's backoff or a snooze ends (meaningful while scheduled or
+	// queued).
+	RunAt         time.Time
+	FailoverCount int // times moved off a dead or stopped worker
+	SubmittedAt   time.Time
+	DispatchedAt  *time.Time
+	StartedAt     *time.Time
+	FinishedAt    *time.Time
+	ExitCode      *int   // shell tasks only
+	Output        string // handler result or captured output of the last finished attempt
+	LastError     string
+	// UniqueKey and UniqueScope are the task's TaskSpec.Unique ("" if none).
+	UniqueKey   string
+	UniqueScope UniqueScope
+	Tags        []string
 }
 
 func taskInfoFromRow(r db.Task) TaskInfo {
@@ -233,10 +301,12 @@ func taskInfoFromRow(r db.Task) TaskInfo {
 		ID: r.ID, Group: r.GroupName, Kind: r.Kind, Payload: r.Payload, Priority: int(r.Priority),
 		State: TaskState(r.State), Attempt: int(r.Attempt), WorkerSessionID: deref(r.WorkerSessionID),
 		MaxRetries: int(r.MaxRetries), Retries: int(r.Retries),
-		RetryBackoff:  RetryBackoff{Base: time.Duration(r.RetryBaseMs) * time.Millisecond, Max: time.Duration(r.RetryMaxMs) * time.Millisecond},
-		Timeout:       time.Duration(r.TimeoutMs) * time.Millisecond,
+		RetryBackoff: RetryBackoff{Base: time.Duration(r.RetryBaseMs) * time.Millisecond, Max: time.Duration(r.RetryMaxMs) * time.Millisecond},
+		Timeout:      time.Duration(r.TimeoutMs) * time.Millisecond, RunAt: r.AvailableAt,
 		FailoverCount: int(r.FailoverCount), SubmittedAt: r.SubmittedAt, DispatchedAt: r.DispatchedAt,
 		StartedAt: r.StartedAt, FinishedAt: r.FinishedAt, ExitCode: intPtr(r.ExitCode), Output: r.Output, LastError: r.LastError,
+		UniqueKey: deref(r.UniqueKey), UniqueScope: UniqueScope(deref(r.UniqueScope)), Tags: r.Tags,
+		SubmittedMaxRetries: int(cmp.Or(deref(r.SubmittedMaxRetries), r.MaxRetries)),
 	}
 }
 

@@ -5,31 +5,33 @@
 // Where the server comes from, in order:
 //  1. BATON_TEST_DATABASE_URL, a superuser-ish URL of a running server;
 //  2. a testcontainers-go Postgres container from image BATON_TEST_POSTGRES_IMAGE
-//     (default DefaultImage, the official image).
+//     (default DefaultImage, the official image), started by internal/testpg.
 //
 // When neither works a test fails if CI=true and is skipped otherwise, with a
 // message saying what to set.
 //
-// This is baton's own harness (it links testcontainers). Applications that embed
+// This is baton's own harness (it runs testcontainers through internal/testpg,
+// without linking it, so it stays out of applications' module graphs). Applications that embed
 // baton use batontest/apptest, which needs only a URL and no Docker client.
 package batontest
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/testcontainers/testcontainers-go"
-	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
 
 	"github.com/baton-scheduler/baton/internal/migrate"
 	"github.com/baton-scheduler/baton/internal/store"
@@ -47,7 +49,8 @@ const (
 type Server struct {
 	adminURL  string
 	template  string
-	container testcontainers.Container
+	container *exec.Cmd // internal/testpg, holding the container while its stdin is open
+	stdin     io.WriteCloser
 	err       error
 }
 
@@ -95,30 +98,10 @@ func (s *Server) start(ctx context.Context) error {
 		if image == "" {
 			image = DefaultImage
 		}
-		startCtx, cancel := context.WithTimeout(ctx, 3*time.Minute)
-		defer cancel()
-		ctr, err := tcpostgres.Run(startCtx, image,
-			tcpostgres.WithDatabase("baton"),
-			tcpostgres.WithUsername("baton"),
-			tcpostgres.WithPassword("baton"),
-			tcpostgres.BasicWaitStrategies(),
-			// Data in memory: per-test CREATE DATABASE on a container's overlay
-			// filesystem costs ~0.4 s; on tmpfs it is milliseconds.
-			testcontainers.WithTmpfs(map[string]string{"/var/lib/postgresql/data": "rw"}),
-			// Tests do not need durability; a crash loses a throwaway database.
-			testcontainers.WithCmd("postgres", "-c", "fsync=off", "-c", "synchronous_commit=off",
-				"-c", "full_page_writes=off", "-c", "max_connections=500"),
-		)
-		if ctr != nil {
-			s.container = ctr
-		}
+		u, err := s.startContainer(ctx, image)
 		if err != nil {
 			return fmt.Errorf("start Postgres container from image %q (set %s to a running server, or %s to an image that exists locally): %w",
 				image, EnvDatabaseURL, EnvImage, err)
-		}
-		u, err := ctr.ConnectionString(ctx, "sslmode=disable")
-		if err != nil {
-			return fmt.Errorf("container connection string: %w", err)
 		}
 		s.adminURL = u
 	}
@@ -322,14 +305,63 @@ func (s *Server) NewEmptyDatabase(t testing.TB) string {
 // Close stops the container, if the harness started one.
 func (s *Server) Close() {
 	if s.container != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_ = s.container.Terminate(ctx)
+		_ = s.stdin.Close() // testpg stops the container and exits
+		done := make(chan struct{})
+		go func() { _ = s.container.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(45 * time.Second):
+			_ = s.container.Process.Kill()
+			<-done
+		}
 	}
 }
 
-// Container is the testcontainers container, or nil when the server came from a URL.
-func (s *Server) Container() testcontainers.Container { return s.container }
+// startContainer runs internal/testpg (go run), which starts a testcontainers
+// Postgres and prints its URL; the container lives while testpg's stdin is open.
+// batontest does not link testcontainers itself (see internal/testpg).
+func (s *Server) startContainer(ctx context.Context, image string) (string, error) {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		return "", fmt.Errorf("no go command on PATH to run internal/testpg: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	cmd := exec.Command(goBin, "run", "github.com/baton-scheduler/baton/internal/testpg", image)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return "", err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return "", err
+	}
+	if err := cmd.Start(); err != nil {
+		return "", fmt.Errorf("go run internal/testpg: %w", err)
+	}
+	s.container, s.stdin = cmd, stdin
+	line := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		if sc.Scan() {
+			line <- sc.Text()
+		}
+		close(line)
+		_, _ = io.Copy(io.Discard, stdout)
+	}()
+	select {
+	case u, ok := <-line:
+		if !ok || u == "" {
+			s.Close()
+			return "", errors.New("internal/testpg exited without a URL (its error is above)")
+		}
+		return u, nil
+	case <-ctx.Done():
+		s.Close()
+		return "", fmt.Errorf("internal/testpg: %w", ctx.Err())
+	}
+}
 
 func randomHex(n int) string {
 	b := make([]byte, n)

@@ -222,7 +222,7 @@ type Task struct {
 	Payload json.RawMessage
 	// Higher runs first (-1000..1000).
 	Priority int32
-	// queued -> (dispatched ->) running -> succeeded | failed | timed_out | canceled; a retry, snooze or failover returns it to queued (or dispatched, when a failover picks a worker).
+	// scheduled (submitted to run later) | queued -> (dispatched ->) running -> succeeded | failed | timed_out | canceled; a retry, snooze or failover returns it to queued (or dispatched, when a failover picks a worker).
 	State string
 	// Fencing epoch, bumped on every dispatch. A worker write must carry (id, attempt, worker_session_id) or it changes nothing.
 	Attempt int32
@@ -250,7 +250,7 @@ type Task struct {
 	LastError string
 	// How many of the failovers took the task away while it was running (its worker died under it). A task found running on a dead worker once more after --max-failovers of these fails instead (a poison task).
 	RunningFailovers int32
-	// A queued task is not claimed before this time (retry backoff, snooze).
+	// A scheduled or queued task is not claimed before this time (run at, retry backoff, snooze).
 	AvailableAt time.Time
 	// Why the task is (or last was) queued: submit, retry, failover or snooze; it becomes the next attempt's reason.
 	QueuedReason string
@@ -266,6 +266,16 @@ type Task struct {
 	NotifyFinish bool
 	// The step of that run the task executes.
 	WorkflowStep *string
+	// Unique key (TaskSpec.Unique): no two tasks of one kind share it within unique_scope.
+	UniqueKey *string
+	// active: while scheduled, queued, dispatched or running; period: within unique_bucket; forever: until pruned.
+	UniqueScope *string
+	// Start of the period (Postgres time) the submit fell in (scope period), or 0001-01-01 00:00 UTC (scope forever).
+	UniqueBucket *time.Time
+	// max_retries as submitted, kept when a permanent failure (baton.Permanent) lowered max_retries to the retries used; NULL otherwise.
+	SubmittedMaxRetries *int32
+	// Labels given at submit (TaskSpec.Tags), for finding tasks (Client.List, baton task list --tag).
+	Tags []string
 }
 
 // History: one row per dispatch of a task (closed attempts from task_attempt_log, the current or final one from the task row). Dashboards read this.
@@ -315,6 +325,15 @@ type WorkerGroup struct {
 	RetryBaseMs int64
 	// Default retry backoff cap of tasks submitted to the group.
 	RetryMaxMs int64
+}
+
+// Task kinds a group runs: once a group has a row, submits of other kinds are refused.
+type WorkerGroupKind struct {
+	GroupName string
+	Kind      string
+	// JSON type the payload must have (jsonb_typeof), or NULL for any.
+	PayloadType *string
+	DeclaredAt  time.Time
 }
 
 // One row per worker process incarnation; a restart is a new row. Heartbeat = one UPDATE of last_heartbeat_at.

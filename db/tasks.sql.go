@@ -56,7 +56,7 @@ WITH t AS (
     UPDATE tasks
     SET state = 'canceled', worker_session_id = NULL, finished_at = now(), last_error = $1::text
     FROM (SELECT o.state AS old_state, o.worker_session_id AS old_session_id FROM tasks o WHERE o.id = $2) AS old
-    WHERE tasks.id = $2 AND tasks.state IN ('queued', 'dispatched', 'running')
+    WHERE tasks.id = $2 AND tasks.state IN ('scheduled', 'queued', 'dispatched', 'running')
     RETURNING tasks.id, tasks.attempt, tasks.attempt_session_id, tasks.attempt_reason, tasks.dispatched_at, tasks.started_at,
               old.old_state, old.old_session_id
 ), a AS (
@@ -154,9 +154,18 @@ WITH dq AS MATERIALIZED (
     ORDER BY tk.priority DESC, tk.id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
+), qs AS MATERIALIZED (
+    SELECT NULL::bigint AS dispatch_id, tk.id, tk.priority
+    FROM tasks tk
+    WHERE tk.group_name = $3
+      AND tk.state = 'scheduled'
+      AND tk.available_at <= now()
+    ORDER BY tk.available_at, tk.id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
 ), pick AS MATERIALIZED (
     SELECT u.dispatch_id, u.id, u.priority
-    FROM (SELECT dispatch_id, id, priority FROM dq UNION ALL SELECT dispatch_id, id, priority FROM qq) AS u
+    FROM (SELECT dispatch_id, id, priority FROM dq UNION ALL SELECT dispatch_id, id, priority FROM qq UNION ALL SELECT dispatch_id, id, priority FROM qs) AS u
     ORDER BY u.priority DESC, u.id
     LIMIT $2
 ), s AS MATERIALIZED (
@@ -186,7 +195,7 @@ WITH dq AS MATERIALIZED (
     FROM pick
     WHERE pick.dispatch_id IS NULL
       AND tasks.id = pick.id
-      AND tasks.state = 'queued'
+      AND tasks.state IN ('queued', 'scheduled')
       AND EXISTS (SELECT 1 FROM s)
     RETURNING tasks.id, tasks.kind, tasks.payload, tasks.attempt, tasks.timeout_ms,
               tasks.retries, tasks.max_retries, tasks.priority
@@ -226,6 +235,9 @@ type TaskClaimNextRow struct {
 // fencing token). Queued: one update per task bumps its attempt (the fencing
 // epoch) and starts it; the attempt lives in the task row until it is closed; the
 // update re-checks that the task is still queued. Index tasks_queue.
+// Scheduled (TaskSpec.RunAt): the ones whose time has come, from tasks_scheduled
+// (the ones not yet due are never read), earliest first, then id; claimed like
+// queued ones, in the same order.
 //
 // Rows are locked first, with SKIP LOCKED (a master's dispatcher or a cancel
 // holding one is skipped), up to max_tasks of each kind; the best max_tasks of
@@ -268,7 +280,7 @@ func (q *Queries) TaskClaimNext(ctx context.Context, arg TaskClaimNextParams) ([
 }
 
 const TaskExhaustRetries = `-- name: TaskExhaustRetries :execrows
-UPDATE tasks SET max_retries = retries
+UPDATE tasks SET submitted_max_retries = coalesce(submitted_max_retries, max_retries), max_retries = retries
 WHERE id = $1 AND attempt = $2 AND worker_session_id = $3::bigint AND state = 'running'
 `
 
@@ -286,6 +298,52 @@ func (q *Queries) TaskExhaustRetries(ctx context.Context, arg TaskExhaustRetries
 		return 0, err
 	}
 	return result.RowsAffected(), nil
+}
+
+const TaskFindUnique = `-- name: TaskFindUnique :many
+SELECT t.id FROM tasks t,
+     (SELECT $1::text AS kind, $2::text AS unique_key, $3::text AS scope,
+             $4::bigint AS period_ms) AS x
+WHERE t.kind = x.kind AND t.unique_key = x.unique_key
+  AND ((x.scope = 'active' AND t.unique_scope = 'active' AND t.state IN ('scheduled', 'queued', 'dispatched', 'running'))
+       OR (x.scope = 'forever' AND t.unique_bucket = '0001-01-01 00:00:00+00'::timestamptz)
+       OR (x.scope = 'period' AND t.unique_bucket = 'epoch'::timestamptz + floor(extract(epoch FROM now()) * 1000 / x.period_ms)
+                                                                         * x.period_ms * interval '1 millisecond'))
+LIMIT 1
+`
+
+type TaskFindUniqueParams struct {
+	Kind           string
+	UniqueKey      string
+	UniqueScope    string
+	UniquePeriodMs int64
+}
+
+// The task holding a unique key in its scope (after TaskSubmitOne found it
+// taken): for scope period, in the period now() falls in.
+func (q *Queries) TaskFindUnique(ctx context.Context, arg TaskFindUniqueParams) ([]int64, error) {
+	rows, err := q.db.Query(ctx, TaskFindUnique,
+		arg.Kind,
+		arg.UniqueKey,
+		arg.UniqueScope,
+		arg.UniquePeriodMs,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []int64{}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		items = append(items, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const TaskFinish = `-- name: TaskFinish :many
@@ -407,7 +465,7 @@ func (q *Queries) TaskFinish(ctx context.Context, arg TaskFinishParams) ([]TaskF
 }
 
 const TaskGet = `-- name: TaskGet :one
-SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step FROM tasks WHERE id = $1
+SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags FROM tasks WHERE id = $1
 `
 
 func (q *Queries) TaskGet(ctx context.Context, id int64) (Task, error) {
@@ -443,12 +501,17 @@ func (q *Queries) TaskGet(ctx context.Context, id int64) (Task, error) {
 		&i.RetryMaxMs,
 		&i.NotifyFinish,
 		&i.WorkflowStep,
+		&i.UniqueKey,
+		&i.UniqueScope,
+		&i.UniqueBucket,
+		&i.SubmittedMaxRetries,
+		&i.Tags,
 	)
 	return i, err
 }
 
 const TaskList = `-- name: TaskList :many
-SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step FROM tasks
+SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags FROM tasks
 WHERE ($1::text IS NULL OR state = $1)
   AND ($2::text IS NULL OR group_name = $2)
 ORDER BY id DESC
@@ -500,6 +563,11 @@ func (q *Queries) TaskList(ctx context.Context, arg TaskListParams) ([]Task, err
 			&i.RetryMaxMs,
 			&i.NotifyFinish,
 			&i.WorkflowStep,
+			&i.UniqueKey,
+			&i.UniqueScope,
+			&i.UniqueBucket,
+			&i.SubmittedMaxRetries,
+			&i.Tags,
 		); err != nil {
 			return nil, err
 		}
@@ -512,13 +580,14 @@ func (q *Queries) TaskList(ctx context.Context, arg TaskListParams) ([]Task, err
 }
 
 const TaskListPage = `-- name: TaskListPage :many
-SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step FROM tasks
+SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags FROM tasks
 WHERE ($1::text IS NULL OR state = $1)
   AND ($2::text IS NULL OR group_name = $2)
   AND ($3::text IS NULL OR kind = $3)
   AND ($4::bigint IS NULL OR id < $4)
+  AND ($5::text[] IS NULL OR (tags @> $5 AND tags <> '{}'))
 ORDER BY id DESC
-LIMIT $5
+LIMIT $6
 `
 
 type TaskListPageParams struct {
@@ -526,6 +595,7 @@ type TaskListPageParams struct {
 	GroupName *string
 	Kind      *string
 	BeforeID  *int64
+	Tags      []string
 	MaxRows   int32
 }
 
@@ -536,6 +606,7 @@ func (q *Queries) TaskListPage(ctx context.Context, arg TaskListPageParams) ([]T
 		arg.GroupName,
 		arg.Kind,
 		arg.BeforeID,
+		arg.Tags,
 		arg.MaxRows,
 	)
 	if err != nil {
@@ -575,6 +646,11 @@ func (q *Queries) TaskListPage(ctx context.Context, arg TaskListPageParams) ([]T
 			&i.RetryMaxMs,
 			&i.NotifyFinish,
 			&i.WorkflowStep,
+			&i.UniqueKey,
+			&i.UniqueScope,
+			&i.UniqueBucket,
+			&i.SubmittedMaxRetries,
+			&i.Tags,
 		); err != nil {
 			return nil, err
 		}
@@ -756,15 +832,25 @@ WITH s AS (
     SELECT unnest($1::text[]) AS group_name, unnest($2::text[]) AS kind,
            unnest($3::text[]) AS payload, unnest($4::int[]) AS priority,
            unnest($5::int[]) AS max_retries, unnest($6::bigint[]) AS timeout_ms,
-           unnest($7::bigint[]) AS retry_base_ms, unnest($8::bigint[]) AS retry_max_ms
-), t AS (
-    INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms, retry_base_ms, retry_max_ms)
-    SELECT s.group_name, s.kind, s.payload::jsonb, s.priority, s.max_retries, s.timeout_ms,
-           CASE WHEN s.retry_base_ms >= 0 THEN s.retry_base_ms
-                ELSE coalesce((SELECT g.retry_base_ms FROM worker_groups g WHERE g.name = s.group_name), 1000) END,
-           CASE WHEN s.retry_max_ms >= 0 THEN s.retry_max_ms
-                ELSE coalesce((SELECT g.retry_max_ms FROM worker_groups g WHERE g.name = s.group_name), 300000) END
+           unnest($7::bigint[]) AS retry_base_ms, unnest($8::bigint[]) AS retry_max_ms,
+           unnest($9::bigint[]) AS run_at_us, unnest($10::bigint[]) AS delay_ms,
+           unnest($11::text[]) AS tags_json
+), a AS (
+    SELECT s.group_name, s.kind, s.payload, s.priority, s.max_retries, s.timeout_ms, s.retry_base_ms, s.retry_max_ms, s.tags_json,
+           CASE WHEN s.run_at_us > 0 THEN 'epoch'::timestamptz + s.run_at_us * interval '1 microsecond'
+                ELSE now() + s.delay_ms * interval '1 millisecond' END AS available_at
     FROM s
+), t AS (
+    INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms, retry_base_ms, retry_max_ms,
+                       state, available_at, tags)
+    SELECT a.group_name, a.kind, a.payload::jsonb, a.priority, a.max_retries, a.timeout_ms,
+           CASE WHEN a.retry_base_ms >= 0 THEN a.retry_base_ms
+                ELSE coalesce((SELECT g.retry_base_ms FROM worker_groups g WHERE g.name = a.group_name), 1000) END,
+           CASE WHEN a.retry_max_ms >= 0 THEN a.retry_max_ms
+                ELSE coalesce((SELECT g.retry_max_ms FROM worker_groups g WHERE g.name = a.group_name), 300000) END,
+           CASE WHEN a.available_at > now() THEN 'scheduled' ELSE 'queued' END, a.available_at,
+           ARRAY(SELECT jsonb_array_elements_text(a.tags_json::jsonb))
+    FROM a
     RETURNING id
 )
 SELECT t.id FROM t ORDER BY t.id
@@ -779,10 +865,13 @@ type TaskSubmitManyParams struct {
 	TimeoutsMs   []int64
 	RetryBasesMs []int64
 	RetryMaxesMs []int64
+	RunAtsUs     []int64
+	DelaysMs     []int64
+	TagsJson     []string
 }
 
 // Batch submit: one statement (one round trip, its own transaction) for many
-// tasks: each is a task row in state queued — the queue is the index tasks_queue.
+// tasks: each is a task row in state queued: the queue is the index tasks_queue.
 // Payloads travel as text and are cast to jsonb so a malformed one fails the whole
 // batch. A retry backoff of -1 takes the group's. The caller then wakes the
 // group's workers with NotifyQueued, after the commit and in a transaction of its
@@ -799,6 +888,9 @@ func (q *Queries) TaskSubmitMany(ctx context.Context, arg TaskSubmitManyParams) 
 		arg.TimeoutsMs,
 		arg.RetryBasesMs,
 		arg.RetryMaxesMs,
+		arg.RunAtsUs,
+		arg.DelaysMs,
+		arg.TagsJson,
 	)
 	if err != nil {
 		return nil, err
@@ -819,32 +911,54 @@ func (q *Queries) TaskSubmitMany(ctx context.Context, arg TaskSubmitManyParams) 
 }
 
 const TaskSubmitOne = `-- name: TaskSubmitOne :one
-INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms, retry_base_ms, retry_max_ms)
+INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms, retry_base_ms, retry_max_ms,
+                   state, available_at, unique_key, unique_scope, unique_bucket, tags)
 SELECT x.group_name, x.kind, x.payload::jsonb, x.priority, x.max_retries, x.timeout_ms,
        CASE WHEN x.retry_base_ms >= 0 THEN x.retry_base_ms
             ELSE coalesce((SELECT g.retry_base_ms FROM worker_groups g WHERE g.name = x.group_name), 1000) END,
        CASE WHEN x.retry_max_ms >= 0 THEN x.retry_max_ms
-            ELSE coalesce((SELECT g.retry_max_ms FROM worker_groups g WHERE g.name = x.group_name), 300000) END
+            ELSE coalesce((SELECT g.retry_max_ms FROM worker_groups g WHERE g.name = x.group_name), 300000) END,
+       CASE WHEN w.run_at > now() THEN 'scheduled' ELSE 'queued' END, w.run_at,
+       nullif(x.unique_key, ''), nullif(x.unique_scope, ''),
+       CASE x.unique_scope WHEN 'forever' THEN '0001-01-01 00:00:00+00'::timestamptz
+                           WHEN 'period' THEN 'epoch'::timestamptz + floor(extract(epoch FROM now()) * 1000 / x.unique_period_ms)
+                                                                   * x.unique_period_ms * interval '1 millisecond' END,
+       ARRAY(SELECT jsonb_array_elements_text(x.tags_json::jsonb))
 FROM (SELECT $1::text AS group_name, $2::text AS kind, $3::text AS payload, $4::int AS priority,
              $5::int AS max_retries, $6::bigint AS timeout_ms,
-             $7::bigint AS retry_base_ms, $8::bigint AS retry_max_ms) AS x
+             $7::bigint AS retry_base_ms, $8::bigint AS retry_max_ms,
+             $9::bigint AS run_at_us, $10::bigint AS delay_ms,
+             $11::text AS unique_key, $12::text AS unique_scope, $13::bigint AS unique_period_ms,
+             $14::text AS tags_json) AS x
+CROSS JOIN LATERAL (SELECT CASE WHEN x.run_at_us > 0 THEN 'epoch'::timestamptz + x.run_at_us * interval '1 microsecond'
+                                ELSE now() + x.delay_ms * interval '1 millisecond' END AS run_at) AS w
+ON CONFLICT DO NOTHING
 RETURNING id
 `
 
 type TaskSubmitOneParams struct {
-	GroupName   string
-	Kind        string
-	Payload     string
-	Priority    int32
-	MaxRetries  int32
-	TimeoutMs   int64
-	RetryBaseMs int64
-	RetryMaxMs  int64
+	GroupName      string
+	Kind           string
+	Payload        string
+	Priority       int32
+	MaxRetries     int32
+	TimeoutMs      int64
+	RetryBaseMs    int64
+	RetryMaxMs     int64
+	RunAtUs        int64
+	DelayMs        int64
+	UniqueKey      string
+	UniqueScope    string
+	UniquePeriodMs int64
+	TagsJson       string
 }
 
 // TaskSubmitMany for one task, with scalar parameters: Postgres plans it once
 // (generic plan) where the array form is planned on every call, which costs
-// more than the insert.
+// more than the insert. It also stores a unique key (TaskSpec.Unique): a task
+// whose key is taken in its scope is not inserted (no row returned; the unique
+// indexes decide, waiting for a concurrent insert of the same key to commit or
+// roll back), and TaskFindUnique finds the holder.
 func (q *Queries) TaskSubmitOne(ctx context.Context, arg TaskSubmitOneParams) (int64, error) {
 	row := q.db.QueryRow(ctx, TaskSubmitOne,
 		arg.GroupName,
@@ -855,6 +969,12 @@ func (q *Queries) TaskSubmitOne(ctx context.Context, arg TaskSubmitOneParams) (i
 		arg.TimeoutMs,
 		arg.RetryBaseMs,
 		arg.RetryMaxMs,
+		arg.RunAtUs,
+		arg.DelayMs,
+		arg.UniqueKey,
+		arg.UniqueScope,
+		arg.UniquePeriodMs,
+		arg.TagsJson,
 	)
 	var id int64
 	err := row.Scan(&id)

@@ -28,6 +28,27 @@ func (q *Queries) GroupCreate(ctx context.Context, arg GroupCreateParams) (int64
 	return result.RowsAffected(), nil
 }
 
+const GroupDeclareKinds = `-- name: GroupDeclareKinds :exec
+INSERT INTO worker_group_kinds (group_name, kind, payload_type)
+SELECT k.group_name, k.kind, nullif(k.payload_type, '')
+FROM (SELECT $1::text AS group_name, unnest($2::text[]) AS kind, unnest($3::text[]) AS payload_type) AS k
+ON CONFLICT (group_name, kind) DO UPDATE
+SET payload_type = excluded.payload_type, declared_at = now()
+`
+
+type GroupDeclareKindsParams struct {
+	GroupName    string
+	Kinds        []string
+	PayloadTypes []string
+}
+
+// Declares kinds a group runs (worker_group_kinds): added or updated, never
+// removed here.
+func (q *Queries) GroupDeclareKinds(ctx context.Context, arg GroupDeclareKindsParams) error {
+	_, err := q.db.Exec(ctx, GroupDeclareKinds, arg.GroupName, arg.Kinds, arg.PayloadTypes)
+	return err
+}
+
 const GroupEnsure = `-- name: GroupEnsure :exec
 INSERT INTO worker_groups (name) VALUES ($1) ON CONFLICT (name) DO NOTHING
 `
@@ -89,6 +110,35 @@ func (q *Queries) GroupHealth(ctx context.Context, arg GroupHealthParams) ([]Gro
 			&i.LiveWorkers,
 			&i.WaitingTasks,
 		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const GroupKinds = `-- name: GroupKinds :many
+SELECT kind, payload_type FROM worker_group_kinds WHERE group_name = $1 ORDER BY kind
+`
+
+type GroupKindsRow struct {
+	Kind        string
+	PayloadType *string
+}
+
+func (q *Queries) GroupKinds(ctx context.Context, groupName string) ([]GroupKindsRow, error) {
+	rows, err := q.db.Query(ctx, GroupKinds, groupName)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []GroupKindsRow{}
+	for rows.Next() {
+		var i GroupKindsRow
+		if err := rows.Scan(&i.Kind, &i.PayloadType); err != nil {
 			return nil, err
 		}
 		items = append(items, i)

@@ -1,5 +1,5 @@
 -- Batch submit: one statement (one round trip, its own transaction) for many
--- tasks: each is a task row in state queued — the queue is the index tasks_queue.
+-- tasks: each is a task row in state queued: the queue is the index tasks_queue.
 -- Payloads travel as text and are cast to jsonb so a malformed one fails the whole
 -- batch. A retry backoff of -1 takes the group's. The caller then wakes the
 -- group's workers with NotifyQueued, after the commit and in a transaction of its
@@ -11,33 +11,72 @@ WITH s AS (
     SELECT unnest(@group_names::text[]) AS group_name, unnest(@kinds::text[]) AS kind,
            unnest(@payloads::text[]) AS payload, unnest(@priorities::int[]) AS priority,
            unnest(@max_retries::int[]) AS max_retries, unnest(@timeouts_ms::bigint[]) AS timeout_ms,
-           unnest(@retry_bases_ms::bigint[]) AS retry_base_ms, unnest(@retry_maxes_ms::bigint[]) AS retry_max_ms
-), t AS (
-    INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms, retry_base_ms, retry_max_ms)
-    SELECT s.group_name, s.kind, s.payload::jsonb, s.priority, s.max_retries, s.timeout_ms,
-           CASE WHEN s.retry_base_ms >= 0 THEN s.retry_base_ms
-                ELSE coalesce((SELECT g.retry_base_ms FROM worker_groups g WHERE g.name = s.group_name), 1000) END,
-           CASE WHEN s.retry_max_ms >= 0 THEN s.retry_max_ms
-                ELSE coalesce((SELECT g.retry_max_ms FROM worker_groups g WHERE g.name = s.group_name), 300000) END
+           unnest(@retry_bases_ms::bigint[]) AS retry_base_ms, unnest(@retry_maxes_ms::bigint[]) AS retry_max_ms,
+           unnest(@run_ats_us::bigint[]) AS run_at_us, unnest(@delays_ms::bigint[]) AS delay_ms,
+           unnest(@tags_json::text[]) AS tags_json
+), a AS (
+    SELECT s.group_name, s.kind, s.payload, s.priority, s.max_retries, s.timeout_ms, s.retry_base_ms, s.retry_max_ms, s.tags_json,
+           CASE WHEN s.run_at_us > 0 THEN 'epoch'::timestamptz + s.run_at_us * interval '1 microsecond'
+                ELSE now() + s.delay_ms * interval '1 millisecond' END AS available_at
     FROM s
+), t AS (
+    INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms, retry_base_ms, retry_max_ms,
+                       state, available_at, tags)
+    SELECT a.group_name, a.kind, a.payload::jsonb, a.priority, a.max_retries, a.timeout_ms,
+           CASE WHEN a.retry_base_ms >= 0 THEN a.retry_base_ms
+                ELSE coalesce((SELECT g.retry_base_ms FROM worker_groups g WHERE g.name = a.group_name), 1000) END,
+           CASE WHEN a.retry_max_ms >= 0 THEN a.retry_max_ms
+                ELSE coalesce((SELECT g.retry_max_ms FROM worker_groups g WHERE g.name = a.group_name), 300000) END,
+           CASE WHEN a.available_at > now() THEN 'scheduled' ELSE 'queued' END, a.available_at,
+           ARRAY(SELECT jsonb_array_elements_text(a.tags_json::jsonb))
+    FROM a
     RETURNING id
 )
 SELECT t.id FROM t ORDER BY t.id;
 
 -- TaskSubmitMany for one task, with scalar parameters: Postgres plans it once
 -- (generic plan) where the array form is planned on every call, which costs
--- more than the insert.
+-- more than the insert. It also stores a unique key (TaskSpec.Unique): a task
+-- whose key is taken in its scope is not inserted (no row returned; the unique
+-- indexes decide, waiting for a concurrent insert of the same key to commit or
+-- roll back), and TaskFindUnique finds the holder.
 -- name: TaskSubmitOne :one
-INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms, retry_base_ms, retry_max_ms)
+INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms, retry_base_ms, retry_max_ms,
+                   state, available_at, unique_key, unique_scope, unique_bucket, tags)
 SELECT x.group_name, x.kind, x.payload::jsonb, x.priority, x.max_retries, x.timeout_ms,
        CASE WHEN x.retry_base_ms >= 0 THEN x.retry_base_ms
             ELSE coalesce((SELECT g.retry_base_ms FROM worker_groups g WHERE g.name = x.group_name), 1000) END,
        CASE WHEN x.retry_max_ms >= 0 THEN x.retry_max_ms
-            ELSE coalesce((SELECT g.retry_max_ms FROM worker_groups g WHERE g.name = x.group_name), 300000) END
+            ELSE coalesce((SELECT g.retry_max_ms FROM worker_groups g WHERE g.name = x.group_name), 300000) END,
+       CASE WHEN w.run_at > now() THEN 'scheduled' ELSE 'queued' END, w.run_at,
+       nullif(x.unique_key, ''), nullif(x.unique_scope, ''),
+       CASE x.unique_scope WHEN 'forever' THEN '0001-01-01 00:00:00+00'::timestamptz
+                           WHEN 'period' THEN 'epoch'::timestamptz + floor(extract(epoch FROM now()) * 1000 / x.unique_period_ms)
+                                                                   * x.unique_period_ms * interval '1 millisecond' END,
+       ARRAY(SELECT jsonb_array_elements_text(x.tags_json::jsonb))
 FROM (SELECT @group_name::text AS group_name, @kind::text AS kind, @payload::text AS payload, @priority::int AS priority,
              @max_retries::int AS max_retries, @timeout_ms::bigint AS timeout_ms,
-             @retry_base_ms::bigint AS retry_base_ms, @retry_max_ms::bigint AS retry_max_ms) AS x
+             @retry_base_ms::bigint AS retry_base_ms, @retry_max_ms::bigint AS retry_max_ms,
+             @run_at_us::bigint AS run_at_us, @delay_ms::bigint AS delay_ms,
+             @unique_key::text AS unique_key, @unique_scope::text AS unique_scope, @unique_period_ms::bigint AS unique_period_ms,
+             @tags_json::text AS tags_json) AS x
+CROSS JOIN LATERAL (SELECT CASE WHEN x.run_at_us > 0 THEN 'epoch'::timestamptz + x.run_at_us * interval '1 microsecond'
+                                ELSE now() + x.delay_ms * interval '1 millisecond' END AS run_at) AS w
+ON CONFLICT DO NOTHING
 RETURNING id;
+
+-- The task holding a unique key in its scope (after TaskSubmitOne found it
+-- taken): for scope period, in the period now() falls in.
+-- name: TaskFindUnique :many
+SELECT t.id FROM tasks t,
+     (SELECT @kind::text AS kind, @unique_key::text AS unique_key, @unique_scope::text AS scope,
+             @unique_period_ms::bigint AS period_ms) AS x
+WHERE t.kind = x.kind AND t.unique_key = x.unique_key
+  AND ((x.scope = 'active' AND t.unique_scope = 'active' AND t.state IN ('scheduled', 'queued', 'dispatched', 'running'))
+       OR (x.scope = 'forever' AND t.unique_bucket = '0001-01-01 00:00:00+00'::timestamptz)
+       OR (x.scope = 'period' AND t.unique_bucket = 'epoch'::timestamptz + floor(extract(epoch FROM now()) * 1000 / x.period_ms)
+                                                                         * x.period_ms * interval '1 millisecond'))
+LIMIT 1;
 
 -- A worker's claim, one statement (its own transaction): the tasks a master
 -- placed on this session (dispatched: failover, or the dispatcher's fallback) and
@@ -52,6 +91,9 @@ RETURNING id;
 -- fencing token). Queued: one update per task bumps its attempt (the fencing
 -- epoch) and starts it; the attempt lives in the task row until it is closed; the
 -- update re-checks that the task is still queued. Index tasks_queue.
+-- Scheduled (TaskSpec.RunAt): the ones whose time has come, from tasks_scheduled
+-- (the ones not yet due are never read), earliest first, then id; claimed like
+-- queued ones, in the same order.
 --
 -- Rows are locked first, with SKIP LOCKED (a master's dispatcher or a cancel
 -- holding one is skipped), up to max_tasks of each kind; the best max_tasks of
@@ -83,9 +125,18 @@ WITH dq AS MATERIALIZED (
     ORDER BY tk.priority DESC, tk.id
     LIMIT @max_tasks
     FOR UPDATE SKIP LOCKED
+), qs AS MATERIALIZED (
+    SELECT NULL::bigint AS dispatch_id, tk.id, tk.priority
+    FROM tasks tk
+    WHERE tk.group_name = @group_name
+      AND tk.state = 'scheduled'
+      AND tk.available_at <= now()
+    ORDER BY tk.available_at, tk.id
+    LIMIT @max_tasks
+    FOR UPDATE SKIP LOCKED
 ), pick AS MATERIALIZED (
     SELECT u.dispatch_id, u.id, u.priority
-    FROM (SELECT * FROM dq UNION ALL SELECT * FROM qq) AS u
+    FROM (SELECT * FROM dq UNION ALL SELECT * FROM qq UNION ALL SELECT * FROM qs) AS u
     ORDER BY u.priority DESC, u.id
     LIMIT @max_tasks
 ), s AS MATERIALIZED (
@@ -115,7 +166,7 @@ WITH dq AS MATERIALIZED (
     FROM pick
     WHERE pick.dispatch_id IS NULL
       AND tasks.id = pick.id
-      AND tasks.state = 'queued'
+      AND tasks.state IN ('queued', 'scheduled')
       AND EXISTS (SELECT 1 FROM s)
     RETURNING tasks.id, tasks.kind, tasks.payload, tasks.attempt, tasks.timeout_ms,
               tasks.retries, tasks.max_retries, tasks.priority
@@ -267,6 +318,7 @@ WHERE (sqlc.narg('state')::text IS NULL OR state = sqlc.narg('state'))
   AND (sqlc.narg('group_name')::text IS NULL OR group_name = sqlc.narg('group_name'))
   AND (sqlc.narg('kind')::text IS NULL OR kind = sqlc.narg('kind'))
   AND (sqlc.narg('before_id')::bigint IS NULL OR id < sqlc.narg('before_id'))
+  AND (sqlc.narg('tags')::text[] IS NULL OR (tags @> sqlc.narg('tags') AND tags <> '{}'))
 ORDER BY id DESC
 LIMIT @max_rows;
 
@@ -293,7 +345,7 @@ WITH t AS (
     UPDATE tasks
     SET state = 'canceled', worker_session_id = NULL, finished_at = now(), last_error = @reason::text
     FROM (SELECT o.state AS old_state, o.worker_session_id AS old_session_id FROM tasks o WHERE o.id = @id) AS old
-    WHERE tasks.id = @id AND tasks.state IN ('queued', 'dispatched', 'running')
+    WHERE tasks.id = @id AND tasks.state IN ('scheduled', 'queued', 'dispatched', 'running')
     RETURNING tasks.id, tasks.attempt, tasks.attempt_session_id, tasks.attempt_reason, tasks.dispatched_at, tasks.started_at,
               old.old_state, old.old_session_id
 ), a AS (
@@ -318,7 +370,7 @@ SELECT t.id, t.attempt FROM t CROSS JOIN (SELECT count(*) FROM notified) AS n CR
 -- A handler's permanent failure (baton.Permanent): the running attempt's failure
 -- becomes final by leaving no retry. Fenced like every worker write.
 -- name: TaskExhaustRetries :execrows
-UPDATE tasks SET max_retries = retries
+UPDATE tasks SET submitted_max_retries = coalesce(submitted_max_retries, max_retries), max_retries = retries
 WHERE id = @id AND attempt = @attempt AND worker_session_id = @session_id::bigint AND state = 'running';
 
 -- name: TaskRetryState :one

@@ -23,3 +23,15 @@ ORDER BY g.name;
 -- from now on (tasks already submitted keep theirs).
 -- name: GroupSetRetryBackoff :execrows
 UPDATE worker_groups SET retry_base_ms = @retry_base_ms, retry_max_ms = @retry_max_ms WHERE name = @name;
+
+-- Declares kinds a group runs (worker_group_kinds): added or updated, never
+-- removed here.
+-- name: GroupDeclareKinds :exec
+INSERT INTO worker_group_kinds (group_name, kind, payload_type)
+SELECT k.group_name, k.kind, nullif(k.payload_type, '')
+FROM (SELECT @group_name::text AS group_name, unnest(@kinds::text[]) AS kind, unnest(@payload_types::text[]) AS payload_type) AS k
+ON CONFLICT (group_name, kind) DO UPDATE
+SET payload_type = excluded.payload_type, declared_at = now();
+
+-- name: GroupKinds :many
+SELECT kind, payload_type FROM worker_group_kinds WHERE group_name = @group_name ORDER BY kind;

@@ -162,7 +162,7 @@ func TestEmbeddedWorkerRefusesShell(t *testing.T) {
 	ctx := context.Background()
 	a := newApp(t)
 	apptest.StartMaster(t, baton.MasterConfig{DatabaseURL: a.dsn})
-	apptest.StartWorker(t, baton.WorkerConfig{DatabaseURL: a.dsn, Group: "closed"})
+	apptest.StartWorker(t, baton.WorkerConfig{DatabaseURL: a.dsn, Group: "closed", Handlers: noopHandlers})
 	apptest.StartWorker(t, baton.WorkerConfig{DatabaseURL: a.dsn, Group: "open", AllowShell: true})
 	dir := t.TempDir()
 	shell := func(group, file string) int64 {
@@ -201,7 +201,7 @@ func TestUnmigratedDatabaseClearError(t *testing.T) {
 			t.Fatalf("%s on an unmigrated database: %v", what, err)
 		}
 	}
-	_, err := baton.NewWorker(ctx, baton.WorkerConfig{DatabaseURL: dsn, Logger: zaptest.NewLogger(t)})
+	_, err := baton.NewWorker(ctx, baton.WorkerConfig{DatabaseURL: dsn, Logger: zaptest.NewLogger(t), Handlers: noopHandlers})
 	want("NewWorker", err)
 	_, err = baton.NewMaster(ctx, baton.MasterConfig{DatabaseURL: dsn, Logger: zaptest.NewLogger(t)})
 	want("NewMaster", err)
@@ -280,7 +280,7 @@ func TestClient(t *testing.T) {
 	// A worker with no master anywhere: a warning in its log, and in Groups.
 	core, logs := observer.New(zap.InfoLevel)
 	apptest.StartWorker(t, baton.WorkerConfig{DatabaseURL: a.dsn, Group: "reports", Logger: zap.New(core),
-		MasterCheckInterval: 20 * time.Millisecond})
+		MasterCheckInterval: 20 * time.Millisecond, Handlers: map[string]baton.Handler{"r": func(context.Context, baton.Task) (string, error) { return "", nil }}})
 	waitFor(t, func() bool { return logs.FilterMessageSnippet("no live master").Len() > 0 })
 	groups, err := a.client.Groups(ctx)
 	if err != nil {
@@ -479,11 +479,11 @@ func TestLegacyPublicInstall(t *testing.T) {
 		!strings.Contains(err.Error(), "move-from-public") {
 		t.Fatalf("migrate beside a legacy install: %v", err)
 	}
-	_, err = baton.NewWorker(ctx, baton.WorkerConfig{DatabaseURL: dsn, Logger: zaptest.NewLogger(t)})
+	_, err = baton.NewWorker(ctx, baton.WorkerConfig{DatabaseURL: dsn, Logger: zaptest.NewLogger(t), Handlers: noopHandlers})
 	if !errors.Is(err, baton.ErrLegacyPublicSchema) {
 		t.Fatalf("worker beside a legacy install: %v", err)
 	}
-	apptest.StartWorker(t, baton.WorkerConfig{DatabaseURL: dsn, Schema: "public", Group: "old"})
+	apptest.StartWorker(t, baton.WorkerConfig{DatabaseURL: dsn, Schema: "public", Group: "old", Handlers: noopHandlers})
 }
 
 // A nil Logger is a real logger on stderr: a worker left without a master says
@@ -498,7 +498,7 @@ func TestNilLoggerSpeaks(t *testing.T) {
 	stderr := os.Stderr
 	os.Stderr = w
 	ctx, cancel := context.WithCancel(context.Background())
-	worker, err := baton.NewWorker(ctx, baton.WorkerConfig{DatabaseURL: a.dsn, Group: "quiet", MasterCheckInterval: 20 * time.Millisecond})
+	worker, err := baton.NewWorker(ctx, baton.WorkerConfig{DatabaseURL: a.dsn, Group: "quiet", MasterCheckInterval: 20 * time.Millisecond, Handlers: noopHandlers})
 	os.Stderr = stderr
 	if err != nil {
 		cancel()

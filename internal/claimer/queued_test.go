@@ -2,6 +2,8 @@ package claimer_test
 
 import (
 	"context"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -147,5 +149,146 @@ func TestEmptyClaimWritesNothing(t *testing.T) {
 	}
 	if n, assigned := claim(); n != 1 || !assigned {
 		t.Fatalf("claim of one task: %d tasks, transaction id assigned %v; want 1, true", n, assigned)
+	}
+}
+
+// A task submitted to run later (RunAt, Delay) is scheduled: no claim takes it
+// before its time. Once due it is claimed with the queue, merged by priority and
+// then submission order: it keeps its place among equals.
+func TestClaimScheduledWhenDue(t *testing.T) {
+	t.Parallel()
+	pool, _ := srv.NewPool(t)
+	ctx := context.Background()
+	s := batontest.NewWorkerSession(t, pool, &batontest.WorkerSessionOpts{Group: batontest.Ptr("sch")})
+	ids, err := submit.Many(ctx, pool, []submit.Spec{
+		{Group: "sch", Kind: "noop", Delay: time.Hour},                      // 0: due later (made due below)
+		{Group: "sch", Kind: "noop"},                                        // 1: queued
+		{Group: "sch", Kind: "noop", Priority: 5, Delay: time.Hour},         // 2: due later (made due below)
+		{Group: "sch", Kind: "noop", RunAt: time.Now().Add(24 * time.Hour)}, // 3: not due
+		{Group: "sch", Kind: "noop", RunAt: time.Now().Add(-time.Minute)},   // 4: in the past: queued at once
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	claim := func() []int64 {
+		t.Helper()
+		rows, err := db.New(pool).TaskClaimNext(ctx, db.TaskClaimNextParams{SessionID: s, GroupName: "sch", MaxTasks: 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []int64
+		for _, r := range rows {
+			got = append(got, r.ID)
+		}
+		return got
+	}
+	if n := batontest.Int64(t, pool, "SELECT count(*) FROM tasks WHERE state = 'scheduled' AND available_at > now() AND id = ANY($1)",
+		[]int64{ids[0], ids[2], ids[3]}); n != 3 {
+		t.Fatalf("scheduled tasks = %d, want 3", n)
+	}
+	// Before their time: only the queued ones.
+	if got := claim(); len(got) != 2 || got[0] != ids[1] || got[1] != ids[4] {
+		t.Fatalf("claimed %v, want %v", got, []int64{ids[1], ids[4]})
+	}
+	if _, err := pool.Exec(ctx, "UPDATE tasks SET state = 'queued', attempt = 0, worker_session_id = NULL, started_at = NULL, dispatched_at = NULL WHERE id = ANY($1)",
+		[]int64{ids[1], ids[4]}); err != nil {
+		t.Fatal(err)
+	}
+	// The clock moves on: 0 and 2 are due (Postgres time decides, as in the claim).
+	if _, err := pool.Exec(ctx, "UPDATE tasks SET available_at = now() - interval '1 second' WHERE id = ANY($1)", []int64{ids[0], ids[2]}); err != nil {
+		t.Fatal(err)
+	}
+	want := []int64{ids[2], ids[0], ids[1], ids[4]}
+	got := claim()
+	if len(got) != len(want) {
+		t.Fatalf("claimed %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("claimed %v, want %v (priority, then submission order)", got, want)
+		}
+	}
+	if n := batontest.Int64(t, pool, "SELECT count(*) FROM tasks WHERE state = 'scheduled'"); n != 1 {
+		t.Fatalf("scheduled tasks left = %d, want 1 (the one due tomorrow)", n)
+	}
+}
+
+// The claim stays an index probe with a million tasks scheduled for later: the
+// ones not yet due are never read (index tasks_scheduled, keyed by run time).
+// The plan is printed; the test asserts its shape and the buffers it touched,
+// not its time.
+func TestClaimIgnoresMillionFutureTasks(t *testing.T) {
+	t.Parallel()
+	pool, _ := srv.NewPool(t)
+	ctx := context.Background()
+	s := batontest.NewWorkerSession(t, pool, &batontest.WorkerSessionOpts{Group: batontest.Ptr("future")})
+	if _, err := pool.Exec(ctx, `INSERT INTO tasks (group_name, kind, state, available_at)
+		SELECT 'future', 'noop', 'scheduled', now() + interval '1 day' + g * interval '1 millisecond'
+		FROM generate_series(1, 1000000) AS g`); err != nil {
+		t.Fatal(err)
+	}
+	ids, err := submit.Many(ctx, pool, []submit.Spec{{Group: "future", Kind: "noop"}, {Group: "future", Kind: "noop", Delay: time.Hour}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, "UPDATE tasks SET available_at = now() - interval '1 second' WHERE id = $1", ids[1]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, "ANALYZE tasks"); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck
+	rows, err := tx.Query(ctx, "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF, SUMMARY OFF) "+db.TaskClaimNext,
+		s, int32(10), "future")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var plan []string
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			t.Fatal(err)
+		}
+		plan = append(plan, line)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Join(plan, "\n")
+	t.Logf("claim with 1,000,000 tasks scheduled for later:\n%s", text)
+	if !strings.Contains(text, "tasks_scheduled") || !strings.Contains(text, "tasks_queue") {
+		t.Fatalf("the claim does not use tasks_scheduled and tasks_queue:\n%s", text)
+	}
+	if strings.Contains(text, "Seq Scan on tasks") {
+		t.Fatalf("the claim scans the tasks table:\n%s", text)
+	}
+	var n int
+	if err := tx.QueryRow(ctx, "SELECT count(*) FROM tasks WHERE state = 'running' AND id = ANY($1)", ids).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 2 {
+		t.Fatalf("claimed %d of the 2 due tasks", n)
+	}
+	// Every plan node reads a handful of buffers, not the million rows' pages
+	// (planning's catalog reads, listed last, are not the table's).
+	for _, line := range plan {
+		if strings.TrimSpace(line) == "Planning:" {
+			break
+		}
+		if i := strings.Index(line, "shared hit="); i >= 0 {
+			total := 0
+			for _, f := range strings.Fields(strings.NewReplacer("=", " ").Replace(line[i:])) {
+				if v, err := strconv.Atoi(f); err == nil {
+					total += v
+				}
+			}
+			if total > 200 {
+				t.Fatalf("a plan node touched %d buffers:\n%s", total, text)
+			}
+		}
 	}
 }

@@ -29,7 +29,8 @@ const usageFormat = `baton — operator CLI of the baton scheduler
   baton migrate up|down|status|version     apply/roll back the embedded schema
   baton migrate move-from-public           move a pre-schema install (tables in public) into baton's schema
   baton task submit --group G (--shell CMD | --type T [--payload JSON]) [--priority N] [--max-retries N] [--retry-base D] [--retry-max D] [--timeout D]
-  baton task list [--state S] [--group G] [--limit N]
+                    [--run-at RFC3339 | --delay D] [--tag T1,T2]
+  baton task list [--state S] [--group G] [--tag T] [--limit N]
   baton task show ID
   baton worker list [--group G] [--all]
   baton failover list [--limit N]
@@ -202,10 +203,26 @@ func taskCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writ
 		timeout := fs.Duration("timeout", 0, "run time limit of one attempt (0 = none)")
 		retryBase := fs.Duration("retry-base", 0, "this task's retry backoff: retry n waits base·2^(n-1), ±20% (default: the group's, 1s unless set)")
 		retryMax := fs.Duration("retry-max", 0, "cap of this task's retry backoff (default: the group's, 5m unless set)")
+		runAt := fs.String("run-at", "", "do not run before this time (RFC 3339, e.g. 2026-12-24T09:00:00Z)")
+		delay := fs.Duration("delay", 0, "do not run before now + this (the database's clock), e.g. 10m")
+		tag := fs.String("tag", "", "comma-separated tags, e.g. customer=acme,invoice")
 		if err := parseNoArgs(fs, rest); err != nil {
 			return err
 		}
-		spec := submit.Spec{Group: *group, Priority: *priority, MaxRetries: *retries, Timeout: *timeout}
+		spec := submit.Spec{Group: *group, Priority: *priority, MaxRetries: *retries, Timeout: *timeout, Delay: *delay}
+		if *tag != "" {
+			spec.Tags = strings.Split(*tag, ",")
+		}
+		if *runAt != "" {
+			if flagGiven(fs, "delay") {
+				return errors.New("give either --run-at or --delay, not both")
+			}
+			t, err := time.Parse(time.RFC3339Nano, *runAt)
+			if err != nil {
+				return fmt.Errorf("%w: --run-at %q is not an RFC 3339 time (2026-12-24T09:00:00Z)", submit.ErrInvalid, *runAt)
+			}
+			spec.RunAt = t
+		}
 		if flagGiven(fs, "retry-base") || flagGiven(fs, "retry-max") {
 			spec.Backoff = &submit.Backoff{Base: *retryBase, Max: *retryMax}
 			if !flagGiven(fs, "retry-base") {
@@ -258,18 +275,23 @@ func taskCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writ
 		state := fs.String("state", "", "filter by state")
 		group := fs.String("group", "", "filter by group")
 		limit := fs.Int("limit", 50, "rows (1..10000)")
+		tag := fs.String("tag", "", "only tasks with this tag (comma-separated: with all of them)")
 		if err := parseList(fs, rest, limit); err != nil {
 			return err
 		}
 		if *state != "" && !taskStates[*state] {
-			return fmt.Errorf("unknown state %q: use queued, dispatched, running, succeeded, failed, timed_out or canceled", *state)
+			return fmt.Errorf("unknown state %q: use scheduled, queued, dispatched, running, succeeded, failed, timed_out or canceled", *state)
+		}
+		var tags []string
+		if *tag != "" {
+			tags = strings.Split(*tag, ",")
 		}
 		pool, err := c.pool(ctx)
 		if err != nil {
 			return err
 		}
 		defer pool.Close()
-		rows, err := db.New(pool).TaskList(ctx, db.TaskListParams{State: nilIfEmpty(*state), GroupName: nilIfEmpty(*group), MaxRows: int32(*limit)})
+		rows, err := db.New(pool).TaskListPage(ctx, db.TaskListPageParams{State: nilIfEmpty(*state), GroupName: nilIfEmpty(*group), Tags: tags, MaxRows: int32(*limit)})
 		if err != nil {
 			return fmt.Errorf("list tasks: %w", err)
 		}
@@ -313,9 +335,19 @@ func taskCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writ
 		if c.json {
 			return json.NewEncoder(stdout).Encode(map[string]any{"task": t, "attempts": attempts})
 		}
-		fmt.Fprintf(stdout, "task %d  group %s  kind %s  state %s  attempt %d  retries %d/%d  failovers %d\n",
+		// attempt counts every run (retries, snoozes, failovers); retries only the retries used.
+		fmt.Fprintf(stdout, "task %d  group %s  kind %s  state %s  attempt %d  retries used %d of %d  failovers %d\n",
 			t.ID, t.GroupName, t.Kind, t.State, t.Attempt, t.Retries, t.MaxRetries, t.FailoverCount)
+		if t.SubmittedMaxRetries != nil {
+			fmt.Fprintf(stdout, "failed permanently (the handler said so): submitted with max retries %d\n", *t.SubmittedMaxRetries)
+		}
+		if len(t.Tags) > 0 {
+			fmt.Fprintf(stdout, "tags: %s\n", strings.Join(t.Tags, ","))
+		}
 		fmt.Fprintf(stdout, "payload: %s\n", t.Payload)
+		if t.State == "scheduled" || t.State == "queued" {
+			fmt.Fprintf(stdout, "runs at: %s\n", t.AvailableAt.Format(time.RFC3339Nano))
+		}
 		if t.LastError != "" {
 			fmt.Fprintf(stdout, "last error: %s\n", t.LastError)
 		}
@@ -435,7 +467,7 @@ func optTime(t *time.Time) string {
 	return t.Format(time.RFC3339Nano)
 }
 
-var taskStates = map[string]bool{"queued": true, "dispatched": true, "running": true, "succeeded": true,
+var taskStates = map[string]bool{"scheduled": true, "queued": true, "dispatched": true, "running": true, "succeeded": true,
 	"failed": true, "timed_out": true, "canceled": true}
 
 // parseNoArgs parses flags and refuses leftover words (an unquoted shell command).

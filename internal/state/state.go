@@ -6,6 +6,7 @@ package state
 
 // Task states (tasks.state, CHECK tasks_state).
 const (
+	TaskScheduled  = "scheduled"
 	TaskQueued     = "queued"
 	TaskDispatched = "dispatched"
 	TaskRunning    = "running"
@@ -53,7 +54,7 @@ const (
 
 // The sets, by the CHECK constraint that allows them.
 var (
-	TaskStates     = []string{TaskQueued, TaskDispatched, TaskRunning, TaskSucceeded, TaskFailed, TaskTimedOut, TaskCanceled}
+	TaskStates     = []string{TaskScheduled, TaskQueued, TaskDispatched, TaskRunning, TaskSucceeded, TaskFailed, TaskTimedOut, TaskCanceled}
 	Outcomes       = []string{OutcomeSucceeded, OutcomeFailed, OutcomeTimedOut, OutcomeFailedOver, OutcomeFenced, OutcomeCanceled, OutcomeSnoozed}
 	WorkerSessions = []string{SessionAlive, SessionDraining, SessionDead, SessionStopped}
 	MasterSessions = []string{SessionAlive, SessionDead, SessionStopped}

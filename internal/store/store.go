@@ -198,6 +198,15 @@ func Constraint(err error) string {
 	return ""
 }
 
+// Message is a Postgres error's message (without SQLSTATE), else err's text.
+func Message(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Message
+	}
+	return err.Error()
+}
+
 // Retryable reports whether a transaction failed only because it raced another
 // (deadlock, serialization) and may simply run again.
 func Retryable(err error) bool {

@@ -14,6 +14,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/baton-scheduler/baton/db"
@@ -39,6 +40,8 @@ var groupRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 var (
 	ErrInvalid      = errors.New("invalid task")
 	ErrUnknownGroup = errors.New("unknown worker group")
+	// ErrUnknownKind: the group declares its kinds and this is not one of them.
+	ErrUnknownKind = errors.New("unknown task kind")
 )
 
 // Spec describes a task to submit.
@@ -51,7 +54,78 @@ type Spec struct {
 	Timeout    time.Duration
 	// Backoff is the task's retry backoff; nil takes its group's.
 	Backoff *Backoff
+	// RunAt, when not zero, is the time before which the task is not claimed;
+	// Delay (Postgres time: now() + Delay) is used when RunAt is zero. A time in
+	// the past runs at once.
+	RunAt time.Time
+	Delay time.Duration
+	// Unique, when set, makes the task unique by key among tasks of its kind
+	// within a scope (see InsertEach).
+	Unique *Unique
+	// Tags label the task (at most MaxTags, each like a kind).
+	Tags []string
 }
+
+// MaxTags is the most tags a task may have.
+const MaxTags = 16
+
+// ValidTag reports whether t can be a tag: 1-128 of letters, digits, _ . : / - = starting with a letter or digit.
+func ValidTag(t string) bool { return tagRE.MatchString(t) }
+
+var tagRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.:/=-]{0,127}$`)
+
+// Unique is a task's unique key and the scope it is unique in.
+type Unique struct {
+	Key   string
+	Scope string // ScopeActive (default when empty), ScopePeriod or ScopeForever
+	// Period is the length of the periods of ScopePeriod (Postgres time, from
+	// the Unix epoch): at most one task per key and period.
+	Period time.Duration
+}
+
+// Unique scopes (tasks.unique_scope).
+const (
+	ScopeActive  = "active"
+	ScopePeriod  = "period"
+	ScopeForever = "forever"
+	MaxUniqueKey = 256
+)
+
+func (u *Unique) scope() string {
+	if u.Scope == "" {
+		return ScopeActive
+	}
+	return u.Scope
+}
+
+// Validate checks a unique key and scope.
+func (u *Unique) Validate() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: unique: %s", ErrInvalid, fmt.Sprintf(format, a...))
+	}
+	switch {
+	case u.Key == "" || len(u.Key) > MaxUniqueKey:
+		return bad("key must be 1-%d bytes, got %d", MaxUniqueKey, len(u.Key))
+	case !utf8.ValidString(u.Key) || strings.ContainsRune(u.Key, 0):
+		return bad("key must be UTF-8 without NUL")
+	}
+	switch u.scope() {
+	case ScopeActive, ScopeForever:
+		if u.Period != 0 {
+			return bad("period is only for scope %q", ScopePeriod)
+		}
+	case ScopePeriod:
+		if u.Period < time.Millisecond || u.Period > MaxDelay {
+			return bad("period %s is outside 1ms..%s", u.Period, MaxDelay)
+		}
+	default:
+		return bad("scope %q is not one of %q, %q, %q", u.Scope, ScopeActive, ScopePeriod, ScopeForever)
+	}
+	return nil
+}
+
+// MaxDelay bounds how far in the future a task may be submitted to run.
+const MaxDelay = 10 * 365 * 24 * time.Hour
 
 // Backoff is a retry policy: retry n waits Base·2^(n-1), capped at Max, ±20%.
 // Postgres computes it when the failure is recorded (TaskFinish).
@@ -96,10 +170,29 @@ func (s Spec) Validate() error {
 		return bad("max retries %d is outside 0..%d", s.MaxRetries, MaxRetries)
 	case s.Timeout < 0:
 		return bad("timeout %s is negative", s.Timeout)
+	case s.Delay < 0 || s.Delay > MaxDelay:
+		return bad("delay %s is outside 0..%s", s.Delay, MaxDelay)
+	case !s.RunAt.IsZero() && s.Delay != 0:
+		return bad("run at and delay are both set; give one")
+	case !s.RunAt.IsZero() && (s.RunAt.Year() < 1970 || time.Until(s.RunAt) > MaxDelay):
+		return bad("run at %s is outside 1970..now+%s", s.RunAt.Format(time.RFC3339), MaxDelay)
 	}
 	if s.Backoff != nil {
 		if err := s.Backoff.Validate(); err != nil {
 			return err
+		}
+	}
+	if s.Unique != nil {
+		if err := s.Unique.Validate(); err != nil {
+			return err
+		}
+	}
+	if len(s.Tags) > MaxTags {
+		return bad("%d tags, the limit is %d", len(s.Tags), MaxTags)
+	}
+	for _, t := range s.Tags {
+		if !ValidTag(t) {
+			return bad("tag %q must be 1-128 of letters, digits, _ . : / - = starting with a letter or digit", t)
 		}
 	}
 	payload := s.payload()
@@ -253,6 +346,17 @@ func Params(specs []Spec) (db.TaskSubmitManyParams, error) {
 		p.TimeoutsMs = append(p.TimeoutsMs, s.Timeout.Milliseconds())
 		p.RetryBasesMs = append(p.RetryBasesMs, base)
 		p.RetryMaxesMs = append(p.RetryMaxesMs, maxDelay)
+		var runAt int64
+		if !s.RunAt.IsZero() {
+			runAt = max(s.RunAt.UnixMicro(), 1) // 0 means "not set"
+		}
+		p.RunAtsUs = append(p.RunAtsUs, runAt)
+		p.DelaysMs = append(p.DelaysMs, s.Delay.Milliseconds())
+		tags, _ := json.Marshal(s.Tags) // strings: cannot fail
+		if s.Tags == nil {
+			tags = []byte("[]")
+		}
+		p.TagsJson = append(p.TagsJson, string(tags))
 	}
 	return p, nil
 }
@@ -299,6 +403,10 @@ func InsertError(ctx context.Context, q *db.Queries, p db.TaskSubmitManyParams, 
 		return fmt.Errorf("%w: %v", ErrUnknownGroup, err)
 	case "tasks_payload_size":
 		return fmt.Errorf("%w: a payload exceeds 1 MiB once stored as jsonb (jsonb adds spaces)", ErrInvalid)
+	case "tasks_kind_declared":
+		return fmt.Errorf("%w: %s", ErrUnknownKind, store.Message(err))
+	case "tasks_payload_type":
+		return fmt.Errorf("%w: %s", ErrInvalid, store.Message(err))
 	case "":
 	default:
 		return fmt.Errorf("%w: rejected by constraint %s", ErrInvalid, store.Constraint(err))
@@ -336,9 +444,60 @@ func Insert(ctx context.Context, q *db.Queries, p db.TaskSubmitManyParams) ([]in
 	id, err := q.TaskSubmitOne(ctx, db.TaskSubmitOneParams{
 		GroupName: p.GroupNames[0], Kind: p.Kinds[0], Payload: p.Payloads[0], Priority: p.Priorities[0],
 		MaxRetries: p.MaxRetries[0], TimeoutMs: p.TimeoutsMs[0], RetryBaseMs: p.RetryBasesMs[0], RetryMaxMs: p.RetryMaxesMs[0],
+		RunAtUs: p.RunAtsUs[0], DelayMs: p.DelaysMs[0], TagsJson: p.TagsJson[0],
 	})
 	if err != nil {
 		return nil, err
 	}
 	return []int64{id}, nil
+}
+
+// AnyUnique reports whether a spec has a unique key (InsertEach stores them).
+func AnyUnique(specs []Spec) bool {
+	return slices.ContainsFunc(specs, func(s Spec) bool { return s.Unique != nil })
+}
+
+// InsertEach stores validated specs (p = Params(specs)) one statement each, in
+// order, in q's transaction: what a batch with unique keys needs. A spec whose
+// unique key is taken in its scope is not inserted: its id is the holder's and
+// its dup flag is set. The unique indexes decide, in the inserting transaction:
+// an insert of a key another transaction is inserting waits for it to commit or
+// roll back, so concurrent submits of one key from any number of processes
+// store one task. If the holder ends (or its period passes) between the refused
+// insert and the look-up, the insert is tried again.
+func InsertEach(ctx context.Context, q *db.Queries, specs []Spec, p db.TaskSubmitManyParams) (ids []int64, dup []bool, err error) {
+	ids, dup = make([]int64, len(specs)), make([]bool, len(specs))
+	for i, s := range specs {
+		one := db.TaskSubmitOneParams{
+			GroupName: p.GroupNames[i], Kind: p.Kinds[i], Payload: p.Payloads[i], Priority: p.Priorities[i],
+			MaxRetries: p.MaxRetries[i], TimeoutMs: p.TimeoutsMs[i], RetryBaseMs: p.RetryBasesMs[i], RetryMaxMs: p.RetryMaxesMs[i],
+			RunAtUs: p.RunAtsUs[i], DelayMs: p.DelaysMs[i], TagsJson: p.TagsJson[i],
+		}
+		if s.Unique != nil {
+			one.UniqueKey, one.UniqueScope, one.UniquePeriodMs = s.Unique.Key, s.Unique.scope(), s.Unique.Period.Milliseconds()
+		}
+		for try := 0; ; try++ {
+			id, err := q.TaskSubmitOne(ctx, one)
+			if err == nil {
+				ids[i] = id
+				break
+			}
+			if !errors.Is(err, pgx.ErrNoRows) || s.Unique == nil {
+				return nil, nil, err
+			}
+			holder, err := q.TaskFindUnique(ctx, db.TaskFindUniqueParams{Kind: one.Kind, UniqueKey: one.UniqueKey,
+				UniqueScope: one.UniqueScope, UniquePeriodMs: one.UniquePeriodMs})
+			if err != nil {
+				return nil, nil, err
+			}
+			if len(holder) == 1 {
+				ids[i], dup[i] = holder[0], true
+				break
+			}
+			if try == 10 {
+				return nil, nil, fmt.Errorf("unique key %q of kind %q: taken, but its holder keeps changing", one.UniqueKey, one.Kind)
+			}
+		}
+	}
+	return ids, dup, nil
 }
