@@ -163,7 +163,7 @@ type BackfillInsertParams struct {
 	Total      int32
 }
 
-// Backfills (migrations/00011_schedules.sql).
+// Backfills (migrations/00007_schedules.sql).
 func (q *Queries) BackfillInsert(ctx context.Context, arg BackfillInsertParams) (int64, error) {
 	row := q.db.QueryRow(ctx, BackfillInsert,
 		arg.WorkflowID,

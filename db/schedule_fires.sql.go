@@ -296,7 +296,7 @@ type ScheduleFireSkipManyParams struct {
 	Now          *time.Time
 }
 
-// The fire ledger (migrations/00011_schedules.sql).
+// The fire ledger (migrations/00007_schedules.sql).
 // Records skipped fire times in one statement; a time already in the ledger
 // (another master, a backfill) keeps its row.
 func (q *Queries) ScheduleFireSkipMany(ctx context.Context, arg ScheduleFireSkipManyParams) (int64, error) {

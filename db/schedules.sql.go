@@ -308,7 +308,7 @@ type ScheduleInsertParams struct {
 	NextFireAt      *time.Time
 }
 
-// Schedules (migrations/00011_schedules.sql). The fire pass is in
+// Schedules (migrations/00007_schedules.sql). The fire pass is in
 // internal/schedule: every statement that acts on a schedule it selected
 // re-checks the predicate it was selected by.
 func (q *Queries) ScheduleInsert(ctx context.Context, arg ScheduleInsertParams) (int64, error) {

@@ -1,4 +1,4 @@
--- Backfills (migrations/00011_schedules.sql).
+-- Backfills (migrations/00007_schedules.sql).
 
 -- name: BackfillInsert :one
 INSERT INTO backfills (workflow_id, schedule_id, params, cron, interval_ms, zone, anchor_at, dst_gap, dst_fold,

@@ -1,4 +1,4 @@
--- The fire ledger (migrations/00011_schedules.sql).
+-- The fire ledger (migrations/00007_schedules.sql).
 
 -- Records skipped fire times in one statement; a time already in the ledger
 -- (another master, a backfill) keeps its row.
