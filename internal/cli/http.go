@@ -1,0 +1,49 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/baton-scheduler/baton/internal/httpapi"
+	"github.com/baton-scheduler/baton/internal/store"
+)
+
+// runWithHTTP runs the master (run) and the HTTP API on addr beside it, on a
+// pool of its own (4 connections: API calls never take the master's). The
+// listener is opened first, so a taken port fails the start; the server shuts
+// down (5 s grace) when the master returns.
+func runWithHTTP(ctx context.Context, run func(context.Context) error, addr, dsn string, workerTimeout time.Duration, log *zap.Logger) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("--http-addr %s: %w", addr, err)
+	}
+	pool, err := store.Open(ctx, dsn, 4)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer pool.Close()
+	h, err := httpapi.New(httpapi.Config{Pool: pool, Schema: store.Schema(pool.Config()), WorkerTimeout: workerTimeout, Logger: log.Named("http")})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, WriteTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	log.Info("http api listening", zap.String("addr", ln.Addr().String()))
+	runErr := run(ctx)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return errors.Join(runErr, fmt.Errorf("http api: %w", err))
+	}
+	return runErr
+}
