@@ -8,14 +8,17 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
 	"github.com/baton-scheduler/baton/internal/httpapi"
+	"github.com/baton-scheduler/baton/internal/metrics"
 	"github.com/baton-scheduler/baton/internal/store"
 )
 
 // runWithHTTP runs the master (run) and the HTTP API on addr beside it, on a
-// pool of its own (4 connections: API calls never take the master's). The
+// pool of its own (4 connections: API calls never take the master's), with
+// /metrics (the cluster gauges re-read every 15 s on that pool). The
 // listener is opened first, so a taken port fails the start; the server shuts
 // down (5 s grace) when the master returns.
 func runWithHTTP(ctx context.Context, run func(context.Context) error, addr, dsn string, workerTimeout time.Duration, log *zap.Logger) error {
@@ -29,7 +32,15 @@ func runWithHTTP(ctx context.Context, run func(context.Context) error, addr, dsn
 		return err
 	}
 	defer pool.Close()
-	h, err := httpapi.New(httpapi.Config{Pool: pool, Schema: store.Schema(pool.Config()), WorkerTimeout: workerTimeout, Logger: log.Named("http")})
+	schema := store.Schema(pool.Config())
+	reg := metrics.NewRegistry(Version)
+	cluster := metrics.NewCluster(pool, schema, metrics.RefreshIntervalDefault, log.Named("metrics"))
+	reg.MustRegister(cluster, metrics.NewPoolCollector(pool, "http"))
+	mctx, stopMetrics := context.WithCancel(ctx)
+	defer stopMetrics()
+	go cluster.Run(mctx)
+	h, err := httpapi.New(httpapi.Config{Pool: pool, Schema: schema, WorkerTimeout: workerTimeout, Logger: log.Named("http"),
+		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: zap.NewStdLog(log.Named("metrics"))})})
 	if err != nil {
 		ln.Close()
 		return err

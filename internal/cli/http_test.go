@@ -56,6 +56,9 @@ func TestMasterHTTPAndHealthcheck(t *testing.T) {
 	if out, e, code := baton(t, nil, "healthcheck", "--url", url, "--path", "/livez"); code != 0 {
 		t.Fatalf("healthcheck /livez: %d %q %q", code, out, e)
 	}
+	if out, e, code := baton(t, nil, "healthcheck", "--url", url, "--path", "/metrics"); code != 0 || !strings.Contains(out, "baton_") {
+		t.Fatalf("/metrics: %d %q %q", code, out, e)
+	}
 	if _, e, code := baton(t, nil, "healthcheck", "--url", url, "--path", "/api/v1/tasks"); code != 1 || !strings.Contains(e, "401") {
 		t.Fatalf("healthcheck of an API route without a token: %d %q", code, e)
 	}
