@@ -7,6 +7,7 @@ package db
 
 import (
 	"context"
+	"time"
 )
 
 const MetricsCluster = `-- name: MetricsCluster :one
@@ -26,6 +27,18 @@ func (q *Queries) MetricsCluster(ctx context.Context) (MetricsClusterRow, error)
 	var i MetricsClusterRow
 	err := row.Scan(&i.MastersAlive, &i.FailoversUnfinished, &i.GroupsPaused)
 	return i, err
+}
+
+const MetricsNow = `-- name: MetricsNow :one
+SELECT now()::timestamptz AS now
+`
+
+// Postgres' clock, for ages shown beside its timestamps.
+func (q *Queries) MetricsNow(ctx context.Context) (time.Time, error) {
+	row := q.db.QueryRow(ctx, MetricsNow)
+	var now time.Time
+	err := row.Scan(&now)
+	return now, err
 }
 
 const MetricsOldestRunnable = `-- name: MetricsOldestRunnable :many

@@ -30,3 +30,7 @@ FROM worker_groups g;
 SELECT (SELECT count(*) FROM master_sessions WHERE state = 'alive')::bigint AS masters_alive,
        (SELECT count(*) FROM failover_events WHERE finished_at IS NULL)::bigint AS failovers_unfinished,
        (SELECT count(*) FROM worker_groups WHERE paused)::bigint AS groups_paused;
+
+-- Postgres' clock, for ages shown beside its timestamps.
+-- name: MetricsNow :one
+SELECT now()::timestamptz AS now;

@@ -45,6 +45,7 @@ func runWithHTTP(ctx context.Context, run func(context.Context) error, addr, dsn
 		ln.Close()
 		return err
 	}
+	defer h.Close()
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, WriteTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()

@@ -55,6 +55,7 @@ type api struct {
 	router                 routers.Router
 	read, operate, revoked string
 	seen                   map[string]bool // "METHOD path status" answered and validated
+	srv                    *Server
 }
 
 func newAPI(t *testing.T) *api {
@@ -69,8 +70,9 @@ func newAPI(t *testing.T) *api {
 		t.Fatal(err)
 	}
 	ts := httptest.NewServer(s)
+	t.Cleanup(s.Close)
 	t.Cleanup(ts.Close)
-	a := &api{t: t, pool: pool, url: ts.URL, router: router, seen: map[string]bool{}}
+	a := &api{t: t, pool: pool, url: ts.URL, router: router, seen: map[string]bool{}, srv: s}
 	q := db.New(pool)
 	mk := func(name, scope string) string {
 		tok, hash, err := NewToken()
@@ -163,6 +165,7 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer s.Close()
 	var served, documented []string
 	for _, r := range s.Routes() {
 		served = append(served, r.Method+" "+r.Path)
@@ -213,6 +216,7 @@ func TestAPI(t *testing.T) {
 	// Every API route refuses a request without a token, and every operate
 	// route a read token.
 	s, _ := New(Config{Pool: a.pool})
+	defer s.Close()
 	for _, r := range s.Routes() {
 		path := strings.NewReplacer("{id}", "1", "{name}", "g").Replace(r.Path)
 		if r.Scope == "" {

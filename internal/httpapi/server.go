@@ -45,7 +45,10 @@ type Config struct {
 	MaxBodyBytes int64
 	// Metrics, if set, is served at /metrics.
 	Metrics http.Handler
-	Logger  *zap.Logger
+	// BasePath is the prefix the handler is mounted under (links of the
+	// status page), e.g. "/baton"; default "".
+	BasePath string
+	Logger   *zap.Logger
 }
 
 // Defaults.
@@ -63,6 +66,7 @@ type Server struct {
 	mux    *http.ServeMux
 	routes []Route
 	log    *zap.Logger
+	cache  overviewCache
 }
 
 // Route is one method and path of the API (the OpenAPI test reads them).
@@ -116,6 +120,7 @@ func New(cfg Config) (*Server, error) {
 	s.api("GET /api/v1/masters", ScopeRead, s.listMasters)
 	s.api("GET /api/v1/failovers", ScopeRead, s.listFailovers)
 	s.api("GET /api/v1/audit", ScopeOperate, s.listAudit)
+	s.uiRoutes() // HTML, not part of the API document
 	return s, nil
 }
 
