@@ -136,7 +136,7 @@ type GroupSetPausedParams struct {
 	Name   string
 }
 
-// Pause or resume a group's claims (TaskClaimQueued reads the flag).
+// Pause or resume a group's claims (TaskClaimNext reads the flag).
 func (q *Queries) GroupSetPaused(ctx context.Context, arg GroupSetPausedParams) (int64, error) {
 	result, err := q.db.Exec(ctx, GroupSetPaused, arg.Paused, arg.Name)
 	if err != nil {

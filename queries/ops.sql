@@ -12,7 +12,7 @@ FROM worker_groups g
 WHERE (sqlc.narg('name')::text IS NULL OR g.name = sqlc.narg('name'))
 ORDER BY g.name;
 
--- Pause or resume a group's claims (TaskClaimQueued reads the flag).
+-- Pause or resume a group's claims (TaskClaimNext reads the flag).
 -- name: GroupSetPaused :execrows
 UPDATE worker_groups SET paused = @paused WHERE name = @name;
 

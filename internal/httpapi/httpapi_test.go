@@ -342,12 +342,12 @@ func TestAPI(t *testing.T) {
 	if !g.Paused {
 		t.Fatal("pause: group not paused")
 	}
-	claimed, err := q.TaskClaimQueued(ctx, db.TaskClaimQueuedParams{GroupName: "g", SessionID: session, MaxTasks: 10})
+	claimed, err := q.TaskClaimNext(ctx, db.TaskClaimNextParams{GroupName: "g", SessionID: session, MaxTasks: 10})
 	if err != nil || len(claimed) != 0 {
 		t.Fatalf("a paused group's worker claimed %d tasks (%v)", len(claimed), err)
 	}
 	a.want(200, "POST", "/api/v1/groups/g/resume", a.operate, nil, &g)
-	claimed, err = q.TaskClaimQueued(ctx, db.TaskClaimQueuedParams{GroupName: "g", SessionID: session, MaxTasks: 1})
+	claimed, err = q.TaskClaimNext(ctx, db.TaskClaimNextParams{GroupName: "g", SessionID: session, MaxTasks: 1})
 	if err != nil || len(claimed) != 1 || g.Paused {
 		t.Fatalf("after resume: claimed %d (%v), paused %v", len(claimed), err, g.Paused)
 	}
