@@ -17,6 +17,7 @@ import (
 	"github.com/baton-scheduler/baton/internal/state"
 	"github.com/baton-scheduler/baton/internal/store"
 	"github.com/baton-scheduler/baton/internal/submit"
+	"github.com/baton-scheduler/baton/internal/taskops"
 )
 
 // Client submits, inspects, waits for and cancels tasks on the application's own
@@ -445,26 +446,14 @@ func (c *Client) Cancel(ctx context.Context, id int64) (TaskInfo, error) {
 	var info TaskInfo
 	var finished bool
 	err := c.inTx(ctx, func(q *db.Queries) error {
-		// Lock the task row first (the order dispatch and failover take: task,
-		// then its dispatch row). Once it is held nobody can give the task a new
-		// dispatch row, and TaskCancel's own snapshot, taken after the lock, sees
-		// any row committed before it.
-		if _, err := q.TaskCancelLockTask(ctx, id); err != nil {
-			return fmt.Errorf("cancel task %d: %w", id, err)
-		}
-		_, err := q.TaskCancel(ctx, db.TaskCancelParams{ID: id, Reason: "canceled by client"})
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("cancel task %d: %w", id, err)
-		}
-		finished = errors.Is(err, pgx.ErrNoRows)
-		row, err := q.TaskGet(ctx, id)
-		if errors.Is(err, pgx.ErrNoRows) {
+		row, changed, err := taskops.Cancel(ctx, q, id, "canceled by client")
+		if errors.Is(err, taskops.ErrNotFound) {
 			return fmt.Errorf("%w: id %d", ErrNotFound, id)
 		}
 		if err != nil {
-			return fmt.Errorf("cancel task %d: %w", id, err)
+			return err
 		}
-		info = taskInfoFromRow(row)
+		info, finished = taskInfoFromRow(row), !changed
 		return nil
 	})
 	if err != nil {

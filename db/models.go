@@ -9,6 +9,32 @@ import (
 	"time"
 )
 
+// Bearer tokens of the HTTP API. Only the SHA-256 of a token is stored; the token is shown once, at creation.
+type ApiToken struct {
+	ID   int64
+	Name string
+	// read: GET endpoints; operate: also every mutating endpoint.
+	Scope       string
+	TokenSha256 []byte
+	CreatedAt   time.Time
+	// Set by baton token revoke; a revoked token is refused.
+	RevokedAt *time.Time
+}
+
+// One row per mutating HTTP API call (and CLI token commands), written in the same transaction as the change.
+type AuditLog struct {
+	ID      int64
+	At      time.Time
+	TokenID *int64
+	// Who: "token:<name>" for the API, "cli" for the command line.
+	Actor string
+	// What, e.g. task.cancel, group.pause, worker.drain.
+	Action string
+	Target string
+	// The request (ids, filter) and what it changed (count).
+	Detail json.RawMessage
+}
+
 // Runs of a workflow for the logical times of a calendar in [from_at, to_at], admitted lazily, at most parallel at once.
 type Backfill struct {
 	ID         int64
@@ -325,6 +351,8 @@ type WorkerGroup struct {
 	RetryBaseMs int64
 	// Default retry backoff cap of tasks submitted to the group.
 	RetryMaxMs int64
+	// Paused by an operator: its workers claim no queued task (running ones finish; submits are accepted and wait).
+	Paused bool
 }
 
 // Task kinds a group runs: once a group has a row, submits of other kinds are refused.

@@ -151,6 +151,8 @@ WITH dq AS MATERIALIZED (
     WHERE tk.group_name = $3
       AND tk.state = 'queued'
       AND tk.available_at <= now()
+      -- A paused group (operator, API) claims no queued task; one primary-key probe.
+      AND NOT EXISTS (SELECT 1 FROM worker_groups g WHERE g.name = $3 AND g.paused)
     ORDER BY tk.priority DESC, tk.id
     LIMIT $2
     FOR UPDATE SKIP LOCKED

@@ -122,6 +122,8 @@ WITH dq AS MATERIALIZED (
     WHERE tk.group_name = @group_name
       AND tk.state = 'queued'
       AND tk.available_at <= now()
+      -- A paused group (operator, API) claims no queued task; one primary-key probe.
+      AND NOT EXISTS (SELECT 1 FROM worker_groups g WHERE g.name = @group_name AND g.paused)
     ORDER BY tk.priority DESC, tk.id
     LIMIT @max_tasks
     FOR UPDATE SKIP LOCKED

@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/baton-scheduler/baton/db"
+	"github.com/baton-scheduler/baton/internal/apimodel"
 	"github.com/baton-scheduler/baton/internal/migrate"
 	"github.com/baton-scheduler/baton/internal/store"
 	"github.com/baton-scheduler/baton/internal/submit"
@@ -28,16 +29,21 @@ const usageFormat = `baton — operator CLI of the baton scheduler
 
   baton migrate up|down|status|version     apply/roll back the embedded schema
   baton migrate move-from-public           move a pre-schema install (tables in public) into baton's schema
-  baton task submit --group G (--shell CMD | --type T [--payload JSON]) [--priority N] [--max-retries N] [--retry-base D] [--retry-max D] [--timeout D]
+  baton task submit --group G (--shell CMD | --kind K [--payload JSON]) [--priority N] [--max-retries N] [--retry-base D] [--retry-max D] [--timeout D]
                     [--run-at RFC3339 | --delay D] [--tag T1,T2]
   baton task list [--state S] [--group G] [--tag T] [--limit N]
   baton task show ID
+  baton task cancel ID...                  cancel tasks that have not finished
+  baton group list | show NAME | create NAME [--description D]
+  baton token create --name N --scope read|operate | list | revoke ID   HTTP API bearer tokens
+  baton healthcheck [--url http://127.0.0.1:8080]   exit 0 when the master's /readyz answers 200
   baton worker list [--group G] [--all]
   baton failover list [--limit N]
 %s  baton prune [--retention 30d] [--batch N]   delete finished tasks, old failover events, ended sessions
   baton dev                                start Postgres (if needed), a master, two workers and demo tasks
 
-Every command takes --database-url (env BATON_DATABASE_URL); list/show/submit take --json.
+Every command takes --database-url (env BATON_DATABASE_URL); list/show/submit take --json
+(one model: snake_case fields, ids as numbers, RFC 3339 UTC times to the second).
 baton's tables live in the Postgres schema "baton"; add baton_schema=<schema> to the
 URL to use another (baton_schema=public for an install from before schemas).
 `
@@ -71,6 +77,12 @@ func BatonMain(ctx context.Context, args []string, env Env, stdout, stderr io.Wr
 		err = scheduleCmd(ctx, args[1:], env, stdout, stderr)
 	case "backfill":
 		err = backfillCmd(ctx, args[1:], env, stdout, stderr)
+	case "group":
+		err = groupCmd(ctx, args[1:], env, stdout, stderr)
+	case "token":
+		err = tokenCmd(ctx, args[1:], env, stdout, stderr)
+	case "healthcheck":
+		err = healthcheckCmd(ctx, args[1:], env, stdout, stderr)
 	default:
 		err = fmt.Errorf("unknown command %q\n\n%s", args[0], usage)
 		for _, c := range extra {
@@ -185,7 +197,7 @@ func migrateCmd(ctx context.Context, args []string, env Env, stdout, stderr io.W
 }
 
 func taskCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writer) error {
-	cmd, rest, err := sub(args, "task", "submit", "list", "show")
+	cmd, rest, err := sub(args, "task", "submit", "list", "show", "cancel")
 	if err != nil {
 		return err
 	}
@@ -193,10 +205,13 @@ func taskCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writ
 	var c common
 	c.register(fs, env, true)
 	switch cmd {
+	case "cancel":
+		return taskCancel(ctx, fs, &c, rest, stdout)
 	case "submit":
 		group := fs.String("group", "default", "worker group")
 		shell := fs.String("shell", "", "shell command (kind shell)")
-		kind := fs.String("type", "", "Go handler kind")
+		kind := fs.String("kind", "", "Go handler kind")
+		fs.StringVar(kind, "type", "", "same as --kind")
 		payload := fs.String("payload", "", "JSON payload (for --type), or @file")
 		priority := fs.Int("priority", 0, "higher runs first (-1000..1000)")
 		retries := fs.Int("max-retries", 0, "retries after a failure or timeout (0..100)")
@@ -295,7 +310,7 @@ func taskCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writ
 		if err != nil {
 			return fmt.Errorf("list tasks: %w", err)
 		}
-		return printRows(stdout, c.json, rows, "ID\tGROUP\tKIND\tSTATE\tATTEMPT\tWORKER\tFAILOVERS\tSUBMITTED", func(out io.Writer, t db.Task) {
+		return printRows(stdout, c.json, apimodel.Tasks(rows), rows, "ID\tGROUP\tKIND\tSTATE\tATTEMPT\tWORKER\tFAILOVERS\tSUBMITTED", func(out io.Writer, t db.Task) {
 			fmt.Fprintf(out, "%d\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", t.ID, t.GroupName, t.Kind, t.State, t.Attempt,
 				optID(t.WorkerSessionID), t.FailoverCount, t.SubmittedAt.Format(time.RFC3339))
 		})
@@ -333,7 +348,7 @@ func taskCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writ
 			return fmt.Errorf("list attempts: %w", err)
 		}
 		if c.json {
-			return json.NewEncoder(stdout).Encode(map[string]any{"task": t, "attempts": attempts})
+			return json.NewEncoder(stdout).Encode(apimodel.TaskDetail{Task: apimodel.TaskFromRow(t), Attempts: apimodel.Attempts(attempts)})
 		}
 		// attempt counts every run (retries, snoozes, failovers); retries only the retries used.
 		fmt.Fprintf(stdout, "task %d  group %s  kind %s  state %s  attempt %d  retries used %d of %d  failovers %d\n",
@@ -409,7 +424,7 @@ func workerCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Wr
 	if err != nil {
 		return fmt.Errorf("list workers: %w", err)
 	}
-	return printRows(stdout, c.json, rows, "SESSION\tNAME\tGROUP\tSTATE\tSLOTS\tACTIVE\tHEARTBEAT AGE\tHOST\tPID", func(out io.Writer, w db.WorkerSessionListRow) {
+	return printRows(stdout, c.json, apimodel.Workers(rows), rows, "SESSION\tNAME\tGROUP\tSTATE\tSLOTS\tACTIVE\tHEARTBEAT AGE\tHOST\tPID", func(out io.Writer, w db.WorkerSessionListRow) {
 		fmt.Fprintf(out, "%d\t%s\t%s\t%s\t%d\t%d\t%.1fs\t%s\t%d\n", w.ID, w.Name, w.GroupName, w.State, w.Slots, w.ActiveTasks,
 			w.HeartbeatAgeSeconds, w.Host, w.Pid)
 	})
@@ -436,7 +451,7 @@ func failoverCmd(ctx context.Context, args []string, env Env, stdout, stderr io.
 	if err != nil {
 		return fmt.Errorf("list failovers: %w", err)
 	}
-	return printRows(stdout, c.json, rows, "ID\tKIND\tSESSION\tGROUP\tBY MASTER\tDEADLINE\tFINISHED\tREASSIGNED\tQUEUED\tPASSES", func(out io.Writer, f db.FailoverEvent) {
+	return printRows(stdout, c.json, apimodel.FailoverEvents(rows), rows, "ID\tKIND\tSESSION\tGROUP\tBY MASTER\tDEADLINE\tFINISHED\tREASSIGNED\tQUEUED\tPASSES", func(out io.Writer, f db.FailoverEvent) {
 		g := ""
 		if f.GroupName != nil {
 			g = *f.GroupName
@@ -492,10 +507,11 @@ func parseList(fs *flag.FlagSet, args []string, limit *int) error {
 	return nil
 }
 
-// printRows writes rows as JSON, or as a table with header and one line per row.
-func printRows[T any](stdout io.Writer, asJSON bool, rows []T, header string, line func(io.Writer, T)) error {
+// printRows writes model (rows in the JSON model, package apimodel) as JSON, or
+// rows as a table with header and one line per row.
+func printRows[T any](stdout io.Writer, asJSON bool, model any, rows []T, header string, line func(io.Writer, T)) error {
 	if asJSON {
-		return json.NewEncoder(stdout).Encode(rows)
+		return json.NewEncoder(stdout).Encode(model)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, header)

@@ -31,7 +31,7 @@ func baton(t *testing.T, env map[string]string, args ...string) (string, string,
 	return out.String(), errb.String(), code
 }
 
-// batonMigrations lists the embedded migration files (numbered from 1).
+// batonMigrations lists the embedded migration files, in version order.
 func batonMigrations(t *testing.T) []string {
 	t.Helper()
 	names, err := fs.Glob(migrations.FS, "*.sql")
@@ -110,7 +110,7 @@ func TestCLI(t *testing.T) {
 	}
 	out, _, _ = baton(t, env, "task", "list", "--json", "--state", "queued")
 	var tasks []map[string]any
-	if err := json.Unmarshal([]byte(out), &tasks); err != nil || len(tasks) != 1 || tasks[0]["Priority"].(float64) != 5 || tasks[0]["TimeoutMs"].(float64) != 30000 {
+	if err := json.Unmarshal([]byte(out), &tasks); err != nil || len(tasks) != 1 || tasks[0]["priority"] != float64(5) || tasks[0]["timeout_ms"] != float64(30000) {
 		t.Fatalf("task list --json: %q", out)
 	}
 	out, _, code = baton(t, env, "task", "show", strconv.FormatInt(sub.ID, 10), "--json")

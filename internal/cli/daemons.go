@@ -22,10 +22,11 @@ func MasterMain(ctx context.Context, args []string, env Env, stderr io.Writer) i
 	fs := newFlagSet("baton-master", stderr)
 	var cfg master.Config
 	var migrateUp bool
-	var logLevel, logFormat string
+	var logLevel, logFormat, httpAddr string
 	err := func() error {
 		var err error
 		dsnVar(fs, &cfg.DatabaseURL, env)
+		fs.StringVar(&httpAddr, "http-addr", env("BATON_HTTP_ADDR"), "serve the HTTP API, /livez, /readyz and /metrics on this address, e.g. :8080; empty: off (env BATON_HTTP_ADDR)")
 		fs.StringVar(&cfg.Name, "name", env("BATON_MASTER_NAME"), "master name (default host-pid)")
 		hb, err1 := envDuration(env, "BATON_HEARTBEAT_INTERVAL", master.HeartbeatIntervalDefault)
 		wt, err2 := envDuration(env, "BATON_WORKER_TIMEOUT", master.WorkerTimeoutDefault)
@@ -76,7 +77,10 @@ func MasterMain(ctx context.Context, args []string, env Env, stderr io.Writer) i
 		if err != nil {
 			return err
 		}
-		return m.Run(ctx)
+		if httpAddr == "" {
+			return m.Run(ctx)
+		}
+		return runWithHTTP(ctx, m.Run, httpAddr, cfg.DatabaseURL, cfg.WorkerTimeout, log)
 	}()
 	return exitCode(stderr, "baton-master", err)
 }

@@ -225,7 +225,7 @@ func scheduleCmd(ctx context.Context, args []string, env Env, stdout, stderr io.
 		}); err != nil {
 			return err
 		}
-		return printRows(stdout, c.json, ss, "NAME\tWORKFLOW\tCALENDAR\tZONE\tNEXT (UTC)\tACTIVE\tPAUSED", func(out io.Writer, s schedule.Schedule) {
+		return printRows(stdout, c.json, ss, ss, "NAME\tWORKFLOW\tCALENDAR\tZONE\tNEXT (UTC)\tACTIVE\tPAUSED", func(out io.Writer, s schedule.Schedule) {
 			fmt.Fprintf(out, "%s\t%s\t%s\t%s\t%s\t%d\t%v\n", s.Name, s.Workflow, calendarText(s.Spec), s.Zone, optTime(s.NextFireAt), s.ActiveRuns, s.Paused)
 		})
 	case "show":
@@ -295,7 +295,7 @@ func scheduleCmd(ctx context.Context, args []string, env Env, stdout, stderr io.
 		}); err != nil {
 			return err
 		}
-		return printRows(stdout, c.json, items, "LOCAL\tUTC\tNOTE", func(out io.Writer, it schedule.PreviewItem) {
+		return printRows(stdout, c.json, items, items, "LOCAL\tUTC\tNOTE", func(out io.Writer, it schedule.PreviewItem) {
 			note := it.Note
 			if !it.Due.Equal(it.Nominal) {
 				note = strings.TrimSpace(note + " due " + it.Due.UTC().Format("15:04:05.000Z") + " (jitter)")
@@ -417,7 +417,7 @@ func backfillCmd(ctx context.Context, args []string, env Env, stdout, stderr io.
 				}
 			}
 			fmt.Fprintf(stdout, "dry run: %d logical times, %d would run, %d would be skipped; nothing stored\n", len(plan), runs, len(plan)-runs)
-			return printRows(stdout, false, plan, "LOGICAL TIME (UTC)\tACTION\tREASON\tRUN", func(out io.Writer, p schedule.PlanItem) {
+			return printRows(stdout, false, plan, plan, "LOGICAL TIME (UTC)\tACTION\tREASON\tRUN", func(out io.Writer, p schedule.PlanItem) {
 				run := "-"
 				if p.RunID != 0 {
 					run = strconv.FormatInt(p.RunID, 10)
@@ -437,7 +437,7 @@ func backfillCmd(ctx context.Context, args []string, env Env, stdout, stderr io.
 		}); err != nil {
 			return err
 		}
-		return printRows(stdout, c.json, bs, "ID\tWORKFLOW\tSTATE\tFROM\tTO\tPARALLEL\tTOTAL\tSTARTED\tSKIPPED", func(out io.Writer, b schedule.Backfill) {
+		return printRows(stdout, c.json, bs, bs, "ID\tWORKFLOW\tSTATE\tFROM\tTO\tPARALLEL\tTOTAL\tSTARTED\tSKIPPED", func(out io.Writer, b schedule.Backfill) {
 			fmt.Fprintf(out, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\n", b.ID, b.Workflow, b.State, b.From.UTC().Format(time.RFC3339),
 				b.To.UTC().Format(time.RFC3339), b.Parallel, b.Total, b.Started, b.Skipped)
 		})

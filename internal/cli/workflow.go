@@ -101,7 +101,7 @@ func workflowCmd(ctx context.Context, args []string, env Env, stdout, stderr io.
 		if err != nil {
 			return fmt.Errorf("list workflows: %w", err)
 		}
-		return printRows(stdout, c.json, rows, "NAME\tVERSION\tCREATED\tUPDATED", func(out io.Writer, w db.WorkflowListRow) {
+		return printRows(stdout, c.json, rows, rows, "NAME\tVERSION\tCREATED\tUPDATED", func(out io.Writer, w db.WorkflowListRow) {
 			fmt.Fprintf(out, "%s\t%d\t%s\t%s\n", w.Name, w.LatestVersion, w.CreatedAt.Format(time.RFC3339), w.UpdatedAt.Format(time.RFC3339))
 		})
 	}
@@ -183,7 +183,7 @@ func runCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Write
 		}); err != nil {
 			return err
 		}
-		return printRows(stdout, c.json, runs, "ID\tWORKFLOW\tVERSION\tSTATE\tSTEPS LEFT\tCREATED\tFINISHED", func(out io.Writer, r workflow.Run) {
+		return printRows(stdout, c.json, runs, runs, "ID\tWORKFLOW\tVERSION\tSTATE\tSTEPS LEFT\tCREATED\tFINISHED", func(out io.Writer, r workflow.Run) {
 			fmt.Fprintf(out, "%d\t%s\t%d\t%s\t%d\t%s\t%s\n", r.ID, r.Workflow, r.Version, r.State, r.StepsLeft,
 				r.CreatedAt.Format(time.RFC3339), optTime(r.FinishedAt))
 		})

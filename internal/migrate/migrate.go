@@ -172,6 +172,10 @@ func (m *Migrator) Latest() int64 {
 	return src[len(src)-1].Version
 }
 
+// Count is how many migrations are embedded (versions may have gaps: numbers
+// are reserved per branch).
+func (m *Migrator) Count() int { return len(m.provider.ListSources()) }
+
 // Version is the version the database is at (0 when never migrated). It only
 // reads: goose would create its version table to answer, and a binary that
 // refuses an unmigrated database must leave it as it found it.

@@ -79,7 +79,7 @@ func TestUpDownUp(t *testing.T) {
 	if err != nil || n != migrationCount(t) {
 		t.Fatalf("up applied %d, %v; want %d", n, err, migrationCount(t))
 	}
-	want := []string{"backfills", "dispatch_queue", "failover_events", "master_sessions", "report_attempt_durations",
+	want := []string{"api_tokens", "audit_log", "backfills", "dispatch_queue", "failover_events", "master_sessions", "report_attempt_durations",
 		"report_failover_history", "report_tasks_by_state", "report_worker_health", "schedule_fires", "schedules",
 		"task_attempt_log", "task_attempts", "tasks", "worker_group_kinds", "worker_groups", "worker_sessions", "workflow_run_findings",
 		"workflow_run_steps", "workflow_runs", "workflow_version_edges", "workflow_version_steps",
