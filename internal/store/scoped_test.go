@@ -56,7 +56,8 @@ func testScoped(t *testing.T, mode pgx.QueryExecMode) {
 		ids, err := q.TaskSubmitMany(ctx, db.TaskSubmitManyParams{ // Query
 			GroupNames: []string{"scoped", "scoped"}, Kinds: []string{"k", "k"}, Payloads: []string{"{}", `{"a":1}`},
 			Priorities: []int32{0, 0}, MaxRetries: []int32{0, 0}, TimeoutsMs: []int64{0, 0},
-			RetryBasesMs: []int64{-1, -1}, RetryMaxesMs: []int64{-1, -1}})
+			RetryBasesMs: []int64{-1, -1}, RetryMaxesMs: []int64{-1, -1},
+			RunAtsUs: []int64{0, 0}, DelaysMs: []int64{0, 0}, TagsJson: []string{"[]", "[]"}})
 		if err != nil || len(ids) != 2 || ids[1] <= ids[0] {
 			t.Fatalf("call %d: TaskSubmitMany = %v, %v", i, ids, err)
 		}
