@@ -110,6 +110,16 @@ func (c *common) pool(ctx context.Context) (*pgxpool.Pool, error) {
 	return store.Open(ctx, c.dsn, 2)
 }
 
+// inTx opens a pool for one command and runs fn in one transaction on it.
+func (c *common) inTx(ctx context.Context, fn func(q *db.Queries) error) error {
+	pool, err := c.pool(ctx)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	return store.WithTx(ctx, pool, func(q *db.Queries, _ pgx.Tx) error { return fn(q) })
+}
+
 func sub(args []string, what string, choices ...string) (string, []string, error) {
 	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
 		fmt.Fprint(os.Stderr, usage)

@@ -12,11 +12,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/baton-scheduler/baton/db"
 	"github.com/baton-scheduler/baton/internal/schedule"
-	"github.com/baton-scheduler/baton/internal/store"
 )
 
 const scheduleUsage = `  baton schedule create NAME --workflow W (--cron EXPR | --every D) [--zone Z] [--param k=v]... [--start T] [--end T]
@@ -168,14 +165,7 @@ func scheduleCmd(ctx context.Context, args []string, env Env, stdout, stderr io.
 	fs := newFlagSet("baton schedule "+cmd, stderr)
 	var c common
 	c.register(fs, env, true)
-	inTx := func(fn func(q *db.Queries) error) error {
-		pool, err := c.pool(ctx)
-		if err != nil {
-			return err
-		}
-		defer pool.Close()
-		return store.WithTx(ctx, pool, func(q *db.Queries, _ pgx.Tx) error { return fn(q) })
-	}
+	inTx := func(fn func(q *db.Queries) error) error { return c.inTx(ctx, fn) }
 	var name string
 	if cmd != "list" {
 		name, rest, err = leadingArg(rest, fmt.Sprintf("usage: baton schedule %s NAME", cmd))
@@ -344,14 +334,7 @@ func backfillCmd(ctx context.Context, args []string, env Env, stdout, stderr io.
 	fs := newFlagSet("baton backfill "+cmd, stderr)
 	var c common
 	c.register(fs, env, true)
-	inTx := func(fn func(q *db.Queries) error) error {
-		pool, err := c.pool(ctx)
-		if err != nil {
-			return err
-		}
-		defer pool.Close()
-		return store.WithTx(ctx, pool, func(q *db.Queries, _ pgx.Tx) error { return fn(q) })
-	}
+	inTx := func(fn func(q *db.Queries) error) error { return c.inTx(ctx, fn) }
 	switch cmd {
 	case "create":
 		wf, rest, err := leadingArg(rest, "usage: baton backfill create WORKFLOW --from T --to T [--schedule S] ...")

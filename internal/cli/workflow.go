@@ -123,14 +123,7 @@ func runCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Write
 	fs := newFlagSet("baton run "+cmd, stderr)
 	var c common
 	c.register(fs, env, true)
-	inTx := func(fn func(q *db.Queries) error) error {
-		pool, err := c.pool(ctx)
-		if err != nil {
-			return err
-		}
-		defer pool.Close()
-		return store.WithTx(ctx, pool, func(q *db.Queries, _ pgx.Tx) error { return fn(q) })
-	}
+	inTx := func(fn func(q *db.Queries) error) error { return c.inTx(ctx, fn) }
 	switch cmd {
 	case "start":
 		var params multiFlag
