@@ -400,7 +400,15 @@ func (c *Client) Wait(ctx context.Context, id int64) (TaskInfo, error) {
 	// Ask for the notification (tasks nobody waits for are finished without one).
 	// Set before the first read: a task that ends after it is announced, one that
 	// ended before it is seen ended by the read.
-	if err := c.inTx(ctx, func(q *db.Queries) error { return q.TaskWatch(ctx, id) }); err != nil {
+	// The flag is a hint (a Postgres crash that loses it costs one poll interval),
+	// so its commit does not wait for the WAL flush: until then it holds the task
+	// row, and a claim woken by the submit skips a locked row.
+	if err := c.inTx(ctx, func(q *db.Queries) error {
+		if err := q.TxSetAsyncCommit(ctx); err != nil {
+			return err
+		}
+		return q.TaskWatch(ctx, id)
+	}); err != nil {
 		return TaskInfo{}, fmt.Errorf("wait for task %d: %w", id, err)
 	}
 	timer := time.NewTimer(c.cfg.WaitPollInterval)

@@ -56,3 +56,14 @@ func (q *Queries) SchemaVersionTableExists(ctx context.Context, qualifiedName st
 	err := row.Scan(&found)
 	return found, err
 }
+
+const TxSetAsyncCommit = `-- name: TxSetAsyncCommit :exec
+SELECT set_config('synchronous_commit', 'off', true)
+`
+
+// For a transaction whose writes are hints that a Postgres crash may lose (the
+// commit returns before the WAL flush, and its row locks are released sooner).
+func (q *Queries) TxSetAsyncCommit(ctx context.Context) error {
+	_, err := q.db.Exec(ctx, TxSetAsyncCommit)
+	return err
+}

@@ -15,3 +15,8 @@ SELECT current_setting('search_path')::text AS search_path;
 -- Sets search_path until the end of the current transaction.
 -- name: SchemaSetLocalSearchPath :exec
 SELECT set_config('search_path', @search_path::text, true);
+
+-- name: TxSetAsyncCommit :exec
+-- For a transaction whose writes are hints that a Postgres crash may lose (the
+-- commit returns before the WAL flush, and its row locks are released sooner).
+SELECT set_config('synchronous_commit', 'off', true);
