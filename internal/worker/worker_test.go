@@ -254,12 +254,17 @@ func TestSelfFenceOnPartition(t *testing.T) {
 		t.Logf("last tick of the partitioned attempt %s before the deadline", deadline.Sub(last).Round(time.Millisecond))
 	}
 	b.waitAllFinished(30 * time.Second)
+	// Attempt 2 on the healthy worker, unless load cost that worker its session
+	// too (CI, 2 cores): then a later attempt, on any session but the cut one.
 	var out string
-	if err := b.pool.QueryRow(b.ctx, "SELECT output FROM tasks WHERE id = $1 AND state = 'succeeded' AND attempt = 2", id).Scan(&out); err != nil {
-		t.Fatalf("task did not succeed on attempt 2: %v", err)
+	var attempt int64
+	if err := b.pool.QueryRow(b.ctx, "SELECT output, attempt FROM tasks WHERE id = $1 AND state = 'succeeded' AND attempt >= 2", id).Scan(&out, &attempt); err != nil {
+		t.Fatalf("task did not succeed on a later attempt: %v", err)
 	}
-	if want := fmt.Sprintf("ran on %d\n", healthy.SessionID()); out != want {
+	if want := fmt.Sprintf("ran on %d\n", healthy.SessionID()); attempt == 2 && out != want {
 		t.Fatalf("output %q, want %q", out, want)
+	} else if out == fmt.Sprintf("ran on %d\n", first) {
+		t.Fatalf("attempt %d ran on the cut session %d", attempt, first)
 	}
 	if n := b.int64("SELECT count(*) FROM task_attempts WHERE task_id = $1 AND attempt = 1 AND outcome = 'failed_over'", id); n != 1 {
 		t.Fatal("partitioned attempt not closed as failed_over")
@@ -397,10 +402,11 @@ func TestLostClaimReplyIsReconciled(t *testing.T) {
 		}
 	}
 	batontest.WaitFor(t, 30*time.Second, func() (bool, string) {
-		n := b.int64("SELECT count(*) FROM tasks WHERE id = $1 AND state = 'succeeded' AND attempt = 2", orphan)
+		// attempt 2, or later if load cost the next session too
+		n := b.int64("SELECT count(*) FROM tasks WHERE id = $1 AND state = 'succeeded' AND attempt >= 2", orphan)
 		return n == 1, "orphaned task re-run"
 	})
-	if s := w.Sessions(); len(s) != 2 {
+	if s := w.Sessions(); len(s) < 2 {
 		t.Fatalf("sessions = %v, want a second one after abandoning the first", s)
 	}
 	if n := b.int64("SELECT count(*) FROM worker_sessions WHERE id = $1 AND state = 'stopped'", first); n != 1 {
