@@ -520,8 +520,8 @@ func (c *Client) List(ctx context.Context, p ListParams) ([]TaskInfo, error) {
 		arg.Tags = p.Tags
 	}
 	var out []TaskInfo
-	err := c.single(ctx, func(q *db.Queries) error {
-		rows, err := q.TaskListPage(ctx, arg)
+	err := c.inTx(ctx, func(q *db.Queries) error {
+		rows, err := taskops.ListPage(ctx, q, arg)
 		if err != nil {
 			return fmt.Errorf("list tasks: %w", err)
 		}

@@ -57,6 +57,17 @@ func (q *Queries) SchemaVersionTableExists(ctx context.Context, qualifiedName st
 	return found, err
 }
 
+const TxForceCustomPlan = `-- name: TxForceCustomPlan :exec
+SELECT set_config('plan_cache_mode', 'force_custom_plan', true)
+`
+
+// For a statement whose optional filters a generic plan cannot drop: plan it
+// with this transaction's parameter values.
+func (q *Queries) TxForceCustomPlan(ctx context.Context) error {
+	_, err := q.db.Exec(ctx, TxForceCustomPlan)
+	return err
+}
+
 const TxSetAsyncCommit = `-- name: TxSetAsyncCommit :exec
 SELECT set_config('synchronous_commit', 'off', true)
 `

@@ -586,7 +586,7 @@ SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_i
 WHERE ($1::text IS NULL OR state = $1)
   AND ($2::text IS NULL OR group_name = $2)
   AND ($3::text IS NULL OR kind = $3)
-  AND ($4::bigint IS NULL OR id < $4)
+  AND id < coalesce($4::bigint, 9223372036854775807)
   AND ($5::text[] IS NULL OR (tags @> $5 AND tags <> '{}'))
 ORDER BY id DESC
 LIMIT $6
@@ -602,6 +602,9 @@ type TaskListPageParams struct {
 }
 
 // Client.List: newest first, optional filters, keyset paging on id.
+// Run it with custom plans (TxForceCustomPlan first, in its transaction): a
+// generic plan cannot drop the unset filters, and scanned a million rows for a
+// group, a rare state or a deep page. The id bound is a range in any plan.
 func (q *Queries) TaskListPage(ctx context.Context, arg TaskListPageParams) ([]Task, error) {
 	rows, err := q.db.Query(ctx, TaskListPage,
 		arg.State,

@@ -20,3 +20,8 @@ SELECT set_config('search_path', @search_path::text, true);
 -- For a transaction whose writes are hints that a Postgres crash may lose (the
 -- commit returns before the WAL flush, and its row locks are released sooner).
 SELECT set_config('synchronous_commit', 'off', true);
+
+-- name: TxForceCustomPlan :exec
+-- For a statement whose optional filters a generic plan cannot drop: plan it
+-- with this transaction's parameter values.
+SELECT set_config('plan_cache_mode', 'force_custom_plan', true);

@@ -314,12 +314,15 @@ WHERE id = ANY (ARRAY(
   AND finished_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => @retention_s::float8);
 
 -- Client.List: newest first, optional filters, keyset paging on id.
+-- Run it with custom plans (TxForceCustomPlan first, in its transaction): a
+-- generic plan cannot drop the unset filters, and scanned a million rows for a
+-- group, a rare state or a deep page. The id bound is a range in any plan.
 -- name: TaskListPage :many
 SELECT * FROM tasks
 WHERE (sqlc.narg('state')::text IS NULL OR state = sqlc.narg('state'))
   AND (sqlc.narg('group_name')::text IS NULL OR group_name = sqlc.narg('group_name'))
   AND (sqlc.narg('kind')::text IS NULL OR kind = sqlc.narg('kind'))
-  AND (sqlc.narg('before_id')::bigint IS NULL OR id < sqlc.narg('before_id'))
+  AND id < coalesce(sqlc.narg('before_id')::bigint, 9223372036854775807)
   AND (sqlc.narg('tags')::text[] IS NULL OR (tags @> sqlc.narg('tags') AND tags <> '{}'))
 ORDER BY id DESC
 LIMIT @max_rows;

@@ -23,6 +23,7 @@ import (
 	"github.com/baton-scheduler/baton/internal/migrate"
 	"github.com/baton-scheduler/baton/internal/store"
 	"github.com/baton-scheduler/baton/internal/submit"
+	"github.com/baton-scheduler/baton/internal/taskops"
 )
 
 const usageFormat = `baton — operator CLI of the baton scheduler
@@ -311,14 +312,15 @@ func taskCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writ
 		if *tag != "" {
 			tags = strings.Split(*tag, ",")
 		}
-		pool, err := c.pool(ctx)
-		if err != nil {
+		var rows []db.Task
+		if err := c.inTx(ctx, func(q *db.Queries) (err error) {
+			rows, err = taskops.ListPage(ctx, q, db.TaskListPageParams{State: nilIfEmpty(*state), GroupName: nilIfEmpty(*group), Tags: tags, MaxRows: int32(*limit)})
+			if err != nil {
+				return fmt.Errorf("list tasks: %w", err)
+			}
+			return nil
+		}); err != nil {
 			return err
-		}
-		defer pool.Close()
-		rows, err := db.New(pool).TaskListPage(ctx, db.TaskListPageParams{State: nilIfEmpty(*state), GroupName: nilIfEmpty(*group), Tags: tags, MaxRows: int32(*limit)})
-		if err != nil {
-			return fmt.Errorf("list tasks: %w", err)
 		}
 		return printRows(stdout, c.json, apimodel.Tasks(rows), rows, "ID\tGROUP\tKIND\tSTATE\tATTEMPT\tWORKER\tFAILOVERS\tSUBMITTED", func(out io.Writer, t db.Task) {
 			fmt.Fprintf(out, "%d\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", t.ID, t.GroupName, t.Kind, t.State, t.Attempt,

@@ -43,7 +43,7 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request, _ taskops.Act
 	}
 	var rows []db.Task
 	if err := s.tx(r.Context(), func(q *db.Queries) error {
-		rows, err = q.TaskListPage(r.Context(), arg)
+		rows, err = taskops.ListPage(r.Context(), q, arg)
 		return err
 	}); err != nil {
 		return fmt.Errorf("list tasks: %w", err)

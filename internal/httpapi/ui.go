@@ -17,6 +17,7 @@ import (
 
 	"github.com/baton-scheduler/baton/db"
 	"github.com/baton-scheduler/baton/internal/apimodel"
+	"github.com/baton-scheduler/baton/internal/taskops"
 )
 
 // The status page: Go templates and embedded CSS, no JavaScript toolchain.
@@ -292,7 +293,7 @@ func (s *Server) uiTasks(r *http.Request) (any, error) {
 	var rows []db.Task
 	err := s.tx(r.Context(), func(qq *db.Queries) error {
 		var err error
-		rows, err = qq.TaskListPage(r.Context(), arg)
+		rows, err = taskops.ListPage(r.Context(), qq, arg)
 		return err
 	})
 	p.Tasks = apimodel.Tasks(rows)

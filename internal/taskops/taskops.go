@@ -125,3 +125,13 @@ func sortedUnique(ids []int64) []int64 {
 	slices.Sort(out) // concurrent bulk calls lock rows in one order
 	return out
 }
+
+// ListPage reads a page of tasks, newest first, planned with its filters'
+// values (a generic plan scanned the whole table for a group, a rare state or a
+// deep page). q must be in a transaction: the planner setting is local to it.
+func ListPage(ctx context.Context, q *db.Queries, arg db.TaskListPageParams) ([]db.Task, error) {
+	if err := q.TxForceCustomPlan(ctx); err != nil {
+		return nil, err
+	}
+	return q.TaskListPage(ctx, arg)
+}
