@@ -402,6 +402,8 @@ func TestAPI(t *testing.T) {
 	}
 	a.wantErr(400, "limit", "GET", "/api/v1/audit?limit=x", a.operate, nil)
 
+	workflowAPI(t, a)
+
 	// Readiness follows the schema version.
 	if _, err := a.pool.Exec(ctx, `INSERT INTO goose_db_version (version_id, is_applied) VALUES (99999, true)`); err != nil {
 		t.Fatal(err)

@@ -120,6 +120,7 @@ func New(cfg Config) (*Server, error) {
 	s.api("GET /api/v1/masters", ScopeRead, s.listMasters)
 	s.api("GET /api/v1/failovers", ScopeRead, s.listFailovers)
 	s.api("GET /api/v1/audit", ScopeOperate, s.listAudit)
+	s.workflowRoutes()
 	s.uiRoutes() // HTML, not part of the API document
 	return s, nil
 }

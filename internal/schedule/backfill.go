@@ -326,7 +326,7 @@ func SetBackfillState(ctx context.Context, q *db.Queries, id int64, to string) e
 		if gerr != nil {
 			return gerr
 		}
-		return fmt.Errorf("backfill %d is %s: cannot make it %s", id, b.State, to)
+		return fmt.Errorf("%w: backfill %d is %s: cannot make it %s", ErrState, id, b.State, to)
 	}
 	if err != nil {
 		return fmt.Errorf("backfill %d: %w", id, err)

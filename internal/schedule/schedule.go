@@ -56,6 +56,9 @@ var ErrNotFound = errors.New("not found")
 // ErrExists: a schedule of that name exists.
 var ErrExists = errors.New("schedule already exists")
 
+// ErrState: the change does not apply to the backfill in its state.
+var ErrState = errors.New("backfill state conflict")
+
 // ErrInvalid is what every InvalidError matches with errors.Is.
 var ErrInvalid = errors.New("invalid schedule or backfill")
 
