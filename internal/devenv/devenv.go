@@ -28,6 +28,7 @@ import (
 
 	"github.com/baton-scheduler/baton/db"
 	"github.com/baton-scheduler/baton/internal/cli"
+	"github.com/baton-scheduler/baton/internal/httpapi"
 	"github.com/baton-scheduler/baton/internal/migrate"
 	"github.com/baton-scheduler/baton/internal/store"
 	"github.com/baton-scheduler/baton/internal/submit"
@@ -45,6 +46,7 @@ func Run(ctx context.Context, args []string, env cli.Env, stdout, stderr io.Writ
 	dsnFlag := fs.String("database-url", env("BATON_DATABASE_URL"), "Postgres URL (env BATON_DATABASE_URL); empty: start a Postgres")
 	dataDir := fs.String("data-dir", envDefault(env, "BATON_DEV_DIR", ".baton-dev"), "where the host-binaries Postgres keeps its data")
 	images := fs.String("image", envDefault(env, "BATON_DEV_POSTGRES_IMAGE", "postgres:17"), "Postgres image for Docker")
+	httpAddr := fs.String("http-addr", envDefault(env, "BATON_HTTP_ADDR", "127.0.0.1:8080"), "the master's HTTP API and status page (a free port instead if this one is taken)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -90,7 +92,11 @@ func Run(ctx context.Context, args []string, env cli.Env, stdout, stderr io.Writ
 			_ = p.Wait()
 		}
 	}()
-	if err := startProc("baton-master", "--name", "master-1"); err != nil {
+	addr, err := freeAddr(*httpAddr)
+	if err != nil {
+		return err
+	}
+	if err := startProc("baton-master", "--name", "master-1", "--http-addr", addr); err != nil {
 		return err
 	}
 	for i := 1; i <= 2; i++ {
@@ -121,17 +127,25 @@ func Run(ctx context.Context, args []string, env cli.Env, stdout, stderr io.Writ
 		return err
 	}
 	run, err := demoRun(ctx, pool)
-	pool.Close()
 	if err != nil {
 		// Not fatal: the demo workflow is read from the repository's root.
 		fmt.Fprintf(stdout, "no demo workflow run: %v\n", err)
 	}
+	token, err := devToken(ctx, pool)
+	pool.Close()
+	if err != nil {
+		return err
+	}
 	fmt.Fprintf(stdout, `
 baton is running: 1 master, 2 workers (group "default"), %d demo tasks submitted.
 
-  export BATON_DATABASE_URL='%s'
+  status page: http://%[6]s/ui/  (sign in with the token below)
+  API token (operate scope, shown once): %[7]s
+  curl -H 'Authorization: Bearer %[7]s' http://%[6]s/api/v1/tasks
+
+  export BATON_DATABASE_URL='%[2]s'
   %[3]s/baton task list
-  %[3]s/baton task show %d
+  %[3]s/baton task show %[4]d
   %[3]s/baton worker list
   %[3]s/baton task submit --group default --shell 'echo hi; sleep 1'
   %[3]s/baton failover list        # kill -9 a worker's pid (baton worker list) and watch
@@ -139,10 +153,40 @@ baton is running: 1 master, 2 workers (group "default"), %d demo tasks submitted
   %[3]s/baton run start nightly-report --param day=2026-12-31 --wait
 
 Ctrl-C stops everything.
-`, len(ids), dsn, binDir, ids[0], run)
+`, len(ids), dsn, binDir, ids[0], run, addr, token)
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "stopping...")
 	return nil
+}
+
+// freeAddr is want if it can be listened on, else a free port on its host
+// (a second `make run`, or 8080 taken by something else, still starts).
+func freeAddr(want string) (string, error) {
+	ln, err := net.Listen("tcp", want)
+	if err != nil {
+		host, _, serr := net.SplitHostPort(want)
+		if serr != nil {
+			return "", fmt.Errorf("--http-addr %q: %w", want, serr)
+		}
+		if ln, err = net.Listen("tcp", net.JoinHostPort(host, "0")); err != nil {
+			return "", fmt.Errorf("--http-addr %q: %w", want, err)
+		}
+	}
+	addr := ln.Addr().String()
+	return addr, ln.Close()
+}
+
+// devToken stores an operate-scope API token for the status page and the API.
+func devToken(ctx context.Context, pool *pgxpool.Pool) (string, error) {
+	tok, hash, err := httpapi.NewToken()
+	if err != nil {
+		return "", err
+	}
+	name := "baton dev " + time.Now().UTC().Format(time.RFC3339)
+	if _, err := db.New(pool).TokenCreate(ctx, db.TokenCreateParams{Name: name, Scope: httpapi.ScopeOperate, TokenSha256: hash}); err != nil {
+		return "", fmt.Errorf("create the dev API token: %w", err)
+	}
+	return tok, nil
 }
 
 // startDevPostgres tries Docker (testcontainers) first, then the host's Postgres
