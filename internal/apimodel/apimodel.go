@@ -106,10 +106,13 @@ func TaskFromRow(r db.Task) Task {
 }
 
 // Tasks converts task rows.
-func Tasks(rows []db.Task) []Task {
-	out := make([]Task, 0, len(rows))
-	for _, r := range rows {
-		out = append(out, TaskFromRow(r))
+func Tasks(rows []db.Task) []Task { return each(rows, TaskFromRow) }
+
+// each converts every element (an empty list, not null, for none).
+func each[T, U any](in []T, f func(T) U) []U {
+	out := make([]U, 0, len(in))
+	for _, v := range in {
+		out = append(out, f(v))
 	}
 	return out
 }

@@ -18,11 +18,9 @@ type Workflow struct {
 
 // Workflows converts rows.
 func Workflows(rows []db.WorkflowListRow) []Workflow {
-	out := make([]Workflow, 0, len(rows))
-	for _, r := range rows {
-		out = append(out, Workflow{Name: r.Name, LatestVersion: int(r.LatestVersion), CreatedAt: At(r.CreatedAt), UpdatedAt: At(r.UpdatedAt)})
-	}
-	return out
+	return each(rows, func(r db.WorkflowListRow) Workflow {
+		return Workflow{Name: r.Name, LatestVersion: int(r.LatestVersion), CreatedAt: At(r.CreatedAt), UpdatedAt: At(r.UpdatedAt)}
+	})
 }
 
 // WorkflowVersion is one version of a workflow with its definition (the
@@ -101,13 +99,7 @@ func RunFrom(r workflow.Run) Run {
 }
 
 // Runs converts runs.
-func Runs(rs []workflow.Run) []Run {
-	out := make([]Run, 0, len(rs))
-	for _, r := range rs {
-		out = append(out, RunFrom(r))
-	}
-	return out
-}
+func Runs(rs []workflow.Run) []Run { return each(rs, RunFrom) }
 
 // Schedule is a schedule with its next fire; durations in milliseconds.
 type Schedule struct {
@@ -159,13 +151,7 @@ func ScheduleFrom(s schedule.Schedule) Schedule {
 }
 
 // Schedules converts schedules.
-func Schedules(ss []schedule.Schedule) []Schedule {
-	out := make([]Schedule, 0, len(ss))
-	for _, s := range ss {
-		out = append(out, ScheduleFrom(s))
-	}
-	return out
-}
+func Schedules(ss []schedule.Schedule) []Schedule { return each(ss, ScheduleFrom) }
 
 // Fire is one coming fire time of a schedule (a preview).
 type Fire struct {
@@ -181,11 +167,9 @@ type Fire struct {
 
 // Fires converts a preview.
 func Fires(items []schedule.PreviewItem) []Fire {
-	out := make([]Fire, 0, len(items))
-	for _, p := range items {
-		out = append(out, Fire{Nominal: At(p.Nominal), Local: p.Local, Due: At(p.Due), Kind: p.Kind, Note: p.Note})
-	}
-	return out
+	return each(items, func(p schedule.PreviewItem) Fire {
+		return Fire{Nominal: At(p.Nominal), Local: p.Local, Due: At(p.Due), Kind: p.Kind, Note: p.Note}
+	})
 }
 
 // Backfill is a backfill with its progress.
@@ -219,13 +203,7 @@ func BackfillFrom(b schedule.Backfill) Backfill {
 }
 
 // Backfills converts backfills.
-func Backfills(bs []schedule.Backfill) []Backfill {
-	out := make([]Backfill, 0, len(bs))
-	for _, b := range bs {
-		out = append(out, BackfillFrom(b))
-	}
-	return out
-}
+func Backfills(bs []schedule.Backfill) []Backfill { return each(bs, BackfillFrom) }
 
 // orNull keeps an absent JSON value as null (a nil RawMessage would not encode).
 func orNull(m json.RawMessage) json.RawMessage {
