@@ -10,6 +10,7 @@ func SessionIDs(ids []int64) zap.Field  { return zap.Int64s("session_ids", ids) 
 func DeadSessionID(id int64) zap.Field  { return zap.Int64("dead_session_id", id) }
 func MasterID(id int64) zap.Field       { return zap.Int64("master_id", id) }
 func Group(g string) zap.Field          { return zap.String("group", g) }
+func Groups(gs []string) zap.Field      { return zap.Strings("groups", gs) }
 func Outcome(o string) zap.Field        { return zap.String("outcome", o) }
 func Count(key string, n int) zap.Field { return zap.Int("num_"+key, n) }
 func BatchSize(n int) zap.Field         { return zap.Int("batch_size", n) }

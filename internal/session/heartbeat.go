@@ -30,7 +30,7 @@ type HeartbeatConfig struct {
 	// live and die together: if a master declared any of them dead (or it was
 	// stopped, or its row is gone), all are lost.
 	SessionIDs []int64
-	Interval  time.Duration // how often the row is touched
+	Interval   time.Duration // how often the row is touched
 	// FenceAfter: the fence fires this long after the last successful heartbeat
 	// was sent (or Since, for the first), measured on the monotonic clock.
 	FenceAfter time.Duration
