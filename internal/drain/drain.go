@@ -111,7 +111,7 @@ func (d *Drainer) Drain(lost <-chan error) Drained {
 		defer close(marked)
 		for _, id := range d.cfg.SessionIDs {
 			if err := d.cfg.Session.MarkDraining(context.Background(), id); err != nil {
-				log.Warn("mark session draining failed", logfield.SessionID(id), zap.Error(err))
+				log.Warn("mark session draining failed", d.idField(id), zap.Error(err))
 			}
 		}
 	}()
@@ -159,6 +159,14 @@ func (d *Drainer) logger() *zap.Logger {
 	return d.Logger.With(logfield.SessionIDs(d.cfg.SessionIDs))
 }
 
+// idField names one of several sessions in a log line (the logger names a single one).
+func (d *Drainer) idField(id int64) zap.Field {
+	if len(d.cfg.SessionIDs) == 1 {
+		return zap.Skip()
+	}
+	return logfield.SessionID(id)
+}
+
 func (d *Drainer) finish(log *zap.Logger, res *Drained) {
 	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.TasksWait)
 	if !d.cfg.Tasks.WaitTasks(ctx) {
@@ -177,9 +185,9 @@ func (d *Drainer) finish(log *zap.Logger, res *Drained) {
 	for _, id := range d.cfg.SessionIDs {
 		if err := d.cfg.Session.MarkStopped(context.Background(), id); err != nil {
 			res.Stopped = false
-			log.Warn("could not mark session stopped; masters will declare it dead", logfield.SessionID(id), zap.Error(err))
+			log.Warn("could not mark session stopped; masters will declare it dead", d.idField(id), zap.Error(err))
 		} else {
-			log.Info("session stopped", logfield.SessionID(id))
+			log.Info("session stopped", d.idField(id))
 		}
 	}
 	d.TestSignals.Drained.Signal(*res)

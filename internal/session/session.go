@@ -76,7 +76,7 @@ func RegisterAll(ctx context.Context, all []*Rows) ([]Registered, error) {
 		sent := time.Now()
 		ids, err := service.WithTimeout(ctx, r.timeout(), func(ctx context.Context) ([]int64, error) {
 			var ids []int64
-			err := store.WithTx(ctx, r.Pool, func(q *db.Queries, _ pgx.Tx) error {
+			register := func(q *db.Queries) error {
 				for _, rw := range all {
 					if err := q.GroupEnsure(ctx, rw.Spec.Group); err != nil {
 						return fmt.Errorf("ensure group %q: %w", rw.Spec.Group, err)
@@ -91,8 +91,13 @@ func RegisterAll(ctx context.Context, all []*Rows) ([]Registered, error) {
 					ids = append(ids, s.ID)
 				}
 				return nil
-			})
-			return ids, err
+			}
+			if len(all) == 1 {
+				// One row: two statements, as ever (the row's heartbeat is the
+				// INSERT's now(), not an earlier transaction start).
+				return ids, register(db.New(r.Pool))
+			}
+			return ids, store.WithTx(ctx, r.Pool, func(q *db.Queries, _ pgx.Tx) error { return register(q) })
 		})
 		if err == nil {
 			regs := make([]Registered, len(all))
