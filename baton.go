@@ -90,7 +90,7 @@ type Worker struct {
 	pool          *pgxpool.Pool // the live-master check, Task.Retries, Permanent
 	log           *zap.Logger
 	ready         chan struct{}
-	group         string
+	groups        []string
 	masterTimeout time.Duration
 	used          atomic.Bool // Run or Close was called
 }
@@ -121,10 +121,16 @@ func newWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
 		return nil, err
 	}
 	env.pool, env.log = pool, wc.Logger.Named("worker")
+	var groups []string
+	for _, g := range wc.Served() {
+		groups = append(groups, g.Name)
+	}
 	if cfg.DeclareKinds {
-		if err := declareKinds(ctx, pool, wc.Group, cfg); err != nil {
-			pool.Close()
-			return nil, err
+		for _, g := range groups {
+			if err := declareKinds(ctx, pool, g, cfg); err != nil {
+				pool.Close()
+				return nil, err
+			}
 		}
 	}
 	w, err := worker.New(ctx, wc)
@@ -153,16 +159,23 @@ func newWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
 	}
 	return &Worker{
 		w: w, m: m, cfg: cfg, pool: pool, log: wc.Logger.Named("worker"), ready: make(chan struct{}),
-		group: wc.Group, masterTimeout: masterTimeout,
+		groups: groups, masterTimeout: masterTimeout,
 	}, nil
 }
 
-// Ready is closed once the worker's session is registered (so its group
-// exists and tasks submitted to it will be claimed).
+// Ready is closed once the worker's session is registered — with
+// WorkerConfig.Groups, its session of every group — so its groups exist and
+// tasks submitted to them will be claimed.
 func (w *Worker) Ready() <-chan struct{} { return w.ready }
 
-// SessionID is the worker's current session id (0 before it registers).
+// SessionID is the worker's current session id (0 before it registers); with
+// WorkerConfig.Groups, the first group's.
 func (w *Worker) SessionID() int64 { return w.w.SessionID() }
+
+// SessionIDs maps each group the worker serves to its current session id (nil
+// before it registers). A worker serving several groups has one session per
+// group; they are registered, heartbeated, fenced and replaced together.
+func (w *Worker) SessionIDs() map[string]int64 { return w.w.SessionIDs() }
 
 // Run works until ctx is canceled, then drains: no new claims, running tasks get
 // ShutdownGrace to finish, the rest are handed back. With an embedded master,
@@ -216,6 +229,13 @@ func (w *Worker) Close() error {
 	return err
 }
 
+func (w *Worker) groupsField() zap.Field {
+	if len(w.groups) == 1 {
+		return logfield.Group(w.groups[0])
+	}
+	return logfield.Groups(w.groups)
+}
+
 // watch closes Ready when the session registers, then checks now and then that
 // a master is alive and warns when none is: the group's tasks would wait.
 func (w *Worker) watch(ctx context.Context) {
@@ -253,10 +273,10 @@ func (w *Worker) watch(ctx context.Context) {
 		case n == 0 && !warned:
 			warned = true
 			w.log.Warn("no live master: tasks still run, but a dead worker's tasks are not failed over and overdue attempts are not swept until a master runs (WorkerConfig.Master, baton.NewMaster or baton-master)",
-				logfield.Group(w.group))
+				w.groupsField())
 		case n > 0 && warned:
 			warned = false
-			w.log.Info("a master is alive again", logfield.Group(w.group), logfield.Count("masters", int(n)))
+			w.log.Info("a master is alive again", w.groupsField(), logfield.Count("masters", int(n)))
 		}
 	}
 }

@@ -46,6 +46,12 @@ type WorkerConfig struct {
 	Name string
 	// Slots is how many tasks run at once.
 	Slots int
+	// Groups, instead of Group and Slots: several groups served by this one
+	// worker, each with its own slots, on one connection pool and one liveness
+	// connection (one worker session per group; see docs/architecture.md "Many
+	// groups per worker"). Every group runs the same Handlers. Setting Group or
+	// Slots as well, naming a group twice or giving one no slots is an error.
+	Groups []WorkerGroup
 	// Handlers maps task kinds to Go handlers (AddHandler adds typed ones).
 	Handlers map[string]Handler
 	// DeclareKinds makes the worker declare, when it starts, the kinds of its
@@ -96,6 +102,13 @@ type WorkerConfig struct {
 	MasterCheckInterval time.Duration
 	// Test holds hooks for tests.
 	Test WorkerTestConfig
+}
+
+// WorkerGroup is one group a worker serves and how many of its tasks run at
+// once (WorkerConfig.Groups).
+type WorkerGroup struct {
+	Name  string
+	Slots int
 }
 
 // WorkerTestConfig holds test hooks; zero values mean production behaviour.
@@ -187,8 +200,12 @@ func (c WorkerConfig) internalWith(env *handlerEnv) (worker.Config, error) {
 	if logger == nil {
 		logger = defaultLogger()
 	}
+	var groups []worker.GroupSlots
+	for _, g := range c.Groups {
+		groups = append(groups, worker.GroupSlots{Name: g.Name, Slots: g.Slots})
+	}
 	wc := worker.Config{
-		DatabaseURL: dsn, Group: c.Group, Name: c.Name, Slots: c.Slots,
+		DatabaseURL: dsn, Group: c.Group, Name: c.Name, Slots: c.Slots, Groups: groups,
 		HeartbeatInterval: c.HeartbeatInterval, SelfFenceAfter: c.SelfFenceAfter,
 		PollInterval: c.PollInterval, ShutdownGrace: c.ShutdownGrace, KillGrace: c.KillGrace, MaxOutput: c.MaxOutput,
 		Handlers: handlers, AllowShell: c.AllowShell,

@@ -63,6 +63,41 @@ func (q *Queries) WorkerSessionHeartbeat(ctx context.Context, id int64) (string,
 	return state, err
 }
 
+const WorkerSessionHeartbeatMany = `-- name: WorkerSessionHeartbeatMany :many
+UPDATE worker_sessions
+SET last_heartbeat_at = CASE WHEN state IN ('alive', 'draining') THEN now() ELSE last_heartbeat_at END
+WHERE id = ANY ($1::bigint[])
+RETURNING id, state
+`
+
+type WorkerSessionHeartbeatManyRow struct {
+	ID    int64
+	State string
+}
+
+// The heartbeat of a worker serving several groups (one session per group): one
+// statement touches every session of the process, so they age together and a
+// master never finds one of them stale while another is fresh. Same HOT update.
+func (q *Queries) WorkerSessionHeartbeatMany(ctx context.Context, ids []int64) ([]WorkerSessionHeartbeatManyRow, error) {
+	rows, err := q.db.Query(ctx, WorkerSessionHeartbeatMany, ids)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []WorkerSessionHeartbeatManyRow{}
+	for rows.Next() {
+		var i WorkerSessionHeartbeatManyRow
+		if err := rows.Scan(&i.ID, &i.State); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const WorkerSessionList = `-- name: WorkerSessionList :many
 SELECT s.id, s.name, s.group_name, s.slots, s.host, s.pid, s.version, s.state, s.started_at, s.last_heartbeat_at, s.ended_at, s.liveness_lock,
        extract(epoch FROM now() - s.last_heartbeat_at)::float8 AS heartbeat_age_seconds,
@@ -369,6 +404,22 @@ WHERE id = $1 AND state IN ('alive', 'draining')
 // and will fence itself if that connection is lost: masters may use the lock.
 func (q *Queries) WorkerSessionSetLivenessLock(ctx context.Context, id int64) (int64, error) {
 	result, err := q.db.Exec(ctx, WorkerSessionSetLivenessLock, id)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const WorkerSessionSetLivenessLockMany = `-- name: WorkerSessionSetLivenessLockMany :execrows
+UPDATE worker_sessions SET liveness_lock = true
+WHERE id = ANY ($1::bigint[]) AND state IN ('alive', 'draining')
+`
+
+// The promise of a worker serving several groups: all of its sessions' locks are
+// held on its one liveness connection. Returns how many were promised (fewer than
+// asked: a session already ended).
+func (q *Queries) WorkerSessionSetLivenessLockMany(ctx context.Context, ids []int64) (int64, error) {
+	result, err := q.db.Exec(ctx, WorkerSessionSetLivenessLockMany, ids)
 	if err != nil {
 		return 0, err
 	}

@@ -97,7 +97,8 @@ LIMIT 1;
 --
 -- Rows are locked first, with SKIP LOCKED (a master's dispatcher or a cancel
 -- holding one is skipped), up to max_tasks of each kind; the best max_tasks of
--- them are claimed. Only if there are any is the session row locked FOR SHARE, so
+-- them are claimed. Only if there are any is the session row (alive, of the group)
+-- locked FOR SHARE, so
 -- a claim that finds nothing writes nothing (no transaction id, no WAL, no commit
 -- to flush). A failover or drain marking the session dead or draining (an UPDATE
 -- of that row) waits for a claim holding it to commit and then sees its tasks; a
@@ -144,6 +145,10 @@ WITH dq AS MATERIALIZED (
 ), s AS MATERIALIZED (
     SELECT id FROM worker_sessions
     WHERE id = @session_id::bigint AND state = 'alive' AND EXISTS (SELECT 1 FROM pick)
+      -- The session serves the group it claims queued tasks of (a worker serving
+      -- several groups has a session per group): never a task onto another
+      -- group's session. Empty: dispatched tasks only (the master chose them).
+      AND (group_name = @group_name OR @group_name = '')
     FOR SHARE
 ), del AS (
     -- By primary key (an array, so the planner cannot hash-join the whole table).

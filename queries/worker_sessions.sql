@@ -11,6 +11,15 @@ SET last_heartbeat_at = CASE WHEN state IN ('alive', 'draining') THEN now() ELSE
 WHERE id = @id
 RETURNING state;
 
+-- The heartbeat of a worker serving several groups (one session per group): one
+-- statement touches every session of the process, so they age together and a
+-- master never finds one of them stale while another is fresh. Same HOT update.
+-- name: WorkerSessionHeartbeatMany :many
+UPDATE worker_sessions
+SET last_heartbeat_at = CASE WHEN state IN ('alive', 'draining') THEN now() ELSE last_heartbeat_at END
+WHERE id = ANY (@ids::bigint[])
+RETURNING id, state;
+
 -- name: WorkerSessionDrain :execrows
 UPDATE worker_sessions SET state = 'draining'
 WHERE id = @id AND state = 'alive';
@@ -109,3 +118,10 @@ WHERE id = ANY (ARRAY(
 -- name: WorkerSessionSetLivenessLock :execrows
 UPDATE worker_sessions SET liveness_lock = true
 WHERE id = @id AND state IN ('alive', 'draining');
+
+-- The promise of a worker serving several groups: all of its sessions' locks are
+-- held on its one liveness connection. Returns how many were promised (fewer than
+-- asked: a session already ended).
+-- name: WorkerSessionSetLivenessLockMany :execrows
+UPDATE worker_sessions SET liveness_lock = true
+WHERE id = ANY (@ids::bigint[]) AND state IN ('alive', 'draining');

@@ -1,4 +1,5 @@
-// Command baton-worker runs a worker of one group: shell tasks, plus the Go
+// Command baton-worker runs a worker of one group (--group, --slots) or of several
+// (--groups billing=4,email=2): shell tasks, plus the Go
 // handlers built into this binary (none by default besides "noop" and "sleep";
 // applications embed their own through package baton).
 package main

@@ -292,3 +292,30 @@ func TestClaimIgnoresMillionFutureTasks(t *testing.T) {
 		}
 	}
 }
+
+// A claim names the session's group: a session claims no queued task of another
+// group, even when asked to (a worker serving several groups has a session per
+// group, each claiming its own) — the claim re-checks the session row's group in
+// the statement, as the dispatcher and failover choose sessions by group.
+func TestClaimQueuedOnlyOfTheSessionsGroup(t *testing.T) {
+	t.Parallel()
+	pool, _ := srv.NewPool(t)
+	ctx := context.Background()
+	a := batontest.NewWorkerSession(t, pool, &batontest.WorkerSessionOpts{Group: batontest.Ptr("a")})
+	batontest.NewWorkerSession(t, pool, &batontest.WorkerSessionOpts{Group: batontest.Ptr("b")})
+	ids, err := submit.Many(ctx, pool, []submit.Spec{{Group: "b", Kind: "noop"}, {Group: "a", Kind: "noop"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := db.New(pool).TaskClaimNext(ctx, db.TaskClaimNextParams{SessionID: a, GroupName: "b", MaxTasks: 10})
+	if err != nil || len(rows) != 0 {
+		t.Fatalf("session of group a claiming group b: %d tasks, %v", len(rows), err)
+	}
+	if n := batontest.Int64(t, pool, "SELECT count(*) FROM tasks WHERE state = 'queued' AND attempt = 0"); n != 2 {
+		t.Fatalf("queued tasks = %d, want 2", n)
+	}
+	rows, err = db.New(pool).TaskClaimNext(ctx, db.TaskClaimNextParams{SessionID: a, GroupName: "a", MaxTasks: 10})
+	if err != nil || len(rows) != 1 || rows[0].ID != ids[1] {
+		t.Fatalf("session of group a claiming its group: %+v, %v", rows, err)
+	}
+}

@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/baton-scheduler/baton/internal/executor"
@@ -102,10 +104,12 @@ func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string
 			return err
 		}
 		var workerTimeout time.Duration
+		var groups string
 		dsnVar(fs, &cfg.DatabaseURL, env)
 		fs.StringVar(&cfg.Group, "group", envDefault(env, "BATON_GROUP", worker.GroupDefault), "worker group (env BATON_GROUP)")
 		fs.StringVar(&cfg.Name, "name", env("BATON_WORKER_NAME"), "worker name (default host-pid)")
 		fs.IntVar(&cfg.Slots, "slots", slots, "tasks run at once (env BATON_SLOTS)")
+		fs.StringVar(&groups, "groups", env("BATON_GROUPS"), "several groups served by this one worker, each with its slots, e.g. billing=4,email=2; instead of --group and --slots (env BATON_GROUPS)")
 		fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", hb, "heartbeat period (env BATON_HEARTBEAT_INTERVAL)")
 		fs.DurationVar(&cfg.SelfFenceAfter, "self-fence-after", sf, "stop and kill tasks after this long without a heartbeat; keep below the masters' worker timeout (env BATON_SELF_FENCE_AFTER)")
 		fs.DurationVar(&cfg.PollInterval, "poll-interval", worker.PollIntervalDefault, "claim polling fallback")
@@ -121,6 +125,18 @@ func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string
 		}
 		if err := parsed(fs); err != nil {
 			return err
+		}
+		if groups != "" {
+			set := map[string]bool{}
+			fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+			if set["group"] || set["slots"] || env("BATON_GROUP") != "" || env("BATON_SLOTS") != "" {
+				return errors.New("--groups (BATON_GROUPS) names every group with its slots: drop --group and --slots (BATON_GROUP, BATON_SLOTS)")
+			}
+			var err error
+			if cfg.Groups, err = parseGroups(groups); err != nil {
+				return err
+			}
+			cfg.Group, cfg.Slots = "", 0
 		}
 		if cfg.CrashDetectAfter == 0 {
 			cfg.CrashDetectAfter = worker.CrashDetectOff
@@ -154,6 +170,24 @@ func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string
 		return w.Run(ctx)
 	}()
 	return exitCode(stderr, "baton-worker", err)
+}
+
+// parseGroups reads --groups: name=slots pairs separated by commas. The names
+// and ranges are checked by worker.Config.Validate.
+func parseGroups(v string) ([]worker.GroupSlots, error) {
+	var gs []worker.GroupSlots
+	for _, item := range strings.Split(v, ",") {
+		name, slots, ok := strings.Cut(strings.TrimSpace(item), "=")
+		if !ok {
+			return nil, fmt.Errorf("--groups entry %q is not name=slots (e.g. --groups billing=4,email=2)", item)
+		}
+		n, err := strconv.Atoi(slots)
+		if err != nil {
+			return nil, fmt.Errorf("--groups entry %q: slots %q is not an integer", item, slots)
+		}
+		gs = append(gs, worker.GroupSlots{Name: name, Slots: n})
+	}
+	return gs, nil
 }
 
 // parsed checks what a daemon's flag set holds after parsing: no stray

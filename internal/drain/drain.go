@@ -46,7 +46,11 @@ type Session interface {
 
 // Config of a Drainer.
 type Config struct {
-	SessionID     int64
+	SessionID int64
+	// SessionIDs, when set, replaces SessionID: the sessions of a worker serving
+	// several groups, drained and stopped together (Tasks is then all of their
+	// claim loops).
+	SessionIDs    []int64
 	Grace         time.Duration // how long running tasks may finish on shutdown
 	TasksWait     time.Duration // how long killed tasks may take to return
 	ResultsWait   time.Duration // how long to wait for the last results to be written
@@ -86,6 +90,10 @@ func New(base service.Base, cfg Config) *Drainer {
 	if cfg.ResultsWait <= 0 {
 		cfg.ResultsWait = ResultsWaitDefault
 	}
+	if len(cfg.SessionIDs) == 0 {
+		cfg.SessionIDs = []int64{cfg.SessionID}
+	}
+	cfg.SessionID = cfg.SessionIDs[0]
 	return &Drainer{Base: base, cfg: cfg}
 }
 
@@ -94,15 +102,17 @@ func New(base service.Base, cfg Config) *Drainer {
 // meanwhile (lost is closed or sent on) — kill the rest, wait for their results to
 // be written, stop heartbeating and mark the session stopped.
 func (d *Drainer) Drain(lost <-chan error) Drained {
-	log := d.Logger.With(logfield.SessionID(d.cfg.SessionID))
+	log := d.logger()
 	d.cfg.Tasks.Stop()
 	// Marking the session draining must not delay the watch for a lost session
 	// below (Postgres may be unreachable right now), so it runs on its own.
 	marked := make(chan struct{})
 	go func() {
 		defer close(marked)
-		if err := d.cfg.Session.MarkDraining(context.Background(), d.cfg.SessionID); err != nil {
-			log.Warn("mark session draining failed", zap.Error(err))
+		for _, id := range d.cfg.SessionIDs {
+			if err := d.cfg.Session.MarkDraining(context.Background(), id); err != nil {
+				log.Warn("mark session draining failed", d.idField(id), zap.Error(err))
+			}
 		}
 	}()
 	res := Drained{Running: d.cfg.Tasks.Running()}
@@ -133,13 +143,28 @@ func (d *Drainer) Drain(lost <-chan error) Drained {
 // Abandon is the lost-session path: the tasks were already killed by the fence (or
 // are killed here), the heartbeat stops, and what can still be written is.
 func (d *Drainer) Abandon(cause error) Drained {
-	log := d.Logger.With(logfield.SessionID(d.cfg.SessionID))
+	log := d.logger()
 	d.cfg.Tasks.Stop()
 	d.cfg.StopHeartbeat()
 	res := Drained{Running: d.cfg.Tasks.Running(), Killed: true, LostDuring: true}
 	d.cfg.Tasks.Kill(cause)
 	d.finish(log, &res)
 	return res
+}
+
+func (d *Drainer) logger() *zap.Logger {
+	if len(d.cfg.SessionIDs) == 1 {
+		return d.Logger.With(logfield.SessionID(d.cfg.SessionID))
+	}
+	return d.Logger.With(logfield.SessionIDs(d.cfg.SessionIDs))
+}
+
+// idField names one of several sessions in a log line (the logger names a single one).
+func (d *Drainer) idField(id int64) zap.Field {
+	if len(d.cfg.SessionIDs) == 1 {
+		return zap.Skip()
+	}
+	return logfield.SessionID(id)
 }
 
 func (d *Drainer) finish(log *zap.Logger, res *Drained) {
@@ -156,11 +181,14 @@ func (d *Drainer) finish(log *zap.Logger, res *Drained) {
 	}
 	cancel()
 	d.cfg.StopHeartbeat()
-	if err := d.cfg.Session.MarkStopped(context.Background(), d.cfg.SessionID); err != nil {
-		log.Warn("could not mark session stopped; masters will declare it dead", zap.Error(err))
-	} else {
-		res.Stopped = true
-		log.Info("session stopped")
+	res.Stopped = true
+	for _, id := range d.cfg.SessionIDs {
+		if err := d.cfg.Session.MarkStopped(context.Background(), id); err != nil {
+			res.Stopped = false
+			log.Warn("could not mark session stopped; masters will declare it dead", d.idField(id), zap.Error(err))
+		} else {
+			log.Info("session stopped", d.idField(id))
+		}
 	}
 	d.TestSignals.Drained.Signal(*res)
 }

@@ -186,7 +186,8 @@ func TestExplainAtScale(t *testing.T) {
 			return err
 		}},
 		{"TaskClaimNext (dispatched to the session)", func(q *db.Queries) error {
-			_, err := q.TaskClaimNext(ctx, db.TaskClaimNextParams{SessionID: liveWorker, GroupName: "none", MaxTasks: 512})
+			// No group: dispatched tasks only (a group must be the session's own).
+			_, err := q.TaskClaimNext(ctx, db.TaskClaimNextParams{SessionID: liveWorker, GroupName: "", MaxTasks: 512})
 			return err
 		}},
 		{"TaskAttemptList (the view task_attempts)", func(q *db.Queries) error {

@@ -25,7 +25,12 @@ var (
 // HeartbeatConfig of a Heartbeater.
 type HeartbeatConfig struct {
 	SessionID int64
-	Interval  time.Duration // how often the row is touched
+	// SessionIDs, when set, replaces SessionID: the sessions of a worker serving
+	// several groups (one per group), touched together by one statement. They
+	// live and die together: if a master declared any of them dead (or it was
+	// stopped, or its row is gone), all are lost.
+	SessionIDs []int64
+	Interval   time.Duration // how often the row is touched
 	// FenceAfter: the fence fires this long after the last successful heartbeat
 	// was sent (or Since, for the first), measured on the monotonic clock.
 	FenceAfter time.Duration
@@ -115,6 +120,10 @@ func NewHeartbeater(base service.Base, pool *pgxpool.Pool, cfg HeartbeatConfig) 
 	if cfg.Since.IsZero() {
 		cfg.Since = time.Now()
 	}
+	if len(cfg.SessionIDs) == 0 {
+		cfg.SessionIDs = []int64{cfg.SessionID}
+	}
+	cfg.SessionID = cfg.SessionIDs[0]
 	return &Heartbeater{Base: base, cfg: cfg, pool: pool, lost: make(chan error, 1), nudge: make(chan struct{}, 1)}
 }
 
@@ -200,12 +209,10 @@ func (h *Heartbeater) runOnce(ctx context.Context) (string, error) {
 	sent := time.Now()
 	h.inFlight.Store(true)
 	h.TestSignals.BeatSent.Signal(h.cfg.SessionID)
-	state, err := service.WithTimeout(ctx, h.cfg.CallTimeout, func(ctx context.Context) (string, error) {
-		return db.New(h.pool).WorkerSessionHeartbeat(ctx, h.cfg.SessionID)
-	})
+	state, err := service.WithTimeout(ctx, h.cfg.CallTimeout, h.beat)
 	h.inFlight.Store(false)
 	if err != nil {
-		return "", fmt.Errorf("heartbeat session %d: %w", h.cfg.SessionID, err)
+		return "", err
 	}
 	h.mu.Lock()
 	renewed := false
@@ -220,6 +227,36 @@ func (h *Heartbeater) runOnce(ctx context.Context) (string, error) {
 		h.tellLease(sent)
 	}
 	return state, nil
+}
+
+// beat sends the heartbeat statement and returns the sessions' state: "dead" or
+// "stopped" if any of them is (the worker then loses them all), else the first's.
+func (h *Heartbeater) beat(ctx context.Context) (string, error) {
+	if len(h.cfg.SessionIDs) == 1 {
+		state, err := db.New(h.pool).WorkerSessionHeartbeat(ctx, h.cfg.SessionID)
+		if err != nil {
+			return "", fmt.Errorf("heartbeat session %d: %w", h.cfg.SessionID, err)
+		}
+		return state, nil
+	}
+	rows, err := db.New(h.pool).WorkerSessionHeartbeatMany(ctx, h.cfg.SessionIDs)
+	if err != nil {
+		return "", fmt.Errorf("heartbeat sessions %v: %w", h.cfg.SessionIDs, err)
+	}
+	states := make(map[int64]string, len(rows))
+	for _, r := range rows {
+		states[r.ID] = r.State
+	}
+	for _, id := range h.cfg.SessionIDs {
+		switch st, ok := states[id]; {
+		case !ok:
+			// Pruned only long after it ended: it cannot be working.
+			return "", fmt.Errorf("heartbeat sessions %v: session %d not found", h.cfg.SessionIDs, id)
+		case st == "dead" || st == "stopped":
+			return st, nil
+		}
+	}
+	return states[h.cfg.SessionID], nil
 }
 
 // tellLease passes the lease renewed by a heartbeat sent at sent to OnLease.

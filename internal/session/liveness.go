@@ -29,6 +29,10 @@ const (
 // LivenessConfig of a Liveness.
 type LivenessConfig struct {
 	SessionID int64
+	// SessionIDs, when set, replaces SessionID: the sessions of a worker serving
+	// several groups. Their locks are all held on the one connection, so they are
+	// lost (and freed, for the masters) together, and promised in one statement.
+	SessionIDs []int64
 	// ConnConfig is the dedicated connection's: never a pooled one, and it must
 	// reach Postgres directly (a transaction-mode pooler does not keep session
 	// advisory locks).
@@ -115,6 +119,10 @@ func NewLiveness(base service.Base, cfg LivenessConfig) *Liveness {
 	if cfg.OnHeld == nil {
 		cfg.OnHeld = func(bool) {}
 	}
+	if len(cfg.SessionIDs) == 0 {
+		cfg.SessionIDs = []int64{cfg.SessionID}
+	}
+	cfg.SessionID = cfg.SessionIDs[0]
 	return &Liveness{Base: base, cfg: cfg}
 }
 
@@ -134,7 +142,12 @@ func (l *Liveness) loop(ctx context.Context) {
 				return
 			}
 			if errors.Is(err, errSessionEnded) {
-				l.Logger.Info("session ended before its liveness lock was promised", logfield.SessionID(l.cfg.SessionID))
+				l.Logger.Info("session ended before its liveness lock was promised", logfield.SessionID(l.cfg.SessionID), zap.Error(err))
+				if len(l.cfg.SessionIDs) > 1 {
+					// The others may have been promised and are not held: the
+					// crash fence applies until the heartbeat reports the end.
+					l.cfg.OnHeld(false)
+				}
 				return
 			}
 			wait := backoff.Next()
@@ -178,27 +191,38 @@ func (l *Liveness) acquire(ctx context.Context, promise bool) (*pgx.Conn, error)
 		return nil, fmt.Errorf("connect: %w", err)
 	}
 	q := db.New(conn)
-	locked, err := q.LockWorkerLiveness(actx, l.cfg.SessionID)
-	if err != nil {
-		closeConn(conn)
-		return nil, fmt.Errorf("take liveness lock: %w", err)
-	}
-	if !locked {
-		// A master's probe holds it for the length of its failover transaction.
-		closeConn(conn)
-		return nil, errors.New("liveness lock held elsewhere (a master's probe)")
+	// Every session's lock on this one connection: closing it (or a crash) frees
+	// them all at once.
+	for _, id := range l.cfg.SessionIDs {
+		locked, err := q.LockWorkerLiveness(actx, id)
+		if err != nil {
+			closeConn(conn)
+			return nil, fmt.Errorf("take liveness lock of session %d: %w", id, err)
+		}
+		if !locked {
+			// A master's probe holds it for the length of its failover transaction.
+			closeConn(conn)
+			return nil, fmt.Errorf("liveness lock of session %d held elsewhere (a master's probe)", id)
+		}
 	}
 	if promise {
-		n, err := q.WorkerSessionSetLivenessLock(actx, l.cfg.SessionID)
+		var n int64
+		if len(l.cfg.SessionIDs) == 1 {
+			n, err = q.WorkerSessionSetLivenessLock(actx, l.cfg.SessionID)
+		} else {
+			n, err = q.WorkerSessionSetLivenessLockMany(actx, l.cfg.SessionIDs)
+		}
 		if err != nil {
 			closeConn(conn)
 			return nil, fmt.Errorf("promise liveness lock: %w", err)
 		}
-		if n == 0 {
+		if n < int64(len(l.cfg.SessionIDs)) {
 			closeConn(conn)
-			return nil, errSessionEnded
+			return nil, fmt.Errorf("%w (%d of %d sessions promised)", errSessionEnded, n, len(l.cfg.SessionIDs))
 		}
-		l.TestSignals.Promised.Signal(l.cfg.SessionID)
+		for _, id := range l.cfg.SessionIDs {
+			l.TestSignals.Promised.Signal(id)
+		}
 	}
 	return conn, nil
 }

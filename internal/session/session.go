@@ -56,31 +56,64 @@ func (r *Rows) timeout() time.Duration {
 
 // Register creates a session, retrying with backoff until it succeeds or ctx ends.
 func (r *Rows) Register(ctx context.Context) (Registered, error) {
+	regs, err := RegisterAll(ctx, []*Rows{r})
+	if err != nil {
+		return Registered{}, err
+	}
+	return regs[0], nil
+}
+
+// RegisterAll creates one session per Rows (a worker serving several groups) in
+// one transaction — all or none, so a canceled start leaves no session behind —
+// retrying with backoff until it succeeds or ctx ends. Every Rows must share one
+// pool; the first's Base logs. The sessions' rows all start with one
+// last_heartbeat_at, no earlier than the returned Sent.
+func RegisterAll(ctx context.Context, all []*Rows) ([]Registered, error) {
+	r := all[0]
 	backoff := service.Backoff{Min: 100 * time.Millisecond, Max: 2 * time.Second}
 	host, _ := os.Hostname()
 	for {
 		sent := time.Now()
-		s, err := service.WithTimeout(ctx, r.timeout(), func(ctx context.Context) (db.WorkerSession, error) {
-			q := db.New(r.Pool)
-			if err := q.GroupEnsure(ctx, r.Spec.Group); err != nil {
-				return db.WorkerSession{}, fmt.Errorf("ensure group: %w", err)
+		ids, err := service.WithTimeout(ctx, r.timeout(), func(ctx context.Context) ([]int64, error) {
+			var ids []int64
+			register := func(q *db.Queries) error {
+				for _, rw := range all {
+					if err := q.GroupEnsure(ctx, rw.Spec.Group); err != nil {
+						return fmt.Errorf("ensure group %q: %w", rw.Spec.Group, err)
+					}
+					s, err := q.WorkerSessionRegister(ctx, db.WorkerSessionRegisterParams{
+						Name: rw.Spec.Name, GroupName: rw.Spec.Group, Slots: int32(rw.Spec.Slots),
+						Host: host, Pid: int32(os.Getpid()), Version: rw.Spec.Version,
+					})
+					if err != nil {
+						return fmt.Errorf("register session of group %q: %w", rw.Spec.Group, err)
+					}
+					ids = append(ids, s.ID)
+				}
+				return nil
 			}
-			return q.WorkerSessionRegister(ctx, db.WorkerSessionRegisterParams{
-				Name: r.Spec.Name, GroupName: r.Spec.Group, Slots: int32(r.Spec.Slots),
-				Host: host, Pid: int32(os.Getpid()), Version: r.Spec.Version,
-			})
+			if len(all) == 1 {
+				// One row: two statements, as ever (the row's heartbeat is the
+				// INSERT's now(), not an earlier transaction start).
+				return ids, register(db.New(r.Pool))
+			}
+			return ids, store.WithTx(ctx, r.Pool, func(q *db.Queries, _ pgx.Tx) error { return register(q) })
 		})
 		if err == nil {
-			r.Logger.Info("session registered", logfield.SessionID(s.ID), logfield.Group(r.Spec.Group), zap.Int("slots", r.Spec.Slots))
-			return Registered{ID: s.ID, Sent: sent}, nil
+			regs := make([]Registered, len(all))
+			for i, rw := range all {
+				regs[i] = Registered{ID: ids[i], Sent: sent}
+				rw.Logger.Info("session registered", logfield.SessionID(ids[i]), logfield.Group(rw.Spec.Group), zap.Int("slots", rw.Spec.Slots))
+			}
+			return regs, nil
 		}
 		if ctx.Err() != nil {
-			return Registered{}, ctx.Err()
+			return nil, ctx.Err()
 		}
 		wait := backoff.Next()
 		r.Logger.Warn("register session failed; retrying", zap.Error(err), zap.Duration("retry_in", wait))
 		if !service.Sleep(ctx, wait) {
-			return Registered{}, ctx.Err()
+			return nil, ctx.Err()
 		}
 	}
 }

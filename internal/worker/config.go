@@ -24,7 +24,16 @@ const (
 	// CrashDetectAfterDefault equals the masters' --crash-detect-after default.
 	CrashDetectAfterDefault = 1500 * time.Millisecond
 	GroupDefault            = "default"
+	// MaxGroups bounds Config.Groups: each group is a session row heartbeated
+	// in one statement and a claim loop polling on its own.
+	MaxGroups = 64
 )
+
+// GroupSlots is one group a worker serves and how many of its tasks run at once.
+type GroupSlots struct {
+	Name  string
+	Slots int
+}
 
 // CrashFenceDefault is the crash fence for a crash-detection age: 5/6 of it, which
 // leaves the worker a sixth (250 ms at the defaults) to kill its tasks before a
@@ -43,10 +52,14 @@ var groupRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
 
 // Config of a worker process.
 type Config struct {
-	DatabaseURL       string
-	Group             string        // worker group served (created if missing)
-	Name              string        // operator-facing name; default host-pid
-	Slots             int           // tasks run at once
+	DatabaseURL string
+	Group       string // worker group served (created if missing)
+	Name        string // operator-facing name; default host-pid
+	Slots       int    // tasks run at once
+	// Groups, instead of Group and Slots: several groups served by this one
+	// worker, each with its own slots (one session row per group, see
+	// docs/architecture.md "Many groups per worker").
+	Groups            []GroupSlots
 	HeartbeatInterval time.Duration // how often the session row is touched
 	// SelfFenceAfter: without a successful heartbeat for this long the worker stops
 	// claiming, kills its tasks and abandons the session. Must stay below the
@@ -101,11 +114,13 @@ type TestConfig struct {
 
 // WithDefaults returns a copy with every zero field set to its default.
 func (c Config) WithDefaults() Config {
-	if c.Group == "" {
-		c.Group = GroupDefault
-	}
-	if c.Slots == 0 {
-		c.Slots = SlotsDefault
+	if len(c.Groups) == 0 {
+		if c.Group == "" {
+			c.Group = GroupDefault
+		}
+		if c.Slots == 0 {
+			c.Slots = SlotsDefault
+		}
 	}
 	if c.HeartbeatInterval == 0 {
 		c.HeartbeatInterval = HeartbeatIntervalDefault
@@ -146,11 +161,15 @@ func (c Config) Validate() error {
 	if c.DatabaseURL == "" {
 		errs = append(errs, errors.New("database URL is empty: set BATON_DATABASE_URL or --database-url"))
 	}
-	if !groupRE.MatchString(c.Group) {
-		errs = append(errs, fmt.Errorf("group %q must be 1-63 of letters, digits, _ . - starting with a letter or digit", c.Group))
-	}
-	if c.Slots < 1 || c.Slots > 10000 {
-		errs = append(errs, fmt.Errorf("slots %d is outside 1..10000", c.Slots))
+	if len(c.Groups) > 0 {
+		errs = append(errs, c.validateGroups()...)
+	} else {
+		if !groupRE.MatchString(c.Group) {
+			errs = append(errs, fmt.Errorf("group %q must be 1-63 of letters, digits, _ . - starting with a letter or digit", c.Group))
+		}
+		if c.Slots < 1 || c.Slots > 10000 {
+			errs = append(errs, fmt.Errorf("slots %d is outside 1..10000", c.Slots))
+		}
 	}
 	if c.HeartbeatInterval < 10*time.Millisecond {
 		errs = append(errs, fmt.Errorf("heartbeat interval %s is below 10ms", c.HeartbeatInterval))
@@ -179,4 +198,37 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("shutdown grace %s is negative", c.ShutdownGrace))
 	}
 	return errors.Join(errs...)
+}
+
+func (c Config) validateGroups() []error {
+	var errs []error
+	if c.Group != "" || c.Slots != 0 {
+		errs = append(errs, fmt.Errorf("both group %q (slots %d) and groups are set: set Group and Slots for one group, or Groups for several", c.Group, c.Slots))
+	}
+	if len(c.Groups) > MaxGroups {
+		errs = append(errs, fmt.Errorf("%d groups is more than %d", len(c.Groups), MaxGroups))
+	}
+	seen := make(map[string]bool, len(c.Groups))
+	for _, g := range c.Groups {
+		if !groupRE.MatchString(g.Name) {
+			errs = append(errs, fmt.Errorf("group %q must be 1-63 of letters, digits, _ . - starting with a letter or digit", g.Name))
+		}
+		if seen[g.Name] {
+			errs = append(errs, fmt.Errorf("group %q is named twice", g.Name))
+		}
+		seen[g.Name] = true
+		if g.Slots < 1 || g.Slots > 10000 {
+			errs = append(errs, fmt.Errorf("slots %d of group %q is outside 1..10000", g.Slots, g.Name))
+		}
+	}
+	return errs
+}
+
+// Served is the groups the worker serves with their slots: Groups, or the one
+// Group with Slots.
+func (c Config) Served() []GroupSlots {
+	if len(c.Groups) > 0 {
+		return append([]GroupSlots(nil), c.Groups...)
+	}
+	return []GroupSlots{{Name: c.Group, Slots: c.Slots}}
 }

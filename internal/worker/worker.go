@@ -13,6 +13,13 @@
 // session stopped if it still can, and registers a new session. Re-registering
 // rather than exiting keeps the capacity without relying on a supervisor; the new
 // session id is a new fencing identity, so nothing of the old incarnation can write.
+//
+// A worker serving several groups (Config.Groups) registers one session per
+// group, in one transaction, and runs one claimer per session with the group's
+// slots; the sessions share the pool, the executor, the result writer, one
+// heartbeat statement and one liveness connection holding all their locks, so
+// they live, are fenced and are lost together, and each group's tasks fail over
+// to workers of that group exactly as for a single-group worker.
 package worker
 
 import (
@@ -52,20 +59,21 @@ type TestSignals struct {
 	Drain      drain.TestSignals
 }
 
-// Worker runs tasks of one group.
+// Worker runs tasks of one group, or of several (Config.Groups).
 type Worker struct {
 	TestSignals TestSignals
 
 	cfg       Config
+	groups    []GroupSlots // Config.Served()
 	pool      *pgxpool.Pool
 	log       *zap.Logger
 	exec      *executor.Executor
-	wake      notify.Signal
-	cancels   notify.Signal // a task this worker runs was canceled (NOTIFY)
-	rows      *session.Rows
+	wakes     []notify.Signal // per group: tasks queued in it or dispatched to its session
+	cancels   []notify.Signal // per group: a task its session runs was canceled (NOTIFY)
+	rows      []*session.Rows // per group
 	liveConn  *pgx.ConnConfig // the liveness lock's connection (nil: crash detection off)
 	completer *completer.Completer
-	session   atomic.Int64
+	current   atomic.Pointer[[]int64] // the current session of each group, in groups order
 
 	sessionsMu sync.Mutex
 	sessions   []int64
@@ -81,17 +89,22 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("worker config: %w", err)
 	}
-	pool, err := store.Open(ctx, cfg.DatabaseURL, int32(min(cfg.Slots, 8)+4))
+	groups := cfg.Served()
+	slots := 0
+	for _, g := range groups {
+		slots += g.Slots
+	}
+	// Every claimer polls on its own: a connection each beyond the usual few.
+	pool, err := store.Open(ctx, cfg.DatabaseURL, int32(min(slots, 8)+3+len(groups)))
 	if err != nil {
 		return nil, err
 	}
 	w := &Worker{
-		cfg:     cfg,
-		pool:    pool,
-		log:     cfg.Logger.Named("worker"),
-		exec:    &executor.Executor{Handlers: cfg.Handlers, MaxOutput: cfg.MaxOutput, AllowShell: cfg.AllowShell, ShellEnvAllow: cfg.ShellEnvAllow, Logger: cfg.Logger, Contain: contain.Options{FrozenAfter: cfg.SelfFenceAfter}},
-		wake:    notify.NewSignal(),
-		cancels: notify.NewSignal(),
+		cfg:    cfg,
+		groups: groups,
+		pool:   pool,
+		log:    cfg.Logger.Named("worker"),
+		exec:   &executor.Executor{Handlers: cfg.Handlers, MaxOutput: cfg.MaxOutput, AllowShell: cfg.AllowShell, ShellEnvAllow: cfg.ShellEnvAllow, Logger: cfg.Logger, Contain: contain.Options{FrozenAfter: cfg.SelfFenceAfter}},
 	}
 	if cfg.CrashDetectAfter > 0 {
 		if w.liveConn, err = store.ConnConfig(cfg.DatabaseURL); err != nil {
@@ -99,8 +112,12 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 			return nil, err
 		}
 	}
-	w.rows = &session.Rows{Base: w.base("session"), Pool: pool,
-		Spec: session.Spec{Name: cfg.Name, Group: cfg.Group, Slots: cfg.Slots, Version: cfg.Version}}
+	for _, g := range groups {
+		w.rows = append(w.rows, &session.Rows{Base: w.base("session"), Pool: pool,
+			Spec: session.Spec{Name: cfg.Name, Group: g.Name, Slots: g.Slots, Version: cfg.Version}})
+		w.wakes = append(w.wakes, notify.NewSignal())
+		w.cancels = append(w.cancels, notify.NewSignal())
+	}
 	w.completer = completer.New(w.base("completer"), pool, completer.Config{FlushInterval: cfg.Test.ResultFlushInterval})
 	return w, nil
 }
@@ -109,8 +126,31 @@ func (w *Worker) base(name string) service.Base {
 	return service.NewBase(name, w.log, w.cfg.Clock)
 }
 
-// SessionID is the current session (0 before registration).
-func (w *Worker) SessionID() int64 { return w.session.Load() }
+// SessionID is the current session (0 before registration); of the first group
+// when the worker serves several.
+func (w *Worker) SessionID() int64 {
+	if ids := w.current.Load(); ids != nil {
+		return (*ids)[0]
+	}
+	return 0
+}
+
+// SessionIDs maps each group served to its current session (nil before
+// registration).
+func (w *Worker) SessionIDs() map[string]int64 {
+	ids := w.current.Load()
+	if ids == nil {
+		return nil
+	}
+	m := make(map[string]int64, len(w.groups))
+	for i, g := range w.groups {
+		m[g.Name] = (*ids)[i]
+	}
+	return m
+}
+
+// Groups is the groups the worker serves, with their slots.
+func (w *Worker) Groups() []GroupSlots { return append([]GroupSlots(nil), w.groups...) }
 
 // Sessions returns every session this worker has registered, in order.
 func (w *Worker) Sessions() []int64 {
@@ -131,18 +171,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	bgWG.Add(1)
 	go func() {
 		defer bgWG.Done()
-		(&notify.Listener{Pool: w.pool, Channels: []string{notify.ChannelClaim, notify.ChannelCancel}, Logger: w.log, OnNotify: func(channel, payload string) {
-			switch {
-			case channel == notify.ChannelCancel:
-				if notify.ClaimFor(payload, strconv.FormatInt(w.session.Load(), 10)) {
-					w.cancels.Wake() // a task we run was canceled
-				}
-			case payload == "g:"+w.cfg.Group: // tasks queued in our group
-				w.wake.Wake()
-			case notify.ClaimFor(payload, strconv.FormatInt(w.session.Load(), 10)): // tasks dispatched to us
-				w.wake.Wake()
-			}
-		}}).Run(bg)
+		(&notify.Listener{Pool: w.pool, Channels: []string{notify.ChannelClaim, notify.ChannelCancel}, Logger: w.log, OnNotify: w.onNotify}).Run(bg)
 	}()
 	w.completer.TestSignals = w.TestSignals.Completer
 	_ = w.completer.Start(bg)
@@ -153,51 +182,93 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 
 	for {
-		reg, err := w.rows.Register(ctx)
+		regs, err := session.RegisterAll(ctx, w.rows)
 		if err != nil {
 			return nil // ctx canceled before a session existed: nothing to drain
 		}
-		w.session.Store(reg.ID)
+		ids := make([]int64, len(regs))
+		for i, r := range regs {
+			ids[i] = r.ID
+		}
+		w.current.Store(&ids)
 		w.sessionsMu.Lock()
-		w.sessions = append(w.sessions, reg.ID)
+		w.sessions = append(w.sessions, ids...)
 		w.sessionsMu.Unlock()
-		w.TestSignals.Registered.Signal(reg.ID)
-		err = w.runSession(ctx, reg)
+		for _, id := range ids {
+			w.TestSignals.Registered.Signal(id)
+		}
+		err = w.runSession(ctx, regs)
 		if errors.Is(err, drain.ErrShutdown) {
 			return nil
 		}
 		w.log.Warn("session lost; its tasks were killed; registering a new session",
-			logfield.SessionID(reg.ID), zap.Error(err))
+			logfield.SessionIDs(ids), zap.Error(err))
 	}
 }
 
-// runSession serves one session until it is lost or ctx ends (then it drains).
-func (w *Worker) runSession(ctx context.Context, reg session.Registered) error {
+// onNotify wakes the claimer a NOTIFY concerns: tasks queued in its group ("g:"
+// payload), dispatched to its session, or canceled while it runs them.
+func (w *Worker) onNotify(channel, payload string) {
+	ids := w.current.Load()
+	for i, g := range w.groups {
+		id := ""
+		if ids != nil {
+			id = strconv.FormatInt((*ids)[i], 10)
+		}
+		switch {
+		case channel == notify.ChannelCancel:
+			if notify.ClaimFor(payload, id) {
+				w.cancels[i].Wake() // a task we run was canceled
+			}
+		case payload == "g:"+g.Name: // tasks queued in this group
+			w.wakes[i].Wake()
+		case notify.ClaimFor(payload, id): // tasks dispatched to this session
+			w.wakes[i].Wake()
+		}
+	}
+}
+
+// runSession serves one incarnation — a session per group — until it is lost or
+// ctx ends (then it drains). The sessions share one heartbeater, one liveness
+// connection and one drain: losing any of them loses all.
+func (w *Worker) runSession(ctx context.Context, regs []session.Registered) error {
+	ids := make([]int64, len(regs))
+	since := regs[0].Sent
+	for i, r := range regs {
+		ids[i] = r.ID
+		if r.Sent.Before(since) {
+			since = r.Sent
+		}
+	}
 	orphaned := make(chan error, 1)
 	var hb *session.Heartbeater // set below, before any task starts
-	cl := claimer.New(w.base("claimer"), w.pool, claimer.Config{
-		Lease:     func() error { return hb.LeaseErr() },
-		SessionID: reg.ID, Group: w.cfg.Group, Worker: w.cfg.Name, Slots: w.cfg.Slots, PollInterval: w.cfg.PollInterval,
-		KillGrace: w.cfg.KillGrace, Exec: w.exec, Results: w.completer, Wake: w.wake, Cancels: w.cancels,
-		OnOrphans: func(err error) {
-			select {
-			case orphaned <- err:
-			default:
-			}
-		},
-	})
-	cl.TestSignals = w.TestSignals.Claimer
+	cls := make(claimers, len(regs))
+	for i, reg := range regs {
+		g := w.groups[i]
+		cls[i] = claimer.New(service.NewBase("claimer", w.log.With(logfield.Group(g.Name)), w.cfg.Clock), w.pool, claimer.Config{
+			Lease:     func() error { return hb.LeaseErr() },
+			SessionID: reg.ID, Group: g.Name, Worker: w.cfg.Name, Slots: g.Slots, PollInterval: w.cfg.PollInterval,
+			KillGrace: w.cfg.KillGrace, Exec: w.exec, Results: w.completer, Wake: w.wakes[i], Cancels: w.cancels[i],
+			OnOrphans: func(err error) {
+				select {
+				case orphaned <- err:
+				default:
+				}
+			},
+		})
+		cls[i].TestSignals = w.TestSignals.Claimer
+	}
 	var lv *session.Liveness // set below, before the heartbeater starts
 	crashFence := time.Duration(0)
 	if w.liveConn != nil {
 		crashFence = w.cfg.CrashFenceAfter
 	}
 	hb = session.NewHeartbeater(w.base("heartbeat"), w.pool, session.HeartbeatConfig{
-		SessionID: reg.ID, Interval: w.cfg.HeartbeatInterval, FenceAfter: w.cfg.SelfFenceAfter,
-		Since: reg.Sent, CallTimeout: w.cfg.Test.HeartbeatCallTimeout, CrashFenceAfter: crashFence,
+		SessionIDs: ids, Interval: w.cfg.HeartbeatInterval, FenceAfter: w.cfg.SelfFenceAfter,
+		Since: since, CallTimeout: w.cfg.Test.HeartbeatCallTimeout, CrashFenceAfter: crashFence,
 		// The fence kills the tasks first, from its own goroutine: nothing it
 		// could wait for (a hung query, the claim loop) can delay the kill.
-		OnLost: cl.Kill,
+		OnLost: cls.Kill,
 		// The shell tasks' supervisors enforce the same lease from their own
 		// processes, so a frozen worker cannot keep them running past it.
 		OnLease: func(long, short time.Time) {
@@ -209,13 +280,13 @@ func (w *Worker) runSession(ctx context.Context, reg session.Registered) error {
 	hb.TestSignals = w.TestSignals.Heartbeat
 	if w.liveConn != nil {
 		lv = session.NewLiveness(w.base("liveness"), session.LivenessConfig{
-			SessionID: reg.ID, ConnConfig: w.liveConn, OnHeld: hb.SetLockHeld, OnConn: w.exec.SetLockConn,
+			SessionIDs: ids, ConnConfig: w.liveConn, OnHeld: hb.SetLockHeld, OnConn: w.exec.SetLockConn,
 		})
 		lv.TestSignals = w.TestSignals.Liveness
 	}
 	d := drain.New(w.base("drain"), drain.Config{
-		SessionID: reg.ID, Grace: w.cfg.ShutdownGrace, TasksWait: w.cfg.KillGrace + drain.TasksWaitDefault,
-		Tasks: cl, Results: w.completer, Session: w.rows, StopHeartbeat: hb.Stop,
+		SessionIDs: ids, Grace: w.cfg.ShutdownGrace, TasksWait: w.cfg.KillGrace + drain.TasksWaitDefault,
+		Tasks: cls, Results: w.completer, Session: w.sessionRows(ids), StopHeartbeat: hb.Stop,
 	})
 	d.TestSignals = w.TestSignals.Drain
 
@@ -227,7 +298,9 @@ func (w *Worker) runSession(ctx context.Context, reg session.Registered) error {
 		_ = lv.Start(context.Background())
 		defer lv.Stop()
 	}
-	_ = cl.Start(context.Background())
+	for _, cl := range cls {
+		_ = cl.Start(context.Background())
+	}
 	select {
 	case <-ctx.Done():
 		d.Drain(hb.Lost())
@@ -239,4 +312,58 @@ func (w *Worker) runSession(ctx context.Context, reg session.Registered) error {
 		d.Abandon(err)
 		return err
 	}
+}
+
+// claimers are the claim loops of one incarnation's sessions, drained and killed
+// together (drain.Tasks).
+type claimers []*claimer.Claimer
+
+func (cs claimers) Stop() {
+	for _, c := range cs {
+		c.Stop()
+	}
+}
+
+func (cs claimers) Running() int {
+	n := 0
+	for _, c := range cs {
+		n += c.Running()
+	}
+	return n
+}
+
+// Kill kills every running task of every session, at once (no waiting).
+func (cs claimers) Kill(cause error) {
+	for _, c := range cs {
+		c.Kill(cause)
+	}
+}
+
+func (cs claimers) WaitTasks(ctx context.Context) bool {
+	all := true
+	for _, c := range cs {
+		if !c.WaitTasks(ctx) {
+			all = false
+		}
+	}
+	return all
+}
+
+// sessionRows writes each session's row through its group's Rows (drain.Session).
+type sessionRows map[int64]*session.Rows
+
+func (w *Worker) sessionRows(ids []int64) sessionRows {
+	m := make(sessionRows, len(ids))
+	for i, id := range ids {
+		m[id] = w.rows[i]
+	}
+	return m
+}
+
+func (s sessionRows) MarkDraining(ctx context.Context, id int64) error {
+	return s[id].MarkDraining(ctx, id)
+}
+
+func (s sessionRows) MarkStopped(ctx context.Context, id int64) error {
+	return s[id].MarkStopped(ctx, id)
 }

@@ -86,12 +86,14 @@ func (b *bundle) worker(dsn, name string, clock *service.Clock) (*worker.Worker,
 	return b.workerWith(worker.Config{DatabaseURL: dsn, Name: name, Clock: clock})
 }
 
-// workerWith starts a worker of group g with the test timings, for the fields cfg
+// workerWith starts a worker (of group g unless cfg names its groups) with the test timings, for the fields cfg
 // leaves zero, and its test signals armed; it returns once the worker registered.
 func (b *bundle) workerWith(cfg worker.Config) (*worker.Worker, func()) {
 	b.t.Helper()
-	cfg.Group = "g"
-	cfg.Slots = cmp.Or(cfg.Slots, 4)
+	if len(cfg.Groups) == 0 {
+		cfg.Group = cmp.Or(cfg.Group, "g")
+		cfg.Slots = cmp.Or(cfg.Slots, 4)
+	}
 	cfg.HeartbeatInterval = cmp.Or(cfg.HeartbeatInterval, hb)
 	cfg.SelfFenceAfter = cmp.Or(cfg.SelfFenceAfter, selfFence)
 	cfg.PollInterval = cmp.Or(cfg.PollInterval, 100*time.Millisecond)
