@@ -75,6 +75,7 @@ func (s *Server) uiRoutes() {
 	s.mux.HandleFunc("GET /ui/failovers", s.page("failovers.html", "failover timeline", 5, s.uiFailovers))
 	s.mux.HandleFunc("GET /ui/tasks", s.page("tasks.html", "tasks", 0, s.uiTasks))
 	s.mux.HandleFunc("GET /ui/tasks/{id}", s.page("task.html", "task", 5, s.uiTask))
+	s.uiWorkflowRoutes()
 	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, s.cfg.BasePath+"/ui/", http.StatusFound)
 	})
