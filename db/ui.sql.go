@@ -10,6 +10,44 @@ import (
 	"time"
 )
 
+const UILiveSignature = `-- name: UILiveSignature :one
+SELECT (SELECT coalesce(max(id), 0) FROM tasks)::bigint AS max_task,
+       (SELECT count(*) FROM tasks WHERE worker_session_id IS NOT NULL)::bigint AS active_tasks,
+       (SELECT coalesce(max(finished_at), 'epoch') FROM tasks WHERE finished_at IS NOT NULL)::timestamptz AS last_finish,
+       (SELECT coalesce(max(id), 0) FROM worker_sessions)::bigint AS max_session,
+       (SELECT count(*) FROM worker_sessions WHERE state IN ('alive', 'draining'))::bigint AS live_sessions,
+       (SELECT coalesce(max(id), 0) FROM failover_events)::bigint AS max_failover,
+       (SELECT coalesce(max(id), 0) FROM workflow_runs)::bigint AS max_run
+`
+
+type UILiveSignatureRow struct {
+	MaxTask      int64
+	ActiveTasks  int64
+	LastFinish   time.Time
+	MaxSession   int64
+	LiveSessions int64
+	MaxFailover  int64
+	MaxRun       int64
+}
+
+// What the live pages show changed when this changes: every part an index
+// endpoint or a count over a small partial index (read once a second by one
+// goroutine per server, whatever the number of open pages).
+func (q *Queries) UILiveSignature(ctx context.Context) (UILiveSignatureRow, error) {
+	row := q.db.QueryRow(ctx, UILiveSignature)
+	var i UILiveSignatureRow
+	err := row.Scan(
+		&i.MaxTask,
+		&i.ActiveTasks,
+		&i.LastFinish,
+		&i.MaxSession,
+		&i.LiveSessions,
+		&i.MaxFailover,
+		&i.MaxRun,
+	)
+	return i, err
+}
+
 const UIRunEdges = `-- name: UIRunEdges :many
 SELECT e.from_step, e.to_step
 FROM workflow_runs r

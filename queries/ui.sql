@@ -21,3 +21,15 @@ FROM schedule_fires
 WHERE schedule_id = @schedule_id
 ORDER BY nominal_time DESC
 LIMIT @max_rows;
+
+-- What the live pages show changed when this changes: every part an index
+-- endpoint or a count over a small partial index (read once a second by one
+-- goroutine per server, whatever the number of open pages).
+-- name: UILiveSignature :one
+SELECT (SELECT coalesce(max(id), 0) FROM tasks)::bigint AS max_task,
+       (SELECT count(*) FROM tasks WHERE worker_session_id IS NOT NULL)::bigint AS active_tasks,
+       (SELECT coalesce(max(finished_at), 'epoch') FROM tasks WHERE finished_at IS NOT NULL)::timestamptz AS last_finish,
+       (SELECT coalesce(max(id), 0) FROM worker_sessions)::bigint AS max_session,
+       (SELECT count(*) FROM worker_sessions WHERE state IN ('alive', 'draining'))::bigint AS live_sessions,
+       (SELECT coalesce(max(id), 0) FROM failover_events)::bigint AS max_failover,
+       (SELECT coalesce(max(id), 0) FROM workflow_runs)::bigint AS max_run;

@@ -167,3 +167,37 @@ func TestWorkflowPagesInChromium(t *testing.T) {
 		}
 	}
 }
+
+// Live updates: a page open in the browser shows a run started through the API
+// without being reloaded (the event stream says "change" and the page swaps its
+// content in place), and a page without a listener costs no signature reads.
+func TestLiveUpdatesInChromium(t *testing.T) {
+	t.Parallel()
+	a := newAPI(t)
+	a.want(201, "POST", "/api/v1/groups", a.operate, GroupRequest{Name: "g"}, nil)
+	a.want(201, "POST", "/api/v1/workflows", a.operate, apiWorkflow, nil)
+	b := newBrowser(t, a)
+	b.visit("runs-before", "/ui/runs", `#runs`)
+	// A mark on the window: a reload would drop it, a swap of <main> keeps it.
+	if _, err := chromedp.Run(b.ctx, chromedp.Evaluate[bool](`window.batonMark = true`)); err != nil {
+		t.Fatal(err)
+	}
+	var started struct {
+		RunID int64 `json:"run_id"`
+	}
+	a.want(201, "POST", "/api/v1/runs", a.operate, StartRunRequest{Workflow: "report"}, &started)
+	link := fmt.Sprintf(`#runs a[href="/ui/runs/%d"]`, started.RunID)
+	wctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
+	defer cancel()
+	if err := chromedp.Do(wctx, chromedp.WaitVisible(link)); err != nil {
+		t.Fatalf("the run page did not show run %d without a reload: %v", started.RunID, err)
+	}
+	kept, err := chromedp.Run(b.ctx, chromedp.Evaluate[bool](`window.batonMark === true && Number(document.documentElement.dataset.liveUpdates) > 0`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !kept {
+		t.Fatal("the page was reloaded, not updated in place by the event stream")
+	}
+	b.visit("runs-after", "", link)
+}

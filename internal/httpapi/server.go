@@ -67,6 +67,7 @@ type Server struct {
 	routes []Route
 	log    *zap.Logger
 	cache  overviewCache
+	live   liveFeed
 }
 
 // Route is one method and path of the API (the OpenAPI test reads them).

@@ -76,6 +76,7 @@ func (s *Server) uiRoutes() {
 	s.mux.HandleFunc("GET /ui/tasks", s.page("tasks.html", "tasks", 0, s.uiTasks))
 	s.mux.HandleFunc("GET /ui/tasks/{id}", s.page("task.html", "task", 5, s.uiTask))
 	s.uiWorkflowRoutes()
+	s.mux.HandleFunc("GET /ui/events", s.uiEvents)
 	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, s.cfg.BasePath+"/ui/", http.StatusFound)
 	})
@@ -85,6 +86,7 @@ func (s *Server) uiRoutes() {
 func (s *Server) Close() {
 	s.cache.cancel()
 	s.cache.wg.Wait()
+	s.live.wg.Wait()
 }
 
 type pageData struct {
