@@ -7,8 +7,41 @@ package db
 
 import (
 	"context"
+	"encoding/json"
 	"time"
 )
+
+const ScheduleActiveRunsMany = `-- name: ScheduleActiveRunsMany :many
+SELECT schedule_id::bigint AS schedule_id, run_id::bigint AS run_id FROM schedule_fires
+WHERE schedule_id = ANY ($1::bigint[]) AND run_active
+ORDER BY schedule_id, run_id
+`
+
+type ScheduleActiveRunsManyRow struct {
+	ScheduleID int64
+	RunID      int64
+}
+
+// The batch fire (schedule.FirePass). Active runs of the locked schedules.
+func (q *Queries) ScheduleActiveRunsMany(ctx context.Context, scheduleIds []int64) ([]ScheduleActiveRunsManyRow, error) {
+	rows, err := q.db.Query(ctx, ScheduleActiveRunsMany, scheduleIds)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []ScheduleActiveRunsManyRow{}
+	for rows.Next() {
+		var i ScheduleActiveRunsManyRow
+		if err := rows.Scan(&i.ScheduleID, &i.RunID); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
 
 const ScheduleFireBufferedCount = `-- name: ScheduleFireBufferedCount :one
 SELECT count(*)::int FROM schedule_fires WHERE schedule_id = $1 AND outcome = 'buffered'
@@ -19,6 +52,45 @@ func (q *Queries) ScheduleFireBufferedCount(ctx context.Context, scheduleID *int
 	var column_1 int32
 	err := row.Scan(&column_1)
 	return column_1, err
+}
+
+const ScheduleFireExistingMany = `-- name: ScheduleFireExistingMany :many
+SELECT f.schedule_id::bigint AS schedule_id, f.nominal_time FROM schedule_fires f
+JOIN (SELECT unnest($1::bigint[]) AS id, unnest($2::timestamptz[]) AS from_at) u
+  ON f.schedule_id = u.id AND f.nominal_time >= u.from_at AND f.nominal_time <= $3::timestamptz
+`
+
+type ScheduleFireExistingManyParams struct {
+	ScheduleIds  []int64
+	FromNominals []time.Time
+	Until        time.Time
+}
+
+type ScheduleFireExistingManyRow struct {
+	ScheduleID  int64
+	NominalTime time.Time
+}
+
+// Ledger rows already present (a backfill's, a manual trigger's) at or after
+// each locked schedule's next nominal time, up to until.
+func (q *Queries) ScheduleFireExistingMany(ctx context.Context, arg ScheduleFireExistingManyParams) ([]ScheduleFireExistingManyRow, error) {
+	rows, err := q.db.Query(ctx, ScheduleFireExistingMany, arg.ScheduleIds, arg.FromNominals, arg.Until)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []ScheduleFireExistingManyRow{}
+	for rows.Next() {
+		var i ScheduleFireExistingManyRow
+		if err := rows.Scan(&i.ScheduleID, &i.NominalTime); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const ScheduleFireGetForUpdate = `-- name: ScheduleFireGetForUpdate :one
@@ -234,6 +306,43 @@ func (q *Queries) ScheduleFireOldestBuffered(ctx context.Context, scheduleID *in
 	return i, err
 }
 
+const ScheduleFireRecordMany = `-- name: ScheduleFireRecordMany :execrows
+INSERT INTO schedule_fires (schedule_id, workflow_id, nominal_time, source, outcome, reason, kind, recorded_at)
+SELECT u.sid, u.wid, u.at, 'schedule', u.outcome, nullif(u.reason, ''), u.kind, coalesce($1::timestamptz, clock_timestamp())
+FROM (SELECT unnest($2::bigint[]) AS sid, unnest($3::bigint[]) AS wid,
+             unnest($4::timestamptz[]) AS at, unnest($5::text[]) AS outcome,
+             unnest($6::text[]) AS reason, unnest($7::text[]) AS kind) u
+ON CONFLICT DO NOTHING
+`
+
+type ScheduleFireRecordManyParams struct {
+	Now          *time.Time
+	ScheduleIds  []int64
+	WorkflowIds  []int64
+	NominalTimes []time.Time
+	Outcomes     []string
+	Reasons      []string
+	Kinds        []string
+}
+
+// Records skipped and buffered fire times of many schedules in one statement;
+// a time already in the ledger keeps its row.
+func (q *Queries) ScheduleFireRecordMany(ctx context.Context, arg ScheduleFireRecordManyParams) (int64, error) {
+	result, err := q.db.Exec(ctx, ScheduleFireRecordMany,
+		arg.Now,
+		arg.ScheduleIds,
+		arg.WorkflowIds,
+		arg.NominalTimes,
+		arg.Outcomes,
+		arg.Reasons,
+		arg.Kinds,
+	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const ScheduleFireSetRun = `-- name: ScheduleFireSetRun :exec
 UPDATE schedule_fires f SET outcome = 'started', reason = NULL, run_id = $1,
        previous_run_ids = CASE WHEN f.run_id IS NOT NULL AND f.run_id <> $1 THEN f.previous_run_ids || f.run_id ELSE f.previous_run_ids END,
@@ -312,4 +421,68 @@ func (q *Queries) ScheduleFireSkipMany(ctx context.Context, arg ScheduleFireSkip
 		return 0, err
 	}
 	return result.RowsAffected(), nil
+}
+
+const ScheduleFireStartMany = `-- name: ScheduleFireStartMany :many
+SELECT o_schedule::bigint AS schedule_id, o_nominal::timestamptz AS nominal_time, o_fire::bigint AS fire_id, o_run::bigint AS run_id
+FROM schedule_fire_start_many($1::bigint[], $2::bigint[], $3::timestamptz[], $4::text[],
+     $5::bigint[], $6::jsonb[], $7::text[], $8::text[], $9::bigint[], $10::timestamptz)
+`
+
+type ScheduleFireStartManyParams struct {
+	ScheduleIds  []int64
+	WorkflowIds  []int64
+	NominalTimes []time.Time
+	Kinds        []string
+	VersionIds   []int64
+	Params       []json.RawMessage
+	Strategies   []string
+	Keys         []string
+	TimeoutsMs   []int64
+	Now          *time.Time
+}
+
+type ScheduleFireStartManyRow struct {
+	ScheduleID  int64
+	NominalTime time.Time
+	FireID      int64
+	RunID       int64
+}
+
+// Claims and starts many fire times (function schedule_fire_start_many): one
+// row per run started; a time already in the ledger returns nothing.
+func (q *Queries) ScheduleFireStartMany(ctx context.Context, arg ScheduleFireStartManyParams) ([]ScheduleFireStartManyRow, error) {
+	rows, err := q.db.Query(ctx, ScheduleFireStartMany,
+		arg.ScheduleIds,
+		arg.WorkflowIds,
+		arg.NominalTimes,
+		arg.Kinds,
+		arg.VersionIds,
+		arg.Params,
+		arg.Strategies,
+		arg.Keys,
+		arg.TimeoutsMs,
+		arg.Now,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []ScheduleFireStartManyRow{}
+	for rows.Next() {
+		var i ScheduleFireStartManyRow
+		if err := rows.Scan(
+			&i.ScheduleID,
+			&i.NominalTime,
+			&i.FireID,
+			&i.RunID,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }

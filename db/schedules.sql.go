@@ -86,6 +86,42 @@ func (q *Queries) ScheduleAdvanceInit(ctx context.Context, arg ScheduleAdvanceIn
 	return result.RowsAffected(), nil
 }
 
+const ScheduleAdvanceMany = `-- name: ScheduleAdvanceMany :execrows
+UPDATE schedules s SET next_nominal_at = CASE WHEN u.has_next THEN u.next_nominal END,
+       next_fire_at = CASE WHEN u.has_next THEN u.next_fire END,
+       buffered = s.buffered + u.delta
+FROM (SELECT unnest($1::bigint[]) AS id, unnest($2::timestamptz[]) AS from_nominal,
+             unnest($3::bool[]) AS has_next, unnest($4::timestamptz[]) AS next_nominal,
+             unnest($5::timestamptz[]) AS next_fire, unnest($6::int[]) AS delta) u
+WHERE s.id = u.id AND s.next_nominal_at = u.from_nominal
+`
+
+type ScheduleAdvanceManyParams struct {
+	Ids          []int64
+	FromNominals []time.Time
+	HasNext      []bool
+	NextNominals []time.Time
+	NextFires    []time.Time
+	Deltas       []int32
+}
+
+// Advances many locked schedules past the fire times they recorded. Re-checks
+// each one's next nominal time is still the one its pass started from.
+func (q *Queries) ScheduleAdvanceMany(ctx context.Context, arg ScheduleAdvanceManyParams) (int64, error) {
+	result, err := q.db.Exec(ctx, ScheduleAdvanceMany,
+		arg.Ids,
+		arg.FromNominals,
+		arg.HasNext,
+		arg.NextNominals,
+		arg.NextFires,
+		arg.Deltas,
+	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const ScheduleBufferedDelta = `-- name: ScheduleBufferedDelta :exec
 UPDATE schedules SET buffered = buffered + $1 WHERE id = $2
 `
@@ -824,4 +860,37 @@ func (q *Queries) ScheduleWorkflowLookup(ctx context.Context, name string) (Sche
 	var i ScheduleWorkflowLookupRow
 	err := row.Scan(&i.ID, &i.Definition)
 	return i, err
+}
+
+const ScheduleWorkflowVersions = `-- name: ScheduleWorkflowVersions :many
+SELECT w.id AS workflow_id, v.id AS version_id, v.definition FROM workflows w
+JOIN workflow_versions v ON v.workflow_id = w.id AND v.version = w.latest_version
+WHERE w.id = ANY ($1::bigint[])
+`
+
+type ScheduleWorkflowVersionsRow struct {
+	WorkflowID int64
+	VersionID  int64
+	Definition json.RawMessage
+}
+
+// The latest version of each workflow the locked schedules start.
+func (q *Queries) ScheduleWorkflowVersions(ctx context.Context, workflowIds []int64) ([]ScheduleWorkflowVersionsRow, error) {
+	rows, err := q.db.Query(ctx, ScheduleWorkflowVersions, workflowIds)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []ScheduleWorkflowVersionsRow{}
+	for rows.Next() {
+		var i ScheduleWorkflowVersionsRow
+		if err := rows.Scan(&i.WorkflowID, &i.VersionID, &i.Definition); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }

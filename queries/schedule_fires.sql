@@ -65,3 +65,33 @@ LIMIT @max_rows;
 
 -- name: ScheduleFireSetSkipped :exec
 UPDATE schedule_fires SET outcome = 'skipped', reason = @reason WHERE id = @id AND outcome <> 'started';
+
+-- The batch fire (schedule.FirePass). Active runs of the locked schedules.
+-- name: ScheduleActiveRunsMany :many
+SELECT schedule_id::bigint AS schedule_id, run_id::bigint AS run_id FROM schedule_fires
+WHERE schedule_id = ANY (@schedule_ids::bigint[]) AND run_active
+ORDER BY schedule_id, run_id;
+
+-- Ledger rows already present (a backfill's, a manual trigger's) at or after
+-- each locked schedule's next nominal time, up to until.
+-- name: ScheduleFireExistingMany :many
+SELECT f.schedule_id::bigint AS schedule_id, f.nominal_time FROM schedule_fires f
+JOIN (SELECT unnest(@schedule_ids::bigint[]) AS id, unnest(@from_nominals::timestamptz[]) AS from_at) u
+  ON f.schedule_id = u.id AND f.nominal_time >= u.from_at AND f.nominal_time <= @until::timestamptz;
+
+-- Records skipped and buffered fire times of many schedules in one statement;
+-- a time already in the ledger keeps its row.
+-- name: ScheduleFireRecordMany :execrows
+INSERT INTO schedule_fires (schedule_id, workflow_id, nominal_time, source, outcome, reason, kind, recorded_at)
+SELECT u.sid, u.wid, u.at, 'schedule', u.outcome, nullif(u.reason, ''), u.kind, coalesce(sqlc.narg('now')::timestamptz, clock_timestamp())
+FROM (SELECT unnest(@schedule_ids::bigint[]) AS sid, unnest(@workflow_ids::bigint[]) AS wid,
+             unnest(@nominal_times::timestamptz[]) AS at, unnest(@outcomes::text[]) AS outcome,
+             unnest(@reasons::text[]) AS reason, unnest(@kinds::text[]) AS kind) u
+ON CONFLICT DO NOTHING;
+
+-- Claims and starts many fire times (function schedule_fire_start_many): one
+-- row per run started; a time already in the ledger returns nothing.
+-- name: ScheduleFireStartMany :many
+SELECT o_schedule::bigint AS schedule_id, o_nominal::timestamptz AS nominal_time, o_fire::bigint AS fire_id, o_run::bigint AS run_id
+FROM schedule_fire_start_many(@schedule_ids::bigint[], @workflow_ids::bigint[], @nominal_times::timestamptz[], @kinds::text[],
+     @version_ids::bigint[], @params::jsonb[], @strategies::text[], @keys::text[], @timeouts_ms::bigint[], sqlc.narg('now')::timestamptz);

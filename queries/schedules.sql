@@ -131,3 +131,20 @@ SELECT id FROM schedules WHERE name = @name;
 -- name: ScheduleAdvanceInit :execrows
 UPDATE schedules SET next_nominal_at = sqlc.narg('next_nominal_at'), next_fire_at = sqlc.narg('next_fire_at')
 WHERE id = @id AND next_nominal_at IS NULL;
+
+-- Advances many locked schedules past the fire times they recorded. Re-checks
+-- each one's next nominal time is still the one its pass started from.
+-- name: ScheduleAdvanceMany :execrows
+UPDATE schedules s SET next_nominal_at = CASE WHEN u.has_next THEN u.next_nominal END,
+       next_fire_at = CASE WHEN u.has_next THEN u.next_fire END,
+       buffered = s.buffered + u.delta
+FROM (SELECT unnest(@ids::bigint[]) AS id, unnest(@from_nominals::timestamptz[]) AS from_nominal,
+             unnest(@has_next::bool[]) AS has_next, unnest(@next_nominals::timestamptz[]) AS next_nominal,
+             unnest(@next_fires::timestamptz[]) AS next_fire, unnest(@deltas::int[]) AS delta) u
+WHERE s.id = u.id AND s.next_nominal_at = u.from_nominal;
+
+-- The latest version of each workflow the locked schedules start.
+-- name: ScheduleWorkflowVersions :many
+SELECT w.id AS workflow_id, v.id AS version_id, v.definition FROM workflows w
+JOIN workflow_versions v ON v.workflow_id = w.id AND v.version = w.latest_version
+WHERE w.id = ANY (@workflow_ids::bigint[]);
