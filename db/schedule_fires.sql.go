@@ -426,7 +426,7 @@ func (q *Queries) ScheduleFireSkipMany(ctx context.Context, arg ScheduleFireSkip
 const ScheduleFireStartMany = `-- name: ScheduleFireStartMany :many
 SELECT o_schedule::bigint AS schedule_id, o_nominal::timestamptz AS nominal_time, o_fire::bigint AS fire_id, o_run::bigint AS run_id
 FROM schedule_fire_start_many($1::bigint[], $2::bigint[], $3::timestamptz[], $4::text[],
-     $5::bigint[], $6::jsonb[], $7::text[], $8::text[], $9::bigint[], $10::timestamptz)
+     $5::bigint[], $6::jsonb[], $7::text[], $8::text[], $9::bigint[], $10::timestamptz, $11::bool)
 `
 
 type ScheduleFireStartManyParams struct {
@@ -440,6 +440,7 @@ type ScheduleFireStartManyParams struct {
 	Keys         []string
 	TimeoutsMs   []int64
 	Now          *time.Time
+	SetBased     bool
 }
 
 type ScheduleFireStartManyRow struct {
@@ -463,6 +464,7 @@ func (q *Queries) ScheduleFireStartMany(ctx context.Context, arg ScheduleFireSta
 		arg.Keys,
 		arg.TimeoutsMs,
 		arg.Now,
+		arg.SetBased,
 	)
 	if err != nil {
 		return nil, err

@@ -94,4 +94,4 @@ ON CONFLICT DO NOTHING;
 -- name: ScheduleFireStartMany :many
 SELECT o_schedule::bigint AS schedule_id, o_nominal::timestamptz AS nominal_time, o_fire::bigint AS fire_id, o_run::bigint AS run_id
 FROM schedule_fire_start_many(@schedule_ids::bigint[], @workflow_ids::bigint[], @nominal_times::timestamptz[], @kinds::text[],
-     @version_ids::bigint[], @params::jsonb[], @strategies::text[], @keys::text[], @timeouts_ms::bigint[], sqlc.narg('now')::timestamptz);
+     @version_ids::bigint[], @params::jsonb[], @strategies::text[], @keys::text[], @timeouts_ms::bigint[], sqlc.narg('now')::timestamptz, @set_based::bool);

@@ -34,7 +34,7 @@ const (
 
 // Defaults of a pass.
 const (
-	FireBatchDefault          = 50
+	FireBatchDefault          = 100
 	FireMaxPerScheduleDefault = 1000
 )
 
@@ -147,7 +147,7 @@ func FirePass(ctx context.Context, pool *pgxpool.Pool, cfg FireConfig) (FireResu
 		var bres FireResult
 		err = pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) error {
 			var err error
-			bres, err = fireBatch(ctx, db.New(sp), scheds, now, cfg)
+			bres, err = fireBatch(ctx, db.New(sp), scheds, now, cfg, true)
 			return err
 		})
 		if err == nil {
@@ -162,7 +162,7 @@ func FirePass(ctx context.Context, pool *pgxpool.Pool, cfg FireConfig) (FireResu
 			var sres FireResult
 			err := pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) error {
 				var err error
-				sres, err = fireBatch(ctx, db.New(sp), []Schedule{s}, now, cfg)
+				sres, err = fireBatch(ctx, db.New(sp), []Schedule{s}, now, cfg, false)
 				return err
 			})
 			if err != nil {
@@ -394,9 +394,10 @@ func planFires(s Schedule, now time.Time, active []int64, existing map[int64]boo
 // their active runs, the ledger rows already there and their workflows (three
 // statements), plans each, then cancels what cancel_other cancels, records the
 // skipped and buffered times (one statement), claims and starts the rest (one
-// statement: schedule_fire_start_many) and advances every schedule (one
-// statement, re-checking each next nominal time).
-func fireBatch(ctx context.Context, q *db.Queries, scheds []Schedule, now time.Time, cfg FireConfig) (FireResult, error) {
+// statement: schedule_fire_start_many; setBased inserts all runs, steps, first
+// tasks and ledger rows set-based, else one workflow_start per fire) and
+// advances every schedule (one statement, re-checking each next nominal time).
+func fireBatch(ctx context.Context, q *db.Queries, scheds []Schedule, now time.Time, cfg FireConfig, setBased bool) (FireResult, error) {
 	var res FireResult
 	ids := make([]int64, len(scheds))
 	firsts := make([]time.Time, len(scheds))
@@ -441,7 +442,7 @@ func fireBatch(ctx context.Context, q *db.Queries, scheds []Schedule, now time.T
 		wfs[r.WorkflowID] = p
 	}
 	rec := db.ScheduleFireRecordManyParams{Now: cfg.Now}
-	st := db.ScheduleFireStartManyParams{Now: cfg.Now}
+	st := db.ScheduleFireStartManyParams{Now: cfg.Now, SetBased: setBased}
 	adv := db.ScheduleAdvanceManyParams{}
 	for _, s := range scheds {
 		wf, ok := wfs[s.workflowID]
