@@ -306,6 +306,44 @@ func (q *Queries) ScheduleFireOldestBuffered(ctx context.Context, scheduleID *in
 	return i, err
 }
 
+const ScheduleFirePrune = `-- name: ScheduleFirePrune :execrows
+DELETE FROM schedule_fires f
+WHERE f.id IN (
+    SELECT o.id FROM schedule_fires o
+    WHERE o.nominal_time < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8)
+      AND NOT o.run_active AND o.outcome <> 'buffered'
+      AND NOT (o.run_state = 'failed' AND NOT o.failure_seen
+               AND EXISTS (SELECT 1 FROM schedules s WHERE s.id = o.schedule_id AND s.pause_on_failure))
+      AND NOT EXISTS (SELECT 1 FROM backfills b WHERE b.id = o.backfill_id AND b.state IN ('running', 'paused'))
+      AND NOT EXISTS (SELECT 1 FROM schedules s WHERE s.id = o.schedule_id AND o.nominal_time >= s.next_nominal_at)
+    ORDER BY o.nominal_time
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED)
+  AND f.nominal_time < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8)
+  AND NOT f.run_active AND f.outcome <> 'buffered'
+`
+
+type ScheduleFirePruneParams struct {
+	Now        *time.Time
+	RetentionS float64
+	MaxRows    int32
+}
+
+// Ledger retention: rows of fire times older than the retention, in batches.
+// Kept: a row whose run is active or buffered (overlap, max_active_runs and
+// a backfill's parallel count them), a failed run pause_on_failure has not
+// acted on, rows of a backfill still running or paused, and rows at or past
+// their schedule's next nominal time. The schedule never fires a time before
+// its next nominal time again, so a pruned row cannot be fired twice. The
+// DELETE re-checks the age and the activity.
+func (q *Queries) ScheduleFirePrune(ctx context.Context, arg ScheduleFirePruneParams) (int64, error) {
+	result, err := q.db.Exec(ctx, ScheduleFirePrune, arg.Now, arg.RetentionS, arg.MaxRows)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const ScheduleFireRecordMany = `-- name: ScheduleFireRecordMany :execrows
 INSERT INTO schedule_fires (schedule_id, workflow_id, nominal_time, source, outcome, reason, kind, recorded_at)
 SELECT u.sid, u.wid, u.at, 'schedule', u.outcome, nullif(u.reason, ''), u.kind, coalesce($1::timestamptz, clock_timestamp())
@@ -341,6 +379,17 @@ func (q *Queries) ScheduleFireRecordMany(ctx context.Context, arg ScheduleFireRe
 		return 0, err
 	}
 	return result.RowsAffected(), nil
+}
+
+const ScheduleFireSetManual = `-- name: ScheduleFireSetManual :exec
+UPDATE schedule_fires SET source = 'manual' WHERE id = $1 AND NOT run_active
+`
+
+// A manual trigger's run recorded on a row it re-claimed (the row was locked by
+// ScheduleFireGetForUpdate in this transaction, and is not active).
+func (q *Queries) ScheduleFireSetManual(ctx context.Context, id int64) error {
+	_, err := q.db.Exec(ctx, ScheduleFireSetManual, id)
+	return err
 }
 
 const ScheduleFireSetRun = `-- name: ScheduleFireSetRun :exec

@@ -95,3 +95,31 @@ ON CONFLICT DO NOTHING;
 SELECT o_schedule::bigint AS schedule_id, o_nominal::timestamptz AS nominal_time, o_fire::bigint AS fire_id, o_run::bigint AS run_id
 FROM schedule_fire_start_many(@schedule_ids::bigint[], @workflow_ids::bigint[], @nominal_times::timestamptz[], @kinds::text[],
      @version_ids::bigint[], @params::jsonb[], @strategies::text[], @keys::text[], @timeouts_ms::bigint[], sqlc.narg('now')::timestamptz, @set_based::bool);
+
+-- A manual trigger's run recorded on a row it re-claimed (the row was locked by
+-- ScheduleFireGetForUpdate in this transaction, and is not active).
+-- name: ScheduleFireSetManual :exec
+UPDATE schedule_fires SET source = 'manual' WHERE id = @id AND NOT run_active;
+
+-- Ledger retention: rows of fire times older than the retention, in batches.
+-- Kept: a row whose run is active or buffered (overlap, max_active_runs and
+-- a backfill's parallel count them), a failed run pause_on_failure has not
+-- acted on, rows of a backfill still running or paused, and rows at or past
+-- their schedule's next nominal time. The schedule never fires a time before
+-- its next nominal time again, so a pruned row cannot be fired twice. The
+-- DELETE re-checks the age and the activity.
+-- name: ScheduleFirePrune :execrows
+DELETE FROM schedule_fires f
+WHERE f.id IN (
+    SELECT o.id FROM schedule_fires o
+    WHERE o.nominal_time < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => @retention_s::float8)
+      AND NOT o.run_active AND o.outcome <> 'buffered'
+      AND NOT (o.run_state = 'failed' AND NOT o.failure_seen
+               AND EXISTS (SELECT 1 FROM schedules s WHERE s.id = o.schedule_id AND s.pause_on_failure))
+      AND NOT EXISTS (SELECT 1 FROM backfills b WHERE b.id = o.backfill_id AND b.state IN ('running', 'paused'))
+      AND NOT EXISTS (SELECT 1 FROM schedules s WHERE s.id = o.schedule_id AND o.nominal_time >= s.next_nominal_at)
+    ORDER BY o.nominal_time
+    LIMIT @max_rows
+    FOR UPDATE SKIP LOCKED)
+  AND f.nominal_time < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => @retention_s::float8)
+  AND NOT f.run_active AND f.outcome <> 'buffered';
