@@ -3,6 +3,7 @@ package schedule_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"sort"
 	"strings"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"github.com/baton-scheduler/baton/batontest"
 	"github.com/baton-scheduler/baton/db"
 	"github.com/baton-scheduler/baton/internal/master"
+	"github.com/baton-scheduler/baton/internal/schedule"
 	"github.com/baton-scheduler/baton/internal/workflow"
 )
 
@@ -123,13 +125,15 @@ func fireLag(b *testing.B, n int) {
 		return d[min(len(d)-1, int(float64(len(d))*p))]
 	}
 	b.ReportMetric(float64(pct(visible, 0.99).Milliseconds()), "p99_visible_ms")
-	fmt.Printf("fire lag, %d schedules due at %s, 2 masters: recorded p50 %s p99 %s max %s; visible (committed) p50 %s p99 %s max %s; runs %d\n",
-		n, due.UTC().Format(time.RFC3339), pct(recorded, 0.5), pct(recorded, 0.99), pct(recorded, 1), pct(visible, 0.5), pct(visible, 0.99),
-		pct(visible, 1), runs)
+	load, _ := os.ReadFile("/proc/loadavg")
+	fmt.Printf("fire lag, %d schedules due at %s, 2 masters: recorded p50 %s p95 %s p99 %s max %s; visible (committed) p50 %s p95 %s p99 %s max %s; runs %d; load average %s\n",
+		n, due.UTC().Format(time.RFC3339), pct(recorded, 0.5), pct(recorded, 0.95), pct(recorded, 0.99), pct(recorded, 1),
+		pct(visible, 0.5), pct(visible, 0.95), pct(visible, 0.99), pct(visible, 1), runs, strings.Join(strings.Fields(string(load))[:3], " "))
 }
 
-// BenchmarkDueScanPlan prints the plan and timing of the due-schedule scan and
-// of the next-due query with 100,000 enabled schedules, none due:
+// BenchmarkDueScanPlan prints the plan of every query of a scheduler pass
+// (the due, buffered, failed-run and backfill scans, the next-due query) with
+// 100,000 enabled schedules, none due, and times the due scan:
 //
 //	BATON_TEST_DATABASE_URL=postgres://baton:baton@127.0.0.1:5433/postgres \
 //	  go test -run '^$' -bench BenchmarkDueScanPlan -benchtime 2000x ./internal/schedule
@@ -144,8 +148,9 @@ func BenchmarkDueScanPlan(b *testing.B) {
 		b.Fatal(err)
 	}
 	if _, err := pool.Exec(ctx, `
-		INSERT INTO schedules (name, workflow_id, cron, next_nominal_at, next_fire_at)
+		INSERT INTO schedules (name, workflow_id, cron, overlap, pause_on_failure, next_nominal_at, next_fire_at)
 		SELECT 'idle-' || g, (SELECT id FROM workflows WHERE name = 'wf'), '@daily',
+		       (ARRAY['skip', 'buffer_one', 'allow'])[1 + g % 3], g % 2 = 0,
 		       now() + interval '1 hour' + g * interval '1 second', now() + interval '1 hour' + g * interval '1 second'
 		FROM generate_series(1, 100000) g`); err != nil {
 		b.Fatal(err)
@@ -158,12 +163,13 @@ func BenchmarkDueScanPlan(b *testing.B) {
 		{"ScheduleNextDueIn", db.ScheduleNextDueIn},
 		{"ScheduleLockBuffered", db.ScheduleLockBuffered},
 		{"ScheduleLockFailed", db.ScheduleLockFailed},
+		{"BackfillLockRunning", db.BackfillLockRunning},
 	} {
 		args := []any{nil, int32(50)}
 		switch q.name {
 		case "ScheduleNextDueIn":
 			args = []any{nil}
-		case "ScheduleLockBuffered", "ScheduleLockFailed":
+		case "ScheduleLockBuffered", "ScheduleLockFailed", "BackfillLockRunning":
 			args = []any{int32(50)}
 		}
 		rows, err := pool.Query(ctx, "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) "+q.sql, args...)
@@ -181,5 +187,54 @@ func BenchmarkDueScanPlan(b *testing.B) {
 		if _, err := pool.Exec(ctx, db.ScheduleLockDue, nil, int32(50)); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkIdlePass: the cost of one master's scheduler pass (schedule.FirePass:
+// the pause-on-failure, buffered and due scans, each its own transaction; the
+// next-due query; the backfill admission pass) with N enabled schedules of
+// which none is due. Flat in N: every scan is an index probe that finds nothing.
+//
+//	BATON_TEST_DATABASE_URL=postgres://baton:baton@127.0.0.1:5433/postgres \
+//	  go test -run '^$' -bench BenchmarkIdlePass -benchtime 500x ./internal/schedule
+func BenchmarkIdlePass(b *testing.B) {
+	for _, n := range []int{1000, 10000, 100000} {
+		b.Run(fmt.Sprintf("schedules=%d", n), func(b *testing.B) {
+			ctx := context.Background()
+			pool, _ := srv.NewPool(b)
+			batontest.NewGroup(b, pool, nil)
+			if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+				_, err := workflow.Apply(ctx, db.New(tx), workflow.Definition{Name: "wf", Steps: []workflow.Step{{Name: "s", Group: "g", Kind: "noop"}}})
+				return err
+			}); err != nil {
+				b.Fatal(err)
+			}
+			// Idle schedules with every policy a pass looks at.
+			if _, err := pool.Exec(ctx, `
+				INSERT INTO schedules (name, workflow_id, cron, overlap, pause_on_failure, next_nominal_at, next_fire_at)
+				SELECT 'idle-' || g, (SELECT id FROM workflows WHERE name = 'wf'), '@daily',
+				       (ARRAY['skip', 'buffer_one', 'allow'])[1 + g % 3], g % 2 = 0,
+				       now() + interval '1 hour' + g * interval '1 second', now() + interval '1 hour' + g * interval '1 second'
+				FROM generate_series(1, $1) g`, n); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := pool.Exec(ctx, "ANALYZE schedules"); err != nil {
+				b.Fatal(err)
+			}
+			q := db.New(pool)
+			b.ResetTimer()
+			for range b.N {
+				res, err := schedule.FirePass(ctx, pool, schedule.FireConfig{})
+				if err != nil || res.Schedules != 0 {
+					b.Fatalf("%+v, %v", res, err)
+				}
+				if _, _, err := schedule.NextDueIn(ctx, q, nil); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := schedule.AdmitBackfills(ctx, pool, nil, 0); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
