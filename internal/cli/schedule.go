@@ -25,6 +25,7 @@ const scheduleUsage = `  baton schedule create NAME --workflow W (--cron EXPR | 
   baton schedule show NAME [--fires N]      the schedule and its latest ledger rows
   baton schedule pause|resume|delete NAME
   baton schedule preview NAME [-n 20]       the next fire times, local and UTC
+  baton schedule trigger NAME [--at T] [--rerun]   a manual run of a logical time (default now) through the fire ledger
   baton backfill create WORKFLOW --from T --to T [--schedule S] [--cron EXPR] [--zone Z] [--param k=v]...
         [--parallel N] [--order asc|desc] [--reprocess none|failed|all] [--dry-run]
   baton backfill list | show ID | pause ID | resume ID | cancel ID
