@@ -308,17 +308,18 @@ func (q *Queries) ScheduleFireOldestBuffered(ctx context.Context, scheduleID *in
 
 const ScheduleFirePrune = `-- name: ScheduleFirePrune :execrows
 DELETE FROM schedule_fires f
-WHERE f.id IN (
+WHERE f.id = ANY (ARRAY(
     SELECT o.id FROM schedule_fires o
     WHERE o.nominal_time < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8)
       AND NOT o.run_active AND o.outcome <> 'buffered'
-      AND NOT (o.run_state = 'failed' AND NOT o.failure_seen
-               AND EXISTS (SELECT 1 FROM schedules s WHERE s.id = o.schedule_id AND s.pause_on_failure))
-      AND NOT EXISTS (SELECT 1 FROM backfills b WHERE b.id = o.backfill_id AND b.state IN ('running', 'paused'))
-      AND NOT EXISTS (SELECT 1 FROM schedules s WHERE s.id = o.schedule_id AND o.nominal_time >= s.next_nominal_at)
+      AND (o.run_state IS DISTINCT FROM 'failed' OR o.failure_seen
+           OR NOT coalesce((SELECT s.pause_on_failure FROM schedules s WHERE s.id = o.schedule_id), false))
+      AND (o.backfill_id IS NULL
+           OR coalesce((SELECT b.state FROM backfills b WHERE b.id = o.backfill_id), '') NOT IN ('running', 'paused'))
+      AND o.nominal_time < coalesce((SELECT s.next_nominal_at FROM schedules s WHERE s.id = o.schedule_id), 'infinity')
     ORDER BY o.nominal_time
     LIMIT $3
-    FOR UPDATE SKIP LOCKED)
+    FOR UPDATE SKIP LOCKED))
   AND f.nominal_time < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8)
   AND NOT f.run_active AND f.outcome <> 'buffered'
 `
