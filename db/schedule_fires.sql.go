@@ -184,6 +184,7 @@ func (q *Queries) ScheduleFireInRange(ctx context.Context, arg ScheduleFireInRan
 }
 
 const ScheduleFireInsert = `-- name: ScheduleFireInsert :one
+
 INSERT INTO schedule_fires (schedule_id, workflow_id, nominal_time, source, backfill_id, outcome, reason, kind, recorded_at, run_id)
 VALUES ($1, $2, $3, $4, $5, $6, $7,
         $8, coalesce($9::timestamptz, clock_timestamp()), $10)
@@ -204,6 +205,7 @@ type ScheduleFireInsertParams struct {
 	RunID       *int64
 }
 
+// The fire ledger (migrations/00007_schedules.sql).
 // Claims a fire time: inserted buffered or skipped, or as started with the run
 // it started (ScheduleFireSetRun then records the run's state and lag). Returns
 // nothing if the time is already in the ledger: whoever wrote it first owns it.
@@ -436,41 +438,6 @@ type ScheduleFireSetSkippedParams struct {
 func (q *Queries) ScheduleFireSetSkipped(ctx context.Context, arg ScheduleFireSetSkippedParams) error {
 	_, err := q.db.Exec(ctx, ScheduleFireSetSkipped, arg.Reason, arg.ID)
 	return err
-}
-
-const ScheduleFireSkipMany = `-- name: ScheduleFireSkipMany :execrows
-
-INSERT INTO schedule_fires (schedule_id, workflow_id, nominal_time, source, outcome, reason, kind, recorded_at)
-SELECT $1, $2, unnest($3::timestamptz[]), 'schedule', 'skipped',
-       unnest($4::text[]), unnest($5::text[]), coalesce($6::timestamptz, clock_timestamp())
-ON CONFLICT DO NOTHING
-`
-
-type ScheduleFireSkipManyParams struct {
-	ScheduleID   *int64
-	WorkflowID   int64
-	NominalTimes []time.Time
-	Reasons      []string
-	Kinds        []string
-	Now          *time.Time
-}
-
-// The fire ledger (migrations/00007_schedules.sql).
-// Records skipped fire times in one statement; a time already in the ledger
-// (another master, a backfill) keeps its row.
-func (q *Queries) ScheduleFireSkipMany(ctx context.Context, arg ScheduleFireSkipManyParams) (int64, error) {
-	result, err := q.db.Exec(ctx, ScheduleFireSkipMany,
-		arg.ScheduleID,
-		arg.WorkflowID,
-		arg.NominalTimes,
-		arg.Reasons,
-		arg.Kinds,
-		arg.Now,
-	)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
 }
 
 const ScheduleFireStartMany = `-- name: ScheduleFireStartMany :many

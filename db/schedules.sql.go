@@ -11,61 +11,6 @@ import (
 	"time"
 )
 
-const ScheduleActiveRuns = `-- name: ScheduleActiveRuns :many
-SELECT run_id::bigint AS run_id FROM schedule_fires WHERE schedule_id = $1 AND run_active ORDER BY run_id
-`
-
-// Active runs of a schedule.
-func (q *Queries) ScheduleActiveRuns(ctx context.Context, scheduleID *int64) ([]int64, error) {
-	rows, err := q.db.Query(ctx, ScheduleActiveRuns, scheduleID)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []int64{}
-	for rows.Next() {
-		var run_id int64
-		if err := rows.Scan(&run_id); err != nil {
-			return nil, err
-		}
-		items = append(items, run_id)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
-const ScheduleAdvance = `-- name: ScheduleAdvance :execrows
-UPDATE schedules SET next_nominal_at = $1, next_fire_at = $2,
-       buffered = buffered + $3
-WHERE id = $4 AND next_nominal_at = $5
-`
-
-type ScheduleAdvanceParams struct {
-	NextNominalAt *time.Time
-	NextFireAt    *time.Time
-	BufferedDelta int32
-	ID            int64
-	FromNominal   *time.Time
-}
-
-// Advances a locked schedule past the fire times it recorded. Re-checks that
-// its next nominal time is still the one the pass started from.
-func (q *Queries) ScheduleAdvance(ctx context.Context, arg ScheduleAdvanceParams) (int64, error) {
-	result, err := q.db.Exec(ctx, ScheduleAdvance,
-		arg.NextNominalAt,
-		arg.NextFireAt,
-		arg.BufferedDelta,
-		arg.ID,
-		arg.FromNominal,
-	)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
-}
-
 const ScheduleAdvanceInit = `-- name: ScheduleAdvanceInit :execrows
 UPDATE schedules SET next_nominal_at = $1, next_fire_at = $2
 WHERE id = $3 AND next_nominal_at IS NULL

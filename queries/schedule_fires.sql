@@ -1,13 +1,5 @@
 -- The fire ledger (migrations/00007_schedules.sql).
 
--- Records skipped fire times in one statement; a time already in the ledger
--- (another master, a backfill) keeps its row.
--- name: ScheduleFireSkipMany :execrows
-INSERT INTO schedule_fires (schedule_id, workflow_id, nominal_time, source, outcome, reason, kind, recorded_at)
-SELECT @schedule_id, @workflow_id, unnest(@nominal_times::timestamptz[]), 'schedule', 'skipped',
-       unnest(@reasons::text[]), unnest(@kinds::text[]), coalesce(sqlc.narg('now')::timestamptz, clock_timestamp())
-ON CONFLICT DO NOTHING;
-
 -- Claims a fire time: inserted buffered or skipped, or as started with the run
 -- it started (ScheduleFireSetRun then records the run's state and lag). Returns
 -- nothing if the time is already in the ledger: whoever wrote it first owns it.

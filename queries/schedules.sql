@@ -89,13 +89,6 @@ UPDATE schedules s SET paused = true, updated_at = now(),
 WHERE s.id = @id AND s.pause_on_failure AND EXISTS (SELECT 1 FROM seen)
 RETURNING (SELECT max(run_id) FROM seen)::bigint AS run_id;
 
--- Advances a locked schedule past the fire times it recorded. Re-checks that
--- its next nominal time is still the one the pass started from.
--- name: ScheduleAdvance :execrows
-UPDATE schedules SET next_nominal_at = sqlc.narg('next_nominal_at'), next_fire_at = sqlc.narg('next_fire_at'),
-       buffered = buffered + @buffered_delta
-WHERE id = @id AND next_nominal_at = @from_nominal;
-
 -- name: ScheduleBufferedDelta :exec
 UPDATE schedules SET buffered = buffered + @delta WHERE id = @id;
 
@@ -107,10 +100,6 @@ ORDER BY s.next_fire_at LIMIT 1;
 
 -- name: ScheduleNow :one
 SELECT coalesce(sqlc.narg('now')::timestamptz, clock_timestamp())::timestamptz AS now;
-
--- Active runs of a schedule.
--- name: ScheduleActiveRuns :many
-SELECT run_id::bigint AS run_id FROM schedule_fires WHERE schedule_id = @schedule_id AND run_active ORDER BY run_id;
 
 -- The workflow a schedule or backfill starts, with its latest definition
 -- (params are checked against it when the schedule is stored).
