@@ -2,6 +2,7 @@ package baton
 
 import (
 	"context"
+	"time"
 
 	"github.com/baton-scheduler/baton/db"
 	"github.com/baton-scheduler/baton/internal/schedule"
@@ -22,6 +23,8 @@ type (
 	Backfill = schedule.Backfill
 	// BackfillPlanItem is one logical time of a dry run and what would happen.
 	BackfillPlanItem = schedule.PlanItem
+	// ScheduleTriggered is what a manual trigger started.
+	ScheduleTriggered = schedule.Triggered
 )
 
 // Schedule errors to match with errors.Is.
@@ -34,6 +37,9 @@ var (
 	ErrScheduleNotFound = schedule.ErrNotFound
 	// ErrScheduleExists: a schedule of that name exists.
 	ErrScheduleExists = schedule.ErrExists
+	// ErrScheduleConflict: a manual trigger's logical time is running, buffered,
+	// or already ran (without rerun). Nothing was stored.
+	ErrScheduleConflict = schedule.ErrConflict
 )
 
 // CreateSchedule validates and stores a schedule; its first fire time is the
@@ -109,6 +115,22 @@ func (c *Client) PreviewSchedule(ctx context.Context, name string, n int) ([]Sch
 		return err
 	})
 	return items, err
+}
+
+// TriggerSchedule starts a run of a schedule for the logical time at (nil:
+// now, Postgres time, to the second) through the fire ledger's key, whatever
+// the schedule's pause and overlap policy. A time in the ledger is refused
+// with ErrScheduleConflict while its run is active or buffered, and once it
+// ran unless rerun (a new run in the same ledger row). A future fire time
+// triggered by hand is not fired again by the schedule (docs/schedules.md).
+func (c *Client) TriggerSchedule(ctx context.Context, name string, at *time.Time, rerun bool) (ScheduleTriggered, error) {
+	var t ScheduleTriggered
+	err := c.inTx(ctx, func(q *db.Queries) error {
+		var err error
+		t, err = schedule.Trigger(ctx, q, name, at, rerun, nil)
+		return err
+	})
+	return t, err
 }
 
 // CreateBackfill validates and stores a backfill; masters admit its runs

@@ -63,6 +63,15 @@ func TestScheduleEndToEnd(t *testing.T) {
 	if s, err := client.GetSchedule(ctx, "every-second"); err != nil || !s.Paused {
 		t.Fatalf("pause: %+v, %v", s, err)
 	}
+	// A manual run of a logical time, paused or not; the same time again is a conflict.
+	logical := time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC)
+	tr, err := client.TriggerSchedule(ctx, "every-second", &logical, false)
+	if err != nil || tr.RunID == 0 || !tr.Nominal.Equal(logical) {
+		t.Fatalf("trigger: %+v, %v", tr, err)
+	}
+	if _, err := client.TriggerSchedule(ctx, "every-second", &logical, false); !errors.Is(err, baton.ErrScheduleConflict) {
+		t.Fatalf("second trigger of one logical time: %v", err)
+	}
 	if _, err := client.CreateBackfill(ctx, baton.BackfillSpec{Workflow: "tick", From: time.Date(2026, 3, 10, 0, 0, 0, 0, time.UTC),
 		To: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)}); !errors.Is(err, baton.ErrInvalidSchedule) {
 		t.Fatalf("from after to: %v", err)

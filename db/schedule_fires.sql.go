@@ -7,8 +7,41 @@ package db
 
 import (
 	"context"
+	"encoding/json"
 	"time"
 )
+
+const ScheduleActiveRunsMany = `-- name: ScheduleActiveRunsMany :many
+SELECT schedule_id::bigint AS schedule_id, run_id::bigint AS run_id FROM schedule_fires
+WHERE schedule_id = ANY ($1::bigint[]) AND run_active
+ORDER BY schedule_id, run_id
+`
+
+type ScheduleActiveRunsManyRow struct {
+	ScheduleID int64
+	RunID      int64
+}
+
+// The batch fire (schedule.FirePass). Active runs of the locked schedules.
+func (q *Queries) ScheduleActiveRunsMany(ctx context.Context, scheduleIds []int64) ([]ScheduleActiveRunsManyRow, error) {
+	rows, err := q.db.Query(ctx, ScheduleActiveRunsMany, scheduleIds)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []ScheduleActiveRunsManyRow{}
+	for rows.Next() {
+		var i ScheduleActiveRunsManyRow
+		if err := rows.Scan(&i.ScheduleID, &i.RunID); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
 
 const ScheduleFireBufferedCount = `-- name: ScheduleFireBufferedCount :one
 SELECT count(*)::int FROM schedule_fires WHERE schedule_id = $1 AND outcome = 'buffered'
@@ -19,6 +52,45 @@ func (q *Queries) ScheduleFireBufferedCount(ctx context.Context, scheduleID *int
 	var column_1 int32
 	err := row.Scan(&column_1)
 	return column_1, err
+}
+
+const ScheduleFireExistingMany = `-- name: ScheduleFireExistingMany :many
+SELECT f.schedule_id::bigint AS schedule_id, f.nominal_time FROM schedule_fires f
+JOIN (SELECT unnest($1::bigint[]) AS id, unnest($2::timestamptz[]) AS from_at) u
+  ON f.schedule_id = u.id AND f.nominal_time >= u.from_at AND f.nominal_time <= $3::timestamptz
+`
+
+type ScheduleFireExistingManyParams struct {
+	ScheduleIds  []int64
+	FromNominals []time.Time
+	Until        time.Time
+}
+
+type ScheduleFireExistingManyRow struct {
+	ScheduleID  int64
+	NominalTime time.Time
+}
+
+// Ledger rows already present (a backfill's, a manual trigger's) at or after
+// each locked schedule's next nominal time, up to until.
+func (q *Queries) ScheduleFireExistingMany(ctx context.Context, arg ScheduleFireExistingManyParams) ([]ScheduleFireExistingManyRow, error) {
+	rows, err := q.db.Query(ctx, ScheduleFireExistingMany, arg.ScheduleIds, arg.FromNominals, arg.Until)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []ScheduleFireExistingManyRow{}
+	for rows.Next() {
+		var i ScheduleFireExistingManyRow
+		if err := rows.Scan(&i.ScheduleID, &i.NominalTime); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }
 
 const ScheduleFireGetForUpdate = `-- name: ScheduleFireGetForUpdate :one
@@ -112,6 +184,7 @@ func (q *Queries) ScheduleFireInRange(ctx context.Context, arg ScheduleFireInRan
 }
 
 const ScheduleFireInsert = `-- name: ScheduleFireInsert :one
+
 INSERT INTO schedule_fires (schedule_id, workflow_id, nominal_time, source, backfill_id, outcome, reason, kind, recorded_at, run_id)
 VALUES ($1, $2, $3, $4, $5, $6, $7,
         $8, coalesce($9::timestamptz, clock_timestamp()), $10)
@@ -132,6 +205,7 @@ type ScheduleFireInsertParams struct {
 	RunID       *int64
 }
 
+// The fire ledger (migrations/00007_schedules.sql).
 // Claims a fire time: inserted buffered or skipped, or as started with the run
 // it started (ScheduleFireSetRun then records the run's state and lag). Returns
 // nothing if the time is already in the ledger: whoever wrote it first owns it.
@@ -234,6 +308,93 @@ func (q *Queries) ScheduleFireOldestBuffered(ctx context.Context, scheduleID *in
 	return i, err
 }
 
+const ScheduleFirePrune = `-- name: ScheduleFirePrune :execrows
+DELETE FROM schedule_fires f
+WHERE f.id = ANY (ARRAY(
+    SELECT o.id FROM schedule_fires o
+    WHERE o.nominal_time < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8)
+      AND NOT o.run_active AND o.outcome <> 'buffered'
+      AND (o.run_state IS DISTINCT FROM 'failed' OR o.failure_seen
+           OR NOT coalesce((SELECT s.pause_on_failure FROM schedules s WHERE s.id = o.schedule_id), false))
+      AND (o.backfill_id IS NULL
+           OR coalesce((SELECT b.state FROM backfills b WHERE b.id = o.backfill_id), '') NOT IN ('running', 'paused'))
+      AND o.nominal_time < coalesce((SELECT s.next_nominal_at FROM schedules s WHERE s.id = o.schedule_id), 'infinity')
+    ORDER BY o.nominal_time
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED))
+  AND f.nominal_time < coalesce($1::timestamptz, now()) - make_interval(secs => $2::float8)
+  AND NOT f.run_active AND f.outcome <> 'buffered'
+`
+
+type ScheduleFirePruneParams struct {
+	Now        *time.Time
+	RetentionS float64
+	MaxRows    int32
+}
+
+// Ledger retention: rows of fire times older than the retention, in batches.
+// Kept: a row whose run is active or buffered (overlap, max_active_runs and
+// a backfill's parallel count them), a failed run pause_on_failure has not
+// acted on, rows of a backfill still running or paused, and rows at or past
+// their schedule's next nominal time. The schedule never fires a time before
+// its next nominal time again, so a pruned row cannot be fired twice. The
+// DELETE re-checks the age and the activity.
+func (q *Queries) ScheduleFirePrune(ctx context.Context, arg ScheduleFirePruneParams) (int64, error) {
+	result, err := q.db.Exec(ctx, ScheduleFirePrune, arg.Now, arg.RetentionS, arg.MaxRows)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const ScheduleFireRecordMany = `-- name: ScheduleFireRecordMany :execrows
+INSERT INTO schedule_fires (schedule_id, workflow_id, nominal_time, source, outcome, reason, kind, recorded_at)
+SELECT u.sid, u.wid, u.at, 'schedule', u.outcome, nullif(u.reason, ''), u.kind, coalesce($1::timestamptz, clock_timestamp())
+FROM (SELECT unnest($2::bigint[]) AS sid, unnest($3::bigint[]) AS wid,
+             unnest($4::timestamptz[]) AS at, unnest($5::text[]) AS outcome,
+             unnest($6::text[]) AS reason, unnest($7::text[]) AS kind) u
+ON CONFLICT DO NOTHING
+`
+
+type ScheduleFireRecordManyParams struct {
+	Now          *time.Time
+	ScheduleIds  []int64
+	WorkflowIds  []int64
+	NominalTimes []time.Time
+	Outcomes     []string
+	Reasons      []string
+	Kinds        []string
+}
+
+// Records skipped and buffered fire times of many schedules in one statement;
+// a time already in the ledger keeps its row.
+func (q *Queries) ScheduleFireRecordMany(ctx context.Context, arg ScheduleFireRecordManyParams) (int64, error) {
+	result, err := q.db.Exec(ctx, ScheduleFireRecordMany,
+		arg.Now,
+		arg.ScheduleIds,
+		arg.WorkflowIds,
+		arg.NominalTimes,
+		arg.Outcomes,
+		arg.Reasons,
+		arg.Kinds,
+	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const ScheduleFireSetManual = `-- name: ScheduleFireSetManual :exec
+UPDATE schedule_fires SET source = 'manual' WHERE id = $1 AND NOT run_active
+`
+
+// A manual trigger's run recorded on a row it re-claimed (the row was locked by
+// ScheduleFireGetForUpdate in this transaction, and is not active).
+func (q *Queries) ScheduleFireSetManual(ctx context.Context, id int64) error {
+	_, err := q.db.Exec(ctx, ScheduleFireSetManual, id)
+	return err
+}
+
 const ScheduleFireSetRun = `-- name: ScheduleFireSetRun :exec
 UPDATE schedule_fires f SET outcome = 'started', reason = NULL, run_id = $1,
        previous_run_ids = CASE WHEN f.run_id IS NOT NULL AND f.run_id <> $1 THEN f.previous_run_ids || f.run_id ELSE f.previous_run_ids END,
@@ -279,37 +440,68 @@ func (q *Queries) ScheduleFireSetSkipped(ctx context.Context, arg ScheduleFireSe
 	return err
 }
 
-const ScheduleFireSkipMany = `-- name: ScheduleFireSkipMany :execrows
-
-INSERT INTO schedule_fires (schedule_id, workflow_id, nominal_time, source, outcome, reason, kind, recorded_at)
-SELECT $1, $2, unnest($3::timestamptz[]), 'schedule', 'skipped',
-       unnest($4::text[]), unnest($5::text[]), coalesce($6::timestamptz, clock_timestamp())
-ON CONFLICT DO NOTHING
+const ScheduleFireStartMany = `-- name: ScheduleFireStartMany :many
+SELECT o_schedule::bigint AS schedule_id, o_nominal::timestamptz AS nominal_time, o_fire::bigint AS fire_id, o_run::bigint AS run_id
+FROM schedule_fire_start_many($1::bigint[], $2::bigint[], $3::timestamptz[], $4::text[],
+     $5::bigint[], $6::jsonb[], $7::text[], $8::text[], $9::bigint[], $10::timestamptz, $11::bool)
 `
 
-type ScheduleFireSkipManyParams struct {
-	ScheduleID   *int64
-	WorkflowID   int64
+type ScheduleFireStartManyParams struct {
+	ScheduleIds  []int64
+	WorkflowIds  []int64
 	NominalTimes []time.Time
-	Reasons      []string
 	Kinds        []string
+	VersionIds   []int64
+	Params       []json.RawMessage
+	Strategies   []string
+	Keys         []string
+	TimeoutsMs   []int64
 	Now          *time.Time
+	SetBased     bool
 }
 
-// The fire ledger (migrations/00007_schedules.sql).
-// Records skipped fire times in one statement; a time already in the ledger
-// (another master, a backfill) keeps its row.
-func (q *Queries) ScheduleFireSkipMany(ctx context.Context, arg ScheduleFireSkipManyParams) (int64, error) {
-	result, err := q.db.Exec(ctx, ScheduleFireSkipMany,
-		arg.ScheduleID,
-		arg.WorkflowID,
+type ScheduleFireStartManyRow struct {
+	ScheduleID  int64
+	NominalTime time.Time
+	FireID      int64
+	RunID       int64
+}
+
+// Claims and starts many fire times (function schedule_fire_start_many): one
+// row per run started; a time already in the ledger returns nothing.
+func (q *Queries) ScheduleFireStartMany(ctx context.Context, arg ScheduleFireStartManyParams) ([]ScheduleFireStartManyRow, error) {
+	rows, err := q.db.Query(ctx, ScheduleFireStartMany,
+		arg.ScheduleIds,
+		arg.WorkflowIds,
 		arg.NominalTimes,
-		arg.Reasons,
 		arg.Kinds,
+		arg.VersionIds,
+		arg.Params,
+		arg.Strategies,
+		arg.Keys,
+		arg.TimeoutsMs,
 		arg.Now,
+		arg.SetBased,
 	)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	return result.RowsAffected(), nil
+	defer rows.Close()
+	items := []ScheduleFireStartManyRow{}
+	for rows.Next() {
+		var i ScheduleFireStartManyRow
+		if err := rows.Scan(
+			&i.ScheduleID,
+			&i.NominalTime,
+			&i.FireID,
+			&i.RunID,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }

@@ -11,61 +11,6 @@ import (
 	"time"
 )
 
-const ScheduleActiveRuns = `-- name: ScheduleActiveRuns :many
-SELECT run_id::bigint AS run_id FROM schedule_fires WHERE schedule_id = $1 AND run_active ORDER BY run_id
-`
-
-// Active runs of a schedule.
-func (q *Queries) ScheduleActiveRuns(ctx context.Context, scheduleID *int64) ([]int64, error) {
-	rows, err := q.db.Query(ctx, ScheduleActiveRuns, scheduleID)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []int64{}
-	for rows.Next() {
-		var run_id int64
-		if err := rows.Scan(&run_id); err != nil {
-			return nil, err
-		}
-		items = append(items, run_id)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
-const ScheduleAdvance = `-- name: ScheduleAdvance :execrows
-UPDATE schedules SET next_nominal_at = $1, next_fire_at = $2,
-       buffered = buffered + $3
-WHERE id = $4 AND next_nominal_at = $5
-`
-
-type ScheduleAdvanceParams struct {
-	NextNominalAt *time.Time
-	NextFireAt    *time.Time
-	BufferedDelta int32
-	ID            int64
-	FromNominal   *time.Time
-}
-
-// Advances a locked schedule past the fire times it recorded. Re-checks that
-// its next nominal time is still the one the pass started from.
-func (q *Queries) ScheduleAdvance(ctx context.Context, arg ScheduleAdvanceParams) (int64, error) {
-	result, err := q.db.Exec(ctx, ScheduleAdvance,
-		arg.NextNominalAt,
-		arg.NextFireAt,
-		arg.BufferedDelta,
-		arg.ID,
-		arg.FromNominal,
-	)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
-}
-
 const ScheduleAdvanceInit = `-- name: ScheduleAdvanceInit :execrows
 UPDATE schedules SET next_nominal_at = $1, next_fire_at = $2
 WHERE id = $3 AND next_nominal_at IS NULL
@@ -80,6 +25,42 @@ type ScheduleAdvanceInitParams struct {
 // Sets a new schedule's first fire time (its id is part of the jitter).
 func (q *Queries) ScheduleAdvanceInit(ctx context.Context, arg ScheduleAdvanceInitParams) (int64, error) {
 	result, err := q.db.Exec(ctx, ScheduleAdvanceInit, arg.NextNominalAt, arg.NextFireAt, arg.ID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const ScheduleAdvanceMany = `-- name: ScheduleAdvanceMany :execrows
+UPDATE schedules s SET next_nominal_at = CASE WHEN u.has_next THEN u.next_nominal END,
+       next_fire_at = CASE WHEN u.has_next THEN u.next_fire END,
+       buffered = s.buffered + u.delta
+FROM (SELECT unnest($1::bigint[]) AS id, unnest($2::timestamptz[]) AS from_nominal,
+             unnest($3::bool[]) AS has_next, unnest($4::timestamptz[]) AS next_nominal,
+             unnest($5::timestamptz[]) AS next_fire, unnest($6::int[]) AS delta) u
+WHERE s.id = u.id AND s.next_nominal_at = u.from_nominal
+`
+
+type ScheduleAdvanceManyParams struct {
+	Ids          []int64
+	FromNominals []time.Time
+	HasNext      []bool
+	NextNominals []time.Time
+	NextFires    []time.Time
+	Deltas       []int32
+}
+
+// Advances many locked schedules past the fire times they recorded. Re-checks
+// each one's next nominal time is still the one its pass started from.
+func (q *Queries) ScheduleAdvanceMany(ctx context.Context, arg ScheduleAdvanceManyParams) (int64, error) {
+	result, err := q.db.Exec(ctx, ScheduleAdvanceMany,
+		arg.Ids,
+		arg.FromNominals,
+		arg.HasNext,
+		arg.NextNominals,
+		arg.NextFires,
+		arg.Deltas,
+	)
 	if err != nil {
 		return 0, err
 	}
@@ -824,4 +805,37 @@ func (q *Queries) ScheduleWorkflowLookup(ctx context.Context, name string) (Sche
 	var i ScheduleWorkflowLookupRow
 	err := row.Scan(&i.ID, &i.Definition)
 	return i, err
+}
+
+const ScheduleWorkflowVersions = `-- name: ScheduleWorkflowVersions :many
+SELECT w.id AS workflow_id, v.id AS version_id, v.definition FROM workflows w
+JOIN workflow_versions v ON v.workflow_id = w.id AND v.version = w.latest_version
+WHERE w.id = ANY ($1::bigint[])
+`
+
+type ScheduleWorkflowVersionsRow struct {
+	WorkflowID int64
+	VersionID  int64
+	Definition json.RawMessage
+}
+
+// The latest version of each workflow the locked schedules start.
+func (q *Queries) ScheduleWorkflowVersions(ctx context.Context, workflowIds []int64) ([]ScheduleWorkflowVersionsRow, error) {
+	rows, err := q.db.Query(ctx, ScheduleWorkflowVersions, workflowIds)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []ScheduleWorkflowVersionsRow{}
+	for rows.Next() {
+		var i ScheduleWorkflowVersionsRow
+		if err := rows.Scan(&i.WorkflowID, &i.VersionID, &i.Definition); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }

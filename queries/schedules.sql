@@ -89,13 +89,6 @@ UPDATE schedules s SET paused = true, updated_at = now(),
 WHERE s.id = @id AND s.pause_on_failure AND EXISTS (SELECT 1 FROM seen)
 RETURNING (SELECT max(run_id) FROM seen)::bigint AS run_id;
 
--- Advances a locked schedule past the fire times it recorded. Re-checks that
--- its next nominal time is still the one the pass started from.
--- name: ScheduleAdvance :execrows
-UPDATE schedules SET next_nominal_at = sqlc.narg('next_nominal_at'), next_fire_at = sqlc.narg('next_fire_at'),
-       buffered = buffered + @buffered_delta
-WHERE id = @id AND next_nominal_at = @from_nominal;
-
 -- name: ScheduleBufferedDelta :exec
 UPDATE schedules SET buffered = buffered + @delta WHERE id = @id;
 
@@ -107,10 +100,6 @@ ORDER BY s.next_fire_at LIMIT 1;
 
 -- name: ScheduleNow :one
 SELECT coalesce(sqlc.narg('now')::timestamptz, clock_timestamp())::timestamptz AS now;
-
--- Active runs of a schedule.
--- name: ScheduleActiveRuns :many
-SELECT run_id::bigint AS run_id FROM schedule_fires WHERE schedule_id = @schedule_id AND run_active ORDER BY run_id;
 
 -- The workflow a schedule or backfill starts, with its latest definition
 -- (params are checked against it when the schedule is stored).
@@ -131,3 +120,20 @@ SELECT id FROM schedules WHERE name = @name;
 -- name: ScheduleAdvanceInit :execrows
 UPDATE schedules SET next_nominal_at = sqlc.narg('next_nominal_at'), next_fire_at = sqlc.narg('next_fire_at')
 WHERE id = @id AND next_nominal_at IS NULL;
+
+-- Advances many locked schedules past the fire times they recorded. Re-checks
+-- each one's next nominal time is still the one its pass started from.
+-- name: ScheduleAdvanceMany :execrows
+UPDATE schedules s SET next_nominal_at = CASE WHEN u.has_next THEN u.next_nominal END,
+       next_fire_at = CASE WHEN u.has_next THEN u.next_fire END,
+       buffered = s.buffered + u.delta
+FROM (SELECT unnest(@ids::bigint[]) AS id, unnest(@from_nominals::timestamptz[]) AS from_nominal,
+             unnest(@has_next::bool[]) AS has_next, unnest(@next_nominals::timestamptz[]) AS next_nominal,
+             unnest(@next_fires::timestamptz[]) AS next_fire, unnest(@deltas::int[]) AS delta) u
+WHERE s.id = u.id AND s.next_nominal_at = u.from_nominal;
+
+-- The latest version of each workflow the locked schedules start.
+-- name: ScheduleWorkflowVersions :many
+SELECT w.id AS workflow_id, v.id AS version_id, v.definition FROM workflows w
+JOIN workflow_versions v ON v.workflow_id = w.id AND v.version = w.latest_version
+WHERE w.id = ANY (@workflow_ids::bigint[]);

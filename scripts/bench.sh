@@ -44,7 +44,7 @@ psql "$url" -Atc "SELECT 'server: ' || version() || ' | fsync=' || current_setti
 say "Go benchmarks"
 gobench=${TMPDIR:-/tmp}/baton-gobench.txt
 go test -run '^$' -bench "${BENCH:-.}" -benchtime ${BENCHTIME:-1x} -timeout 60m ${GOBENCHFLAGS:-} \
-  ./batontest/ ./internal/failover/ ./internal/bench/ ./internal/e2e/ . | tee "$gobench"
+  ./batontest/ ./internal/failover/ ./internal/bench/ ./internal/e2e/ ./internal/schedule/ . | tee "$gobench"
 
 say "River comparison: $tasks no-op tasks/jobs, $runs alternating runs"
 ( cd bench/river && go build -o "${TMPDIR:-/tmp}/baton-riverburn" . )
@@ -108,5 +108,8 @@ print(f"| no-op throughput, 4 workers, 20,000 tasks, tasks/s (BenchmarkThroughpu
 for gap in ("0s", "50ms"):
     n = f"BenchmarkSubmitThenWait/gap={gap}"
     print(f"| sequential Submit → Wait returned, one task at a time, {gap} between tasks (embedded worker + master, defaults), p50 / p99 ms ({n}; submit → started p99 {fig(n, 'start_p99_ms')} ms; round trips over 400 ms: {fig(n, 'over_400ms', '{:.0f}')}) | {fig(n, 'p50_ms')} / {fig(n, 'p99_ms')} | — | p99 < 10 ms |")
+print(f"| fire lag of 1,000 schedules due in the same second, 2 masters, committed and visible, p50 / p95 / p99 ms (BenchmarkFireLag1000) | {fig('BenchmarkFireLag1000', 'p50_visible_ms')} / {fig('BenchmarkFireLag1000', 'p95_visible_ms')} / {fig('BenchmarkFireLag1000', 'p99_visible_ms')} | — | p99 < 250 ms |")
+for n in (1000, 10000, 100000):
+    print(f"| a master's scheduler pass with {n:,} enabled schedules, none due, ms (BenchmarkIdlePass) | {fig(f'BenchmarkIdlePass/schedules={n}', 'ms/pass', '{:.2f}')} | — | flat |")
 print(f"| workflow hand-off, step finished → successor running, chain of 200, p50 / p99 ms (BenchmarkWorkflowHandoff) | {fig('BenchmarkWorkflowHandoff', 'handoff-p50-ms')} / {fig('BenchmarkWorkflowHandoff', 'handoff-p99-ms')} | — | p99 < 10 ms |")
 PY

@@ -13,6 +13,7 @@ import (
 	"github.com/baton-scheduler/baton/internal/executor"
 	"github.com/baton-scheduler/baton/internal/master"
 	"github.com/baton-scheduler/baton/internal/migrate"
+	"github.com/baton-scheduler/baton/internal/schedule"
 	"github.com/baton-scheduler/baton/internal/worker"
 )
 
@@ -50,6 +51,11 @@ func MasterMain(ctx context.Context, args []string, env Env, stderr io.Writer) i
 		fs.DurationVar(&cfg.SweepInterval, "sweep-interval", sw, "liveness/timeout sweep period (env BATON_SWEEP_INTERVAL)")
 		fs.DurationVar(&cfg.DispatchInterval, "dispatch-interval", master.DispatchIntervalDefault, "dispatch polling fallback")
 		fs.DurationVar(&cfg.TimeoutGrace, "timeout-grace", master.TimeoutGraceDefault, "time past a task timeout before the master records it")
+		sched := true
+		fs.BoolVar(&sched, "scheduler", env("BATON_SCHEDULER") != "false", "fire due schedules and admit backfill runs; --scheduler=false leaves them to the other masters (env BATON_SCHEDULER=false)")
+		fs.IntVar(&cfg.ScheduleBatch, "schedule-batch", schedule.FireBatchDefault, "schedules one fire transaction locks and fires (1..10000)")
+		fs.IntVar(&cfg.ScheduleFirers, "schedule-firers", master.ScheduleFirersDefault, "fire transactions run in parallel (1..64)")
+		fs.IntVar(&cfg.ScheduleMaxFires, "schedule-max-fires", schedule.FireMaxPerScheduleDefault, "ledger rows one schedule writes per fire transaction after downtime; the rest follow in the next passes (1..100000)")
 		fs.BoolVar(&migrateUp, "migrate", env("BATON_MIGRATE") == "true", "apply pending migrations at start (env BATON_MIGRATE=true)")
 		fs.StringVar(&logLevel, "log-level", envDefault(env, "BATON_LOG_LEVEL", "info"), "debug|info|warn|error")
 		fs.StringVar(&logFormat, "log-format", envDefault(env, "BATON_LOG_FORMAT", "json"), "json|console")
@@ -61,6 +67,10 @@ func MasterMain(ctx context.Context, args []string, env Env, stderr io.Writer) i
 		}
 		if cfg.CrashDetectAfter == 0 {
 			cfg.CrashDetectAfter = master.CrashDetectOff
+		}
+		cfg.NoScheduler = !sched
+		if cfg.ScheduleBatch == 0 || cfg.ScheduleFirers == 0 || cfg.ScheduleMaxFires == 0 {
+			return fmt.Errorf("--schedule-batch %d, --schedule-firers %d and --schedule-max-fires %d must be at least 1", cfg.ScheduleBatch, cfg.ScheduleFirers, cfg.ScheduleMaxFires)
 		}
 		log, err := newLogger(logLevel, logFormat)
 		if err != nil {

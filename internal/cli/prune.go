@@ -55,6 +55,7 @@ func pruneCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Wri
 		total.FailoverEvents += res.FailoverEvents
 		total.WorkerSessions += res.WorkerSessions
 		total.MasterSessions += res.MasterSessions
+		total.ScheduleFires += res.ScheduleFires
 		if err != nil {
 			return err
 		}
@@ -66,10 +67,11 @@ func pruneCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Wri
 		return json.NewEncoder(stdout).Encode(map[string]int64{
 			"tasks": total.Tasks, "failover_events": total.FailoverEvents,
 			"worker_sessions": total.WorkerSessions, "master_sessions": total.MasterSessions,
+			"schedule_fires": total.ScheduleFires,
 		})
 	}
-	_, err = fmt.Fprintf(stdout, "pruned %d tasks (with their attempts), %d failover events, %d worker sessions, %d master sessions older than %s\n",
-		total.Tasks, total.FailoverEvents, total.WorkerSessions, total.MasterSessions, formatRetention(keep))
+	_, err = fmt.Fprintf(stdout, "pruned %d tasks (with their attempts), %d failover events, %d worker sessions, %d master sessions, %d schedule ledger rows older than %s\n",
+		total.Tasks, total.FailoverEvents, total.WorkerSessions, total.MasterSessions, total.ScheduleFires, formatRetention(keep))
 	return err
 }
 

@@ -24,7 +24,7 @@ func TestPruneCommand(t *testing.T) {
 		t.Fatalf("prune: %q %q %d", out, e, code)
 	}
 	out, e, code = baton(t, env, "prune", "--retention", "1d", "--json")
-	if code != 0 || strings.TrimSpace(out) != `{"failover_events":0,"master_sessions":0,"tasks":1,"worker_sessions":0}` {
+	if code != 0 || strings.TrimSpace(out) != `{"failover_events":0,"master_sessions":0,"schedule_fires":0,"tasks":1,"worker_sessions":0}` {
 		t.Fatalf("prune --retention 1d --json: %q %q %d", out, e, code)
 	}
 	for _, c := range []struct {

@@ -25,6 +25,7 @@ const scheduleUsage = `  baton schedule create NAME --workflow W (--cron EXPR | 
   baton schedule show NAME [--fires N]      the schedule and its latest ledger rows
   baton schedule pause|resume|delete NAME
   baton schedule preview NAME [-n 20]       the next fire times, local and UTC
+  baton schedule trigger NAME [--at T] [--rerun]   a manual run of a logical time (default now) through the fire ledger
   baton backfill create WORKFLOW --from T --to T [--schedule S] [--cron EXPR] [--zone Z] [--param k=v]...
         [--parallel N] [--order asc|desc] [--reprocess none|failed|all] [--dry-run]
   baton backfill list | show ID | pause ID | resume ID | cancel ID
@@ -158,7 +159,7 @@ func (f *scheduleFlags) apply(s *schedule.Spec) error {
 }
 
 func scheduleCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writer) error {
-	cmd, rest, err := sub(args, "schedule", "create", "update", "list", "show", "pause", "resume", "delete", "preview")
+	cmd, rest, err := sub(args, "schedule", "create", "update", "list", "show", "pause", "resume", "delete", "preview", "trigger")
 	if err != nil {
 		return err
 	}
@@ -260,6 +261,30 @@ func scheduleCmd(ctx context.Context, args []string, env Env, stdout, stderr io.
 			return err
 		}
 		fmt.Fprintf(stdout, "schedule %s %sd\n", name, cmd)
+		return nil
+	case "trigger":
+		atS := fs.String("at", "", "the logical time to run (RFC 3339, 2006-01-02T15:04:05 UTC or a date); default now, to the second")
+		rerun := fs.Bool("rerun", false, "run a logical time that already ran again (a new run in the same ledger row)")
+		if err := parseNoArgs(fs, rest); err != nil {
+			return err
+		}
+		var at *time.Time
+		if *atS != "" {
+			if at, err = parseTimeFlag("at", *atS); err != nil {
+				return err
+			}
+		}
+		var tr schedule.Triggered
+		if err := inTx(func(q *db.Queries) error {
+			tr, err = schedule.Trigger(ctx, q, name, at, *rerun, nil)
+			return err
+		}); err != nil {
+			return err
+		}
+		if c.json {
+			return json.NewEncoder(stdout).Encode(tr)
+		}
+		fmt.Fprintf(stdout, "schedule %s: run %d for logical time %s (ledger row %d)\n", name, tr.RunID, tr.Nominal.UTC().Format(time.RFC3339), tr.FireID)
 		return nil
 	case "delete":
 		if err := parseNoArgs(fs, rest); err != nil {

@@ -25,6 +25,7 @@ import (
 	"github.com/baton-scheduler/baton/internal/logfield"
 	"github.com/baton-scheduler/baton/internal/notify"
 	"github.com/baton-scheduler/baton/internal/retention"
+	"github.com/baton-scheduler/baton/internal/schedule"
 	"github.com/baton-scheduler/baton/internal/service"
 	"github.com/baton-scheduler/baton/internal/store"
 )
@@ -98,8 +99,18 @@ type Config struct {
 	ScheduleInterval time.Duration
 	// ScheduleFirers: fire passes run in parallel (default 2).
 	ScheduleFirers int
-	Logger         *zap.Logger
-	Version        string
+	// ScheduleBatch: schedules one fire transaction locks and fires (default
+	// schedule.FireBatchDefault, 100; 1..10000).
+	ScheduleBatch int
+	// ScheduleMaxFires: ledger rows one schedule writes per fire transaction
+	// after downtime; the rest follow in the next passes (default
+	// schedule.FireMaxPerScheduleDefault, 1000; 1..100000).
+	ScheduleMaxFires int
+	// NoScheduler: this master fires no schedules and admits no backfill runs
+	// (the other masters do).
+	NoScheduler bool
+	Logger      *zap.Logger
+	Version     string
 }
 
 // WithDefaults returns a copy with every zero field set to its default.
@@ -151,6 +162,12 @@ func (c Config) WithDefaults() Config {
 	if c.ScheduleFirers == 0 {
 		c.ScheduleFirers = ScheduleFirersDefault
 	}
+	if c.ScheduleBatch == 0 {
+		c.ScheduleBatch = schedule.FireBatchDefault
+	}
+	if c.ScheduleMaxFires == 0 {
+		c.ScheduleMaxFires = schedule.FireMaxPerScheduleDefault
+	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
@@ -192,6 +209,12 @@ func (c Config) Validate() error {
 	}
 	if c.ScheduleInterval < 0 || c.ScheduleFirers < 0 || c.ScheduleFirers > 64 {
 		errs = append(errs, fmt.Errorf("schedule interval %s must not be negative and schedule firers %d must be within 1..64", c.ScheduleInterval, c.ScheduleFirers))
+	}
+	if c.ScheduleBatch < 0 || c.ScheduleBatch > 10000 {
+		errs = append(errs, fmt.Errorf("schedule batch %d is outside 1..10000", c.ScheduleBatch))
+	}
+	if c.ScheduleMaxFires < 0 || c.ScheduleMaxFires > 100000 {
+		errs = append(errs, fmt.Errorf("schedule max fires %d is outside 1..100000", c.ScheduleMaxFires))
 	}
 	return errors.Join(errs...)
 }
@@ -279,7 +302,10 @@ type startStopper interface {
 }
 
 func (m *Master) services() []startStopper {
-	s := []startStopper{m.heartbeat, m.listener, m.dispatcher, m.workerSweeper, m.masterSweeper, m.timeouts, m.runRepair, m.scheduler, m.analyzer}
+	s := []startStopper{m.heartbeat, m.listener, m.dispatcher, m.workerSweeper, m.masterSweeper, m.timeouts, m.runRepair, m.analyzer}
+	if !m.cfg.NoScheduler {
+		s = append(s, m.scheduler)
+	}
 	if m.pruner != nil {
 		s = append(s, m.pruner)
 	}

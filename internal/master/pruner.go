@@ -46,7 +46,8 @@ func (p *pruner) runOnce(ctx context.Context) (retention.Result, error) {
 	})
 	if res.Total() > 0 {
 		p.Logger.Info("pruned", logfield.Count("tasks", int(res.Tasks)), logfield.Count("failover_events", int(res.FailoverEvents)),
-			logfield.Count("worker_sessions", int(res.WorkerSessions)), logfield.Count("master_sessions", int(res.MasterSessions)))
+			logfield.Count("worker_sessions", int(res.WorkerSessions)), logfield.Count("master_sessions", int(res.MasterSessions)),
+			logfield.Count("schedule_fires", int(res.ScheduleFires)))
 	}
 	return res, err
 }

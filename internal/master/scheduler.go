@@ -70,7 +70,7 @@ func (s *scheduler) runOnce(ctx context.Context, firers int) bool {
 		go func() {
 			defer wg.Done()
 			res, err := service.WithTimeout(ctx, s.m.cfg.TxTimeout, func(ctx context.Context) (schedule.FireResult, error) {
-				return schedule.FirePass(ctx, s.m.pool, schedule.FireConfig{Now: now, Logger: s.Logger})
+				return schedule.FirePass(ctx, s.m.pool, schedule.FireConfig{Now: now, Batch: s.m.cfg.ScheduleBatch, MaxPerSchedule: s.m.cfg.ScheduleMaxFires, Logger: s.Logger})
 			})
 			if err != nil && !quiet(ctx, err) {
 				s.Logger.Warn("fire schedules", zap.Error(err))

@@ -1,7 +1,9 @@
 // Package retention prunes what baton no longer needs, in small batches so no
 // transaction holds many locks or writes much WAL at once: finished tasks (their
 // attempts go with them), finished failover events, and ended worker and master
-// sessions nothing references any more. Ages are judged by Postgres time.
+// sessions nothing references any more, and fire-ledger rows of old logical
+// times (schedule_fires; never a row exactly-once or a policy still needs).
+// Ages are judged by Postgres time.
 //
 // Unfinished tasks, unfinished failover events and sessions still named by an
 // active task (dispatched or running), a logged attempt (task_attempt_log) or a
@@ -49,12 +51,15 @@ type Result struct {
 	FailoverEvents int64
 	WorkerSessions int64
 	MasterSessions int64
-	Done           bool // every table had fewer candidates than the batch bound
+	// ScheduleFires: fire-ledger rows of old logical times (see
+	// queries/schedule_fires.sql ScheduleFirePrune for what is kept).
+	ScheduleFires int64
+	Done          bool // every table had fewer candidates than the batch bound
 }
 
 // Total is the number of rows deleted (attempts not counted).
 func (r Result) Total() int64 {
-	return r.Tasks + r.FailoverEvents + r.WorkerSessions + r.MasterSessions
+	return r.Tasks + r.FailoverEvents + r.WorkerSessions + r.MasterSessions + r.ScheduleFires
 }
 
 // Prune deletes, in batches of their own (each DELETE is its own transaction),
@@ -94,6 +99,9 @@ func Prune(ctx context.Context, pool *pgxpool.Pool, cfg Config) (Result, error) 
 		}},
 		{"master sessions", &res.MasterSessions, func(ctx context.Context) (int64, error) {
 			return q.MasterSessionPruneEnded(ctx, db.MasterSessionPruneEndedParams{Now: cfg.Now, RetentionS: secs, MaxRows: limit})
+		}},
+		{"schedule fire ledger", &res.ScheduleFires, func(ctx context.Context) (int64, error) {
+			return q.ScheduleFirePrune(ctx, db.ScheduleFirePruneParams{Now: cfg.Now, RetentionS: secs, MaxRows: limit})
 		}},
 	}
 	for _, s := range steps {

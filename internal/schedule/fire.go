@@ -2,6 +2,7 @@ package schedule
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/baton-scheduler/baton/db"
 	"github.com/baton-scheduler/baton/internal/calendar"
+	"github.com/baton-scheduler/baton/internal/logfield"
 	"github.com/baton-scheduler/baton/internal/workflow"
 )
 
@@ -32,7 +34,7 @@ const (
 
 // Defaults of a pass.
 const (
-	FireBatchDefault          = 50
+	FireBatchDefault          = 100
 	FireMaxPerScheduleDefault = 1000
 )
 
@@ -130,16 +132,37 @@ func FirePass(ctx context.Context, pool *pgxpool.Pool, cfg FireConfig) (FireResu
 		if len(rows) == 0 {
 			return nil
 		}
+		res.More = res.More || len(rows) == cfg.Batch
 		now, err := dbNow(ctx, q, cfg.Now)
 		if err != nil {
 			return err
 		}
-		for _, r := range rows {
-			s := fromRow(r)
+		scheds := make([]Schedule, len(rows))
+		for i, r := range rows {
+			scheds[i] = fromRow(r)
+		}
+		// The whole batch in a few statements, inside a savepoint; if it
+		// fails, each schedule again in its own savepoint, so one schedule's
+		// failure does not hold up the others.
+		var bres FireResult
+		err = pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) error {
+			var err error
+			bres, err = fireBatch(ctx, db.New(sp), scheds, now, cfg, true)
+			return err
+		})
+		if err == nil {
+			res.add(bres)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return err
+		}
+		cfg.Logger.Warn("fire batch failed; firing its schedules one by one", logfield.Count("schedules", len(scheds)), zap.Error(err))
+		for _, s := range scheds {
 			var sres FireResult
 			err := pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) error {
 				var err error
-				sres, err = fireSchedule(ctx, db.New(sp), s, now, cfg)
+				sres, err = fireBatch(ctx, db.New(sp), []Schedule{s}, now, cfg, false)
 				return err
 			})
 			if err != nil {
@@ -149,17 +172,21 @@ func FirePass(ctx context.Context, pool *pgxpool.Pool, cfg FireConfig) (FireResu
 				cfg.Logger.Warn("fire schedule", zap.String("schedule", s.Name), zap.Error(err))
 				continue
 			}
-			res.Schedules++
-			res.Started += sres.Started
-			res.Skipped += sres.Skipped
-			res.Buffered += sres.Buffered
-			res.Canceled += sres.Canceled
-			res.More = res.More || sres.More
+			res.add(sres)
 		}
-		res.More = res.More || len(rows) == cfg.Batch
 		return nil
 	})
 	return res, err
+}
+
+func (r *FireResult) add(o FireResult) {
+	r.Schedules += o.Schedules
+	r.Started += o.Started
+	r.Skipped += o.Skipped
+	r.Buffered += o.Buffered
+	r.Canceled += o.Canceled
+	r.Paused += o.Paused
+	r.More = r.More || o.More
 }
 
 // NextDueIn is how long until the earliest schedule is due (Postgres time);
@@ -212,7 +239,7 @@ func isStartRefused(err error) bool {
 // startRun starts the schedule's workflow for nominal time and records the run
 // on ledger row fireID (which this transaction inserted or holds).
 func startRun(ctx context.Context, q *db.Queries, s Schedule, fireID int64, nominal time.Time, backfillID *int64, cfg FireConfig) error {
-	key := fmt.Sprintf("baton-schedule:%d:%s", s.ID, nominal.UTC().Format(time.RFC3339Nano))
+	key := fireKey(s.ID, nominal)
 	if backfillID != nil {
 		key = fmt.Sprintf("baton-backfill:%d:%d:%s", *backfillID, fireID, nominal.UTC().Format(time.RFC3339Nano))
 	}
@@ -229,57 +256,79 @@ func startRun(ctx context.Context, q *db.Queries, s Schedule, fireID int64, nomi
 	return nil
 }
 
-// fireSchedule records the due fire times of one locked schedule, starts its
-// runs and advances it, in q's transaction.
-func fireSchedule(ctx context.Context, q *db.Queries, s Schedule, now time.Time, cfg FireConfig) (FireResult, error) {
-	var res FireResult
+// firePlan is what a pass does to one locked schedule: the ledger rows it
+// records (skipped, buffered), the fire times it starts, the active runs it
+// cancels (cancel_other) and its next fire time. planFires decides it from the
+// schedule, Postgres's now, its active runs and the ledger rows already there;
+// fireBatch carries out the plans of a batch in a few statements.
+type firePlan struct {
+	s       Schedule
+	first   time.Time
+	records []planned // skipped or buffered
+	starts  []planned
+	cancel  []int64
+	next    *calendar.Fire
+	nextDue time.Time
+	delta   int32 // change of the schedule's buffered count
+	more    bool
+}
+
+type planned struct {
+	f       calendar.Fire
+	outcome string // skipped, buffered (records)
+	reason  string
+}
+
+// prepared is a workflow's latest version, decoded once per batch.
+type prepared struct {
+	versionID int64
+	def       workflow.Definition
+	err       error
+}
+
+// planFires decides the due fire times of one locked schedule (the policies of
+// docs/schedules.md). existing holds the nominal times already in its ledger
+// (a backfill's or a manual trigger's): their owner decided them, so they are
+// neither recorded nor counted here.
+func planFires(s Schedule, now time.Time, active []int64, existing map[int64]bool, wf prepared, cfg FireConfig) (firePlan, error) {
+	p := firePlan{s: s}
 	cal, err := s.Calendar()
 	if err != nil {
-		return res, fmt.Errorf("calendar of %s: %w", s.Name, err)
+		return p, fmt.Errorf("calendar of %s: %w", s.Name, err)
 	}
-	first := *s.NextNominalAt
+	p.first = *s.NextNominalAt
 	due := func(f calendar.Fire) time.Time { return f.At.Add(calendar.Jitter(s.ID, f.At, s.Jitter)) }
-	f0, ok := cal.Next(first.Add(-time.Nanosecond))
-	if !ok || !f0.At.Equal(first) {
-		f0 = calendar.Fire{At: first}
+	f0, ok := cal.Next(p.first.Add(-time.Nanosecond))
+	if !ok || !f0.At.Equal(p.first) {
+		f0 = calendar.Fire{At: p.first}
 	}
 	// The due fire times, oldest first, at most MaxPerSchedule.
 	items := []calendar.Fire{f0}
-	var nextF *calendar.Fire
 	for {
 		nf, ok := cal.Next(items[len(items)-1].At)
 		if !ok {
 			break
 		}
 		if due(nf).After(now) || len(items) >= cfg.MaxPerSchedule {
-			nextF = &nf
+			p.next, p.nextDue = &nf, due(nf)
 			break
 		}
 		items = append(items, nf)
 	}
 	// How many due times follow this chunk (counted up to CatchupMax).
 	after := 0
-	if nextF != nil && !due(*nextF).After(now) {
-		res.More = true
-		for f, ok := *nextF, true; ok && !due(f).After(now) && after < s.CatchupMax; f, ok = cal.Next(f.At) {
+	if p.next != nil && !p.nextDue.After(now) {
+		p.more = true
+		for f, ok := *p.next, true; ok && !due(f).After(now) && after < s.CatchupMax; f, ok = cal.Next(f.At) {
 			after++
 		}
 	}
-	active, err := q.ScheduleActiveRuns(ctx, &s.ID)
-	if err != nil {
-		return res, fmt.Errorf("active runs of %s: %w", s.Name, err)
-	}
+	nActive := len(active)
 	buffered := s.Buffered
-	skip := db.ScheduleFireSkipManyParams{ScheduleID: &s.ID, WorkflowID: 0, Now: cfg.Now}
-	addSkip := func(f calendar.Fire, reason string) {
-		skip.NominalTimes = append(skip.NominalTimes, f.At)
-		skip.Reasons = append(skip.Reasons, reason)
-		skip.Kinds = append(skip.Kinds, f.Kind)
-	}
-	wid := s.workflowID
-	skip.WorkflowID = wid
-	bufferedDelta := int32(0)
 	for i, f := range items {
+		if existing[f.At.UnixNano()] {
+			continue // already in the ledger: its owner decided
+		}
 		later := len(items) - 1 - i + after
 		late := now.Sub(due(f))
 		reason := ""
@@ -297,7 +346,7 @@ func fireSchedule(ctx context.Context, q *db.Queries, s Schedule, now time.Time,
 		case late > OnTimeGrace && s.Catchup == CatchupAll && later >= s.CatchupMax:
 			reason = ReasonCatchupBound
 		}
-		if reason == "" && (len(active) > 0 || buffered > 0) {
+		if reason == "" && (nActive > 0 || buffered > 0) {
 			switch s.Overlap {
 			case OverlapSkip:
 				reason = ReasonOverlap
@@ -310,78 +359,190 @@ func fireSchedule(ctx context.Context, q *db.Queries, s Schedule, now time.Time,
 					reason = ReasonBufferFull
 					break
 				}
-				if _, err := q.ScheduleFireInsert(ctx, db.ScheduleFireInsertParams{ScheduleID: &s.ID, WorkflowID: wid,
-					NominalTime: f.At, Source: "schedule", Outcome: "buffered", Kind: f.Kind, Now: cfg.Now}); err != nil {
-					if errors.Is(err, pgx.ErrNoRows) {
-						continue // already in the ledger (a backfill): its owner decided
-					}
-					return res, fmt.Errorf("buffer fire %s of %s: %w", f.At, s.Name, err)
-				}
+				p.records = append(p.records, planned{f: f, outcome: "buffered"})
 				buffered++
-				bufferedDelta++
-				res.Buffered++
+				p.delta++
 				continue
 			case OverlapCancelOther:
-				for _, run := range active {
-					if err := workflow.End(ctx, q, run, "canceled"); err != nil && !errors.Is(err, workflow.ErrRunState) {
-						return res, fmt.Errorf("cancel run %d of %s: %w", run, s.Name, err)
-					}
-					res.Canceled++
+				// The runs active when the pass began are canceled; runs this
+				// pass starts are never canceled by it.
+				if len(p.cancel) == 0 && len(active) > 0 {
+					p.cancel = active
 				}
-				active = active[:0]
+				nActive -= len(active)
+				active = nil
 			}
 		}
-		if reason == "" && s.MaxActiveRuns > 0 && len(active) >= s.MaxActiveRuns {
+		if reason == "" && s.MaxActiveRuns > 0 && nActive >= s.MaxActiveRuns {
 			reason = ReasonMaxActiveRuns
 		}
+		if reason == "" && wf.err != nil {
+			cfg.Logger.Warn("scheduled run refused", zap.String("schedule", s.Name), zap.Time("nominal", f.At), zap.Error(wf.err))
+			reason = ReasonStartFailed
+		}
 		if reason != "" {
-			addSkip(f, reason)
+			p.records = append(p.records, planned{f: f, outcome: "skipped", reason: reason})
 			continue
 		}
-		// Claim the time, then start its run: a row already there (a
-		// backfill's) keeps its owner and nothing starts.
-		id, err := q.ScheduleFireInsert(ctx, db.ScheduleFireInsertParams{ScheduleID: &s.ID, WorkflowID: wid, NominalTime: f.At,
-			Source: "schedule", Outcome: "skipped", Reason: ptr(reasonStarting), Kind: f.Kind, Now: cfg.Now})
-		if errors.Is(err, pgx.ErrNoRows) {
-			continue
-		}
-		if err != nil {
-			return res, fmt.Errorf("record fire %s of %s: %w", f.At, s.Name, err)
-		}
-		if err := startRun(ctx, q, s, id, f.At, nil, cfg); err != nil {
-			if !isStartRefused(err) {
-				return res, err
-			}
-			cfg.Logger.Warn("scheduled run refused", zap.String("schedule", s.Name), zap.Time("nominal", f.At), zap.Error(err))
-			if err := q.ScheduleFireSetSkipped(ctx, db.ScheduleFireSetSkippedParams{ID: id, Reason: ptr(ReasonStartFailed)}); err != nil {
-				return res, err
-			}
-			res.Skipped++
-			continue
-		}
-		res.Started++
-		active = append(active, 0) // counts; a run started now is never canceled by this pass
+		p.starts = append(p.starts, planned{f: f})
+		nActive++
 	}
-	if len(skip.NominalTimes) > 0 {
-		n, err := q.ScheduleFireSkipMany(ctx, skip)
-		if err != nil {
-			return res, fmt.Errorf("record skipped fires of %s: %w", s.Name, err)
+	return p, nil
+}
+
+// fireBatch fires a batch of locked schedules in q's transaction: it reads
+// their active runs, the ledger rows already there and their workflows (three
+// statements), plans each, then cancels what cancel_other cancels, records the
+// skipped and buffered times (one statement), claims and starts the rest (one
+// statement: schedule_fire_start_many; setBased inserts all runs, steps, first
+// tasks and ledger rows set-based, else one workflow_start per fire) and
+// advances every schedule (one statement, re-checking each next nominal time).
+func fireBatch(ctx context.Context, q *db.Queries, scheds []Schedule, now time.Time, cfg FireConfig, setBased bool) (FireResult, error) {
+	var res FireResult
+	ids := make([]int64, len(scheds))
+	firsts := make([]time.Time, len(scheds))
+	wfIDs := []int64{}
+	seenWF := map[int64]bool{}
+	for i, s := range scheds {
+		ids[i], firsts[i] = s.ID, *s.NextNominalAt
+		if !seenWF[s.workflowID] {
+			seenWF[s.workflowID] = true
+			wfIDs = append(wfIDs, s.workflowID)
 		}
-		res.Skipped += int(n)
 	}
-	arg := db.ScheduleAdvanceParams{ID: s.ID, FromNominal: &first, BufferedDelta: bufferedDelta}
-	if nextF != nil {
-		n, d := nextF.At, due(*nextF)
-		arg.NextNominalAt, arg.NextFireAt = &n, &d
-	}
-	moved, err := q.ScheduleAdvance(ctx, arg)
+	actRows, err := q.ScheduleActiveRunsMany(ctx, ids)
 	if err != nil {
-		return res, fmt.Errorf("advance %s: %w", s.Name, err)
+		return res, fmt.Errorf("active runs of %d schedules: %w", len(ids), err)
 	}
-	if moved != 1 {
-		return res, fmt.Errorf("advance %s: its next fire time changed under the lock", s.Name)
+	active := map[int64][]int64{}
+	for _, r := range actRows {
+		active[r.ScheduleID] = append(active[r.ScheduleID], r.RunID)
 	}
+	exRows, err := q.ScheduleFireExistingMany(ctx, db.ScheduleFireExistingManyParams{ScheduleIds: ids, FromNominals: firsts, Until: now})
+	if err != nil {
+		return res, fmt.Errorf("ledger rows of %d schedules: %w", len(ids), err)
+	}
+	existing := map[int64]map[int64]bool{}
+	for _, r := range exRows {
+		if existing[r.ScheduleID] == nil {
+			existing[r.ScheduleID] = map[int64]bool{}
+		}
+		existing[r.ScheduleID][r.NominalTime.UnixNano()] = true
+	}
+	vRows, err := q.ScheduleWorkflowVersions(ctx, wfIDs)
+	if err != nil {
+		return res, fmt.Errorf("workflows of %d schedules: %w", len(ids), err)
+	}
+	wfs := map[int64]prepared{}
+	for _, r := range vRows {
+		p := prepared{versionID: r.VersionID}
+		if err := json.Unmarshal(r.Definition, &p.def); err != nil {
+			p.err = fmt.Errorf("decode workflow %d version %d: %w", r.WorkflowID, r.VersionID, err)
+		}
+		wfs[r.WorkflowID] = p
+	}
+	rec := db.ScheduleFireRecordManyParams{Now: cfg.Now}
+	st := db.ScheduleFireStartManyParams{Now: cfg.Now, SetBased: setBased}
+	adv := db.ScheduleAdvanceManyParams{}
+	for _, s := range scheds {
+		wf, ok := wfs[s.workflowID]
+		if !ok {
+			wf.err = fmt.Errorf("%w: workflow %s has no version", workflow.ErrNotFound, s.Workflow)
+		}
+		// Run parameters are checked once per schedule, as workflow.Start
+		// checks them: a refusal is recorded as skipped/start_failed.
+		var params json.RawMessage
+		if wf.err == nil {
+			if params, err = wf.def.RunParams(s.Params); err != nil {
+				wf.err = err
+			}
+		}
+		p, err := planFires(s, now, active[s.ID], existing[s.ID], wf, cfg)
+		if err != nil {
+			return res, err
+		}
+		for _, run := range p.cancel {
+			if err := workflow.End(ctx, q, run, "canceled"); err != nil && !errors.Is(err, workflow.ErrRunState) {
+				return res, fmt.Errorf("cancel run %d of %s: %w", run, s.Name, err)
+			}
+			res.Canceled++
+		}
+		for _, r := range p.records {
+			rec.ScheduleIds = append(rec.ScheduleIds, s.ID)
+			rec.WorkflowIds = append(rec.WorkflowIds, s.workflowID)
+			rec.NominalTimes = append(rec.NominalTimes, r.f.At)
+			rec.Outcomes = append(rec.Outcomes, r.outcome)
+			rec.Reasons = append(rec.Reasons, r.reason)
+			rec.Kinds = append(rec.Kinds, r.f.Kind)
+			if r.outcome == "buffered" {
+				res.Buffered++
+			} else {
+				res.Skipped++
+			}
+		}
+		for _, r := range p.starts {
+			st.ScheduleIds = append(st.ScheduleIds, s.ID)
+			st.WorkflowIds = append(st.WorkflowIds, s.workflowID)
+			st.NominalTimes = append(st.NominalTimes, r.f.At)
+			st.Kinds = append(st.Kinds, r.f.Kind)
+			st.VersionIds = append(st.VersionIds, wf.versionID)
+			st.Params = append(st.Params, params)
+			st.Strategies = append(st.Strategies, wf.def.Strategy())
+			st.Keys = append(st.Keys, fireKey(s.ID, r.f.At))
+			st.TimeoutsMs = append(st.TimeoutsMs, wf.def.RunTimeout().Milliseconds())
+		}
+		adv.Ids = append(adv.Ids, s.ID)
+		adv.FromNominals = append(adv.FromNominals, p.first)
+		adv.HasNext = append(adv.HasNext, p.next != nil)
+		if p.next != nil {
+			adv.NextNominals = append(adv.NextNominals, p.next.At)
+			adv.NextFires = append(adv.NextFires, p.nextDue)
+		} else {
+			adv.NextNominals = append(adv.NextNominals, time.Time{})
+			adv.NextFires = append(adv.NextFires, time.Time{})
+		}
+		adv.Deltas = append(adv.Deltas, p.delta)
+		res.More = res.More || p.more
+	}
+	if len(rec.ScheduleIds) > 0 {
+		n, err := q.ScheduleFireRecordMany(ctx, rec)
+		if err != nil {
+			return res, fmt.Errorf("record %d skipped or buffered fires: %w", len(rec.ScheduleIds), err)
+		}
+		if int(n) != len(rec.ScheduleIds) {
+			// Not expected: every writer of a schedule's ledger holds its row
+			// lock, and the rows already there were read above. The rows there
+			// keep their owner (the buffered count repairs itself in
+			// startBuffered).
+			cfg.Logger.Warn("fire times already in the ledger", logfield.Count("rows", len(rec.ScheduleIds)-int(n)))
+			res.Skipped -= len(rec.ScheduleIds) - int(n)
+		}
+	}
+	if len(st.ScheduleIds) > 0 {
+		rows, err := q.ScheduleFireStartMany(ctx, st)
+		if err != nil {
+			return res, fmt.Errorf("start %d fires: %w", len(st.ScheduleIds), err)
+		}
+		if len(rows) != len(st.ScheduleIds) {
+			cfg.Logger.Warn("fire times already in the ledger", logfield.Count("rows", len(st.ScheduleIds)-len(rows)))
+		}
+		res.Started += len(rows)
+	}
+	moved, err := q.ScheduleAdvanceMany(ctx, adv)
+	if err != nil {
+		return res, fmt.Errorf("advance %d schedules: %w", len(adv.Ids), err)
+	}
+	if int(moved) != len(adv.Ids) {
+		return res, fmt.Errorf("advance schedules: %d of %d had their next fire time changed under the lock", len(adv.Ids)-int(moved), len(adv.Ids))
+	}
+	res.Schedules = len(scheds)
 	return res, nil
+}
+
+// fireKey is the idempotency key of a scheduled fire's run, a second guard
+// behind the ledger's key.
+func fireKey(id int64, nominal time.Time) string {
+	return fmt.Sprintf("baton-schedule:%d:%s", id, nominal.UTC().Format(time.RFC3339Nano))
 }
 
 func ptr[T any](v T) *T { return &v }
