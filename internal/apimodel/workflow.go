@@ -172,6 +172,15 @@ func Fires(items []schedule.PreviewItem) []Fire {
 	})
 }
 
+// Triggered is what a manual trigger of a schedule started.
+type Triggered struct {
+	Schedule    string `json:"schedule"`
+	NominalTime Time   `json:"nominal_time"`
+	RunID       int64  `json:"run_id"`
+	// Rerun: the time was in the ledger already; its earlier runs are kept.
+	Rerun bool `json:"rerun"`
+}
+
 // Backfill is a backfill with its progress.
 type Backfill struct {
 	ID         int64  `json:"id"`

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -34,6 +35,7 @@ func (s *Server) workflowRoutes() {
 	s.api("GET /api/v1/schedules/{name}/preview", ScopeRead, s.previewSchedule)
 	s.api("POST /api/v1/schedules/{name}/pause", ScopeOperate, s.pauseSchedule(true))
 	s.api("POST /api/v1/schedules/{name}/resume", ScopeOperate, s.pauseSchedule(false))
+	s.api("POST /api/v1/schedules/{name}/trigger", ScopeOperate, s.triggerSchedule)
 	s.api("GET /api/v1/backfills", ScopeRead, s.listBackfills)
 	s.api("GET /api/v1/backfills/{id}", ScopeRead, s.getBackfill)
 	for c, to := range map[string]string{"pause": "paused", "resume": "running", "cancel": "canceled"} {
@@ -50,7 +52,7 @@ func workflowError(err error) error {
 		return errorf(http.StatusNotFound, "%v", err)
 	case errors.Is(err, workflow.ErrInvalid), errors.Is(err, schedule.ErrInvalid):
 		return errorf(http.StatusBadRequest, "%v", err)
-	case errors.Is(err, workflow.ErrRunState), errors.Is(err, schedule.ErrState):
+	case errors.Is(err, workflow.ErrRunState), errors.Is(err, schedule.ErrState), errors.Is(err, schedule.ErrConflict):
 		return errorf(http.StatusConflict, "%v", err)
 	}
 	return err
@@ -363,6 +365,39 @@ func (s *Server) pauseSchedule(paused bool) apiHandler {
 		}
 		return s.writeSchedule(w, r, name)
 	}
+}
+
+// TriggerRequest is the body of POST /api/v1/schedules/{name}/trigger.
+type TriggerRequest struct {
+	// At is the logical time (RFC 3339); absent: now, to the second.
+	At *time.Time `json:"at"`
+	// Rerun starts a time whose run already ended again.
+	Rerun bool `json:"rerun"`
+}
+
+// triggerSchedule runs a schedule's workflow for a logical time through the
+// fire ledger's key (schedule.Trigger): 201 with the run, 409 when that time is
+// running, buffered, or ran (without rerun).
+func (s *Server) triggerSchedule(w http.ResponseWriter, r *http.Request, who taskops.Actor) error {
+	name := r.PathValue("name")
+	var req TriggerRequest
+	if r.ContentLength != 0 {
+		if err := decode(r, &req); err != nil {
+			return err
+		}
+	}
+	var tr schedule.Triggered
+	if err := s.tx(r.Context(), func(q *db.Queries) (err error) {
+		if tr, err = schedule.Trigger(r.Context(), q, name, req.At, req.Rerun, nil); err != nil {
+			return err
+		}
+		return taskops.Audit(r.Context(), q, who, "schedule.trigger", name, map[string]any{"request": req, "run_id": tr.RunID})
+	}); err != nil {
+		return workflowError(err)
+	}
+	writeJSON(w, http.StatusCreated, apimodel.Triggered{Schedule: tr.Schedule, NominalTime: apimodel.At(tr.Nominal),
+		RunID: tr.RunID, Rerun: tr.Rerun})
+	return nil
 }
 
 func (s *Server) listBackfills(w http.ResponseWriter, r *http.Request, _ taskops.Actor) error {

@@ -169,6 +169,18 @@ func workflowAPI(t *testing.T, a *api) {
 	a.wantErr(404, "schedule nope", "POST", "/api/v1/schedules/nope/pause", a.operate, nil)
 	a.wantErr(404, "schedule nope", "POST", "/api/v1/schedules/nope/resume", a.operate, nil)
 	a.wantErr(400, "query parameter limit", "GET", "/api/v1/schedules?limit=0", a.read, nil)
+	var trig struct {
+		NominalTime string `json:"nominal_time"`
+		RunID       int64  `json:"run_id"`
+	}
+	at := `{"at": "2026-12-05T09:00:00Z"}`
+	a.want(201, "POST", "/api/v1/schedules/hourly-report/trigger", a.operate, at, &trig)
+	if trig.NominalTime != "2026-12-05T09:00:00Z" || trig.RunID == 0 {
+		t.Fatalf("trigger: %+v", trig)
+	}
+	a.wantErr(409, "is running", "POST", "/api/v1/schedules/hourly-report/trigger", a.operate, at)
+	a.wantErr(404, "schedule nope", "POST", "/api/v1/schedules/nope/trigger", a.operate, nil)
+	a.wantErr(400, "request body", "POST", "/api/v1/schedules/hourly-report/trigger", a.operate, `{"at": "yesterday"}`)
 	a.wantErr(404, "schedule nope", "GET", "/api/v1/schedules/nope/preview", a.read, nil)
 
 	// Backfills.
@@ -213,7 +225,7 @@ func workflowAPI(t *testing.T, a *api) {
 		actions = append(actions, s)
 	}
 	want := []string{"workflow.apply", "workflow.apply", "run.start", "run.pause", "run.resume", "run.cancel",
-		"run.start", "run.stop", "run.rerun", "schedule.pause", "schedule.resume", "backfill.pause", "backfill.resume", "backfill.cancel"}
+		"run.start", "run.stop", "run.rerun", "schedule.pause", "schedule.resume", "schedule.trigger", "backfill.pause", "backfill.resume", "backfill.cancel"}
 	if len(actions) != len(want) {
 		t.Fatalf("audit log %v, want %v", actions, want)
 	}
