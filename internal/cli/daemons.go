@@ -6,10 +6,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/baton-scheduler/baton/internal/executor"
 	"github.com/baton-scheduler/baton/internal/master"
+	"github.com/baton-scheduler/baton/internal/metrics"
 	"github.com/baton-scheduler/baton/internal/migrate"
 	"github.com/baton-scheduler/baton/internal/worker"
 )
@@ -73,6 +77,9 @@ func MasterMain(ctx context.Context, args []string, env Env, stderr io.Writer) i
 		if err := schemaReady(ctx, cfg.DatabaseURL, migrateUp); err != nil {
 			return err
 		}
+		if httpAddr != "" {
+			cfg.Metrics = metrics.NewMaster()
+		}
 		m, err := master.New(ctx, cfg)
 		if err != nil {
 			return err
@@ -80,7 +87,8 @@ func MasterMain(ctx context.Context, args []string, env Env, stderr io.Writer) i
 		if httpAddr == "" {
 			return m.Run(ctx)
 		}
-		return runWithHTTP(ctx, m.Run, httpAddr, cfg.DatabaseURL, cfg.WorkerTimeout, log)
+		return runWithHTTP(ctx, m.Run, httpAddr, cfg.DatabaseURL, cfg.WorkerTimeout, log,
+			cfg.Metrics, metrics.NewPoolCollector(m.Pool(), "master"))
 	}()
 	return exitCode(stderr, "baton-master", err)
 }
@@ -89,7 +97,7 @@ func MasterMain(ctx context.Context, args []string, env Env, stderr io.Writer) i
 func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string]executor.Handler, stderr io.Writer) int {
 	fs := newFlagSet("baton-worker", stderr)
 	var cfg worker.Config
-	var logLevel, logFormat string
+	var logLevel, logFormat, metricsAddr string
 	err := func() error {
 		hb, err1 := envDuration(env, "BATON_HEARTBEAT_INTERVAL", worker.HeartbeatIntervalDefault)
 		sf, err2 := envDuration(env, "BATON_SELF_FENCE_AFTER", worker.SelfFenceAfterDefault)
@@ -105,6 +113,7 @@ func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string
 		dsnVar(fs, &cfg.DatabaseURL, env)
 		fs.StringVar(&cfg.Group, "group", envDefault(env, "BATON_GROUP", worker.GroupDefault), "worker group (env BATON_GROUP)")
 		fs.StringVar(&cfg.Name, "name", env("BATON_WORKER_NAME"), "worker name (default host-pid)")
+		fs.StringVar(&metricsAddr, "metrics-addr", env("BATON_METRICS_ADDR"), "serve /metrics and /livez on this address, e.g. :9101; empty: off (env BATON_METRICS_ADDR)")
 		fs.IntVar(&cfg.Slots, "slots", slots, "tasks run at once (env BATON_SLOTS)")
 		fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", hb, "heartbeat period (env BATON_HEARTBEAT_INTERVAL)")
 		fs.DurationVar(&cfg.SelfFenceAfter, "self-fence-after", sf, "stop and kill tasks after this long without a heartbeat; keep below the masters' worker timeout (env BATON_SELF_FENCE_AFTER)")
@@ -147,9 +156,27 @@ func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string
 		if err := schemaReady(ctx, cfg.DatabaseURL, false); err != nil {
 			return err
 		}
+		var ln net.Listener
+		if metricsAddr != "" {
+			// Opened first: a taken port fails the start.
+			if ln, err = net.Listen("tcp", metricsAddr); err != nil {
+				return fmt.Errorf("--metrics-addr %s: %w", metricsAddr, err)
+			}
+			cfg.Metrics = metrics.NewWorker(cfg.Group)
+		}
 		w, err := worker.New(ctx, cfg)
 		if err != nil {
+			if ln != nil {
+				ln.Close()
+			}
 			return err
+		}
+		if ln != nil {
+			reg := metrics.NewRegistry(Version)
+			reg.MustRegister(cfg.Metrics, metrics.NewPoolCollector(w.Pool(), "worker"))
+			stop := metrics.Serve(ln, reg, log.Named("metrics"))
+			defer stop() // after the drain: the last counts stay scrapeable until exit
+			log.Info("metrics listening", zap.String("addr", ln.Addr().String()))
 		}
 		return w.Run(ctx)
 	}()

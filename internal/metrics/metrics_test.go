@@ -36,7 +36,20 @@ func TestClusterGaugesAndLint(t *testing.T) {
 	}
 	c := NewCluster(pool, "baton", time.Hour, nil)
 	reg := NewRegistry("test")
-	reg.MustRegister(c, NewPoolCollector(pool, "test"))
+	w, m := NewWorker("g"), NewMaster()
+	reg.MustRegister(c, NewPoolCollector(pool, "test"), w, m)
+	// Every per-process series once, so promlint sees them all.
+	w.AttemptStarted()
+	w.AttemptFinished("succeeded", time.Second)
+	w.ResultsFenced(1)
+	w.SelfFenced()
+	w.SessionLost()
+	w.Heartbeat(time.Millisecond)
+	w.Claim(time.Millisecond)
+	m.Failover("worker")
+	m.TasksMoved("g", 1, 1, 1)
+	m.Heartbeat(time.Millisecond)
+	m.SessionLost()
 	c.Refresh(ctx)
 
 	want := `
@@ -106,7 +119,7 @@ baton_workers{group="idle",state="draining"} 0
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
 	}
 	// Bounded labels: only these label names on baton's own metrics.
-	allowed := map[string]bool{"group": true, "state": true, "outcome": true, "pool": true, "version": true, "goversion": true}
+	allowed := map[string]bool{"group": true, "state": true, "outcome": true, "pool": true, "version": true, "goversion": true, "kind": true}
 	for _, mf := range mfs {
 		if !strings.HasPrefix(mf.GetName(), "baton_") {
 			continue

@@ -101,13 +101,16 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 	}
 	w.rows = &session.Rows{Base: w.base("session"), Pool: pool,
 		Spec: session.Spec{Name: cfg.Name, Group: cfg.Group, Slots: cfg.Slots, Version: cfg.Version}}
-	w.completer = completer.New(w.base("completer"), pool, completer.Config{FlushInterval: cfg.Test.ResultFlushInterval})
+	w.completer = completer.New(w.base("completer"), pool, completer.Config{FlushInterval: cfg.Test.ResultFlushInterval, Metrics: cfg.Metrics})
 	return w, nil
 }
 
 func (w *Worker) base(name string) service.Base {
 	return service.NewBase(name, w.log, w.cfg.Clock)
 }
+
+// Pool is the worker's connection pool (for its pool metrics).
+func (w *Worker) Pool() *pgxpool.Pool { return w.pool }
 
 // SessionID is the current session (0 before registration).
 func (w *Worker) SessionID() int64 { return w.session.Load() }
@@ -166,6 +169,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		if errors.Is(err, drain.ErrShutdown) {
 			return nil
 		}
+		w.cfg.Metrics.SessionLost()
 		w.log.Warn("session lost; its tasks were killed; registering a new session",
 			logfield.SessionID(reg.ID), zap.Error(err))
 	}
@@ -178,7 +182,7 @@ func (w *Worker) runSession(ctx context.Context, reg session.Registered) error {
 	cl := claimer.New(w.base("claimer"), w.pool, claimer.Config{
 		Lease:     func() error { return hb.LeaseErr() },
 		SessionID: reg.ID, Group: w.cfg.Group, Worker: w.cfg.Name, Slots: w.cfg.Slots, PollInterval: w.cfg.PollInterval,
-		KillGrace: w.cfg.KillGrace, Exec: w.exec, Results: w.completer, Wake: w.wake, Cancels: w.cancels,
+		KillGrace: w.cfg.KillGrace, Exec: w.exec, Results: w.completer, Wake: w.wake, Cancels: w.cancels, Metrics: w.cfg.Metrics,
 		OnOrphans: func(err error) {
 			select {
 			case orphaned <- err:
@@ -194,7 +198,7 @@ func (w *Worker) runSession(ctx context.Context, reg session.Registered) error {
 	}
 	hb = session.NewHeartbeater(w.base("heartbeat"), w.pool, session.HeartbeatConfig{
 		SessionID: reg.ID, Interval: w.cfg.HeartbeatInterval, FenceAfter: w.cfg.SelfFenceAfter,
-		Since: reg.Sent, CallTimeout: w.cfg.Test.HeartbeatCallTimeout, CrashFenceAfter: crashFence,
+		Since: reg.Sent, CallTimeout: w.cfg.Test.HeartbeatCallTimeout, CrashFenceAfter: crashFence, Metrics: w.cfg.Metrics,
 		// The fence kills the tasks first, from its own goroutine: nothing it
 		// could wait for (a hung query, the claim loop) can delay the kill.
 		OnLost: cl.Kill,
