@@ -15,6 +15,7 @@ import (
 	"github.com/baton-scheduler/baton/internal/master"
 	"github.com/baton-scheduler/baton/internal/metrics"
 	"github.com/baton-scheduler/baton/internal/migrate"
+	"github.com/baton-scheduler/baton/internal/sdnotify"
 	"github.com/baton-scheduler/baton/internal/worker"
 )
 
@@ -77,6 +78,10 @@ func MasterMain(ctx context.Context, args []string, env Env, stderr io.Writer) i
 		if err := schemaReady(ctx, cfg.DatabaseURL, migrateUp); err != nil {
 			return err
 		}
+		sd, err := sdnotify.New(env)
+		if err != nil {
+			return err
+		}
 		if httpAddr != "" {
 			cfg.Metrics = metrics.NewMaster()
 		}
@@ -84,10 +89,17 @@ func MasterMain(ctx context.Context, args []string, env Env, stderr io.Writer) i
 		if err != nil {
 			return err
 		}
+		defer notifyService(ctx, sd, log)()
+		ready := func() {
+			if err := sd.Ready(fmt.Sprintf("master session %d", m.SessionID())); err != nil {
+				log.Warn("systemd notify", zap.Error(err))
+			}
+		}
 		if httpAddr == "" {
+			ready()
 			return m.Run(ctx)
 		}
-		return runWithHTTP(ctx, m.Run, httpAddr, cfg.DatabaseURL, cfg.WorkerTimeout, log,
+		return runWithHTTP(ctx, m.Run, ready, httpAddr, cfg.DatabaseURL, cfg.WorkerTimeout, log,
 			cfg.Metrics, metrics.NewPoolCollector(m.Pool(), "master"))
 	}()
 	return exitCode(stderr, "baton-master", err)
@@ -156,6 +168,23 @@ func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string
 		if err := schemaReady(ctx, cfg.DatabaseURL, false); err != nil {
 			return err
 		}
+		sd, err := sdnotify.New(env)
+		if err != nil {
+			return err
+		}
+		registered := false
+		cfg.OnRegistered = func(id int64) { // on Run's goroutine, one at a time
+			status := fmt.Sprintf("worker session %d of group %s", id, cfg.Group)
+			var err error
+			if !registered {
+				registered, err = true, sd.Ready(status)
+			} else {
+				err = sd.Send("STATUS=" + status + " (re-registered after a lost session)")
+			}
+			if err != nil {
+				log.Warn("systemd notify", zap.Error(err))
+			}
+		}
 		var ln net.Listener
 		if metricsAddr != "" {
 			// Opened first: a taken port fails the start.
@@ -178,6 +207,7 @@ func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string
 			defer stop() // after the drain: the last counts stay scrapeable until exit
 			log.Info("metrics listening", zap.String("addr", ln.Addr().String()))
 		}
+		defer notifyService(ctx, sd, log)()
 		return w.Run(ctx)
 	}()
 	return exitCode(stderr, "baton-worker", err)
@@ -198,4 +228,28 @@ func schemaReady(ctx context.Context, dsn string, migrateUp bool) error {
 		return migrate.EnsureLatest(ctx, dsn)
 	}
 	return migrate.CheckSchema(ctx, dsn)
+}
+
+// notifyService feeds systemd's watchdog (when the unit has WatchdogSec=) and
+// sends STOPPING=1 once ctx ends (SIGTERM: the drain begins), until the
+// returned stop is called, when the daemon's Run has returned. The watchdog
+// keeps running through a drain, which TimeoutStopSec= bounds.
+func notifyService(ctx context.Context, sd *sdnotify.Notifier, log *zap.Logger) (stop func()) {
+	wctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); sd.Watchdog(wctx) }()
+	sent := make(chan struct{})
+	stopping := context.AfterFunc(ctx, func() {
+		defer close(sent)
+		if err := sd.Stopping("stopping: draining"); err != nil {
+			log.Warn("systemd notify", zap.Error(err))
+		}
+	})
+	return func() {
+		if !stopping() {
+			<-sent
+		}
+		cancel()
+		<-done
+	}
 }

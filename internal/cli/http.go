@@ -16,13 +16,14 @@ import (
 	"github.com/baton-scheduler/baton/internal/store"
 )
 
-// runWithHTTP runs the master (run) and the HTTP API on addr beside it, on a
+// runWithHTTP runs the master (run) and the HTTP API on addr beside it (ready
+// is called once it serves), on a
 // pool of its own (4 connections: API calls never take the master's), with
 // /metrics (the cluster gauges re-read every 15 s on that pool, plus the
 // given collectors: the master's counters and its own pool). The
 // listener is opened first, so a taken port fails the start; the server shuts
 // down (5 s grace) when the master returns.
-func runWithHTTP(ctx context.Context, run func(context.Context) error, addr, dsn string, workerTimeout time.Duration, log *zap.Logger, collectors ...prometheus.Collector) error {
+func runWithHTTP(ctx context.Context, run func(context.Context) error, ready func(), addr, dsn string, workerTimeout time.Duration, log *zap.Logger, collectors ...prometheus.Collector) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("--http-addr %s: %w", addr, err)
@@ -52,6 +53,7 @@ func runWithHTTP(ctx context.Context, run func(context.Context) error, addr, dsn
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	log.Info("http api listening", zap.String("addr", ln.Addr().String()))
+	ready()
 	runErr := run(ctx)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()

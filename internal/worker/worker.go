@@ -165,6 +165,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		w.sessions = append(w.sessions, reg.ID)
 		w.sessionsMu.Unlock()
 		w.TestSignals.Registered.Signal(reg.ID)
+		if w.cfg.OnRegistered != nil {
+			w.cfg.OnRegistered(reg.ID)
+		}
 		err = w.runSession(ctx, reg)
 		if errors.Is(err, drain.ErrShutdown) {
 			return nil
