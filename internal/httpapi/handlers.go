@@ -17,7 +17,7 @@ import (
 )
 
 var (
-	taskStates  = []string{"queued", "dispatched", "running", "succeeded", "failed", "timed_out", "canceled"}
+	taskStates  = []string{"scheduled", "queued", "dispatched", "running", "succeeded", "failed", "timed_out", "canceled"}
 	cancelable  = []string{"queued", "dispatched", "running"}
 	retryable   = []string{"failed", "timed_out", "canceled"}
 	workerState = "alive, draining, dead or stopped"
@@ -38,6 +38,13 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request, _ taskops.Act
 		return errorf(http.StatusBadRequest, "unknown state %q: use one of %v", state, taskStates)
 	}
 	arg := db.TaskListPageParams{State: nilIfEmpty(state), GroupName: nilIfEmpty(q.Get("group")), Kind: nilIfEmpty(q.Get("kind")), MaxRows: int32(limit)}
+	// tag (repeatable): tasks carrying every one of them.
+	for _, tag := range q["tag"] {
+		if !submit.ValidTag(tag) {
+			return errorf(http.StatusBadRequest, "tag %q: want 1-128 of letters, digits, _ . : / - = starting with a letter or digit", tag)
+		}
+		arg.Tags = append(arg.Tags, tag)
+	}
 	if before > 0 {
 		arg.BeforeID = &before
 	}
@@ -65,6 +72,10 @@ type SubmitRequest struct {
 	MaxRetries   int                    `json:"max_retries"`
 	TimeoutMs    int64                  `json:"timeout_ms"`
 	RetryBackoff *apimodel.RetryBackoff `json:"retry_backoff"`
+	// Tags label the task (at most 16).
+	Tags []string `json:"tags"`
+	// RunAt, when in the future, keeps the task scheduled until then.
+	RunAt *apimodel.Time `json:"run_at"`
 }
 
 func (s *Server) submitTask(w http.ResponseWriter, r *http.Request, who taskops.Actor) error {
@@ -79,7 +90,10 @@ func (s *Server) submitTask(w http.ResponseWriter, r *http.Request, who taskops.
 		req.Payload = nil // stored as {}
 	}
 	spec := submit.Spec{Group: req.Group, Kind: req.Kind, Payload: req.Payload, Priority: req.Priority,
-		MaxRetries: req.MaxRetries, Timeout: time.Duration(req.TimeoutMs) * time.Millisecond}
+		MaxRetries: req.MaxRetries, Timeout: time.Duration(req.TimeoutMs) * time.Millisecond, Tags: req.Tags}
+	if req.RunAt != nil {
+		spec.RunAt = req.RunAt.Time
+	}
 	if b := req.RetryBackoff; b != nil {
 		spec.Backoff = &submit.Backoff{Base: time.Duration(b.BaseMs) * time.Millisecond, Max: time.Duration(b.MaxMs) * time.Millisecond}
 	}
