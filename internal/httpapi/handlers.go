@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -165,10 +166,23 @@ func (s *Server) cancelTask(w http.ResponseWriter, r *http.Request, who taskops.
 	if err != nil {
 		return err
 	}
+	row, err := s.cancelOne(r.Context(), id, who, "the HTTP API")
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, apimodel.TaskFromRow(row))
+	return nil
+}
+
+// cancelOne cancels task id for who (through via: "the HTTP API", "the status
+// page"), with its audit row, in one transaction: 404 if there is no such task,
+// 409 if it already finished.
+func (s *Server) cancelOne(ctx context.Context, id int64, who taskops.Actor, via string) (db.Task, error) {
 	var row db.Task
-	err = s.tx(r.Context(), func(q *db.Queries) error {
+	err := s.tx(ctx, func(q *db.Queries) error {
 		var changed bool
-		row, changed, err = taskops.Cancel(r.Context(), q, id, "canceled through the HTTP API by "+who.Name)
+		var err error
+		row, changed, err = taskops.Cancel(ctx, q, id, "canceled through "+via+" by "+who.Name)
 		if errors.Is(err, taskops.ErrNotFound) {
 			return errorf(http.StatusNotFound, "task %d not found", id)
 		}
@@ -178,13 +192,9 @@ func (s *Server) cancelTask(w http.ResponseWriter, r *http.Request, who taskops.
 		if !changed {
 			return errorf(http.StatusConflict, "task %d is already %s", id, row.State)
 		}
-		return taskops.Audit(r.Context(), q, who, "task.cancel", fmt.Sprint(id), map[string]any{"ids": []int64{id}})
+		return taskops.Audit(ctx, q, who, "task.cancel", fmt.Sprint(id), map[string]any{"ids": []int64{id}})
 	})
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, apimodel.TaskFromRow(row))
-	return nil
+	return row, err
 }
 
 func (s *Server) retryTask(w http.ResponseWriter, r *http.Request, who taskops.Actor) error {
