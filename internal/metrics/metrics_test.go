@@ -30,6 +30,10 @@ func TestClusterGaugesAndLint(t *testing.T) {
 	for range 3 {
 		batontest.NewTask(t, pool, &batontest.TaskOpts{Group: batontest.Ptr("g")})
 	}
+	// One runs in an hour: scheduled, not queued.
+	if _, err := pool.Exec(ctx, `INSERT INTO tasks (group_name, kind, state, available_at) VALUES ('g', 'k', 'scheduled', now() + interval '1 hour')`); err != nil {
+		t.Fatal(err)
+	}
 	// The oldest became runnable 90 s ago.
 	if _, err := pool.Exec(ctx, `UPDATE tasks SET available_at = now() - interval '90 seconds' WHERE id = (SELECT min(id) FROM tasks)`); err != nil {
 		t.Fatal(err)
@@ -53,14 +57,16 @@ func TestClusterGaugesAndLint(t *testing.T) {
 	c.Refresh(ctx)
 
 	want := `
-# HELP baton_tasks Unfinished tasks by group and state (queued, dispatched, running), from SQL.
+# HELP baton_tasks Unfinished tasks by group and state (scheduled, queued, dispatched, running), from SQL.
 # TYPE baton_tasks gauge
 baton_tasks{group="g",state="dispatched"} 0
 baton_tasks{group="g",state="queued"} 3
 baton_tasks{group="g",state="running"} 0
+baton_tasks{group="g",state="scheduled"} 1
 baton_tasks{group="idle",state="dispatched"} 0
 baton_tasks{group="idle",state="queued"} 0
 baton_tasks{group="idle",state="running"} 0
+baton_tasks{group="idle",state="scheduled"} 0
 # HELP baton_workers Live worker sessions by group and state (alive, draining).
 # TYPE baton_workers gauge
 baton_workers{group="g",state="alive"} 1
