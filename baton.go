@@ -52,17 +52,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/baton-scheduler/baton/db"
 	"github.com/baton-scheduler/baton/internal/logfield"
 	"github.com/baton-scheduler/baton/internal/master"
+	"github.com/baton-scheduler/baton/internal/metrics"
 	"github.com/baton-scheduler/baton/internal/migrate"
 	"github.com/baton-scheduler/baton/internal/store"
 	"github.com/baton-scheduler/baton/internal/worker"
@@ -133,6 +136,9 @@ func newWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
 			}
 		}
 	}
+	if cfg.Metrics != nil {
+		wc.Metrics = metrics.NewWorker(strings.Join(groups, ","))
+	}
 	w, err := worker.New(ctx, wc)
 	if err != nil {
 		pool.Close()
@@ -140,19 +146,31 @@ func newWorker(ctx context.Context, cfg WorkerConfig) (*Worker, error) {
 	}
 	var m *master.Master
 	masterTimeout := MasterMasterTimeoutDefault
-	if cfg.Master != nil {
-		mc, err := cfg.embeddedMaster(wc.Logger).internal()
+	var unregister func()
+	if cfg.Metrics != nil {
+		unregister, err = registerAll(cfg.Metrics, wc.Metrics, metrics.NewPoolCollector(w.Pool(), "worker-"+wc.Group))
+	}
+	if err == nil && cfg.Master != nil {
+		emc := cfg.embeddedMaster(wc.Logger)
+		var mc master.Config
+		mc, err = emc.internal()
 		if err == nil {
 			masterTimeout = mc.MasterTimeout
-			m, err = master.New(ctx, mc)
+			m, err = startMaster(ctx, mc, emc.Metrics)
 		}
 		if err != nil {
-			pool.Close()
-			canceled, cancel := context.WithCancel(ctx)
-			cancel()
-			_ = w.Run(canceled) // registers nothing; closes the worker's pool
-			return nil, fmt.Errorf("start embedded master: %w", err)
+			err = fmt.Errorf("start embedded master: %w", err)
 		}
+	}
+	if err != nil {
+		if unregister != nil {
+			unregister()
+		}
+		pool.Close()
+		canceled, cancel := context.WithCancel(ctx)
+		cancel()
+		_ = w.Run(canceled) // registers nothing; closes the worker's pool
+		return nil, err
 	}
 	if cfg.MasterCheckInterval == 0 {
 		cfg.MasterCheckInterval = MasterCheckIntervalDefault
@@ -306,11 +324,48 @@ func newMaster(ctx context.Context, cfg MasterConfig) (*Master, error) {
 	if err := migrate.CheckSchema(ctx, mc.DatabaseURL); err != nil {
 		return nil, err
 	}
-	m, err := master.New(ctx, mc)
+	m, err := startMaster(ctx, mc, cfg.Metrics)
 	if err != nil {
 		return nil, fmt.Errorf("start master: %w", err)
 	}
 	return &Master{m: m}, nil
+}
+
+// startMaster starts a master, its metrics registered with reg if set.
+func startMaster(ctx context.Context, mc master.Config, reg prometheus.Registerer) (*master.Master, error) {
+	if reg != nil {
+		mc.Metrics = metrics.NewMaster()
+	}
+	m, err := master.New(ctx, mc)
+	if err != nil || reg == nil {
+		return m, err
+	}
+	if _, err := registerAll(reg, mc.Metrics, metrics.NewPoolCollector(m.Pool(), "master")); err != nil {
+		canceled, cancel := context.WithCancel(ctx)
+		cancel()
+		_ = m.Run(canceled) // stops its session, closes its pool
+		return nil, err
+	}
+	return m, nil
+}
+
+// registerAll registers every collector or none (a failure unregisters the
+// ones already registered); unregister undoes it.
+func registerAll(reg prometheus.Registerer, cs ...prometheus.Collector) (unregister func(), err error) {
+	var done []prometheus.Collector
+	unregister = func() {
+		for _, c := range done {
+			reg.Unregister(c)
+		}
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			unregister()
+			return nil, fmt.Errorf("%w: register metrics: %w", ErrInvalidConfig, err)
+		}
+		done = append(done, c)
+	}
+	return unregister, nil
 }
 
 // Run works until ctx is canceled. Run may be called once.

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/baton-scheduler/baton"
@@ -30,8 +32,9 @@ func TestEmbeddedWorker(t *testing.T) {
 	pool, dsn := srv.NewPool(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	reg := prometheus.NewRegistry()
 	w, err := baton.NewWorker(ctx, baton.WorkerConfig{
-		DatabaseURL: dsn, Group: "app", Logger: zaptest.NewLogger(t),
+		DatabaseURL: dsn, Group: "app", Logger: zaptest.NewLogger(t), Metrics: reg,
 		Handlers: map[string]baton.Handler{
 			"upper": func(_ context.Context, task baton.Task) (string, error) {
 				if err := task.CheckLease(); err != nil {
@@ -75,6 +78,23 @@ func TestEmbeddedWorker(t *testing.T) {
 	info, err := client.Wait(wctx, id)
 	if err != nil || info.State != baton.TaskSucceeded || info.Output != "HELLO" {
 		t.Fatalf("wait = %+v, %v", info, err)
+	}
+
+	// The worker's and the embedded master's metrics, in the application's registry.
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP baton_worker_attempts_finished_total Attempts this process ran to an end, by outcome (succeeded, failed, timed_out, snoozed, killed).
+# TYPE baton_worker_attempts_finished_total counter
+baton_worker_attempts_finished_total{group="app",outcome="succeeded"} 1
+`), "baton_worker_attempts_finished_total"); err != nil {
+		t.Error(err)
+	}
+	if n, err := testutil.GatherAndCount(reg, "baton_master_heartbeat_duration_seconds", "baton_db_pool_max_connections"); err != nil || n != 3 {
+		t.Errorf("master heartbeat histogram and the two pools: %d series, %v", n, err)
+	}
+	// A second worker of the group cannot register the same series there.
+	if _, err := baton.NewWorker(ctx, baton.WorkerConfig{DatabaseURL: dsn, Group: "app", Logger: zaptest.NewLogger(t), Metrics: reg,
+		Handlers: map[string]baton.Handler{"x": func(context.Context, baton.Task) (string, error) { return "", nil }}}); !errors.Is(err, baton.ErrInvalidConfig) || !strings.Contains(err.Error(), "register metrics") {
+		t.Errorf("second worker on one registry: %v", err)
 	}
 
 	_, err = client.Submit(ctx, baton.TaskSpec{Group: "nope", Kind: "upper"})

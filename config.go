@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/baton-scheduler/baton/internal/executor"
@@ -100,6 +101,13 @@ type WorkerConfig struct {
 	// alive, and logs a warning when none is (a dead worker's tasks would not be
 	// failed over).
 	MasterCheckInterval time.Duration
+	// Metrics, if set, gets the worker's Prometheus metrics when NewWorker
+	// succeeds: baton_worker_* (attempts by outcome, run times, fenced results,
+	// self-fences, heartbeat and claim round trips; labelled with the group)
+	// and its pool's baton_db_pool_* (pool="worker-<group>"); an embedded
+	// Master's baton_master_* too, unless its own Metrics is set. Serve the
+	// registry with promhttp. Two workers of one group need two registries.
+	Metrics prometheus.Registerer
 	// Test holds hooks for tests.
 	Test WorkerTestConfig
 }
@@ -139,6 +147,11 @@ type MasterConfig struct {
 	// TimeoutGrace is the time past a task's timeout before the master records it.
 	TimeoutGrace time.Duration
 	Logger       *zap.Logger // nil: zap production logger on stderr
+	// Metrics, if set, gets the master's Prometheus metrics when it starts:
+	// baton_master_* (failovers, tasks moved, heartbeat round trips) and its
+	// pool's baton_db_pool_* (pool="master"). The cluster gauges (tasks per
+	// group, queue age, ...) are baton-master --http-addr's.
+	Metrics prometheus.Registerer
 }
 
 // WithSchema returns dsn naming baton's schema in its baton_schema parameter,
@@ -231,6 +244,9 @@ func (c WorkerConfig) embeddedMaster(logger *zap.Logger) MasterConfig {
 	m.Schema = cmp.Or(m.Schema, c.Schema)
 	if m.Logger == nil {
 		m.Logger = logger
+	}
+	if m.Metrics == nil {
+		m.Metrics = c.Metrics
 	}
 	return m
 }

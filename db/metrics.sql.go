@@ -79,6 +79,8 @@ const MetricsTasksUnfinished = `-- name: MetricsTasksUnfinished :many
 
 SELECT group_name, 'queued'::text AS state, count(*)::bigint AS tasks FROM tasks WHERE state = 'queued' GROUP BY group_name
 UNION ALL
+SELECT group_name, 'scheduled'::text, count(*)::bigint FROM tasks WHERE state = 'scheduled' GROUP BY group_name
+UNION ALL
 SELECT group_name, state, count(*)::bigint FROM tasks WHERE worker_session_id IS NOT NULL GROUP BY group_name, state
 `
 
@@ -92,7 +94,8 @@ type MetricsTasksUnfinishedRow struct {
 // cached; each statement is index-backed or reads a small table, so the cost does
 // not grow with finished tasks (River #781: counting every row is slow).
 // Unfinished tasks by group and state: queued from the tasks_queue partial index,
-// dispatched and running from tasks_active_by_session.
+// scheduled from tasks_scheduled, dispatched and running from
+// tasks_active_by_session.
 func (q *Queries) MetricsTasksUnfinished(ctx context.Context) ([]MetricsTasksUnfinishedRow, error) {
 	rows, err := q.db.Query(ctx, MetricsTasksUnfinished)
 	if err != nil {

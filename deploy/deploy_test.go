@@ -86,4 +86,28 @@ func TestImages(t *testing.T) {
 	if got := run("run", "--rm", "--network", "host", "--entrypoint", "/usr/local/bin/baton", tag+"-worker", "healthcheck", "--url", "http://"+addr); !strings.Contains(got, `"status":"ok"`) {
 		t.Fatalf("healthcheck in the worker image: %s", got)
 	}
+	// The worker image serves /livez and /metrics (BATON_METRICS_ADDR); its
+	// own healthcheck command reads /livez.
+	ln, err = net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	maddr := ln.Addr().String()
+	ln.Close()
+	wid := run("run", "-d", "--network", "host", "-e", "BATON_DATABASE_URL="+dsn, "-e", "BATON_METRICS_ADDR="+maddr, tag+"-worker")
+	t.Cleanup(func() { _ = exec.Command(docker, "rm", "-f", wid).Run() })
+	for range 100 {
+		out, err = exec.Command(docker, "exec", wid, "/usr/local/bin/baton", "healthcheck", "--url", "http://"+maddr, "--path", "/metrics").CombinedOutput()
+		if err == nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err != nil || !strings.Contains(string(out), "baton_worker_attempts_started_total") {
+		logs, _ := exec.Command(docker, "logs", wid).CombinedOutput()
+		t.Fatalf("worker image /metrics: %v %s\nlogs: %s", err, out, logs)
+	}
+	if got := run("exec", wid, "/usr/local/bin/baton", "healthcheck", "--url", "http://"+maddr, "--path", "/livez"); !strings.Contains(got, `"status":"ok"`) {
+		t.Fatalf("worker image /livez: %s", got)
+	}
 }

@@ -3,9 +3,12 @@
 -- not grow with finished tasks (River #781: counting every row is slow).
 
 -- Unfinished tasks by group and state: queued from the tasks_queue partial index,
--- dispatched and running from tasks_active_by_session.
+-- scheduled from tasks_scheduled, dispatched and running from
+-- tasks_active_by_session.
 -- name: MetricsTasksUnfinished :many
 SELECT group_name, 'queued'::text AS state, count(*)::bigint AS tasks FROM tasks WHERE state = 'queued' GROUP BY group_name
+UNION ALL
+SELECT group_name, 'scheduled'::text, count(*)::bigint FROM tasks WHERE state = 'scheduled' GROUP BY group_name
 UNION ALL
 SELECT group_name, state, count(*)::bigint FROM tasks WHERE worker_session_id IS NOT NULL GROUP BY group_name, state;
 

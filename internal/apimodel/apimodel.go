@@ -64,7 +64,8 @@ type Task struct {
 	Kind     string          `json:"kind"`
 	Payload  json.RawMessage `json:"payload"`
 	Priority int             `json:"priority"`
-	// State: queued, dispatched, running, succeeded, failed, timed_out, canceled.
+	// State: scheduled (RunAt in the future), queued, dispatched, running,
+	// succeeded, failed, timed_out, canceled.
 	State string `json:"state"`
 	// Attempt is the fencing epoch of the current (or last) attempt; 0 before the first.
 	Attempt int `json:"attempt"`
@@ -86,6 +87,8 @@ type Task struct {
 	ExitCode     *int   `json:"exit_code"`
 	Output       string `json:"output"`
 	LastError    string `json:"last_error"`
+	// Tags label the task (given at submit); [] when none.
+	Tags []string `json:"tags"`
 }
 
 // TaskFromRow converts a task row.
@@ -94,15 +97,19 @@ func TaskFromRow(r db.Task) Task {
 	if len(payload) == 0 {
 		payload = json.RawMessage("{}")
 	}
-	return Task{
+	t := Task{
 		ID: r.ID, Group: r.GroupName, Kind: r.Kind, Payload: payload, Priority: int(r.Priority), State: r.State,
 		Attempt: int(r.Attempt), WorkerSessionID: r.WorkerSessionID, MaxRetries: int(r.MaxRetries), Retries: int(r.Retries),
 		RetryBackoff: RetryBackoff{BaseMs: r.RetryBaseMs, MaxMs: r.RetryMaxMs}, TimeoutMs: r.TimeoutMs,
 		FailoverCount: int(r.FailoverCount), WorkflowRunID: r.WorkflowRunID,
 		SubmittedAt: At(r.SubmittedAt), AvailableAt: At(r.AvailableAt), DispatchedAt: AtPtr(r.DispatchedAt),
 		StartedAt: AtPtr(r.StartedAt), FinishedAt: AtPtr(r.FinishedAt), ExitCode: intPtr(r.ExitCode),
-		Output: r.Output, LastError: r.LastError,
+		Output: r.Output, LastError: r.LastError, Tags: r.Tags,
 	}
+	if t.Tags == nil {
+		t.Tags = []string{}
+	}
+	return t
 }
 
 // Tasks converts task rows.
@@ -127,7 +134,8 @@ type Attempt struct {
 	DispatchedAt Time   `json:"dispatched_at"`
 	StartedAt    *Time  `json:"started_at"`
 	FinishedAt   *Time  `json:"finished_at"`
-	// Outcome is null while in flight.
+	// Outcome is null while in flight: succeeded, failed, timed_out,
+	// failed_over, fenced or canceled.
 	Outcome        *string `json:"outcome"`
 	ExitCode       *int    `json:"exit_code"`
 	Error          string  `json:"error"`

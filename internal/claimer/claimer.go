@@ -37,6 +37,7 @@ import (
 	"github.com/baton-scheduler/baton/db"
 	"github.com/baton-scheduler/baton/internal/executor"
 	"github.com/baton-scheduler/baton/internal/logfield"
+	"github.com/baton-scheduler/baton/internal/metrics"
 	"github.com/baton-scheduler/baton/internal/notify"
 	"github.com/baton-scheduler/baton/internal/report"
 	"github.com/baton-scheduler/baton/internal/service"
@@ -83,6 +84,8 @@ type Config struct {
 	// Lease reports whether the session still owns its attempts (the heartbeat's
 	// lease); handlers check it through Task.CheckLease. Nil: always owned.
 	Lease func() error
+	// Metrics, if set, counts attempts and times claims.
+	Metrics *metrics.Worker
 }
 
 // claimCooldown: how long a busy worker (more than half its slots taken) waits
@@ -312,9 +315,13 @@ func (c *Claimer) runOnce(ctx context.Context) (Claimed, error) {
 		// waits for the loop, then for the tasks it started.
 		claimCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		stopOnKill := context.AfterFunc(c.tasksCtx, cancel)
+		sent := time.Now()
 		rows, err := service.WithTimeout(claimCtx, c.cfg.CallTimeout, func(ctx context.Context) ([]db.TaskClaimNextRow, error) {
 			return c.claim(ctx, free)
 		})
+		if err == nil {
+			c.cfg.Metrics.Claim(time.Since(sent))
+		}
 		stopOnKill()
 		cancel()
 		for _, r := range rows { // received: ours to run even if a later statement failed
@@ -375,6 +382,7 @@ func (c *Claimer) start(r db.TaskClaimNextRow) {
 	c.running[key] = attempt{ctx: attemptCtx, cancel: cancel}
 	c.mu.Unlock()
 	c.TestSignals.Started.Signal(key)
+	c.cfg.Metrics.AttemptStarted()
 	go c.run(attemptCtx, cancel, key, r)
 }
 
@@ -415,6 +423,7 @@ func (c *Claimer) run(ctx context.Context, cancel context.CancelCauseFunc, key r
 		defer stop()
 	}
 	done := make(chan executor.Result, 1)
+	began := time.Now()
 	go func() { done <- c.cfg.Exec.Run(ctx, task, timeout) }()
 	var res executor.Result
 	select {
@@ -441,13 +450,16 @@ func (c *Claimer) run(ctx context.Context, cancel context.CancelCauseFunc, key r
 			// Stopped (stopSuperseded): the task row already says how the
 			// attempt ended; a report would be refused.
 			log.Info("task stopped; nothing to report", zap.String("reason", res.Error))
+			c.cfg.Metrics.AttemptFinished(metrics.OutcomeStopped, time.Since(began))
 			return
 		}
 		// Killed by self-fencing, a lost session or shutdown: the attempt is
 		// handed back by failover, so there is nothing to report.
 		log.Info("task killed; left to failover", zap.String("reason", res.Error))
+		c.cfg.Metrics.AttemptFinished(metrics.OutcomeKilled, time.Since(began))
 		return
 	}
+	c.cfg.Metrics.AttemptFinished(res.Outcome, time.Since(began))
 	ok := c.cfg.Results.Add(c.tasksCtx, report.Result{
 		TaskID: r.ID, Attempt: r.Attempt, SessionID: c.cfg.SessionID, Outcome: res.Outcome,
 		ExitCode: res.ExitCode, Output: res.Output, Error: res.Error,

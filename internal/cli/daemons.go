@@ -6,14 +6,19 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"strconv"
 	"strings"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/baton-scheduler/baton/internal/executor"
 	"github.com/baton-scheduler/baton/internal/master"
+	"github.com/baton-scheduler/baton/internal/metrics"
 	"github.com/baton-scheduler/baton/internal/migrate"
 	"github.com/baton-scheduler/baton/internal/schedule"
+	"github.com/baton-scheduler/baton/internal/sdnotify"
 	"github.com/baton-scheduler/baton/internal/worker"
 )
 
@@ -85,14 +90,29 @@ func MasterMain(ctx context.Context, args []string, env Env, stderr io.Writer) i
 		if err := schemaReady(ctx, cfg.DatabaseURL, migrateUp); err != nil {
 			return err
 		}
+		sd, err := sdnotify.New(env)
+		if err != nil {
+			return err
+		}
+		if httpAddr != "" {
+			cfg.Metrics = metrics.NewMaster()
+		}
 		m, err := master.New(ctx, cfg)
 		if err != nil {
 			return err
 		}
+		defer notifyService(ctx, sd, log)()
+		ready := func() {
+			if err := sd.Ready(fmt.Sprintf("master session %d", m.SessionID())); err != nil {
+				log.Warn("systemd notify", zap.Error(err))
+			}
+		}
 		if httpAddr == "" {
+			ready()
 			return m.Run(ctx)
 		}
-		return runWithHTTP(ctx, m.Run, httpAddr, cfg.DatabaseURL, cfg.WorkerTimeout, log)
+		return runWithHTTP(ctx, m.Run, ready, httpAddr, cfg.DatabaseURL, cfg.WorkerTimeout, log,
+			cfg.Metrics, metrics.NewPoolCollector(m.Pool(), "master"))
 	}()
 	return exitCode(stderr, "baton-master", err)
 }
@@ -101,7 +121,7 @@ func MasterMain(ctx context.Context, args []string, env Env, stderr io.Writer) i
 func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string]executor.Handler, stderr io.Writer) int {
 	fs := newFlagSet("baton-worker", stderr)
 	var cfg worker.Config
-	var logLevel, logFormat string
+	var logLevel, logFormat, metricsAddr string
 	err := func() error {
 		hb, err1 := envDuration(env, "BATON_HEARTBEAT_INTERVAL", worker.HeartbeatIntervalDefault)
 		sf, err2 := envDuration(env, "BATON_SELF_FENCE_AFTER", worker.SelfFenceAfterDefault)
@@ -118,6 +138,7 @@ func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string
 		dsnVar(fs, &cfg.DatabaseURL, env)
 		fs.StringVar(&cfg.Group, "group", envDefault(env, "BATON_GROUP", worker.GroupDefault), "worker group (env BATON_GROUP)")
 		fs.StringVar(&cfg.Name, "name", env("BATON_WORKER_NAME"), "worker name (default host-pid)")
+		fs.StringVar(&metricsAddr, "metrics-addr", env("BATON_METRICS_ADDR"), "serve /metrics and /livez on this address, e.g. :9101; empty: off (env BATON_METRICS_ADDR)")
 		fs.IntVar(&cfg.Slots, "slots", slots, "tasks run at once (env BATON_SLOTS)")
 		fs.StringVar(&groups, "groups", env("BATON_GROUPS"), "several groups served by this one worker, each with its slots, e.g. billing=4,email=2; instead of --group and --slots (env BATON_GROUPS)")
 		fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", hb, "heartbeat period (env BATON_HEARTBEAT_INTERVAL)")
@@ -148,6 +169,15 @@ func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string
 			}
 			cfg.Group, cfg.Slots = "", 0
 		}
+		// groupLabel names the groups served (metrics label, systemd status).
+		groupLabel := cfg.Group
+		if len(cfg.Groups) > 0 {
+			names := make([]string, len(cfg.Groups))
+			for i, g := range cfg.Groups {
+				names[i] = g.Name
+			}
+			groupLabel = strings.Join(names, ",")
+		}
 		if cfg.CrashDetectAfter == 0 {
 			cfg.CrashDetectAfter = worker.CrashDetectOff
 		}
@@ -173,10 +203,46 @@ func WorkerMain(ctx context.Context, args []string, env Env, handlers map[string
 		if err := schemaReady(ctx, cfg.DatabaseURL, false); err != nil {
 			return err
 		}
-		w, err := worker.New(ctx, cfg)
+		sd, err := sdnotify.New(env)
 		if err != nil {
 			return err
 		}
+		registered := false
+		cfg.OnRegistered = func(id int64) { // on Run's goroutine, one at a time
+			status := fmt.Sprintf("worker session %d of group %s", id, groupLabel)
+			var err error
+			if !registered {
+				registered, err = true, sd.Ready(status)
+			} else {
+				err = sd.Send("STATUS=" + status + " (re-registered after a lost session)")
+			}
+			if err != nil {
+				log.Warn("systemd notify", zap.Error(err))
+			}
+		}
+		var ln net.Listener
+		if metricsAddr != "" {
+			// Opened first: a taken port fails the start.
+			if ln, err = net.Listen("tcp", metricsAddr); err != nil {
+				return fmt.Errorf("--metrics-addr %s: %w", metricsAddr, err)
+			}
+			cfg.Metrics = metrics.NewWorker(groupLabel)
+		}
+		w, err := worker.New(ctx, cfg)
+		if err != nil {
+			if ln != nil {
+				ln.Close()
+			}
+			return err
+		}
+		if ln != nil {
+			reg := metrics.NewRegistry(Version)
+			reg.MustRegister(cfg.Metrics, metrics.NewPoolCollector(w.Pool(), "worker"))
+			stop := metrics.Serve(ln, reg, log.Named("metrics"))
+			defer stop() // after the drain: the last counts stay scrapeable until exit
+			log.Info("metrics listening", zap.String("addr", ln.Addr().String()))
+		}
+		defer notifyService(ctx, sd, log)()
 		return w.Run(ctx)
 	}()
 	return exitCode(stderr, "baton-worker", err)
@@ -215,4 +281,28 @@ func schemaReady(ctx context.Context, dsn string, migrateUp bool) error {
 		return migrate.EnsureLatest(ctx, dsn)
 	}
 	return migrate.CheckSchema(ctx, dsn)
+}
+
+// notifyService feeds systemd's watchdog (when the unit has WatchdogSec=) and
+// sends STOPPING=1 once ctx ends (SIGTERM: the drain begins), until the
+// returned stop is called, when the daemon's Run has returned. The watchdog
+// keeps running through a drain, which TimeoutStopSec= bounds.
+func notifyService(ctx context.Context, sd *sdnotify.Notifier, log *zap.Logger) (stop func()) {
+	wctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); sd.Watchdog(wctx) }()
+	sent := make(chan struct{})
+	stopping := context.AfterFunc(ctx, func() {
+		defer close(sent)
+		if err := sd.Stopping("stopping: draining"); err != nil {
+			log.Warn("systemd notify", zap.Error(err))
+		}
+	})
+	return func() {
+		if !stopping() {
+			<-sent
+		}
+		cancel()
+		<-done
+	}
 }

@@ -8,7 +8,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/baton-scheduler/baton/internal/httpapi"
@@ -16,12 +16,14 @@ import (
 	"github.com/baton-scheduler/baton/internal/store"
 )
 
-// runWithHTTP runs the master (run) and the HTTP API on addr beside it, on a
+// runWithHTTP runs the master (run) and the HTTP API on addr beside it (ready
+// is called once it serves), on a
 // pool of its own (4 connections: API calls never take the master's), with
-// /metrics (the cluster gauges re-read every 15 s on that pool). The
+// /metrics (the cluster gauges re-read every 15 s on that pool, plus the
+// given collectors: the master's counters and its own pool). The
 // listener is opened first, so a taken port fails the start; the server shuts
 // down (5 s grace) when the master returns.
-func runWithHTTP(ctx context.Context, run func(context.Context) error, addr, dsn string, workerTimeout time.Duration, log *zap.Logger) error {
+func runWithHTTP(ctx context.Context, run func(context.Context) error, ready func(), addr, dsn string, workerTimeout time.Duration, log *zap.Logger, collectors ...prometheus.Collector) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("--http-addr %s: %w", addr, err)
@@ -36,11 +38,12 @@ func runWithHTTP(ctx context.Context, run func(context.Context) error, addr, dsn
 	reg := metrics.NewRegistry(Version)
 	cluster := metrics.NewCluster(pool, schema, metrics.RefreshIntervalDefault, log.Named("metrics"))
 	reg.MustRegister(cluster, metrics.NewPoolCollector(pool, "http"))
+	reg.MustRegister(collectors...) // the master's own counters and pool
 	mctx, stopMetrics := context.WithCancel(ctx)
 	defer stopMetrics()
 	go cluster.Run(mctx)
 	h, err := httpapi.New(httpapi.Config{Pool: pool, Schema: schema, WorkerTimeout: workerTimeout, Logger: log.Named("http"),
-		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: zap.NewStdLog(log.Named("metrics"))})})
+		Metrics: metrics.Handler(reg, log.Named("metrics"))})
 	if err != nil {
 		ln.Close()
 		return err
@@ -50,6 +53,7 @@ func runWithHTTP(ctx context.Context, run func(context.Context) error, addr, dsn
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	log.Info("http api listening", zap.String("addr", ln.Addr().String()))
+	ready()
 	runErr := run(ctx)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/baton-scheduler/baton/batontest"
 )
 
 // baton-master --http-addr serves the API beside the master; baton healthcheck
@@ -59,6 +61,12 @@ func TestMasterHTTPAndHealthcheck(t *testing.T) {
 	if out, e, code := baton(t, nil, "healthcheck", "--url", url, "--path", "/metrics"); code != 0 || !strings.Contains(out, "baton_") {
 		t.Fatalf("/metrics: %d %q %q", code, out, e)
 	}
+	// The master's own counters and pool beside the cluster gauges.
+	batontest.WaitFor(t, 20*time.Second, func() (bool, string) {
+		got, _ := batontest.Scrape(t, url+"/metrics")
+		return got["baton_master_heartbeat_duration_seconds_count"] >= 1 && got[`baton_db_pool_max_connections{pool="master"}`] > 0,
+			"master heartbeats timed and its pool reported on /metrics"
+	})
 	if _, e, code := baton(t, nil, "healthcheck", "--url", url, "--path", "/api/v1/tasks"); code != 1 || !strings.Contains(e, "401") {
 		t.Fatalf("healthcheck of an API route without a token: %d %q", code, e)
 	}

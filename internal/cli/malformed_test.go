@@ -94,6 +94,8 @@ var malformedCases = []malformedCase{
 	{name: "worker_duration_env", input: "duration from the environment that does not parse", bin: "baton-worker", env: map[string]string{"BATON_HEARTBEAT_INTERVAL": "soon"}, fuzzed: "FuzzEnvDuration"},
 	{name: "worker_duration_huge", input: "duration so long that twice it overflows", bin: "baton-worker", args: []string{"--heartbeat-interval", "1500000h"}, fuzzed: "FuzzDaemonConfig"},
 	{name: "worker_unknown_flag", input: "unknown flag", bin: "baton-worker", args: []string{"--timeout", "5s"}, fuzzed: "FuzzDaemonConfig"},
+	{name: "worker_metrics_addr_bad", input: "metrics address that cannot be listened on", bin: "baton-worker", args: []string{"--metrics-addr", "nowhere:port"}, fuzzed: "FuzzDaemonConfig"},
+	{name: "worker_notify_socket_bad", input: "NOTIFY_SOCKET that is not an absolute path or @name", bin: "baton-worker", env: map[string]string{"NOTIFY_SOCKET": "run/notify"}, fuzzed: "FuzzDaemonConfig"},
 	{name: "master_timeout_vs_heartbeat", input: "worker timeout below twice the heartbeat", bin: "baton-master", args: []string{"--worker-timeout", "1s", "--heartbeat-interval", "1s"}, fuzzed: "FuzzDaemonConfig"},
 	{name: "master_schedule_batch_zero", input: "scheduler batch of 0", bin: "baton-master", args: []string{"--schedule-batch", "0"}, fuzzed: "FuzzDaemonConfig"},
 	{name: "master_schedule_batch_huge", input: "scheduler batch above 10,000", bin: "baton-master", args: []string{"--schedule-batch", "20000"}, fuzzed: "FuzzDaemonConfig"},

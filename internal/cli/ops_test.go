@@ -79,7 +79,7 @@ func TestJSONModelAndOperatorCommands(t *testing.T) {
 	checkModel(t, "task list", list)
 	wantKeys := []string{"attempt", "available_at", "dispatched_at", "exit_code", "failover_count", "finished_at", "group", "id",
 		"kind", "last_error", "max_retries", "output", "payload", "priority", "retries", "retry_backoff", "started_at", "state",
-		"submitted_at", "timeout_ms", "worker_session_id", "workflow_run_id"}
+		"submitted_at", "tags", "timeout_ms", "worker_session_id", "workflow_run_id"}
 	if got := keys(list[0]); !slices.Equal(got, wantKeys) {
 		t.Fatalf("task keys %v, want %v", got, wantKeys)
 	}

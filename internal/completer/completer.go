@@ -27,6 +27,7 @@ import (
 
 	"github.com/baton-scheduler/baton/internal/executor"
 	"github.com/baton-scheduler/baton/internal/logfield"
+	"github.com/baton-scheduler/baton/internal/metrics"
 	"github.com/baton-scheduler/baton/internal/report"
 	"github.com/baton-scheduler/baton/internal/service"
 	"github.com/baton-scheduler/baton/internal/store"
@@ -52,6 +53,7 @@ type Config struct {
 	HighWater         int           // Add blocks while this many results are pending
 	WriteTimeout      time.Duration
 	FinalFlushTimeout time.Duration
+	Metrics           *metrics.Worker // if set, counts refused (fenced) results
 }
 
 func (c Config) withDefaults() Config {
@@ -278,6 +280,7 @@ func (c *Completer) runOnce(ctx context.Context) (Flushed, error) {
 		return Flushed{}, err
 	}
 	f.Written, f.Fenced = len(sum.Applied), len(sum.Fenced)
+	c.cfg.Metrics.ResultsFenced(f.Fenced)
 	for _, fr := range sum.Fenced {
 		c.Logger.Warn("result refused: attempt superseded (fenced)", logfield.TaskID(fr.TaskID),
 			logfield.Attempt(fr.Attempt), logfield.SessionID(fr.SessionID), logfield.Outcome(fr.Outcome))

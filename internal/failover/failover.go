@@ -81,6 +81,7 @@ type Result struct {
 	Queued     int
 	Failed     int  // poison tasks failed (failed over MaxFailovers times already)
 	Finished   bool // no task of the session is left
+	Completed  bool // this pass finished the marker (false when it was finished already)
 	Moved      []db.FailoverMoveTasksRow
 }
 
@@ -216,6 +217,7 @@ func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64
 			return fmt.Errorf("count remaining tasks: %w", err)
 		}
 		res.Finished = remaining == 0
+		res.Completed = res.Finished
 		if _, err := q.FailoverEventRecordPass(ctx, db.FailoverEventRecordPassParams{
 			ID: ev.ID, Reassigned: int32(res.Reassigned), Queued: int32(res.Queued), Finished: res.Finished,
 		}); err != nil {

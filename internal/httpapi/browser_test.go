@@ -20,7 +20,8 @@ import (
 // The status page in headless Chromium (Debian's chromium; .ci/run installs
 // it): sign in, every page loads without a console error or exception, a task
 // submitted through the API appears in the task list and its detail, a failover
-// appears on the timeline. Screenshots go to $BATON_SCREENSHOTS or the test's
+// appears on the timeline, and an operator cancels the task through its
+// confirmation page. Screenshots go to $BATON_SCREENSHOTS or the test's
 // temporary directory.
 func TestStatusPagesInChromium(t *testing.T) {
 	t.Parallel()
@@ -121,6 +122,33 @@ func TestStatusPagesInChromium(t *testing.T) {
 		{"tasks", tasks, "invoice.send"},
 		{"task", detail, "queued"},
 	}
+	// Cancel from the page, as an operator: the task's cancel link, the
+	// confirmation page, its button; the task page then shows it canceled.
+	visit("login-operate", "/ui/login", `input[name=token]`)
+	if err := chromedp.Do(ctx, chromedp.SendKeys(`input[name=token]`, a.operate), chromedp.Submit(`input[name=token]`)); err != nil {
+		t.Fatalf("sign in as operator: %v", err)
+	}
+	visit("overview-operate", "", `#groups`)
+	visit("task-before-cancel", fmt.Sprintf("/ui/tasks/%d", task.ID), `#cancel`)
+	if err := chromedp.Do(ctx, chromedp.Click(`#cancel`)); err != nil {
+		t.Fatalf("click cancel: %v", err)
+	}
+	question := visit("cancel-confirm", "", `#cancel-question`)
+	var before string
+	if err := a.pool.QueryRow(context.Background(), "SELECT state FROM tasks WHERE id = $1", task.ID).Scan(&before); err != nil || before != "queued" {
+		t.Fatalf("before the confirmation the task is %q (%v), want queued", before, err)
+	}
+	if err := chromedp.Do(ctx, chromedp.Click(`#cancel-confirm`)); err != nil {
+		t.Fatalf("confirm cancel: %v", err)
+	}
+	canceled := visit("task-canceled", "", `#task dd.canceled`)
+	var after string
+	if err := a.pool.QueryRow(context.Background(), "SELECT state FROM tasks WHERE id = $1", task.ID).Scan(&after); err != nil || after != "canceled" {
+		t.Fatalf("after the confirmation the task is %q (%v), want canceled", after, err)
+	}
+	checks = append(checks,
+		struct{ page, text, want string }{"cancel-confirm", question, fmt.Sprintf("Cancel task %d (invoice.send in group billing, now queued)?", task.ID)},
+		struct{ page, text, want string }{"task-canceled", canceled, "canceled through the status page by token:operator"})
 	for _, c := range checks {
 		if !strings.Contains(c.text, c.want) {
 			t.Errorf("%s page shows %q, want it to contain %q", c.page, c.text, c.want)

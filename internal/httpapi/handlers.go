@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,7 +18,7 @@ import (
 )
 
 var (
-	taskStates  = []string{"queued", "dispatched", "running", "succeeded", "failed", "timed_out", "canceled"}
+	taskStates  = []string{"scheduled", "queued", "dispatched", "running", "succeeded", "failed", "timed_out", "canceled"}
 	cancelable  = []string{"queued", "dispatched", "running"}
 	retryable   = []string{"failed", "timed_out", "canceled"}
 	workerState = "alive, draining, dead or stopped"
@@ -38,6 +39,13 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request, _ taskops.Act
 		return errorf(http.StatusBadRequest, "unknown state %q: use one of %v", state, taskStates)
 	}
 	arg := db.TaskListPageParams{State: nilIfEmpty(state), GroupName: nilIfEmpty(q.Get("group")), Kind: nilIfEmpty(q.Get("kind")), MaxRows: int32(limit)}
+	// tag (repeatable): tasks carrying every one of them.
+	for _, tag := range q["tag"] {
+		if !submit.ValidTag(tag) {
+			return errorf(http.StatusBadRequest, "tag %q: want 1-128 of letters, digits, _ . : / - = starting with a letter or digit", tag)
+		}
+		arg.Tags = append(arg.Tags, tag)
+	}
 	if before > 0 {
 		arg.BeforeID = &before
 	}
@@ -65,6 +73,10 @@ type SubmitRequest struct {
 	MaxRetries   int                    `json:"max_retries"`
 	TimeoutMs    int64                  `json:"timeout_ms"`
 	RetryBackoff *apimodel.RetryBackoff `json:"retry_backoff"`
+	// Tags label the task (at most 16).
+	Tags []string `json:"tags"`
+	// RunAt, when in the future, keeps the task scheduled until then.
+	RunAt *apimodel.Time `json:"run_at"`
 }
 
 func (s *Server) submitTask(w http.ResponseWriter, r *http.Request, who taskops.Actor) error {
@@ -79,7 +91,10 @@ func (s *Server) submitTask(w http.ResponseWriter, r *http.Request, who taskops.
 		req.Payload = nil // stored as {}
 	}
 	spec := submit.Spec{Group: req.Group, Kind: req.Kind, Payload: req.Payload, Priority: req.Priority,
-		MaxRetries: req.MaxRetries, Timeout: time.Duration(req.TimeoutMs) * time.Millisecond}
+		MaxRetries: req.MaxRetries, Timeout: time.Duration(req.TimeoutMs) * time.Millisecond, Tags: req.Tags}
+	if req.RunAt != nil {
+		spec.RunAt = req.RunAt.Time
+	}
 	if b := req.RetryBackoff; b != nil {
 		spec.Backoff = &submit.Backoff{Base: time.Duration(b.BaseMs) * time.Millisecond, Max: time.Duration(b.MaxMs) * time.Millisecond}
 	}
@@ -151,10 +166,23 @@ func (s *Server) cancelTask(w http.ResponseWriter, r *http.Request, who taskops.
 	if err != nil {
 		return err
 	}
+	row, err := s.cancelOne(r.Context(), id, who, "the HTTP API")
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, apimodel.TaskFromRow(row))
+	return nil
+}
+
+// cancelOne cancels task id for who (through via: "the HTTP API", "the status
+// page"), with its audit row, in one transaction: 404 if there is no such task,
+// 409 if it already finished.
+func (s *Server) cancelOne(ctx context.Context, id int64, who taskops.Actor, via string) (db.Task, error) {
 	var row db.Task
-	err = s.tx(r.Context(), func(q *db.Queries) error {
+	err := s.tx(ctx, func(q *db.Queries) error {
 		var changed bool
-		row, changed, err = taskops.Cancel(r.Context(), q, id, "canceled through the HTTP API by "+who.Name)
+		var err error
+		row, changed, err = taskops.Cancel(ctx, q, id, "canceled through "+via+" by "+who.Name)
 		if errors.Is(err, taskops.ErrNotFound) {
 			return errorf(http.StatusNotFound, "task %d not found", id)
 		}
@@ -164,13 +192,9 @@ func (s *Server) cancelTask(w http.ResponseWriter, r *http.Request, who taskops.
 		if !changed {
 			return errorf(http.StatusConflict, "task %d is already %s", id, row.State)
 		}
-		return taskops.Audit(r.Context(), q, who, "task.cancel", fmt.Sprint(id), map[string]any{"ids": []int64{id}})
+		return taskops.Audit(ctx, q, who, "task.cancel", fmt.Sprint(id), map[string]any{"ids": []int64{id}})
 	})
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, apimodel.TaskFromRow(row))
-	return nil
+	return row, err
 }
 
 func (s *Server) retryTask(w http.ResponseWriter, r *http.Request, who taskops.Actor) error {

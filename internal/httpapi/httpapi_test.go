@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/baton-scheduler/baton/batontest"
 	"github.com/baton-scheduler/baton/db"
+	"github.com/baton-scheduler/baton/internal/apimodel"
 )
 
 var srv *batontest.Server
@@ -287,6 +289,34 @@ func TestAPI(t *testing.T) {
 		t.Fatalf("filter by kind: %v", kinds)
 	}
 	a.wantErr(400, `unknown state "bogus"`, "GET", "/api/v1/tasks?state=bogus", a.read, nil)
+
+	// A task submitted with a future run_at is scheduled; tags are stored,
+	// returned and filtered on (every tag given).
+	a.want(201, "POST", "/api/v1/groups", a.operate, GroupRequest{Name: "later"}, nil)
+	runAt := apimodel.At(time.Now().Add(time.Hour))
+	var sched struct {
+		ID    int64
+		State string
+		Tags  []string
+	}
+	a.want(201, "POST", "/api/v1/tasks", a.operate, SubmitRequest{Group: "later", Kind: "k", Tags: []string{"customer=acme", "invoice"}, RunAt: &runAt}, &sched)
+	if sched.State != "scheduled" || !slices.Equal(sched.Tags, []string{"customer=acme", "invoice"}) {
+		t.Fatalf("submitted with run_at and tags: %+v", sched)
+	}
+	for q, want := range map[string]int{"tag=customer%3Dacme&tag=invoice": 1, "tag=invoice": 1, "tag=customer%3Dacme&tag=other": 0, "state=scheduled": 1, "group=later&state=queued": 0} {
+		var page struct{ Tasks []struct{ ID int64 } }
+		a.want(200, "GET", "/api/v1/tasks?"+q, a.read, nil, &page)
+		if len(page.Tasks) != want || (want == 1 && page.Tasks[0].ID != sched.ID) {
+			t.Fatalf("GET /api/v1/tasks?%s: %+v, want %d (task %d)", q, page.Tasks, want, sched.ID)
+		}
+	}
+	var untagged struct{ Tags []string }
+	a.want(200, "GET", fmt.Sprintf("/api/v1/tasks/%d", task.ID), a.read, nil, &struct{ Task any }{&untagged})
+	if untagged.Tags == nil || len(untagged.Tags) != 0 {
+		t.Fatalf("an untagged task's tags: %#v, want []", untagged.Tags)
+	}
+	a.wantErr(400, `tag "bad tag"`, "GET", "/api/v1/tasks?tag=bad%20tag", a.read, nil)
+	a.wantErr(400, `tag "bad tag"`, "POST", "/api/v1/tasks", a.operate, SubmitRequest{Group: "later", Kind: "k", Tags: []string{"bad tag"}})
 	a.wantErr(400, "limit", "GET", "/api/v1/tasks?limit=0", a.read, nil)
 
 	// Get, cancel, retry one task.
@@ -396,6 +426,7 @@ func TestAPI(t *testing.T) {
 	}
 	slices.Reverse(actions)
 	want := []string{"group.create", "task.submit", "task.submit", "task.submit", "task.submit", "task.submit",
+		"group.create", "task.submit", // the scheduled, tagged task
 		"task.cancel", "task.retry", "task.cancel", "task.retry", "group.pause", "group.resume", "worker.drain"}
 	if !slices.Equal(actions, want) {
 		t.Fatalf("audit log:\n got %v\nwant %v", actions, want)

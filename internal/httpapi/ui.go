@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -75,6 +76,8 @@ func (s *Server) uiRoutes() {
 	s.mux.HandleFunc("GET /ui/failovers", s.page("failovers.html", "failover timeline", 5, s.uiFailovers))
 	s.mux.HandleFunc("GET /ui/tasks", s.page("tasks.html", "tasks", 0, s.uiTasks))
 	s.mux.HandleFunc("GET /ui/tasks/{id}", s.page("task.html", "task", 5, s.uiTask))
+	s.mux.HandleFunc("GET /ui/tasks/{id}/cancel", s.page("cancel.html", "cancel task", 0, s.uiCancelConfirm))
+	s.mux.HandleFunc("POST /ui/tasks/{id}/cancel", s.uiCancel)
 	s.uiWorkflowRoutes()
 	s.mux.HandleFunc("GET /ui/events", s.uiEvents)
 	s.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
@@ -307,6 +310,89 @@ func (s *Server) uiTasks(r *http.Request) (any, error) {
 	return p, err
 }
 
+// finished reports whether a task state is terminal (nothing to cancel).
+func finished(state string) bool {
+	switch state {
+	case "succeeded", "failed", "timed_out", "canceled":
+		return true
+	}
+	return false
+}
+
+type cancelPage struct {
+	Task  apimodel.Task
+	Error string
+}
+
+// uiCancelConfirm asks before a cancel: the task, what cancel does, and a
+// form that posts it (no JavaScript: the confirmation is this page).
+func (s *Server) uiCancelConfirm(r *http.Request) (any, error) {
+	id, err := pathID(r)
+	if err != nil {
+		return nil, err
+	}
+	var t db.Task
+	err = s.tx(r.Context(), func(q *db.Queries) error {
+		t, err = q.TaskGet(r.Context(), id)
+		return err
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, errorf(http.StatusNotFound, "task %d not found", id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	p := cancelPage{Task: apimodel.TaskFromRow(t)}
+	if finished(t.State) {
+		p.Error = fmt.Sprintf("task %d is already %s: there is nothing to cancel", id, t.State)
+	}
+	return p, nil
+}
+
+// uiCancel cancels a task from the confirmation form, as the API's POST
+// /api/v1/tasks/{id}/cancel does: the signed-in token needs scope operate,
+// and the change is audited under its name. A cross-site form is refused
+// (the cookie is SameSite=Strict as well). Then back to the task.
+func (s *Server) uiCancel(w http.ResponseWriter, r *http.Request) {
+	id, err := pathID(r)
+	if err == nil && r.Header.Get("Sec-Fetch-Site") == "cross-site" {
+		err = errorf(http.StatusForbidden, "a cancel must come from the status page itself")
+	}
+	if err == nil {
+		if perr := r.ParseForm(); perr != nil || r.PostForm.Get("confirm") != fmt.Sprint(id) {
+			err = errorf(http.StatusBadRequest, "the cancel was not confirmed: use the form of the confirmation page")
+		}
+	}
+	var who taskops.Actor
+	if err == nil {
+		c, cerr := r.Cookie(uiCookie)
+		if cerr != nil {
+			http.Redirect(w, r, s.cfg.BasePath+"/ui/login", http.StatusSeeOther)
+			return
+		}
+		r.Header.Set("Authorization", "Bearer "+c.Value)
+		who, err = s.authenticate(r, ScopeOperate)
+	}
+	if err == nil {
+		_, err = s.cancelOne(r.Context(), id, who, "the status page")
+	}
+	var he *httpError
+	switch {
+	case err == nil:
+		http.Redirect(w, r, fmt.Sprintf("%s/ui/tasks/%d", s.cfg.BasePath, id), http.StatusSeeOther)
+	case errors.As(err, &he):
+		p := cancelPage{Task: apimodel.Task{ID: id}, Error: he.msg}
+		if he.status == http.StatusForbidden && strings.Contains(he.msg, "scope") {
+			p.Error += " (sign in with an operate token: baton token create --scope operate)"
+		}
+		w.WriteHeader(he.status)
+		s.render(w, r, "cancel.html", "cancel task", 0, p)
+	default:
+		s.log.Warn("status page: cancel: " + err.Error())
+		http.Error(w, "internal error (logged by the server)", http.StatusInternalServerError)
+	}
+}
+
 type attemptBar struct {
 	Attempt                                int
 	Reason, Outcome, Span                  string
@@ -315,8 +401,9 @@ type attemptBar struct {
 }
 
 type taskPage struct {
-	Task apimodel.Task
-	Bars []attemptBar
+	Task       apimodel.Task
+	Bars       []attemptBar
+	Cancelable bool
 }
 
 func (s *Server) uiTask(r *http.Request) (any, error) {
@@ -340,7 +427,7 @@ func (s *Server) uiTask(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return taskPage{Task: apimodel.TaskFromRow(t), Bars: bars(as, time.Now())}, nil
+	return taskPage{Task: apimodel.TaskFromRow(t), Bars: bars(as, time.Now()), Cancelable: !finished(t.State)}, nil
 }
 
 // bars lays the attempts on one time axis, from the first dispatch to the last

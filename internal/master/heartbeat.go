@@ -3,6 +3,7 @@ package master
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -44,15 +45,18 @@ func (h *heartbeater) Start(ctx context.Context) error {
 }
 
 func (h *heartbeater) runOnce(ctx context.Context) (heartbeatResult, error) {
+	sent := time.Now()
 	st, err := service.WithTimeout(ctx, h.m.cfg.HeartbeatInterval, func(ctx context.Context) (string, error) {
 		return db.New(h.m.pool).MasterSessionHeartbeat(ctx, h.m.SessionID())
 	})
 	if err != nil {
 		return heartbeatResult{}, fmt.Errorf("heartbeat: %w", err)
 	}
+	h.m.cfg.Metrics.Heartbeat(time.Since(sent))
 	res := heartbeatResult{State: st}
 	if st != state.SessionAlive {
 		h.Logger.Warn("master session was declared dead; registering a new one")
+		h.m.cfg.Metrics.SessionLost()
 		if err := h.m.register(ctx); err != nil {
 			return res, err
 		}

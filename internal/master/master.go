@@ -23,6 +23,7 @@ import (
 	"github.com/baton-scheduler/baton/db"
 	"github.com/baton-scheduler/baton/internal/failover"
 	"github.com/baton-scheduler/baton/internal/logfield"
+	"github.com/baton-scheduler/baton/internal/metrics"
 	"github.com/baton-scheduler/baton/internal/notify"
 	"github.com/baton-scheduler/baton/internal/retention"
 	"github.com/baton-scheduler/baton/internal/schedule"
@@ -111,6 +112,9 @@ type Config struct {
 	NoScheduler bool
 	Logger      *zap.Logger
 	Version     string
+	// Metrics, if set, counts failovers and times heartbeats (served by the
+	// caller's registry).
+	Metrics *metrics.Master
 }
 
 // WithDefaults returns a copy with every zero field set to its default.
@@ -278,6 +282,9 @@ func newMaster(ctx context.Context, cfg Config, clock *service.Clock) (*Master, 
 	}
 	return m, nil
 }
+
+// Pool is the master's connection pool (for its pool metrics).
+func (m *Master) Pool() *pgxpool.Pool { return m.pool }
 
 // SessionID is this master's session.
 func (m *Master) SessionID() int64 { return m.sessionID.Load() }

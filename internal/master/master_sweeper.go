@@ -72,6 +72,7 @@ func (s *masterSweeper) runOnce(ctx context.Context) (masterSweepResult, error) 
 			errs = append(errs, fmt.Errorf("master %d: %w", id, err))
 		case ran:
 			res.Recorded++
+			m.cfg.Metrics.Failover(state.KindMaster)
 			s.Logger.Info("master declared dead", logfield.Kind(state.KindMaster), logfield.DeadSessionID(id), logfield.MasterID(m.SessionID()))
 		}
 	}

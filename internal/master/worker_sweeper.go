@@ -116,6 +116,10 @@ func (s *workerSweeper) runOnce(ctx context.Context) (workerSweepResult, error) 
 			continue
 		}
 		res.FailedOver++
+		m.cfg.Metrics.TasksMoved(c.GroupName, r.Reassigned, r.Queued, r.Failed)
+		if r.Completed {
+			m.cfg.Metrics.Failover(state.KindWorker)
+		}
 		res.Reassigned += r.Reassigned
 		res.Queued += r.Queued
 		res.Failed += r.Failed
@@ -165,6 +169,7 @@ func (s *workerSweeper) failover(ctx context.Context, fcfg failover.Config, id i
 			total.Failed += r.Failed
 			total.Moved = append(total.Moved, r.Moved...)
 			total.Finished = r.Finished
+			total.Completed = r.Completed
 		}
 		if !r.Ran || r.Finished || len(r.Moved) == 0 || ctx.Err() != nil {
 			return total, nil

@@ -114,7 +114,7 @@ func NewCluster(pool *pgxpool.Pool, schema string, interval time.Duration, log *
 		return prometheus.NewDesc("baton_"+n, help, labels, nil)
 	}
 	return &Cluster{pool: pool, schema: schema, interval: interval, log: log, refreshN: make(chan struct{}, 1),
-		tasks:         g("tasks", "Unfinished tasks by group and state (queued, dispatched, running), from SQL.", "group", "state"),
+		tasks:         g("tasks", "Unfinished tasks by group and state (scheduled, queued, dispatched, running), from SQL.", "group", "state"),
 		oldest:        g("queue_oldest_runnable_age_seconds", "Seconds since the group's oldest due queued task became runnable; 0 when none waits.", "group"),
 		workers:       g("workers", "Live worker sessions by group and state (alive, draining).", "group", "state"),
 		heartbeat:     g("group_last_heartbeat_timestamp_seconds", "Unix time of the newest heartbeat of any worker session of the group (Postgres clock).", "group"),
@@ -210,7 +210,7 @@ func (c *Cluster) Collect(ch chan<- prometheus.Metric) {
 		counts[[2]string{r.GroupName, r.State}] += r.Tasks
 	}
 	for _, w := range s.workers {
-		for _, st := range []string{"queued", "dispatched", "running"} {
+		for _, st := range []string{"scheduled", "queued", "dispatched", "running"} {
 			gauge(c.tasks, float64(counts[[2]string{w.GroupName, st}]), w.GroupName, st)
 		}
 		gauge(c.workers, float64(w.Alive), w.GroupName, "alive")

@@ -30,24 +30,43 @@ func TestClusterGaugesAndLint(t *testing.T) {
 	for range 3 {
 		batontest.NewTask(t, pool, &batontest.TaskOpts{Group: batontest.Ptr("g")})
 	}
+	// One runs in an hour: scheduled, not queued.
+	if _, err := pool.Exec(ctx, `INSERT INTO tasks (group_name, kind, state, available_at) VALUES ('g', 'k', 'scheduled', now() + interval '1 hour')`); err != nil {
+		t.Fatal(err)
+	}
 	// The oldest became runnable 90 s ago.
 	if _, err := pool.Exec(ctx, `UPDATE tasks SET available_at = now() - interval '90 seconds' WHERE id = (SELECT min(id) FROM tasks)`); err != nil {
 		t.Fatal(err)
 	}
 	c := NewCluster(pool, "baton", time.Hour, nil)
 	reg := NewRegistry("test")
-	reg.MustRegister(c, NewPoolCollector(pool, "test"))
+	w, m := NewWorker("g"), NewMaster()
+	reg.MustRegister(c, NewPoolCollector(pool, "test"), w, m)
+	// Every per-process series once, so promlint sees them all.
+	w.AttemptStarted()
+	w.AttemptFinished("succeeded", time.Second)
+	w.ResultsFenced(1)
+	w.SelfFenced()
+	w.SessionLost()
+	w.Heartbeat(time.Millisecond)
+	w.Claim(time.Millisecond)
+	m.Failover("worker")
+	m.TasksMoved("g", 1, 1, 1)
+	m.Heartbeat(time.Millisecond)
+	m.SessionLost()
 	c.Refresh(ctx)
 
 	want := `
-# HELP baton_tasks Unfinished tasks by group and state (queued, dispatched, running), from SQL.
+# HELP baton_tasks Unfinished tasks by group and state (scheduled, queued, dispatched, running), from SQL.
 # TYPE baton_tasks gauge
 baton_tasks{group="g",state="dispatched"} 0
 baton_tasks{group="g",state="queued"} 3
 baton_tasks{group="g",state="running"} 0
+baton_tasks{group="g",state="scheduled"} 1
 baton_tasks{group="idle",state="dispatched"} 0
 baton_tasks{group="idle",state="queued"} 0
 baton_tasks{group="idle",state="running"} 0
+baton_tasks{group="idle",state="scheduled"} 0
 # HELP baton_workers Live worker sessions by group and state (alive, draining).
 # TYPE baton_workers gauge
 baton_workers{group="g",state="alive"} 1
@@ -106,7 +125,7 @@ baton_workers{group="idle",state="draining"} 0
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
 	}
 	// Bounded labels: only these label names on baton's own metrics.
-	allowed := map[string]bool{"group": true, "state": true, "outcome": true, "pool": true, "version": true, "goversion": true}
+	allowed := map[string]bool{"group": true, "state": true, "outcome": true, "pool": true, "version": true, "goversion": true, "kind": true}
 	for _, mf := range mfs {
 		if !strings.HasPrefix(mf.GetName(), "baton_") {
 			continue

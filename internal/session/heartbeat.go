@@ -13,6 +13,7 @@ import (
 
 	"github.com/baton-scheduler/baton/db"
 	"github.com/baton-scheduler/baton/internal/logfield"
+	"github.com/baton-scheduler/baton/internal/metrics"
 	"github.com/baton-scheduler/baton/internal/service"
 )
 
@@ -63,6 +64,8 @@ type HeartbeatConfig struct {
 	// is lost (self-fenced or declared dead). It must not block: the worker kills
 	// its tasks here, before anything else.
 	OnLost func(error)
+	// Metrics, if set, times heartbeats and counts self-fences.
+	Metrics *metrics.Worker
 }
 
 // Fence describes a self-fence (for logs and test signals).
@@ -214,6 +217,7 @@ func (h *Heartbeater) runOnce(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	h.cfg.Metrics.Heartbeat(time.Since(sent))
 	h.mu.Lock()
 	renewed := false
 	if !h.done && sent.After(h.lastOKSent) {
@@ -294,6 +298,7 @@ func (h *Heartbeater) fire() {
 		zap.Duration("since_last_heartbeat", since), zap.Bool("heartbeat_in_flight", f.HeartbeatInFlight),
 		zap.Bool("liveness_lock_lost", f.LockLost),
 		zap.Time("at", h.Clock.Now()))
+	h.cfg.Metrics.SelfFenced()
 	h.TestSignals.Fenced.Signal(f)
 	h.lose(fmt.Errorf("%w (last success sent %s ago)", ErrSelfFenced, since.Round(time.Millisecond)))
 }

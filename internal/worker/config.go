@@ -10,6 +10,7 @@ import (
 
 	"github.com/baton-scheduler/baton/internal/claimer"
 	"github.com/baton-scheduler/baton/internal/executor"
+	"github.com/baton-scheduler/baton/internal/metrics"
 	"github.com/baton-scheduler/baton/internal/service"
 )
 
@@ -88,6 +89,13 @@ type Config struct {
 	Handlers  map[string]executor.Handler
 	Logger    *zap.Logger
 	Version   string
+	// Metrics, if set, counts attempts, fenced results and self-fences and
+	// times heartbeats and claims; the caller registers and serves it
+	// (baton-worker --metrics-addr).
+	Metrics *metrics.Worker
+	// OnRegistered, if set, is called with each session the worker registers
+	// (the first: the worker is ready; baton-worker tells systemd).
+	OnRegistered func(sessionID int64)
 	// Clock is the services' process clock (log timestamps; never a liveness
 	// decision). The self-fence does not read it: it is a timer on the monotonic
 	// clock, so a wall-clock jump moves it neither way. Tests inject a stub.

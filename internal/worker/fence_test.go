@@ -7,6 +7,7 @@ import (
 
 	"github.com/baton-scheduler/baton/batontest"
 	"github.com/baton-scheduler/baton/internal/executor"
+	"github.com/baton-scheduler/baton/internal/metrics"
 	"github.com/baton-scheduler/baton/internal/submit"
 	"github.com/baton-scheduler/baton/internal/worker"
 )
@@ -47,7 +48,9 @@ func TestSelfFenceUnderSilentPartition(t *testing.T) {
 	defer proxy.Restore() // let the worker stop cleanly at the end
 	b.master()
 	bl := newBlocker()
-	w, _ := b.workerWith(worker.Config{DatabaseURL: viaProxy, Name: "stalled",
+	m := metrics.NewWorker("g")
+	url := serveMetrics(t, m)
+	w, _ := b.workerWith(worker.Config{DatabaseURL: viaProxy, Name: "stalled", Metrics: m,
 		Handlers: map[string]executor.Handler{"block": bl.handler},
 		Test:     worker.TestConfig{HeartbeatCallTimeout: time.Minute}})
 	first := w.SessionID()
@@ -72,6 +75,11 @@ func TestSelfFenceUnderSilentPartition(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("task not canceled after the fence")
 	}
+	batontest.WaitFor(t, 10*time.Second, func() (bool, string) {
+		got, _ := batontest.Scrape(t, url)
+		return got[`baton_worker_self_fences_total{group="g"}`] == 1 &&
+			got[`baton_worker_attempts_finished_total{group="g",outcome="killed"}`] == 1, "self-fence and killed attempt counted once"
+	})
 	// The kill must precede the masters' deadline: compare the recorded moments
 	// (the handler's cancellation, the row's ended_at; same host clock), not a
 	// budget of how fast either happened.

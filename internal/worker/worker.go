@@ -118,13 +118,16 @@ func New(ctx context.Context, cfg Config) (*Worker, error) {
 		w.wakes = append(w.wakes, notify.NewSignal())
 		w.cancels = append(w.cancels, notify.NewSignal())
 	}
-	w.completer = completer.New(w.base("completer"), pool, completer.Config{FlushInterval: cfg.Test.ResultFlushInterval})
+	w.completer = completer.New(w.base("completer"), pool, completer.Config{FlushInterval: cfg.Test.ResultFlushInterval, Metrics: cfg.Metrics})
 	return w, nil
 }
 
 func (w *Worker) base(name string) service.Base {
 	return service.NewBase(name, w.log, w.cfg.Clock)
 }
+
+// Pool is the worker's connection pool (for its pool metrics).
+func (w *Worker) Pool() *pgxpool.Pool { return w.pool }
 
 // SessionID is the current session (0 before registration); of the first group
 // when the worker serves several.
@@ -196,11 +199,15 @@ func (w *Worker) Run(ctx context.Context) error {
 		w.sessionsMu.Unlock()
 		for _, id := range ids {
 			w.TestSignals.Registered.Signal(id)
+			if w.cfg.OnRegistered != nil {
+				w.cfg.OnRegistered(id)
+			}
 		}
 		err = w.runSession(ctx, regs)
 		if errors.Is(err, drain.ErrShutdown) {
 			return nil
 		}
+		w.cfg.Metrics.SessionLost()
 		w.log.Warn("session lost; its tasks were killed; registering a new session",
 			logfield.SessionIDs(ids), zap.Error(err))
 	}
@@ -248,7 +255,7 @@ func (w *Worker) runSession(ctx context.Context, regs []session.Registered) erro
 		cls[i] = claimer.New(service.NewBase("claimer", w.log.With(logfield.Group(g.Name)), w.cfg.Clock), w.pool, claimer.Config{
 			Lease:     func() error { return hb.LeaseErr() },
 			SessionID: reg.ID, Group: g.Name, Worker: w.cfg.Name, Slots: g.Slots, PollInterval: w.cfg.PollInterval,
-			KillGrace: w.cfg.KillGrace, Exec: w.exec, Results: w.completer, Wake: w.wakes[i], Cancels: w.cancels[i],
+			KillGrace: w.cfg.KillGrace, Exec: w.exec, Results: w.completer, Wake: w.wakes[i], Cancels: w.cancels[i], Metrics: w.cfg.Metrics,
 			OnOrphans: func(err error) {
 				select {
 				case orphaned <- err:
@@ -265,7 +272,7 @@ func (w *Worker) runSession(ctx context.Context, regs []session.Registered) erro
 	}
 	hb = session.NewHeartbeater(w.base("heartbeat"), w.pool, session.HeartbeatConfig{
 		SessionIDs: ids, Interval: w.cfg.HeartbeatInterval, FenceAfter: w.cfg.SelfFenceAfter,
-		Since: since, CallTimeout: w.cfg.Test.HeartbeatCallTimeout, CrashFenceAfter: crashFence,
+		Since: since, CallTimeout: w.cfg.Test.HeartbeatCallTimeout, CrashFenceAfter: crashFence, Metrics: w.cfg.Metrics,
 		// The fence kills the tasks first, from its own goroutine: nothing it
 		// could wait for (a hung query, the claim loop) can delay the kill.
 		OnLost: cls.Kill,
