@@ -13,5 +13,5 @@ type Command struct {
 	Name string
 	// Short is the one line of `baton --help`.
 	Short string
-	Run  func(ctx context.Context, args []string, env Env, stdout, stderr io.Writer) error
+	Run   func(ctx context.Context, args []string, env Env, stdout, stderr io.Writer) error
 }
