@@ -327,3 +327,18 @@ type TokenCreated struct {
 	Scope string `json:"scope"`
 	Token string `json:"token"`
 }
+
+// Migration is one embedded schema migration and whether it is applied.
+type Migration struct {
+	Version   int64  `json:"version"`
+	File      string `json:"file"`
+	Applied   bool   `json:"applied"`
+	AppliedAt *Time  `json:"applied_at"`
+}
+
+// SchemaVersion is the database schema's version and the latest the binary
+// knows.
+type SchemaVersion struct {
+	Version int64 `json:"version"`
+	Latest  int64 `json:"latest"`
+}

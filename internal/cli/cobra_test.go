@@ -36,7 +36,7 @@ func TestHelpOnEveryCommand(t *testing.T) {
 			return
 		}
 		switch c.Name() {
-		case "list", "show", "preview":
+		case "list", "show", "preview", "status", "version":
 			if c.Flags().Lookup("json") == nil {
 				t.Errorf("%s: a read command without --json", path)
 			}
