@@ -286,7 +286,7 @@ as such; an unknown id fails the command (exit 1) after the others were canceled
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ids, err := parseIDs(args)
+			ids, err := parseIDs("task", args)
 			if err != nil {
 				return err
 			}
@@ -348,13 +348,13 @@ func (a *app) taskCancel(cmd *cobra.Command, c *common, ids []int64) error {
 	return nil
 }
 
-// parseIDs parses positive ids.
-func parseIDs(args []string) ([]int64, error) {
+// parseIDs parses positive ids of what (task, token).
+func parseIDs(what string, args []string) ([]int64, error) {
 	ids := make([]int64, 0, len(args))
 	for _, s := range args {
 		id, err := strconv.ParseInt(s, 10, 64)
 		if err != nil || id <= 0 {
-			return nil, fmt.Errorf("task id %q is not a positive number", s)
+			return nil, fmt.Errorf("%s id %q is not a positive number", what, s)
 		}
 		ids = append(ids, id)
 	}

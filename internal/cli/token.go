@@ -122,7 +122,7 @@ func (a *app) tokenRevokeCmd() *cobra.Command {
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			ids, err := parseIDs(args)
+			ids, err := parseIDs("token", args)
 			if err != nil {
 				return err
 			}
