@@ -60,7 +60,7 @@ func TestWorkflowCLI(t *testing.T) {
 	}
 	// Every --json answer is the apimodel model: snake_case keys, times to the second.
 	for _, args := range [][]string{{"workflow", "list", "--json"}, {"run", "list", "--json"}, {"run", "show", runID, "--json"},
-		{"workflow", "apply", "-f", example, "--json"}} {
+		{"workflow", "apply", "--f", example, "--json"}, {"workflow", "apply", "--file=" + example, "--json"}} {
 		out, e, code := baton(t, env, args...)
 		if code != 0 {
 			t.Fatalf("%q: %q %d", args, e, code)
