@@ -311,3 +311,45 @@ func AuditEntries(rows []db.AuditLog) []AuditEntry {
 	}
 	return out
 }
+
+// Token is an HTTP API bearer token as listed: never the token itself, which
+// is shown once by its creation.
+type Token struct {
+	ID        int64  `json:"id"`
+	Name      string `json:"name"`
+	Scope     string `json:"scope"`
+	CreatedAt Time   `json:"created_at"`
+	RevokedAt *Time  `json:"revoked_at"`
+}
+
+// Tokens converts rows.
+func Tokens(rows []db.TokenListRow) []Token {
+	out := make([]Token, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, Token{ID: r.ID, Name: r.Name, Scope: r.Scope, CreatedAt: At(r.CreatedAt), RevokedAt: AtPtr(r.RevokedAt)})
+	}
+	return out
+}
+
+// TokenCreated is what creating a token answers: the token, shown once.
+type TokenCreated struct {
+	ID    int64  `json:"id"`
+	Name  string `json:"name"`
+	Scope string `json:"scope"`
+	Token string `json:"token"`
+}
+
+// Migration is one embedded schema migration and whether it is applied.
+type Migration struct {
+	Version   int64  `json:"version"`
+	File      string `json:"file"`
+	Applied   bool   `json:"applied"`
+	AppliedAt *Time  `json:"applied_at"`
+}
+
+// SchemaVersion is the database schema's version and the latest the binary
+// knows.
+type SchemaVersion struct {
+	Version int64 `json:"version"`
+	Latest  int64 `json:"latest"`
+}

@@ -221,3 +221,66 @@ func orNull(m json.RawMessage) json.RawMessage {
 	}
 	return m
 }
+
+// LedgerEntry is one row of a schedule's fire ledger: a nominal time and what
+// became of it (a run started, or skipped with a reason).
+type LedgerEntry struct {
+	ID      int64 `json:"id"`
+	Nominal Time  `json:"nominal"`
+	// Source is schedule, backfill or manual.
+	Source     string `json:"source"`
+	BackfillID *int64 `json:"backfill_id"`
+	// Outcome is started, skipped or buffered; Reason says why a time was skipped.
+	Outcome string  `json:"outcome"`
+	Reason  *string `json:"reason"`
+	// Kind names a daylight-saving adjustment (dst_gap_shifted, dst_gap,
+	// dst_fold_first, dst_fold_second) or is empty.
+	Kind       string  `json:"kind"`
+	RunID      *int64  `json:"run_id"`
+	RunState   *string `json:"run_state"`
+	RecordedAt Time    `json:"recorded_at"`
+	StartedAt  *Time   `json:"started_at"`
+	// LagMs is how late the run started after its due time.
+	LagMs *int64 `json:"lag_ms"`
+}
+
+// LedgerEntries converts rows.
+func LedgerEntries(rows []db.ScheduleFireListRow) []LedgerEntry {
+	out := make([]LedgerEntry, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, LedgerEntry{ID: r.ID, Nominal: At(r.NominalTime), Source: r.Source, BackfillID: r.BackfillID,
+			Outcome: r.Outcome, Reason: r.Reason, Kind: r.Kind, RunID: r.RunID, RunState: r.RunState,
+			RecordedAt: At(r.RecordedAt), StartedAt: AtPtr(r.StartedAt), LagMs: r.LagMs})
+	}
+	return out
+}
+
+// ScheduleDetail is a schedule with its latest ledger rows, newest first.
+type ScheduleDetail struct {
+	Schedule Schedule      `json:"schedule"`
+	Fires    []LedgerEntry `json:"fires"`
+}
+
+// PlanItem is one logical time of a backfill's dry run and what it would do.
+type PlanItem struct {
+	At Time `json:"at"`
+	// Action is run, rerun or skip.
+	Action string `json:"action"`
+	Reason string `json:"reason"`
+	// RunID is the run already in the ledger for this time (null: none).
+	RunID *int64 `json:"run_id"`
+}
+
+// Plan converts a dry run.
+func Plan(items []schedule.PlanItem) []PlanItem {
+	out := make([]PlanItem, 0, len(items))
+	for _, p := range items {
+		it := PlanItem{At: At(p.At), Action: p.Action, Reason: p.Reason}
+		if p.RunID != 0 {
+			id := p.RunID
+			it.RunID = &id
+		}
+		out = append(out, it)
+	}
+	return out
+}

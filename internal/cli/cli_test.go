@@ -60,6 +60,15 @@ func TestCLI(t *testing.T) {
 	if out, _, code := baton(t, env, "migrate", "version"); code != 0 || !strings.HasPrefix(out, latest+" ") {
 		t.Fatalf("migrate version: %q, want %s", out, latest)
 	}
+	if out, _, code := baton(t, env, "migrate", "version", "--json"); code != 0 || out != `{"version":`+latest+`,"latest":`+latest+"}\n" {
+		t.Fatalf("migrate version --json: %q, want %s", out, latest)
+	}
+	mout, _, mcode := baton(t, env, "migrate", "status", "--json")
+	var migs []map[string]any
+	if err := json.Unmarshal([]byte(mout), &migs); mcode != 0 || err != nil || len(migs) != len(names) || migs[0]["applied"] != true || migs[0]["applied_at"] == nil || migs[0]["file"] != names[0] {
+		t.Fatalf("migrate status --json: %d %v %q", mcode, err, mout)
+	}
+	checkModel(t, "migrate status", migs)
 	if _, _, code := baton(t, env, "task", "--help"); code != 0 {
 		t.Fatal("task --help failed")
 	}

@@ -11,5 +11,7 @@ import (
 // Docker client out of baton-master and baton-worker, which link this package.
 type Command struct {
 	Name string
-	Run  func(ctx context.Context, args []string, env Env, stdout, stderr io.Writer) error
+	// Short is the one line of `baton --help`.
+	Short string
+	Run   func(ctx context.Context, args []string, env Env, stdout, stderr io.Writer) error
 }

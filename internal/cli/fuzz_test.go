@@ -72,6 +72,17 @@ func FuzzBatonArgs(f *testing.F) {
 		{"task", "list", "--database-url", ""},
 		{"task", "list", "--no-such-flag"},
 		{"-h"},
+		// cobra's own commands and parsing: help, completion, suggestions,
+		// flags between arguments, --flag=value, the -- terminator.
+		{"help", "task", "list"},
+		{"completion", "bash"},
+		{"__complete", "task", "l"},
+		{"task", "lsit"},
+		{"task", "show"},
+		{"task", "show", "--json", "1", "2"},
+		{"task", "list", "--limit=5", "--json=false"},
+		{"task", "submit", "--group", "g", "--", "--shell", "true"},
+		{"schedule", "preview", "x", "-n"},
 	} {
 		f.Add(strings.Join(seed, "\x00"))
 	}

@@ -1,14 +1,13 @@
 package cli
 
 import (
-	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/baton-scheduler/baton/internal/master"
 	"github.com/baton-scheduler/baton/internal/retention"
@@ -18,61 +17,75 @@ import (
 // failover events and unreferenced ended sessions older than --retention, in
 // batches, until none is left. Masters do the same every minute; this is for a
 // first cleanup or a deployment that runs masters with --retention 0.
-func pruneCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writer) error {
-	fs := newFlagSet("baton prune", stderr)
+func (a *app) pruneCmd() *cobra.Command {
 	var c common
-	c.register(fs, env, true)
-	keep, err := envRetention(env)
-	if err != nil {
-		return err
-	}
-	fs.Var(&retentionValue{&keep}, "retention", "prune what finished longer ago than this, e.g. 30d, 72h (env BATON_RETENTION)")
-	batch := fs.Int("batch", retention.BatchSizeDefault, "rows per DELETE")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	if keep == master.RetentionForever {
-		return errors.New("retention is 0 (keep everything): give --retention, e.g. --retention 30d")
-	}
-	if keep < time.Minute {
-		return fmt.Errorf("retention %s is shorter than a minute", keep)
-	}
-	if *batch < 1 || *batch > 100000 {
-		return fmt.Errorf("--batch %d is outside 1..100000", *batch)
-	}
-	pool, err := c.pool(ctx)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	var total retention.Result
-	for {
-		res, err := retention.Prune(ctx, pool, retention.Config{Retention: keep, BatchSize: *batch})
-		total.Tasks += res.Tasks
-		total.FailoverEvents += res.FailoverEvents
-		total.WorkerSessions += res.WorkerSessions
-		total.MasterSessions += res.MasterSessions
-		total.ScheduleFires += res.ScheduleFires
-		if err != nil {
+	var keep time.Duration
+	var keepErr error
+	var batch int
+	cmd := &cobra.Command{
+		Use:   "prune",
+		Short: "delete finished tasks, old failover events and ended sessions",
+		Long: `Delete what finished longer ago than --retention (default: env BATON_RETENTION,
+else 30d): finished tasks with their attempts, finished failover events, and ended
+worker and master sessions no task refers to, and schedule ledger rows exactly-once
+no longer needs; in batches of --batch rows, until
+none is left. Masters do the same every minute unless run with --retention 0;
+this is for a first cleanup or such a deployment.`,
+		Example: `  baton prune
+  baton prune --retention 7d --batch 5000
+  baton prune --retention 72h --json`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			if keepErr != nil {
+				return keepErr
+			}
+			if keep == master.RetentionForever {
+				return errors.New("retention is 0 (keep everything): give --retention, e.g. --retention 30d")
+			}
+			if keep < time.Minute {
+				return fmt.Errorf("retention %s is shorter than a minute", keep)
+			}
+			if batch < 1 || batch > 100000 {
+				return fmt.Errorf("--batch %d is outside 1..100000", batch)
+			}
+			pool, err := c.pool(ctx)
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			var total retention.Result
+			for {
+				res, err := retention.Prune(ctx, pool, retention.Config{Retention: keep, BatchSize: batch})
+				total.Tasks += res.Tasks
+				total.FailoverEvents += res.FailoverEvents
+				total.WorkerSessions += res.WorkerSessions
+				total.MasterSessions += res.MasterSessions
+				total.ScheduleFires += res.ScheduleFires
+				if err != nil {
+					return err
+				}
+				if res.Done {
+					break
+				}
+			}
+			if c.json {
+				return writeJSON(a.stdout, map[string]int64{
+					"tasks": total.Tasks, "failover_events": total.FailoverEvents,
+					"worker_sessions": total.WorkerSessions, "master_sessions": total.MasterSessions,
+					"schedule_fires": total.ScheduleFires,
+				})
+			}
+			_, err = fmt.Fprintf(a.stdout, "pruned %d tasks (with their attempts), %d failover events, %d worker sessions, %d master sessions, %d schedule ledger rows older than %s\n",
+				total.Tasks, total.FailoverEvents, total.WorkerSessions, total.MasterSessions, total.ScheduleFires, formatRetention(keep))
 			return err
-		}
-		if res.Done {
-			break
-		}
+		},
 	}
-	if c.json {
-		return json.NewEncoder(stdout).Encode(map[string]int64{
-			"tasks": total.Tasks, "failover_events": total.FailoverEvents,
-			"worker_sessions": total.WorkerSessions, "master_sessions": total.MasterSessions,
-			"schedule_fires": total.ScheduleFires,
-		})
-	}
-	_, err = fmt.Fprintf(stdout, "pruned %d tasks (with their attempts), %d failover events, %d worker sessions, %d master sessions, %d schedule ledger rows older than %s\n",
-		total.Tasks, total.FailoverEvents, total.WorkerSessions, total.MasterSessions, total.ScheduleFires, formatRetention(keep))
-	return err
+	c.register(cmd, a.env, true)
+	keep, keepErr = envRetention(a.env)
+	cmd.Flags().Var(&retentionValue{&keep}, "retention", "prune what finished longer ago than this, e.g. 30d, 72h (env BATON_RETENTION)")
+	cmd.Flags().IntVar(&batch, "batch", retention.BatchSizeDefault, "rows per DELETE")
+	return cmd
 }
 
 // envRetention reads BATON_RETENTION (default 30 days; 0 keeps everything).
@@ -128,7 +141,7 @@ func formatRetention(d time.Duration) string {
 	return d.String()
 }
 
-// retentionValue is a flag.Value for --retention.
+// retentionValue is a pflag.Value for --retention.
 type retentionValue struct{ d *time.Duration }
 
 func (v *retentionValue) String() string {
@@ -137,6 +150,9 @@ func (v *retentionValue) String() string {
 	}
 	return formatRetention(*v.d)
 }
+
+// Type names the value in --help.
+func (v *retentionValue) Type() string { return "retention" }
 
 func (v *retentionValue) Set(s string) error {
 	d, err := parseRetention(s)

@@ -1,18 +1,18 @@
 package cli
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/baton-scheduler/baton/db"
+	"github.com/baton-scheduler/baton/internal/apimodel"
 	"github.com/baton-scheduler/baton/internal/schedule"
 )
 
@@ -26,26 +26,40 @@ const scheduleUsage = `  baton schedule create NAME --workflow W (--cron EXPR | 
   baton schedule pause|resume|delete NAME
   baton schedule preview NAME [-n 20]       the next fire times, local and UTC
   baton schedule trigger NAME [--at T] [--rerun]   a manual run of a logical time (default now) through the fire ledger
-  baton backfill create WORKFLOW --from T --to T [--schedule S] [--cron EXPR] [--zone Z] [--param k=v]...
-        [--parallel N] [--order asc|desc] [--reprocess none|failed|all] [--dry-run]
-  baton backfill list | show ID | pause ID | resume ID | cancel ID
 `
+
+// scheduleCmd is `baton schedule`: one constructor per subcommand; a new
+// subcommand is one more constructor in this list.
+func (a *app) scheduleCmd() *cobra.Command {
+	return groupCommand("schedule", "create, change, inspect and preview schedules",
+		`A schedule starts a workflow on a cron calendar in a time zone, or at a fixed
+interval. Any number of masters fire it, none twice: the fire's ledger row, the
+run and the advance of the next fire time commit in one transaction
+(docs/schedules.md).`,
+		`  baton schedule create nightly --workflow nightly-report --cron '30 2 * * *' --zone America/New_York --param day=today
+  baton schedule preview nightly -n 20
+  baton schedule show nightly --json
+  baton schedule update nightly --dst-gap skip`,
+		a.scheduleCreateCmd(), a.scheduleUpdateCmd(), a.scheduleListCmd(), a.scheduleShowCmd(),
+		a.schedulePauseCmd("pause"), a.schedulePauseCmd("resume"), a.scheduleDeleteCmd(), a.schedulePreviewCmd(), a.scheduleTriggerCmd())
+}
 
 // scheduleFlags are the flags of create and update; apply writes the given
 // ones into a spec.
 type scheduleFlags struct {
-	fs                                *flag.FlagSet
+	cmd                               *cobra.Command
 	workflow, cron, every, zone       string
 	start, end                        string
 	jitter, window                    time.Duration
 	overlap, catchup, dstGap, dstFold string
 	bufferMax, maxActive, catchupMax  int
 	pauseOnFailure, paused            bool
-	params                            multiFlag
+	params                            []string
 }
 
-func newScheduleFlags(fs *flag.FlagSet) *scheduleFlags {
-	f := &scheduleFlags{fs: fs}
+func newScheduleFlags(cmd *cobra.Command) *scheduleFlags {
+	f := &scheduleFlags{cmd: cmd}
+	fs := cmd.Flags()
 	fs.StringVar(&f.workflow, "workflow", "", "the workflow the schedule starts")
 	fs.StringVar(&f.cron, "cron", "", "5-field cron expression or @hourly/@daily/@weekly/@monthly/@yearly")
 	fs.StringVar(&f.every, "every", "", "a fixed interval instead (real elapsed time), e.g. 90m")
@@ -63,7 +77,7 @@ func newScheduleFlags(fs *flag.FlagSet) *scheduleFlags {
 	fs.StringVar(&f.dstGap, "dst-gap", "", "a local time that does not exist (spring forward): shift (default) or skip")
 	fs.StringVar(&f.dstFold, "dst-fold", "", "a local time that occurs twice (fall back): first (default) or both")
 	fs.BoolVar(&f.paused, "paused", false, "create it paused")
-	fs.Var(&f.params, "param", "run parameter k=v (repeatable)")
+	fs.StringArrayVar(&f.params, "param", nil, "run parameter k=v (repeatable)")
 	return f
 }
 
@@ -81,7 +95,7 @@ func parseTimeFlag(name, v string) (*time.Time, error) {
 }
 
 func (f *scheduleFlags) apply(s *schedule.Spec) error {
-	given := func(n string) bool { return flagGiven(f.fs, n) }
+	given := f.cmd.Flags().Changed
 	if given("workflow") {
 		s.Workflow = f.workflow
 	}
@@ -146,185 +160,290 @@ func (f *scheduleFlags) apply(s *schedule.Spec) error {
 		s.Paused = f.paused
 	}
 	if len(f.params) > 0 {
-		s.Params = map[string]any{}
-		for _, kv := range f.params {
-			k, v, ok := strings.Cut(kv, "=")
-			if !ok {
-				return fmt.Errorf("--param %q: write k=v", kv)
-			}
-			s.Params[k] = v
+		if s.Params, err = parseParams(f.params); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-func scheduleCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writer) error {
-	cmd, rest, err := sub(args, "schedule", "create", "update", "list", "show", "pause", "resume", "delete", "preview", "trigger")
-	if err != nil {
-		return err
-	}
-	fs := newFlagSet("baton schedule "+cmd, stderr)
+func (a *app) scheduleCreateCmd() *cobra.Command {
 	var c common
-	c.register(fs, env, true)
-	inTx := func(fn func(q *db.Queries) error) error { return c.inTx(ctx, fn) }
-	var name string
-	if cmd != "list" {
-		name, rest, err = leadingArg(rest, fmt.Sprintf("usage: baton schedule %s NAME", cmd))
-		if err != nil {
-			return err
-		}
-	}
-	switch cmd {
-	case "create", "update":
-		sf := newScheduleFlags(fs)
-		if err := parseNoArgs(fs, rest); err != nil {
-			return err
-		}
-		var s schedule.Schedule
-		if cmd == "create" {
-			spec := schedule.Spec{Name: name}
+	var sf *scheduleFlags
+	cmd := &cobra.Command{
+		Use:   "create NAME --workflow W (--cron EXPR | --every D)",
+		Short: "create a schedule",
+		Long: `Create a schedule that starts a workflow on a cron calendar (5 fields or
+@hourly/@daily/@weekly/@monthly/@yearly) in a time zone, or every fixed interval.
+Policies: overlap while a run is active (skip, buffer_one, buffer_all,
+cancel_other, allow) and --max-active; catch-up after downtime (none, latest, all
+within --catchup-window and at most --catchup-max); --pause-on-failure; --jitter;
+daylight saving (--dst-gap shift|skip, --dst-fold first|both). Prints the schedule.`,
+		Example: `  baton schedule create nightly --workflow nightly-report --cron '30 2 * * *' --zone America/New_York \
+      --param day=today --overlap buffer_one --catchup latest --pause-on-failure
+  baton schedule create poll --workflow sync --every 15m --jitter 30s`,
+		Args: oneArg("baton schedule create NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			spec := schedule.Spec{Name: args[0]}
 			if err := sf.apply(&spec); err != nil {
 				return err
 			}
-			err = inTx(func(q *db.Queries) error {
+			var s schedule.Schedule
+			if err := c.inTx(ctx, func(q *db.Queries) (err error) {
 				s, err = schedule.Create(ctx, q, spec, nil)
 				return err
-			})
-		} else {
+			}); err != nil {
+				return err
+			}
+			return printSchedule(a.stdout, c.json, s)
+		},
+	}
+	c.register(cmd, a.env, true)
+	sf = newScheduleFlags(cmd)
+	return cmd
+}
+
+func (a *app) scheduleUpdateCmd() *cobra.Command {
+	var c common
+	var sf *scheduleFlags
+	cmd := &cobra.Command{
+		Use:   "update NAME [the create flags to change]",
+		Short: "change a schedule's calendar or policies",
+		Long: `Change the given settings of a schedule (the flags of create); the others keep
+their values. The next fire time is computed again. Prints the schedule.`,
+		Example: "  baton schedule update nightly --dst-gap skip --overlap buffer_one\n  baton schedule update nightly --cron '0 3 * * *'",
+		Args:    oneArg("baton schedule update NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			var s schedule.Schedule
 			var applyErr error
-			err = inTx(func(q *db.Queries) error {
-				s, err = schedule.Update(ctx, q, name, nil, func(spec *schedule.Spec) { applyErr = sf.apply(spec) })
+			err := c.inTx(ctx, func(q *db.Queries) (err error) {
+				s, err = schedule.Update(ctx, q, args[0], nil, func(spec *schedule.Spec) { applyErr = sf.apply(spec) })
 				if applyErr != nil {
 					return applyErr
 				}
 				return err
 			})
-		}
-		if err != nil {
-			return err
-		}
-		return printSchedule(stdout, c.json, s)
-	case "list":
-		wf := fs.String("workflow", "", "only the schedules of this workflow")
-		if err := parseNoArgs(fs, rest); err != nil {
-			return err
-		}
-		var ss []schedule.Schedule
-		if err := inTx(func(q *db.Queries) error {
-			ss, err = schedule.List(ctx, q, *wf, 0)
-			return err
-		}); err != nil {
-			return err
-		}
-		return printRows(stdout, c.json, ss, ss, "NAME\tWORKFLOW\tCALENDAR\tZONE\tNEXT (UTC)\tACTIVE\tPAUSED", func(out io.Writer, s schedule.Schedule) {
-			fmt.Fprintf(out, "%s\t%s\t%s\t%s\t%s\t%d\t%v\n", s.Name, s.Workflow, calendarText(s.Spec), s.Zone, optTime(s.NextFireAt), s.ActiveRuns, s.Paused)
-		})
-	case "show":
-		n := fs.Int("fires", 20, "how many of the latest ledger rows to print")
-		if err := parseNoArgs(fs, rest); err != nil {
-			return err
-		}
-		var s schedule.Schedule
-		var fires []db.ScheduleFireListRow
-		if err := inTx(func(q *db.Queries) error {
-			if s, err = schedule.Get(ctx, q, name); err != nil {
+			if err != nil {
 				return err
 			}
-			fires, err = q.ScheduleFireList(ctx, db.ScheduleFireListParams{ScheduleID: &s.ID, MaxRows: int32(*n)})
-			return err
-		}); err != nil {
-			return err
-		}
-		if c.json {
-			return json.NewEncoder(stdout).Encode(map[string]any{"schedule": s, "fires": fires})
-		}
-		if err := printSchedule(stdout, false, s); err != nil {
-			return err
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NOMINAL (UTC)\tSOURCE\tOUTCOME\tREASON\tRUN\tRUN STATE\tLAG")
-		for _, f := range fires {
-			lag := "-"
-			if f.LagMs != nil {
-				lag = (time.Duration(*f.LagMs) * time.Millisecond).String()
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.NominalTime.UTC().Format(time.RFC3339), f.Source, f.Outcome, deref(f.Reason),
-				optID(f.RunID), deref(f.RunState), lag)
-		}
-		return tw.Flush()
-	case "pause", "resume":
-		reason := fs.String("reason", "", "pause: why (shown by show)")
-		if err := parseNoArgs(fs, rest); err != nil {
-			return err
-		}
-		if err := inTx(func(q *db.Queries) error { return schedule.SetPaused(ctx, q, name, cmd == "pause", *reason) }); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "schedule %s %sd\n", name, cmd)
-		return nil
-	case "trigger":
-		atS := fs.String("at", "", "the logical time to run (RFC 3339, 2006-01-02T15:04:05 UTC or a date); default now, to the second")
-		rerun := fs.Bool("rerun", false, "run a logical time that already ran again (a new run in the same ledger row)")
-		if err := parseNoArgs(fs, rest); err != nil {
-			return err
-		}
-		var at *time.Time
-		if *atS != "" {
-			if at, err = parseTimeFlag("at", *atS); err != nil {
-				return err
-			}
-		}
-		var tr schedule.Triggered
-		if err := inTx(func(q *db.Queries) error {
-			tr, err = schedule.Trigger(ctx, q, name, at, *rerun, nil)
-			return err
-		}); err != nil {
-			return err
-		}
-		if c.json {
-			return json.NewEncoder(stdout).Encode(tr)
-		}
-		fmt.Fprintf(stdout, "schedule %s: run %d for logical time %s (ledger row %d)\n", name, tr.RunID, tr.Nominal.UTC().Format(time.RFC3339), tr.FireID)
-		return nil
-	case "delete":
-		if err := parseNoArgs(fs, rest); err != nil {
-			return err
-		}
-		if err := inTx(func(q *db.Queries) error { return schedule.Delete(ctx, q, name) }); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "schedule %s deleted (with its ledger; runs it started go on)\n", name)
-		return nil
-	default: // preview
-		n := fs.Int("n", 20, "how many fire times")
-		if err := parseNoArgs(fs, rest); err != nil {
-			return err
-		}
-		if *n < 1 || *n > 10000 {
-			return fmt.Errorf("-n %d is outside 1..10000", *n)
-		}
-		var items []schedule.PreviewItem
-		if err := inTx(func(q *db.Queries) error {
-			items, err = schedule.Preview(ctx, q, name, *n, nil)
-			return err
-		}); err != nil {
-			return err
-		}
-		return printRows(stdout, c.json, items, items, "LOCAL\tUTC\tNOTE", func(out io.Writer, it schedule.PreviewItem) {
-			note := it.Note
-			if !it.Due.Equal(it.Nominal) {
-				note = strings.TrimSpace(note + " due " + it.Due.UTC().Format("15:04:05.000Z") + " (jitter)")
-			}
-			fmt.Fprintf(out, "%s\t%s\t%s\n", it.Local, it.UTC, note)
-		})
+			return printSchedule(a.stdout, c.json, s)
+		},
 	}
+	c.register(cmd, a.env, true)
+	sf = newScheduleFlags(cmd)
+	return cmd
 }
 
-func deref(s *string) string {
-	if s == nil {
-		return "-"
+func (a *app) scheduleListCmd() *cobra.Command {
+	var c common
+	var wf string
+	cmd := &cobra.Command{
+		Use:     "list",
+		Short:   "list schedules with their next fire time",
+		Long:    "List schedules: workflow, calendar, zone, next fire time (UTC), active runs, paused.",
+		Example: "  baton schedule list\n  baton schedule list --workflow nightly-report --json",
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			var ss []schedule.Schedule
+			if err := c.inTx(ctx, func(q *db.Queries) (err error) {
+				ss, err = schedule.List(ctx, q, wf, 0)
+				return err
+			}); err != nil {
+				return err
+			}
+			return printRows(a.stdout, c.json, apimodel.Schedules(ss), ss, "NAME\tWORKFLOW\tCALENDAR\tZONE\tNEXT (UTC)\tACTIVE\tPAUSED", func(out io.Writer, s schedule.Schedule) {
+				fmt.Fprintf(out, "%s\t%s\t%s\t%s\t%s\t%d\t%v\n", s.Name, s.Workflow, calendarText(s.Spec), s.Zone, optTime(s.NextFireAt), s.ActiveRuns, s.Paused)
+			})
+		},
 	}
-	return *s
+	c.register(cmd, a.env, true)
+	cmd.Flags().StringVar(&wf, "workflow", "", "only the schedules of this workflow")
+	return cmd
+}
+
+func (a *app) scheduleShowCmd() *cobra.Command {
+	var c common
+	var n int
+	cmd := &cobra.Command{
+		Use:   "show NAME",
+		Short: "show a schedule and its latest ledger rows",
+		Long: `Show a schedule: calendar, policies, state, next fire time, and its fire ledger,
+newest first: each nominal time with its source, outcome (started with the run and
+its lag, or skipped with the reason).`,
+		Example: "  baton schedule show nightly\n  baton schedule show nightly --fires 100 --json",
+		Args:    oneArg("baton schedule show NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stdout := cmd.Context(), a.stdout
+			var s schedule.Schedule
+			var fires []db.ScheduleFireListRow
+			if err := c.inTx(ctx, func(q *db.Queries) (err error) {
+				if s, err = schedule.Get(ctx, q, args[0]); err != nil {
+					return err
+				}
+				fires, err = q.ScheduleFireList(ctx, db.ScheduleFireListParams{ScheduleID: &s.ID, MaxRows: int32(n)})
+				return err
+			}); err != nil {
+				return err
+			}
+			if c.json {
+				return writeJSON(stdout, apimodel.ScheduleDetail{Schedule: apimodel.ScheduleFrom(s), Fires: apimodel.LedgerEntries(fires)})
+			}
+			if err := printSchedule(stdout, false, s); err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NOMINAL (UTC)\tSOURCE\tOUTCOME\tREASON\tRUN\tRUN STATE\tLAG")
+			for _, f := range fires {
+				lag := "-"
+				if f.LagMs != nil {
+					lag = (time.Duration(*f.LagMs) * time.Millisecond).String()
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.NominalTime.UTC().Format(time.RFC3339), f.Source, f.Outcome, deref(f.Reason),
+					optID(f.RunID), deref(f.RunState), lag)
+			}
+			return tw.Flush()
+		},
+	}
+	c.register(cmd, a.env, true)
+	cmd.Flags().IntVar(&n, "fires", 20, "how many of the latest ledger rows to print")
+	return cmd
+}
+
+// schedulePauseCmd is pause or resume.
+func (a *app) schedulePauseCmd(name string) *cobra.Command {
+	var c common
+	var reason string
+	pause := name == "pause"
+	short := "resume a paused schedule: the next fire time follows its catch-up policy"
+	if pause {
+		short = "pause a schedule: it fires nothing until resumed"
+	}
+	cmd := &cobra.Command{
+		Use:     name + " NAME",
+		Short:   short,
+		Long:    short + ".",
+		Example: "  baton schedule " + name + " nightly",
+		Args:    oneArg("baton schedule " + name + " NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if err := c.inTx(ctx, func(q *db.Queries) error { return schedule.SetPaused(ctx, q, args[0], pause, reason) }); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "schedule %s %sd\n", args[0], name)
+			return nil
+		},
+	}
+	if pause {
+		cmd.Example += " --reason maintenance"
+	}
+	c.register(cmd, a.env, true) // --json: accepted, as before; prints one line
+	cmd.Flags().StringVar(&reason, "reason", "", "pause: why (shown by show)")
+	return cmd
+}
+
+func (a *app) scheduleDeleteCmd() *cobra.Command {
+	var c common
+	cmd := &cobra.Command{
+		Use:     "delete NAME",
+		Short:   "delete a schedule with its ledger (runs it started go on)",
+		Long:    "Delete a schedule with its fire ledger. Runs it started go on.",
+		Example: "  baton schedule delete nightly",
+		Args:    oneArg("baton schedule delete NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if err := c.inTx(ctx, func(q *db.Queries) error { return schedule.Delete(ctx, q, args[0]) }); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "schedule %s deleted (with its ledger; runs it started go on)\n", args[0])
+			return nil
+		},
+	}
+	c.register(cmd, a.env, true) // --json: accepted, as before; prints one line
+	return cmd
+}
+
+func (a *app) schedulePreviewCmd() *cobra.Command {
+	var c common
+	var n int
+	cmd := &cobra.Command{
+		Use:   "preview NAME [-n 20]",
+		Short: "the next fire times, local and UTC",
+		Long: `Print a schedule's next fire times in its zone and in UTC, with daylight-saving
+adjustments (a local time that does not exist or occurs twice) and the jitter.`,
+		Example: "  baton schedule preview nightly\n  baton schedule preview nightly -n 100 --json",
+		Args:    oneArg("baton schedule preview NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if n < 1 || n > 10000 {
+				return fmt.Errorf("-n %d is outside 1..10000", n)
+			}
+			var items []schedule.PreviewItem
+			if err := c.inTx(ctx, func(q *db.Queries) (err error) {
+				items, err = schedule.Preview(ctx, q, args[0], n, nil)
+				return err
+			}); err != nil {
+				return err
+			}
+			return printRows(a.stdout, c.json, apimodel.Fires(items), items, "LOCAL\tUTC\tNOTE", func(out io.Writer, it schedule.PreviewItem) {
+				note := it.Note
+				if !it.Due.Equal(it.Nominal) {
+					note = strings.TrimSpace(note + " due " + it.Due.UTC().Format("15:04:05.000Z") + " (jitter)")
+				}
+				fmt.Fprintf(out, "%s\t%s\t%s\n", it.Local, it.UTC, note)
+			})
+		},
+	}
+	c.register(cmd, a.env, true)
+	cmd.Flags().IntVarP(&n, "count", "n", 20, "how many fire times")
+	aliasFlags(cmd.Flags(), map[string]string{"n": "count"})
+	return cmd
+}
+
+func (a *app) scheduleTriggerCmd() *cobra.Command {
+	var c common
+	var atS string
+	var rerun bool
+	cmd := &cobra.Command{
+		Use:   "trigger NAME [--at T] [--rerun]",
+		Short: "a manual run of a logical time (default now) through the fire ledger",
+		Long: `Start a run of the schedule's workflow for a logical time (--at; default now, to
+the second) through the same ledger key as its scheduled fires and backfills, so a
+logical time never runs twice at once: a time that is running or buffered is
+refused, and one whose run ended is refused unless --rerun (a new run in the same
+ledger row). A manual run ignores pause, overlap and max_active_runs
+(docs/schedules.md).`,
+		Example: "  baton schedule trigger nightly\n  baton schedule trigger nightly --at 2026-12-01T02:30:00-05:00 --rerun --json",
+		Args:    oneArg("baton schedule trigger NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			var at *time.Time
+			if atS != "" {
+				var err error
+				if at, err = parseTimeFlag("at", atS); err != nil {
+					return err
+				}
+			}
+			var tr schedule.Triggered
+			if err := c.inTx(ctx, func(q *db.Queries) (err error) {
+				tr, err = schedule.Trigger(ctx, q, args[0], at, rerun, nil)
+				return err
+			}); err != nil {
+				return err
+			}
+			if c.json {
+				return json.NewEncoder(a.stdout).Encode(apimodel.Triggered{Schedule: tr.Schedule, NominalTime: apimodel.At(tr.Nominal), RunID: tr.RunID, Rerun: tr.Rerun})
+			}
+			fmt.Fprintf(a.stdout, "schedule %s: run %d for logical time %s (ledger row %d)\n", args[0], tr.RunID, tr.Nominal.UTC().Format(time.RFC3339), tr.FireID)
+			return nil
+		},
+	}
+	c.register(cmd, a.env, true)
+	cmd.Flags().StringVar(&atS, "at", "", "the logical time to run (RFC 3339, 2006-01-02T15:04:05 UTC or a date); default now, to the second")
+	cmd.Flags().BoolVar(&rerun, "rerun", false, "run a logical time that already ran again (a new run in the same ledger row)")
+	return cmd
 }
 
 func calendarText(s schedule.Spec) string {
@@ -336,7 +455,7 @@ func calendarText(s schedule.Spec) string {
 
 func printSchedule(stdout io.Writer, asJSON bool, s schedule.Schedule) error {
 	if asJSON {
-		return json.NewEncoder(stdout).Encode(s)
+		return writeJSON(stdout, apimodel.ScheduleFrom(s))
 	}
 	params, _ := json.Marshal(s.Params)
 	fmt.Fprintf(stdout, "schedule %s  workflow %s  params %s\n", s.Name, s.Workflow, params)
@@ -348,154 +467,5 @@ func printSchedule(stdout io.Writer, asJSON bool, s schedule.Schedule) error {
 		state = "paused: " + s.PausedReason
 	}
 	fmt.Fprintf(stdout, "  %s  next fire %s (nominal %s)  active runs %d  buffered %d\n", state, optTime(s.NextFireAt), optTime(s.NextNominalAt), s.ActiveRuns, s.Buffered)
-	return nil
-}
-
-func backfillCmd(ctx context.Context, args []string, env Env, stdout, stderr io.Writer) error {
-	cmd, rest, err := sub(args, "backfill", "create", "list", "show", "pause", "resume", "cancel")
-	if err != nil {
-		return err
-	}
-	fs := newFlagSet("baton backfill "+cmd, stderr)
-	var c common
-	c.register(fs, env, true)
-	inTx := func(fn func(q *db.Queries) error) error { return c.inTx(ctx, fn) }
-	switch cmd {
-	case "create":
-		wf, rest, err := leadingArg(rest, "usage: baton backfill create WORKFLOW --from T --to T [--schedule S] ...")
-		if err != nil {
-			return err
-		}
-		from := fs.String("from", "", "first logical time (RFC 3339 or a date)")
-		to := fs.String("to", "", "last logical time (RFC 3339 or a date)")
-		sched := fs.String("schedule", "", "take the calendar (and params) of this schedule and share its ledger")
-		cron := fs.String("cron", "", "calendar without a schedule (default @daily)")
-		zone := fs.String("zone", "", "zone of --cron (default UTC)")
-		parallel := fs.Int("parallel", 1, "at most this many runs at once")
-		order := fs.String("order", "asc", "asc or desc")
-		reprocess := fs.String("reprocess", "none", "times already in the ledger: none, failed, all")
-		dry := fs.Bool("dry-run", false, "list what would run and what would be skipped; store nothing")
-		var params multiFlag
-		fs.Var(&params, "param", "run parameter k=v (repeatable)")
-		if err := parseNoArgs(fs, rest); err != nil {
-			return err
-		}
-		if *from == "" || *to == "" {
-			return errors.New("backfill create: --from and --to are required")
-		}
-		f, err := parseTimeFlag("from", *from)
-		if err != nil {
-			return err
-		}
-		t, err := parseTimeFlag("to", *to)
-		if err != nil {
-			return err
-		}
-		spec := schedule.BackfillSpec{Workflow: wf, Schedule: *sched, Cron: *cron, Zone: *zone, From: *f, To: *t,
-			Parallel: *parallel, Order: *order, Reprocess: *reprocess}
-		if *sched != "" && wf == "-" {
-			spec.Workflow = ""
-		}
-		if len(params) > 0 {
-			spec.Params = map[string]any{}
-			for _, kv := range params {
-				k, v, ok := strings.Cut(kv, "=")
-				if !ok {
-					return fmt.Errorf("--param %q: write k=v", kv)
-				}
-				spec.Params[k] = v
-			}
-		}
-		var b schedule.Backfill
-		var plan []schedule.PlanItem
-		if err := inTx(func(q *db.Queries) error {
-			b, plan, err = schedule.CreateBackfill(ctx, q, spec, *dry)
-			return err
-		}); err != nil {
-			return err
-		}
-		if *dry {
-			if c.json {
-				return json.NewEncoder(stdout).Encode(plan)
-			}
-			runs := 0
-			for _, p := range plan {
-				if p.Action != "skip" {
-					runs++
-				}
-			}
-			fmt.Fprintf(stdout, "dry run: %d logical times, %d would run, %d would be skipped; nothing stored\n", len(plan), runs, len(plan)-runs)
-			return printRows(stdout, false, plan, plan, "LOGICAL TIME (UTC)\tACTION\tREASON\tRUN", func(out io.Writer, p schedule.PlanItem) {
-				run := "-"
-				if p.RunID != 0 {
-					run = strconv.FormatInt(p.RunID, 10)
-				}
-				fmt.Fprintf(out, "%s\t%s\t%s\t%s\n", p.At.UTC().Format(time.RFC3339), p.Action, p.Reason, run)
-			})
-		}
-		return printBackfill(stdout, c.json, b)
-	case "list":
-		if err := parseNoArgs(fs, rest); err != nil {
-			return err
-		}
-		var bs []schedule.Backfill
-		if err := inTx(func(q *db.Queries) error {
-			bs, err = schedule.ListBackfills(ctx, q, 100)
-			return err
-		}); err != nil {
-			return err
-		}
-		return printRows(stdout, c.json, bs, bs, "ID\tWORKFLOW\tSTATE\tFROM\tTO\tPARALLEL\tTOTAL\tSTARTED\tSKIPPED", func(out io.Writer, b schedule.Backfill) {
-			fmt.Fprintf(out, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\n", b.ID, b.Workflow, b.State, b.From.UTC().Format(time.RFC3339),
-				b.To.UTC().Format(time.RFC3339), b.Parallel, b.Total, b.Started, b.Skipped)
-		})
-	default:
-		idText, rest, err := leadingArg(rest, fmt.Sprintf("usage: baton backfill %s ID", cmd))
-		if err != nil {
-			return err
-		}
-		id, err := strconv.ParseInt(idText, 10, 64)
-		if err != nil {
-			return fmt.Errorf("backfill id %q is not a number", idText)
-		}
-		if err := parseNoArgs(fs, rest); err != nil {
-			return err
-		}
-		var b schedule.Backfill
-		if err := inTx(func(q *db.Queries) error {
-			switch cmd {
-			case "pause":
-				err = schedule.SetBackfillState(ctx, q, id, "paused")
-			case "resume":
-				err = schedule.SetBackfillState(ctx, q, id, "running")
-			case "cancel":
-				err = schedule.SetBackfillState(ctx, q, id, "canceled")
-			}
-			if err != nil {
-				return err
-			}
-			b, err = schedule.GetBackfill(ctx, q, id)
-			return err
-		}); err != nil {
-			return err
-		}
-		return printBackfill(stdout, c.json, b)
-	}
-}
-
-func printBackfill(stdout io.Writer, asJSON bool, b schedule.Backfill) error {
-	if asJSON {
-		return json.NewEncoder(stdout).Encode(b)
-	}
-	sched := ""
-	if b.Schedule != "" {
-		sched = "  schedule " + b.Schedule
-	}
-	fmt.Fprintf(stdout, "backfill %d  workflow %s%s  %s\n", b.ID, b.Workflow, sched, b.State)
-	fmt.Fprintf(stdout, "  %s .. %s  order %s  parallel %d  reprocess %s\n", b.From.UTC().Format(time.RFC3339), b.To.UTC().Format(time.RFC3339),
-		b.Order, b.Parallel, b.Reprocess)
-	done := b.Succeeded + b.Failed
-	fmt.Fprintf(stdout, "  %d logical times: %d started (%d running, %d succeeded, %d failed), %d skipped, %d not yet reached (%d%% done)\n",
-		b.Total, b.Started, b.Running, b.Succeeded, b.Failed, b.Skipped, max(b.Total-b.Started-b.Skipped, 0), 100*(done+b.Skipped)/max(b.Total, 1))
 	return nil
 }

@@ -79,6 +79,17 @@ func TestScheduleCLI(t *testing.T) {
 	if _, e, code := baton(t, env, "backfill", "resume", id); code != 1 || !strings.Contains(e, "is canceled") {
 		t.Fatalf("resume canceled: %q %d", e, code)
 	}
+	// A ledger row (a skipped fire) for show --json to print.
+	batontest.Int64(t, pool, `INSERT INTO schedule_fires (schedule_id, workflow_id, nominal_time, outcome, reason, recorded_at)
+		SELECT s.id, s.workflow_id, '2027-03-13T07:30:00.123Z', 'skipped', 'overlap', now() FROM schedules s WHERE s.name = 'nightly' RETURNING 1`)
+	for _, args := range [][]string{{"schedule", "list", "--json"}, {"schedule", "show", "nightly", "--json"}, {"schedule", "preview", "nightly", "--n", "3", "--json"},
+		{"backfill", "list", "--json"}, {"backfill", "show", id, "--json"},
+		{"backfill", "create", "nightly-report", "--schedule", "nightly", "--from", "2026-02-01", "--to", "2026-02-03", "--dry-run", "--json"}} {
+		checkJSON(t, strings.Join(args, " "), must(args...))
+	}
+	if out = must("schedule", "show", "nightly", "--json"); !strings.Contains(out, `"fires":[{"id":`) || !strings.Contains(out, `"nominal":"2027-03-13T07:30:00Z","source":"schedule","backfill_id":null,"outcome":"skipped","reason":"overlap"`) || !strings.Contains(out, `"schedule":{"id":`) {
+		t.Fatalf("schedule show --json: %q", out)
+	}
 	must("schedule", "delete", "nightly")
 	if _, e, code := baton(t, env, "schedule", "show", "nightly"); code != 1 || !strings.Contains(e, "not found: schedule nightly") {
 		t.Fatalf("show deleted: %q %d", e, code)

@@ -58,6 +58,28 @@ func TestWorkflowCLI(t *testing.T) {
 	if out, _, code := baton(t, env, "run", "show", runID, "--json"); code != 0 || !strings.Contains(out, `"state":"canceled"`) {
 		t.Fatalf("show --json: %q %d", out, code)
 	}
+	// Every --json answer is the apimodel model: snake_case keys, times to the second.
+	for _, args := range [][]string{{"workflow", "list", "--json"}, {"run", "list", "--json"}, {"run", "show", runID, "--json"},
+		{"workflow", "apply", "--f", example, "--json"}, {"workflow", "apply", "--file=" + example, "--json"}} {
+		out, e, code := baton(t, env, args...)
+		if code != 0 {
+			t.Fatalf("%q: %q %d", args, e, code)
+		}
+		checkJSON(t, strings.Join(args, " "), out)
+	}
+	if out, _, _ := baton(t, env, "workflow", "list", "--json"); !strings.Contains(out, `"latest_version":1`) {
+		t.Fatalf("workflow list --json: %q", out)
+	}
+}
+
+// checkJSON decodes out and checks it is the model (checkModel).
+func checkJSON(t *testing.T, where, out string) {
+	t.Helper()
+	var v any
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		t.Fatalf("%s: not JSON: %v: %q", where, err, out)
+	}
+	checkModel(t, where, v)
 }
 
 func jsonInt(t *testing.T, s, key string) string {

@@ -36,7 +36,7 @@ import (
 )
 
 // Command is `baton dev`, for cli.BatonMain.
-var Command = cli.Command{Name: "dev", Run: Run}
+var Command = cli.Command{Name: "dev", Short: "start Postgres (if needed), a master, two workers and demo tasks", Run: Run}
 
 // Run is `make run`: Postgres (its own when BATON_DATABASE_URL is unset), the
 // schema, one master, two workers and a few demo tasks; Ctrl-C stops it all.
