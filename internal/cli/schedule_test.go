@@ -56,6 +56,15 @@ func TestScheduleCLI(t *testing.T) {
 	if out = must("schedule", "show", "nightly", "--json"); !strings.Contains(out, `"paused":false`) {
 		t.Fatalf("show --json: %q", out)
 	}
+	// A manual run of a logical time, through the ledger's key: the same time
+	// again is refused while it runs.
+	out = must("schedule", "trigger", "nightly", "--at", "2027-03-13T07:30:00Z", "--json")
+	if !strings.Contains(out, `"nominal_time":"2027-03-13T07:30:00Z"`) || !strings.Contains(out, `"run_id":`) {
+		t.Fatalf("trigger: %q", out)
+	}
+	if _, e, code := baton(t, env, "schedule", "trigger", "nightly", "--at", "2027-03-13T07:30:00Z"); code != 1 || !strings.Contains(e, "is running") {
+		t.Fatalf("second trigger of a running time: exit %d, %q", code, e)
+	}
 	// Backfill: the dry run stores nothing; the real one is shown with its progress.
 	out = must("backfill", "create", "nightly-report", "--schedule", "nightly", "--from", "2026-02-01", "--to", "2026-02-10", "--parallel", "3", "--dry-run")
 	if !strings.Contains(out, "dry run: 9 logical times, 9 would run, 0 would be skipped; nothing stored") {
