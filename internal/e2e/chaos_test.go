@@ -86,6 +86,8 @@ type campaign struct {
 	missed      []string // faults without their effect, or whose injection failed
 	gateDir     string   // gate files of gate tasks
 	gates       int
+	runs        []int64  // workflow runs started (chaos_workflow_test.go)
+	runStats    runStats
 }
 
 // TestChaos is the fault campaign: real processes (2 masters, 2 groups of 2 workers
@@ -124,6 +126,7 @@ func TestChaos(t *testing.T) {
 	c.notes = append(c.notes, cgroupNote())
 	r := c.r
 	r.mustWait(readyTimeout, "cluster ready", func() (bool, string, error) { return r.whole(time.Time{}) })
+	c.applyWorkflow()
 
 	loadCtx, stopLoad := context.WithCancel(context.Background())
 	var loadDone sync.WaitGroup
@@ -162,6 +165,7 @@ func TestChaos(t *testing.T) {
 	if c.long {
 		drain = 3 * time.Minute
 	}
+	c.runStats = c.settleRuns(drain) // adds the runs' step tasks to c.sub
 	if ok, desc := r.waitTerminal(&c.sub, drain); !ok {
 		t.Logf("chaos: not every task terminal %s after the last fault: %s", drain, desc)
 	}
@@ -272,7 +276,8 @@ func (c *campaign) requireWork(f chaos.Findings) {
 	}
 }
 
-// load keeps about two tasks per slot queued or running, half shell, half Go.
+// load keeps about two tasks per slot queued or running, half shell, half Go,
+// and up to two runs of the campaign's workflow (chaos_workflow_test.go).
 func (c *campaign) load(ctx context.Context) {
 	r := c.r
 	target := int64(2 * 4 * 3)
@@ -283,6 +288,7 @@ func (c *campaign) load(ctx context.Context) {
 			return
 		case <-time.After(300 * time.Millisecond):
 		}
+		c.startRun(lrng)
 		active, err := r.tryInt(`SELECT count(*) FROM tasks WHERE state IN ('queued', 'dispatched', 'running')`)
 		if err != nil || active >= target {
 			continue
@@ -939,11 +945,12 @@ func (c *campaign) table(f chaos.Findings) string {
 	}
 	_ = tw.Flush()
 	c.sub.mu.Lock()
-	byKind := fmt.Sprintf("shell %d, go %d, poison %d shell + %d go, gate %d", c.sub.byKind[shellTask], c.sub.byKind[goTask],
-		c.sub.byKind[poisonTask], c.sub.byKind[crashTask], c.sub.byKind[gateTask])
+	byKind := fmt.Sprintf("shell %d, go %d, poison %d shell + %d go, gate %d, workflow steps %d", c.sub.byKind[shellTask], c.sub.byKind[goTask],
+		c.sub.byKind[poisonTask], c.sub.byKind[crashTask], c.sub.byKind[gateTask], c.sub.byKind[stepTask])
 	c.sub.mu.Unlock()
 	tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "tasks\t%d (%s); succeeded %d, failed %d\t\n", f.Submitted, byKind, f.Succeeded, f.Failed)
+	fmt.Fprintf(tw, "workflow runs (%s)\t%s\t\n", chaosWorkflow, c.runStats)
 	if n, err := r.tryInt(`SELECT count(*) FROM ledger`); err != nil {
 		c.t.Errorf("chaos: table: ledger rows: %v", err)
 	} else {

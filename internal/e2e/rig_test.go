@@ -368,10 +368,11 @@ const (
 	poisonTask                 // a shell task that kills its worker: kill -9 $BATON_WORKER_PID
 	crashTask                  // a Go handler (chaosworker "crash") that crashes its worker
 	gateTask                   // a shell task that finishes once a file exists (gateScript)
+	stepTask                   // a step of a workflow run (shell or Go, made by the run)
 )
 
 func (k taskKind) String() string {
-	return [...]string{"shell", "go", "poison", "crash", "gate"}[k]
+	return [...]string{"shell", "go", "poison", "crash", "gate", "step"}[k]
 }
 
 // gateScript records a start, waits until the file $GATE exists, and records its
