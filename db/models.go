@@ -302,6 +302,8 @@ type Task struct {
 	SubmittedMaxRetries *int32
 	// Labels given at submit (TaskSpec.Tags), for finding tasks (Client.List, baton task list --tag).
 	Tags []string
+	// A succeeded shell task's $BATON_OUTPUT (KEY=VALUE lines) as a JSON object of strings: its workflow step's outputs. NULL: none.
+	StepOutputs []byte
 }
 
 // History: one row per dispatch of a task (closed attempts from task_attempt_log, the current or final one from the task row). Dashboards read this.

@@ -145,6 +145,13 @@ func TestLegacyPublicInstall(t *testing.T) {
 	if err := conn.QueryRow(ctx, "SELECT to_regprocedure('public.tasks_payload_size()') IS NOT NULL").Scan(&left); err != nil || left {
 		t.Fatalf("baton's trigger function left in public: %v, %v", left, err)
 	}
+	// Functions pinned to their schema's search_path (schema v11) follow it.
+	var pinned []string
+	if err := conn.QueryRow(ctx, "SELECT coalesce(array_agg(DISTINCT c), '{}') FROM pg_proc p, unnest(p.proconfig) c "+
+		"WHERE p.pronamespace = current_schema()::regnamespace AND c LIKE 'search_path=%'").Scan(&pinned); err != nil ||
+		len(pinned) != 1 || pinned[0] != "search_path="+store.SchemaDefault {
+		t.Fatalf("search_path of the moved functions: %v, %v", pinned, err)
+	}
 	_, err = conn.Exec(ctx, "INSERT INTO tasks (group_name, kind, payload) VALUES ('kept', 'k', jsonb_build_object('p', repeat('a', 1100000)))")
 	if store.Constraint(err) != "tasks_payload_size" {
 		t.Fatalf("payload limit after the move: %v", err)
