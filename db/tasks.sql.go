@@ -473,7 +473,7 @@ func (q *Queries) TaskFinish(ctx context.Context, arg TaskFinishParams) ([]TaskF
 }
 
 const TaskGet = `-- name: TaskGet :one
-SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs FROM tasks WHERE id = $1
+SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item FROM tasks WHERE id = $1
 `
 
 func (q *Queries) TaskGet(ctx context.Context, id int64) (Task, error) {
@@ -515,12 +515,13 @@ func (q *Queries) TaskGet(ctx context.Context, id int64) (Task, error) {
 		&i.SubmittedMaxRetries,
 		&i.Tags,
 		&i.StepOutputs,
+		&i.WorkflowItem,
 	)
 	return i, err
 }
 
 const TaskList = `-- name: TaskList :many
-SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs FROM tasks
+SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item FROM tasks
 WHERE ($1::text IS NULL OR state = $1)
   AND ($2::text IS NULL OR group_name = $2)
 ORDER BY id DESC
@@ -578,6 +579,7 @@ func (q *Queries) TaskList(ctx context.Context, arg TaskListParams) ([]Task, err
 			&i.SubmittedMaxRetries,
 			&i.Tags,
 			&i.StepOutputs,
+			&i.WorkflowItem,
 		); err != nil {
 			return nil, err
 		}
@@ -590,7 +592,7 @@ func (q *Queries) TaskList(ctx context.Context, arg TaskListParams) ([]Task, err
 }
 
 const TaskListPage = `-- name: TaskListPage :many
-SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs FROM tasks
+SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item FROM tasks
 WHERE ($1::text IS NULL OR state = $1)
   AND ($2::text IS NULL OR group_name = $2)
   AND ($3::text IS NULL OR kind = $3)
@@ -662,6 +664,7 @@ func (q *Queries) TaskListPage(ctx context.Context, arg TaskListPageParams) ([]T
 			&i.SubmittedMaxRetries,
 			&i.Tags,
 			&i.StepOutputs,
+			&i.WorkflowItem,
 		); err != nil {
 			return nil, err
 		}
