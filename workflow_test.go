@@ -177,7 +177,7 @@ func TestStartRunTx(t *testing.T) {
 // BenchmarkWorkflowHandoff measures the hand-off of a chain: a step's task
 // finishes -> its successor's task is running (started_at of the successor
 // minus finished_at of the predecessor, both Postgres time), over a chain of
-// BATON_BENCH_CHAIN steps (default 200) of no-op handlers on one embedded
+// BATON_BENCH_CHAIN steps (default 1,000) of no-op handlers on one embedded
 // worker. Run on the durable Postgres:
 //
 //	BATON_TEST_DATABASE_URL=postgres://baton:baton@127.0.0.1:5433/postgres go test -run '^$' -bench WorkflowHandoff -benchtime 1x .
@@ -199,7 +199,7 @@ func BenchmarkWorkflowHandoff(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	n := 200
+	n := benchEnvInt("BATON_BENCH_CHAIN", 1000)
 	def := baton.WorkflowDefinition{Name: "chain"}
 	for i := range n {
 		s := baton.WorkflowStep{Name: fmt.Sprintf("s%04d", i), Group: "app", Kind: "noop"}
