@@ -182,23 +182,8 @@ func TestStartRunTx(t *testing.T) {
 //
 //	BATON_TEST_DATABASE_URL=postgres://baton:baton@127.0.0.1:5433/postgres go test -run '^$' -bench WorkflowHandoff -benchtime 1x .
 func BenchmarkWorkflowHandoff(b *testing.B) {
-	pool, dsn := srv.NewPool(b)
+	client, pool := benchWorkflowEnv(b, baton.WorkerSlotsDefault)
 	ctx := context.Background()
-	ctxW, cancel := context.WithCancel(ctx)
-	defer cancel()
-	w, err := baton.NewWorker(ctxW, baton.WorkerConfig{DatabaseURL: dsn, Group: "app", Logger: zaptest.NewLogger(b),
-		Handlers: map[string]baton.Handler{"noop": func(context.Context, baton.Task) (string, error) { return "", nil }}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctxW) }()
-	defer func() { cancel(); <-done }()
-	<-w.Ready()
-	client, err := baton.NewClient(pool, &baton.ClientConfig{Logger: zaptest.NewLogger(b), WaitPollInterval: 100 * time.Millisecond})
-	if err != nil {
-		b.Fatal(err)
-	}
 	n := benchEnvInt("BATON_BENCH_CHAIN", 1000)
 	def := baton.WorkflowDefinition{Name: "chain"}
 	for i := range n {

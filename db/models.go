@@ -472,6 +472,13 @@ type WorkflowRunStep struct {
 	FinishedAt *time.Time
 	// A sub-workflow step: its current child run (a rerun starts another).
 	ChildRunID *int64
+	// Upstream steps (depends_on).
+	UpTotal int32
+	// Upstream steps ended; up_succeeded, up_failed (failed, upstream_failed, canceled) and up_skipped split them.
+	UpDone      int32
+	UpSucceeded int32
+	UpFailed    int32
+	UpSkipped   int32
 }
 
 // Immutable versions of a workflow (an UPDATE is refused). Apply stores one only when the content hash differs from the latest.

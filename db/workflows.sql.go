@@ -329,7 +329,7 @@ func (q *Queries) WorkflowRunResume(ctx context.Context, id int64) (bool, error)
 }
 
 const WorkflowRunSteps = `-- name: WorkflowRunSteps :many
-SELECT s.name, s.state, s.task_id, s.task_count, s.output, s.error, s.ready_at, s.finished_at,
+SELECT s.name, CASE WHEN s.state = 'queued' AND t.state = 'running' THEN 'running' ELSE s.state END::text AS state, s.task_id, s.task_count, s.output, s.error, s.ready_at, s.finished_at,
        v.trigger_rule, coalesce(t.attempt, 0)::int AS attempt, coalesce(t.retries, 0)::int AS retries, s.child_run_id,
        (SELECT count(*) FROM workflow_run_map_items i WHERE i.run_id = s.run_id AND i.step = s.name)::int AS items,
        (SELECT count(*) FROM workflow_run_map_items i WHERE i.run_id = s.run_id AND i.step = s.name
@@ -359,7 +359,9 @@ type WorkflowRunStepsRow struct {
 	ItemsDone   int32
 }
 
-// A run's steps in definition order, with their current task's attempt.
+// A run's steps in definition order, with their current task's attempt. A
+// step with a task is stored queued until it ends: it shows running while its
+// task runs.
 func (q *Queries) WorkflowRunSteps(ctx context.Context, runID int64) ([]WorkflowRunStepsRow, error) {
 	rows, err := q.db.Query(ctx, WorkflowRunSteps, runID)
 	if err != nil {

@@ -12,9 +12,13 @@
 -- sub-workflow steps start a child run and end with it. Both advance in the
 -- transaction that ends an item's task or the child run, like any step.
 --
--- The workflow functions get search_path set to baton's schema (the schema
--- these migrations run in): they no longer depend on the search_path of the
--- statement that fires them (a manual UPDATE of baton.tasks from psql).
+-- The workflow functions' entry points (the trigger functions and those the
+-- queries call) get search_path set to baton's schema (the schema these
+-- migrations run in); the helpers they call run under it. They no longer
+-- depend on the search_path of the statement that fires them (a manual UPDATE
+-- of baton.tasks from psql). Helpers are not pinned themselves: a SET on a
+-- function costs a GUC save and restore per call, and they are called per
+-- step.
 
 ALTER TABLE tasks ADD COLUMN step_outputs jsonb,
     ADD COLUMN workflow_item integer;
@@ -41,6 +45,31 @@ CREATE INDEX workflow_runs_parent ON workflow_runs (parent_run_id) WHERE parent_
 
 ALTER TABLE workflow_run_steps ADD COLUMN child_run_id bigint;
 COMMENT ON COLUMN workflow_run_steps.child_run_id IS 'A sub-workflow step: its current child run (a rerun starts another).';
+
+-- Upstream outcome counters: a step's trigger rule is decided from them in
+-- O(1) (counting its upstream rows at each upstream's end made a fan-in of n
+-- steps O(n^2)). Kept by workflow_count_ended under the run's lock; a rerun
+-- recomputes them.
+ALTER TABLE workflow_run_steps ADD COLUMN up_total integer NOT NULL DEFAULT 0,
+    ADD COLUMN up_done integer NOT NULL DEFAULT 0,
+    ADD COLUMN up_succeeded integer NOT NULL DEFAULT 0,
+    ADD COLUMN up_failed integer NOT NULL DEFAULT 0,
+    ADD COLUMN up_skipped integer NOT NULL DEFAULT 0;
+COMMENT ON COLUMN workflow_run_steps.up_total IS 'Upstream steps (depends_on).';
+COMMENT ON COLUMN workflow_run_steps.up_done IS 'Upstream steps ended; up_succeeded, up_failed (failed, upstream_failed, canceled) and up_skipped split them.';
+UPDATE workflow_run_steps s
+   SET up_total = c.total, up_done = c.done, up_succeeded = c.succ, up_failed = c.fail, up_skipped = c.skip
+  FROM (SELECT s2.run_id, s2.name, count(u.name) AS total,
+               count(u.name) FILTER (WHERE u.state IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled')) AS done,
+               count(u.name) FILTER (WHERE u.state = 'succeeded') AS succ,
+               count(u.name) FILTER (WHERE u.state IN ('failed', 'upstream_failed', 'canceled')) AS fail,
+               count(u.name) FILTER (WHERE u.state = 'skipped') AS skip
+          FROM workflow_run_steps s2
+          JOIN workflow_runs r ON r.id = s2.run_id
+          JOIN workflow_version_edges e ON e.version_id = r.version_id AND e.to_step = s2.name
+          JOIN workflow_run_steps u ON u.run_id = s2.run_id AND u.name = e.from_step
+         GROUP BY s2.run_id, s2.name) AS c
+ WHERE s.run_id = c.run_id AND s.name = c.name;
 
 CREATE TABLE workflow_run_map_items (
     run_id  bigint NOT NULL,
@@ -145,8 +174,10 @@ BEGIN
         RETURN;
     END IF;
     SELECT * INTO st FROM workflow_version_steps WHERE version_id = r.version_id AND name = p_step;
-    SELECT count(*) INTO v_live FROM workflow_run_map_items
-     WHERE run_id = p_run AND step = p_step AND state IN ('queued', 'running');
+    IF st.map_parallelism > 0 THEN
+        SELECT count(*) INTO v_live FROM workflow_run_map_items
+         WHERE run_id = p_run AND step = p_step AND state IN ('queued', 'running');
+    END IF;
     FOR it IN SELECT i.idx, i.item FROM workflow_run_map_items i
                WHERE i.run_id = p_run AND i.step = p_step AND i.state = 'pending' ORDER BY i.idx
                LIMIT CASE WHEN st.map_parallelism > 0 THEN greatest(st.map_parallelism - v_live, 0) END LOOP
@@ -175,19 +206,39 @@ END
 $$;
 -- +goose StatementEnd
 
+-- A step ended as p_state (the caller set it terminal under the run's lock):
+-- the run counts it, its successors' upstream counters count it; returns the
+-- successors to decide.
+-- +goose StatementBegin
+CREATE FUNCTION workflow_count_ended(p_run bigint, p_step text, p_state text) RETURNS text[] LANGUAGE plpgsql AS $$
+DECLARE
+    v_version bigint;
+    v_next text[];
+BEGIN
+    UPDATE workflow_runs SET steps_left = steps_left - 1, step_failed = step_failed OR p_state = 'failed'
+     WHERE id = p_run RETURNING version_id INTO v_version;
+    WITH up AS (
+        UPDATE workflow_run_steps s
+           SET up_done = s.up_done + 1,
+               up_succeeded = s.up_succeeded + (p_state = 'succeeded')::int,
+               up_failed = s.up_failed + (p_state IN ('failed', 'upstream_failed', 'canceled'))::int,
+               up_skipped = s.up_skipped + (p_state = 'skipped')::int
+          FROM workflow_version_edges e
+         WHERE e.version_id = v_version AND e.from_step = p_step AND s.run_id = p_run AND s.name = e.to_step
+        RETURNING s.name
+    )
+    SELECT coalesce(array_agg(up.name ORDER BY up.name), '{}') INTO v_next FROM up;
+    RETURN v_next;
+END
+$$;
+-- +goose StatementEnd
+
 -- A step ended (the caller set it terminal under the run's lock): count it,
 -- and decide its successors.
 -- +goose StatementBegin
 CREATE FUNCTION workflow_step_ended(p_run bigint, p_step text, p_state text) RETURNS void LANGUAGE plpgsql AS $$
-DECLARE
-    v_version bigint;
 BEGIN
-    UPDATE workflow_runs SET steps_left = steps_left - 1, step_failed = step_failed OR p_state = 'failed'
-     WHERE id = p_run RETURNING version_id INTO v_version;
-    PERFORM workflow_advance(p_run, ARRAY(
-        SELECT e.to_step FROM workflow_version_edges e
-         WHERE e.version_id = v_version AND e.from_step = p_step
-         ORDER BY e.to_step));
+    PERFORM workflow_advance(p_run, workflow_count_ended(p_run, p_step, p_state));
 END
 $$;
 -- +goose StatementEnd
@@ -201,7 +252,6 @@ $$;
 CREATE FUNCTION workflow_map_progress(p_run bigint, p_step text) RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
     v_run_state text;
-    v_open int;
     v_state text;
     v_output jsonb;
     v_err text;
@@ -213,15 +263,17 @@ BEGIN
         UPDATE workflow_run_map_items SET state = 'canceled', error = 'not started: the run is ' || v_run_state
          WHERE run_id = p_run AND step = p_step AND state = 'pending';
     END IF;
-    SELECT count(*) FILTER (WHERE state IN ('pending', 'queued', 'running')),
-           CASE WHEN count(*) FILTER (WHERE state = 'failed') > 0 THEN 'failed'
-                WHEN count(*) FILTER (WHERE state = 'canceled') > 0 THEN 'canceled' ELSE 'succeeded' END,
-           jsonb_build_object('results', coalesce(jsonb_agg(coalesce(output, 'null'::jsonb) ORDER BY idx), '[]'::jsonb), 'count', count(*))
-      INTO v_open, v_state, v_output
-      FROM workflow_run_map_items WHERE run_id = p_run AND step = p_step;
-    IF v_open > 0 THEN
+    -- An open item left (the partial index finds one at once): not yet.
+    PERFORM 1 FROM workflow_run_map_items
+     WHERE run_id = p_run AND step = p_step AND state IN ('pending', 'queued', 'running') LIMIT 1;
+    IF FOUND THEN
         RETURN false;
     END IF;
+    SELECT CASE WHEN count(*) FILTER (WHERE state = 'failed') > 0 THEN 'failed'
+                WHEN count(*) FILTER (WHERE state = 'canceled') > 0 THEN 'canceled' ELSE 'succeeded' END,
+           jsonb_build_object('results', coalesce(jsonb_agg(coalesce(output, 'null'::jsonb) ORDER BY idx), '[]'::jsonb), 'count', count(*))
+      INTO v_state, v_output
+      FROM workflow_run_map_items WHERE run_id = p_run AND step = p_step;
     SELECT 'item ' || idx || ': ' || error INTO v_err FROM workflow_run_map_items
      WHERE run_id = p_run AND step = p_step AND state = v_state ORDER BY idx LIMIT 1;
     UPDATE workflow_run_steps SET state = v_state, finished_at = now(), output = v_output,
@@ -347,6 +399,39 @@ END
 $$;
 -- +goose StatementEnd
 
+-- Start: each step's upstream count stored with it (workflow_advance decides
+-- from the counters).
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION workflow_start(p_version bigint, p_params jsonb, p_strategy text, p_key text, p_timeout_ms bigint,
+                               OUT run_id bigint, OUT created boolean) LANGUAGE plpgsql AS $$
+DECLARE
+    v_workflow bigint;
+BEGIN
+    SELECT workflow_id INTO STRICT v_workflow FROM workflow_versions WHERE id = p_version;
+    INSERT INTO workflow_runs (workflow_id, version_id, params, failure_strategy, idempotency_key, steps_left, deadline)
+    VALUES (v_workflow, p_version, p_params, p_strategy, p_key,
+            (SELECT count(*) FROM workflow_version_steps WHERE version_id = p_version),
+            CASE WHEN p_timeout_ms > 0 THEN now() + p_timeout_ms * interval '1 millisecond' END)
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id INTO run_id;
+    IF run_id IS NULL THEN
+        SELECT id INTO STRICT run_id FROM workflow_runs WHERE idempotency_key = p_key;
+        created := false;
+        RETURN;
+    END IF;
+    created := true;
+    INSERT INTO workflow_run_steps (run_id, name, up_total)
+    SELECT run_id, s.name, (SELECT count(*) FROM workflow_version_edges e WHERE e.version_id = p_version AND e.to_step = s.name)
+      FROM workflow_version_steps s WHERE s.version_id = p_version ORDER BY s.position;
+    PERFORM workflow_advance(run_id, ARRAY(
+        SELECT s.name FROM workflow_version_steps s
+         WHERE s.version_id = p_version
+           AND NOT EXISTS (SELECT 1 FROM workflow_version_edges e WHERE e.version_id = p_version AND e.to_step = s.name)
+         ORDER BY s.position));
+END
+$$;
+-- +goose StatementEnd
+
 -- +goose StatementBegin
 CREATE OR REPLACE FUNCTION workflow_advance(p_run bigint, p_steps text[]) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
@@ -362,107 +447,148 @@ DECLARE
     v_items jsonb;
     v_child bigint;
     v_child_state text;
+    v_ready text[] := '{}';
+    v_failed text[];
+    v_g text[];
     v_groups text[] := '{}';
     g text;
 BEGIN
     SELECT * INTO r FROM workflow_runs WHERE id = p_run;
-    WHILE cardinality(work) > 0 LOOP
-        cur := work[1];
-        work := work[2:];
-        PERFORM 1 FROM workflow_run_steps WHERE run_id = p_run AND name = cur AND state = 'pending';
-        CONTINUE WHEN NOT FOUND;
-        SELECT * INTO st FROM workflow_version_steps WHERE version_id = r.version_id AND name = cur;
-        SELECT count(*), count(*) FILTER (WHERE s.state = 'succeeded'),
-               count(*) FILTER (WHERE s.state IN ('failed', 'upstream_failed', 'canceled')),
-               count(*) FILTER (WHERE s.state = 'skipped'),
-               count(*) FILTER (WHERE s.state IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled'))
-          INTO n_total, n_succ, n_fail, n_skip, n_done
-          FROM workflow_version_edges e
-          JOIN workflow_run_steps s ON s.run_id = p_run AND s.name = e.from_step
-         WHERE e.version_id = r.version_id AND e.to_step = cur;
-        decision := workflow_trigger_decision(st.trigger_rule, n_total, n_succ, n_fail, n_skip, n_done);
-        CONTINUE WHEN decision = 'wait';
-        v_err := '';
-        v_output := NULL;
-        IF decision = 'run' THEN
-            IF r.state = 'paused' THEN
-                CONTINUE; -- resume decides it again
-            ELSIF r.state <> 'running' OR (r.failure_strategy = 'end' AND r.step_failed) THEN
-                decision := 'canceled';
-                v_err := CASE WHEN r.state = 'running' THEN 'not started: a step failed and the run''s failure strategy is end'
-                              ELSE 'not started: the run is ' || r.state END;
-            ELSIF st.sub_workflow IS NOT NULL THEN
-                -- A sub-workflow step: its child run, started now; the step
-                -- ends when the child does (workflow_child_finished).
-                BEGIN
-                    v_child := workflow_child_start(p_run, st, r.params);
-                EXCEPTION WHEN OTHERS THEN
-                    v_child := NULL;
-                    v_err := 'sub-workflow could not be started: ' || SQLERRM;
-                END;
-                IF v_child IS NULL THEN
-                    decision := 'failed';
-                ELSE
-                    SELECT state INTO v_child_state FROM workflow_runs WHERE id = v_child;
-                    UPDATE workflow_run_steps SET state = 'running', child_run_id = v_child, task_count = task_count + 1, ready_at = now()
-                     WHERE run_id = p_run AND name = cur AND state = 'pending';
-                    CONTINUE WHEN v_child_state IN ('running', 'paused');
-                    -- The child ended at its start (every step decided at once).
-                    decision := CASE v_child_state WHEN 'succeeded' THEN 'succeeded' WHEN 'failed' THEN 'failed' ELSE 'canceled' END;
-                    v_output := jsonb_build_object('run_id', v_child::text, 'state', v_child_state);
-                    IF decision <> 'succeeded' THEN
-                        v_err := 'sub-workflow run ' || v_child || ' ' || v_child_state;
+    LOOP
+        WHILE cardinality(work) > 0 LOOP
+            cur := work[1];
+            work := work[2:];
+            CONTINUE WHEN cur = ANY (v_ready); -- decided to run already; its task comes below
+            SELECT s.up_total, s.up_succeeded, s.up_failed, s.up_skipped, s.up_done INTO n_total, n_succ, n_fail, n_skip, n_done
+              FROM workflow_run_steps s WHERE s.run_id = p_run AND s.name = cur AND s.state = 'pending';
+            CONTINUE WHEN NOT FOUND;
+            SELECT * INTO st FROM workflow_version_steps WHERE version_id = r.version_id AND name = cur;
+            decision := workflow_trigger_decision(st.trigger_rule, n_total, n_succ, n_fail, n_skip, n_done);
+            CONTINUE WHEN decision = 'wait';
+            v_err := '';
+            v_output := NULL;
+            IF decision = 'run' THEN
+                IF r.state = 'paused' THEN
+                    CONTINUE; -- resume decides it again
+                ELSIF r.state <> 'running' OR (r.failure_strategy = 'end' AND r.step_failed) THEN
+                    decision := 'canceled';
+                    v_err := CASE WHEN r.state = 'running' THEN 'not started: a step failed and the run''s failure strategy is end'
+                                  ELSE 'not started: the run is ' || r.state END;
+                ELSIF st.sub_workflow IS NOT NULL THEN
+                    -- A sub-workflow step: its child run, started now; the step
+                    -- ends when the child does (workflow_child_finished).
+                    BEGIN
+                        v_child := workflow_child_start(p_run, st, r.params);
+                    EXCEPTION WHEN OTHERS THEN
+                        v_child := NULL;
+                        v_err := 'sub-workflow could not be started: ' || SQLERRM;
+                    END;
+                    IF v_child IS NULL THEN
+                        decision := 'failed';
+                    ELSE
+                        SELECT state INTO v_child_state FROM workflow_runs WHERE id = v_child;
+                        UPDATE workflow_run_steps SET state = 'running', child_run_id = v_child, task_count = task_count + 1, ready_at = now()
+                         WHERE run_id = p_run AND name = cur AND state = 'pending';
+                        CONTINUE WHEN v_child_state IN ('running', 'paused');
+                        -- The child ended at its start (every step decided at once).
+                        decision := CASE v_child_state WHEN 'succeeded' THEN 'succeeded' WHEN 'failed' THEN 'failed' ELSE 'canceled' END;
+                        v_output := jsonb_build_object('run_id', v_child::text, 'state', v_child_state);
+                        IF decision <> 'succeeded' THEN
+                            v_err := 'sub-workflow run ' || v_child || ' ' || v_child_state;
+                        END IF;
                     END IF;
-                END IF;
-            ELSIF st.map_over IS NOT NULL THEN
-                -- A map step: one item per element, tasks given as the step's
-                -- parallelism allows; the step ends when every item has.
-                BEGIN
-                    v_items := workflow_map_array(p_run, st, r.params);
-                EXCEPTION WHEN OTHERS THEN
-                    v_items := NULL;
-                    v_err := SQLERRM;
-                END;
-                IF v_items IS NULL THEN
-                    decision := 'failed';
+                ELSIF st.map_over IS NOT NULL THEN
+                    -- A map step: one item per element, tasks given as the step's
+                    -- parallelism allows; the step ends when every item has.
+                    BEGIN
+                        v_items := workflow_map_array(p_run, st, r.params);
+                    EXCEPTION WHEN OTHERS THEN
+                        v_items := NULL;
+                        v_err := SQLERRM;
+                    END;
+                    IF v_items IS NULL THEN
+                        decision := 'failed';
+                    ELSE
+                        INSERT INTO workflow_run_map_items (run_id, step, idx, item)
+                        SELECT p_run, cur, (o.i - 1)::int, o.v FROM jsonb_array_elements(v_items) WITH ORDINALITY AS o(v, i);
+                        UPDATE workflow_run_steps SET state = 'running', task_count = task_count + 1, ready_at = now()
+                         WHERE run_id = p_run AND name = cur AND state = 'pending';
+                        -- Ends it at once if it has no item (or none could be given a task).
+                        PERFORM workflow_map_progress(p_run, cur);
+                        SELECT * INTO r FROM workflow_runs WHERE id = p_run;
+                        CONTINUE;
+                    END IF;
                 ELSE
-                    INSERT INTO workflow_run_map_items (run_id, step, idx, item)
-                    SELECT p_run, cur, (o.i - 1)::int, o.v FROM jsonb_array_elements(v_items) WITH ORDINALITY AS o(v, i);
-                    UPDATE workflow_run_steps SET state = 'running', task_count = task_count + 1, ready_at = now()
-                     WHERE run_id = p_run AND name = cur AND state = 'pending';
-                    -- Ends it at once if it has no item (or none could be given a task).
-                    PERFORM workflow_map_progress(p_run, cur);
-                    SELECT * INTO r FROM workflow_runs WHERE id = p_run;
+                    -- A task step: its task is inserted below, with every other
+                    -- step readied by this advancement, in one statement.
+                    v_ready := v_ready || cur;
                     CONTINUE;
                 END IF;
-            ELSE
+            END IF;
+            -- Decided without running (or ended at once): terminal now; its
+            -- successors may be decided by it.
+            UPDATE workflow_run_steps SET state = decision, finished_at = now(), error = v_err, output = v_output
+             WHERE run_id = p_run AND name = cur AND state IN ('pending', 'running');
+            work := work || workflow_count_ended(p_run, cur, decision);
+            SELECT * INTO r FROM workflow_runs WHERE id = p_run;
+        END LOOP;
+        EXIT WHEN cardinality(v_ready) = 0;
+        -- The readied task steps' tasks (queued, claimable exactly like
+        -- submitted tasks, payload references resolved), in definition order.
+        v_failed := '{}';
+        BEGIN
+            WITH ins AS (
+                INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms, retry_base_ms, retry_max_ms,
+                                   workflow_run_id, workflow_step)
+                SELECT vs.group_name, vs.kind, workflow_resolve(vs.payload, p_run, r.params), vs.priority, vs.max_retries, vs.timeout_ms,
+                       b.base, greatest(b.maxv, b.base), p_run, vs.name
+                  FROM workflow_version_steps vs
+                  LEFT JOIN worker_groups wg ON wg.name = vs.group_name
+                 CROSS JOIN LATERAL (SELECT CASE WHEN vs.retry_base_ms >= 0 THEN vs.retry_base_ms ELSE coalesce(wg.retry_base_ms, 1000) END AS base,
+                                            CASE WHEN vs.retry_max_ms >= 0 THEN vs.retry_max_ms ELSE coalesce(wg.retry_max_ms, 300000) END AS maxv) AS b
+                 WHERE vs.version_id = r.version_id AND vs.name = ANY (v_ready)
+                 ORDER BY vs.position
+                RETURNING tasks.id, tasks.workflow_step, tasks.group_name
+            ), upd AS (
+                UPDATE workflow_run_steps s SET state = 'queued', task_id = ins.id, task_count = s.task_count + 1, ready_at = now()
+                  FROM ins WHERE s.run_id = p_run AND s.name = ins.workflow_step AND s.state = 'pending'
+                RETURNING ins.group_name
+            )
+            SELECT coalesce(array_agg(DISTINCT upd.group_name), '{}') INTO v_g FROM upd;
+        EXCEPTION WHEN OTHERS THEN
+            -- One of them cannot be stored (its group was deleted, a resolved
+            -- payload over 1 MiB): one by one, each that fails fails its step;
+            -- the result that readied them is still recorded.
+            v_g := '{}';
+            FOREACH cur IN ARRAY v_ready LOOP
+                SELECT * INTO st FROM workflow_version_steps WHERE version_id = r.version_id AND name = cur;
                 BEGIN
                     v_task := workflow_step_task(p_run, st, workflow_resolve(st.payload, p_run, r.params), NULL);
                 EXCEPTION WHEN OTHERS THEN
-                    -- A task that cannot be stored (its group was deleted, a resolved
-                    -- payload over 1 MiB) fails its step; the result that readied it
-                    -- is still recorded.
                     v_task := NULL;
                     v_err := 'task could not be created: ' || SQLERRM;
                 END;
-                IF v_task IS NOT NULL THEN
+                IF v_task IS NULL THEN
+                    UPDATE workflow_run_steps SET state = 'failed', finished_at = now(), error = v_err
+                     WHERE run_id = p_run AND name = cur AND state = 'pending';
+                    v_failed := v_failed || cur;
+                ELSE
                     UPDATE workflow_run_steps SET state = 'queued', task_id = v_task, task_count = task_count + 1, ready_at = now()
                      WHERE run_id = p_run AND name = cur AND state = 'pending';
-                    IF NOT st.group_name = ANY (v_groups) THEN
-                        v_groups := v_groups || st.group_name;
-                    END IF;
-                    CONTINUE;
+                    v_g := v_g || st.group_name;
                 END IF;
-                decision := 'failed';
+            END LOOP;
+        END;
+        FOREACH g IN ARRAY v_g LOOP
+            IF NOT g = ANY (v_groups) THEN
+                v_groups := v_groups || g;
             END IF;
-        END IF;
-        -- Decided without running (or ended at once): terminal now; its
-        -- successors may be decided by it.
-        UPDATE workflow_run_steps SET state = decision, finished_at = now(), error = v_err, output = v_output
-         WHERE run_id = p_run AND name = cur AND state IN ('pending', 'running');
-        UPDATE workflow_runs SET steps_left = steps_left - 1, step_failed = step_failed OR decision = 'failed'
-         WHERE id = p_run RETURNING * INTO r;
-        work := work || ARRAY(SELECT e.to_step FROM workflow_version_edges e WHERE e.version_id = r.version_id AND e.from_step = cur);
+        END LOOP;
+        v_ready := '{}';
+        FOREACH cur IN ARRAY v_failed LOOP
+            work := work || workflow_count_ended(p_run, cur, 'failed');
+        END LOOP;
+        SELECT * INTO r FROM workflow_runs WHERE id = p_run;
     END LOOP;
     -- One wake-up per group (Postgres also folds equal notifications of a
     -- transaction into one), on the channel submit uses; delivered at commit.
@@ -501,24 +627,13 @@ BEGIN
     v_state := CASE NEW.state WHEN 'queued' THEN 'queued' WHEN 'dispatched' THEN 'queued' WHEN 'running' THEN 'running'
                               WHEN 'succeeded' THEN 'succeeded' WHEN 'canceled' THEN 'canceled' ELSE 'failed' END;
     IF v_state IN ('queued', 'running') THEN
-        -- Claim, dispatch, retry, failover: the step (or map item) mirrors its
-        -- task. The run row is not locked (claims of one run's tasks do not
-        -- serialize), except for a requeue, which must see a pause committed
-        -- before it.
-        IF NEW.state = 'queued' THEN
-            SELECT state INTO v_run_state FROM workflow_runs WHERE id = NEW.workflow_run_id FOR SHARE;
-            IF v_run_state = 'paused' THEN
-                UPDATE tasks SET available_at = 'infinity' WHERE id = NEW.id AND state = 'queued';
-            END IF;
-        END IF;
-        IF NEW.workflow_item IS NOT NULL THEN
-            UPDATE workflow_run_map_items SET state = v_state
-             WHERE run_id = NEW.workflow_run_id AND step = NEW.workflow_step AND idx = NEW.workflow_item AND task_id = NEW.id
-               AND state IN ('queued', 'running') AND state <> v_state;
-        ELSE
-            UPDATE workflow_run_steps SET state = v_state
-             WHERE run_id = NEW.workflow_run_id AND name = NEW.workflow_step AND task_id = NEW.id
-               AND state IN ('queued', 'running') AND state <> v_state;
+        -- A requeue (retry, snooze, failover; claims and dispatches fire no
+        -- trigger since schema v11): the step or item stays queued (reads show
+        -- running from the task). The run row is read FOR SHARE so a requeue
+        -- sees a pause committed before it, and is held then.
+        SELECT state INTO v_run_state FROM workflow_runs WHERE id = NEW.workflow_run_id FOR SHARE;
+        IF v_run_state = 'paused' THEN
+            UPDATE tasks SET available_at = 'infinity' WHERE id = NEW.id AND state = 'queued';
         END IF;
         RETURN NULL;
     END IF;
@@ -669,6 +784,19 @@ BEGIN
     DELETE FROM workflow_run_map_items WHERE run_id = p_run AND step = ANY (v_reset);
     UPDATE workflow_run_steps SET state = 'pending', finished_at = NULL, error = '', output = NULL, ready_at = NULL, child_run_id = NULL
      WHERE run_id = p_run AND name = ANY (v_reset);
+    -- Their upstream counters from the upstreams' states now.
+    UPDATE workflow_run_steps s
+       SET up_done = c.done, up_succeeded = c.succ, up_failed = c.fail, up_skipped = c.skip
+      FROM (SELECT e.to_step AS name,
+                   count(*) FILTER (WHERE u.state IN ('succeeded', 'failed', 'skipped', 'upstream_failed', 'canceled')) AS done,
+                   count(*) FILTER (WHERE u.state = 'succeeded') AS succ,
+                   count(*) FILTER (WHERE u.state IN ('failed', 'upstream_failed', 'canceled')) AS fail,
+                   count(*) FILTER (WHERE u.state = 'skipped') AS skip
+              FROM workflow_version_edges e
+              JOIN workflow_run_steps u ON u.run_id = p_run AND u.name = e.from_step
+             WHERE e.version_id = v_version AND e.to_step = ANY (v_reset)
+             GROUP BY e.to_step) AS c
+     WHERE s.run_id = p_run AND s.name = c.name;
     UPDATE workflow_runs r SET state = 'running', finished_at = NULL, error = '', steps_left = cardinality(v_reset),
            step_failed = EXISTS (SELECT 1 FROM workflow_run_steps s WHERE s.run_id = r.id AND s.state = 'failed')
      WHERE r.id = p_run;
@@ -678,12 +806,23 @@ END
 $$;
 -- +goose StatementEnd
 
+-- Claims and dispatches of workflow tasks fire no trigger: a step with a task
+-- is stored queued until it ends, and reads show it running while its task
+-- runs (a per-row trigger on every claim cost a fan-out of 1,000 steps about
+-- 0.3 s). The trigger fires on requeues and ends.
+DROP TRIGGER tasks_workflow_step ON tasks;
+CREATE TRIGGER tasks_workflow_step AFTER UPDATE OF state ON tasks
+    FOR EACH ROW WHEN (NEW.workflow_run_id IS NOT NULL AND NEW.state IS DISTINCT FROM OLD.state
+                       AND NEW.state NOT IN ('dispatched', 'running'))
+    EXECUTE FUNCTION workflow_task_changed();
+UPDATE workflow_run_steps SET state = 'queued' WHERE state = 'running' AND task_id IS NOT NULL;
+
 -- +goose StatementBegin
 DO $$
 DECLARE
     f text;
 BEGIN
-    FOREACH f IN ARRAY ARRAY['workflow_resolve(jsonb, bigint, jsonb)', 'workflow_advance(bigint, text[])', 'workflow_finish_if_done(bigint)', 'workflow_task_changed()', 'workflow_start(bigint, jsonb, text, text, bigint)', 'workflow_pause(bigint)', 'workflow_resume(bigint)', 'workflow_end(bigint, text, text)', 'workflow_rerun(bigint, text[])', 'workflow_runs_fire_state()', 'workflow_child_finished(bigint)', 'workflow_child_start(bigint, workflow_version_steps, jsonb)', 'workflow_child_params(jsonb, jsonb)', 'workflow_map_progress(bigint, text)', 'workflow_step_ended(bigint, text, text)', 'workflow_map_fill(bigint, text)', 'workflow_map_array(bigint, workflow_version_steps, jsonb)', 'workflow_step_task(bigint, workflow_version_steps, jsonb, integer)'] LOOP
+    FOREACH f IN ARRAY ARRAY['workflow_task_changed()', 'workflow_start(bigint, jsonb, text, text, bigint)', 'workflow_pause(bigint)', 'workflow_resume(bigint)', 'workflow_end(bigint, text, text)', 'workflow_rerun(bigint, text[])', 'workflow_runs_fire_state()'] LOOP
         EXECUTE format('ALTER FUNCTION %s SET search_path = %I', f, current_schema());
     END LOOP;
 END
@@ -691,12 +830,18 @@ $$;
 -- +goose StatementEnd
 
 -- +goose Down
+DROP TRIGGER tasks_workflow_step ON tasks;
+CREATE TRIGGER tasks_workflow_step AFTER UPDATE OF state ON tasks
+    FOR EACH ROW WHEN (NEW.workflow_run_id IS NOT NULL AND NEW.state IS DISTINCT FROM OLD.state)
+    EXECUTE FUNCTION workflow_task_changed();
+UPDATE workflow_run_steps s SET state = 'running' FROM tasks t
+ WHERE t.id = s.task_id AND s.state = 'queued' AND t.state IN ('dispatched', 'running');
 -- +goose StatementBegin
 DO $$
 DECLARE
     f text;
 BEGIN
-    FOREACH f IN ARRAY ARRAY['workflow_resolve(jsonb, bigint, jsonb)', 'workflow_advance(bigint, text[])', 'workflow_finish_if_done(bigint)', 'workflow_task_changed()', 'workflow_start(bigint, jsonb, text, text, bigint)', 'workflow_pause(bigint)', 'workflow_resume(bigint)', 'workflow_end(bigint, text, text)', 'workflow_rerun(bigint, text[])', 'workflow_runs_fire_state()'] LOOP
+    FOREACH f IN ARRAY ARRAY['workflow_task_changed()', 'workflow_start(bigint, jsonb, text, text, bigint)', 'workflow_pause(bigint)', 'workflow_resume(bigint)', 'workflow_end(bigint, text, text)', 'workflow_rerun(bigint, text[])', 'workflow_runs_fire_state()'] LOOP
         EXECUTE format('ALTER FUNCTION %s RESET search_path', f);
     END LOOP;
 END
@@ -941,17 +1086,49 @@ END
 $$;
 -- +goose StatementEnd
 
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION workflow_start(p_version bigint, p_params jsonb, p_strategy text, p_key text, p_timeout_ms bigint,
+                               OUT run_id bigint, OUT created boolean) LANGUAGE plpgsql AS $$
+DECLARE
+    v_workflow bigint;
+BEGIN
+    SELECT workflow_id INTO STRICT v_workflow FROM workflow_versions WHERE id = p_version;
+    INSERT INTO workflow_runs (workflow_id, version_id, params, failure_strategy, idempotency_key, steps_left, deadline)
+    VALUES (v_workflow, p_version, p_params, p_strategy, p_key,
+            (SELECT count(*) FROM workflow_version_steps WHERE version_id = p_version),
+            CASE WHEN p_timeout_ms > 0 THEN now() + p_timeout_ms * interval '1 millisecond' END)
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id INTO run_id;
+    IF run_id IS NULL THEN
+        SELECT id INTO STRICT run_id FROM workflow_runs WHERE idempotency_key = p_key;
+        created := false;
+        RETURN;
+    END IF;
+    created := true;
+    INSERT INTO workflow_run_steps (run_id, name)
+    SELECT run_id, s.name FROM workflow_version_steps s WHERE s.version_id = p_version ORDER BY s.position;
+    PERFORM workflow_advance(run_id, ARRAY(
+        SELECT s.name FROM workflow_version_steps s
+         WHERE s.version_id = p_version
+           AND NOT EXISTS (SELECT 1 FROM workflow_version_edges e WHERE e.version_id = p_version AND e.to_step = s.name)
+         ORDER BY s.position));
+END
+$$;
+-- +goose StatementEnd
+
 DROP FUNCTION workflow_child_finished(bigint);
 DROP FUNCTION workflow_child_start(bigint, workflow_version_steps, jsonb);
 DROP FUNCTION workflow_child_params(jsonb, jsonb);
 DROP FUNCTION workflow_map_progress(bigint, text);
 DROP FUNCTION workflow_step_ended(bigint, text, text);
+DROP FUNCTION workflow_count_ended(bigint, text, text);
 DROP FUNCTION workflow_map_fill(bigint, text);
 DROP FUNCTION workflow_map_array(bigint, workflow_version_steps, jsonb);
 DROP FUNCTION workflow_map_payload(jsonb, jsonb, integer);
 DROP FUNCTION workflow_step_task(bigint, workflow_version_steps, jsonb, integer);
 DROP TABLE workflow_run_map_items;
-ALTER TABLE workflow_run_steps DROP COLUMN child_run_id;
+ALTER TABLE workflow_run_steps DROP COLUMN child_run_id, DROP COLUMN up_total, DROP COLUMN up_done, DROP COLUMN up_succeeded,
+    DROP COLUMN up_failed, DROP COLUMN up_skipped;
 ALTER TABLE workflow_runs DROP CONSTRAINT workflow_runs_parent, DROP COLUMN parent_step, DROP COLUMN parent_run_id;
 ALTER TABLE workflow_version_steps DROP COLUMN sub_params, DROP COLUMN sub_workflow, DROP COLUMN map_parallelism,
     DROP COLUMN map_max_items, DROP COLUMN map_over;

@@ -388,3 +388,36 @@ func TestMapValidation(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The steps one completion readies get their tasks in one statement; when one
+// of them cannot be stored (its group was deleted) each is stored alone: that
+// one fails its step (and its successor is decided from it), the others run,
+// and the result that readied them is recorded.
+func TestReadiedTaskThatCannotBeStored(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	if _, err := e.pool.Exec(ctx, "INSERT INTO worker_groups (name) VALUES ('gone')"); err != nil {
+		t.Fatal(err)
+	}
+	c := step("c", "a")
+	c.Group = "gone"
+	e.apply(def("lost-group", step("a"), step("b", "a"), c, step("d", "c"), step("e", "b")))
+	if _, err := e.pool.Exec(ctx, "DELETE FROM worker_groups WHERE name = 'gone'"); err != nil {
+		t.Fatal(err)
+	}
+	id := e.start(workflow.StartParams{Workflow: "lost-group"})
+	if sum := e.finish(e.claim(), func(claimed) (string, string) { return "succeeded", "" }); len(sum.Applied) != 1 {
+		t.Fatalf("a's result: %+v", sum)
+	}
+	if s := e.states(id); s["a"] != "succeeded" || s["b"] != "queued" || s["c"] != "failed" || s["d"] != "upstream_failed" {
+		t.Fatalf("states %v", s)
+	}
+	if r := e.run(id); !strings.Contains(r.Steps[2].Error, "task could not be created") {
+		t.Fatalf("c's error %q", r.Steps[2].Error)
+	}
+	e.drive(nil)
+	if s := e.states(id); s["e"] != "succeeded" || e.run(id).State != "failed" {
+		t.Fatalf("states %v, run %s", s, e.run(id).State)
+	}
+}
