@@ -163,11 +163,14 @@ DECLARE
     r workflow_runs%ROWTYPE;
     st workflow_version_steps%ROWTYPE;
     it record;
-    v_live int;
+    v_live int := 0;
+    v_room int;
     v_payload jsonb;
     v_task bigint;
     v_err text;
-    v_any boolean := false;
+    v_n int := 0;
+    v_base bigint;
+    v_max bigint;
 BEGIN
     SELECT * INTO r FROM workflow_runs WHERE id = p_run;
     IF r.state <> 'running' THEN
@@ -177,29 +180,55 @@ BEGIN
     IF st.map_parallelism > 0 THEN
         SELECT count(*) INTO v_live FROM workflow_run_map_items
          WHERE run_id = p_run AND step = p_step AND state IN ('queued', 'running');
+        v_room := greatest(st.map_parallelism - v_live, 0);
+        IF v_room = 0 THEN
+            RETURN;
+        END IF;
     END IF;
-    FOR it IN SELECT i.idx, i.item FROM workflow_run_map_items i
-               WHERE i.run_id = p_run AND i.step = p_step AND i.state = 'pending' ORDER BY i.idx
-               LIMIT CASE WHEN st.map_parallelism > 0 THEN greatest(st.map_parallelism - v_live, 0) END LOOP
-        IF v_payload IS NULL THEN
-            v_payload := workflow_resolve(st.payload, p_run, r.params);
-        END IF;
-        BEGIN
-            v_task := workflow_step_task(p_run, st, workflow_map_payload(v_payload, it.item, it.idx), it.idx);
-        EXCEPTION WHEN OTHERS THEN
-            v_task := NULL;
-            v_err := 'task could not be created: ' || SQLERRM;
-        END;
-        IF v_task IS NULL THEN
-            UPDATE workflow_run_map_items SET state = 'failed', error = v_err
-             WHERE run_id = p_run AND step = p_step AND idx = it.idx AND state = 'pending';
-        ELSE
-            UPDATE workflow_run_map_items SET state = 'queued', task_id = v_task
-             WHERE run_id = p_run AND step = p_step AND idx = it.idx AND state = 'pending';
-            v_any := true;
-        END IF;
-    END LOOP;
-    IF v_any THEN
+    v_payload := workflow_resolve(st.payload, p_run, r.params);
+    v_base := CASE WHEN st.retry_base_ms >= 0 THEN st.retry_base_ms
+                   ELSE coalesce((SELECT wg.retry_base_ms FROM worker_groups wg WHERE wg.name = st.group_name), 1000) END;
+    v_max := greatest(CASE WHEN st.retry_max_ms >= 0 THEN st.retry_max_ms
+                           ELSE coalesce((SELECT wg.retry_max_ms FROM worker_groups wg WHERE wg.name = st.group_name), 300000) END, v_base);
+    -- The next pending items' tasks in one statement, in item order.
+    BEGIN
+        WITH ins AS (
+            INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms, retry_base_ms, retry_max_ms,
+                               workflow_run_id, workflow_step, workflow_item)
+            SELECT st.group_name, st.kind, workflow_map_payload(v_payload, i.item, i.idx), st.priority, st.max_retries, st.timeout_ms,
+                   v_base, v_max, p_run, p_step, i.idx
+              FROM workflow_run_map_items i
+             WHERE i.run_id = p_run AND i.step = p_step AND i.state = 'pending'
+             ORDER BY i.idx
+             LIMIT v_room
+            RETURNING tasks.id, tasks.workflow_item
+        )
+        UPDATE workflow_run_map_items m SET state = 'queued', task_id = ins.id
+          FROM ins WHERE m.run_id = p_run AND m.step = p_step AND m.idx = ins.workflow_item AND m.state = 'pending';
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+    EXCEPTION WHEN OTHERS THEN
+        -- One cannot be stored (a resolved payload over 1 MiB, the group
+        -- deleted): one by one, each that fails fails its item.
+        v_n := 0;
+        FOR it IN SELECT i.idx, i.item FROM workflow_run_map_items i
+                   WHERE i.run_id = p_run AND i.step = p_step AND i.state = 'pending' ORDER BY i.idx LIMIT v_room LOOP
+            BEGIN
+                v_task := workflow_step_task(p_run, st, workflow_map_payload(v_payload, it.item, it.idx), it.idx);
+            EXCEPTION WHEN OTHERS THEN
+                v_task := NULL;
+                v_err := 'task could not be created: ' || SQLERRM;
+            END;
+            IF v_task IS NULL THEN
+                UPDATE workflow_run_map_items SET state = 'failed', error = v_err
+                 WHERE run_id = p_run AND step = p_step AND idx = it.idx AND state = 'pending';
+            ELSE
+                UPDATE workflow_run_map_items SET state = 'queued', task_id = v_task
+                 WHERE run_id = p_run AND step = p_step AND idx = it.idx AND state = 'pending';
+                v_n := v_n + 1;
+            END IF;
+        END LOOP;
+    END;
+    IF v_n > 0 THEN
         PERFORM pg_notify('baton_claim', 'g:' || st.group_name);
     END IF;
 END
