@@ -2,6 +2,7 @@ package baton_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -222,5 +223,82 @@ func BenchmarkWorkflowHandoff(b *testing.B) {
 		b.ReportMetric(p99, "handoff-p99-ms")
 		b.ReportMetric(maxMs, "handoff-max-ms")
 		b.Logf("chain of %d steps: hand-off p50 %.2f ms, p99 %.2f ms, max %.2f ms", n, p50, p99, maxMs)
+	}
+}
+
+// A map step over a handler's JSON array and a sub-workflow, through the
+// public API with a real worker: the map's results reach the child run's
+// parameter, the child's step sees it, and the parent ends with the child.
+func TestMapAndSubWorkflowEndToEnd(t *testing.T) {
+	t.Parallel()
+	pool, dsn := srv.NewPool(t)
+	ctx := context.Background()
+	var mu sync.Mutex
+	var got string
+	startWorker(t, dsn, map[string]baton.Handler{
+		"list": func(context.Context, baton.Task) (string, error) { return `{"parts": ["eu", "us", "apac"]}`, nil },
+		"part": func(_ context.Context, task baton.Task) (string, error) {
+			var p struct{ Part string }
+			if err := json.Unmarshal(task.Payload, &p); err != nil {
+				return "", err
+			}
+			return fmt.Sprintf(`{"n": "%d"}`, len(p.Part)), nil
+		},
+		"report": func(_ context.Context, task baton.Task) (string, error) {
+			mu.Lock()
+			got = string(task.Payload)
+			mu.Unlock()
+			return "", nil
+		},
+	})
+	client, err := baton.NewClient(pool, &baton.ClientConfig{Logger: zaptest.NewLogger(t), WaitPollInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, y := range []string{`
+name: report
+params: [{name: results}]
+steps:
+  - {name: r, group: app, kind: report, payload: {results: "${params.results}"}}
+`, `
+name: parts
+steps:
+  - {name: list, group: app, kind: list, outputs: [parts]}
+  - name: each
+    group: app
+    kind: part
+    depends_on: [list]
+    map: {over: "${steps.list.outputs.parts}", parallelism: 2}
+    payload: {part: "${map.item}"}
+  - name: sub
+    depends_on: [each]
+    workflow: report
+    params: {results: "${steps.each.outputs.results}"}
+`} {
+		def, err := baton.ParseWorkflow([]byte(y))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := client.ApplyWorkflow(ctx, def); err != nil {
+			t.Fatal(err)
+		}
+	}
+	id, err := client.StartRun(ctx, baton.RunSpec{Workflow: "parts"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	r, err := client.WaitRun(wctx, id)
+	if err != nil || r.State != "succeeded" || r.Steps[1].Items != 3 || r.Steps[2].ChildRunID == 0 {
+		t.Fatalf("wait: %+v, %v", r, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got != `{"results": "[{\"n\": \"2\"}, {\"n\": \"2\"}, {\"n\": \"4\"}]"}` {
+		t.Fatalf("the child's step saw %s", got)
+	}
+	if c, err := client.GetRun(ctx, r.Steps[2].ChildRunID); err != nil || c.ParentRunID != id || c.State != "succeeded" {
+		t.Fatalf("child run %+v, %v", c, err)
 	}
 }
