@@ -256,7 +256,7 @@ func TestSubWorkflow(t *testing.T) {
 func TestSubWorkflowCascade(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	for _, state := range []string{"canceled", "stopped"} {
+	for _, state := range []string{"canceled", "stopped", "failed"} { // failed: the parent's run timeout
 		t.Run(state, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t)
@@ -281,14 +281,20 @@ func TestSubWorkflowCascade(t *testing.T) {
 			if len(cs) != 1 || cs[0].step != "c1" || cs[0].run != child {
 				t.Fatalf("after resume claimed %+v", cs)
 			}
-			if err := e.tx(func(q *db.Queries) error { return workflow.End(ctx, q, id, state) }); err != nil {
+			if err := e.tx(func(q *db.Queries) error {
+				if state == "failed" {
+					return workflow.TimeOut(ctx, q, id)
+				}
+				return workflow.End(ctx, q, id, state)
+			}); err != nil {
 				t.Fatal(err)
 			}
 			if sum := e.finish(cs, func(claimed) (string, string) { return "succeeded", "" }); len(sum.Applied) != 0 {
 				t.Fatalf("late child result applied: %+v", sum)
 			}
 			r, cr := e.run(id), e.run(child)
-			if r.State != state || cr.State != state || r.StepsLeft != 0 || cr.StepsLeft != 0 || r.Steps[1].State != "canceled" {
+			wantStep := map[string]string{"canceled": "canceled", "stopped": "canceled", "failed": "failed"}[state]
+			if r.State != state || cr.State != state || r.StepsLeft != 0 || cr.StepsLeft != 0 || r.Steps[1].State != wantStep {
 				t.Fatalf("parent %+v, child %+v", r, cr)
 			}
 		})
