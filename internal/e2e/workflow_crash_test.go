@@ -22,7 +22,7 @@ func crashDAG(c *Cluster, work string) workflow.Definition {
 	const width, middle = 8, 6
 	name := func(layer, i int) string { return fmt.Sprintf("l%d-%d", layer, i) }
 	mk := func(n string, deps ...string) workflow.Step {
-		cmd := c.LedgerCommand(work + ` && echo "tok=$BATON_TASK_ID" >> "$BATON_OUTPUT"`)
+		cmd := c.LedgerCommand(work + ` && echo "tok=$BATON_TASK_ID-$BATON_ATTEMPT" >> "$BATON_OUTPUT"`)
 		if len(deps) > 0 {
 			cmd = ": up=${steps." + deps[0] + ".outputs.tok} && " + cmd
 		}
@@ -48,12 +48,14 @@ func crashDAG(c *Cluster, work string) workflow.Definition {
 }
 
 // TestWorkflowSIGKILLWorkers: two runs of a 50-step DAG while two workers are
-// SIGKILLed, each while it runs steps of the runs (and replaced), and one of
-// the two masters with the first. No process
+// SIGKILLed and one SIGSTOPped (until declared dead, then SIGCONTed), each
+// while it runs steps of the runs (and replaced), and one of the two masters
+// with the first. No process
 // holds a run: failover requeues the killed attempts, and the completions
-// advance the runs. Both runs succeed; every step ran to success exactly once
-// per successful attempt (the ledger), got exactly one task, and saw its
-// upstream's output; the repair check finds nothing.
+// advance the runs; the frozen worker's late results are refused. Both runs
+// succeed; every step ran to success exactly once per successful attempt (the
+// ledger), got exactly one task, holds its succeeded attempt's output and saw
+// its upstream's; the repair check finds nothing.
 func TestWorkflowSIGKILLWorkers(t *testing.T) {
 	c := setup(t, nil)
 	ctx := context.Background()
@@ -79,15 +81,18 @@ func TestWorkflowSIGKILLWorkers(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Kill a worker while it runs a workflow step, start a replacement; twice.
-	killed := map[string]bool{}
+	// Fault a worker while it runs a workflow step and start a replacement:
+	// SIGKILL (and a master with it), SIGSTOP, SIGKILL.
+	faulted := map[string]bool{}
 	var killedSessions []int64
-	for k := range 2 {
+	var stopped *Proc
+	var stoppedSession int64
+	for k, fault := range []string{"kill", "stop", "kill"} {
 		var victim *Proc
 		var session int64
 		WaitFor(t, startTimeout, func() (bool, string) {
 			for _, w := range c.Workers {
-				if killed[w.Name] {
+				if faulted[w.Name] {
 					continue
 				}
 				s := c.Int(`SELECT coalesce(max(id), 0) FROM worker_sessions WHERE name = $1 AND state = 'alive'`, w.Name)
@@ -102,16 +107,29 @@ func TestWorkflowSIGKILLWorkers(t *testing.T) {
 			}
 			return false, "no live worker runs a workflow step"
 		})
-		victim.Kill()
-		killed[victim.Name] = true
-		killedSessions = append(killedSessions, session)
+		faulted[victim.Name] = true
+		if fault == "kill" {
+			victim.Kill()
+			killedSessions = append(killedSessions, session)
+		} else {
+			// Frozen: declared dead and failed over while its task children
+			// finish; their results, reported when it resumes, are refused.
+			victim.Stop()
+			stopped, stoppedSession = victim, session
+		}
 		c.StartWorker(fmt.Sprintf("w%d", 4+k), slots)
-		t.Logf("SIGKILLed %s (session %d) while it ran workflow steps", victim.Name, session)
+		t.Logf("%s %s (session %d) while it ran workflow steps", fault, victim.Name, session)
 		if k == 0 {
 			// A master too: no run lives in it; the other one fails the worker over.
 			c.Masters[0].Kill()
 		}
 	}
+	WaitFor(t, failoverTimeout, func() (bool, string) {
+		var state string
+		c.Scan(`SELECT state FROM worker_sessions WHERE id = $1`, []any{stoppedSession}, &state)
+		return state == "dead", fmt.Sprintf("stopped session %d is %s", stoppedSession, state)
+	})
+	stopped.Cont()
 
 	WaitFor(t, terminalTimeout, func() (bool, string) {
 		n := c.Int(`SELECT count(*) FROM workflow_runs WHERE id = ANY($1) AND state NOT IN ('running', 'paused')`, runs)
@@ -128,10 +146,11 @@ func TestWorkflowSIGKILLWorkers(t *testing.T) {
 		(SELECT count(*) FROM tasks t WHERE t.workflow_run_id = s.run_id AND t.workflow_step = s.name)
 		FROM workflow_run_steps s WHERE s.task_count <> 1
 		   OR (SELECT count(*) FROM tasks t WHERE t.workflow_run_id = s.run_id AND t.workflow_step = s.name) <> 1 ORDER BY 1`)
-	// The step's output is its own succeeded attempt's (the task id it wrote),
-	// and each step's command carried its first upstream's.
-	expectNone(c, "steps whose output is not their task's", `SELECT run_id || '/' || name || ' ' || coalesce(output::text, 'NULL')
-		FROM workflow_run_steps WHERE output ->> 'tok' IS DISTINCT FROM task_id::text ORDER BY 1`)
+	// The step's output is its succeeded attempt's (the task id and attempt it
+	// wrote; no zombie's), and each step's command carried its first upstream's.
+	expectNone(c, "steps whose output is not their succeeded attempt's", `SELECT s.run_id || '/' || s.name || ' ' || coalesce(s.output::text, 'NULL')
+		FROM workflow_run_steps s JOIN task_attempts a ON a.task_id = s.task_id AND a.outcome = 'succeeded'
+		WHERE s.output ->> 'tok' IS DISTINCT FROM s.task_id || '-' || a.attempt ORDER BY 1`)
 	const upstream = `FROM workflow_run_steps s
 		JOIN workflow_runs r ON r.id = s.run_id
 		JOIN workflow_version_steps v ON v.version_id = r.version_id AND v.name = s.name
@@ -149,6 +168,13 @@ func TestWorkflowSIGKILLWorkers(t *testing.T) {
 		t.Errorf("no attempt of the killed sessions %v was failed over, but each ran workflow steps", killedSessions)
 	}
 	t.Logf("%d step attempts failed over from the killed sessions %v", failedOver, killedSessions)
+	refused := c.Int(`SELECT count(*) FROM task_attempts WHERE worker_session_id = $1 AND refused_at IS NOT NULL`, stoppedSession)
+	t.Logf("stopped session %d: attempts by outcome %v, %d late results refused", stoppedSession, attemptOutcomes(c, stoppedSession), refused)
+	for k, v := range attemptOutcomes(c, stoppedSession) {
+		if k != "succeeded" && k != "failed_over" && k != "fenced" {
+			t.Errorf("stopped session %d has %d attempts with outcome %s", stoppedSession, v, k)
+		}
+	}
 	if stuck, err := db.New(c.Pool).WorkflowRunsStuck(ctx); err != nil || len(stuck) > 0 {
 		t.Errorf("repair check: %v, %v", stuck, err)
 	}
