@@ -330,6 +330,9 @@ DECLARE
     v_out jsonb := '{}';
     v_unknown text;
 BEGIN
+    IF jsonb_typeof(p_given) IS DISTINCT FROM 'object' THEN
+        p_given := '{}';
+    END IF;
     SELECT k INTO v_unknown FROM jsonb_object_keys(coalesce(p_given, '{}')) AS k
      WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements(coalesce(p_def -> 'params', '[]')) AS d WHERE d ->> 'name' = k)
      ORDER BY k LIMIT 1;

@@ -766,7 +766,8 @@ func TestOutputsAndParams(t *testing.T) {
 
 func ptr[T any](v T) *T { return &v }
 
-// Property: random DAGs with random trigger rules and injected failures end,
+// Property: random DAGs with random trigger rules and injected failures, some
+// steps map steps or sub-workflow steps, end,
 // step by step, in the states the reference model of the documented semantics
 // predicts (failure strategy continue, where the outcome does not depend on
 // timing).
@@ -776,10 +777,11 @@ func TestRandomDAGsMatchReferenceModel(t *testing.T) {
 	seed := time.Now().UnixNano()
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(uint64(seed), 1))
+	e.apply(def("leaf", step("leafstep"))) // the sub-workflow of some steps
 	for i := range 20 {
 		n := 1 + rng.IntN(200) // up to 200 steps
 
-		d := workflow.Definition{Name: fmt.Sprintf("prop%d", i)}
+		d := workflow.Definition{Name: fmt.Sprintf("prop%d", i), Params: []workflow.Param{{Name: "items", Default: ptr("[1, 2, 3]")}}}
 		fail := map[string]string{}
 		for j := range n {
 			s := ruled(workflow.TriggerRules[rng.IntN(len(workflow.TriggerRules))], fmt.Sprintf("s%d", j))
@@ -788,8 +790,20 @@ func TestRandomDAGsMatchReferenceModel(t *testing.T) {
 					s.DependsOn = append(s.DependsOn, fmt.Sprintf("s%d", k))
 				}
 			}
-			if rng.IntN(4) == 0 {
-				fail[s.Name] = "failed"
+			switch kind := rng.IntN(10); {
+			case kind == 0:
+				// A sub-workflow step (its child's one step succeeds): a
+				// step as far as the rules go.
+				s.Group, s.Kind, s.Workflow = "", "", "leaf"
+			case kind == 1:
+				// A map step of three items, each failing when the step is
+				// to fail: a step as far as the rules go.
+				s.Map = &workflow.Map{Over: "${params.items}", Parallelism: rng.IntN(3)}
+				fallthrough
+			default:
+				if rng.IntN(4) == 0 {
+					fail[s.Name] = "failed"
+				}
 			}
 			d.Steps = append(d.Steps, s)
 		}
@@ -818,7 +832,14 @@ func TestRandomDAGsMatchReferenceModel(t *testing.T) {
 		got := e.states(id)
 		for _, s := range d.Steps {
 			if got[s.Name] != want[s.Name] {
-				t.Fatalf("seed %d, dag %d, step %s (rule %s, deps %v): %s; the model says %s", seed, i, s.Name, s.Rule(), s.DependsOn, got[s.Name], want[s.Name])
+				var errText string
+				for _, rs := range e.run(id).Steps {
+					if rs.Name == s.Name {
+						errText = rs.Error
+					}
+				}
+				t.Fatalf("seed %d, dag %d, step %s (rule %s, deps %v, map %v, workflow %q): %s (%s); the model says %s",
+					seed, i, s.Name, s.Rule(), s.DependsOn, s.Map, s.Workflow, got[s.Name], errText, want[s.Name])
 			}
 		}
 		if r := e.run(id); !workflow.Terminal(r.State) {

@@ -111,7 +111,11 @@ func Apply(ctx context.Context, q *db.Queries, d Definition) (Applied, error) {
 		sp.SubWorkflows = append(sp.SubWorkflows, s.Workflow)
 		subParams := ""
 		if s.Workflow != "" {
-			b, err := json.Marshal(s.Params)
+			params := s.Params
+			if params == nil {
+				params = map[string]string{} // {} not null
+			}
+			b, err := json.Marshal(params)
 			if err != nil {
 				return out, fmt.Errorf("apply workflow %s: encode params of step %s: %w", d.Name, s.Name, err)
 			}
