@@ -484,39 +484,19 @@ DECLARE
     v_g text[];
     v_groups text[] := '{}';
     g text;
-    v_batch text[];
-    v_nested boolean;
-    c record;
 BEGIN
     SELECT * INTO r FROM workflow_runs WHERE id = p_run;
     LOOP
         WHILE cardinality(work) > 0 LOOP
-          -- The worklist in rounds: one query decides every pending step of
-          -- the round from its counters. A step's counters can be stale only
-          -- if an upstream of it ends later in the same round, and then its
-          -- decision is wait (or a run that stays right: one_success,
-          -- one_failed); that upstream's end puts it in the next round.
-          v_batch := work;
-          work := '{}';
-          v_nested := false;
-          FOR c IN SELECT vs AS st, s.name,
-                          workflow_trigger_decision(vs.trigger_rule, s.up_total, s.up_succeeded, s.up_failed, s.up_skipped, s.up_done) AS decision
-                     FROM workflow_run_steps s
-                     JOIN workflow_version_steps vs ON vs.version_id = r.version_id AND vs.name = s.name
-                    WHERE s.run_id = p_run AND s.name = ANY (v_batch) AND s.state = 'pending'
-                      AND NOT s.name = ANY (v_ready) -- decided to run already; its task comes below
-                    ORDER BY vs.position LOOP
-            cur := c.name;
-            st := c.st;
-            decision := c.decision;
+            cur := work[1];
+            work := work[2:];
+            CONTINUE WHEN cur = ANY (v_ready); -- decided to run already; its task comes below
+            SELECT s.up_total, s.up_succeeded, s.up_failed, s.up_skipped, s.up_done INTO n_total, n_succ, n_fail, n_skip, n_done
+              FROM workflow_run_steps s WHERE s.run_id = p_run AND s.name = cur AND s.state = 'pending';
+            CONTINUE WHEN NOT FOUND;
+            SELECT * INTO st FROM workflow_version_steps WHERE version_id = r.version_id AND name = cur;
+            decision := workflow_trigger_decision(st.trigger_rule, n_total, n_succ, n_fail, n_skip, n_done);
             CONTINUE WHEN decision = 'wait';
-            IF v_nested THEN
-                -- A map step ended at once in this round and advanced its
-                -- successors itself: this one may be decided already.
-                PERFORM 1 FROM workflow_run_steps WHERE run_id = p_run AND name = cur AND state = 'pending';
-                CONTINUE WHEN NOT FOUND;
-                CONTINUE WHEN cur = ANY (v_ready);
-            END IF;
             v_err := '';
             v_output := NULL;
             IF decision = 'run' THEN
@@ -566,9 +546,7 @@ BEGIN
                         UPDATE workflow_run_steps SET state = 'running', task_count = task_count + 1, ready_at = now()
                          WHERE run_id = p_run AND name = cur AND state = 'pending';
                         -- Ends it at once if it has no item (or none could be given a task).
-                        IF workflow_map_progress(p_run, cur) THEN
-                            v_nested := true;
-                        END IF;
+                        PERFORM workflow_map_progress(p_run, cur);
                         SELECT * INTO r FROM workflow_runs WHERE id = p_run;
                         CONTINUE;
                     END IF;
@@ -585,7 +563,6 @@ BEGIN
              WHERE run_id = p_run AND name = cur AND state IN ('pending', 'running');
             work := work || workflow_count_ended(p_run, cur, decision);
             SELECT * INTO r FROM workflow_runs WHERE id = p_run;
-          END LOOP;
         END LOOP;
         EXIT WHEN cardinality(v_ready) = 0;
         -- The readied task steps' tasks (queued, claimable exactly like
