@@ -284,6 +284,7 @@ DECLARE
     v_state text;
     v_output jsonb;
     v_err text;
+    v_size bigint;
 BEGIN
     SELECT state INTO v_run_state FROM workflow_runs WHERE id = p_run;
     IF v_run_state = 'running' THEN
@@ -300,11 +301,26 @@ BEGIN
     END IF;
     SELECT CASE WHEN count(*) FILTER (WHERE state = 'failed') > 0 THEN 'failed'
                 WHEN count(*) FILTER (WHERE state = 'canceled') > 0 THEN 'canceled' ELSE 'succeeded' END,
-           jsonb_build_object('results', coalesce(jsonb_agg(coalesce(output, 'null'::jsonb) ORDER BY idx), '[]'::jsonb), 'count', count(*))
-      INTO v_state, v_output
+           coalesce(sum(octet_length(output::text)), 0)
+      INTO v_state, v_size
       FROM workflow_run_map_items WHERE run_id = p_run AND step = p_step;
-    SELECT 'item ' || idx || ': ' || error INTO v_err FROM workflow_run_map_items
-     WHERE run_id = p_run AND step = p_step AND state = v_state ORDER BY idx LIMIT 1;
+    IF v_size > 1048576 THEN
+        -- The results would make every payload that references them too big
+        -- (and a huge row): the step fails, naming why, and stores none.
+        v_output := NULL;
+        IF v_state = 'succeeded' THEN
+            v_state := 'failed';
+            v_err := 'map results over 1 MiB (' || v_size || ' bytes of item outputs): no output stored';
+        END IF;
+    ELSE
+        SELECT jsonb_build_object('results', coalesce(jsonb_agg(coalesce(output, 'null'::jsonb) ORDER BY idx), '[]'::jsonb), 'count', count(*))
+          INTO v_output
+          FROM workflow_run_map_items WHERE run_id = p_run AND step = p_step;
+    END IF;
+    IF v_err IS NULL THEN
+        SELECT 'item ' || idx || ': ' || error INTO v_err FROM workflow_run_map_items
+         WHERE run_id = p_run AND step = p_step AND state = v_state ORDER BY idx LIMIT 1;
+    END IF;
     UPDATE workflow_run_steps SET state = v_state, finished_at = now(), output = v_output,
                                   error = CASE WHEN v_state = 'succeeded' THEN '' ELSE coalesce(v_err, '') END
      WHERE run_id = p_run AND name = p_step AND state IN ('queued', 'running');

@@ -103,6 +103,12 @@ func TestMapStepOutcomes(t *testing.T) {
 		{"item task cannot be stored", `{"items": ["a", "` + strings.Repeat("x", 1100000) + `", "c"]}`, "",
 			map[string]string{"each": "failed", "after": "upstream_failed"}, "item 1: task could not be created: "},
 	}
+	cases = append(cases, struct {
+		name, items, item string
+		want              map[string]string
+		err               string
+	}{"results over 1 MiB", `{"items": [1, 2]}`, "big", map[string]string{"each": "failed", "after": "upstream_failed"},
+		"map results over 1 MiB ("})
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -116,6 +122,9 @@ func TestMapStepOutcomes(t *testing.T) {
 					if c.step == "each" && tc.item == "failed" && first {
 						first = false
 						return "failed", ""
+					}
+					if c.step == "each" && tc.item == "big" {
+						return "succeeded", `{"blob": "` + strings.Repeat("x", 600000) + `"}`
 					}
 					return "succeeded", ""
 				})
