@@ -162,6 +162,14 @@ func TestWorkflowSIGKILLWorkers(t *testing.T) {
 	}
 	expectNone(c, "steps that did not see their upstream's output", `SELECT s.run_id || '/' || s.name || ': ' || (t.payload ->> 'command') `+
 		upstream+` WHERE (t.payload ->> 'command') NOT LIKE ': up=' || (u.output ->> 'tok') || ' &&%' ORDER BY 1`)
+	expectNone(c, "attempts of a step that overlap in time (the next one started before the previous one ended)",
+		`SELECT a.task_id || ' attempts ' || a.attempt || '/' || b.attempt FROM task_attempts a
+		 JOIN task_attempts b ON b.task_id = a.task_id AND b.attempt > a.attempt
+		 WHERE b.started_at < a.finished_at ORDER BY 1`)
+	if pairs := c.Int(`SELECT count(*) FROM task_attempts a JOIN task_attempts b ON b.task_id = a.task_id AND b.attempt > a.attempt
+		WHERE a.finished_at IS NOT NULL AND b.started_at IS NOT NULL`); pairs == 0 {
+		t.Error("no pair of attempts of one step to compare: the overlap check proves nothing")
+	}
 	checkExactlyOnce(c, 100)
 	failedOver := c.Int(`SELECT count(*) FROM task_attempts WHERE worker_session_id = ANY($1) AND outcome = 'failed_over'`, killedSessions)
 	if failedOver == 0 {
