@@ -19,6 +19,8 @@ type (
 	WorkflowDefinition = workflow.Definition
 	// WorkflowStep is one step of a definition.
 	WorkflowStep = workflow.Step
+	// WorkflowMap is what a map step fans out over (docs/workflows.md).
+	WorkflowMap = workflow.Map
 	// WorkflowParam is a run parameter of a definition.
 	WorkflowParam = workflow.Param
 	// WorkflowApplied says which version ApplyWorkflow stored or found.

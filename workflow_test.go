@@ -2,6 +2,7 @@ package baton_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -177,29 +178,14 @@ func TestStartRunTx(t *testing.T) {
 // BenchmarkWorkflowHandoff measures the hand-off of a chain: a step's task
 // finishes -> its successor's task is running (started_at of the successor
 // minus finished_at of the predecessor, both Postgres time), over a chain of
-// BATON_BENCH_CHAIN steps (default 200) of no-op handlers on one embedded
+// BATON_BENCH_CHAIN steps (default 1,000) of no-op handlers on one embedded
 // worker. Run on the durable Postgres:
 //
 //	BATON_TEST_DATABASE_URL=postgres://baton:baton@127.0.0.1:5433/postgres go test -run '^$' -bench WorkflowHandoff -benchtime 1x .
 func BenchmarkWorkflowHandoff(b *testing.B) {
-	pool, dsn := srv.NewPool(b)
+	client, pool := benchWorkflowEnv(b, baton.WorkerSlotsDefault)
 	ctx := context.Background()
-	ctxW, cancel := context.WithCancel(ctx)
-	defer cancel()
-	w, err := baton.NewWorker(ctxW, baton.WorkerConfig{DatabaseURL: dsn, Group: "app", Logger: zaptest.NewLogger(b),
-		Handlers: map[string]baton.Handler{"noop": func(context.Context, baton.Task) (string, error) { return "", nil }}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctxW) }()
-	defer func() { cancel(); <-done }()
-	<-w.Ready()
-	client, err := baton.NewClient(pool, &baton.ClientConfig{Logger: zaptest.NewLogger(b), WaitPollInterval: 100 * time.Millisecond})
-	if err != nil {
-		b.Fatal(err)
-	}
-	n := 200
+	n := benchEnvInt("BATON_BENCH_CHAIN", 1000)
 	def := baton.WorkflowDefinition{Name: "chain"}
 	for i := range n {
 		s := baton.WorkflowStep{Name: fmt.Sprintf("s%04d", i), Group: "app", Kind: "noop"}
@@ -237,5 +223,82 @@ func BenchmarkWorkflowHandoff(b *testing.B) {
 		b.ReportMetric(p99, "handoff-p99-ms")
 		b.ReportMetric(maxMs, "handoff-max-ms")
 		b.Logf("chain of %d steps: hand-off p50 %.2f ms, p99 %.2f ms, max %.2f ms", n, p50, p99, maxMs)
+	}
+}
+
+// A map step over a handler's JSON array and a sub-workflow, through the
+// public API with a real worker: the map's results reach the child run's
+// parameter, the child's step sees it, and the parent ends with the child.
+func TestMapAndSubWorkflowEndToEnd(t *testing.T) {
+	t.Parallel()
+	pool, dsn := srv.NewPool(t)
+	ctx := context.Background()
+	var mu sync.Mutex
+	var got string
+	startWorker(t, dsn, map[string]baton.Handler{
+		"list": func(context.Context, baton.Task) (string, error) { return `{"parts": ["eu", "us", "apac"]}`, nil },
+		"part": func(_ context.Context, task baton.Task) (string, error) {
+			var p struct{ Part string }
+			if err := json.Unmarshal(task.Payload, &p); err != nil {
+				return "", err
+			}
+			return fmt.Sprintf(`{"n": "%d"}`, len(p.Part)), nil
+		},
+		"report": func(_ context.Context, task baton.Task) (string, error) {
+			mu.Lock()
+			got = string(task.Payload)
+			mu.Unlock()
+			return "", nil
+		},
+	})
+	client, err := baton.NewClient(pool, &baton.ClientConfig{Logger: zaptest.NewLogger(t), WaitPollInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, y := range []string{`
+name: report
+params: [{name: results}]
+steps:
+  - {name: r, group: app, kind: report, payload: {results: "${params.results}"}}
+`, `
+name: parts
+steps:
+  - {name: list, group: app, kind: list, outputs: [parts]}
+  - name: each
+    group: app
+    kind: part
+    depends_on: [list]
+    map: {over: "${steps.list.outputs.parts}", parallelism: 2}
+    payload: {part: "${map.item}"}
+  - name: sub
+    depends_on: [each]
+    workflow: report
+    params: {results: "${steps.each.outputs.results}"}
+`} {
+		def, err := baton.ParseWorkflow([]byte(y))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := client.ApplyWorkflow(ctx, def); err != nil {
+			t.Fatal(err)
+		}
+	}
+	id, err := client.StartRun(ctx, baton.RunSpec{Workflow: "parts"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	r, err := client.WaitRun(wctx, id)
+	if err != nil || r.State != "succeeded" || r.Steps[1].Items != 3 || r.Steps[2].ChildRunID == 0 {
+		t.Fatalf("wait: %+v, %v", r, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got != `{"results": "[{\"n\": \"2\"}, {\"n\": \"2\"}, {\"n\": \"4\"}]"}` {
+		t.Fatalf("the child's step saw %s", got)
+	}
+	if c, err := client.GetRun(ctx, r.Steps[2].ChildRunID); err != nil || c.ParentRunID != id || c.State != "succeeded" {
+		t.Fatalf("child run %+v, %v", c, err)
 	}
 }

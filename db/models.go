@@ -302,6 +302,10 @@ type Task struct {
 	SubmittedMaxRetries *int32
 	// Labels given at submit (TaskSpec.Tags), for finding tasks (Client.List, baton task list --tag).
 	Tags []string
+	// A succeeded shell task's $BATON_OUTPUT (KEY=VALUE lines) as a JSON object of strings: its workflow step's outputs. NULL: none.
+	StepOutputs []byte
+	// For a map step's task: the index of its item in workflow_run_map_items (NULL: the step's own task).
+	WorkflowItem *int32
 }
 
 // History: one row per dispatch of a task (closed attempts from task_attempt_log, the current or final one from the task row). Dashboards read this.
@@ -420,6 +424,9 @@ type WorkflowRun struct {
 	Error      string
 	CreatedAt  time.Time
 	FinishedAt *time.Time
+	// A child run: the run whose sub-workflow step started it (and completes with it).
+	ParentRunID *int64
+	ParentStep  *string
 }
 
 // The repair sweep's report: a run found not terminal with nothing live (or with steps_left disagreeing with its steps). The advancement makes this impossible; a row here is a bug to investigate.
@@ -437,6 +444,18 @@ type WorkflowRunFinding struct {
 	OpenSteps int32
 }
 
+// The items a map step fans out over: each gets a task (tasks.workflow_item = idx) once the step's parallelism allows; the step ends when every item has.
+type WorkflowRunMapItem struct {
+	RunID  int64
+	Step   string
+	Idx    int32
+	Item   json.RawMessage
+	State  string
+	TaskID *int64
+	Output []byte
+	Error  string
+}
+
 // A step of a run: pending until its trigger rule decides; queued/running mirror its task; then terminal.
 type WorkflowRunStep struct {
 	RunID int64
@@ -451,6 +470,15 @@ type WorkflowRunStep struct {
 	Error      string
 	ReadyAt    *time.Time
 	FinishedAt *time.Time
+	// A sub-workflow step: its current child run (a rerun starts another).
+	ChildRunID *int64
+	// Upstream steps (depends_on).
+	UpTotal int32
+	// Upstream steps ended; up_succeeded, up_failed (failed, upstream_failed, canceled) and up_skipped split them.
+	UpDone      int32
+	UpSucceeded int32
+	UpFailed    int32
+	UpSkipped   int32
 }
 
 // Immutable versions of a workflow (an UPDATE is refused). Apply stores one only when the content hash differs from the latest.
@@ -487,4 +515,14 @@ type WorkflowVersionStep struct {
 	// Retry backoff of the step's task; -1 takes its group's.
 	RetryBaseMs int64
 	RetryMaxMs  int64
+	// A map step: the reference (${params.P} or ${steps.S.outputs.K}) resolving to the JSON array it fans out over; NULL: not a map step.
+	MapOver *string
+	// A map step fails when its array has more items.
+	MapMaxItems int32
+	// At most this many item tasks queued or running at once (0: no bound).
+	MapParallelism int32
+	// A sub-workflow step: the workflow whose latest version it starts as a child run; NULL: not one.
+	SubWorkflow *string
+	// The child run's parameters (string values, references resolved when the step becomes ready).
+	SubParams []byte
 }

@@ -358,7 +358,8 @@ WITH r AS (
     SELECT unnest($1::bigint[]) AS id, unnest($2::int[]) AS attempt,
            unnest($3::bigint[]) AS session_id, unnest($4::text[]) AS outcome,
            unnest($5::int[]) AS exit_code, unnest($6::text[]) AS error,
-           unnest($7::text[]) AS output, unnest($8::bigint[]) AS snooze_ms
+           unnest($7::text[]) AS output, unnest($8::bigint[]) AS snooze_ms,
+           unnest($9::text[]) AS step_outputs
 ), t AS (
     UPDATE tasks
     SET state = CASE WHEN r.outcome = 'snoozed' THEN 'queued'
@@ -378,8 +379,11 @@ WITH r AS (
         queued_reason = CASE WHEN r.outcome = 'snoozed' THEN 'snooze'
                              WHEN r.outcome IN ('failed', 'timed_out') AND tasks.retries < tasks.max_retries THEN 'retry'
                              ELSE tasks.queued_reason END,
-        exit_code = nullif(r.exit_code, $9::int),
+        exit_code = nullif(r.exit_code, $10::int),
         output = r.output,
+        -- A shell step's $BATON_OUTPUT as a JSON object ('' none); the trigger
+        -- tasks_workflow_step stores it as the step's outputs in this statement.
+        step_outputs = CASE WHEN r.outcome = 'succeeded' THEN nullif(r.step_outputs, '')::jsonb END,
         last_error = r.error
     FROM r
     WHERE tasks.id = r.id
@@ -396,10 +400,10 @@ WITH r AS (
     SELECT t.id, t.attempt, t.attempt_session_id, t.attempt_reason, coalesce(t.dispatched_at, now()), t.started_at,
            now(), r.outcome, t.exit_code, t.last_error
     FROM t JOIN r ON r.id = t.id AND r.attempt = t.attempt
-    WHERE t.state = 'queued' OR $10::bool
+    WHERE t.state = 'queued' OR $11::bool
     ON CONFLICT (task_id, attempt) DO NOTHING
 ), notified AS (
-    SELECT pg_notify('baton_finished', CASE WHEN length(ids) > $11::int THEN '*' ELSE ids END)
+    SELECT pg_notify('baton_finished', CASE WHEN length(ids) > $12::int THEN '*' ELSE ids END)
     FROM (SELECT string_agg(t.id::text, ',') AS ids FROM t WHERE t.state <> 'queued' AND t.notify_finish) AS s
     WHERE ids IS NOT NULL
 )
@@ -415,6 +419,7 @@ type TaskFinishParams struct {
 	Errors           []string
 	Outputs          []string
 	SnoozesMs        []int64
+	StepOutputs      []string
 	NoExitCode       int32
 	LogAll           bool
 	NotifyPayloadMax int32
@@ -449,6 +454,7 @@ func (q *Queries) TaskFinish(ctx context.Context, arg TaskFinishParams) ([]TaskF
 		arg.Errors,
 		arg.Outputs,
 		arg.SnoozesMs,
+		arg.StepOutputs,
 		arg.NoExitCode,
 		arg.LogAll,
 		arg.NotifyPayloadMax,
@@ -472,7 +478,7 @@ func (q *Queries) TaskFinish(ctx context.Context, arg TaskFinishParams) ([]TaskF
 }
 
 const TaskGet = `-- name: TaskGet :one
-SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags FROM tasks WHERE id = $1
+SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item FROM tasks WHERE id = $1
 `
 
 func (q *Queries) TaskGet(ctx context.Context, id int64) (Task, error) {
@@ -513,12 +519,14 @@ func (q *Queries) TaskGet(ctx context.Context, id int64) (Task, error) {
 		&i.UniqueBucket,
 		&i.SubmittedMaxRetries,
 		&i.Tags,
+		&i.StepOutputs,
+		&i.WorkflowItem,
 	)
 	return i, err
 }
 
 const TaskList = `-- name: TaskList :many
-SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags FROM tasks
+SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item FROM tasks
 WHERE ($1::text IS NULL OR state = $1)
   AND ($2::text IS NULL OR group_name = $2)
 ORDER BY id DESC
@@ -575,6 +583,8 @@ func (q *Queries) TaskList(ctx context.Context, arg TaskListParams) ([]Task, err
 			&i.UniqueBucket,
 			&i.SubmittedMaxRetries,
 			&i.Tags,
+			&i.StepOutputs,
+			&i.WorkflowItem,
 		); err != nil {
 			return nil, err
 		}
@@ -587,7 +597,7 @@ func (q *Queries) TaskList(ctx context.Context, arg TaskListParams) ([]Task, err
 }
 
 const TaskListPage = `-- name: TaskListPage :many
-SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags FROM tasks
+SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item FROM tasks
 WHERE ($1::text IS NULL OR state = $1)
   AND ($2::text IS NULL OR group_name = $2)
   AND ($3::text IS NULL OR kind = $3)
@@ -661,6 +671,8 @@ func (q *Queries) TaskListPage(ctx context.Context, arg TaskListPageParams) ([]T
 			&i.UniqueBucket,
 			&i.SubmittedMaxRetries,
 			&i.Tags,
+			&i.StepOutputs,
+			&i.WorkflowItem,
 		); err != nil {
 			return nil, err
 		}

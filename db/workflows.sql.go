@@ -38,6 +38,21 @@ func (q *Queries) WorkflowGroupsMissing(ctx context.Context, groups []string) ([
 	return items, nil
 }
 
+const WorkflowLatestDefinition = `-- name: WorkflowLatestDefinition :one
+SELECT v.definition FROM workflows w JOIN workflow_versions v ON v.workflow_id = w.id AND v.version = w.latest_version
+WHERE w.name = $1
+`
+
+// Steps a rerun --failed starts from.
+// Sub-workflow references of an applied definition: the latest version of a
+// workflow (NULL fields if none).
+func (q *Queries) WorkflowLatestDefinition(ctx context.Context, name string) (json.RawMessage, error) {
+	row := q.db.QueryRow(ctx, WorkflowLatestDefinition, name)
+	var definition json.RawMessage
+	err := row.Scan(&definition)
+	return definition, err
+}
+
 const WorkflowList = `-- name: WorkflowList :many
 SELECT w.name, w.latest_version, w.created_at, w.updated_at FROM workflows w ORDER BY w.name
 `
@@ -133,7 +148,6 @@ const WorkflowRunFailedSteps = `-- name: WorkflowRunFailedSteps :many
 SELECT name FROM workflow_run_steps WHERE run_id = $1 AND state IN ('failed', 'upstream_failed', 'canceled') ORDER BY name
 `
 
-// Steps a rerun --failed starts from.
 func (q *Queries) WorkflowRunFailedSteps(ctx context.Context, runID int64) ([]string, error) {
 	rows, err := q.db.Query(ctx, WorkflowRunFailedSteps, runID)
 	if err != nil {
@@ -156,7 +170,7 @@ func (q *Queries) WorkflowRunFailedSteps(ctx context.Context, runID int64) ([]st
 
 const WorkflowRunGet = `-- name: WorkflowRunGet :one
 SELECT r.id, w.name AS workflow, v.version, r.params, r.state, r.failure_strategy, r.idempotency_key,
-       r.steps_left, r.created_at, r.finished_at, r.deadline, r.error
+       r.steps_left, r.created_at, r.finished_at, r.deadline, r.error, r.parent_run_id
 FROM workflow_runs r
 JOIN workflows w ON w.id = r.workflow_id
 JOIN workflow_versions v ON v.id = r.version_id
@@ -176,6 +190,7 @@ type WorkflowRunGetRow struct {
 	FinishedAt      *time.Time
 	Deadline        *time.Time
 	Error           string
+	ParentRunID     *int64
 }
 
 func (q *Queries) WorkflowRunGet(ctx context.Context, id int64) (WorkflowRunGetRow, error) {
@@ -194,13 +209,14 @@ func (q *Queries) WorkflowRunGet(ctx context.Context, id int64) (WorkflowRunGetR
 		&i.FinishedAt,
 		&i.Deadline,
 		&i.Error,
+		&i.ParentRunID,
 	)
 	return i, err
 }
 
 const WorkflowRunList = `-- name: WorkflowRunList :many
 SELECT r.id, w.name AS workflow, v.version, r.params, r.state, r.failure_strategy, r.idempotency_key,
-       r.steps_left, r.created_at, r.finished_at, r.deadline, r.error
+       r.steps_left, r.created_at, r.finished_at, r.deadline, r.error, r.parent_run_id
 FROM workflow_runs r
 JOIN workflows w ON w.id = r.workflow_id
 JOIN workflow_versions v ON v.id = r.version_id
@@ -231,6 +247,7 @@ type WorkflowRunListRow struct {
 	FinishedAt      *time.Time
 	Deadline        *time.Time
 	Error           string
+	ParentRunID     *int64
 }
 
 // Newest first, keyset paging on id.
@@ -261,6 +278,7 @@ func (q *Queries) WorkflowRunList(ctx context.Context, arg WorkflowRunListParams
 			&i.FinishedAt,
 			&i.Deadline,
 			&i.Error,
+			&i.ParentRunID,
 		); err != nil {
 			return nil, err
 		}
@@ -311,8 +329,11 @@ func (q *Queries) WorkflowRunResume(ctx context.Context, id int64) (bool, error)
 }
 
 const WorkflowRunSteps = `-- name: WorkflowRunSteps :many
-SELECT s.name, s.state, s.task_id, s.task_count, s.output, s.error, s.ready_at, s.finished_at,
-       v.trigger_rule, coalesce(t.attempt, 0)::int AS attempt, coalesce(t.retries, 0)::int AS retries
+SELECT s.name, CASE WHEN s.state = 'queued' AND t.state = 'running' THEN 'running' ELSE s.state END::text AS state, s.task_id, s.task_count, s.output, s.error, s.ready_at, s.finished_at,
+       v.trigger_rule, coalesce(t.attempt, 0)::int AS attempt, coalesce(t.retries, 0)::int AS retries, s.child_run_id,
+       (SELECT count(*) FROM workflow_run_map_items i WHERE i.run_id = s.run_id AND i.step = s.name)::int AS items,
+       (SELECT count(*) FROM workflow_run_map_items i WHERE i.run_id = s.run_id AND i.step = s.name
+           AND i.state IN ('succeeded', 'failed', 'canceled'))::int AS items_done
 FROM workflow_run_steps s
 JOIN workflow_runs r ON r.id = s.run_id
 JOIN workflow_version_steps v ON v.version_id = r.version_id AND v.name = s.name
@@ -333,9 +354,14 @@ type WorkflowRunStepsRow struct {
 	TriggerRule string
 	Attempt     int32
 	Retries     int32
+	ChildRunID  *int64
+	Items       int32
+	ItemsDone   int32
 }
 
-// A run's steps in definition order, with their current task's attempt.
+// A run's steps in definition order, with their current task's attempt. A
+// step with a task is stored queued until it ends: it shows running while its
+// task runs.
 func (q *Queries) WorkflowRunSteps(ctx context.Context, runID int64) ([]WorkflowRunStepsRow, error) {
 	rows, err := q.db.Query(ctx, WorkflowRunSteps, runID)
 	if err != nil {
@@ -357,6 +383,9 @@ func (q *Queries) WorkflowRunSteps(ctx context.Context, runID int64) ([]Workflow
 			&i.TriggerRule,
 			&i.Attempt,
 			&i.Retries,
+			&i.ChildRunID,
+			&i.Items,
+			&i.ItemsDone,
 		); err != nil {
 			return nil, err
 		}
@@ -406,7 +435,10 @@ func (q *Queries) WorkflowRunsOverdue(ctx context.Context, arg WorkflowRunsOverd
 const WorkflowRunsRecordStuck = `-- name: WorkflowRunsRecordStuck :many
 WITH stuck AS (
     SELECT r.id, r.state, r.steps_left,
-           (SELECT count(*) FROM workflow_run_steps s WHERE s.run_id = r.id AND s.state IN ('queued', 'running'))::int AS live_steps,
+           (SELECT count(*) FROM workflow_run_steps s WHERE s.run_id = r.id AND s.state IN ('queued', 'running')
+                  AND ((s.task_id IS NOT NULL AND EXISTS (SELECT 1 FROM tasks t WHERE t.id = s.task_id AND t.state IN ('queued', 'dispatched', 'running')))
+                       OR EXISTS (SELECT 1 FROM workflow_run_map_items i WHERE i.run_id = s.run_id AND i.step = s.name AND i.state IN ('queued', 'running'))
+                       OR EXISTS (SELECT 1 FROM workflow_runs c WHERE c.id = s.child_run_id AND c.state IN ('running', 'paused'))))::int AS live_steps,
            (SELECT count(*) FROM workflow_run_steps s WHERE s.run_id = r.id AND s.state IN ('pending', 'queued', 'running'))::int AS open_steps
     FROM workflow_runs r
     WHERE r.state IN ('running', 'paused')
@@ -458,14 +490,18 @@ func (q *Queries) WorkflowRunsRecordStuck(ctx context.Context, detectedBy *int64
 const WorkflowRunsStuck = `-- name: WorkflowRunsStuck :many
 SELECT r.id FROM workflow_runs r
 WHERE r.state IN ('running', 'paused')
-  AND ((r.state = 'running' AND NOT EXISTS (SELECT 1 FROM workflow_run_steps s WHERE s.run_id = r.id AND s.state IN ('queued', 'running')))
+  AND ((r.state = 'running' AND NOT EXISTS (SELECT 1 FROM workflow_run_steps s WHERE s.run_id = r.id AND s.state IN ('queued', 'running')
+                  AND ((s.task_id IS NOT NULL AND EXISTS (SELECT 1 FROM tasks t WHERE t.id = s.task_id AND t.state IN ('queued', 'dispatched', 'running')))
+                       OR EXISTS (SELECT 1 FROM workflow_run_map_items i WHERE i.run_id = s.run_id AND i.step = s.name AND i.state IN ('queued', 'running'))
+                       OR EXISTS (SELECT 1 FROM workflow_runs c WHERE c.id = s.child_run_id AND c.state IN ('running', 'paused')))))
        OR r.steps_left <> (SELECT count(*) FROM workflow_run_steps s WHERE s.run_id = r.id
                            AND s.state IN ('pending', 'queued', 'running')))
 ORDER BY r.id
 `
 
-// Repair check: runs that are running yet have no step queued or running, or
-// whose steps_left disagrees with their steps. Must find nothing, ever.
+// Repair check: runs that are running yet have no live step (queued or
+// running with a live task, a live map item or a running child run), or whose
+// steps_left disagrees with their steps. Must find nothing, ever.
 func (q *Queries) WorkflowRunsStuck(ctx context.Context) ([]int64, error) {
 	rows, err := q.db.Query(ctx, WorkflowRunsStuck)
 	if err != nil {
@@ -617,30 +653,40 @@ func (q *Queries) WorkflowVersionInsert(ctx context.Context, arg WorkflowVersion
 
 const WorkflowVersionStepsInsert = `-- name: WorkflowVersionStepsInsert :exec
 INSERT INTO workflow_version_steps (version_id, name, position, trigger_rule, group_name, kind, payload, priority,
-                                    max_retries, timeout_ms, retry_base_ms, retry_max_ms)
+                                    max_retries, timeout_ms, retry_base_ms, retry_max_ms,
+                                    map_over, map_max_items, map_parallelism, sub_workflow, sub_params)
 SELECT $1, s.name, s.position, s.trigger_rule, s.group_name, s.kind, s.payload::jsonb, s.priority,
-       s.max_retries, s.timeout_ms, s.retry_base_ms, s.retry_max_ms
+       s.max_retries, s.timeout_ms, s.retry_base_ms, s.retry_max_ms,
+       nullif(s.map_over, ''), s.map_max_items, s.map_parallelism, nullif(s.sub_workflow, ''), nullif(s.sub_params, '')::jsonb
 FROM (SELECT unnest($2::text[]) AS name, unnest($3::int[]) AS position,
              unnest($4::text[]) AS trigger_rule, unnest($5::text[]) AS group_name,
              unnest($6::text[]) AS kind, unnest($7::text[]) AS payload,
              unnest($8::int[]) AS priority, unnest($9::int[]) AS max_retries,
              unnest($10::bigint[]) AS timeout_ms, unnest($11::bigint[]) AS retry_base_ms,
-             unnest($12::bigint[]) AS retry_max_ms) AS s
+             unnest($12::bigint[]) AS retry_max_ms,
+             unnest($13::text[]) AS map_over, unnest($14::int[]) AS map_max_items,
+             unnest($15::int[]) AS map_parallelism, unnest($16::text[]) AS sub_workflow,
+             unnest($17::text[]) AS sub_params) AS s
 `
 
 type WorkflowVersionStepsInsertParams struct {
-	VersionID    int64
-	Names        []string
-	Positions    []int32
-	TriggerRules []string
-	GroupNames   []string
-	Kinds        []string
-	Payloads     []string
-	Priorities   []int32
-	MaxRetries   []int32
-	TimeoutsMs   []int64
-	RetryBasesMs []int64
-	RetryMaxesMs []int64
+	VersionID       int64
+	Names           []string
+	Positions       []int32
+	TriggerRules    []string
+	GroupNames      []string
+	Kinds           []string
+	Payloads        []string
+	Priorities      []int32
+	MaxRetries      []int32
+	TimeoutsMs      []int64
+	RetryBasesMs    []int64
+	RetryMaxesMs    []int64
+	MapOvers        []string
+	MapMaxItems     []int32
+	MapParallelisms []int32
+	SubWorkflows    []string
+	SubParams       []string
 }
 
 func (q *Queries) WorkflowVersionStepsInsert(ctx context.Context, arg WorkflowVersionStepsInsertParams) error {
@@ -657,6 +703,11 @@ func (q *Queries) WorkflowVersionStepsInsert(ctx context.Context, arg WorkflowVe
 		arg.TimeoutsMs,
 		arg.RetryBasesMs,
 		arg.RetryMaxesMs,
+		arg.MapOvers,
+		arg.MapMaxItems,
+		arg.MapParallelisms,
+		arg.SubWorkflows,
+		arg.SubParams,
 	)
 	return err
 }

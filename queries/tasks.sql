@@ -198,7 +198,8 @@ WITH r AS (
     SELECT unnest(@ids::bigint[]) AS id, unnest(@attempts::int[]) AS attempt,
            unnest(@session_ids::bigint[]) AS session_id, unnest(@outcomes::text[]) AS outcome,
            unnest(@exit_codes::int[]) AS exit_code, unnest(@errors::text[]) AS error,
-           unnest(@outputs::text[]) AS output, unnest(@snoozes_ms::bigint[]) AS snooze_ms
+           unnest(@outputs::text[]) AS output, unnest(@snoozes_ms::bigint[]) AS snooze_ms,
+           unnest(@step_outputs::text[]) AS step_outputs
 ), t AS (
     UPDATE tasks
     SET state = CASE WHEN r.outcome = 'snoozed' THEN 'queued'
@@ -220,6 +221,9 @@ WITH r AS (
                              ELSE tasks.queued_reason END,
         exit_code = nullif(r.exit_code, @no_exit_code::int),
         output = r.output,
+        -- A shell step's $BATON_OUTPUT as a JSON object ('' none); the trigger
+        -- tasks_workflow_step stores it as the step's outputs in this statement.
+        step_outputs = CASE WHEN r.outcome = 'succeeded' THEN nullif(r.step_outputs, '')::jsonb END,
         last_error = r.error
     FROM r
     WHERE tasks.id = r.id

@@ -19,15 +19,20 @@ RETURNING id;
 
 -- name: WorkflowVersionStepsInsert :exec
 INSERT INTO workflow_version_steps (version_id, name, position, trigger_rule, group_name, kind, payload, priority,
-                                    max_retries, timeout_ms, retry_base_ms, retry_max_ms)
+                                    max_retries, timeout_ms, retry_base_ms, retry_max_ms,
+                                    map_over, map_max_items, map_parallelism, sub_workflow, sub_params)
 SELECT @version_id, s.name, s.position, s.trigger_rule, s.group_name, s.kind, s.payload::jsonb, s.priority,
-       s.max_retries, s.timeout_ms, s.retry_base_ms, s.retry_max_ms
+       s.max_retries, s.timeout_ms, s.retry_base_ms, s.retry_max_ms,
+       nullif(s.map_over, ''), s.map_max_items, s.map_parallelism, nullif(s.sub_workflow, ''), nullif(s.sub_params, '')::jsonb
 FROM (SELECT unnest(@names::text[]) AS name, unnest(@positions::int[]) AS position,
              unnest(@trigger_rules::text[]) AS trigger_rule, unnest(@group_names::text[]) AS group_name,
              unnest(@kinds::text[]) AS kind, unnest(@payloads::text[]) AS payload,
              unnest(@priorities::int[]) AS priority, unnest(@max_retries::int[]) AS max_retries,
              unnest(@timeouts_ms::bigint[]) AS timeout_ms, unnest(@retry_bases_ms::bigint[]) AS retry_base_ms,
-             unnest(@retry_maxes_ms::bigint[]) AS retry_max_ms) AS s;
+             unnest(@retry_maxes_ms::bigint[]) AS retry_max_ms,
+             unnest(@map_overs::text[]) AS map_over, unnest(@map_max_items::int[]) AS map_max_items,
+             unnest(@map_parallelisms::int[]) AS map_parallelism, unnest(@sub_workflows::text[]) AS sub_workflow,
+             unnest(@sub_params::text[]) AS sub_params) AS s;
 
 -- name: WorkflowVersionEdgesInsert :exec
 INSERT INTO workflow_version_edges (version_id, from_step, to_step)
@@ -59,7 +64,7 @@ SELECT w.name, w.latest_version, w.created_at, w.updated_at FROM workflows w ORD
 
 -- name: WorkflowRunGet :one
 SELECT r.id, w.name AS workflow, v.version, r.params, r.state, r.failure_strategy, r.idempotency_key,
-       r.steps_left, r.created_at, r.finished_at, r.deadline, r.error
+       r.steps_left, r.created_at, r.finished_at, r.deadline, r.error, r.parent_run_id
 FROM workflow_runs r
 JOIN workflows w ON w.id = r.workflow_id
 JOIN workflow_versions v ON v.id = r.version_id
@@ -68,7 +73,7 @@ WHERE r.id = @id;
 -- Newest first, keyset paging on id.
 -- name: WorkflowRunList :many
 SELECT r.id, w.name AS workflow, v.version, r.params, r.state, r.failure_strategy, r.idempotency_key,
-       r.steps_left, r.created_at, r.finished_at, r.deadline, r.error
+       r.steps_left, r.created_at, r.finished_at, r.deadline, r.error, r.parent_run_id
 FROM workflow_runs r
 JOIN workflows w ON w.id = r.workflow_id
 JOIN workflow_versions v ON v.id = r.version_id
@@ -78,10 +83,15 @@ WHERE (sqlc.narg('workflow')::text IS NULL OR w.name = sqlc.narg('workflow'))
 ORDER BY r.id DESC
 LIMIT @max_rows;
 
--- A run's steps in definition order, with their current task's attempt.
+-- A run's steps in definition order, with their current task's attempt. A
+-- step with a task is stored queued until it ends: it shows running while its
+-- task runs.
 -- name: WorkflowRunSteps :many
-SELECT s.name, s.state, s.task_id, s.task_count, s.output, s.error, s.ready_at, s.finished_at,
-       v.trigger_rule, coalesce(t.attempt, 0)::int AS attempt, coalesce(t.retries, 0)::int AS retries
+SELECT s.name, CASE WHEN s.state = 'queued' AND t.state = 'running' THEN 'running' ELSE s.state END::text AS state, s.task_id, s.task_count, s.output, s.error, s.ready_at, s.finished_at,
+       v.trigger_rule, coalesce(t.attempt, 0)::int AS attempt, coalesce(t.retries, 0)::int AS retries, s.child_run_id,
+       (SELECT count(*) FROM workflow_run_map_items i WHERE i.run_id = s.run_id AND i.step = s.name)::int AS items,
+       (SELECT count(*) FROM workflow_run_map_items i WHERE i.run_id = s.run_id AND i.step = s.name
+           AND i.state IN ('succeeded', 'failed', 'canceled'))::int AS items_done
 FROM workflow_run_steps s
 JOIN workflow_runs r ON r.id = s.run_id
 JOIN workflow_version_steps v ON v.version_id = r.version_id AND v.name = s.name
@@ -103,15 +113,25 @@ SELECT t::bigint AS task_id FROM workflow_end(@id::bigint, @state::text, @reason
 SELECT workflow_rerun(@id::bigint, @steps::text[])::int;
 
 -- Steps a rerun --failed starts from.
+-- Sub-workflow references of an applied definition: the latest version of a
+-- workflow (NULL fields if none).
+-- name: WorkflowLatestDefinition :one
+SELECT v.definition FROM workflows w JOIN workflow_versions v ON v.workflow_id = w.id AND v.version = w.latest_version
+WHERE w.name = @name;
+
 -- name: WorkflowRunFailedSteps :many
 SELECT name FROM workflow_run_steps WHERE run_id = @run_id AND state IN ('failed', 'upstream_failed', 'canceled') ORDER BY name;
 
--- Repair check: runs that are running yet have no step queued or running, or
--- whose steps_left disagrees with their steps. Must find nothing, ever.
+-- Repair check: runs that are running yet have no live step (queued or
+-- running with a live task, a live map item or a running child run), or whose
+-- steps_left disagrees with their steps. Must find nothing, ever.
 -- name: WorkflowRunsStuck :many
 SELECT r.id FROM workflow_runs r
 WHERE r.state IN ('running', 'paused')
-  AND ((r.state = 'running' AND NOT EXISTS (SELECT 1 FROM workflow_run_steps s WHERE s.run_id = r.id AND s.state IN ('queued', 'running')))
+  AND ((r.state = 'running' AND NOT EXISTS (SELECT 1 FROM workflow_run_steps s WHERE s.run_id = r.id AND s.state IN ('queued', 'running')
+                  AND ((s.task_id IS NOT NULL AND EXISTS (SELECT 1 FROM tasks t WHERE t.id = s.task_id AND t.state IN ('queued', 'dispatched', 'running')))
+                       OR EXISTS (SELECT 1 FROM workflow_run_map_items i WHERE i.run_id = s.run_id AND i.step = s.name AND i.state IN ('queued', 'running'))
+                       OR EXISTS (SELECT 1 FROM workflow_runs c WHERE c.id = s.child_run_id AND c.state IN ('running', 'paused')))))
        OR r.steps_left <> (SELECT count(*) FROM workflow_run_steps s WHERE s.run_id = r.id
                            AND s.state IN ('pending', 'queued', 'running')))
 ORDER BY r.id;
@@ -121,7 +141,10 @@ ORDER BY r.id;
 -- name: WorkflowRunsRecordStuck :many
 WITH stuck AS (
     SELECT r.id, r.state, r.steps_left,
-           (SELECT count(*) FROM workflow_run_steps s WHERE s.run_id = r.id AND s.state IN ('queued', 'running'))::int AS live_steps,
+           (SELECT count(*) FROM workflow_run_steps s WHERE s.run_id = r.id AND s.state IN ('queued', 'running')
+                  AND ((s.task_id IS NOT NULL AND EXISTS (SELECT 1 FROM tasks t WHERE t.id = s.task_id AND t.state IN ('queued', 'dispatched', 'running')))
+                       OR EXISTS (SELECT 1 FROM workflow_run_map_items i WHERE i.run_id = s.run_id AND i.step = s.name AND i.state IN ('queued', 'running'))
+                       OR EXISTS (SELECT 1 FROM workflow_runs c WHERE c.id = s.child_run_id AND c.state IN ('running', 'paused'))))::int AS live_steps,
            (SELECT count(*) FROM workflow_run_steps s WHERE s.run_id = r.id AND s.state IN ('pending', 'queued', 'running'))::int AS open_steps
     FROM workflow_runs r
     WHERE r.state IN ('running', 'paused')

@@ -61,7 +61,9 @@ type Run struct {
 	FinishedAt      *Time           `json:"finished_at"`
 	Deadline        *Time           `json:"deadline"`
 	Error           string          `json:"error"`
-	Steps           []RunStep       `json:"steps,omitempty"`
+	// ParentRunID: a child run, started by a sub-workflow step of that run.
+	ParentRunID *int64    `json:"parent_run_id"`
+	Steps       []RunStep `json:"steps,omitempty"`
 }
 
 // RunStep is one step of a run.
@@ -79,20 +81,23 @@ type RunStep struct {
 	Error      string          `json:"error"`
 	ReadyAt    *Time           `json:"ready_at"`
 	FinishedAt *Time           `json:"finished_at"`
+	// ChildRunID: a sub-workflow step's current child run.
+	ChildRunID *int64 `json:"child_run_id"`
+	// Items and ItemsDone: a map step's items and those ended (0 otherwise).
+	Items     int `json:"items"`
+	ItemsDone int `json:"items_done"`
 }
 
 // RunFrom converts a run.
 func RunFrom(r workflow.Run) Run {
 	out := Run{ID: r.ID, Workflow: r.Workflow, Version: r.Version, Params: orNull(r.Params), State: r.State,
 		FailureStrategy: r.FailureStrategy, IdempotencyKey: r.IdempotencyKey, StepsLeft: r.StepsLeft,
-		CreatedAt: At(r.CreatedAt), FinishedAt: AtPtr(r.FinishedAt), Deadline: AtPtr(r.Deadline), Error: r.Error}
+		CreatedAt: At(r.CreatedAt), FinishedAt: AtPtr(r.FinishedAt), Deadline: AtPtr(r.Deadline), Error: r.Error,
+		ParentRunID: nonZero(r.ParentRunID)}
 	for _, s := range r.Steps {
 		st := RunStep{Name: s.Name, State: s.State, TriggerRule: s.TriggerRule, Tasks: s.Tasks, Attempt: s.Attempt,
-			Retries: s.Retries, Output: orNull(s.Output), Error: s.Error, ReadyAt: AtPtr(s.ReadyAt), FinishedAt: AtPtr(s.FinishedAt)}
-		if s.TaskID != 0 {
-			id := s.TaskID
-			st.TaskID = &id
-		}
+			Retries: s.Retries, Output: orNull(s.Output), Error: s.Error, ReadyAt: AtPtr(s.ReadyAt), FinishedAt: AtPtr(s.FinishedAt),
+			TaskID: nonZero(s.TaskID), ChildRunID: nonZero(s.ChildRunID), Items: s.Items, ItemsDone: s.ItemsDone}
 		out.Steps = append(out.Steps, st)
 	}
 	return out
@@ -213,6 +218,14 @@ func BackfillFrom(b schedule.Backfill) Backfill {
 
 // Backfills converts backfills.
 func Backfills(bs []schedule.Backfill) []Backfill { return each(bs, BackfillFrom) }
+
+// nonZero is an id, or nil (JSON null) for none.
+func nonZero(id int64) *int64 {
+	if id == 0 {
+		return nil
+	}
+	return &id
+}
 
 // orNull keeps an absent JSON value as null (a nil RawMessage would not encode).
 func orNull(m json.RawMessage) json.RawMessage {

@@ -463,7 +463,7 @@ func (c *Claimer) run(ctx context.Context, cancel context.CancelCauseFunc, key r
 	ok := c.cfg.Results.Add(c.tasksCtx, report.Result{
 		TaskID: r.ID, Attempt: r.Attempt, SessionID: c.cfg.SessionID, Outcome: res.Outcome,
 		ExitCode: res.ExitCode, Output: res.Output, Error: res.Error,
-		Snooze: res.Snooze,
+		Snooze: res.Snooze, StepOutputs: string(res.StepOutputs),
 	})
 	if !ok {
 		log.Info("result dropped: the session was lost while the result writer was backed up")

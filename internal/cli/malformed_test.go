@@ -83,6 +83,8 @@ var malformedCases = []malformedCase{
 	{name: "backfill_bad_time", input: "backfill time that does not parse", bin: "baton", args: []string{"backfill", "create", "wf", "--from", "yesterday", "--to", "2026-03-10"}, fuzzed: "FuzzBatonArgs"},
 	{name: "schedule_trigger_unknown", input: "manual trigger of an unknown schedule", bin: "baton", args: []string{"schedule", "trigger", "nope"}, fuzzed: "FuzzBatonArgs"},
 	{name: "schedule_trigger_bad_time", input: "manual trigger time that does not parse", bin: "baton", args: []string{"schedule", "trigger", "nightly", "--at", "yesterday"}, fuzzed: "FuzzBatonArgs"},
+	{name: "workflow_map_over_not_reference", input: "workflow map step whose over is not one reference", bin: "baton", args: []string{"workflow", "apply", "-f", "map.yaml"}, fuzzed: "FuzzParseWorkflow"},
+	{name: "workflow_unknown_sub_workflow", input: "workflow sub-workflow step naming no stored workflow", bin: "baton", args: []string{"workflow", "apply", "-f", "sub.yaml"}, fuzzed: "FuzzParseWorkflow"},
 	{name: "worker_negative_slots", input: "negative slots", bin: "baton-worker", args: []string{"--slots", "-1"}, fuzzed: "FuzzDaemonConfig"},
 	{name: "worker_slots_env", input: "slots from the environment that are not a number", bin: "baton-worker", env: map[string]string{"BATON_SLOTS": "eight"}, fuzzed: "FuzzDaemonConfig"},
 	{name: "worker_self_fence_too_late", input: "self-fence ≥ worker timeout", bin: "baton-worker", args: []string{"--self-fence-after", "6s"}, fuzzed: "FuzzDaemonConfig"},
@@ -139,6 +141,14 @@ func TestMalformedInputs(t *testing.T) {
 	}
 	if err := os.WriteFile(filepath.Join(work, "grows.json"), []byte("["+strings.Repeat("1,", 1<<19-2)+"1]"), 0o644); err != nil {
 		t.Fatal(err)
+	}
+	for name, y := range map[string]string{
+		"map.yaml": "name: fan\nsteps:\n  - {name: each, group: g, kind: k, map: {over: items}}\n",
+		"sub.yaml": "name: parent\nsteps:\n  - {name: child, workflow: nope}\n",
+	} {
+		if err := os.WriteFile(filepath.Join(work, name), []byte(y), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	rows := make([]string, len(malformedCases))
 	// The group returns when every parallel case has finished.

@@ -240,6 +240,9 @@ func showRun(ctx context.Context, c *common, id int64, stdout io.Writer) error {
 		return writeJSON(stdout, apimodel.RunFrom(r))
 	}
 	fmt.Fprintf(stdout, "run %d  workflow %s v%d  state %s  strategy %s  params %s\n", r.ID, r.Workflow, r.Version, r.State, r.FailureStrategy, r.Params)
+	if r.ParentRunID != 0 {
+		fmt.Fprintf(stdout, "child of run %d\n", r.ParentRunID)
+	}
 	if r.Error != "" {
 		fmt.Fprintf(stdout, "error: %s\n", r.Error)
 	}
@@ -247,8 +250,13 @@ func showRun(ctx context.Context, c *common, id int64, stdout io.Writer) error {
 	fmt.Fprintln(tw, "STEP\tSTATE\tRULE\tTASK\tATTEMPT\tTASKS\tFINISHED\tERROR")
 	for _, s := range r.Steps {
 		task := "-"
-		if s.TaskID != 0 {
+		switch {
+		case s.TaskID != 0:
 			task = strconv.FormatInt(s.TaskID, 10)
+		case s.ChildRunID != 0:
+			task = fmt.Sprintf("run %d", s.ChildRunID)
+		case s.Items > 0:
+			task = fmt.Sprintf("%d/%d items", s.ItemsDone, s.Items)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", s.Name, s.State, s.TriggerRule, task, s.Attempt, s.Tasks, optTime(s.FinishedAt), s.Error)
 	}

@@ -328,7 +328,7 @@ func (c *Completer) finishOneByOne(ctx context.Context, batch []report.Result) (
 		if err != nil && permanent(err) {
 			c.Logger.Error("result cannot be stored; recording a failure instead", logfield.TaskID(r.TaskID),
 				logfield.Attempt(r.Attempt), zap.Error(err))
-			r.Outcome, r.Output = executor.OutcomeFailed, ""
+			r.Outcome, r.Output, r.StepOutputs = executor.OutcomeFailed, "", ""
 			r.Error = executor.Clean(fmt.Sprintf("result could not be stored: %v", err))
 			sum, err = c.finish(ctx, []report.Result{r})
 		}

@@ -4,17 +4,21 @@
 package executor
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 
@@ -50,6 +54,15 @@ const NoExitCode int32 = -2147483648
 // DefaultMaxOutput bounds captured stdout+stderr per attempt.
 const DefaultMaxOutput = 64 << 10
 
+// DefaultMaxStepOutputs bounds the file a shell task writes its step outputs to
+// (the file named by $BATON_OUTPUT): a bigger file fails the attempt and stores
+// no output at all.
+const DefaultMaxStepOutputs = 64 << 10
+
+// EnvOutput names the environment variable holding the path of the file a shell
+// task writes its step outputs to, as key=value lines (docs/workflows.md).
+const EnvOutput = "BATON_OUTPUT"
+
 // Task is what a handler sees of the task it runs.
 type Task struct {
 	ID        int64
@@ -82,6 +95,10 @@ type Result struct {
 	Output   string
 	Error    string
 	Snooze   time.Duration // OutcomeSnoozed: run again after this long
+	// StepOutputs is the JSON object a succeeded shell task wrote to its
+	// $BATON_OUTPUT file (nil: it wrote none). Stored with the result, in the
+	// same fenced statement, as its workflow step's outputs.
+	StepOutputs json.RawMessage
 	// LeaseExpired: OutcomeCanceled because the task's supervisor killed it at
 	// the worker's lease expiry (contain.ErrLeaseExpired), not by the worker.
 	LeaseExpired bool
@@ -129,6 +146,9 @@ const ErrShellDisabled = "shell tasks are disabled on this worker; enable them w
 type Executor struct {
 	Handlers  map[string]Handler
 	MaxOutput int
+	// MaxStepOutputs bounds a shell task's $BATON_OUTPUT file in bytes
+	// (0: DefaultMaxStepOutputs).
+	MaxStepOutputs int
 	// AllowShell lets the executor run shell tasks; without it they fail at once.
 	AllowShell bool
 	// ShellEnvAllow lists the variables of the worker's environment a shell task
@@ -300,10 +320,18 @@ func (e *Executor) runShell(ctx context.Context, task Task) Result {
 		res.Outcome, res.Error = OutcomeFailed, fmt.Sprintf("shell task containment unavailable: %v", err)
 		return res
 	}
+	outFile, err := os.CreateTemp("", fmt.Sprintf("baton-output-%d-%d-*", task.ID, task.Attempt))
+	if err != nil {
+		res.Outcome, res.Error = OutcomeFailed, fmt.Sprintf("create the step outputs file: %v", err)
+		return res
+	}
+	outPath := outFile.Name()
+	_ = outFile.Close()
+	defer func() { _ = os.Remove(outPath) }()
 	out := &limitedBuffer{max: e.maxOutput()}
 	proc, err := e.contain.Start(contain.Command{
 		Args:   []string{"/bin/sh", "-c", p.Command},
-		Env:    e.shellEnv(task, p.Env),
+		Env:    append(e.shellEnv(task, p.Env), EnvOutput+"="+outPath),
 		Dir:    p.Dir,
 		Stdout: out,
 		Stderr: out,
@@ -333,8 +361,96 @@ func (e *Executor) runShell(ctx context.Context, task Task) Result {
 		res.Outcome, res.Error = OutcomeFailed, exit.Err.Error()
 		return res
 	}
-	res.Outcome = OutcomeSucceeded
+	// Read after the whole tree exited: nothing writes the file any more.
+	outputs, err := ReadStepOutputs(outPath, e.maxStepOutputs())
+	if err != nil {
+		res.Outcome, res.Error = OutcomeFailed, err.Error()
+		return res
+	}
+	res.Outcome, res.StepOutputs = OutcomeSucceeded, outputs
 	return res
+}
+
+func (e *Executor) maxStepOutputs() int {
+	if e.MaxStepOutputs > 0 {
+		return e.MaxStepOutputs
+	}
+	return DefaultMaxStepOutputs
+}
+
+var outputKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// ReadStepOutputs reads a $BATON_OUTPUT file: lines KEY=VALUE, or KEY<<DELIM
+// followed by the value's lines and a line DELIM (a multi-line value); empty
+// lines are ignored and a later KEY wins. It returns the outputs as a JSON
+// object of strings (nil when the file is empty), or an error naming the
+// problem when the file is over max bytes or malformed: then nothing is kept.
+func ReadStepOutputs(path string, max int) (json.RawMessage, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil // the task removed it: no outputs
+		}
+		return nil, fmt.Errorf("step outputs ($%s): %w", EnvOutput, err)
+	}
+	defer func() { _ = f.Close() }()
+	data, err := io.ReadAll(io.LimitReader(f, int64(max)+1))
+	if err != nil {
+		return nil, fmt.Errorf("step outputs ($%s): read: %w", EnvOutput, err)
+	}
+	if len(data) > max {
+		return nil, fmt.Errorf("step outputs ($%s) over the cap of %d bytes: no output stored", EnvOutput, max)
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, nil
+	}
+	if !utf8.Valid(data) || bytes.IndexByte(data, 0) >= 0 {
+		return nil, fmt.Errorf("step outputs ($%s): not valid UTF-8 text", EnvOutput)
+	}
+	vals := map[string]string{}
+	lines := strings.Split(strings.TrimSuffix(strings.ReplaceAll(string(data), "\r\n", "\n"), "\n"), "\n")
+	for i := 0; i < len(lines); i++ {
+		line := lines[i]
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		eq, hd := strings.Index(line, "="), strings.Index(line, "<<")
+		if hd >= 0 && (eq < 0 || hd < eq) {
+			key, delim := line[:hd], line[hd+2:]
+			if !outputKeyRE.MatchString(key) {
+				return nil, fmt.Errorf("step outputs ($%s) line %d: key %q must be letters, digits and _", EnvOutput, i+1, key)
+			}
+			if delim == "" {
+				return nil, fmt.Errorf("step outputs ($%s) line %d: %s<< without a delimiter", EnvOutput, i+1, key)
+			}
+			start, end := i+1, -1
+			for j := start; j < len(lines); j++ {
+				if lines[j] == delim {
+					end = j
+					break
+				}
+			}
+			if end < 0 {
+				return nil, fmt.Errorf("step outputs ($%s) line %d: no line %q ends the value of %s", EnvOutput, i+1, delim, key)
+			}
+			vals[key] = strings.Join(lines[start:end], "\n")
+			i = end
+			continue
+		}
+		if eq < 0 {
+			return nil, fmt.Errorf("step outputs ($%s) line %d: write KEY=VALUE or KEY<<DELIMITER", EnvOutput, i+1)
+		}
+		key := line[:eq]
+		if !outputKeyRE.MatchString(key) {
+			return nil, fmt.Errorf("step outputs ($%s) line %d: key %q must be letters, digits and _", EnvOutput, i+1, key)
+		}
+		vals[key] = line[eq+1:]
+	}
+	out, err := json.Marshal(vals)
+	if err != nil {
+		return nil, fmt.Errorf("step outputs ($%s): %w", EnvOutput, err)
+	}
+	return out, nil
 }
 
 // shellEnv is a shell task's whole environment: the allow-listed variables of the

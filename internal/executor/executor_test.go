@@ -121,3 +121,51 @@ func TestOutputIsValidUTF8(t *testing.T) {
 		t.Fatalf("output %q is not clean UTF-8", res.Output)
 	}
 }
+
+// A shell task's $BATON_OUTPUT lines become its step outputs, read after the
+// process exited; a file over the cap or malformed fails the attempt and keeps
+// no output at all; the file is removed afterwards.
+func TestShellStepOutputs(t *testing.T) {
+	t.Parallel()
+	e := &Executor{AllowShell: true, MaxStepOutputs: 64}
+	t.Cleanup(func() { _ = e.Close() })
+	cases := []struct {
+		name, cmd, outcome, outputs, err string
+	}{
+		{"lines", `echo "path=/data/x y" >> "$BATON_OUTPUT"; printf 'n=3\n\nn=4\nempty=\n' >> "$BATON_OUTPUT"`, OutcomeSucceeded,
+			`{"empty":"","n":"4","path":"/data/x y"}`, ""},
+		{"heredoc", `printf 'msg<<EOF\na=b\n"q"\nEOF\nk=v\n' > "$BATON_OUTPUT"`, OutcomeSucceeded, `{"k":"v","msg":"a=b\n\"q\""}`, ""},
+		{"background writer done by exit", `(sleep 0.1; echo late=1 >> "$BATON_OUTPUT") & wait`, OutcomeSucceeded, `{"late":"1"}`, ""},
+		{"none", `true`, OutcomeSucceeded, ``, ""},
+		{"removed", `rm "$BATON_OUTPUT"`, OutcomeSucceeded, ``, ""},
+		{"over the cap", `head -c 65 /dev/zero | tr '\0' a | sed 's/^/k=/' > "$BATON_OUTPUT"`, OutcomeFailed, ``,
+			"step outputs ($BATON_OUTPUT) over the cap of 64 bytes: no output stored"},
+		{"no equals", `echo oops > "$BATON_OUTPUT"`, OutcomeFailed, ``, "step outputs ($BATON_OUTPUT) line 1: write KEY=VALUE or KEY<<DELIMITER"},
+		{"bad key", `echo 'a-b=1' > "$BATON_OUTPUT"`, OutcomeFailed, ``, `step outputs ($BATON_OUTPUT) line 1: key "a-b" must be letters, digits and _`},
+		{"open heredoc", `printf 'k<<EOF\nx\n' > "$BATON_OUTPUT"`, OutcomeFailed, ``, `step outputs ($BATON_OUTPUT) line 1: no line "EOF" ends the value of k`},
+		{"failed command keeps no outputs", `echo k=v > "$BATON_OUTPUT"; exit 3`, OutcomeFailed, ``, "exit status 3"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			res := e.Run(context.Background(), shellTask(t, tc.cmd), 0)
+			if res.Outcome != tc.outcome || string(res.StepOutputs) != tc.outputs || !strings.Contains(res.Error, tc.err) {
+				t.Fatalf("got %+v (outputs %s)", res, res.StepOutputs)
+			}
+		})
+	}
+	// The file is the attempt's own and is gone after it.
+	dir := t.TempDir()
+	res := e.Run(context.Background(), shellTask(t, `echo "$BATON_OUTPUT" > `+dir+`/path`), 0)
+	if res.Outcome != OutcomeSucceeded {
+		t.Fatalf("got %+v", res)
+	}
+	path, err := os.ReadFile(filepath.Join(dir, "path"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := strings.TrimSpace(string(path)); !strings.Contains(p, "baton-output-7-2-") {
+		t.Fatalf("BATON_OUTPUT = %q", p)
+	} else if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("outputs file %s left behind: %v", p, err)
+	}
+}

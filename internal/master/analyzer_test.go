@@ -37,7 +37,7 @@ func TestAnalyzerReplansGrownTasks(t *testing.T) {
 	}
 	plan := func() string {
 		t.Helper()
-		rows, _ := conn.Query(ctx, `EXPLAIN EXECUTE finish('{1}', '{1}', '{1}', '{succeeded}', '{0}', '{""}', '{""}', '{0}', -1, false, 7000)`)
+		rows, _ := conn.Query(ctx, `EXPLAIN EXECUTE finish('{1}', '{1}', '{1}', '{succeeded}', '{0}', '{""}', '{""}', '{0}', '{""}', -1, false, 7000)`)
 		lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
 		if err != nil {
 			t.Fatal(err)

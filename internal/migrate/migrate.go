@@ -439,6 +439,19 @@ func (m *Migrator) MoveFromPublic(ctx context.Context) (int, error) {
 				if err := run("ALTER FUNCTION public." + pgx.Identifier{name}.Sanitize() + "(" + a + ") SET SCHEMA " + target); err != nil {
 					return err
 				}
+				// A function pinned to its schema's search_path (schema v11's
+				// workflow functions) follows it to the new schema.
+				var pinned bool
+				if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_proc p, unnest(p.proconfig) c "+
+					"WHERE p.pronamespace = $1::regnamespace AND p.proname = $2 AND pg_get_function_identity_arguments(p.oid) = $3 "+
+					"AND c LIKE 'search_path=%')", m.schema, name, a).Scan(&pinned); err != nil {
+					return fmt.Errorf("move from public: look up %s: %w", name, err)
+				}
+				if pinned {
+					if err := run("ALTER FUNCTION " + target + "." + pgx.Identifier{name}.Sanitize() + "(" + a + ") SET search_path = " + target); err != nil {
+						return err
+					}
+				}
 				moved++
 			}
 		}

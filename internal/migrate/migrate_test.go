@@ -82,6 +82,7 @@ func TestUpDownUp(t *testing.T) {
 	want := []string{"api_tokens", "audit_log", "backfills", "dispatch_queue", "failover_events", "master_sessions", "report_attempt_durations",
 		"report_failover_history", "report_tasks_by_state", "report_worker_health", "schedule_fires", "schedules",
 		"task_attempt_log", "task_attempts", "tasks", "worker_group_kinds", "worker_groups", "worker_sessions", "workflow_run_findings",
+		"workflow_run_map_items",
 		"workflow_run_steps", "workflow_runs", "workflow_version_edges", "workflow_version_steps",
 		"workflow_versions", "workflows"}
 	if got := tables(t, dsn); strings.Join(got, ",") != strings.Join(want, ",") {

@@ -123,7 +123,7 @@ func TestLegacyPublicInstall(t *testing.T) {
 		t.Fatalf("keeping public: %v", err)
 	}
 	n, err := m.MoveFromPublic(ctx)
-	if err != nil || n != 40 { // every table, view and function of migrations 1-8 and 10 (schedule_fire_start_many)
+	if err != nil || n != 51 { // every table, view and function of the migrations (migration 10 adds 1, 11 adds 11)
 		t.Fatalf("move = %d, %v", n, err)
 	}
 	if err := migrate.CheckSchema(ctx, dsn); err != nil {
@@ -144,6 +144,13 @@ func TestLegacyPublicInstall(t *testing.T) {
 	var left bool
 	if err := conn.QueryRow(ctx, "SELECT to_regprocedure('public.tasks_payload_size()') IS NOT NULL").Scan(&left); err != nil || left {
 		t.Fatalf("baton's trigger function left in public: %v, %v", left, err)
+	}
+	// Functions pinned to their schema's search_path (schema v11) follow it.
+	var pinned []string
+	if err := conn.QueryRow(ctx, "SELECT coalesce(array_agg(DISTINCT c), '{}') FROM pg_proc p, unnest(p.proconfig) c "+
+		"WHERE p.pronamespace = current_schema()::regnamespace AND c LIKE 'search_path=%'").Scan(&pinned); err != nil ||
+		len(pinned) != 1 || pinned[0] != "search_path="+store.SchemaDefault {
+		t.Fatalf("search_path of the moved functions: %v, %v", pinned, err)
 	}
 	_, err = conn.Exec(ctx, "INSERT INTO tasks (group_name, kind, payload) VALUES ('kept', 'k', jsonb_build_object('p', repeat('a', 1100000)))")
 	if store.Constraint(err) != "tasks_payload_size" {

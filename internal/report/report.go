@@ -28,6 +28,9 @@ type Result struct {
 	Output    string
 	Error     string
 	Snooze    time.Duration // snoozed: run again after this long
+	// StepOutputs is a succeeded shell task's $BATON_OUTPUT as a JSON object
+	// ("" none): its workflow step's outputs.
+	StepOutputs string
 }
 
 // Summary says what happened to a batch.
@@ -130,6 +133,7 @@ func finishParams(results []Result) db.TaskFinishParams {
 		p.Errors = append(p.Errors, r.Error)
 		p.Outputs = append(p.Outputs, r.Output)
 		p.SnoozesMs = append(p.SnoozesMs, r.Snooze.Milliseconds())
+		p.StepOutputs = append(p.StepOutputs, r.StepOutputs)
 	}
 	return p
 }

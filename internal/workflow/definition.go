@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"strconv"
@@ -76,6 +77,56 @@ type Step struct {
 	// empty: the group's).
 	RetryBackoffBase string `json:"retry_backoff_base,omitempty" yaml:"retry_backoff_base,omitempty"`
 	RetryBackoffMax  string `json:"retry_backoff_max,omitempty" yaml:"retry_backoff_max,omitempty"`
+	// Map makes the step a map step: one task per element of a JSON array
+	// (the payload's ${map.item} and ${map.index} name the element and its
+	// index); the step ends when every item has. Its outputs are "results"
+	// (each item's outputs, in order, as a JSON array) and "count".
+	Map *Map `json:"map,omitempty" yaml:"map,omitempty"`
+	// Workflow makes the step a sub-workflow step: it starts a run of the
+	// latest version of the named workflow and ends with it (succeeded,
+	// failed, or canceled when the child was canceled or stopped). Its
+	// outputs are "run_id" and "state". No group, shell, kind or payload.
+	Workflow string `json:"workflow,omitempty" yaml:"workflow,omitempty"`
+	// Params are the child run's parameters (strings; references allowed).
+	Params map[string]string `json:"params,omitempty" yaml:"params,omitempty"`
+}
+
+// Map is what a map step fans out over.
+type Map struct {
+	// Over is one reference, ${params.P} or ${steps.S.outputs.K}, whose value
+	// is a JSON array (a JSON array value, or a string holding one).
+	Over string `json:"over" yaml:"over"`
+	// MaxItems bounds the array (default DefaultMapMaxItems, at most
+	// MaxMapItems): a longer one fails the step.
+	MaxItems int `json:"max_items,omitempty" yaml:"max_items,omitempty"`
+	// Parallelism bounds the item tasks queued or running at once (0: none).
+	Parallelism int `json:"parallelism,omitempty" yaml:"parallelism,omitempty"`
+}
+
+// Map step limits.
+const (
+	DefaultMapMaxItems = 1000
+	MaxMapItems        = 10000
+)
+
+// MaxItemsOrDefault is the map's item bound with its default.
+func (m Map) MaxItemsOrDefault() int {
+	if m.MaxItems == 0 {
+		return DefaultMapMaxItems
+	}
+	return m.MaxItems
+}
+
+// OutputKeys are the keys downstream steps may reference: the declared
+// outputs, or a map or sub-workflow step's fixed ones.
+func (s Step) OutputKeys() []string {
+	switch {
+	case s.Map != nil:
+		return []string{"count", "results"}
+	case s.Workflow != "":
+		return []string{"run_id", "state"}
+	}
+	return s.Outputs
 }
 
 // Trigger rules. "failed" upstreams below are those failed, upstream_failed
@@ -300,10 +351,40 @@ func (d Definition) Validate() error {
 	}
 	for i, s := range d.Steps {
 		path := fmt.Sprintf("steps[%d] (%s)", i, s.Name)
-		if !groupRE.MatchString(s.Group) {
+		if s.Workflow != "" {
+			switch {
+			case !nameRE.MatchString(s.Workflow):
+				add(path+".workflow", "%q must be 1-128 of letters, digits, _ . - starting with a letter or digit", s.Workflow)
+			case s.Workflow == d.Name:
+				add(path+".workflow", "a workflow cannot run itself as a sub-workflow")
+			}
+			if s.Group != "" || s.Shell != "" || s.Kind != "" || s.Payload != nil || s.Env != nil || s.Map != nil || len(s.Outputs) > 0 {
+				add(path, "a sub-workflow step takes no group, shell, kind, payload, env, map or outputs (its outputs are run_id and state)")
+			}
+		} else if len(s.Params) > 0 {
+			add(path+".params", "only a sub-workflow step (workflow:) takes params")
+		}
+		if s.Map != nil {
+			if m := refRE.FindStringSubmatch(s.Map.Over); m == nil || m[0] != strings.TrimSpace(s.Map.Over) {
+				add(path+".map.over", "%q: write one reference, ${params.NAME} or ${steps.STEP.outputs.KEY}", s.Map.Over)
+			}
+			if s.Map.MaxItems < 0 || s.Map.MaxItems > MaxMapItems {
+				add(path+".map.max_items", "max_items %d is outside 1..%d (0: %d)", s.Map.MaxItems, MaxMapItems, DefaultMapMaxItems)
+			}
+			if s.Map.Parallelism < 0 || s.Map.Parallelism > MaxMapItems {
+				add(path+".map.parallelism", "parallelism %d is outside 0..%d (0: no bound)", s.Map.Parallelism, MaxMapItems)
+			}
+			if len(s.Outputs) > 0 {
+				add(path+".outputs", "a map step's outputs are results and count; declare none")
+			}
+		}
+		switch {
+		case s.Workflow != "":
+		case !groupRE.MatchString(s.Group):
 			add(path+".group", "group %q must be 1-63 of letters, digits, _ . - starting with a letter or digit", s.Group)
 		}
 		switch {
+		case s.Workflow != "":
 		case s.Shell != "" && s.Kind != "":
 			add(path, "set shell or kind, not both")
 		case s.Shell == "" && s.Kind == "":
@@ -374,29 +455,16 @@ func (d Definition) Validate() error {
 		for i, s := range d.Steps {
 			path := fmt.Sprintf("steps[%d] (%s)", i, s.Name)
 			payload, _ := s.TaskPayload()
-			for _, m := range refRE.FindAllStringSubmatch(string(payload), -1) {
-				ref := m[1]
-				switch {
-				case strings.HasPrefix(ref, "params."):
-					name := strings.TrimPrefix(ref, "params.")
-					if _, ok := params[name]; !ok {
-						add(path+".payload", "reference ${%s}: unknown parameter %q", ref, name)
-					}
-				case strings.HasPrefix(ref, "steps."):
-					up, key, ok := strings.Cut(strings.TrimPrefix(ref, "steps."), ".outputs.")
-					j, known := index[up]
-					switch {
-					case !ok:
-						add(path+".payload", "reference ${%s}: write ${steps.STEP.outputs.KEY}", ref)
-					case !known:
-						add(path+".payload", "reference ${%s}: unknown step %q", ref, up)
-					case !anc[i][j]:
-						add(path+".payload", "reference ${%s}: step %q is not upstream of %q", ref, up, s.Name)
-					case !slices.Contains(d.Steps[j].Outputs, key):
-						add(path+".payload", "reference ${%s}: step %q declares no output %q (its outputs: %v)", ref, up, key, d.Steps[j].Outputs)
-					}
-				default:
-					add(path+".payload", "reference ${%s}: write ${params.NAME} or ${steps.STEP.outputs.KEY}", ref)
+			texts := []struct{ where, text string }{{".payload", string(payload)}}
+			if s.Map != nil {
+				texts = append(texts, struct{ where, text string }{".map.over", s.Map.Over})
+			}
+			for _, k := range slices.Sorted(maps.Keys(s.Params)) {
+				texts = append(texts, struct{ where, text string }{".params." + k, s.Params[k]})
+			}
+			for _, tx := range texts {
+				for _, m := range refRE.FindAllStringSubmatch(tx.text, -1) {
+					probs = append(probs, d.checkRef(path+tx.where, m[1], i, s, params, index, anc)...)
 				}
 			}
 		}
@@ -405,6 +473,41 @@ func (d Definition) Validate() error {
 		return &ValidationError{Problems: probs}
 	}
 	return nil
+}
+
+// checkRef checks one reference ${ref} of step i (at path).
+func (d Definition) checkRef(path, ref string, i int, s Step, params map[string]Param, index map[string]int, anc []map[int]bool) []Problem {
+	var probs []Problem
+	add := func(format string, a ...any) { probs = append(probs, Problem{path, fmt.Sprintf(format, a...)}) }
+	switch {
+	case ref == "map.item" || ref == "map.index":
+		if s.Map == nil {
+			add("reference ${%s}: only a map step's payload has a map item", ref)
+		} else if strings.HasSuffix(path, ".map.over") {
+			add("reference ${%s}: map.over names the array, not an item", ref)
+		}
+	case strings.HasPrefix(ref, "params."):
+		name := strings.TrimPrefix(ref, "params.")
+		if _, ok := params[name]; !ok {
+			add("reference ${%s}: unknown parameter %q", ref, name)
+		}
+	case strings.HasPrefix(ref, "steps."):
+		up, key, ok := strings.Cut(strings.TrimPrefix(ref, "steps."), ".outputs.")
+		j, known := index[up]
+		switch {
+		case !ok:
+			add("reference ${%s}: write ${steps.STEP.outputs.KEY}", ref)
+		case !known:
+			add("reference ${%s}: unknown step %q", ref, up)
+		case !anc[i][j]:
+			add("reference ${%s}: step %q is not upstream of %q", ref, up, s.Name)
+		case !slices.Contains(d.Steps[j].OutputKeys(), key):
+			add("reference ${%s}: step %q declares no output %q (its outputs: %v)", ref, up, key, d.Steps[j].OutputKeys())
+		}
+	default:
+		add("reference ${%s}: write ${params.NAME} or ${steps.STEP.outputs.KEY}", ref)
+	}
+	return probs
 }
 
 // cycle returns one dependency cycle as a path of step names (first == last),
@@ -509,7 +612,9 @@ func (d Definition) Canonical() (json.RawMessage, string, error) {
 func (d Definition) Groups() []string {
 	var gs []string
 	for _, s := range d.Steps {
-		gs = append(gs, s.Group)
+		if s.Workflow == "" {
+			gs = append(gs, s.Group)
+		}
 	}
 	slices.Sort(gs)
 	return slices.Compact(gs)

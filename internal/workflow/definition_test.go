@@ -2,6 +2,8 @@ package workflow
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -149,5 +151,26 @@ func TestRunParams(t *testing.T) {
 	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `params.n: required parameter not set`) ||
 		!strings.Contains(err.Error(), `params.zz: unknown parameter "zz"`) {
 		t.Fatalf("RunParams = %v", err)
+	}
+}
+
+// Every example under examples/workflows parses and validates.
+func TestExamplesValidate(t *testing.T) {
+	files, err := filepath.Glob("../../examples/workflows/*.yaml")
+	if err != nil || len(files) < 2 {
+		t.Fatalf("examples: %v, %v", files, err)
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := Parse(data)
+		if err == nil {
+			err = d.Validate()
+		}
+		if err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
 	}
 }

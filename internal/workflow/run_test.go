@@ -766,7 +766,8 @@ func TestOutputsAndParams(t *testing.T) {
 
 func ptr[T any](v T) *T { return &v }
 
-// Property: random DAGs with random trigger rules and injected failures end,
+// Property: random DAGs with random trigger rules and injected failures, some
+// steps map steps or sub-workflow steps, end,
 // step by step, in the states the reference model of the documented semantics
 // predicts (failure strategy continue, where the outcome does not depend on
 // timing).
@@ -776,10 +777,11 @@ func TestRandomDAGsMatchReferenceModel(t *testing.T) {
 	seed := time.Now().UnixNano()
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(uint64(seed), 1))
+	e.apply(def("leaf", step("leafstep"))) // the sub-workflow of some steps
 	for i := range 20 {
 		n := 1 + rng.IntN(200) // up to 200 steps
 
-		d := workflow.Definition{Name: fmt.Sprintf("prop%d", i)}
+		d := workflow.Definition{Name: fmt.Sprintf("prop%d", i), Params: []workflow.Param{{Name: "items", Default: ptr("[1, 2, 3]")}}}
 		fail := map[string]string{}
 		for j := range n {
 			s := ruled(workflow.TriggerRules[rng.IntN(len(workflow.TriggerRules))], fmt.Sprintf("s%d", j))
@@ -788,8 +790,20 @@ func TestRandomDAGsMatchReferenceModel(t *testing.T) {
 					s.DependsOn = append(s.DependsOn, fmt.Sprintf("s%d", k))
 				}
 			}
-			if rng.IntN(4) == 0 {
-				fail[s.Name] = "failed"
+			switch kind := rng.IntN(10); {
+			case kind == 0:
+				// A sub-workflow step (its child's one step succeeds): a
+				// step as far as the rules go.
+				s.Group, s.Kind, s.Workflow = "", "", "leaf"
+			case kind == 1:
+				// A map step of three items, each failing when the step is
+				// to fail: a step as far as the rules go.
+				s.Map = &workflow.Map{Over: "${params.items}", Parallelism: rng.IntN(3)}
+				fallthrough
+			default:
+				if rng.IntN(4) == 0 {
+					fail[s.Name] = "failed"
+				}
 			}
 			d.Steps = append(d.Steps, s)
 		}
@@ -818,7 +832,14 @@ func TestRandomDAGsMatchReferenceModel(t *testing.T) {
 		got := e.states(id)
 		for _, s := range d.Steps {
 			if got[s.Name] != want[s.Name] {
-				t.Fatalf("seed %d, dag %d, step %s (rule %s, deps %v): %s; the model says %s", seed, i, s.Name, s.Rule(), s.DependsOn, got[s.Name], want[s.Name])
+				var errText string
+				for _, rs := range e.run(id).Steps {
+					if rs.Name == s.Name {
+						errText = rs.Error
+					}
+				}
+				t.Fatalf("seed %d, dag %d, step %s (rule %s, deps %v, map %v, workflow %q): %s (%s); the model says %s",
+					seed, i, s.Name, s.Rule(), s.DependsOn, s.Map, s.Workflow, got[s.Name], errText, want[s.Name])
 			}
 		}
 		if r := e.run(id); !workflow.Terminal(r.State) {
@@ -915,5 +936,97 @@ func TestConcurrentFanIn(t *testing.T) {
 	}
 	if r := e.run(id); r.State != "succeeded" {
 		t.Fatalf("run %s", r.State)
+	}
+}
+
+// A shell step's $BATON_OUTPUT (reported as StepOutputs) is its step's outputs,
+// stored by the fenced result statement: a zombie attempt's late outputs are
+// refused with its result, the current attempt's flow downstream, and a shell
+// step's JSON stdout is not taken for outputs.
+func TestShellStepOutputsFlowAndAreFenced(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	a := workflow.Step{Name: "a", Group: "g", Shell: "produce", Outputs: []string{"path"}, MaxRetries: 1, Timeout: "1s",
+		RetryBackoffBase: "0s", RetryBackoffMax: "0s"}
+	b := workflow.Step{Name: "b", Group: "g", Shell: "consume ${steps.a.outputs.path}", DependsOn: []string{"a"}, Outputs: []string{"path"}}
+	c := step("c", "b")
+	c.Payload = map[string]any{"from_b": "${steps.b.outputs.path}"}
+	e.apply(def("shellout", a, b, c))
+	id := e.start(workflow.StartParams{Workflow: "shellout"})
+	first := e.claim()
+	future := time.Now().Add(time.Hour)
+	if n, err := report.TimeOutOverdue(ctx, e.pool, 0, &future); err != nil || n != 1 {
+		t.Fatalf("timeout sweep: %d, %v", n, err)
+	}
+	second := e.claim()
+	if len(first) != 1 || len(second) != 1 || second[0].attempt != 2 {
+		t.Fatalf("claimed %+v then %+v", first, second)
+	}
+	finish := func(c claimed, outputs string) report.Summary {
+		t.Helper()
+		sum, err := report.Finish(ctx, e.pool, []report.Result{{TaskID: c.id, Attempt: c.attempt, SessionID: e.session,
+			Outcome: "succeeded", ExitCode: 0, Output: `{"path": "from stdout"}`, StepOutputs: outputs}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sum
+	}
+	if sum := finish(first[0], `{"path":"/zombie"}`); len(sum.Fenced) != 1 {
+		t.Fatalf("zombie: %+v", sum)
+	}
+	if r := e.run(id); r.Steps[0].State != "running" || r.Steps[0].Output != nil {
+		t.Fatalf("after the zombie: step a %+v", r.Steps[0])
+	}
+	if sum := finish(second[0], `{"path":"/data/out dir"}`); len(sum.Applied) != 1 {
+		t.Fatalf("current attempt: %+v", sum)
+	}
+	cs := e.claim()
+	if len(cs) != 1 || cs[0].step != "b" {
+		t.Fatalf("claimed %+v", cs)
+	}
+	var sp executor.ShellPayload
+	if err := json.Unmarshal(cs[0].payload, &sp); err != nil || sp.Command != "consume /data/out dir" {
+		t.Fatalf("b's payload %s (%v)", cs[0].payload, err)
+	}
+	finish(cs[0], "") // no $BATON_OUTPUT: no outputs, whatever stdout says
+	cs = e.claim()
+	if len(cs) != 1 || cs[0].step != "c" || !strings.Contains(string(cs[0].payload), `"from_b": ""`) {
+		t.Fatalf("claimed %+v", cs)
+	}
+	e.finish(cs, func(claimed) (string, string) { return "succeeded", "" })
+	if r := e.run(id); r.State != "succeeded" || string(r.Steps[0].Output) != `{"path": "/data/out dir"}` || r.Steps[1].Output != nil {
+		t.Fatalf("run %+v", r)
+	}
+}
+
+// The workflow functions carry baton's search_path: a manual UPDATE of a
+// workflow task from a session whose search_path lacks baton's schema still
+// advances its run.
+func TestManualUpdateWithoutSearchPath(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	ctx := context.Background()
+	e.apply(def("manual", step("a"), step("b", "a")))
+	id := e.start(workflow.StartParams{Workflow: "manual"})
+	var schema string
+	if err := e.pool.QueryRow(ctx, "SELECT current_schema()").Scan(&schema); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := e.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "SET search_path = public"); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _, _ = conn.Exec(ctx, "RESET search_path") }()
+	if _, err := conn.Exec(ctx, "UPDATE "+pgx.Identifier{schema}.Sanitize()+".tasks SET state = 'canceled', finished_at = now() "+
+		"WHERE workflow_run_id = $1 AND workflow_step = 'a'", id); err != nil {
+		t.Fatalf("manual update: %v", err)
+	}
+	if s := e.states(id); s["a"] != "canceled" || s["b"] != "upstream_failed" {
+		t.Fatalf("states %v", s)
 	}
 }

@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -55,6 +58,9 @@ func Apply(ctx context.Context, q *db.Queries, d Definition) (Applied, error) {
 		}
 		return out, &ValidationError{Problems: probs}
 	}
+	if err := checkSubWorkflows(ctx, q, d); err != nil {
+		return out, err
+	}
 	if w.LatestVersion > 0 {
 		prev, err := q.WorkflowVersionHash(ctx, db.WorkflowVersionHashParams{WorkflowID: w.ID, Version: w.LatestVersion})
 		if err != nil {
@@ -95,6 +101,27 @@ func Apply(ctx context.Context, q *db.Queries, d Definition) (Applied, error) {
 		sp.TimeoutsMs = append(sp.TimeoutsMs, timeout.Milliseconds())
 		sp.RetryBasesMs = append(sp.RetryBasesMs, base)
 		sp.RetryMaxesMs = append(sp.RetryMaxesMs, maxB)
+		over, maxItems, par := "", int32(0), int32(0)
+		if s.Map != nil {
+			over, maxItems, par = s.Map.Over, int32(s.Map.MaxItemsOrDefault()), int32(s.Map.Parallelism)
+		}
+		sp.MapOvers = append(sp.MapOvers, over)
+		sp.MapMaxItems = append(sp.MapMaxItems, maxItems)
+		sp.MapParallelisms = append(sp.MapParallelisms, par)
+		sp.SubWorkflows = append(sp.SubWorkflows, s.Workflow)
+		subParams := ""
+		if s.Workflow != "" {
+			params := s.Params
+			if params == nil {
+				params = map[string]string{} // {} not null
+			}
+			b, err := json.Marshal(params)
+			if err != nil {
+				return out, fmt.Errorf("apply workflow %s: encode params of step %s: %w", d.Name, s.Name, err)
+			}
+			subParams = string(b)
+		}
+		sp.SubParams = append(sp.SubParams, subParams)
 		for _, dep := range s.DependsOn {
 			ep.FromSteps = append(ep.FromSteps, dep)
 			ep.ToSteps = append(ep.ToSteps, s.Name)
@@ -113,6 +140,97 @@ func Apply(ctx context.Context, q *db.Queries, d Definition) (Applied, error) {
 	}
 	out.Version, out.Created = int(version), true
 	return out, nil
+}
+
+// checkSubWorkflows checks, in the apply transaction, that each sub-workflow
+// step names a stored workflow whose latest version knows the parameters it
+// sets and gets every required one, and that no chain of sub-workflows (by
+// latest versions) leads back to d. Runs start the child's latest version, so
+// a later apply of the child is checked again when the child is applied.
+func checkSubWorkflows(ctx context.Context, q *db.Queries, d Definition) error {
+	var probs []Problem
+	for i, s := range d.Steps {
+		if s.Workflow == "" {
+			continue
+		}
+		path := fmt.Sprintf("steps[%d] (%s).workflow", i, s.Name)
+		child, err := latestDefinition(ctx, q, s.Workflow)
+		if err != nil {
+			return fmt.Errorf("apply workflow %s: %w", d.Name, err)
+		}
+		if child == nil {
+			probs = append(probs, Problem{path, fmt.Sprintf("unknown workflow %q (apply it first)", s.Workflow)})
+			continue
+		}
+		known := map[string]bool{}
+		for _, p := range child.Params {
+			known[p.Name] = true
+			if _, set := s.Params[p.Name]; !set && p.Default == nil {
+				probs = append(probs, Problem{fmt.Sprintf("steps[%d] (%s).params", i, s.Name),
+					fmt.Sprintf("workflow %q requires parameter %q", s.Workflow, p.Name)})
+			}
+		}
+		for _, k := range slices.Sorted(maps.Keys(s.Params)) {
+			if !known[k] {
+				probs = append(probs, Problem{fmt.Sprintf("steps[%d] (%s).params.%s", i, s.Name, k),
+					fmt.Sprintf("workflow %q has no parameter %q", s.Workflow, k)})
+			}
+		}
+		// A cycle: d -> child -> ... -> d, through latest versions.
+		chain := []string{d.Name, s.Workflow}
+		if cyc, err := subCycle(ctx, q, d.Name, *child, chain, 0); err != nil {
+			return fmt.Errorf("apply workflow %s: %w", d.Name, err)
+		} else if cyc != nil {
+			probs = append(probs, Problem{path, "sub-workflow cycle: " + strings.Join(cyc, " -> ")})
+		}
+	}
+	if len(probs) > 0 {
+		return &ValidationError{Problems: probs}
+	}
+	return nil
+}
+
+// MaxSubWorkflowDepth bounds nested sub-workflow runs (checked when a child
+// run starts too).
+const MaxSubWorkflowDepth = 10
+
+func subCycle(ctx context.Context, q *db.Queries, root string, d Definition, chain []string, depth int) ([]string, error) {
+	if depth >= MaxSubWorkflowDepth {
+		return nil, nil // deeper nesting fails at run time, naming the limit
+	}
+	for _, s := range d.Steps {
+		if s.Workflow == "" {
+			continue
+		}
+		next := append(slices.Clone(chain), s.Workflow)
+		if s.Workflow == root {
+			return next, nil
+		}
+		child, err := latestDefinition(ctx, q, s.Workflow)
+		if err != nil || child == nil {
+			return nil, err
+		}
+		if cyc, err := subCycle(ctx, q, root, *child, next, depth+1); cyc != nil || err != nil {
+			return cyc, err
+		}
+	}
+	return nil, nil
+}
+
+// latestDefinition is the latest version of a workflow, nil if none.
+func latestDefinition(ctx context.Context, q *db.Queries, name string) (*Definition, error) {
+	raw, err := q.WorkflowLatestDefinition(ctx, name)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read workflow %s: %w", name, err)
+	}
+	var d Definition
+	if err := json.Unmarshal(raw, &d); err != nil {
+		return nil, fmt.Errorf("decode workflow %s: %w", name, err)
+	}
+	return &d, nil
 }
 
 // ChannelRunFinished is the NOTIFY channel on which a run's end is announced
@@ -197,8 +315,10 @@ type Run struct {
 	// Deadline is when the run times out (nil: no run timeout).
 	Deadline *time.Time `json:"deadline,omitempty"`
 	// Error says why a control or the run timeout ended the run.
-	Error string    `json:"error,omitempty"`
-	Steps []RunStep `json:"steps,omitempty"`
+	Error string `json:"error,omitempty"`
+	// ParentRunID: a child run, started by a sub-workflow step of this run.
+	ParentRunID int64     `json:"parent_run_id,omitempty"`
+	Steps       []RunStep `json:"steps,omitempty"`
 }
 
 // RunStep is one step of a run.
@@ -217,6 +337,11 @@ type RunStep struct {
 	Error      string          `json:"error,omitempty"`
 	ReadyAt    *time.Time      `json:"ready_at,omitempty"`
 	FinishedAt *time.Time      `json:"finished_at,omitempty"`
+	// ChildRunID: a sub-workflow step's current child run.
+	ChildRunID int64 `json:"child_run_id,omitempty"`
+	// Items and ItemsDone: a map step's items and those ended.
+	Items     int `json:"items,omitempty"`
+	ItemsDone int `json:"items_done,omitempty"`
 }
 
 // Terminal reports whether a run state is final.
@@ -249,6 +374,10 @@ func GetRun(ctx context.Context, q *db.Queries, id int64) (Run, error) {
 		if s.TaskID != nil {
 			rs.TaskID = *s.TaskID
 		}
+		if s.ChildRunID != nil {
+			rs.ChildRunID = *s.ChildRunID
+		}
+		rs.Items, rs.ItemsDone = int(s.Items), int(s.ItemsDone)
 		run.Steps = append(run.Steps, rs)
 	}
 	return run, nil
@@ -258,6 +387,9 @@ func runFromRow(r db.WorkflowRunListRow) Run {
 	run := Run{ID: r.ID, Workflow: r.Workflow, Version: int(r.Version), Params: r.Params, State: r.State,
 		FailureStrategy: r.FailureStrategy, StepsLeft: int(r.StepsLeft), CreatedAt: r.CreatedAt, FinishedAt: r.FinishedAt,
 		Deadline: r.Deadline, Error: r.Error}
+	if r.ParentRunID != nil {
+		run.ParentRunID = *r.ParentRunID
+	}
 	if r.IdempotencyKey != nil {
 		run.IdempotencyKey = *r.IdempotencyKey
 	}

@@ -1,0 +1,218 @@
+package baton_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+
+	"github.com/baton-scheduler/baton"
+)
+
+// benchWorkflowEnv runs one embedded worker of group "app" with slots slots
+// and a no-op handler until the benchmark ends, and returns a client.
+func benchWorkflowEnv(b *testing.B, slots int) (*baton.Client, *pgxpool.Pool) {
+	b.Helper()
+	pool, dsn := srv.NewPool(b)
+	ctx, cancel := context.WithCancel(context.Background())
+	w, err := baton.NewWorker(ctx, baton.WorkerConfig{DatabaseURL: dsn, Group: "app", Slots: slots, Logger: zap.NewNop(),
+		Handlers: map[string]baton.Handler{"noop": func(context.Context, baton.Task) (string, error) { return "", nil }}})
+	if err != nil {
+		cancel()
+		b.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	b.Cleanup(func() { cancel(); <-done })
+	select {
+	case <-w.Ready():
+	case <-time.After(30 * time.Second):
+		b.Fatal("worker not ready")
+	}
+	client, err := baton.NewClient(pool, &baton.ClientConfig{Logger: zap.NewNop(), WaitPollInterval: 100 * time.Millisecond})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return client, pool
+}
+
+func benchEnvInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// BenchmarkWorkflowFanOut: a fan-out/fan-in DAG of BATON_BENCH_FANOUT steps
+// (default 1,000: a root, 998 parallel steps, a sink) of no-op handlers, start
+// -> finished (the run's finished_at - created_at, Postgres time), against
+// the same number of independent no-op tasks submitted at once on the same
+// worker (last finished_at - first submitted_at); and the same fan-out as one
+// map step of as many items. Worker slots: BATON_BENCH_SLOTS (default 32).
+//
+//	BATON_TEST_DATABASE_URL=postgres://baton:baton@127.0.0.1:5433/postgres go test -run '^$' -bench WorkflowFanOut -benchtime 1x -count 3 .
+func BenchmarkWorkflowFanOut(b *testing.B) {
+	n := benchEnvInt("BATON_BENCH_FANOUT", 1000)
+	client, pool := benchWorkflowEnv(b, benchEnvInt("BATON_BENCH_SLOTS", 32))
+	ctx := context.Background()
+	dag := baton.WorkflowDefinition{Name: "fan", Steps: []baton.WorkflowStep{{Name: "root", Group: "app", Kind: "noop"}}}
+	var mids []string
+	for i := range n - 2 {
+		name := fmt.Sprintf("m%04d", i)
+		mids = append(mids, name)
+		dag.Steps = append(dag.Steps, baton.WorkflowStep{Name: name, Group: "app", Kind: "noop", DependsOn: []string{"root"}})
+	}
+	dag.Steps = append(dag.Steps, baton.WorkflowStep{Name: "sink", Group: "app", Kind: "noop", DependsOn: mids})
+	mapped := baton.WorkflowDefinition{Name: "mapped", Params: []baton.WorkflowParam{{Name: "items"}}, Steps: []baton.WorkflowStep{
+		{Name: "each", Group: "app", Kind: "noop", Map: &baton.WorkflowMap{Over: "${params.items}", MaxItems: 10000},
+			Payload: map[string]any{"i": "${map.item}"}},
+	}}
+	items := "["
+	for i := range n {
+		if i > 0 {
+			items += ","
+		}
+		items += strconv.Itoa(i)
+	}
+	items += "]"
+	for _, d := range []baton.WorkflowDefinition{dag, mapped} {
+		if _, err := client.ApplyWorkflow(ctx, d); err != nil {
+			b.Fatal(err)
+		}
+	}
+	runMs := func(spec baton.RunSpec) float64 {
+		b.Helper()
+		id, err := client.StartRun(ctx, spec)
+		if err != nil {
+			b.Fatal(err)
+		}
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		defer cancel()
+		if r, err := client.WaitRun(wctx, id); err != nil || r.State != "succeeded" {
+			b.Fatalf("run %d: %s, %v", id, r.State, err)
+		}
+		var ms float64
+		if err := pool.QueryRow(ctx, `SELECT extract(epoch FROM finished_at - created_at) * 1000 FROM workflow_runs WHERE id = $1`, id).Scan(&ms); err != nil {
+			b.Fatal(err)
+		}
+		// Where the time went, from the run's start (ms): first task started,
+		// first and last task finished, last task started.
+		var firstStart, firstEnd, lastStart, lastEnd float64
+		if err := pool.QueryRow(ctx, `SELECT extract(epoch FROM min(t.started_at) - r.created_at) * 1000,
+				extract(epoch FROM min(t.finished_at) - r.created_at) * 1000,
+				extract(epoch FROM max(t.started_at) - r.created_at) * 1000,
+				extract(epoch FROM max(t.finished_at) - r.created_at) * 1000
+			FROM workflow_runs r JOIN tasks t ON t.workflow_run_id = r.id WHERE r.id = $1 GROUP BY r.created_at`, id).Scan(
+			&firstStart, &firstEnd, &lastStart, &lastEnd); err != nil {
+			b.Fatal(err)
+		}
+		b.Logf("%s: first task started %.0f ms, first finished %.0f, last started %.0f, last finished %.0f, run finished %.0f",
+			spec.Workflow, firstStart, firstEnd, lastStart, lastEnd, ms)
+		return ms
+	}
+	for b.Loop() {
+		specs := make([]baton.TaskSpec, n)
+		for i := range specs {
+			specs[i] = baton.TaskSpec{Group: "app", Kind: "noop"}
+		}
+		ids, err := client.SubmitMany(ctx, specs)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var tasksMs float64
+		for deadline := time.Now().Add(10 * time.Minute); ; time.Sleep(20 * time.Millisecond) {
+			var left int
+			if err := pool.QueryRow(ctx, `SELECT count(*) FROM tasks WHERE id = ANY($1) AND state <> 'succeeded'`, ids).Scan(&left); err != nil {
+				b.Fatal(err)
+			}
+			if left == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("%d independent tasks left", left)
+			}
+		}
+		if err := pool.QueryRow(ctx, `SELECT extract(epoch FROM max(finished_at) - min(submitted_at)) * 1000 FROM tasks WHERE id = ANY($1)`,
+			ids).Scan(&tasksMs); err != nil {
+			b.Fatal(err)
+		}
+		dagMs := runMs(baton.RunSpec{Workflow: "fan"})
+		mapMs := runMs(baton.RunSpec{Workflow: "mapped", Params: map[string]any{"items": items}})
+		b.ReportMetric(tasksMs, "tasks-ms")
+		b.ReportMetric(dagMs, "dag-ms")
+		b.ReportMetric(mapMs, "map-ms")
+		b.ReportMetric(dagMs/tasksMs, "dag/tasks")
+		b.ReportMetric(mapMs/tasksMs, "map/tasks")
+		b.Logf("%d steps: independent tasks %.0f ms, fan-out/fan-in DAG %.0f ms (x%.2f), map step %.0f ms (x%.2f)",
+			n, tasksMs, dagMs, dagMs/tasksMs, mapMs, mapMs/tasksMs)
+	}
+}
+
+// BenchmarkWorkflowConcurrentRuns: BATON_BENCH_RUNS (default 100) runs of a
+// 10-step chain of no-op handlers started at once; runs/s and steps/s over the
+// first created_at to the last finished_at (Postgres time). Worker slots:
+// BATON_BENCH_SLOTS (default 32).
+//
+//	BATON_TEST_DATABASE_URL=postgres://baton:baton@127.0.0.1:5433/postgres go test -run '^$' -bench WorkflowConcurrentRuns -benchtime 1x -count 3 .
+func BenchmarkWorkflowConcurrentRuns(b *testing.B) {
+	runs := benchEnvInt("BATON_BENCH_RUNS", 100)
+	const steps = 10
+	client, pool := benchWorkflowEnv(b, benchEnvInt("BATON_BENCH_SLOTS", 32))
+	ctx := context.Background()
+	d := baton.WorkflowDefinition{Name: "chain10"}
+	for i := range steps {
+		s := baton.WorkflowStep{Name: fmt.Sprintf("s%d", i), Group: "app", Kind: "noop"}
+		if i > 0 {
+			s.DependsOn = []string{fmt.Sprintf("s%d", i-1)}
+		}
+		d.Steps = append(d.Steps, s)
+	}
+	if _, err := client.ApplyWorkflow(ctx, d); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		ids := make([]int64, runs)
+		errs := make(chan error, runs)
+		for i := range ids {
+			go func() {
+				id, err := client.StartRun(ctx, baton.RunSpec{Workflow: "chain10"})
+				ids[i] = id
+				errs <- err
+			}()
+		}
+		for range ids {
+			if err := <-errs; err != nil {
+				b.Fatal(err)
+			}
+		}
+		for deadline := time.Now().Add(10 * time.Minute); ; time.Sleep(20 * time.Millisecond) {
+			var left int
+			if err := pool.QueryRow(ctx, `SELECT count(*) FROM workflow_runs WHERE id = ANY($1) AND state IN ('running', 'paused')`, ids).Scan(&left); err != nil {
+				b.Fatal(err)
+			}
+			if left == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("%d runs left", left)
+			}
+		}
+		var failed int
+		var secs float64
+		if err := pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE state <> 'succeeded'), extract(epoch FROM max(finished_at) - min(created_at))
+			FROM workflow_runs WHERE id = ANY($1)`, ids).Scan(&failed, &secs); err != nil {
+			b.Fatal(err)
+		}
+		if failed > 0 {
+			b.Fatalf("%d runs did not succeed", failed)
+		}
+		b.ReportMetric(float64(runs)/secs, "runs/s")
+		b.ReportMetric(float64(runs*steps)/secs, "steps/s")
+		b.Logf("%d runs of a %d-step chain in %.2f s: %.1f runs/s, %.0f steps/s", runs, steps, secs, float64(runs)/secs, float64(runs*steps)/secs)
+	}
+}
