@@ -86,7 +86,7 @@ type campaign struct {
 	missed      []string // faults without their effect, or whose injection failed
 	gateDir     string   // gate files of gate tasks
 	gates       int
-	runs        []int64  // workflow runs started (chaos_workflow_test.go)
+	runs        []int64 // workflow runs started (chaos_workflow_test.go)
 	runStats    runStats
 }
 
