@@ -244,64 +244,72 @@ type BulkFilter struct {
 }
 
 func (s *Server) bulk(action string) apiHandler {
-	eligible := cancelable
-	if action == "retry" {
-		eligible = retryable
-	}
 	return func(w http.ResponseWriter, r *http.Request, who taskops.Actor) error {
 		var req BulkRequest
 		if err := decode(r, &req); err != nil {
 			return err
 		}
-		if (req.IDs == nil) == (req.Filter == nil) {
-			return errorf(http.StatusBadRequest, "give either ids or filter")
-		}
-		if len(req.IDs) > MaxBulk {
-			return errorf(http.StatusBadRequest, "%d ids: at most %d per call", len(req.IDs), MaxBulk)
-		}
-		arg := db.TaskSelectIDsParams{States: eligible, PlainOnly: action == "retry", MaxRows: MaxBulk}
-		if req.IDs != nil {
-			arg.Ids = req.IDs
-		} else {
-			f := req.Filter
-			if f.State != "" {
-				if !slices.Contains(eligible, f.State) {
-					return errorf(http.StatusBadRequest, "%s applies to tasks in state %v, not %q", action, eligible, f.State)
-				}
-				arg.States = []string{f.State}
-			}
-			arg.GroupName, arg.Kind = nilIfEmpty(f.Group), nilIfEmpty(f.Kind)
-		}
-		res := apimodel.BulkResult{DryRun: req.DryRun, IDs: []int64{}}
-		err := s.tx(r.Context(), func(q *db.Queries) error {
-			ids, err := q.TaskSelectIDs(r.Context(), arg)
-			if err != nil {
-				return err
-			}
-			res.Matched = len(ids)
-			if req.DryRun {
-				res.IDs = ids
-				return nil
-			}
-			var done []int64
-			if action == "retry" {
-				done, err = taskops.Retry(r.Context(), q, ids)
-			} else {
-				done, err = taskops.CancelMany(r.Context(), q, ids, "canceled through the HTTP API by "+who.Name)
-			}
-			if err != nil {
-				return err
-			}
-			res.Changed, res.IDs = len(done), append(res.IDs, done...)
-			return taskops.Audit(r.Context(), q, who, "task."+action, "bulk",
-				map[string]any{"ids": req.IDs, "filter": req.Filter, "matched": res.Matched, "changed": res.Changed})
-		})
+		res, err := s.bulkApply(r.Context(), action, req, who, "the HTTP API")
 		if err != nil {
 			return err
 		}
 		writeJSON(w, http.StatusOK, res)
 		return nil
 	}
+}
+
+// bulkApply cancels or retries (action) the tasks req selects, at most MaxBulk
+// (the newest), or only counts them (req.DryRun), in one audited transaction;
+// via names the surface in the canceled tasks' reason.
+func (s *Server) bulkApply(ctx context.Context, action string, req BulkRequest, who taskops.Actor, via string) (apimodel.BulkResult, error) {
+	eligible := cancelable
+	if action == "retry" {
+		eligible = retryable
+	}
+	if (req.IDs == nil) == (req.Filter == nil) {
+		return apimodel.BulkResult{}, errorf(http.StatusBadRequest, "give either ids or filter")
+	}
+	if len(req.IDs) > MaxBulk {
+		return apimodel.BulkResult{}, errorf(http.StatusBadRequest, "%d ids: at most %d per call", len(req.IDs), MaxBulk)
+	}
+	arg := db.TaskSelectIDsParams{States: eligible, PlainOnly: action == "retry", MaxRows: MaxBulk}
+	if req.IDs != nil {
+		arg.Ids = req.IDs
+	} else {
+		f := req.Filter
+		if f.State != "" {
+			if !slices.Contains(eligible, f.State) {
+				return apimodel.BulkResult{}, errorf(http.StatusBadRequest, "%s applies to tasks in state %v, not %q", action, eligible, f.State)
+			}
+			arg.States = []string{f.State}
+		}
+		arg.GroupName, arg.Kind = nilIfEmpty(f.Group), nilIfEmpty(f.Kind)
+	}
+	res := apimodel.BulkResult{DryRun: req.DryRun, IDs: []int64{}}
+	err := s.tx(ctx, func(q *db.Queries) error {
+		ids, err := q.TaskSelectIDs(ctx, arg)
+		if err != nil {
+			return err
+		}
+		res.Matched = len(ids)
+		if req.DryRun {
+			res.IDs = ids
+			return nil
+		}
+		var done []int64
+		if action == "retry" {
+			done, err = taskops.Retry(ctx, q, ids)
+		} else {
+			done, err = taskops.CancelMany(ctx, q, ids, "canceled through "+via+" by "+who.Name)
+		}
+		if err != nil {
+			return err
+		}
+		res.Changed, res.IDs = len(done), append(res.IDs, done...)
+		return taskops.Audit(ctx, q, who, "task."+action, "bulk",
+			map[string]any{"ids": req.IDs, "filter": req.Filter, "matched": res.Matched, "changed": res.Changed})
+	})
+	return res, err
 }
 
 func (s *Server) groups(r *http.Request, name string) ([]apimodel.Group, error) {

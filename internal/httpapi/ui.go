@@ -76,6 +76,7 @@ func (s *Server) uiRoutes() {
 	s.mux.HandleFunc("GET /ui/failovers", s.page("failovers.html", "failover timeline", 5, s.uiFailovers))
 	s.mux.HandleFunc("GET /ui/tasks", s.page("tasks.html", "tasks", 0, s.uiTasks))
 	s.mux.HandleFunc("GET /ui/tasks/{id}", s.page("task.html", "task", 5, s.uiTask))
+	s.uiBulkRoutes() // before /ui/tasks/{id}: "bulk" is no id
 	s.mux.HandleFunc("GET /ui/tasks/{id}/cancel", s.page("cancel.html", "cancel task", 0, s.uiCancelConfirm))
 	s.mux.HandleFunc("POST /ui/tasks/{id}/cancel", s.uiCancel)
 	s.uiWorkflowRoutes()
