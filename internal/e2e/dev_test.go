@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -15,6 +16,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/chromedp/cdproto/runtime"
+	"github.com/chromedp/chromedp"
+
+	"github.com/baton-scheduler/baton/batontest"
 )
 
 var (
@@ -143,6 +149,27 @@ func TestMakeRunServesThePage(t *testing.T) {
 		t.Fatalf("API: %d %.300s", code, body)
 	}
 
+	// A worker SIGKILLed: its session is declared dead, its failover is on the
+	// timeline, and the status page shows both, in a browser.
+	var victimPID, victimSession int64
+	if err := pool.QueryRow(context.Background(), `SELECT pid, id FROM worker_sessions WHERE name = 'worker-1' AND state = 'alive'`).
+		Scan(&victimPID, &victimSession); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(int(victimPID), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	WaitFor(t, failoverTimeout, func() (bool, string) {
+		var n int
+		_ = pool.QueryRow(context.Background(), `SELECT count(*) FROM worker_sessions s JOIN failover_events f ON f.session_id = s.id
+			WHERE s.id = $1 AND s.state = 'dead' AND f.finished_at IS NOT NULL`, victimSession).Scan(&n)
+		return n == 1, fmt.Sprintf("session %d of the killed worker declared dead and failed over", victimSession)
+	})
+	pageChecks(t, base, tok[1], []pageCheck{
+		{"workers", "/ui/workers", "#workers", "dead"},
+		{"failovers", "/ui/failovers", "#timeline", fmt.Sprintf("worker session %d", victimSession)},
+	})
+
 	// Ctrl-C: baton dev stops its master and workers, which end their sessions.
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
@@ -156,11 +183,85 @@ func TestMakeRunServesThePage(t *testing.T) {
 		t.Fatal("baton dev still running 60 s after Ctrl-C")
 	}
 	var alive int
-	if err := pool.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM worker_sessions WHERE state <> 'stopped')
+	if err := pool.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM worker_sessions WHERE state IN ('alive', 'draining'))
 		+ (SELECT count(*) FROM master_sessions WHERE state = 'alive')`).Scan(&alive); err != nil {
 		t.Fatal(err)
 	}
 	if alive != 0 {
 		t.Fatalf("%d sessions not stopped after Ctrl-C", alive)
+	}
+}
+
+type pageCheck struct{ name, path, wait, want string }
+
+// pageChecks signs in to the status page at base in headless Chromium and
+// checks that each page shows its text, without a console error; screenshots go
+// to $BATON_SCREENSHOTS or the test's temporary directory.
+func pageChecks(t *testing.T, base, token string, checks []pageCheck) {
+	t.Helper()
+	browser := ""
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			browser = p
+			break
+		}
+	}
+	if browser == "" {
+		if batontest.InCI() {
+			t.Fatal("chromium not found: apt-get install chromium")
+		}
+		t.Log("chromium not found (apt-get install chromium): the pages are not checked in a browser")
+		return
+	}
+	dir := os.Getenv("BATON_SCREENSHOTS")
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.WindowSize(1280, 900))
+	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancelA()
+	ctx, cancel := chromedp.NewContext(actx)
+	defer cancel()
+	ctx, cancelT := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancelT()
+	var mu sync.Mutex
+	var problems []string
+	if err := chromedp.Listen(ctx, func(ev any) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch e := ev.(type) {
+		case *runtime.EventConsoleAPICalled:
+			if e.Type == runtime.ConsoleAPICalledTypeError {
+				problems = append(problems, "console error")
+			}
+		case *runtime.EventExceptionThrown:
+			problems = append(problems, "exception: "+e.ExceptionDetails.Text)
+		}
+	}); err != nil {
+		t.Fatalf("chromium: %v", err)
+	}
+	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/ui/"), chromedp.WaitVisible(`input[name=token]`),
+		chromedp.SendKeys(`input[name=token]`, token), chromedp.Submit(`input[name=token]`), chromedp.WaitVisible(`#groups`)); err != nil {
+		t.Fatalf("sign in: %v", err)
+	}
+	for _, c := range checks {
+		if err := chromedp.Do(ctx, chromedp.Navigate(base+c.path), chromedp.WaitVisible(c.wait)); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		text, err := chromedp.Run(ctx, chromedp.Text("main"))
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)); err == nil {
+			_ = os.WriteFile(filepath.Join(dir, "make-run-"+c.name+".png"), png, 0o644)
+		}
+		if !strings.Contains(text, c.want) {
+			t.Errorf("%s page shows %q, want it to contain %q", c.name, text, c.want)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(problems) > 0 {
+		t.Errorf("console errors: %v", problems)
 	}
 }
