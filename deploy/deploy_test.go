@@ -1,8 +1,8 @@
 //go:build images
 
 // The image test is behind the build tag "images" (go test -tags images ./deploy/):
-// it recompiles everything statically, minutes on 2 cores, so it is not part of
-// make test — and a test that is not built cannot skip silently under CI=true.
+// it recompiles everything statically (CGO_ENABLED=0), so only the e2e tier of
+// make test (scripts/test.sh) builds and runs it, once.
 package deploy
 
 import (
