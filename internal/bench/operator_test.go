@@ -40,6 +40,9 @@ func operatorRows(b *testing.B, pool *pgxpool.Pool) {
 		 FROM (SELECT i, CASE WHEN i % 100000 = 7 THEN 'canceled' WHEN (i / 100) % 100 < 95 THEN 'succeeded'
 		                      WHEN (i / 100) % 100 < 98 THEN 'failed' ELSE 'queued' END AS s
 		       FROM generate_series(1, 1000000) i) x`,
+		// A small group among big ones: 10 tasks, spread over the table.
+		`INSERT INTO baton.worker_groups (name) VALUES ('grare') ON CONFLICT DO NOTHING`,
+		`UPDATE baton.tasks SET group_name = 'grare' WHERE id % 100000 = 3`,
 		`ANALYZE baton.tasks`,
 		`ANALYZE baton.worker_sessions`,
 	} {
@@ -132,6 +135,7 @@ func BenchmarkOperatorSurface1M(b *testing.B) {
 			{"state=failed", func(int) string { return "/api/v1/tasks?limit=50&state=failed" }},
 			{"state=canceled(rare)", func(int) string { return "/api/v1/tasks?limit=50&state=canceled" }},
 			{"group", func(i int) string { return fmt.Sprintf("/api/v1/tasks?limit=50&group=g%03d", i%100) }},
+			{"group(rare: 10 tasks)", func(int) string { return "/api/v1/tasks?limit=50&group=grare" }},
 			{"deep_page", func(i int) string { return fmt.Sprintf("/api/v1/tasks?limit=50&before_id=%d", maxID-int64(i)*9973) }},
 			{"group+state+deep", func(i int) string {
 				return fmt.Sprintf("/api/v1/tasks?limit=50&state=succeeded&group=g%03d&before_id=%d", i%100, maxID/2)
