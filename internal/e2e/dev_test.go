@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -17,10 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chromedp/cdproto/runtime"
-	"github.com/chromedp/chromedp"
-
-	"github.com/baton-scheduler/baton/batontest"
+	"github.com/baton-scheduler/baton/internal/browsertest"
 )
 
 var (
@@ -195,73 +191,15 @@ func TestMakeRunServesThePage(t *testing.T) {
 type pageCheck struct{ name, path, wait, want string }
 
 // pageChecks signs in to the status page at base in headless Chromium and
-// checks that each page shows its text, without a console error; screenshots go
-// to $BATON_SCREENSHOTS or the test's temporary directory.
+// checks that each page shows its text, without a console error.
 func pageChecks(t *testing.T, base, token string, checks []pageCheck) {
 	t.Helper()
-	browser := ""
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
-		if p, err := exec.LookPath(name); err == nil {
-			browser = p
-			break
-		}
-	}
-	if browser == "" {
-		if batontest.InCI() {
-			t.Fatal("chromium not found: apt-get install chromium")
-		}
-		t.Log("chromium not found (apt-get install chromium): the pages are not checked in a browser")
-		return
-	}
-	dir := os.Getenv("BATON_SCREENSHOTS")
-	if dir == "" {
-		dir = t.TempDir()
-	}
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.WindowSize(1280, 900))
-	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelA()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	ctx, cancelT := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancelT()
-	var mu sync.Mutex
-	var problems []string
-	if err := chromedp.Listen(ctx, func(ev any) {
-		mu.Lock()
-		defer mu.Unlock()
-		switch e := ev.(type) {
-		case *runtime.EventConsoleAPICalled:
-			if e.Type == runtime.ConsoleAPICalledTypeError {
-				problems = append(problems, "console error")
-			}
-		case *runtime.EventExceptionThrown:
-			problems = append(problems, "exception: "+e.ExceptionDetails.Text)
-		}
-	}); err != nil {
-		t.Fatalf("chromium: %v", err)
-	}
-	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/ui/"), chromedp.WaitVisible(`input[name=token]`),
-		chromedp.SendKeys(`input[name=token]`, token), chromedp.Submit(`input[name=token]`), chromedp.WaitVisible(`#groups`)); err != nil {
-		t.Fatalf("sign in: %v", err)
-	}
+	b := browsertest.New(t, base)
+	b.Prefix = "make-run-"
+	b.SignIn(token)
 	for _, c := range checks {
-		if err := chromedp.Do(ctx, chromedp.Navigate(base+c.path), chromedp.WaitVisible(c.wait)); err != nil {
-			t.Fatalf("%s: %v", c.name, err)
-		}
-		text, err := chromedp.Run(ctx, chromedp.Text("main"))
-		if err != nil {
-			t.Fatalf("%s: %v", c.name, err)
-		}
-		if png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)); err == nil {
-			_ = os.WriteFile(filepath.Join(dir, "make-run-"+c.name+".png"), png, 0o644)
-		}
-		if !strings.Contains(text, c.want) {
+		if text := b.Visit(c.name, c.path, c.wait); !strings.Contains(text, c.want) {
 			t.Errorf("%s page shows %q, want it to contain %q", c.name, text, c.want)
 		}
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(problems) > 0 {
-		t.Errorf("console errors: %v", problems)
 	}
 }
