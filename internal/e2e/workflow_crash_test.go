@@ -171,8 +171,8 @@ func TestWorkflowSIGKILLWorkers(t *testing.T) {
 		JOIN tasks t ON t.id = s.task_id
 		JOIN workflow_run_steps u ON u.run_id = s.run_id
 		 AND u.name = substring(v.payload ->> 'command' from '\$\{steps\.([^.]+)\.outputs\.tok\}')`
-	if n := c.Int(`SELECT count(*) ` + upstream); n != 2*49 {
-		t.Errorf("%d steps name an upstream output; want %d", n, 2*49)
+	if n := c.Int(`SELECT count(*) ` + upstream); n != int64(*workflowRuns*49) {
+		t.Errorf("%d steps name an upstream output; want %d", n, *workflowRuns*49)
 	}
 	expectNone(c, "steps that did not see their upstream's output", `SELECT s.run_id || '/' || s.name || ': ' || (t.payload ->> 'command') `+
 		upstream+` WHERE (t.payload ->> 'command') NOT LIKE ': up=' || (u.output ->> 'tok') || ' &&%' ORDER BY 1`)
@@ -184,7 +184,7 @@ func TestWorkflowSIGKILLWorkers(t *testing.T) {
 		WHERE a.finished_at IS NOT NULL AND b.started_at IS NOT NULL`); pairs == 0 {
 		t.Error("no pair of attempts of one step to compare: the overlap check proves nothing")
 	}
-	checkExactlyOnce(c, 100)
+	checkExactlyOnce(c, *workflowRuns*50)
 	failedOver := c.Int(`SELECT count(*) FROM task_attempts WHERE worker_session_id = ANY($1) AND outcome = 'failed_over'`, killedSessions)
 	if failedOver == 0 {
 		t.Errorf("no attempt of the killed sessions %v was failed over, but each ran workflow steps", killedSessions)
