@@ -145,16 +145,14 @@ type Attempt struct {
 
 // Attempts converts attempt rows.
 func Attempts(rows []db.TaskAttempt) []Attempt {
-	out := make([]Attempt, 0, len(rows))
-	for _, r := range rows {
-		out = append(out, Attempt{
+	return each(rows, func(r db.TaskAttempt) Attempt {
+		return Attempt{
 			TaskID: r.TaskID, Attempt: int(r.Attempt), WorkerSessionID: r.WorkerSessionID, Reason: r.Reason,
 			DispatchedAt: At(r.DispatchedAt), StartedAt: AtPtr(r.StartedAt), FinishedAt: AtPtr(r.FinishedAt),
 			Outcome: r.Outcome, ExitCode: intPtr(r.ExitCode), Error: r.Error,
 			RefusedOutcome: r.RefusedOutcome, RefusedAt: AtPtr(r.RefusedAt),
-		})
-	}
-	return out
+		}
+	})
 }
 
 // TaskDetail is a task with its attempts, oldest first (`task show`, GET /api/v1/tasks/{id}).
@@ -183,15 +181,13 @@ type Worker struct {
 
 // Workers converts worker list rows.
 func Workers(rows []db.WorkerSessionListRow) []Worker {
-	out := make([]Worker, 0, len(rows))
-	for _, w := range rows {
-		out = append(out, Worker{
+	return each(rows, func(w db.WorkerSessionListRow) Worker {
+		return Worker{
 			ID: w.ID, Name: w.Name, Group: w.GroupName, Slots: int(w.Slots), Host: w.Host, Pid: int(w.Pid),
 			Version: w.Version, State: w.State, StartedAt: At(w.StartedAt), LastHeartbeatAt: At(w.LastHeartbeatAt),
 			EndedAt: AtPtr(w.EndedAt), HeartbeatAgeSeconds: w.HeartbeatAgeSeconds, ActiveTasks: int(w.ActiveTasks),
-		})
-	}
-	return out
+		}
+	})
 }
 
 // Master is a master session.
@@ -231,13 +227,11 @@ type FailoverEvent struct {
 
 // FailoverEvents converts failover rows.
 func FailoverEvents(rows []db.FailoverEvent) []FailoverEvent {
-	out := make([]FailoverEvent, 0, len(rows))
-	for _, f := range rows {
-		out = append(out, FailoverEvent{ID: f.ID, Kind: f.Kind, SessionID: f.SessionID, Group: f.GroupName,
+	return each(rows, func(f db.FailoverEvent) FailoverEvent {
+		return FailoverEvent{ID: f.ID, Kind: f.Kind, SessionID: f.SessionID, Group: f.GroupName,
 			DetectedBy: f.DetectedBy, Deadline: At(f.Deadline), StartedAt: At(f.StartedAt), FinishedAt: AtPtr(f.FinishedAt),
-			TasksReassigned: int(f.TasksReassigned), TasksQueued: int(f.TasksQueued), Passes: int(f.Passes)})
-	}
-	return out
+			TasksReassigned: int(f.TasksReassigned), TasksQueued: int(f.TasksQueued), Passes: int(f.Passes)}
+	})
 }
 
 // Group is baton.GroupStatus plus the group's settings.
@@ -266,13 +260,11 @@ func intPtr(p *int32) *int {
 
 // Groups converts group rows.
 func Groups(rows []db.GroupListRow) []Group {
-	out := make([]Group, 0, len(rows))
-	for _, g := range rows {
-		out = append(out, Group{Name: g.Name, Description: g.Description, CreatedAt: At(g.CreatedAt), Paused: g.Paused,
+	return each(rows, func(g db.GroupListRow) Group {
+		return Group{Name: g.Name, Description: g.Description, CreatedAt: At(g.CreatedAt), Paused: g.Paused,
 			RetryBackoff: RetryBackoff{BaseMs: g.RetryBaseMs, MaxMs: g.RetryMaxMs},
-			LiveWorkers:  int(g.LiveWorkers), WaitingTasks: int(g.WaitingTasks)})
-	}
-	return out
+			LiveWorkers:  int(g.LiveWorkers), WaitingTasks: int(g.WaitingTasks)}
+	})
 }
 
 // TaskPage is a page of GET /api/v1/tasks, newest first. NextBeforeID, when not
@@ -305,11 +297,9 @@ type AuditEntry struct {
 
 // AuditEntries converts audit rows.
 func AuditEntries(rows []db.AuditLog) []AuditEntry {
-	out := make([]AuditEntry, 0, len(rows))
-	for _, r := range rows {
-		out = append(out, AuditEntry{ID: r.ID, At: At(r.At), TokenID: r.TokenID, Actor: r.Actor, Action: r.Action, Target: r.Target, Detail: r.Detail})
-	}
-	return out
+	return each(rows, func(r db.AuditLog) AuditEntry {
+		return AuditEntry{ID: r.ID, At: At(r.At), TokenID: r.TokenID, Actor: r.Actor, Action: r.Action, Target: r.Target, Detail: r.Detail}
+	})
 }
 
 // Token is an HTTP API bearer token as listed: never the token itself, which
@@ -324,11 +314,9 @@ type Token struct {
 
 // Tokens converts rows.
 func Tokens(rows []db.TokenListRow) []Token {
-	out := make([]Token, 0, len(rows))
-	for _, r := range rows {
-		out = append(out, Token{ID: r.ID, Name: r.Name, Scope: r.Scope, CreatedAt: At(r.CreatedAt), RevokedAt: AtPtr(r.RevokedAt)})
-	}
-	return out
+	return each(rows, func(r db.TokenListRow) Token {
+		return Token{ID: r.ID, Name: r.Name, Scope: r.Scope, CreatedAt: At(r.CreatedAt), RevokedAt: AtPtr(r.RevokedAt)}
+	})
 }
 
 // TokenCreated is what creating a token answers: the token, shown once.

@@ -259,13 +259,11 @@ type LedgerEntry struct {
 
 // LedgerEntries converts rows.
 func LedgerEntries(rows []db.ScheduleFireListRow) []LedgerEntry {
-	out := make([]LedgerEntry, 0, len(rows))
-	for _, r := range rows {
-		out = append(out, LedgerEntry{ID: r.ID, Nominal: At(r.NominalTime), Source: r.Source, BackfillID: r.BackfillID,
+	return each(rows, func(r db.ScheduleFireListRow) LedgerEntry {
+		return LedgerEntry{ID: r.ID, Nominal: At(r.NominalTime), Source: r.Source, BackfillID: r.BackfillID,
 			Outcome: r.Outcome, Reason: r.Reason, Kind: r.Kind, RunID: r.RunID, RunState: r.RunState,
-			RecordedAt: At(r.RecordedAt), StartedAt: AtPtr(r.StartedAt), LagMs: r.LagMs})
-	}
-	return out
+			RecordedAt: At(r.RecordedAt), StartedAt: AtPtr(r.StartedAt), LagMs: r.LagMs}
+	})
 }
 
 // ScheduleDetail is a schedule with its latest ledger rows, newest first.
@@ -286,14 +284,7 @@ type PlanItem struct {
 
 // Plan converts a dry run.
 func Plan(items []schedule.PlanItem) []PlanItem {
-	out := make([]PlanItem, 0, len(items))
-	for _, p := range items {
-		it := PlanItem{At: At(p.At), Action: p.Action, Reason: p.Reason}
-		if p.RunID != 0 {
-			id := p.RunID
-			it.RunID = &id
-		}
-		out = append(out, it)
-	}
-	return out
+	return each(items, func(p schedule.PlanItem) PlanItem {
+		return PlanItem{At: At(p.At), Action: p.Action, Reason: p.Reason, RunID: nonZero(p.RunID)}
+	})
 }

@@ -104,12 +104,7 @@ func (s *Server) readLive() {
 
 // uiEvents is the event stream of a signed-in page.
 func (s *Server) uiEvents(w http.ResponseWriter, r *http.Request) {
-	c, err := r.Cookie(uiCookie)
-	if err == nil {
-		r.Header.Set("Authorization", "Bearer "+c.Value)
-		_, err = s.authenticate(r, ScopeRead)
-	}
-	if err != nil {
+	if _, err := s.cookieAuth(r, ScopeRead); err != nil {
 		http.Error(w, "sign in at /ui/login", http.StatusUnauthorized)
 		return
 	}

@@ -93,6 +93,20 @@ func (s *Server) Close() {
 	s.live.wg.Wait()
 }
 
+// errNotSignedIn: the request carries no status-page cookie.
+var errNotSignedIn = errors.New("not signed in")
+
+// cookieAuth authenticates the status page's signed-in token (its cookie) for
+// scope, as the API authenticates a bearer token.
+func (s *Server) cookieAuth(r *http.Request, scope string) (taskops.Actor, error) {
+	c, err := r.Cookie(uiCookie)
+	if err != nil {
+		return taskops.Actor{}, errNotSignedIn
+	}
+	r.Header.Set("Authorization", "Bearer "+c.Value)
+	return s.authenticate(r, scope)
+}
+
 type pageData struct {
 	Title, Base, Now string
 	Refresh          int
@@ -112,12 +126,7 @@ func (s *Server) render(w http.ResponseWriter, r *http.Request, name, title stri
 // page wraps a page: signed in (a read token in the cookie) or sent to the login form.
 func (s *Server) page(name, title string, refresh int, load func(r *http.Request) (any, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		c, err := r.Cookie(uiCookie)
-		if err == nil {
-			r.Header.Set("Authorization", "Bearer "+c.Value)
-			_, err = s.authenticate(r, ScopeRead)
-		}
-		if err != nil {
+		if _, err := s.cookieAuth(r, ScopeRead); err != nil {
 			http.Redirect(w, r, s.cfg.BasePath+"/ui/login", http.StatusSeeOther)
 			return
 		}
@@ -366,13 +375,10 @@ func (s *Server) uiCancel(w http.ResponseWriter, r *http.Request) {
 	}
 	var who taskops.Actor
 	if err == nil {
-		c, cerr := r.Cookie(uiCookie)
-		if cerr != nil {
+		if who, err = s.cookieAuth(r, ScopeOperate); errors.Is(err, errNotSignedIn) {
 			http.Redirect(w, r, s.cfg.BasePath+"/ui/login", http.StatusSeeOther)
 			return
 		}
-		r.Header.Set("Authorization", "Bearer "+c.Value)
-		who, err = s.authenticate(r, ScopeOperate)
 	}
 	if err == nil {
 		_, err = s.cancelOne(r.Context(), id, who, "the status page")

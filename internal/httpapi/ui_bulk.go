@@ -91,13 +91,10 @@ func (s *Server) uiBulk(w http.ResponseWriter, r *http.Request) {
 	}
 	var who taskops.Actor
 	if err == nil {
-		c, cerr := r.Cookie(uiCookie)
-		if cerr != nil {
+		if who, err = s.cookieAuth(r, ScopeOperate); errors.Is(err, errNotSignedIn) {
 			http.Redirect(w, r, s.cfg.BasePath+"/ui/login", http.StatusSeeOther)
 			return
 		}
-		r.Header.Set("Authorization", "Bearer "+c.Value)
-		who, err = s.authenticate(r, ScopeOperate)
 	}
 	var res apimodel.BulkResult
 	if err == nil {
