@@ -188,24 +188,47 @@ func (q *Queries) BackfillInsert(ctx context.Context, arg BackfillInsertParams) 
 }
 
 const BackfillList = `-- name: BackfillList :many
-SELECT b.id, w.name AS workflow, b.state, b.from_at, b.to_at, b.parallel, b.total, b.started, b.skipped, b.created_at
-FROM backfills b JOIN workflows w ON w.id = b.workflow_id
+SELECT b.id, b.workflow_id, b.schedule_id, b.params, b.cron, b.interval_ms, b.zone, b.anchor_at, b.dst_gap, b.dst_fold, b.from_at, b.to_at, b.parallel, b.descending, b.reprocess, b.state, b.cursor_at, b.exhausted, b.total, b.started, b.skipped, b.created_at, b.updated_at, b.finished_at, w.name AS workflow, s.name AS schedule,
+       (SELECT count(*) FROM schedule_fires f WHERE f.backfill_id = b.id AND f.run_active)::int AS running,
+       (SELECT count(*) FROM schedule_fires f WHERE f.backfill_id = b.id AND f.run_state = 'succeeded')::int AS succeeded,
+       (SELECT count(*) FROM schedule_fires f WHERE f.backfill_id = b.id AND f.run_state IN ('failed', 'canceled', 'stopped'))::int AS failed
+FROM backfills b JOIN workflows w ON w.id = b.workflow_id LEFT JOIN schedules s ON s.id = b.schedule_id
 ORDER BY b.id DESC LIMIT $1
 `
 
 type BackfillListRow struct {
-	ID        int64
-	Workflow  string
-	State     string
-	FromAt    time.Time
-	ToAt      time.Time
-	Parallel  int32
-	Total     int32
-	Started   int32
-	Skipped   int32
-	CreatedAt time.Time
+	ID         int64
+	WorkflowID int64
+	ScheduleID *int64
+	Params     json.RawMessage
+	Cron       *string
+	IntervalMs *int64
+	Zone       string
+	AnchorAt   time.Time
+	DstGap     string
+	DstFold    string
+	FromAt     time.Time
+	ToAt       time.Time
+	Parallel   int32
+	Descending bool
+	Reprocess  string
+	State      string
+	CursorAt   *time.Time
+	Exhausted  bool
+	Total      int32
+	Started    int32
+	Skipped    int32
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+	FinishedAt *time.Time
+	Workflow   string
+	Schedule   *string
+	Running    int32
+	Succeeded  int32
+	Failed     int32
 }
 
+// The columns of BackfillGet, newest first.
 func (q *Queries) BackfillList(ctx context.Context, maxRows int32) ([]BackfillListRow, error) {
 	rows, err := q.db.Query(ctx, BackfillList, maxRows)
 	if err != nil {
@@ -217,15 +240,34 @@ func (q *Queries) BackfillList(ctx context.Context, maxRows int32) ([]BackfillLi
 		var i BackfillListRow
 		if err := rows.Scan(
 			&i.ID,
-			&i.Workflow,
-			&i.State,
+			&i.WorkflowID,
+			&i.ScheduleID,
+			&i.Params,
+			&i.Cron,
+			&i.IntervalMs,
+			&i.Zone,
+			&i.AnchorAt,
+			&i.DstGap,
+			&i.DstFold,
 			&i.FromAt,
 			&i.ToAt,
 			&i.Parallel,
+			&i.Descending,
+			&i.Reprocess,
+			&i.State,
+			&i.CursorAt,
+			&i.Exhausted,
 			&i.Total,
 			&i.Started,
 			&i.Skipped,
 			&i.CreatedAt,
+			&i.UpdatedAt,
+			&i.FinishedAt,
+			&i.Workflow,
+			&i.Schedule,
+			&i.Running,
+			&i.Succeeded,
+			&i.Failed,
 		); err != nil {
 			return nil, err
 		}

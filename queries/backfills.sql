@@ -43,7 +43,11 @@ SELECT b.*, w.name AS workflow, s.name AS schedule,
 FROM backfills b JOIN workflows w ON w.id = b.workflow_id LEFT JOIN schedules s ON s.id = b.schedule_id
 WHERE b.id = @id;
 
+-- The columns of BackfillGet, newest first.
 -- name: BackfillList :many
-SELECT b.id, w.name AS workflow, b.state, b.from_at, b.to_at, b.parallel, b.total, b.started, b.skipped, b.created_at
-FROM backfills b JOIN workflows w ON w.id = b.workflow_id
+SELECT b.*, w.name AS workflow, s.name AS schedule,
+       (SELECT count(*) FROM schedule_fires f WHERE f.backfill_id = b.id AND f.run_active)::int AS running,
+       (SELECT count(*) FROM schedule_fires f WHERE f.backfill_id = b.id AND f.run_state = 'succeeded')::int AS succeeded,
+       (SELECT count(*) FROM schedule_fires f WHERE f.backfill_id = b.id AND f.run_state IN ('failed', 'canceled', 'stopped'))::int AS failed
+FROM backfills b JOIN workflows w ON w.id = b.workflow_id LEFT JOIN schedules s ON s.id = b.schedule_id
 ORDER BY b.id DESC LIMIT @max_rows;

@@ -406,19 +406,9 @@ func (s *Server) listBackfills(w http.ResponseWriter, r *http.Request, _ taskops
 		return err
 	}
 	var bs []schedule.Backfill
-	if err := s.tx(r.Context(), func(q *db.Queries) error {
-		list, err := schedule.ListBackfills(r.Context(), q, int(limit))
-		if err != nil {
-			return err
-		}
-		for _, b := range list { // the list's rows lack the progress a single read adds
-			full, err := schedule.GetBackfill(r.Context(), q, b.ID)
-			if err != nil {
-				return err
-			}
-			bs = append(bs, full)
-		}
-		return nil
+	if err := s.tx(r.Context(), func(q *db.Queries) (err error) {
+		bs, err = schedule.ListBackfills(r.Context(), q, int(limit))
+		return err
 	}); err != nil {
 		return fmt.Errorf("list backfills: %w", err)
 	}

@@ -275,6 +275,10 @@ func GetBackfill(ctx context.Context, q *db.Queries, id int64) (Backfill, error)
 	if err != nil {
 		return Backfill{}, fmt.Errorf("get backfill %d: %w", id, err)
 	}
+	return backfillFromRow(r), nil
+}
+
+func backfillFromRow(r db.BackfillGetRow) Backfill {
 	b := Backfill{ID: r.ID, Workflow: r.Workflow, From: r.FromAt, To: r.ToAt, Parallel: int(r.Parallel), Order: "asc",
 		Reprocess: r.Reprocess, State: r.State, Total: int(r.Total), Started: int(r.Started), Skipped: int(r.Skipped),
 		Running: int(r.Running), Succeeded: int(r.Succeeded), Failed: int(r.Failed), Cursor: r.CursorAt, CreatedAt: r.CreatedAt,
@@ -285,7 +289,7 @@ func GetBackfill(ctx context.Context, q *db.Queries, id int64) (Backfill, error)
 	if r.Schedule != nil {
 		b.Schedule = *r.Schedule
 	}
-	return b, nil
+	return b
 }
 
 // ListBackfills lists backfills, newest first.
@@ -299,8 +303,7 @@ func ListBackfills(ctx context.Context, q *db.Queries, limit int) ([]Backfill, e
 	}
 	var out []Backfill
 	for _, r := range rows {
-		out = append(out, Backfill{ID: r.ID, Workflow: r.Workflow, State: r.State, From: r.FromAt, To: r.ToAt,
-			Parallel: int(r.Parallel), Total: int(r.Total), Started: int(r.Started), Skipped: int(r.Skipped), CreatedAt: r.CreatedAt})
+		out = append(out, backfillFromRow(db.BackfillGetRow(r)))
 	}
 	return out, nil
 }
