@@ -382,7 +382,7 @@ WITH r AS (
         exit_code = nullif(r.exit_code, $10::int),
         output = r.output,
         -- A shell step's $BATON_OUTPUT as a JSON object ('' none); the trigger
-        -- tasks_workflow_step stores it as the step's outputs in this statement.
+        -- tasks_workflow_steps_ended stores it as the step's outputs in this statement.
         step_outputs = CASE WHEN r.outcome = 'succeeded' THEN nullif(r.step_outputs, '')::jsonb END,
         last_error = r.error
     FROM r

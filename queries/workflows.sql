@@ -1,6 +1,6 @@
 -- Workflow definitions, runs and their controls. The advancement itself is SQL
--- in migrations/00005_workflows.sql (trigger tasks_workflow_step and the
--- workflow_* functions); these statements call it.
+-- in migrations 00005, 00011 and 00012 (triggers tasks_workflow_step and
+-- tasks_workflow_steps_ended, and the workflow_* functions); these statements call it.
 
 -- Apply, first statement: the workflow row, created if new, locked for the rest
 -- of the transaction so concurrent applies of one name store versions in turn.

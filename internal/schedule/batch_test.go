@@ -22,7 +22,8 @@ func (e *env) runShape(run int64) string {
 		          'steps_left', r.steps_left, 'step_failed', r.step_failed, 'deadline_in', r.deadline - r.created_at, 'version', r.version_id)
 		          FROM workflow_runs r WHERE r.id = $1),
 		  'steps', (SELECT json_agg(json_build_object('name', s.name, 'state', s.state, 'task_count', s.task_count,
-		            'has_task', s.task_id IS NOT NULL, 'ready', s.ready_at IS NOT NULL, 'finished', s.finished_at IS NOT NULL, 'error', s.error) ORDER BY s.name)
+		            'has_task', s.task_id IS NOT NULL, 'ready', s.ready_at IS NOT NULL, 'finished', s.finished_at IS NOT NULL, 'error', s.error,
+		            'up_total', s.up_total, 'up_done', s.up_done) ORDER BY s.name)
 		            FROM workflow_run_steps s WHERE s.run_id = $1),
 		  'tasks', (SELECT json_agg(json_build_object('step', t.workflow_step, 'group', t.group_name, 'kind', t.kind, 'payload', t.payload,
 		            'priority', t.priority, 'max_retries', t.max_retries, 'timeout_ms', t.timeout_ms, 'retry_base_ms', t.retry_base_ms,
@@ -99,6 +100,20 @@ func TestBatchStartMatchesWorkflowStart(t *testing.T) {
 	_ = json.Unmarshal([]byte(wantShape), &shape)
 	if n := len(shape["tasks"].([]any)); n != 2 {
 		t.Fatalf("reference run has %d tasks, want the two root steps': %s", n, wantShape)
+	}
+	// And it behaves like one: c waits for both of its upstreams (the
+	// set-based start once stored no upstream counts, and c ran after a alone).
+	run := fires[0].run
+	if _, err := e.pool.Exec(e.ctx, `UPDATE tasks SET state = 'succeeded', finished_at = now(), attempt = 1
+		WHERE workflow_run_id = $1 AND workflow_step = 'a'`, run); err != nil {
+		t.Fatal(err)
+	}
+	var c string
+	if err := e.pool.QueryRow(e.ctx, `SELECT state FROM workflow_run_steps WHERE run_id = $1 AND name = 'c'`, run).Scan(&c); err != nil {
+		t.Fatal(err)
+	}
+	if c != "pending" {
+		t.Fatalf("scheduled run %d: c is %s after a alone ended; it depends on a and b", run, c)
 	}
 	e.checkLedger()
 }
