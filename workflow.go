@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -128,28 +129,43 @@ func (c *Client) ListRuns(ctx context.Context, p RunListParams) ([]Run, error) {
 
 // WaitRun returns the run once it has ended (succeeded, failed, canceled,
 // stopped), or ctx's error. It listens for the notification a run's end sends
-// (one connection of the pool while it waits) and re-reads the run every
-// WaitPollInterval in case one is lost.
+// (one connection of the pool while it waits) and re-reads the run's row every
+// WaitPollInterval in case one is lost; the steps are read once, at the end.
 func (c *Client) WaitRun(ctx context.Context, id int64) (Run, error) {
 	woken := notify.NewSignal()
 	lctx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
+	mine := strconv.FormatInt(id, 10)
 	l := &notify.Listener{Pool: c.pool, Channels: []string{workflow.ChannelRunFinished}, Logger: c.cfg.Logger,
-		OnNotify: func(_, _ string) { woken.Wake() }}
+		OnNotify: func(_, payload string) {
+			if payload == mine {
+				woken.Wake()
+			}
+		}}
 	go func() { defer close(done); l.Run(lctx) }()
 	defer func() { stop(); <-done }()
 	timer := time.NewTimer(c.cfg.WaitPollInterval)
 	defer timer.Stop()
 	for {
-		r, err := c.GetRun(ctx, id)
+		// The run's row alone: a run of 1,000 steps read whole at each poll
+		// cost its workers a core's worth of Postgres time.
+		var state string
+		err := c.single(ctx, func(q *db.Queries) error {
+			r, err := q.WorkflowRunGet(ctx, id)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return fmt.Errorf("%w: run %d", workflow.ErrNotFound, id)
+			}
+			state = r.State
+			return err
+		})
 		if err != nil {
 			if ctx.Err() != nil {
 				return Run{}, fmt.Errorf("wait for run %d: %w", id, context.Cause(ctx))
 			}
-			return Run{}, err
+			return Run{}, fmt.Errorf("wait for run %d: %w", id, err)
 		}
-		if workflow.Terminal(r.State) {
-			return r, nil
+		if workflow.Terminal(state) {
+			return c.GetRun(ctx, id)
 		}
 		timer.Reset(c.cfg.WaitPollInterval)
 		select {

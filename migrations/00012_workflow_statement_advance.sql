@@ -17,7 +17,8 @@
 -- The per-row trigger stays for requeues only (a paused run holds them).
 --
 -- workflow_advance decides a fan-out (every candidate a plain task step whose
--- rule says run) with one query instead of two statements per step.
+-- rule says run) with one query instead of two statements per step, and a map
+-- step with no pending item is not filled again (workflow_map_fill).
 --
 -- Schedules' set-based firing (schedule_fire_start_many, v10) inserted run
 -- steps without their upstream count (up_total, v11), so a fan-in step of a
@@ -160,6 +161,11 @@ BEGIN
 END
 $$;
 -- +goose StatementEnd
+
+-- A map step's pending items (workflow_map_fill, at each statement that ends
+-- some of its items): through the index of open items, finding them read
+-- every queued and running item first (6 ms per call at 1,000 items).
+CREATE INDEX workflow_run_map_items_pending ON workflow_run_map_items (run_id, step, idx) WHERE state = 'pending';
 
 -- Run steps stored by the set-based firing without their upstream count.
 UPDATE workflow_run_steps s SET up_total = c.total
@@ -460,6 +466,93 @@ END
 $$;
 -- +goose StatementEnd
 
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION workflow_map_fill(p_run bigint, p_step text) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    r workflow_runs%ROWTYPE;
+    st workflow_version_steps%ROWTYPE;
+    it record;
+    v_live int := 0;
+    v_room int;
+    v_payload jsonb;
+    v_task bigint;
+    v_err text;
+    v_n int := 0;
+    v_base bigint;
+    v_max bigint;
+BEGIN
+    SELECT * INTO r FROM workflow_runs WHERE id = p_run;
+    IF r.state <> 'running' THEN
+        RETURN;
+    END IF;
+    -- Items get tasks in index order, so the pending ones are a suffix: none
+    -- when the last is not pending (one primary-key probe; this runs at every
+    -- statement that ends some of the step's items).
+    PERFORM 1 FROM workflow_run_map_items
+     WHERE run_id = p_run AND step = p_step AND state = 'pending'
+       AND idx = (SELECT max(i.idx) FROM workflow_run_map_items i WHERE i.run_id = p_run AND i.step = p_step);
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT * INTO st FROM workflow_version_steps WHERE version_id = r.version_id AND name = p_step;
+    IF st.map_parallelism > 0 THEN
+        SELECT count(*) INTO v_live FROM workflow_run_map_items
+         WHERE run_id = p_run AND step = p_step AND state IN ('queued', 'running');
+        v_room := greatest(st.map_parallelism - v_live, 0);
+        IF v_room = 0 THEN
+            RETURN;
+        END IF;
+    END IF;
+    v_payload := workflow_resolve(st.payload, p_run, r.params);
+    v_base := CASE WHEN st.retry_base_ms >= 0 THEN st.retry_base_ms
+                   ELSE coalesce((SELECT wg.retry_base_ms FROM worker_groups wg WHERE wg.name = st.group_name), 1000) END;
+    v_max := greatest(CASE WHEN st.retry_max_ms >= 0 THEN st.retry_max_ms
+                           ELSE coalesce((SELECT wg.retry_max_ms FROM worker_groups wg WHERE wg.name = st.group_name), 300000) END, v_base);
+    -- The next pending items' tasks in one statement, in item order.
+    BEGIN
+        WITH ins AS (
+            INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms, retry_base_ms, retry_max_ms,
+                               workflow_run_id, workflow_step, workflow_item)
+            SELECT st.group_name, st.kind, workflow_map_payload(v_payload, i.item, i.idx), st.priority, st.max_retries, st.timeout_ms,
+                   v_base, v_max, p_run, p_step, i.idx
+              FROM workflow_run_map_items i
+             WHERE i.run_id = p_run AND i.step = p_step AND i.state = 'pending'
+             ORDER BY i.idx
+             LIMIT v_room
+            RETURNING tasks.id, tasks.workflow_item
+        )
+        UPDATE workflow_run_map_items m SET state = 'queued', task_id = ins.id
+          FROM ins WHERE m.run_id = p_run AND m.step = p_step AND m.idx = ins.workflow_item AND m.state = 'pending';
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+    EXCEPTION WHEN OTHERS THEN
+        -- One cannot be stored (a resolved payload over 1 MiB, the group
+        -- deleted): one by one, each that fails fails its item.
+        v_n := 0;
+        FOR it IN SELECT i.idx, i.item FROM workflow_run_map_items i
+                   WHERE i.run_id = p_run AND i.step = p_step AND i.state = 'pending' ORDER BY i.idx LIMIT v_room LOOP
+            BEGIN
+                v_task := workflow_step_task(p_run, st, workflow_map_payload(v_payload, it.item, it.idx), it.idx);
+            EXCEPTION WHEN OTHERS THEN
+                v_task := NULL;
+                v_err := 'task could not be created: ' || SQLERRM;
+            END;
+            IF v_task IS NULL THEN
+                UPDATE workflow_run_map_items SET state = 'failed', error = v_err
+                 WHERE run_id = p_run AND step = p_step AND idx = it.idx AND state = 'pending';
+            ELSE
+                UPDATE workflow_run_map_items SET state = 'queued', task_id = v_task
+                 WHERE run_id = p_run AND step = p_step AND idx = it.idx AND state = 'pending';
+                v_n := v_n + 1;
+            END IF;
+        END LOOP;
+    END;
+    IF v_n > 0 THEN
+        PERFORM pg_notify('baton_claim', 'g:' || st.group_name);
+    END IF;
+END
+$$;
+-- +goose StatementEnd
+
 -- +goose Down
 DROP TRIGGER tasks_workflow_steps_ended ON tasks;
 DROP TRIGGER tasks_workflow_step ON tasks;
@@ -468,6 +561,7 @@ CREATE TRIGGER tasks_workflow_step AFTER UPDATE OF state ON tasks
                        AND NEW.state NOT IN ('dispatched', 'running'))
     EXECUTE FUNCTION workflow_task_changed();
 DROP FUNCTION workflow_tasks_ended();
+DROP INDEX workflow_run_map_items_pending;
 DROP FUNCTION workflow_try_jsonb(text);
 -- +goose StatementBegin
 CREATE OR REPLACE FUNCTION workflow_advance(p_run bigint, p_steps text[]) RETURNS void LANGUAGE plpgsql AS $$
@@ -726,6 +820,84 @@ BEGIN
         o_run := v_run;
         RETURN NEXT;
     END LOOP;
+END
+$$;
+-- +goose StatementEnd
+
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION workflow_map_fill(p_run bigint, p_step text) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    r workflow_runs%ROWTYPE;
+    st workflow_version_steps%ROWTYPE;
+    it record;
+    v_live int := 0;
+    v_room int;
+    v_payload jsonb;
+    v_task bigint;
+    v_err text;
+    v_n int := 0;
+    v_base bigint;
+    v_max bigint;
+BEGIN
+    SELECT * INTO r FROM workflow_runs WHERE id = p_run;
+    IF r.state <> 'running' THEN
+        RETURN;
+    END IF;
+    SELECT * INTO st FROM workflow_version_steps WHERE version_id = r.version_id AND name = p_step;
+    IF st.map_parallelism > 0 THEN
+        SELECT count(*) INTO v_live FROM workflow_run_map_items
+         WHERE run_id = p_run AND step = p_step AND state IN ('queued', 'running');
+        v_room := greatest(st.map_parallelism - v_live, 0);
+        IF v_room = 0 THEN
+            RETURN;
+        END IF;
+    END IF;
+    v_payload := workflow_resolve(st.payload, p_run, r.params);
+    v_base := CASE WHEN st.retry_base_ms >= 0 THEN st.retry_base_ms
+                   ELSE coalesce((SELECT wg.retry_base_ms FROM worker_groups wg WHERE wg.name = st.group_name), 1000) END;
+    v_max := greatest(CASE WHEN st.retry_max_ms >= 0 THEN st.retry_max_ms
+                           ELSE coalesce((SELECT wg.retry_max_ms FROM worker_groups wg WHERE wg.name = st.group_name), 300000) END, v_base);
+    -- The next pending items' tasks in one statement, in item order.
+    BEGIN
+        WITH ins AS (
+            INSERT INTO tasks (group_name, kind, payload, priority, max_retries, timeout_ms, retry_base_ms, retry_max_ms,
+                               workflow_run_id, workflow_step, workflow_item)
+            SELECT st.group_name, st.kind, workflow_map_payload(v_payload, i.item, i.idx), st.priority, st.max_retries, st.timeout_ms,
+                   v_base, v_max, p_run, p_step, i.idx
+              FROM workflow_run_map_items i
+             WHERE i.run_id = p_run AND i.step = p_step AND i.state = 'pending'
+             ORDER BY i.idx
+             LIMIT v_room
+            RETURNING tasks.id, tasks.workflow_item
+        )
+        UPDATE workflow_run_map_items m SET state = 'queued', task_id = ins.id
+          FROM ins WHERE m.run_id = p_run AND m.step = p_step AND m.idx = ins.workflow_item AND m.state = 'pending';
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+    EXCEPTION WHEN OTHERS THEN
+        -- One cannot be stored (a resolved payload over 1 MiB, the group
+        -- deleted): one by one, each that fails fails its item.
+        v_n := 0;
+        FOR it IN SELECT i.idx, i.item FROM workflow_run_map_items i
+                   WHERE i.run_id = p_run AND i.step = p_step AND i.state = 'pending' ORDER BY i.idx LIMIT v_room LOOP
+            BEGIN
+                v_task := workflow_step_task(p_run, st, workflow_map_payload(v_payload, it.item, it.idx), it.idx);
+            EXCEPTION WHEN OTHERS THEN
+                v_task := NULL;
+                v_err := 'task could not be created: ' || SQLERRM;
+            END;
+            IF v_task IS NULL THEN
+                UPDATE workflow_run_map_items SET state = 'failed', error = v_err
+                 WHERE run_id = p_run AND step = p_step AND idx = it.idx AND state = 'pending';
+            ELSE
+                UPDATE workflow_run_map_items SET state = 'queued', task_id = v_task
+                 WHERE run_id = p_run AND step = p_step AND idx = it.idx AND state = 'pending';
+                v_n := v_n + 1;
+            END IF;
+        END LOOP;
+    END;
+    IF v_n > 0 THEN
+        PERFORM pg_notify('baton_claim', 'g:' || st.group_name);
+    END IF;
 END
 $$;
 -- +goose StatementEnd
