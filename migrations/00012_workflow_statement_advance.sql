@@ -480,6 +480,7 @@ DECLARE
     v_n int := 0;
     v_base bigint;
     v_max bigint;
+    v_last text;
 BEGIN
     SELECT * INTO r FROM workflow_runs WHERE id = p_run;
     IF r.state <> 'running' THEN
@@ -488,10 +489,11 @@ BEGIN
     -- Items get tasks in index order, so the pending ones are a suffix: none
     -- when the last is not pending (one primary-key probe; this runs at every
     -- statement that ends some of the step's items).
-    PERFORM 1 FROM workflow_run_map_items
-     WHERE run_id = p_run AND step = p_step AND state = 'pending'
-       AND idx = (SELECT max(i.idx) FROM workflow_run_map_items i WHERE i.run_id = p_run AND i.step = p_step);
-    IF NOT FOUND THEN
+    -- (No state in the WHERE clause: the partial indexes would be chosen, and
+    -- their entries of items given tasks are read before they are cleaned.)
+    SELECT i.state INTO v_last FROM workflow_run_map_items i
+     WHERE i.run_id = p_run AND i.step = p_step ORDER BY i.idx DESC LIMIT 1;
+    IF v_last IS DISTINCT FROM 'pending' THEN
         RETURN;
     END IF;
     SELECT * INTO st FROM workflow_version_steps WHERE version_id = r.version_id AND name = p_step;
