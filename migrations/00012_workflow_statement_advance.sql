@@ -64,6 +64,7 @@ DECLARE
     n_name text[];
     m_run bigint[];
     m_step text[];
+    v_done bigint[];
     i int;
 BEGIN
     SELECT array_agg(t.id), array_agg(t.workflow_run_id), array_agg(t.workflow_step), array_agg(t.workflow_item), array_agg(x.st),
@@ -104,41 +105,55 @@ BEGIN
     IF s_run IS NOT NULL THEN
         -- What workflow_count_ended does for one step, for all of them: the
         -- runs count them, their successors' upstream counters count them.
-        UPDATE workflow_runs r SET steps_left = r.steps_left - c.n, step_failed = r.step_failed OR c.failed
-          FROM (SELECT x.run_id, count(*) AS n, bool_or(x.state = 'failed') AS failed
-                  FROM unnest(s_run, s_state) AS x(run_id, state) GROUP BY x.run_id) AS c
-         WHERE r.id = c.run_id;
+        WITH c AS (
+            UPDATE workflow_runs r SET steps_left = r.steps_left - c.n, step_failed = r.step_failed OR c.failed
+              FROM (SELECT x.run_id, count(*) AS n, bool_or(x.state = 'failed') AS failed
+                      FROM unnest(s_run, s_state) AS x(run_id, state) GROUP BY x.run_id) AS c
+             WHERE r.id = c.run_id
+            RETURNING r.id, r.steps_left
+        )
+        SELECT array_agg(c.id) FILTER (WHERE c.steps_left = 0) INTO v_done FROM c;
+        -- Only the successors whose rule can decide now are handed to
+        -- workflow_advance (a fan-in sink waits for its last upstream without
+        -- being decided at each batch).
         WITH up AS (
             UPDATE workflow_run_steps s
                SET up_done = s.up_done + c.done, up_succeeded = s.up_succeeded + c.succ,
                    up_failed = s.up_failed + c.fail, up_skipped = s.up_skipped + c.skip
-              FROM (SELECT x.run_id, e.to_step, count(*) AS done,
+              FROM (SELECT x.run_id, e.to_step, e.rule, count(*) AS done,
                            count(*) FILTER (WHERE x.state = 'succeeded') AS succ,
                            count(*) FILTER (WHERE x.state IN ('failed', 'upstream_failed', 'canceled')) AS fail,
                            count(*) FILTER (WHERE x.state = 'skipped') AS skip
                       FROM unnest(s_run, s_name, s_state) AS x(run_id, name, state)
+                     CROSS JOIN LATERAL (SELECT r.version_id FROM workflow_runs r WHERE r.id = x.run_id) AS r
                      -- Per ended step, its out-edges by the primary key (OFFSET 0
                      -- keeps the lookup a lateral one: a hash join over all
                      -- versions' edges was chosen on fresh statistics).
-                     CROSS JOIN LATERAL (SELECT e.to_step FROM workflow_version_edges e
-                                          WHERE e.version_id = (SELECT r.version_id FROM workflow_runs r WHERE r.id = x.run_id)
-                                            AND e.from_step = x.name OFFSET 0) AS e
-                     GROUP BY x.run_id, e.to_step) AS c
+                     CROSS JOIN LATERAL (SELECT e.to_step, v.trigger_rule AS rule
+                                           FROM workflow_version_edges e
+                                           JOIN workflow_version_steps v ON v.version_id = e.version_id AND v.name = e.to_step
+                                          WHERE e.version_id = r.version_id AND e.from_step = x.name OFFSET 0) AS e
+                     GROUP BY x.run_id, e.to_step, e.rule) AS c
              WHERE s.run_id = c.run_id AND s.name = c.to_step
-            RETURNING s.run_id, s.name
+            RETURNING s.run_id, s.name, s.state = 'pending'
+                      AND workflow_trigger_decision(c.rule, s.up_total, s.up_succeeded, s.up_failed, s.up_skipped, s.up_done) <> 'wait' AS decide
         )
-        SELECT array_agg(run_id ORDER BY run_id, name), array_agg(name ORDER BY run_id, name) INTO n_run, n_name FROM up;
+        SELECT array_agg(run_id ORDER BY run_id, name) FILTER (WHERE decide), array_agg(name ORDER BY run_id, name) FILTER (WHERE decide)
+          INTO n_run, n_name FROM up;
     END IF;
     -- Each run, in id order: its map steps' progress, then its successors
-    -- decided (and the run finished when no step is left).
+    -- decided, and the run finished when no step is left (both in
+    -- workflow_advance, called when there is something to decide or finish).
     FOREACH v_run IN ARRAY v_runs LOOP
         FOR i IN 1 .. coalesce(cardinality(m_run), 0) LOOP
             IF m_run[i] = v_run THEN
                 PERFORM workflow_map_progress(v_run, m_step[i]);
             END IF;
         END LOOP;
-        PERFORM workflow_advance(v_run, ARRAY(SELECT u.name FROM unnest(n_run, n_name) AS u(run_id, name)
-                                               WHERE u.run_id = v_run ORDER BY u.name));
+        IF v_run = ANY (n_run) OR v_run = ANY (v_done) THEN
+            PERFORM workflow_advance(v_run, ARRAY(SELECT u.name FROM unnest(n_run, n_name) AS u(run_id, name)
+                                                   WHERE u.run_id = v_run ORDER BY u.name));
+        END IF;
     END LOOP;
     RETURN NULL;
 END
