@@ -696,43 +696,51 @@ WITH RECURSIVE prio AS (
             ORDER BY t.priority DESC LIMIT 1)
     FROM prio p WHERE p.priority IS NOT NULL
 )
-SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item FROM (
-    (SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item FROM tasks
+SELECT u.id, u.group_name, u.kind, u.payload, u.priority, u.state, u.attempt,
+       u.worker_session_id, u.max_retries, u.retries, u.timeout_ms, u.failover_count,
+       u.workflow_run_id, u.submitted_at, u.dispatched_at, u.started_at,
+       u.finished_at, u.exit_code, u.output, u.last_error, u.running_failovers,
+       u.available_at, u.queued_reason, u.attempt_reason, u.attempt_session_id,
+       u.retry_base_ms, u.retry_max_ms, u.notify_finish, u.workflow_step,
+       u.unique_key, u.unique_scope, u.unique_bucket, u.submitted_max_retries,
+       u.tags, u.step_outputs, u.workflow_item
+FROM (
+    (SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item, id + 0 AS k FROM tasks
      WHERE group_name = $1::text AND state = 'scheduled' AND coalesce($2::text, 'scheduled') = 'scheduled'
        AND id + 0 < coalesce($3::bigint, 9223372036854775807)
        AND ($4::text IS NULL OR kind = $4)
        AND ($5::text[] IS NULL OR (tags @> $5 AND tags <> '{}'))
      ORDER BY id + 0 DESC LIMIT $6)
     UNION ALL
-    (SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item FROM tasks
+    (SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item, id + 0 AS k FROM tasks
      WHERE group_name = $1::text AND state = 'succeeded' AND coalesce($2::text, 'succeeded') = 'succeeded'
        AND id + 0 < coalesce($3::bigint, 9223372036854775807)
        AND ($4::text IS NULL OR kind = $4)
        AND ($5::text[] IS NULL OR (tags @> $5 AND tags <> '{}'))
      ORDER BY id + 0 DESC LIMIT $6)
     UNION ALL
-    (SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item FROM tasks
+    (SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item, id + 0 AS k FROM tasks
      WHERE group_name = $1::text AND state = 'failed' AND coalesce($2::text, 'failed') = 'failed'
        AND id + 0 < coalesce($3::bigint, 9223372036854775807)
        AND ($4::text IS NULL OR kind = $4)
        AND ($5::text[] IS NULL OR (tags @> $5 AND tags <> '{}'))
      ORDER BY id + 0 DESC LIMIT $6)
     UNION ALL
-    (SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item FROM tasks
+    (SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item, id + 0 AS k FROM tasks
      WHERE group_name = $1::text AND state = 'timed_out' AND coalesce($2::text, 'timed_out') = 'timed_out'
        AND id + 0 < coalesce($3::bigint, 9223372036854775807)
        AND ($4::text IS NULL OR kind = $4)
        AND ($5::text[] IS NULL OR (tags @> $5 AND tags <> '{}'))
      ORDER BY id + 0 DESC LIMIT $6)
     UNION ALL
-    (SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item FROM tasks
+    (SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item, id + 0 AS k FROM tasks
      WHERE group_name = $1::text AND state = 'canceled' AND coalesce($2::text, 'canceled') = 'canceled'
        AND id + 0 < coalesce($3::bigint, 9223372036854775807)
        AND ($4::text IS NULL OR kind = $4)
        AND ($5::text[] IS NULL OR (tags @> $5 AND tags <> '{}'))
      ORDER BY id + 0 DESC LIMIT $6)
     UNION ALL
-    (SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item FROM tasks
+    (SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item, id + 0 AS k FROM tasks
      WHERE group_name = $1::text AND state IN ('dispatched', 'running') AND worker_session_id IS NOT NULL
        AND coalesce($2::text, 'running') IN ('dispatched', 'running')
        AND ($2::text IS NULL OR state = $2)
@@ -741,7 +749,7 @@ SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_i
        AND ($5::text[] IS NULL OR (tags @> $5 AND tags <> '{}'))
      ORDER BY id + 0 DESC LIMIT $6)
     UNION ALL
-    (SELECT q.id, q.group_name, q.kind, q.payload, q.priority, q.state, q.attempt, q.worker_session_id, q.max_retries, q.retries, q.timeout_ms, q.failover_count, q.workflow_run_id, q.submitted_at, q.dispatched_at, q.started_at, q.finished_at, q.exit_code, q.output, q.last_error, q.running_failovers, q.available_at, q.queued_reason, q.attempt_reason, q.attempt_session_id, q.retry_base_ms, q.retry_max_ms, q.notify_finish, q.workflow_step, q.unique_key, q.unique_scope, q.unique_bucket, q.submitted_max_retries, q.tags, q.step_outputs, q.workflow_item FROM prio p CROSS JOIN LATERAL (
+    (SELECT q.id, q.group_name, q.kind, q.payload, q.priority, q.state, q.attempt, q.worker_session_id, q.max_retries, q.retries, q.timeout_ms, q.failover_count, q.workflow_run_id, q.submitted_at, q.dispatched_at, q.started_at, q.finished_at, q.exit_code, q.output, q.last_error, q.running_failovers, q.available_at, q.queued_reason, q.attempt_reason, q.attempt_session_id, q.retry_base_ms, q.retry_max_ms, q.notify_finish, q.workflow_step, q.unique_key, q.unique_scope, q.unique_bucket, q.submitted_max_retries, q.tags, q.step_outputs, q.workflow_item, q.id + 0 AS k FROM prio p CROSS JOIN LATERAL (
         SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item FROM tasks
         WHERE state = 'queued' AND group_name = $1::text
           AND priority >= p.priority AND priority <= p.priority
@@ -752,7 +760,7 @@ SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_i
      WHERE p.priority IS NOT NULL
      ORDER BY q.id + 0 DESC LIMIT $6)
 ) u
-ORDER BY id + 0 DESC
+ORDER BY u.k DESC
 LIMIT $6
 `
 
@@ -779,8 +787,13 @@ type TaskListPageByGroupParams struct {
 //     next, prio), each read backwards; the priority is bounded by a range, not
 //     an equality, so that its order, not id's, is what the index must give.
 //
-// A state filter leaves one branch (the others are constant-false under
-// TxListPlanning's custom plans). Run it as TaskListPage, after TxListPlanning.
+// Each branch carries its order as a column (k), so the branches are merged
+// (Merge Append) and read only as far as the page needs. The outer list names
+// every column of tasks so the rows stay db.Task: a column added to tasks and
+// not here makes sqlc give this query its own row type, and taskops stops
+// compiling. A state filter leaves one branch (the others are constant-false
+// under TxListPlanning's custom plans). Run it as TaskListPage, after
+// TxListPlanning.
 func (q *Queries) TaskListPageByGroup(ctx context.Context, arg TaskListPageByGroupParams) ([]Task, error) {
 	rows, err := q.db.Query(ctx, TaskListPageByGroup,
 		arg.GroupName,

@@ -349,8 +349,13 @@ LIMIT @max_rows;
 --     priority the group's queued tasks have (found by skipping from one to the
 --     next, prio), each read backwards; the priority is bounded by a range, not
 --     an equality, so that its order, not id's, is what the index must give.
--- A state filter leaves one branch (the others are constant-false under
--- TxListPlanning's custom plans). Run it as TaskListPage, after TxListPlanning.
+-- Each branch carries its order as a column (k), so the branches are merged
+-- (Merge Append) and read only as far as the page needs. The outer list names
+-- every column of tasks so the rows stay db.Task: a column added to tasks and
+-- not here makes sqlc give this query its own row type, and taskops stops
+-- compiling. A state filter leaves one branch (the others are constant-false
+-- under TxListPlanning's custom plans). Run it as TaskListPage, after
+-- TxListPlanning.
 -- name: TaskListPageByGroup :many
 WITH RECURSIVE prio AS (
     (SELECT t.priority FROM tasks t
@@ -363,43 +368,51 @@ WITH RECURSIVE prio AS (
             ORDER BY t.priority DESC LIMIT 1)
     FROM prio p WHERE p.priority IS NOT NULL
 )
-SELECT * FROM (
-    (SELECT * FROM tasks
+SELECT u.id, u.group_name, u.kind, u.payload, u.priority, u.state, u.attempt,
+       u.worker_session_id, u.max_retries, u.retries, u.timeout_ms, u.failover_count,
+       u.workflow_run_id, u.submitted_at, u.dispatched_at, u.started_at,
+       u.finished_at, u.exit_code, u.output, u.last_error, u.running_failovers,
+       u.available_at, u.queued_reason, u.attempt_reason, u.attempt_session_id,
+       u.retry_base_ms, u.retry_max_ms, u.notify_finish, u.workflow_step,
+       u.unique_key, u.unique_scope, u.unique_bucket, u.submitted_max_retries,
+       u.tags, u.step_outputs, u.workflow_item
+FROM (
+    (SELECT *, id + 0 AS k FROM tasks
      WHERE group_name = @group_name::text AND state = 'scheduled' AND coalesce(sqlc.narg('state')::text, 'scheduled') = 'scheduled'
        AND id + 0 < coalesce(sqlc.narg('before_id')::bigint, 9223372036854775807)
        AND (sqlc.narg('kind')::text IS NULL OR kind = sqlc.narg('kind'))
        AND (sqlc.narg('tags')::text[] IS NULL OR (tags @> sqlc.narg('tags') AND tags <> '{}'))
      ORDER BY id + 0 DESC LIMIT @max_rows)
     UNION ALL
-    (SELECT * FROM tasks
+    (SELECT *, id + 0 AS k FROM tasks
      WHERE group_name = @group_name::text AND state = 'succeeded' AND coalesce(sqlc.narg('state')::text, 'succeeded') = 'succeeded'
        AND id + 0 < coalesce(sqlc.narg('before_id')::bigint, 9223372036854775807)
        AND (sqlc.narg('kind')::text IS NULL OR kind = sqlc.narg('kind'))
        AND (sqlc.narg('tags')::text[] IS NULL OR (tags @> sqlc.narg('tags') AND tags <> '{}'))
      ORDER BY id + 0 DESC LIMIT @max_rows)
     UNION ALL
-    (SELECT * FROM tasks
+    (SELECT *, id + 0 AS k FROM tasks
      WHERE group_name = @group_name::text AND state = 'failed' AND coalesce(sqlc.narg('state')::text, 'failed') = 'failed'
        AND id + 0 < coalesce(sqlc.narg('before_id')::bigint, 9223372036854775807)
        AND (sqlc.narg('kind')::text IS NULL OR kind = sqlc.narg('kind'))
        AND (sqlc.narg('tags')::text[] IS NULL OR (tags @> sqlc.narg('tags') AND tags <> '{}'))
      ORDER BY id + 0 DESC LIMIT @max_rows)
     UNION ALL
-    (SELECT * FROM tasks
+    (SELECT *, id + 0 AS k FROM tasks
      WHERE group_name = @group_name::text AND state = 'timed_out' AND coalesce(sqlc.narg('state')::text, 'timed_out') = 'timed_out'
        AND id + 0 < coalesce(sqlc.narg('before_id')::bigint, 9223372036854775807)
        AND (sqlc.narg('kind')::text IS NULL OR kind = sqlc.narg('kind'))
        AND (sqlc.narg('tags')::text[] IS NULL OR (tags @> sqlc.narg('tags') AND tags <> '{}'))
      ORDER BY id + 0 DESC LIMIT @max_rows)
     UNION ALL
-    (SELECT * FROM tasks
+    (SELECT *, id + 0 AS k FROM tasks
      WHERE group_name = @group_name::text AND state = 'canceled' AND coalesce(sqlc.narg('state')::text, 'canceled') = 'canceled'
        AND id + 0 < coalesce(sqlc.narg('before_id')::bigint, 9223372036854775807)
        AND (sqlc.narg('kind')::text IS NULL OR kind = sqlc.narg('kind'))
        AND (sqlc.narg('tags')::text[] IS NULL OR (tags @> sqlc.narg('tags') AND tags <> '{}'))
      ORDER BY id + 0 DESC LIMIT @max_rows)
     UNION ALL
-    (SELECT * FROM tasks
+    (SELECT *, id + 0 AS k FROM tasks
      WHERE group_name = @group_name::text AND state IN ('dispatched', 'running') AND worker_session_id IS NOT NULL
        AND coalesce(sqlc.narg('state')::text, 'running') IN ('dispatched', 'running')
        AND (sqlc.narg('state')::text IS NULL OR state = sqlc.narg('state'))
@@ -408,7 +421,7 @@ SELECT * FROM (
        AND (sqlc.narg('tags')::text[] IS NULL OR (tags @> sqlc.narg('tags') AND tags <> '{}'))
      ORDER BY id + 0 DESC LIMIT @max_rows)
     UNION ALL
-    (SELECT q.* FROM prio p CROSS JOIN LATERAL (
+    (SELECT q.*, q.id + 0 AS k FROM prio p CROSS JOIN LATERAL (
         SELECT * FROM tasks
         WHERE state = 'queued' AND group_name = @group_name::text
           AND priority >= p.priority AND priority <= p.priority
@@ -419,7 +432,7 @@ SELECT * FROM (
      WHERE p.priority IS NOT NULL
      ORDER BY q.id + 0 DESC LIMIT @max_rows)
 ) u
-ORDER BY id + 0 DESC
+ORDER BY u.k DESC
 LIMIT @max_rows;
 
 -- Client.Cancel, first statement: lock the task row before its dispatch row (the
