@@ -617,7 +617,7 @@ type TaskListPageParams struct {
 }
 
 // Client.List: newest first, optional filters, keyset paging on id.
-// Run it with custom plans (TxForceCustomPlan first, in its transaction): a
+// Run it with custom plans (TxListPlanning first, in its transaction): a
 // generic plan cannot drop the unset filters, and scanned a million rows for a
 // group, a rare state or a deep page. The id bound is a range in any plan.
 func (q *Queries) TaskListPage(ctx context.Context, arg TaskListPageParams) ([]Task, error) {
@@ -626,6 +626,180 @@ func (q *Queries) TaskListPage(ctx context.Context, arg TaskListPageParams) ([]T
 		arg.GroupName,
 		arg.Kind,
 		arg.BeforeID,
+		arg.Tags,
+		arg.MaxRows,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Task{}
+	for rows.Next() {
+		var i Task
+		if err := rows.Scan(
+			&i.ID,
+			&i.GroupName,
+			&i.Kind,
+			&i.Payload,
+			&i.Priority,
+			&i.State,
+			&i.Attempt,
+			&i.WorkerSessionID,
+			&i.MaxRetries,
+			&i.Retries,
+			&i.TimeoutMs,
+			&i.FailoverCount,
+			&i.WorkflowRunID,
+			&i.SubmittedAt,
+			&i.DispatchedAt,
+			&i.StartedAt,
+			&i.FinishedAt,
+			&i.ExitCode,
+			&i.Output,
+			&i.LastError,
+			&i.RunningFailovers,
+			&i.AvailableAt,
+			&i.QueuedReason,
+			&i.AttemptReason,
+			&i.AttemptSessionID,
+			&i.RetryBaseMs,
+			&i.RetryMaxMs,
+			&i.NotifyFinish,
+			&i.WorkflowStep,
+			&i.UniqueKey,
+			&i.UniqueScope,
+			&i.UniqueBucket,
+			&i.SubmittedMaxRetries,
+			&i.Tags,
+			&i.StepOutputs,
+			&i.WorkflowItem,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const TaskListPageByGroup = `-- name: TaskListPageByGroup :many
+WITH RECURSIVE prio AS (
+    (SELECT t.priority FROM tasks t
+     WHERE t.state = 'queued' AND t.group_name = $1::text
+       AND coalesce($2::text, 'queued') = 'queued'
+     ORDER BY t.priority DESC LIMIT 1)
+    UNION ALL
+    SELECT (SELECT t.priority FROM tasks t
+            WHERE t.state = 'queued' AND t.group_name = $1::text AND t.priority < p.priority
+            ORDER BY t.priority DESC LIMIT 1)
+    FROM prio p WHERE p.priority IS NOT NULL
+)
+SELECT u.id, u.group_name, u.kind, u.payload, u.priority, u.state, u.attempt,
+       u.worker_session_id, u.max_retries, u.retries, u.timeout_ms, u.failover_count,
+       u.workflow_run_id, u.submitted_at, u.dispatched_at, u.started_at,
+       u.finished_at, u.exit_code, u.output, u.last_error, u.running_failovers,
+       u.available_at, u.queued_reason, u.attempt_reason, u.attempt_session_id,
+       u.retry_base_ms, u.retry_max_ms, u.notify_finish, u.workflow_step,
+       u.unique_key, u.unique_scope, u.unique_bucket, u.submitted_max_retries,
+       u.tags, u.step_outputs, u.workflow_item
+FROM (
+    (SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item, id + 0 AS k FROM tasks
+     WHERE group_name = $1::text AND state = 'scheduled' AND coalesce($2::text, 'scheduled') = 'scheduled'
+       AND id + 0 < coalesce($3::bigint, 9223372036854775807)
+       AND ($4::text IS NULL OR kind = $4)
+       AND ($5::text[] IS NULL OR (tags @> $5 AND tags <> '{}'))
+     ORDER BY id + 0 DESC LIMIT $6)
+    UNION ALL
+    (SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item, id + 0 AS k FROM tasks
+     WHERE group_name = $1::text AND state = 'succeeded' AND coalesce($2::text, 'succeeded') = 'succeeded'
+       AND id + 0 < coalesce($3::bigint, 9223372036854775807)
+       AND ($4::text IS NULL OR kind = $4)
+       AND ($5::text[] IS NULL OR (tags @> $5 AND tags <> '{}'))
+     ORDER BY id + 0 DESC LIMIT $6)
+    UNION ALL
+    (SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item, id + 0 AS k FROM tasks
+     WHERE group_name = $1::text AND state = 'failed' AND coalesce($2::text, 'failed') = 'failed'
+       AND id + 0 < coalesce($3::bigint, 9223372036854775807)
+       AND ($4::text IS NULL OR kind = $4)
+       AND ($5::text[] IS NULL OR (tags @> $5 AND tags <> '{}'))
+     ORDER BY id + 0 DESC LIMIT $6)
+    UNION ALL
+    (SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item, id + 0 AS k FROM tasks
+     WHERE group_name = $1::text AND state = 'timed_out' AND coalesce($2::text, 'timed_out') = 'timed_out'
+       AND id + 0 < coalesce($3::bigint, 9223372036854775807)
+       AND ($4::text IS NULL OR kind = $4)
+       AND ($5::text[] IS NULL OR (tags @> $5 AND tags <> '{}'))
+     ORDER BY id + 0 DESC LIMIT $6)
+    UNION ALL
+    (SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item, id + 0 AS k FROM tasks
+     WHERE group_name = $1::text AND state = 'canceled' AND coalesce($2::text, 'canceled') = 'canceled'
+       AND id + 0 < coalesce($3::bigint, 9223372036854775807)
+       AND ($4::text IS NULL OR kind = $4)
+       AND ($5::text[] IS NULL OR (tags @> $5 AND tags <> '{}'))
+     ORDER BY id + 0 DESC LIMIT $6)
+    UNION ALL
+    (SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item, id + 0 AS k FROM tasks
+     WHERE group_name = $1::text AND state IN ('dispatched', 'running') AND worker_session_id IS NOT NULL
+       AND coalesce($2::text, 'running') IN ('dispatched', 'running')
+       AND ($2::text IS NULL OR state = $2)
+       AND id < coalesce($3::bigint, 9223372036854775807)
+       AND ($4::text IS NULL OR kind = $4)
+       AND ($5::text[] IS NULL OR (tags @> $5 AND tags <> '{}'))
+     ORDER BY id + 0 DESC LIMIT $6)
+    UNION ALL
+    (SELECT q.id, q.group_name, q.kind, q.payload, q.priority, q.state, q.attempt, q.worker_session_id, q.max_retries, q.retries, q.timeout_ms, q.failover_count, q.workflow_run_id, q.submitted_at, q.dispatched_at, q.started_at, q.finished_at, q.exit_code, q.output, q.last_error, q.running_failovers, q.available_at, q.queued_reason, q.attempt_reason, q.attempt_session_id, q.retry_base_ms, q.retry_max_ms, q.notify_finish, q.workflow_step, q.unique_key, q.unique_scope, q.unique_bucket, q.submitted_max_retries, q.tags, q.step_outputs, q.workflow_item, q.id + 0 AS k FROM prio p CROSS JOIN LATERAL (
+        SELECT id, group_name, kind, payload, priority, state, attempt, worker_session_id, max_retries, retries, timeout_ms, failover_count, workflow_run_id, submitted_at, dispatched_at, started_at, finished_at, exit_code, output, last_error, running_failovers, available_at, queued_reason, attempt_reason, attempt_session_id, retry_base_ms, retry_max_ms, notify_finish, workflow_step, unique_key, unique_scope, unique_bucket, submitted_max_retries, tags, step_outputs, workflow_item FROM tasks
+        WHERE state = 'queued' AND group_name = $1::text
+          AND priority >= p.priority AND priority <= p.priority
+          AND id < coalesce($3::bigint, 9223372036854775807)
+          AND ($4::text IS NULL OR kind = $4)
+          AND ($5::text[] IS NULL OR (tags @> $5 AND tags <> '{}'))
+        ORDER BY priority, id DESC LIMIT $6) q
+     WHERE p.priority IS NOT NULL
+     ORDER BY q.id + 0 DESC LIMIT $6)
+) u
+ORDER BY u.k DESC
+LIMIT $6
+`
+
+type TaskListPageByGroupParams struct {
+	GroupName string
+	State     *string
+	BeforeID  *int64
+	Kind      *string
+	Tags      []string
+	MaxRows   int32
+}
+
+// TaskListPage with a group: the same rows in the same order, read as one range
+// per state and merged, so a page costs a few index ranges however few of the
+// table's tasks the group holds (the primary key read backwards scanned the whole
+// table for a small group). Every branch orders by id + 0, an order only the
+// index it is meant to read can give (reading the primary key backwards and
+// filtering gives id's, and the planner takes that whenever it guesses the
+// group's rows dense: a whole-table read when they are old or the page deep):
+//   - scheduled and the end states: tasks_group_state (group_name, state, (id + 0));
+//   - dispatched and running: tasks_active_by_session (bounded by the slots);
+//   - queued: tasks_queue (group_name, priority DESC, id), one range per
+//     priority the group's queued tasks have (found by skipping from one to the
+//     next, prio), each read backwards; the priority is bounded by a range, not
+//     an equality, so that its order, not id's, is what the index must give.
+//
+// Each branch carries its order as a column (k), so the branches are merged
+// (Merge Append) and read only as far as the page needs. The outer list names
+// every column of tasks so the rows stay db.Task: a column added to tasks and
+// not here makes sqlc give this query its own row type, and taskops stops
+// compiling. A state filter leaves one branch (the others are constant-false
+// under TxListPlanning's custom plans). Run it as TaskListPage, after
+// TxListPlanning.
+func (q *Queries) TaskListPageByGroup(ctx context.Context, arg TaskListPageByGroupParams) ([]Task, error) {
+	rows, err := q.db.Query(ctx, TaskListPageByGroup,
+		arg.GroupName,
+		arg.State,
+		arg.BeforeID,
+		arg.Kind,
 		arg.Tags,
 		arg.MaxRows,
 	)

@@ -323,7 +323,7 @@ WHERE id = ANY (ARRAY(
   AND finished_at < coalesce(sqlc.narg('now')::timestamptz, now()) - make_interval(secs => @retention_s::float8);
 
 -- Client.List: newest first, optional filters, keyset paging on id.
--- Run it with custom plans (TxForceCustomPlan first, in its transaction): a
+-- Run it with custom plans (TxListPlanning first, in its transaction): a
 -- generic plan cannot drop the unset filters, and scanned a million rows for a
 -- group, a rare state or a deep page. The id bound is a range in any plan.
 -- name: TaskListPage :many
@@ -334,6 +334,105 @@ WHERE (sqlc.narg('state')::text IS NULL OR state = sqlc.narg('state'))
   AND id < coalesce(sqlc.narg('before_id')::bigint, 9223372036854775807)
   AND (sqlc.narg('tags')::text[] IS NULL OR (tags @> sqlc.narg('tags') AND tags <> '{}'))
 ORDER BY id DESC
+LIMIT @max_rows;
+
+-- TaskListPage with a group: the same rows in the same order, read as one range
+-- per state and merged, so a page costs a few index ranges however few of the
+-- table's tasks the group holds (the primary key read backwards scanned the whole
+-- table for a small group). Every branch orders by id + 0, an order only the
+-- index it is meant to read can give (reading the primary key backwards and
+-- filtering gives id's, and the planner takes that whenever it guesses the
+-- group's rows dense: a whole-table read when they are old or the page deep):
+--   - scheduled and the end states: tasks_group_state (group_name, state, (id + 0));
+--   - dispatched and running: tasks_active_by_session (bounded by the slots);
+--   - queued: tasks_queue (group_name, priority DESC, id), one range per
+--     priority the group's queued tasks have (found by skipping from one to the
+--     next, prio), each read backwards; the priority is bounded by a range, not
+--     an equality, so that its order, not id's, is what the index must give.
+-- Each branch carries its order as a column (k), so the branches are merged
+-- (Merge Append) and read only as far as the page needs. The outer list names
+-- every column of tasks so the rows stay db.Task: a column added to tasks and
+-- not here makes sqlc give this query its own row type, and taskops stops
+-- compiling. A state filter leaves one branch (the others are constant-false
+-- under TxListPlanning's custom plans). Run it as TaskListPage, after
+-- TxListPlanning.
+-- name: TaskListPageByGroup :many
+WITH RECURSIVE prio AS (
+    (SELECT t.priority FROM tasks t
+     WHERE t.state = 'queued' AND t.group_name = @group_name::text
+       AND coalesce(sqlc.narg('state')::text, 'queued') = 'queued'
+     ORDER BY t.priority DESC LIMIT 1)
+    UNION ALL
+    SELECT (SELECT t.priority FROM tasks t
+            WHERE t.state = 'queued' AND t.group_name = @group_name::text AND t.priority < p.priority
+            ORDER BY t.priority DESC LIMIT 1)
+    FROM prio p WHERE p.priority IS NOT NULL
+)
+SELECT u.id, u.group_name, u.kind, u.payload, u.priority, u.state, u.attempt,
+       u.worker_session_id, u.max_retries, u.retries, u.timeout_ms, u.failover_count,
+       u.workflow_run_id, u.submitted_at, u.dispatched_at, u.started_at,
+       u.finished_at, u.exit_code, u.output, u.last_error, u.running_failovers,
+       u.available_at, u.queued_reason, u.attempt_reason, u.attempt_session_id,
+       u.retry_base_ms, u.retry_max_ms, u.notify_finish, u.workflow_step,
+       u.unique_key, u.unique_scope, u.unique_bucket, u.submitted_max_retries,
+       u.tags, u.step_outputs, u.workflow_item
+FROM (
+    (SELECT *, id + 0 AS k FROM tasks
+     WHERE group_name = @group_name::text AND state = 'scheduled' AND coalesce(sqlc.narg('state')::text, 'scheduled') = 'scheduled'
+       AND id + 0 < coalesce(sqlc.narg('before_id')::bigint, 9223372036854775807)
+       AND (sqlc.narg('kind')::text IS NULL OR kind = sqlc.narg('kind'))
+       AND (sqlc.narg('tags')::text[] IS NULL OR (tags @> sqlc.narg('tags') AND tags <> '{}'))
+     ORDER BY id + 0 DESC LIMIT @max_rows)
+    UNION ALL
+    (SELECT *, id + 0 AS k FROM tasks
+     WHERE group_name = @group_name::text AND state = 'succeeded' AND coalesce(sqlc.narg('state')::text, 'succeeded') = 'succeeded'
+       AND id + 0 < coalesce(sqlc.narg('before_id')::bigint, 9223372036854775807)
+       AND (sqlc.narg('kind')::text IS NULL OR kind = sqlc.narg('kind'))
+       AND (sqlc.narg('tags')::text[] IS NULL OR (tags @> sqlc.narg('tags') AND tags <> '{}'))
+     ORDER BY id + 0 DESC LIMIT @max_rows)
+    UNION ALL
+    (SELECT *, id + 0 AS k FROM tasks
+     WHERE group_name = @group_name::text AND state = 'failed' AND coalesce(sqlc.narg('state')::text, 'failed') = 'failed'
+       AND id + 0 < coalesce(sqlc.narg('before_id')::bigint, 9223372036854775807)
+       AND (sqlc.narg('kind')::text IS NULL OR kind = sqlc.narg('kind'))
+       AND (sqlc.narg('tags')::text[] IS NULL OR (tags @> sqlc.narg('tags') AND tags <> '{}'))
+     ORDER BY id + 0 DESC LIMIT @max_rows)
+    UNION ALL
+    (SELECT *, id + 0 AS k FROM tasks
+     WHERE group_name = @group_name::text AND state = 'timed_out' AND coalesce(sqlc.narg('state')::text, 'timed_out') = 'timed_out'
+       AND id + 0 < coalesce(sqlc.narg('before_id')::bigint, 9223372036854775807)
+       AND (sqlc.narg('kind')::text IS NULL OR kind = sqlc.narg('kind'))
+       AND (sqlc.narg('tags')::text[] IS NULL OR (tags @> sqlc.narg('tags') AND tags <> '{}'))
+     ORDER BY id + 0 DESC LIMIT @max_rows)
+    UNION ALL
+    (SELECT *, id + 0 AS k FROM tasks
+     WHERE group_name = @group_name::text AND state = 'canceled' AND coalesce(sqlc.narg('state')::text, 'canceled') = 'canceled'
+       AND id + 0 < coalesce(sqlc.narg('before_id')::bigint, 9223372036854775807)
+       AND (sqlc.narg('kind')::text IS NULL OR kind = sqlc.narg('kind'))
+       AND (sqlc.narg('tags')::text[] IS NULL OR (tags @> sqlc.narg('tags') AND tags <> '{}'))
+     ORDER BY id + 0 DESC LIMIT @max_rows)
+    UNION ALL
+    (SELECT *, id + 0 AS k FROM tasks
+     WHERE group_name = @group_name::text AND state IN ('dispatched', 'running') AND worker_session_id IS NOT NULL
+       AND coalesce(sqlc.narg('state')::text, 'running') IN ('dispatched', 'running')
+       AND (sqlc.narg('state')::text IS NULL OR state = sqlc.narg('state'))
+       AND id < coalesce(sqlc.narg('before_id')::bigint, 9223372036854775807)
+       AND (sqlc.narg('kind')::text IS NULL OR kind = sqlc.narg('kind'))
+       AND (sqlc.narg('tags')::text[] IS NULL OR (tags @> sqlc.narg('tags') AND tags <> '{}'))
+     ORDER BY id + 0 DESC LIMIT @max_rows)
+    UNION ALL
+    (SELECT q.*, q.id + 0 AS k FROM prio p CROSS JOIN LATERAL (
+        SELECT * FROM tasks
+        WHERE state = 'queued' AND group_name = @group_name::text
+          AND priority >= p.priority AND priority <= p.priority
+          AND id < coalesce(sqlc.narg('before_id')::bigint, 9223372036854775807)
+          AND (sqlc.narg('kind')::text IS NULL OR kind = sqlc.narg('kind'))
+          AND (sqlc.narg('tags')::text[] IS NULL OR (tags @> sqlc.narg('tags') AND tags <> '{}'))
+        ORDER BY priority, id DESC LIMIT @max_rows) q
+     WHERE p.priority IS NOT NULL
+     ORDER BY q.id + 0 DESC LIMIT @max_rows)
+) u
+ORDER BY u.k DESC
 LIMIT @max_rows;
 
 -- Client.Cancel, first statement: lock the task row before its dispatch row (the

@@ -136,6 +136,8 @@ func BenchmarkOperatorSurface1M(b *testing.B) {
 			{"state=canceled(rare)", func(int) string { return "/api/v1/tasks?limit=50&state=canceled" }},
 			{"group", func(i int) string { return fmt.Sprintf("/api/v1/tasks?limit=50&group=g%03d", i%100) }},
 			{"group(rare: 10 tasks)", func(int) string { return "/api/v1/tasks?limit=50&group=grare" }},
+			{"group(rare)+state=succeeded", func(int) string { return "/api/v1/tasks?limit=50&group=grare&state=succeeded" }},
+			{"group+state=queued", func(i int) string { return fmt.Sprintf("/api/v1/tasks?limit=50&state=queued&group=g%03d", i%100) }},
 			{"deep_page", func(i int) string { return fmt.Sprintf("/api/v1/tasks?limit=50&before_id=%d", maxID-int64(i)*9973) }},
 			{"group+state+deep", func(i int) string {
 				return fmt.Sprintf("/api/v1/tasks?limit=50&state=succeeded&group=g%03d&before_id=%d", i%100, maxID/2)

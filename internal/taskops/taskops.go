@@ -128,10 +128,18 @@ func sortedUnique(ids []int64) []int64 {
 
 // ListPage reads a page of tasks, newest first, planned with its filters'
 // values (a generic plan scanned the whole table for a group, a rare state or a
-// deep page). q must be in a transaction: the planner setting is local to it.
+// deep page). A page of one group is read one range per state
+// (TaskListPageByGroup: the same rows, in the same order), not by reading the
+// primary key backwards until the group's rows fill it, which read the whole
+// table for a group with few tasks. q must be in a transaction: the planner
+// settings are local to it.
 func ListPage(ctx context.Context, q *db.Queries, arg db.TaskListPageParams) ([]db.Task, error) {
-	if err := q.TxForceCustomPlan(ctx); err != nil {
-		return nil, err
+	if err := q.TxListPlanning(ctx); err != nil {
+		return nil, fmt.Errorf("list tasks: %w", err)
 	}
-	return q.TaskListPage(ctx, arg)
+	if arg.GroupName == nil {
+		return q.TaskListPage(ctx, arg)
+	}
+	return q.TaskListPageByGroup(ctx, db.TaskListPageByGroupParams{GroupName: *arg.GroupName, State: arg.State,
+		BeforeID: arg.BeforeID, Kind: arg.Kind, Tags: arg.Tags, MaxRows: arg.MaxRows})
 }
