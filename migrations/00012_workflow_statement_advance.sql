@@ -120,7 +120,7 @@ BEGIN
             UPDATE workflow_run_steps s
                SET up_done = s.up_done + c.done, up_succeeded = s.up_succeeded + c.succ,
                    up_failed = s.up_failed + c.fail, up_skipped = s.up_skipped + c.skip
-              FROM (SELECT x.run_id, e.to_step, e.rule, count(*) AS done,
+              FROM (SELECT x.run_id, r.version_id, e.to_step, count(*) AS done,
                            count(*) FILTER (WHERE x.state = 'succeeded') AS succ,
                            count(*) FILTER (WHERE x.state IN ('failed', 'upstream_failed', 'canceled')) AS fail,
                            count(*) FILTER (WHERE x.state = 'skipped') AS skip
@@ -129,14 +129,14 @@ BEGIN
                      -- Per ended step, its out-edges by the primary key (OFFSET 0
                      -- keeps the lookup a lateral one: a hash join over all
                      -- versions' edges was chosen on fresh statistics).
-                     CROSS JOIN LATERAL (SELECT e.to_step, v.trigger_rule AS rule
-                                           FROM workflow_version_edges e
-                                           JOIN workflow_version_steps v ON v.version_id = e.version_id AND v.name = e.to_step
+                     CROSS JOIN LATERAL (SELECT e.to_step FROM workflow_version_edges e
                                           WHERE e.version_id = r.version_id AND e.from_step = x.name OFFSET 0) AS e
-                     GROUP BY x.run_id, e.to_step, e.rule) AS c
+                     GROUP BY x.run_id, r.version_id, e.to_step) AS c
              WHERE s.run_id = c.run_id AND s.name = c.to_step
             RETURNING s.run_id, s.name, s.state = 'pending'
-                      AND workflow_trigger_decision(c.rule, s.up_total, s.up_succeeded, s.up_failed, s.up_skipped, s.up_done) <> 'wait' AS decide
+                      AND workflow_trigger_decision((SELECT v.trigger_rule FROM workflow_version_steps v
+                                                      WHERE v.version_id = c.version_id AND v.name = s.name),
+                                                    s.up_total, s.up_succeeded, s.up_failed, s.up_skipped, s.up_done) <> 'wait' AS decide
         )
         SELECT array_agg(run_id ORDER BY run_id, name) FILTER (WHERE decide), array_agg(name ORDER BY run_id, name) FILTER (WHERE decide)
           INTO n_run, n_name FROM up;
