@@ -113,8 +113,17 @@ func BenchmarkWorkflowFanOut(b *testing.B) {
 			&firstStart, &firstEnd, &lastStart, &lastEnd); err != nil {
 			b.Fatal(err)
 		}
-		b.Logf("%s: first task started %.0f ms, first finished %.0f, last started %.0f, last finished %.0f, run finished %.0f",
-			spec.Workflow, firstStart, firstEnd, lastStart, lastEnd, ms)
+		// The longest pause between two task starts (a worker that slept
+		// through a wake-up shows here).
+		var gap, gapAt float64
+		if err := pool.QueryRow(ctx, `SELECT coalesce(max(g), 0), coalesce((array_agg(at ORDER BY g DESC))[1], 0) FROM (
+				SELECT extract(epoch FROM started_at - lag(started_at) OVER (ORDER BY started_at)) * 1000 AS g,
+				       extract(epoch FROM started_at - (SELECT created_at FROM workflow_runs WHERE id = $1)) * 1000 AS at
+				FROM tasks WHERE workflow_run_id = $1) x WHERE g IS NOT NULL`, id).Scan(&gap, &gapAt); err != nil {
+			b.Fatal(err)
+		}
+		b.Logf("%s: first task started %.0f ms, first finished %.0f, last started %.0f, last finished %.0f, run finished %.0f; longest pause between starts %.0f ms (ending at %.0f)",
+			spec.Workflow, firstStart, firstEnd, lastStart, lastEnd, ms, gap, gapAt)
 		return ms
 	}
 	tasksMs := func() float64 {
