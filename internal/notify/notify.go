@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/puddle/v2"
 	"go.uber.org/zap"
 )
 
@@ -58,6 +59,11 @@ func (l *Listener) Run(ctx context.Context) {
 	for ctx.Err() == nil {
 		err := l.listenOnce(ctx)
 		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, puddle.ErrClosedPool) {
+			// Its owner closed the pool (shutting down): nothing to listen
+			// with any more, and nothing to warn about.
 			return
 		}
 		l.Logger.Warn("listener connection lost; polling continues", zap.Error(err), zap.Duration("retry_in", backoff))

@@ -8,7 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/baton-scheduler/baton/batontest"
 	"github.com/baton-scheduler/baton/db"
@@ -132,5 +134,25 @@ func TestSignalCoalesces(t *testing.T) {
 	case <-s:
 		t.Fatal("two wake-ups were not coalesced")
 	default:
+	}
+}
+
+// A listener whose pool was closed (its owner shutting down) stops at once and
+// says nothing: it used to warn and retry with backoff until its context
+// ended, logging after a test that closed the pool had finished.
+func TestListenerStopsOnClosedPool(t *testing.T) {
+	pool, _ := srv.NewPool(t)
+	pool.Close()
+	core, logs := observer.New(zap.DebugLevel)
+	l := &notify.Listener{Pool: pool, Channels: []string{"baton_test"}, Logger: zap.New(core), OnNotify: func(string, string) {}}
+	done := make(chan struct{})
+	go func() { defer close(done); l.Run(context.Background()) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("listener still running on a closed pool")
+	}
+	if n := logs.Len(); n != 0 {
+		t.Fatalf("listener logged %d entries on a closed pool: %v", n, logs.All())
 	}
 }
