@@ -59,7 +59,7 @@ fi
 if [ "$tier" != unit ]; then
   say "go test -race: e2e tier (internal/e2e, real processes)"
   # shellcheck disable=SC2086
-  go test -race -count=1 -timeout 12m ${GOTESTFLAGS:-} $e2e_pkgs
+  go test -race -count=1 -timeout 20m ${GOTESTFLAGS:-} $e2e_pkgs
   # The images: both built FROM scratch from static binaries (nothing pulled),
   # run against a migrated database, `baton healthcheck` in each. Behind the
   # build tag "images" so no other go test builds it; about 25 s with a warm
