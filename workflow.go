@@ -151,11 +151,8 @@ func (c *Client) WaitRun(ctx context.Context, id int64) (Run, error) {
 		// cost its workers a core's worth of Postgres time.
 		var state string
 		err := c.single(ctx, func(q *db.Queries) error {
-			r, err := q.WorkflowRunGet(ctx, id)
-			if errors.Is(err, pgx.ErrNoRows) {
-				return fmt.Errorf("%w: run %d", workflow.ErrNotFound, id)
-			}
-			state = r.State
+			var err error
+			state, err = workflow.RunState(ctx, q, id)
 			return err
 		})
 		if err != nil {

@@ -300,6 +300,24 @@ func Start(ctx context.Context, q *db.Queries, p StartParams) (Started, error) {
 	return Started{RunID: row.RunID, Created: row.Created}, nil
 }
 
+// RunState returns a run's state from its row alone (a waiter's poll; GetRun
+// also reads every step), or ErrNotFound.
+func RunState(ctx context.Context, q *db.Queries, id int64) (string, error) {
+	r, err := runRow(ctx, q, id)
+	return r.State, err
+}
+
+func runRow(ctx context.Context, q *db.Queries, id int64) (db.WorkflowRunGetRow, error) {
+	r, err := q.WorkflowRunGet(ctx, id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return r, fmt.Errorf("%w: run %d", ErrNotFound, id)
+	}
+	if err != nil {
+		return r, fmt.Errorf("get run %d: %w", id, err)
+	}
+	return r, nil
+}
+
 // Run is a run and its steps.
 type Run struct {
 	ID              int64           `json:"id"`
@@ -355,12 +373,9 @@ func Terminal(state string) bool {
 
 // GetRun reads a run with its steps.
 func GetRun(ctx context.Context, q *db.Queries, id int64) (Run, error) {
-	r, err := q.WorkflowRunGet(ctx, id)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Run{}, fmt.Errorf("%w: run %d", ErrNotFound, id)
-	}
+	r, err := runRow(ctx, q, id)
 	if err != nil {
-		return Run{}, fmt.Errorf("get run %d: %w", id, err)
+		return Run{}, err
 	}
 	run := runFromRow(db.WorkflowRunListRow(r))
 	steps, err := q.WorkflowRunSteps(ctx, id)
