@@ -209,3 +209,52 @@ func TestRunsWithoutMaster(t *testing.T) {
 		t.Fatal("a master ran")
 	}
 }
+
+// A worker claims nothing before it holds its liveness lock: a shell task started
+// earlier would hold no lock socket, so its supervisor would have to enforce the
+// crash fence for the task's whole life and kill it on one slow heartbeat (an e2e
+// worker under load lost its first four tasks so). Here a master's probe (the
+// test) holds the locks of the next sessions: the worker registers and
+// heartbeats, but starts the queued task only once the lock is free and taken.
+func TestClaimsOnlyOnceLivenessLockHeld(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	probe, err := b.pool.Acquire(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Release()
+	next := b.int64("SELECT COALESCE(max(id), 0) + 1 FROM worker_sessions")
+	if _, err := probe.Exec(b.ctx, `SELECT pg_advisory_lock(1650524164, hashtext(format('%s', id)))
+		FROM generate_series($1::bigint, $1::bigint + 9) id`, next); err != nil {
+		t.Fatal(err)
+	}
+	bl := newBlocker()
+	w := b.crashWorker(b.dsn, "unarmed", bl)
+	if s := w.SessionID(); s < next || s > next+9 {
+		t.Fatalf("session %d outside the locked ids %d..%d", s, next, next+9)
+	}
+	id := b.submit("block", map[string]string{}, 1)[0]
+	for range 5 {
+		w.TestSignals.Heartbeat.Beat.WaitOrTimeout(t)
+	}
+	select {
+	case got := <-bl.started:
+		t.Fatalf("task %d started before the worker held its liveness lock", got)
+	default:
+	}
+	w.TestSignals.Liveness.Held.RequireEmpty(t)
+
+	if _, err := probe.Exec(b.ctx, "SELECT pg_advisory_unlock_all()"); err != nil {
+		t.Fatal(err)
+	}
+	w.TestSignals.Liveness.Held.WaitOrTimeout(t)
+	select {
+	case got := <-bl.started:
+		if got != id {
+			t.Fatalf("started task %d, want %d", got, id)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("task not started once the liveness lock was held")
+	}
+}

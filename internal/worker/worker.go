@@ -285,9 +285,23 @@ func (w *Worker) runSession(ctx context.Context, regs []session.Registered) erro
 		FastBeat:   w.exec.StaleLock,
 	})
 	hb.TestSignals = w.TestSignals.Heartbeat
+	// armed is closed once the liveness lock is first held, its socket shared
+	// with the supervisors: the claimers start then. A shell task started
+	// before it would hold no lock socket, so its supervisor would have to
+	// enforce the crash fence (last heartbeat + CrashFenceAfter) for its whole
+	// life, and one slow heartbeat of a busy machine would kill it.
+	var armed chan struct{}
 	if w.liveConn != nil {
+		armed = make(chan struct{})
+		var armOnce sync.Once
 		lv = session.NewLiveness(w.base("liveness"), session.LivenessConfig{
-			SessionIDs: ids, ConnConfig: w.liveConn, OnHeld: hb.SetLockHeld, OnConn: w.exec.SetLockConn,
+			SessionIDs: ids, ConnConfig: w.liveConn, OnConn: w.exec.SetLockConn,
+			OnHeld: func(held bool) {
+				hb.SetLockHeld(held)
+				if held {
+					armOnce.Do(func() { close(armed) })
+				}
+			},
 		})
 		lv.TestSignals = w.TestSignals.Liveness
 	}
@@ -305,19 +319,29 @@ func (w *Worker) runSession(ctx context.Context, regs []session.Registered) erro
 		_ = lv.Start(context.Background())
 		defer lv.Stop()
 	}
-	for _, cl := range cls {
-		_ = cl.Start(context.Background())
+	startClaimers := func() {
+		for _, cl := range cls {
+			_ = cl.Start(context.Background())
+		}
 	}
-	select {
-	case <-ctx.Done():
-		d.Drain(hb.Lost())
-		return drain.ErrShutdown
-	case err := <-hb.Lost():
-		d.Abandon(err)
-		return err
-	case err := <-orphaned:
-		d.Abandon(err)
-		return err
+	if armed == nil {
+		startClaimers()
+	}
+	for {
+		select {
+		case <-armed:
+			startClaimers()
+			armed = nil
+		case <-ctx.Done():
+			d.Drain(hb.Lost())
+			return drain.ErrShutdown
+		case err := <-hb.Lost():
+			d.Abandon(err)
+			return err
+		case err := <-orphaned:
+			d.Abandon(err)
+			return err
+		}
 	}
 }
 
