@@ -151,7 +151,11 @@ func (l *Liveness) loop(ctx context.Context) {
 				return
 			}
 			wait := backoff.Next()
-			l.Logger.Warn("liveness lock not taken; retrying", logfield.SessionID(l.cfg.SessionID), zap.Error(err), zap.Duration("retry_in", wait))
+			msg := "liveness lock not taken; retrying"
+			if !promised {
+				msg = "liveness lock not taken yet (the worker claims no task until it is); retrying"
+			}
+			l.Logger.Warn(msg, logfield.SessionID(l.cfg.SessionID), zap.Error(err), zap.Duration("retry_in", wait))
 			if !service.Sleep(ctx, wait) {
 				return
 			}
