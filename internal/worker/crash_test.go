@@ -21,9 +21,11 @@ const (
 	crashSelf    = 5 * time.Second // worker self-fence (heartbeat path)
 )
 
-func (b *bundle) crashMaster() {
+func (b *bundle) crashMaster() { b.crashMasterWith(crashDetect) }
+
+func (b *bundle) crashMasterWith(detect time.Duration) {
 	m, err := master.New(b.ctx, master.Config{DatabaseURL: b.dsn, HeartbeatInterval: hb, WorkerTimeout: crashTimeout,
-		CrashDetectAfter: crashDetect, SweepInterval: hb, DispatchInterval: 50 * time.Millisecond,
+		CrashDetectAfter: detect, SweepInterval: hb, DispatchInterval: 50 * time.Millisecond,
 		Logger: zaptest.NewLogger(b.t).Named("m")})
 	if err != nil {
 		b.t.Fatal(err)
@@ -32,8 +34,12 @@ func (b *bundle) crashMaster() {
 }
 
 func (b *bundle) crashWorker(dsn, name string, bl *blocker) *worker.Worker {
+	return b.crashWorkerWith(dsn, name, bl, crashDetect, crashFence)
+}
+
+func (b *bundle) crashWorkerWith(dsn, name string, bl *blocker, detect, fence time.Duration) *worker.Worker {
 	w, _ := b.workerWith(worker.Config{DatabaseURL: dsn, Name: name, SelfFenceAfter: crashSelf,
-		CrashDetectAfter: crashDetect, CrashFenceAfter: crashFence,
+		CrashDetectAfter: detect, CrashFenceAfter: fence,
 		Handlers: map[string]executor.Handler{"block": bl.handler},
 		Test:     worker.TestConfig{HeartbeatCallTimeout: time.Minute}})
 	return w
@@ -151,12 +157,18 @@ func TestSilentPartitionKeepsHeartbeatPath(t *testing.T) {
 // A worker whose lock connection alone is reset (an operator's
 // pg_terminate_backend; the heartbeat still succeeds) takes the lock again on a
 // new connection and is never declared dead: its heartbeat is fresh.
+//
+// Until the lock is retaken the crash fence applies, so a heartbeat slower than
+// the fence then fences the session, rightly. CI's loaded machine once had one
+// take 700 ms, the fence of the other tests; this one uses longer timings so
+// that only a stall of seconds inside that short window could fence it.
 func TestLivenessLockRetaken(t *testing.T) {
 	t.Parallel()
+	const detect, fence = 5 * time.Second, 4 * time.Second
 	b := setup(t)
-	b.crashMaster()
+	b.crashMasterWith(detect)
 	bl := newBlocker()
-	w := b.crashWorker(b.dsn, "retake", bl)
+	w := b.crashWorkerWith(b.dsn, "retake", bl, detect, fence)
 	w.TestSignals.Liveness.Promised.WaitOrTimeout(t)
 	pid := w.TestSignals.Liveness.Held.WaitOrTimeout(t)
 	if n := b.int64("SELECT count(*) FROM (SELECT pg_terminate_backend($1::int)) x", pid); n != 1 {
@@ -166,8 +178,8 @@ func TestLivenessLockRetaken(t *testing.T) {
 	if again := w.TestSignals.Liveness.Held.WaitOrTimeout(t); again == pid {
 		t.Fatalf("lock retaken on the terminated backend %d", pid)
 	}
-	// A few crash-detection ages later the session is still alive, never fenced.
-	for range int(3 * crashDetect / hb) {
+	// Seconds later the session is still alive, never fenced.
+	for range int(3 * time.Second / hb) {
 		w.TestSignals.Heartbeat.Beat.WaitOrTimeout(t)
 	}
 	w.TestSignals.Heartbeat.Fenced.RequireEmpty(t)
