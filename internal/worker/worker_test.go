@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/baton-scheduler/baton/batontest"
+	"github.com/baton-scheduler/baton/internal/claimer"
 	"github.com/baton-scheduler/baton/internal/executor"
 	"github.com/baton-scheduler/baton/internal/master"
 	"github.com/baton-scheduler/baton/internal/service"
@@ -381,8 +382,10 @@ func TestLostClaimReplyIsReconciled(t *testing.T) {
 	b := setup(t)
 	proxy, viaProxy := batontest.NewProxy(t, b.dsn)
 	b.master()
+	// Crash detection off: the cut also resets the liveness lock connection, and
+	// under load the crash fence could then end the session before it reconciles.
 	w, _ := b.workerWith(worker.Config{DatabaseURL: viaProxy, Name: "w", Slots: 2, SelfFenceAfter: 5 * time.Second,
-		PollInterval: 50 * time.Millisecond})
+		PollInterval: 50 * time.Millisecond, CrashDetectAfter: worker.CrashDetectOff})
 	first := w.SessionID()
 	// The orphan: running on this session in Postgres, unknown to the process.
 	id := b.submit("shell", map[string]string{"command": "echo recovered"}, 1)[0]
@@ -395,13 +398,8 @@ func TestLostClaimReplyIsReconciled(t *testing.T) {
 	proxy.Cut()
 	w.TestSignals.Claimer.ClaimFailed.WaitOrTimeout(t)
 	proxy.Restore()
-	for {
-		if c := w.TestSignals.Claimer.Claimed.WaitOrTimeout(t); c.Reconciled {
-			if c.Orphans != 1 {
-				t.Fatalf("reconcile found %d orphans, want 1", c.Orphans)
-			}
-			break
-		}
+	if c := waitReconciled(t, w, first); c.Orphans != 1 {
+		t.Fatalf("reconcile found %d orphans, want 1", c.Orphans)
 	}
 	batontest.WaitFor(t, 30*time.Second, func() (bool, string) {
 		// attempt 2, or later if load cost the next session too
@@ -456,4 +454,34 @@ func TestSelfFenceWhileDraining(t *testing.T) {
 	})
 	b.waitAllFinished(30 * time.Second)
 	<-stopped
+}
+
+// waitReconciled returns the first claim result after a failed claim that
+// reconciled, and fails the test if the session was lost first (its claimer is
+// gone, the next session's never reconciles) or none came within a minute.
+func waitReconciled(t *testing.T, w *worker.Worker, session int64) claimer.Claimed {
+	t.Helper()
+	deadline := time.After(time.Minute)
+	for {
+		select {
+		case c := <-w.TestSignals.Claimer.Claimed.C():
+			if c.Reconciled {
+				return c
+			}
+		case err := <-w.TestSignals.Heartbeat.Lost.C():
+			for { // a reconcile signaled just before the loss still counts
+				select {
+				case c := <-w.TestSignals.Claimer.Claimed.C():
+					if c.Reconciled {
+						return c
+					}
+					continue
+				default:
+				}
+				t.Fatalf("session lost before it reconciled: %v", err)
+			}
+		case <-deadline:
+			t.Fatalf("no reconcile within a minute of the failed claim (session %d, sessions now %v)", session, w.Sessions())
+		}
+	}
 }
