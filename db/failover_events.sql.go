@@ -44,7 +44,7 @@ func (q *Queries) FailoverEventFinishMaster(ctx context.Context, sessionID int64
 }
 
 const FailoverEventGet = `-- name: FailoverEventGet :one
-SELECT id, kind, session_id, group_name, detected_by, deadline, started_at, finished_at, tasks_reassigned, tasks_queued, passes FROM failover_events WHERE kind = $1 AND session_id = $2
+SELECT id, kind, session_id, group_name, detected_by, deadline, started_at, finished_at, tasks_reassigned, tasks_queued, passes, crash_detected FROM failover_events WHERE kind = $1 AND session_id = $2
 `
 
 type FailoverEventGetParams struct {
@@ -67,22 +67,24 @@ func (q *Queries) FailoverEventGet(ctx context.Context, arg FailoverEventGetPara
 		&i.TasksReassigned,
 		&i.TasksQueued,
 		&i.Passes,
+		&i.CrashDetected,
 	)
 	return i, err
 }
 
 const FailoverEventInsert = `-- name: FailoverEventInsert :exec
-INSERT INTO failover_events (kind, session_id, group_name, detected_by, deadline)
-VALUES ($1, $2, $3, $4, $5)
+INSERT INTO failover_events (kind, session_id, group_name, detected_by, deadline, crash_detected)
+VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (kind, session_id) DO NOTHING
 `
 
 type FailoverEventInsertParams struct {
-	Kind       string
-	SessionID  int64
-	GroupName  *string
-	DetectedBy *int64
-	Deadline   time.Time
+	Kind          string
+	SessionID     int64
+	GroupName     *string
+	DetectedBy    *int64
+	Deadline      time.Time
+	CrashDetected *bool
 }
 
 func (q *Queries) FailoverEventInsert(ctx context.Context, arg FailoverEventInsertParams) error {
@@ -92,12 +94,13 @@ func (q *Queries) FailoverEventInsert(ctx context.Context, arg FailoverEventInse
 		arg.GroupName,
 		arg.DetectedBy,
 		arg.Deadline,
+		arg.CrashDetected,
 	)
 	return err
 }
 
 const FailoverEventList = `-- name: FailoverEventList :many
-SELECT id, kind, session_id, group_name, detected_by, deadline, started_at, finished_at, tasks_reassigned, tasks_queued, passes FROM failover_events
+SELECT id, kind, session_id, group_name, detected_by, deadline, started_at, finished_at, tasks_reassigned, tasks_queued, passes, crash_detected FROM failover_events
 WHERE ($1::text IS NULL OR kind = $1)
 ORDER BY id DESC
 LIMIT $2
@@ -129,6 +132,7 @@ func (q *Queries) FailoverEventList(ctx context.Context, arg FailoverEventListPa
 			&i.TasksReassigned,
 			&i.TasksQueued,
 			&i.Passes,
+			&i.CrashDetected,
 		); err != nil {
 			return nil, err
 		}

@@ -103,6 +103,8 @@ type FailoverEvent struct {
 	TasksQueued int32
 	// Transactions it took (rows locked by a concurrent completion are left to the next pass).
 	Passes int32
+	// Worker failovers: true if the session was declared dead by crash detection (liveness lock free), false by the heartbeat timeout; NULL for master failovers, stopped sessions and markers from before schema version 14.
+	CrashDetected *bool
 }
 
 // One row per master process incarnation. All masters are active; the rows exist for liveness, audit and (later) ownership of workflow runs.

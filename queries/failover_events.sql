@@ -1,6 +1,6 @@
 -- name: FailoverEventInsert :exec
-INSERT INTO failover_events (kind, session_id, group_name, detected_by, deadline)
-VALUES (@kind, @session_id, @group_name, @detected_by, @deadline)
+INSERT INTO failover_events (kind, session_id, group_name, detected_by, deadline, crash_detected)
+VALUES (@kind, @session_id, @group_name, @detected_by, @deadline, sqlc.narg('crash_detected'))
 ON CONFLICT (kind, session_id) DO NOTHING;
 
 -- name: FailoverEventGet :one

@@ -223,14 +223,36 @@ type FailoverEvent struct {
 	TasksReassigned int     `json:"tasks_reassigned"`
 	TasksQueued     int     `json:"tasks_queued"`
 	Passes          int     `json:"passes"`
+	// CrashDetected: a worker session declared dead by crash detection (its
+	// liveness lock free) when true, by the heartbeat timeout when false; null
+	// for a master, a session that had stopped, and markers older than schema 14.
+	CrashDetected *bool `json:"crash_detected"`
 }
+
+// DeclaredBy names how a worker session was declared dead: "crash detection"
+// (its liveness lock was free), "heartbeat timeout", or "" where the marker does
+// not say (a master, a stopped session, a marker older than schema version 14).
+func DeclaredBy(crashDetected *bool) string {
+	switch {
+	case crashDetected == nil:
+		return ""
+	case *crashDetected:
+		return "crash detection"
+	default:
+		return "heartbeat timeout"
+	}
+}
+
+// DeclaredBy is DeclaredBy(f.CrashDetected), for the status page.
+func (f FailoverEvent) DeclaredBy() string { return DeclaredBy(f.CrashDetected) }
 
 // FailoverEvents converts failover rows.
 func FailoverEvents(rows []db.FailoverEvent) []FailoverEvent {
 	return each(rows, func(f db.FailoverEvent) FailoverEvent {
 		return FailoverEvent{ID: f.ID, Kind: f.Kind, SessionID: f.SessionID, Group: f.GroupName,
 			DetectedBy: f.DetectedBy, Deadline: At(f.Deadline), StartedAt: At(f.StartedAt), FinishedAt: AtPtr(f.FinishedAt),
-			TasksReassigned: int(f.TasksReassigned), TasksQueued: int(f.TasksQueued), Passes: int(f.Passes)}
+			TasksReassigned: int(f.TasksReassigned), TasksQueued: int(f.TasksQueued), Passes: int(f.Passes),
+			CrashDetected: f.CrashDetected}
 	})
 }
 

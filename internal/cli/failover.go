@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"time"
@@ -42,13 +43,13 @@ func (a *app) failoverListCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("list failovers: %w", err)
 			}
-			return printRows(a.stdout, c.json, apimodel.FailoverEvents(rows), rows, "ID\tKIND\tSESSION\tGROUP\tBY MASTER\tDEADLINE\tFINISHED\tREASSIGNED\tQUEUED\tPASSES", func(out io.Writer, f db.FailoverEvent) {
+			return printRows(a.stdout, c.json, apimodel.FailoverEvents(rows), rows, "ID\tKIND\tSESSION\tGROUP\tBY MASTER\tDECLARED BY\tDEADLINE\tFINISHED\tREASSIGNED\tQUEUED\tPASSES", func(out io.Writer, f db.FailoverEvent) {
 				g := ""
 				if f.GroupName != nil {
 					g = *f.GroupName
 				}
-				fmt.Fprintf(out, "%d\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n", f.ID, f.Kind, f.SessionID, g, optID(f.DetectedBy),
-					f.Deadline.Format(time.RFC3339Nano), optTime(f.FinishedAt), f.TasksReassigned, f.TasksQueued, f.Passes)
+				fmt.Fprintf(out, "%d\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n", f.ID, f.Kind, f.SessionID, g, optID(f.DetectedBy),
+					cmp.Or(apimodel.DeclaredBy(f.CrashDetected), "-"), f.Deadline.Format(time.RFC3339Nano), optTime(f.FinishedAt), f.TasksReassigned, f.TasksQueued, f.Passes)
 			})
 		},
 	}

@@ -134,6 +134,7 @@ func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64
 			}
 		}
 		deadState := state.SessionDead
+		var crash *bool // NULL on the marker when the session had stopped
 		marked, err := q.WorkerSessionMarkDead(ctx, db.WorkerSessionMarkDeadParams{
 			ID: sessionID, Now: cfg.Now, TimeoutMs: float64(cfg.WorkerTimeout.Milliseconds()),
 			LockFree: lockFree, CrashMs: float64(cfg.CrashAfter.Milliseconds()), PostmasterStart: cfg.PostmasterStart,
@@ -141,6 +142,7 @@ func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64
 		switch {
 		case err == nil:
 			res.Deadline, res.Crash = marked.Deadline, marked.CrashDetected
+			crash = &res.Crash
 		case errors.Is(err, pgx.ErrNoRows):
 			s, err := q.WorkerSessionGet(ctx, sessionID)
 			if err != nil {
@@ -156,6 +158,7 @@ func Worker(ctx context.Context, pool *pgxpool.Pool, cfg Config, sessionID int64
 		}
 		if err := q.FailoverEventInsert(ctx, db.FailoverEventInsertParams{
 			Kind: state.KindWorker, SessionID: sessionID, GroupName: &group, DetectedBy: nullableID(cfg.MasterID), Deadline: res.Deadline,
+			CrashDetected: crash,
 		}); err != nil {
 			return fmt.Errorf("insert failover marker: %w", err)
 		}

@@ -339,6 +339,9 @@ func TestStoppedSessionHandsBackAtOnce(t *testing.T) {
 	if a := b.int64("SELECT attempt FROM tasks WHERE id = $1", id); a != 2 {
 		t.Fatal("stopped session's task not handed back")
 	}
+	if n := b.int64("SELECT count(*) FROM failover_events WHERE session_id = $1 AND crash_detected IS NULL", stopped); n != 1 {
+		t.Fatal("a stopped session's marker names a way it was declared dead")
+	}
 }
 
 // Liveness is judged by Postgres time: a session whose heartbeat is fresh by the
@@ -360,7 +363,7 @@ func TestMasterFailoverOnce(t *testing.T) {
 	if ran, err := failover.Master(b.ctx, b.pool, failover.Config{}, live); err != nil || ran {
 		t.Fatalf("live master failed over: %v %v", ran, err)
 	}
-	if n := b.int64("SELECT count(*) FROM failover_events WHERE kind = 'master' AND session_id = $1 AND detected_by = $2", m, live); n != 1 {
+	if n := b.int64("SELECT count(*) FROM failover_events WHERE kind = 'master' AND session_id = $1 AND detected_by = $2 AND crash_detected IS NULL", m, live); n != 1 {
 		t.Fatalf("master markers = %d, want 1", n)
 	}
 }
@@ -566,10 +569,24 @@ func TestCrashDetectionByLivenessLock(t *testing.T) {
 	if a := b.int64("SELECT attempt FROM tasks WHERE id = $1", task); a != 2 {
 		t.Fatal("task of the crashed session not moved")
 	}
+	if n := b.int64("SELECT count(*) FROM failover_events WHERE session_id = $1 AND crash_detected", crashed); n != 1 {
+		t.Fatal("the marker does not say the session was declared dead by crash detection")
+	}
 
 	silent, _ := newSession(false) // lock free, but never promised one
 	if res := run(silent, crashCfg); res.Ran {
 		t.Fatalf("session without a liveness lock failed over before the timeout: %+v", res)
+	}
+	// Past the timeout it is declared dead by the heartbeat timeout, and its
+	// marker says so.
+	later := now.Add(10 * time.Second)
+	timedOut := crashCfg
+	timedOut.Now = &later
+	if res := run(silent, timedOut); !res.Ran || res.Crash {
+		t.Fatalf("silent session past the timeout: %+v, want failed over by the heartbeat timeout", res)
+	}
+	if n := b.int64("SELECT count(*) FROM failover_events WHERE session_id = $1 AND crash_detected = false", silent); n != 1 {
+		t.Fatal("the marker does not say the session was declared dead by the heartbeat timeout")
 	}
 	fresh := b.int64(`INSERT INTO worker_sessions (name, group_name, slots, last_heartbeat_at, liveness_lock)
 		VALUES ('w', 'g1', 4, $1, true) RETURNING id`, now.Add(-time.Second))

@@ -60,6 +60,19 @@ func (b *bundle) deadSession(id int64, within time.Duration) (time.Duration, tim
 	return age, ended
 }
 
+// declaredBy returns how the session's failover marker says it was declared dead:
+// "crash" (crash detection), "timeout" or "none". The marker commits with the
+// declaration, so after deadSession it is there.
+func (b *bundle) declaredBy(id int64) string {
+	b.t.Helper()
+	var s string
+	if err := b.pool.QueryRow(b.ctx, `SELECT coalesce(max(CASE WHEN crash_detected THEN 'crash' WHEN NOT crash_detected THEN 'timeout' END), 'none')
+		FROM failover_events WHERE kind = 'worker' AND session_id = $1`, id).Scan(&s); err != nil {
+		b.t.Fatal(err)
+	}
+	return s
+}
+
 // A worker that holds its liveness lock and loses every connection at once (a
 // reset partition; to the masters the same as a crashed process: the lock is
 // free, the heartbeat stops) is declared dead by crash detection, soon after
@@ -99,8 +112,8 @@ func TestResetPartitionFencesBeforeFastDeclaration(t *testing.T) {
 		t.Fatal("task not canceled after the fence")
 	}
 	age, deadline := b.deadSession(first, 30*time.Second)
-	if age >= crashTimeout {
-		t.Fatalf("declared dead %s after its last heartbeat: the heartbeat timeout, not crash detection", age)
+	if by := b.declaredBy(first); by != "crash" {
+		t.Fatalf("declared dead %s after its last heartbeat by %s, not crash detection", age, by)
 	}
 	if !canceledAt.Before(deadline) {
 		t.Fatalf("task canceled at %s, not before the fast failover deadline %s", canceledAt, deadline)
@@ -148,6 +161,9 @@ func TestSilentPartitionKeepsHeartbeatPath(t *testing.T) {
 	age, deadline := b.deadSession(first, 30*time.Second)
 	if age < crashTimeout {
 		t.Fatalf("declared dead %s after its last heartbeat, before the timeout %s: a fast declaration", age, crashTimeout)
+	}
+	if by := b.declaredBy(first); by != "timeout" {
+		t.Fatalf("declared dead by %s, want the heartbeat timeout", by)
 	}
 	if !canceledAt.Before(deadline) {
 		t.Fatalf("task canceled at %s, not before the failover deadline %s", canceledAt, deadline)

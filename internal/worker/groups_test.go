@@ -188,8 +188,9 @@ func TestOneWorkerServesThreeGroups(t *testing.T) {
 	var firstDeadline time.Time
 	for g, id := range sessions {
 		age, deadline := b.deadSession(id, 30*time.Second)
-		if age >= crashTimeout {
-			t.Fatalf("session %d of group %s declared dead %s after its last heartbeat: the heartbeat timeout, not crash detection (its lock was not held on the liveness connection)", id, g, age)
+		// Not an age: a master slowed by load declares a session late by either path.
+		if by := b.declaredBy(id); by != "crash" {
+			t.Fatalf("session %d of group %s declared dead %s after its last heartbeat by %s, not crash detection (its lock was not held on the liveness connection)", id, g, age, by)
 		}
 		if firstDeadline.IsZero() || deadline.Before(firstDeadline) {
 			firstDeadline = deadline
