@@ -7,6 +7,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/baton-scheduler/baton/batontest"
+	"github.com/baton-scheduler/baton/internal/apimodel"
 	"github.com/baton-scheduler/baton/internal/executor"
 	"github.com/baton-scheduler/baton/internal/master"
 	"github.com/baton-scheduler/baton/internal/worker"
@@ -60,17 +61,16 @@ func (b *bundle) deadSession(id int64, within time.Duration) (time.Duration, tim
 	return age, ended
 }
 
-// declaredBy returns how the session's failover marker says it was declared dead:
-// "crash" (crash detection), "timeout" or "none". The marker commits with the
-// declaration, so after deadSession it is there.
+// declaredBy returns how the session's failover marker says it was declared dead
+// (apimodel.DeclaredBy). The marker commits with the declaration, so after
+// deadSession it is there.
 func (b *bundle) declaredBy(id int64) string {
 	b.t.Helper()
-	var s string
-	if err := b.pool.QueryRow(b.ctx, `SELECT coalesce(max(CASE WHEN crash_detected THEN 'crash' WHEN NOT crash_detected THEN 'timeout' END), 'none')
-		FROM failover_events WHERE kind = 'worker' AND session_id = $1`, id).Scan(&s); err != nil {
-		b.t.Fatal(err)
+	var crash *bool
+	if err := b.pool.QueryRow(b.ctx, "SELECT crash_detected FROM failover_events WHERE kind = 'worker' AND session_id = $1", id).Scan(&crash); err != nil {
+		b.t.Fatalf("failover marker of session %d: %v", id, err)
 	}
-	return s
+	return apimodel.DeclaredBy(crash)
 }
 
 // A worker that holds its liveness lock and loses every connection at once (a
@@ -112,7 +112,7 @@ func TestResetPartitionFencesBeforeFastDeclaration(t *testing.T) {
 		t.Fatal("task not canceled after the fence")
 	}
 	age, deadline := b.deadSession(first, 30*time.Second)
-	if by := b.declaredBy(first); by != "crash" {
+	if by := b.declaredBy(first); by != "crash detection" {
 		t.Fatalf("declared dead %s after its last heartbeat by %s, not crash detection", age, by)
 	}
 	if !canceledAt.Before(deadline) {
@@ -162,7 +162,7 @@ func TestSilentPartitionKeepsHeartbeatPath(t *testing.T) {
 	if age < crashTimeout {
 		t.Fatalf("declared dead %s after its last heartbeat, before the timeout %s: a fast declaration", age, crashTimeout)
 	}
-	if by := b.declaredBy(first); by != "timeout" {
+	if by := b.declaredBy(first); by != "heartbeat timeout" {
 		t.Fatalf("declared dead by %s, want the heartbeat timeout", by)
 	}
 	if !canceledAt.Before(deadline) {

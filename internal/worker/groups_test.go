@@ -189,7 +189,7 @@ func TestOneWorkerServesThreeGroups(t *testing.T) {
 	for g, id := range sessions {
 		age, deadline := b.deadSession(id, 30*time.Second)
 		// Not an age: a master slowed by load declares a session late by either path.
-		if by := b.declaredBy(id); by != "crash" {
+		if by := b.declaredBy(id); by != "crash detection" {
 			t.Fatalf("session %d of group %s declared dead %s after its last heartbeat by %s, not crash detection (its lock was not held on the liveness connection)", id, g, age, by)
 		}
 		if firstDeadline.IsZero() || deadline.Before(firstDeadline) {

@@ -469,17 +469,12 @@ func waitReconciled(t *testing.T, w *worker.Worker, session int64) claimer.Claim
 				return c
 			}
 		case err := <-w.TestSignals.Heartbeat.Lost.C():
-			for { // a reconcile signaled just before the loss still counts
-				select {
-				case c := <-w.TestSignals.Claimer.Claimed.C():
-					if c.Reconciled {
-						return c
-					}
-					continue
-				default:
+			for len(w.TestSignals.Claimer.Claimed.C()) > 0 { // a reconcile signaled just before the loss still counts
+				if c := <-w.TestSignals.Claimer.Claimed.C(); c.Reconciled {
+					return c
 				}
-				t.Fatalf("session lost before it reconciled: %v", err)
 			}
+			t.Fatalf("session lost before it reconciled: %v", err)
 		case <-deadline:
 			t.Fatalf("no reconcile within a minute of the failed claim (session %d, sessions now %v)", session, w.Sessions())
 		}
